@@ -1,0 +1,67 @@
+# Aurora event transport: the verbs. `make run` runs the product, `make test` passes the tests.
+SHELL := /bin/bash
+CARGO ?= cargo
+SERVICES := mqtt-bridge device-registry ws-gateway federation-gateway eve-ingest
+
+.PHONY: all services build release run test lint fmt clippy unit bench bench-mqtt bench-registry \
+        bench-ws bench-federation bench-eve images check-deploy clean
+
+all: build
+
+## Make sure Redis, NATS (JetStream), Mosquitto and PostgreSQL run on loopback (installs with apt when missing).
+services:
+	@bash deploy/local/services.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+## The main job: servers up, every service and a second site running, simulated traffic, a live summary.
+run: services release
+	@bash scripts/run.sh
+
+## What CI runs: formatting, lints, every test against the real servers.
+test: services fmt clippy unit check-deploy
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+check-deploy:
+	@if [ -x scripts/check-deploy.sh ]; then bash scripts/check-deploy.sh; fi
+
+## Benchmarks: each writes bench/results/<name>.json; `make bench` runs them all and writes BENCHMARKS.md.
+bench: bench-mqtt bench-registry bench-ws bench-federation bench-eve
+	@python3 scripts/bench_report.py
+
+bench-mqtt: services
+	$(CARGO) run --release -p mqtt-bridge --bin bench-mqtt
+
+bench-registry: services
+	$(CARGO) run --release -p device-registry --bin bench-registry
+
+bench-ws: services
+	$(CARGO) run --release -p ws-gateway --bin bench-ws
+
+bench-federation: services
+	$(CARGO) run --release -p federation-gateway --bin bench-federation
+
+bench-eve: services
+	$(CARGO) run --release -p eve-ingest --bin bench-eve
+
+images:
+	@bash deploy/build-images.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,661 @@
+//! The Redis Streams bus every service uses.
+//!
+//! - Entries carry one JSON document in the field `data` ([`DATA_FIELD`]).
+//! - [`Producer`] writes batches in one pipelined round trip, trimming with `MAXLEN ~`.
+//! - [`GroupReader`] reads with a consumer group: its own pending entries first (after a
+//!   restart), entries a dead consumer left pending (XAUTOCLAIM), then new ones; an entry
+//!   delivered more than `max_deliveries` times goes to a dead-letter stream with the reason.
+//! - [`tail`] and [`range`] read without a group, for fan-out (every reader sees every entry).
+//!
+//! A blocking read holds its connection until it returns, so each reader that blocks gets a
+//! connection of its own ([`connect_blocking`]); everything else shares one multiplexed
+//! connection ([`connect`]).
+
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::Value;
+
+use crate::model::{to_bytes, DeadLetter};
+
+/// The field of a stream entry that holds the document.
+pub const DATA_FIELD: &str = "data";
+
+/// A connection that reconnects by itself.
+pub type Conn = ConnectionManager;
+
+/// What went wrong talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid Redis URL {url:?}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis command {command} on {key} failed: {source}")]
+    Command {
+        command: &'static str,
+        key: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+impl BusError {
+    fn command<'a>(
+        command: &'static str,
+        key: &'a str,
+    ) -> impl FnOnce(redis::RedisError) -> Self + 'a {
+        move |source| Self::Command {
+            command,
+            key: key.to_string(),
+            source,
+        }
+    }
+
+    /// True when Redis could not be reached (as opposed to a refused command).
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Self::Url { .. } => false,
+            Self::Connect { .. } => true,
+            Self::Command { source, .. } => {
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+                    || source.is_timeout()
+            }
+        }
+    }
+}
+
+async fn connect_with(url: &str, response_timeout: Duration) -> Result<Conn, BusError> {
+    let client = redis::Client::open(url).map_err(|source| BusError::Url {
+        url: redacted_url(url),
+        source,
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(2);
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|source| BusError::Connect {
+            url: redacted_url(url),
+            source,
+        })
+}
+
+/// A shared, multiplexed connection for writes and short commands.
+pub async fn connect(url: &str) -> Result<Conn, BusError> {
+    connect_with(url, Duration::from_secs(10)).await
+}
+
+/// A connection of its own for a reader that blocks up to `block`.
+pub async fn connect_blocking(url: &str, block: Duration) -> Result<Conn, BusError> {
+    connect_with(url, block + Duration::from_secs(10)).await
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable url>".to_string(),
+    }
+}
+
+/// Pings Redis: the readiness check of every service.
+pub async fn ping(conn: &mut Conn) -> Result<(), BusError> {
+    redis::cmd("PING")
+        .query_async::<String>(conn)
+        .await
+        .map(|_| ())
+        .map_err(BusError::command("PING", "-"))
+}
+
+/// One entry read from a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The stream the entry is in.
+    pub stream: String,
+    pub id: String,
+    /// The `data` field; `None` when the entry has none (it is then dead-lettered).
+    pub data: Option<Vec<u8>>,
+    /// How many times a consumer group delivered it (1 on first delivery; 0 without a group).
+    pub deliveries: u64,
+}
+
+impl Entry {
+    fn from_stream_id(stream: &str, sid: StreamId) -> Self {
+        let data = match sid.map.get(DATA_FIELD) {
+            Some(Value::BulkString(bytes)) => Some(bytes.clone()),
+            Some(Value::SimpleString(s)) => Some(s.clone().into_bytes()),
+            _ => None,
+        };
+        Self {
+            stream: stream.to_string(),
+            id: sid.id,
+            data,
+            deliveries: sid.delivered_count.map(|c| c as u64).unwrap_or(0),
+        }
+    }
+}
+
+/// Writes documents to streams, trimming each to about `maxlen` entries.
+#[derive(Clone)]
+pub struct Producer {
+    conn: Conn,
+    maxlen: usize,
+}
+
+impl Producer {
+    pub fn new(conn: Conn, maxlen: usize) -> Self {
+        Self { conn, maxlen }
+    }
+
+    pub fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    fn xadd(&self, pipe: &mut redis::Pipeline, stream: &str, data: &[u8]) {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.maxlen)
+            .arg("*")
+            .arg(DATA_FIELD)
+            .arg(data);
+    }
+
+    /// Appends one document; returns its entry id.
+    pub async fn publish(&self, stream: &str, data: &[u8]) -> Result<String, BusError> {
+        let mut ids = self.publish_batch(&[(stream, data)]).await?;
+        Ok(ids.pop().unwrap_or_default())
+    }
+
+    /// Appends a serialisable document.
+    pub async fn publish_doc<T: serde::Serialize>(
+        &self,
+        stream: &str,
+        doc: &T,
+    ) -> Result<String, BusError> {
+        self.publish(stream, &to_bytes(doc)).await
+    }
+
+    /// Appends many documents, possibly to several streams, in one pipelined round trip.
+    /// Entries to one stream keep their order. Returns the entry ids in input order.
+    pub async fn publish_batch<S: AsRef<str>, D: AsRef<[u8]>>(
+        &self,
+        items: &[(S, D)],
+    ) -> Result<Vec<String>, BusError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (stream, data) in items {
+            self.xadd(&mut pipe, stream.as_ref(), data.as_ref());
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<Vec<String>>(&mut conn)
+            .await
+            .map_err(BusError::command("XADD", items[0].0.as_ref()))
+    }
+
+    /// Writes a dead-letter record.
+    pub async fn dead_letter(&self, stream: &str, record: &DeadLetter) -> Result<String, BusError> {
+        self.publish_doc(stream, record).await
+    }
+}
+
+/// How a [`GroupReader`] reads.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub stream: String,
+    pub group: String,
+    /// Stable per replica, so a restarted replica finds its own pending entries.
+    pub consumer: String,
+    /// Where a new group starts: `0` (everything in the stream) or `$` (only new entries).
+    pub start_id: String,
+    pub batch: usize,
+    pub block: Duration,
+    /// An entry pending this long is taken over from whichever consumer holds it.
+    pub claim_idle: Duration,
+    /// How often to look for such entries.
+    pub claim_every: Duration,
+    /// An entry delivered more times than this is dead-lettered.
+    pub max_deliveries: u64,
+    /// Where it goes, with the reason.
+    pub dead_letter_stream: String,
+    /// The service named in dead-letter records.
+    pub service: String,
+}
+
+impl GroupConfig {
+    /// Defaults that suit most services: batches of 256, 1 s blocking, entries idle for 30 s
+    /// reclaimed, 5 deliveries at most.
+    pub fn new(
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        dead_letter_stream: &str,
+        service: &str,
+    ) -> Self {
+        Self {
+            stream: stream.to_string(),
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+            start_id: "0".to_string(),
+            batch: 256,
+            block: Duration::from_secs(1),
+            claim_idle: Duration::from_secs(30),
+            claim_every: Duration::from_secs(5),
+            max_deliveries: 5,
+            dead_letter_stream: dead_letter_stream.to_string(),
+            service: service.to_string(),
+        }
+    }
+}
+
+/// Reads a stream through a consumer group; see the module documentation.
+pub struct GroupReader {
+    cfg: GroupConfig,
+    read_conn: Conn,
+    producer: Producer,
+    own_pending_done: bool,
+    last_claim: Option<Instant>,
+    claim_cursor: String,
+}
+
+impl GroupReader {
+    /// `read_conn` must be a connection of this reader's own ([`connect_blocking`]);
+    /// `producer` is shared, for acks and dead letters.
+    pub async fn new(
+        cfg: GroupConfig,
+        read_conn: Conn,
+        producer: Producer,
+    ) -> Result<Self, BusError> {
+        let mut reader = Self {
+            cfg,
+            read_conn,
+            producer,
+            own_pending_done: false,
+            last_claim: None,
+            claim_cursor: "0-0".to_string(),
+        };
+        reader.ensure_group().await?;
+        Ok(reader)
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.cfg
+    }
+
+    /// Creates the group (and the stream) unless it exists.
+    pub async fn ensure_group(&mut self) -> Result<(), BusError> {
+        let mut conn = self.producer.conn();
+        let res: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.cfg.stream)
+            .arg(&self.cfg.group)
+            .arg(&self.cfg.start_id)
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(BusError::command("XGROUP CREATE", &self.cfg.stream)(e)),
+        }
+    }
+
+    /// The next batch to handle: may be empty when nothing arrived within the block time.
+    /// Entries without a `data` field and entries delivered too often are dead-lettered here
+    /// and not returned.
+    pub async fn next_batch(&mut self) -> Result<Vec<Entry>, BusError> {
+        match self.next_batch_inner().await {
+            Err(BusError::Command { source, .. }) if source.code() == Some("NOGROUP") => {
+                // The stream or its group vanished (a Redis restarted without persistence,
+                // a stream deleted by an operator): make it again and go on.
+                self.own_pending_done = false;
+                self.ensure_group().await?;
+                self.next_batch_inner().await
+            }
+            other => other,
+        }
+    }
+
+    async fn next_batch_inner(&mut self) -> Result<Vec<Entry>, BusError> {
+        if !self.own_pending_done {
+            let own = self.read_group("0", None).await?;
+            if own.is_empty() {
+                self.own_pending_done = true;
+            } else {
+                return self.screen(own).await;
+            }
+        }
+        let claim_due = self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= self.cfg.claim_every);
+        if claim_due {
+            let claimed = self.autoclaim().await?;
+            if !claimed.is_empty() {
+                return self.screen(claimed).await;
+            }
+            self.last_claim = Some(Instant::now());
+        }
+        let fresh = self.read_group(">", Some(self.cfg.block)).await?;
+        self.screen(fresh).await
+    }
+
+    async fn read_group(
+        &mut self,
+        id: &str,
+        block: Option<Duration>,
+    ) -> Result<Vec<Entry>, BusError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.cfg.group)
+            .arg(&self.cfg.consumer)
+            .arg("COUNT")
+            .arg(self.cfg.batch);
+        if let Some(b) = block {
+            cmd.arg("BLOCK").arg(b.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.cfg.stream).arg(id);
+        let reply: Option<StreamReadReply> = cmd
+            .query_async(&mut self.read_conn)
+            .await
+            .map_err(BusError::command("XREADGROUP", &self.cfg.stream))?;
+        let mut entries: Vec<Entry> = reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| {
+                        let stream = k.key;
+                        k.ids
+                            .into_iter()
+                            .map(move |sid| Entry::from_stream_id(&stream, sid))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if id == ">" {
+            for e in &mut entries {
+                e.deliveries = 1;
+            }
+        } else {
+            self.fill_deliveries(&mut entries).await?;
+        }
+        Ok(entries)
+    }
+
+    async fn autoclaim(&mut self) -> Result<Vec<Entry>, BusError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.cfg.stream)
+            .arg(&self.cfg.group)
+            .arg(&self.cfg.consumer)
+            .arg(self.cfg.claim_idle.as_millis() as u64)
+            .arg(&self.claim_cursor)
+            .arg("COUNT")
+            .arg(self.cfg.batch)
+            .query_async(&mut self.read_conn)
+            .await
+            .map_err(BusError::command("XAUTOCLAIM", &self.cfg.stream))?;
+        self.claim_cursor = reply.next_stream_id;
+        if !reply.deleted_ids.is_empty() {
+            // Entries trimmed away while pending: nothing left to deliver, clear them.
+            self.ack(&reply.deleted_ids).await?;
+        }
+        let mut entries: Vec<Entry> = reply
+            .claimed
+            .into_iter()
+            .map(|sid| Entry::from_stream_id(&self.cfg.stream, sid))
+            .collect();
+        if !entries.is_empty() {
+            tracing::info!(
+                stream = %self.cfg.stream,
+                group = %self.cfg.group,
+                count = entries.len(),
+                "took over entries left pending by another consumer"
+            );
+        }
+        self.fill_deliveries(&mut entries).await?;
+        Ok(entries)
+    }
+
+    /// Reads the delivery counts of entries this consumer holds.
+    async fn fill_deliveries(&mut self, entries: &mut [Entry]) -> Result<(), BusError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let reply: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.cfg.stream)
+            .arg(&self.cfg.group)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(entries.len())
+            .arg(&self.cfg.consumer)
+            .query_async(&mut self.read_conn)
+            .await
+            .map_err(BusError::command("XPENDING", &self.cfg.stream))?;
+        let counts: std::collections::HashMap<String, u64> = reply
+            .ids
+            .into_iter()
+            .map(|p| (p.id, p.times_delivered as u64))
+            .collect();
+        for e in entries.iter_mut() {
+            e.deliveries = counts.get(&e.id).copied().unwrap_or(1);
+        }
+        Ok(())
+    }
+
+    /// Dead-letters what cannot be handled; returns the rest.
+    async fn screen(&mut self, entries: Vec<Entry>) -> Result<Vec<Entry>, BusError> {
+        let mut keep = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.data.is_none() {
+                self.dead_letter(&entry, "entry has no `data` field")
+                    .await?;
+            } else if entry.deliveries > self.cfg.max_deliveries {
+                let reason = format!(
+                    "delivered {} times without being acknowledged (max {})",
+                    entry.deliveries, self.cfg.max_deliveries
+                );
+                self.dead_letter(&entry, &reason).await?;
+            } else {
+                keep.push(entry);
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Acknowledges handled entries.
+    pub async fn ack<S: AsRef<str>>(&self, ids: &[S]) -> Result<(), BusError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&self.cfg.stream).arg(&self.cfg.group);
+        for id in ids {
+            cmd.arg(id.as_ref());
+        }
+        let mut conn = self.producer.conn();
+        cmd.query_async::<u64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(BusError::command("XACK", &self.cfg.stream))
+    }
+
+    /// Moves an entry to the dead-letter stream with the reason, then acknowledges it, in one
+    /// transaction: it is never both lost and acknowledged.
+    pub async fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<(), BusError> {
+        let mut record = DeadLetter::new(
+            &self.cfg.service,
+            &self.cfg.stream,
+            reason,
+            entry.data.as_deref().unwrap_or_default(),
+        );
+        record.source_id = Some(entry.id.clone());
+        record.deliveries = Some(entry.deliveries);
+        tracing::warn!(
+            stream = %self.cfg.stream,
+            entry = %entry.id,
+            reason,
+            "dead-lettered a stream entry"
+        );
+        metrics::counter!(
+            "aurora_bus_dead_letters_total",
+            "service" => self.cfg.service.clone(),
+            "stream" => self.cfg.stream.clone()
+        )
+        .increment(1);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.producer
+            .xadd(&mut pipe, &self.cfg.dead_letter_stream, &to_bytes(&record));
+        pipe.cmd("XACK")
+            .arg(&self.cfg.stream)
+            .arg(&self.cfg.group)
+            .arg(&entry.id);
+        let mut conn = self.producer.conn();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(BusError::command("XADD+XACK", &self.cfg.dead_letter_stream))
+    }
+}
+
+/// Reads entries after the given ids from several streams without a group (XREAD), blocking
+/// up to `block` when there are none. Returns them in stream order per stream.
+pub async fn tail(
+    conn: &mut Conn,
+    streams: &[(String, String)],
+    count: usize,
+    block: Option<Duration>,
+) -> Result<Vec<Entry>, BusError> {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT").arg(count);
+    if let Some(b) = block {
+        cmd.arg("BLOCK").arg(b.as_millis() as u64);
+    }
+    cmd.arg("STREAMS");
+    for (stream, _) in streams {
+        cmd.arg(stream);
+    }
+    for (_, id) in streams {
+        cmd.arg(id);
+    }
+    let first = streams.first().map(|s| s.0.as_str()).unwrap_or("-");
+    let reply: Option<StreamReadReply> = cmd
+        .query_async(conn)
+        .await
+        .map_err(BusError::command("XREAD", first))?;
+    Ok(reply
+        .map(|r| {
+            r.keys
+                .into_iter()
+                .flat_map(|k| {
+                    let stream = k.key;
+                    k.ids
+                        .into_iter()
+                        .map(move |sid| Entry::from_stream_id(&stream, sid))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Up to `count` entries of a stream strictly after `after` (an entry id), oldest first.
+pub async fn range(
+    conn: &mut Conn,
+    stream: &str,
+    after: &str,
+    count: usize,
+) -> Result<Vec<Entry>, BusError> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(format!("({after}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await
+        .map_err(BusError::command("XRANGE", stream))?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .map(|sid| Entry::from_stream_id(stream, sid))
+        .collect())
+}
+
+/// The id of the newest entry of a stream (`0-0` when it is empty or missing).
+pub async fn last_id(conn: &mut Conn, stream: &str) -> Result<String, BusError> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .map_err(BusError::command("XREVRANGE", stream))?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .next()
+        .map(|s| s.id)
+        .unwrap_or_else(|| "0-0".to_string()))
+}
+
+/// Compares two entry ids (`ms-seq`) numerically; `None` when one is not an entry id.
+pub fn compare_ids(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    Some(parse_id(a)?.cmp(&parse_id(b)?))
+}
+
+/// `ms-seq` as numbers; a bare `ms` means `ms-0`.
+pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+    match id.split_once('-') {
+        Some((ms, seq)) => Some((ms.parse().ok()?, seq.parse().ok()?)),
+        None => Some((id.parse().ok()?, 0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_compare_numerically() {
+        assert_eq!(
+            compare_ids("10-0", "9-5"),
+            Some(std::cmp::Ordering::Greater)
+        );
+        assert_eq!(
+            compare_ids("5-10", "5-9"),
+            Some(std::cmp::Ordering::Greater)
+        );
+        assert_eq!(compare_ids("5", "5-0"), Some(std::cmp::Ordering::Equal));
+        assert_eq!(compare_ids("x", "5-0"), None);
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redacted_url("redis://user:secret@host:6379/2"),
+            "redis://user:***@host:6379/2"
+        );
+        assert_eq!(redacted_url("redis://host:6379"), "redis://host:6379");
+    }
+}

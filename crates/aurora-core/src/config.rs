@@ -1,0 +1,282 @@
+//! The flags every service shares. Each has an `AURORA_*` environment variable, and the
+//! defaults point at the servers on loopback, so a binary runs as it is on a developer's
+//! machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::auth::{KeyError, Verifier, DEV_SECRET};
+use crate::names::{InvalidNamespace, Names};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// Parses `30s`, `5m`, `2h`, `1d`, `250ms` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(d)
+}
+
+/// Flags of every service.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Prefix of every stream, topic and subject name.
+    #[arg(long, env = "AURORA_NAMESPACE", default_value = crate::names::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
+    /// This site's id (federation, logs).
+    #[arg(long, env = "AURORA_SITE_ID", default_value = "site-local")]
+    pub site_id: String,
+
+    /// The site's Redis.
+    #[arg(
+        long,
+        env = "AURORA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Address of /healthz, /readyz and /metrics (default: the service's own port).
+    #[arg(long, env = "AURORA_OPS_ADDR")]
+    pub ops_addr: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, env = "AURORA_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Approximate length streams are trimmed to on write (`XADD MAXLEN ~`).
+    #[arg(long, env = "AURORA_STREAM_MAXLEN", default_value_t = 1_000_000)]
+    pub stream_maxlen: usize,
+
+    /// Name of this replica (consumer names, client ids); defaults to the host name.
+    #[arg(long, env = "AURORA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// How long to drain on SIGTERM before exiting anyway.
+    #[arg(long, env = "AURORA_SHUTDOWN_TIMEOUT", value_parser = parse_duration, default_value = "20s")]
+    pub shutdown_timeout: Duration,
+}
+
+impl CommonArgs {
+    pub fn names(&self) -> Result<Names, InvalidNamespace> {
+        Names::new(&self.namespace)
+    }
+
+    /// The ops address, or the service's default port on all interfaces.
+    pub fn ops_addr_or(&self, default_port: u16) -> SocketAddr {
+        self.ops_addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)))
+    }
+
+    /// This replica's name: `--instance-id`, else `HOSTNAME` (the pod name in Kubernetes),
+    /// else the machine's host name.
+    pub fn instance(&self) -> String {
+        self.instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "aurora".to_string())
+    }
+}
+
+/// Flags of services that talk to NATS.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server(s), comma separated.
+    #[arg(long, env = "AURORA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// User name (with --nats-password).
+    #[arg(long, env = "AURORA_NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "AURORA_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// Token authentication.
+    #[arg(long, env = "AURORA_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NKey seed authentication.
+    #[arg(long, env = "AURORA_NATS_NKEY", hide_env_values = true)]
+    pub nats_nkey: Option<String>,
+    /// A .creds file (JWT + NKey).
+    #[arg(long, env = "AURORA_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the server; implies TLS.
+    #[arg(long, env = "AURORA_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[arg(long, env = "AURORA_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "AURORA_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Require TLS even without a CA file.
+    #[arg(long, env = "AURORA_NATS_TLS", default_value_t = false)]
+    pub nats_tls: bool,
+}
+
+impl Default for NatsArgs {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_nkey: None,
+            nats_creds: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
+            nats_tls: false,
+        }
+    }
+}
+
+impl NatsArgs {
+    /// Connects with the configured credentials and TLS. The client reconnects by itself
+    /// for ever; the first connection is retried too.
+    pub async fn connect(
+        &self,
+        client_name: &str,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let mut opts = match (&self.nats_creds, &self.nats_nkey, &self.nats_token) {
+            (Some(creds), _, _) => async_nats::ConnectOptions::with_credentials_file(creds).await?,
+            (None, Some(seed), _) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+            (None, None, Some(token)) => async_nats::ConnectOptions::with_token(token.clone()),
+            _ => async_nats::ConnectOptions::new(),
+        };
+        if let (Some(user), Some(pass)) = (&self.nats_user, &self.nats_password) {
+            opts = opts.user_and_password(user.clone(), pass.clone());
+        }
+        if let Some(ca) = &self.nats_tls_ca {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.nats_tls_cert, &self.nats_tls_key) {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+        if self.nats_tls {
+            opts = opts.require_tls(true);
+        }
+        opts.name(client_name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(10)))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
+            })
+            .connect(self.nats_url.as_str())
+            .await
+    }
+}
+
+/// Flags of services with an authenticated API.
+#[derive(Debug, Clone, Args)]
+pub struct JwtArgs {
+    /// HS256 shared secret.
+    #[arg(long, env = "AURORA_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file of an RS256 or ES256 public key (instead of the secret).
+    #[arg(long, env = "AURORA_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    pub jwt_public_key: Option<String>,
+    /// Required `iss`.
+    #[arg(long, env = "AURORA_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud`.
+    #[arg(long, env = "AURORA_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Accept tokens signed with the well-known development secret when no key is set.
+    /// Never in production.
+    #[arg(long, env = "AURORA_DEV_INSECURE_AUTH", default_value_t = false)]
+    pub dev_insecure_auth: bool,
+}
+
+impl JwtArgs {
+    /// The verifier, or an error when no key is configured and the dev flag is off.
+    pub fn verifier(&self) -> Result<Verifier, KeyError> {
+        let verifier = match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(secret), _) => Verifier::hs256(secret.as_bytes())?,
+            (None, Some(path)) => Verifier::from_public_pem_file(path)?,
+            (None, None) if self.dev_insecure_auth => {
+                tracing::warn!("no JWT key configured: accepting tokens signed with the development secret (--dev-insecure-auth)");
+                Verifier::hs256(DEV_SECRET.as_bytes())?
+            }
+            (None, None) => return Err(KeyError::NotConfigured),
+        };
+        let verifier = match &self.jwt_issuer {
+            Some(iss) => verifier.with_issuer(iss),
+            None => verifier,
+        };
+        Ok(match &self.jwt_audience {
+            Some(aud) => verifier.with_audience(aud),
+            None => verifier,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        jwt: JwtArgs,
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn defaults_point_at_loopback_and_the_api_refuses_to_start_without_a_key() {
+        let cli = Cli::try_parse_from(["x"]).expect("parse");
+        assert_eq!(cli.common.namespace, "aurora");
+        assert_eq!(cli.common.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(cli.common.ops_addr_or(9100).port(), 9100);
+        assert!(matches!(cli.jwt.verifier(), Err(KeyError::NotConfigured)));
+        let cli = Cli::try_parse_from(["x", "--dev-insecure-auth"]).expect("parse");
+        assert!(cli.jwt.verifier().is_ok());
+    }
+}
