@@ -195,6 +195,25 @@ else
   echo "  skipped: npm is not installed"
 fi
 
+step "the Grafana dashboard"
+"$VENV_BIN/python" - deploy/grafana/aurora-dashboard.json <<'PY'
+import json, re, sys
+dash = json.load(open(sys.argv[1]))
+services = "mqtt_bridge|device_registry|ws_gateway|federation_gateway|eve_ingest|bus"
+name = re.compile(r"\baurora_[a-z0-9_]+")
+good = re.compile(r"^aurora_(%s)_[a-z0-9_]+$" % services)
+count = 0
+for panel in dash["panels"]:
+    for target in panel.get("targets", []):
+        count += 1
+        for metric in name.findall(target["expr"]):
+            if not good.match(metric):
+                sys.exit("panel %r: metric %s is not aurora_<service>_<what>_<unit>" % (panel["title"], metric))
+if not count:
+    sys.exit("the dashboard has no queries")
+print("  %d panels, %d queries" % (len(dash["panels"]), count))
+PY
+
 step "hadolint deploy/Dockerfile"
 hadolint deploy/Dockerfile
 
