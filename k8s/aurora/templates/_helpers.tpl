@@ -82,7 +82,7 @@ eve-ingest: [redis, nats]
 {{- else if .root.Values.secrets.create }}
 {{- include "aurora.secretName" .root }}
 {{- else }}
-{{- fail (printf "%s: set %s.existingSecret to a Secret you manage, or secrets.create=true with the value in %s" .what .what .what) }}
+{{- fail (printf "%s: no Secret to read the credential from: set %s.existingSecret to a Secret you manage, or secrets.create=true to create one from the %s.* values" .what .what .what) }}
 {{- end }}
 {{- end }}
 
