@@ -70,15 +70,20 @@ start_mosquitto() {
   wait_for Mosquitto 1883
 }
 
+# The highest version-numbered directory under $1 (PostgreSQL keeps one per major version).
+newest_version() {
+  find "$1" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort -V | tail -n 1
+}
+
 start_postgres() {
   listening 5432 && { log "PostgreSQL already runs"; return 0; }
   if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     ensure_pkg /usr/lib/postgresql/15/bin/initdb postgresql
   fi
   local version
-  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  version=$(newest_version /etc/postgresql)
   if [ -z "$version" ]; then
-    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    version=$(newest_version /usr/lib/postgresql)
     pg_createcluster "$version" main >/dev/null
   fi
   # Trust on loopback, as the tests and the default AURORA_DATABASE_URL expect.
@@ -94,8 +99,15 @@ start_postgres() {
   fi
 }
 
+# The console test of ws-gateway drives Debian's Chromium headless.
+ensure_browser() {
+  if command -v chromium >/dev/null 2>&1; then return 0; fi
+  ensure_pkg chromium chromium || log "Chromium could not be installed: the console test will fail"
+}
+
 start_redis
 start_nats
 start_mosquitto
 start_postgres
+ensure_browser
 log "all four servers are up"
