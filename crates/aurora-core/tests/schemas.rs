@@ -97,7 +97,10 @@ fn every_message_has_a_schema_and_examples() {
     schema_files.sort();
     let mut typed: Vec<String> = MESSAGES.iter().map(|(n, _)| n.to_string()).collect();
     typed.sort();
-    assert_eq!(schema_files, typed, "a schema without a type or a type without a schema");
+    assert_eq!(
+        schema_files, typed,
+        "a schema without a type or a type without a schema"
+    );
     for (name, _) in MESSAGES {
         let (valid, invalid) = examples(name);
         assert!(!valid.is_empty(), "{name}: no valid example");
@@ -115,8 +118,15 @@ fn valid_examples_pass_schema_and_type_and_the_types_output_validates() {
             assert!(errors.is_empty(), "{}: {errors:?}", path.display());
             let bytes = std::fs::read(&path).unwrap();
             let back = parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let errors: Vec<String> = validator.iter_errors(&back).map(|e| e.to_string()).collect();
-            assert!(errors.is_empty(), "{} serialised: {errors:?}", path.display());
+            let errors: Vec<String> = validator
+                .iter_errors(&back)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{} serialised: {errors:?}",
+                path.display()
+            );
             assert_eq!(
                 without_nulls(&back),
                 without_nulls(&doc),
@@ -140,7 +150,11 @@ fn invalid_examples_fail_schema_and_type() {
             );
             let bytes = std::fs::read(&path).unwrap();
             let err = parse(&bytes).expect_err(&format!("{}: the type accepts it", path.display()));
-            assert!(!err.field.is_empty(), "{}: error names no field", path.display());
+            assert!(
+                !err.field.is_empty(),
+                "{}: error names no field",
+                path.display()
+            );
         }
     }
 }

@@ -78,7 +78,11 @@ fn wait_port(port: u16, timeout: Duration) -> bool {
 }
 
 fn find_binary(name: &str, extra: &[&str]) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(extra.iter().copied()) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(extra.iter().copied())
+    {
         let p = Path::new(dir).join(name);
         if p.is_file() {
             return p;
@@ -134,7 +138,9 @@ impl Process {
         }
         // The port must be free before a restart binds it again.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
     }

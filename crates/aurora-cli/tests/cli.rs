@@ -1,0 +1,205 @@
+//! The `aurora` command against the real Redis and NATS.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use aurora_core::auth::{Permission, Verifier};
+use aurora_testkit::namespace;
+
+fn aurora(ns: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aurora"))
+        .args(args)
+        .env("AURORA_NAMESPACE", ns)
+        .env_remove("AURORA_JWT_SECRET")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn token_mints_a_jwt_the_services_accept() {
+    let out = aurora(
+        "x",
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--permissions",
+            "ws:alerts,approvals:manage",
+            "--ttl",
+            "1h",
+            "--secret",
+            "s3cret",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let claims = Verifier::hs256(b"s3cret")
+        .unwrap()
+        .verify(stdout(&out).trim())
+        .unwrap();
+    assert_eq!(claims.sub, "alice");
+    assert!(claims.has(Permission::WsAlerts) && claims.has(Permission::ApprovalsManage));
+    let remaining = claims.remaining();
+    assert!(remaining > Duration::from_secs(3500) && remaining <= Duration::from_secs(3600));
+
+    let bad = aurora(
+        "x",
+        &[
+            "token",
+            "--sub",
+            "a",
+            "--permissions",
+            "root",
+            "--secret",
+            "s",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("unknown permission \"root\""),
+        "{}",
+        stderr(&bad)
+    );
+    let no_key = aurora("x", &["token", "--sub", "a"]);
+    assert!(!no_key.status.success());
+    assert!(
+        stderr(&no_key).contains("no signing key"),
+        "{}",
+        stderr(&no_key)
+    );
+}
+
+#[test]
+fn an_alert_published_is_tailed_back_from_redis() {
+    let ns = namespace();
+    let tail = Command::new(env!("CARGO_BIN_EXE_aurora"))
+        .args([
+            "tail",
+            "alerts",
+            "--from",
+            "0",
+            "--json",
+            "--count",
+            "2",
+            "--timeout",
+            "30s",
+        ])
+        .env("AURORA_NAMESPACE", &ns)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let published = aurora(
+        &ns,
+        &[
+            "publish",
+            "alert",
+            "--title",
+            "C2 beacon from workstation-042",
+        ],
+    );
+    assert!(published.status.success(), "{}", stderr(&published));
+    assert!(stdout(&published).starts_with(&format!("{ns}:alerts ")));
+
+    let file = std::env::temp_dir().join(format!("{ns}-alert.json"));
+    std::fs::write(
+        &file,
+        r#"{"id":"550e8400-e29b-41d4-a716-446655440000","title":"Suspicious DNS Query to Known C2 Domain","severity":"critical","status":"new","source":"suricata","iocs":[{"type":"domain","value":"t1.evil.com"}],"mitre_techniques":["T1071.004"],"timestamp":"2024-01-15T10:30:00Z","x_extra":"kept"}"#,
+    )
+    .unwrap();
+    let published = aurora(&ns, &["publish", "alert", "--file", file.to_str().unwrap()]);
+    assert!(published.status.success(), "{}", stderr(&published));
+
+    let out = tail.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["stream"], format!("{ns}:alerts"));
+    assert_eq!(lines[0]["data"]["title"], "C2 beacon from workstation-042");
+    assert_eq!(lines[1]["data"]["severity"], "critical");
+    assert_eq!(
+        lines[1]["data"]["x_extra"], "kept",
+        "unknown fields pass through"
+    );
+
+    let status = aurora(&ns, &["status", "--json", "--no-nats"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    let alerts = v["redis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == format!("{ns}:alerts"))
+        .unwrap();
+    assert_eq!(alerts["length"], 2);
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn invalid_documents_are_refused_naming_the_field() {
+    let ns = namespace();
+    let file = std::env::temp_dir().join(format!("{ns}-bad.json"));
+    std::fs::write(&file, r#"{"id":"550e8400-e29b-41d4-a716-446655440000","title":"x","severity":"apocalyptic","status":"new","source":"s","timestamp":"2024-01-15T10:30:00Z"}"#).unwrap();
+    let out = aurora(&ns, &["publish", "alert", "--file", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("field `severity`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = aurora(
+        &ns,
+        &["publish", "approval", "--file", "/nonexistent/file.json"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/file.json"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn a_server_that_is_down_is_a_clear_error() {
+    let port = aurora_testkit::free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_aurora"))
+        .args(["publish", "alert"])
+        .env("AURORA_REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot connect to Redis"),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_aurora"))
+        .args(["status"])
+        .env("AURORA_NAMESPACE", namespace())
+        .env("AURORA_NATS_URL", format!("nats://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("NATS"), "{}", stderr(&out));
+}
+
+#[test]
+fn status_reports_jetstream() {
+    let out = aurora(&namespace(), &["status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["jetstream"].as_array().unwrap().len(), 2);
+}
