@@ -1,6 +1,7 @@
 //! `aurora`: mint tokens, publish documents, follow streams and see the state of the bus.
 
 mod publish;
+mod simulate;
 mod status;
 mod tail;
 mod token;
@@ -49,6 +50,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// Streams, consumer groups, pending entries; JetStream streams and consumers.
     Status(status::StatusArgs),
+    /// Simulated traffic: a device fleet, the SOC's agents, Suricata events.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// What every subcommand needs to reach the servers.
@@ -88,5 +91,6 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Publish(args) => publish::run(&ctx, args).await,
         Command::Tail(args) => tail::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
+        Command::Simulate(args) => simulate::run(&ctx, args).await,
     }
 }
