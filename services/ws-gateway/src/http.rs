@@ -1,0 +1,245 @@
+//! The HTTP side: the three WebSocket channels, the approval decision API and the console.
+//!
+//! No request logging layer: the token may be in the query string, so only
+//! [`aurora_core::auth::redact_query`]'s version of a path is ever logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aurora_core::auth::{self, AuthError, Permission, Verifier};
+use aurora_core::bus;
+use aurora_core::names::Channel;
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::approvals::{ApprovalStore, DecideError, Verdict, MAX_COMMENT_CHARS};
+use crate::session::{self, Admission, SessionContext, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER};
+
+/// The console page (plain HTML and JavaScript).
+const CONSOLE: &str = include_str!("../static/console.html");
+
+/// Largest message a client may send (clients only answer pings and close).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// Per-connection read buffer: small, since clients send almost nothing.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes written in one go; frames beyond this are flushed.
+const WRITE_BUFFER: usize = 16 * 1024;
+/// A client whose unsent frames exceed this is failed.
+const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub verifier: Arc<Verifier>,
+    pub sessions: HashMap<&'static str, SessionContext>,
+    pub approvals: ApprovalStore,
+    /// Every upgraded socket, so a drain can wait for them (axum does not).
+    pub tracker: TaskTracker,
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/", get(console))
+        .route("/api/v1/approvals/{id}/decision", post(decide));
+    for channel in Channel::ALL {
+        router = router.route(
+            channel.path(),
+            get(
+                move |state: State<AppState>,
+                      ws: WebSocketUpgrade,
+                      headers: HeaderMap,
+                      uri: Uri| { connect(channel, state, ws, headers, uri) },
+            ),
+        );
+    }
+    router.with_state(state)
+}
+
+async fn console() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(CONSOLE))
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    let query = uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn connect(
+    channel: Channel,
+    State(state): State<AppState>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let Some(ctx) = state.sessions.get(channel.as_str()).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let since = query_param(&uri, "since");
+    if let Some(s) = &since {
+        if bus::parse_id(s).is_none() {
+            return (
+                StatusCode::BAD_REQUEST,
+                "since must be a stream position (e.g. 1700000000000-0)",
+            )
+                .into_response();
+        }
+    }
+    let path = format!(
+        "{}?{}",
+        uri.path(),
+        auth::redact_query(uri.query().unwrap_or_default())
+    );
+    let admission = admit(&state, &ctx, channel, &headers, &uri, since);
+    if let Admission::Refused { code, reason } = &admission {
+        tracing::info!(channel = channel.as_str(), %path, code, reason = %reason, "connection refused");
+    }
+    let tracker = state.tracker.clone();
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_failed_upgrade(move |e| {
+            tracing::info!(channel = channel.as_str(), error = %e, "WebSocket upgrade failed")
+        })
+        .on_upgrade(move |socket| async move {
+            tracker
+                .track_future(async move {
+                    session::run(socket, admission, ctx).await;
+                })
+                .await
+        })
+}
+
+fn admit(
+    state: &AppState,
+    ctx: &SessionContext,
+    channel: Channel,
+    headers: &HeaderMap,
+    uri: &Uri,
+    since: Option<String>,
+) -> Admission {
+    if ctx.shutdown.is_cancelled() {
+        return Admission::Refused {
+            code: session::CLOSE_GOING_AWAY,
+            reason: "server shutting down: reconnect".into(),
+        };
+    }
+    let token = auth::token_from_request(authorization(headers), uri.query());
+    let claims = match state
+        .verifier
+        .authorize(token.as_deref(), channel.permission())
+    {
+        Ok(claims) => claims,
+        Err(e) => {
+            return Admission::Refused {
+                code: CLOSE_POLICY,
+                reason: e.to_string(),
+            }
+        }
+    };
+    match ctx.hub.slots.clone().try_acquire_owned() {
+        Ok(permit) => Admission::Accepted {
+            token_valid_for: claims.remaining(),
+            subject: claims.sub,
+            since,
+            permit,
+        },
+        Err(_) => Admission::Refused {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: "channel full on this server: try again later".into(),
+        },
+    }
+}
+
+/// The body of a decision.
+#[derive(Debug, serde::Deserialize)]
+struct DecisionRequest {
+    decision: Verdict,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn decide(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let token = auth::token_from_request(authorization(&headers), uri.query());
+    let claims = match state
+        .verifier
+        .authorize(token.as_deref(), Permission::ApprovalsManage)
+    {
+        Ok(claims) => claims,
+        Err(e @ AuthError::Forbidden(_)) => return error(StatusCode::FORBIDDEN, e),
+        Err(e) => return error(StatusCode::UNAUTHORIZED, e),
+    };
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return error(StatusCode::NOT_FOUND, "no approval with this id");
+    };
+    let request: DecisionRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"decision\":\"approve\"|\"reject\",\"comment\":...}}: {e}"),
+            )
+        }
+    };
+    if request
+        .comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > MAX_COMMENT_CHARS)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("comment longer than {MAX_COMMENT_CHARS} characters"),
+        );
+    }
+    match state
+        .approvals
+        .decide(&id, request.decision, &claims.sub, request.comment)
+        .await
+    {
+        Ok(approval) => (StatusCode::OK, Json(approval)).into_response(),
+        Err(DecideError::NotFound) => error(StatusCode::NOT_FOUND, DecideError::NotFound),
+        Err(DecideError::Conflict(status)) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": format!("the approval is already {status}"), "status": status })),
+        )
+            .into_response(),
+        Err(e @ DecideError::Corrupt(_)) => {
+            tracing::error!(approval = %id, error = %e, "stored approval unreadable");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e)
+        }
+        Err(e @ DecideError::Store(_)) => {
+            tracing::warn!(approval = %id, error = %e, "decision failed: Redis unavailable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "approval store unavailable: retry",
+            )
+        }
+    }
+}
