@@ -42,7 +42,12 @@ check-deploy:
 	@if [ -x scripts/check-deploy.sh ]; then bash scripts/check-deploy.sh; fi
 
 ## Benchmarks: each writes bench/results/<name>.json; `make bench` runs them all and writes BENCHMARKS.md.
-bench: bench-mqtt bench-registry bench-ws bench-federation bench-eve
+bench: services
+	-$(MAKE) bench-mqtt
+	-$(MAKE) bench-registry
+	-$(MAKE) bench-ws
+	-$(MAKE) bench-federation
+	-$(MAKE) bench-eve
 	@python3 scripts/bench_report.py
 
 bench-mqtt: services

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from bench/results/*.json (each written by one `make bench-*`)."""
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ORDER = ["mqtt", "registry", "ws", "federation", "eve"]
+
+
+def fmt(v):
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def quantity(q):
+    if not q:
+        return "n/a"
+    return f"{fmt(q.get('value'))} {q.get('unit', '')} ({q.get('name', '')})".strip()
+
+
+def main():
+    results = {}
+    for path in sorted((ROOT / "bench" / "results").glob("*.json")):
+        try:
+            results[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            print(f"bench_report: skipping {path.name}: {e}", file=sys.stderr)
+    names = [n for n in ORDER if n in results] + sorted(set(results) - set(ORDER))
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (scripts/bench_report.py) from `bench/results/*.json`; each row",
+        "was measured by its own `make bench-<name>` on this project's 2-core machine, with the",
+        "ceiling measured in the same run. The machine is shared and noisy: compare within a row.",
+        "",
+        "| bench | service | figure | ceiling (same run) | ratio | target | met | measured |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        r = results[n]
+        ratio = r.get("ratio")
+        out.append(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                f"`{r.get('command', 'make bench-' + n)}`",
+                r.get("service", ""),
+                quantity(r.get("figure")),
+                quantity(r.get("ceiling")),
+                f"{ratio:.1%}" if isinstance(ratio, (int, float)) else "n/a",
+                r.get("target", ""),
+                {True: "yes", False: "**no**"}.get(r.get("met"), "n/a"),
+                r.get("measured_at", ""),
+            )
+        )
+    missing = [n for n in ORDER if n not in results]
+    if missing:
+        out += ["", "Not measured yet: " + ", ".join(f"`make bench-{n}`" for n in missing) + "."]
+    for n in names:
+        r = results[n]
+        out += ["", f"## {n}: {r.get('service', '')}", "", "```json",
+                json.dumps(r.get("details", {}), indent=2, sort_keys=True), "```"]
+        if r.get("notes"):
+            out += ["", str(r["notes"])]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(out) + "\n")
+    print(f"wrote BENCHMARKS.md ({len(names)} benchmarks)")
+
+
+if __name__ == "__main__":
+    main()
