@@ -1,0 +1,385 @@
+//! Export: one local stream to its JetStream subject.
+//!
+//! A reader takes entries through the consumer group `federation-gateway`, applies the
+//! [`Policy`](crate::policy::Policy) and publishes what may leave with a deterministic
+//! `Nats-Msg-Id` and the origin site. Publishes are pipelined: up to `window` acks are
+//! outstanding. A collector awaits the acks in order (publishing again when one fails) and
+//! XACKs entries only once JetStream has stored them, in batches. An entry stays "in flight"
+//! from its publish to its XACK; a re-read of it (own pending entries after a restart, a
+//! takeover) is skipped meanwhile instead of being published twice.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, publish::PublishAck};
+use aurora_core::bus::{self, BusError, Entry, GroupConfig, GroupReader, Producer};
+use aurora_core::names::{FederatedKind, Names};
+use bytes::Bytes;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::{Decision, Policy};
+use crate::telemetry::{self, Direction};
+use crate::{ORIGIN_SITE_HEADER, SERVICE};
+
+/// The consumer group of every exporter on every local stream.
+pub const GROUP: &str = "federation-gateway";
+
+/// XACK at least every this many settled entries while busy.
+const FLUSH_AT: usize = 128;
+
+/// How the exporters read and publish.
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    /// The site's Redis (each reader blocks on a connection of its own).
+    pub redis_url: String,
+    /// This replica's consumer name in the group.
+    pub consumer: String,
+    pub window: usize,
+    pub batch: usize,
+    pub claim_idle: Duration,
+    pub max_deliveries: u64,
+}
+
+/// An exporter could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the exporter of {stream}: {source}")]
+pub struct ExportError {
+    pub stream: String,
+    #[source]
+    pub source: BusError,
+}
+
+/// An entry between its read and its XACK.
+struct InFlight {
+    entry_id: String,
+    _permit: OwnedSemaphorePermit,
+    /// `None` when the policy withheld it: only the XACK is left to do.
+    publish: Option<Outgoing>,
+}
+
+struct Outgoing {
+    msg_id: String,
+    payload: Bytes,
+    ack: PublishAckFuture,
+    sent: Instant,
+}
+
+/// What the publisher and the collector share.
+#[derive(Clone)]
+struct Shared {
+    kind: FederatedKind,
+    subject: String,
+    site_id: String,
+    js: jetstream::Context,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    progress: Arc<Notify>,
+    abort: CancellationToken,
+}
+
+impl Shared {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Nothing panics while holding it; a poisoned set is still a valid set.
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn send(&self, msg_id: &str, payload: Bytes) -> Result<PublishAckFuture, PublishError> {
+        let publish = PublishMessage::build()
+            .payload(payload)
+            .message_id(msg_id)
+            .header(ORIGIN_SITE_HEADER, self.site_id.as_str());
+        self.js.send_publish(self.subject.clone(), publish).await
+    }
+
+    /// Sleeps, or returns `false` at once when told to give up.
+    async fn backoff(&self, delay: &mut Duration) -> bool {
+        tokio::select! {
+            _ = self.abort.cancelled() => return false,
+            _ = tokio::time::sleep(*delay) => {}
+        }
+        *delay = (*delay * 2).min(Duration::from_secs(2));
+        true
+    }
+}
+
+/// Exports one local stream.
+pub struct Exporter {
+    shared: Shared,
+    reader: GroupReader,
+    /// The same group through the shared connection: XACKs from the collector.
+    acker: Option<GroupReader>,
+    policy: Arc<Policy>,
+    window: usize,
+}
+
+impl Exporter {
+    pub async fn new(
+        kind: FederatedKind,
+        names: &Names,
+        producer: Producer,
+        js: jetstream::Context,
+        policy: Arc<Policy>,
+        settings: &ExportSettings,
+        abort: CancellationToken,
+    ) -> Result<Self, ExportError> {
+        let stream = names.federated_stream(kind);
+        let err = |source| ExportError {
+            stream: stream.clone(),
+            source,
+        };
+        let mut cfg = GroupConfig::new(
+            &stream,
+            GROUP,
+            &settings.consumer,
+            &names.federation_deadletter(),
+            SERVICE,
+        );
+        cfg.batch = settings.batch;
+        cfg.claim_idle = settings.claim_idle;
+        cfg.max_deliveries = settings.max_deliveries;
+        let read_conn = bus::connect_blocking(&settings.redis_url, cfg.block)
+            .await
+            .map_err(err)?;
+        let reader = GroupReader::new(cfg.clone(), read_conn, producer.clone())
+            .await
+            .map_err(err)?;
+        let acker = GroupReader::new(cfg, producer.conn(), producer)
+            .await
+            .map_err(err)?;
+        Ok(Self {
+            shared: Shared {
+                kind,
+                subject: names.nats_subject(kind),
+                site_id: policy.site_id().to_string(),
+                js,
+                in_flight: Arc::default(),
+                progress: Arc::default(),
+                abort,
+            },
+            reader,
+            acker: Some(acker),
+            policy,
+            window: settings.window,
+        })
+    }
+
+    /// Runs until `shutdown`, then settles what is in flight (until `abort`).
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let window = Arc::new(Semaphore::new(self.window));
+        let (tx, rx) = mpsc::channel(self.window);
+        let Some(acker) = self.acker.take() else {
+            return;
+        };
+        let collector = tokio::spawn(collect(rx, acker, self.shared.clone()));
+        let kind = self.shared.kind;
+        tracing::info!(stream = %self.reader.config().stream, subject = %self.shared.subject, "exporting");
+        while !shutdown.is_cancelled() && !self.shared.abort.is_cancelled() {
+            let batch = match self.reader.next_batch().await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, subject = kind.subject_token(), "cannot read the local stream; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let read = batch.len();
+            let mut fresh = 0;
+            for entry in batch {
+                if self.shared.in_flight().contains(&entry.id) {
+                    continue;
+                }
+                fresh += 1;
+                let Some(item) = self.prepare(entry, &window).await else {
+                    continue;
+                };
+                if tx.send(item).await.is_err() {
+                    return; // the collector gave up (abort)
+                }
+            }
+            if read > 0 && fresh == 0 {
+                // Everything read is still in flight: wait for acks rather than spin.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    self.shared.progress.notified(),
+                )
+                .await;
+            }
+        }
+        drop(tx);
+        let _ = collector.await;
+    }
+
+    /// Decides about one entry; publishes it when it may leave. `None` when there is nothing
+    /// left to do with it (dead-lettered) or when told to give up.
+    async fn prepare(&self, entry: Entry, window: &Arc<Semaphore>) -> Option<InFlight> {
+        let data = entry.data.as_deref().unwrap_or_default();
+        let kind = self.shared.kind;
+        let decision = self.policy.decide(kind, data);
+        let (payload, msg_id) = match decision {
+            Decision::Reject(reason) => {
+                self.reject(&entry, &reason).await;
+                return None;
+            }
+            Decision::Withhold(why) => {
+                telemetry::withheld(kind, why.as_str());
+                let permit = window.clone().acquire_owned().await.ok()?;
+                self.shared.in_flight().insert(entry.id.clone());
+                return Some(InFlight {
+                    entry_id: entry.id,
+                    _permit: permit,
+                    publish: None,
+                });
+            }
+            Decision::Export {
+                payload,
+                msg_id,
+                iocs_withheld,
+            } => {
+                if iocs_withheld > 0 {
+                    telemetry::iocs_withheld(iocs_withheld);
+                }
+                (payload, msg_id)
+            }
+        };
+        let permit = window.clone().acquire_owned().await.ok()?;
+        let mut delay = Duration::from_millis(100);
+        let ack = loop {
+            match self.shared.send(&msg_id, payload.clone()).await {
+                Ok(ack) => break ack,
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    self.reject(&entry, &format!("too large for NATS: {e}"))
+                        .await;
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, subject = %self.shared.subject, "publish failed; retrying");
+                    telemetry::publish_retry();
+                    if !self.shared.backoff(&mut delay).await {
+                        return None;
+                    }
+                }
+            }
+        };
+        self.shared.in_flight().insert(entry.id.clone());
+        Some(InFlight {
+            entry_id: entry.id,
+            _permit: permit,
+            publish: Some(Outgoing {
+                msg_id,
+                payload,
+                ack,
+                sent: Instant::now(),
+            }),
+        })
+    }
+
+    /// Dead-letters an entry that cannot be exported; left pending (and retried) when even
+    /// that fails.
+    async fn reject(&self, entry: &Entry, reason: &str) {
+        telemetry::dead_letter(Direction::Export, "invalid_document");
+        if let Err(e) = self.reader.dead_letter(entry, reason).await {
+            tracing::error!(error = %e, entry = %entry.id, "cannot dead-letter; the entry stays pending");
+        }
+    }
+}
+
+/// Settles in-flight entries in order and XACKs them in batches.
+async fn collect(mut rx: mpsc::Receiver<InFlight>, acker: GroupReader, shared: Shared) {
+    let mut settled: Vec<InFlight> = Vec::new();
+    loop {
+        let next = if settled.is_empty() {
+            rx.recv().await
+        } else {
+            match rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(TryRecvError::Empty) => {
+                    if !flush(&acker, &shared, &mut settled).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        let Some(mut item) = next else { break };
+        if let Some(out) = item.publish.take() {
+            if !settle(&shared, out).await {
+                return;
+            }
+        }
+        settled.push(item);
+        if settled.len() >= FLUSH_AT && !flush(&acker, &shared, &mut settled).await {
+            return;
+        }
+    }
+    flush(&acker, &shared, &mut settled).await;
+}
+
+/// Waits until JetStream stored the message, publishing it again when an ack fails.
+/// `false` when told to give up first.
+async fn settle(shared: &Shared, out: Outgoing) -> bool {
+    let mut ack = out.ack;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let result: Result<PublishAck, PublishError> = tokio::select! {
+            _ = shared.abort.cancelled() => return false,
+            r = ack => r,
+        };
+        match result {
+            Ok(stored) => {
+                if stored.duplicate {
+                    telemetry::duplicates(Direction::Export, 1);
+                } else {
+                    telemetry::messages(Direction::Export, shared.kind, 1);
+                }
+                telemetry::publish_latency(out.sent.elapsed());
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, msg_id = %out.msg_id, "no JetStream ack; publishing again");
+                telemetry::publish_retry();
+            }
+        }
+        ack = loop {
+            if !shared.backoff(&mut delay).await {
+                return false;
+            }
+            match shared.send(&out.msg_id, out.payload.clone()).await {
+                Ok(ack) => break ack,
+                Err(e) => {
+                    tracing::warn!(error = %e, msg_id = %out.msg_id, "publish failed; retrying")
+                }
+            }
+        };
+    }
+}
+
+/// XACKs settled entries; retries until Redis takes it. `false` when told to give up.
+async fn flush(acker: &GroupReader, shared: &Shared, settled: &mut Vec<InFlight>) -> bool {
+    if settled.is_empty() {
+        return true;
+    }
+    let ids: Vec<&str> = settled.iter().map(|i| i.entry_id.as_str()).collect();
+    let mut delay = Duration::from_millis(100);
+    while let Err(e) = acker.ack(&ids).await {
+        tracing::warn!(error = %e, "XACK failed; retrying");
+        if !shared.backoff(&mut delay).await {
+            return false;
+        }
+    }
+    {
+        let mut in_flight = shared.in_flight();
+        for item in settled.iter() {
+            in_flight.remove(&item.entry_id);
+        }
+    }
+    settled.clear(); // releases the window permits
+    shared.progress.notify_waiters();
+    true
+}

@@ -1,0 +1,363 @@
+//! Import: the federation stream to this site's local streams.
+//!
+//! One durable pull consumer per site (replicas of a site share it), explicit acks. Each
+//! message from another site lands on the local stream of its kind with its origin site added,
+//! exactly once ([`Lander`]); the JetStream ack goes only after that write. Messages of this
+//! site are acked and skipped. Unreadable messages go to the dead-letter stream at once; a
+//! message whose write fails is redelivered after `nak_delay`, and dead-lettered at its last
+//! delivery. While Redis cannot be reached at all, messages are held and retried in place
+//! (their ack wait extended) instead of being naked: an outage must not use up deliveries.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{self, AckKind, Message};
+use aurora_core::bus::Producer;
+use aurora_core::model::DeadLetter;
+use aurora_core::names::{FederatedKind, Names};
+use futures::StreamExt;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::landing::{LandError, Landed, Lander, Landing};
+use crate::policy::ORIGIN_SITE_FIELD;
+use crate::telemetry::{self, Direction};
+use crate::{ORIGIN_SITE_HEADER, SERVICE};
+
+/// How the importer consumes.
+#[derive(Debug, Clone)]
+pub struct ImportSettings {
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub nak_delay: Duration,
+    pub max_ack_pending: i64,
+    pub batch: usize,
+}
+
+/// The site's durable consumer could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the durable consumer {consumer} on stream {stream}: {source}")]
+pub struct ConsumerError {
+    pub stream: String,
+    pub consumer: String,
+    #[source]
+    pub source: async_nats::jetstream::stream::ConsumerError,
+}
+
+/// The consumer of one site: its own (the seed shared one name between sites, which split the
+/// stream between them).
+pub fn consumer_config(names: &Names, site_id: &str, settings: &ImportSettings) -> pull::Config {
+    pull::Config {
+        durable_name: Some(names.federation_consumer(site_id)),
+        description: Some(format!("federation import of site {site_id}")),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: settings.ack_wait,
+        max_deliver: settings.max_deliver,
+        max_ack_pending: settings.max_ack_pending,
+        ..Default::default()
+    }
+}
+
+/// Creates the site's consumer, or updates it to the configured settings.
+pub async fn ensure_consumer(
+    stream: &jetstream::stream::Stream,
+    stream_name: &str,
+    config: pull::Config,
+) -> Result<PullConsumer, ConsumerError> {
+    let consumer = config.durable_name.clone().unwrap_or_default();
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|source| ConsumerError {
+            stream: stream_name.to_string(),
+            consumer,
+            source,
+        })
+}
+
+/// What to do with one message.
+enum Plan {
+    /// Published by this site: ack and skip.
+    Own,
+    DeadLetter(String),
+    Land(Landing, FederatedKind),
+}
+
+/// Imports the federation stream into the local bus.
+pub struct Importer {
+    pub names: Names,
+    pub site_id: String,
+    pub stream: jetstream::stream::Stream,
+    pub consumer_config: pull::Config,
+    pub lander: Lander,
+    pub producer: Producer,
+    pub settings: ImportSettings,
+}
+
+impl Importer {
+    /// Pulls and imports until `shutdown`; finishes the batch at hand unless `abort`.
+    pub async fn run(self, shutdown: CancellationToken, abort: CancellationToken) {
+        let stream_name = self.names.nats_stream();
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            let consumer =
+                match ensure_consumer(&self.stream, &stream_name, self.consumer_config.clone())
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach the site's consumer; retrying");
+                        if !sleep_or(&shutdown, &mut backoff).await {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(self.settings.batch)
+                .expires(Duration::from_secs(30))
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await;
+            let messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pull from the site's consumer; retrying");
+                    if !sleep_or(&shutdown, &mut backoff).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            tracing::info!(consumer = ?self.consumer_config.durable_name, "importing");
+            let mut chunks = messages.ready_chunks(self.settings.batch);
+            loop {
+                let chunk = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    chunk = chunks.next() => chunk,
+                };
+                let Some(chunk) = chunk else { break };
+                let mut batch = Vec::with_capacity(chunk.len());
+                let mut broken = None;
+                for item in chunk {
+                    match item {
+                        Ok(msg) => batch.push(msg),
+                        Err(e) => broken = Some(e),
+                    }
+                }
+                self.handle(batch, &abort).await;
+                if let Some(e) = broken {
+                    // Pull again: after a reconnect, a missed heartbeat or a deleted consumer.
+                    tracing::warn!(error = %e, "pull interrupted; pulling again");
+                    break;
+                }
+                backoff = Duration::from_millis(200);
+            }
+            if !sleep_or(&shutdown, &mut backoff).await {
+                break;
+            }
+        }
+    }
+
+    /// Imports one batch: dead letters and own messages first, then every landing in one
+    /// round trip to Redis, then the acks.
+    async fn handle(&self, batch: Vec<Message>, abort: &CancellationToken) {
+        let mut landings = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match self.plan(&msg) {
+                Plan::Own => {
+                    telemetry::own_skipped(1);
+                    ack(&msg, AckKind::Ack).await;
+                }
+                Plan::DeadLetter(reason) => {
+                    telemetry::dead_letter(Direction::Import, "invalid_message");
+                    self.dead_letter(&msg, &reason, abort).await;
+                }
+                Plan::Land(landing, kind) => {
+                    landings.push(landing);
+                    waiting.push((msg, kind));
+                }
+            }
+        }
+        if landings.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        let results = loop {
+            match self.lander.land_batch(&landings).await {
+                Ok(results) => break results,
+                Err(e) if e.is_connection() => {
+                    tracing::warn!(error = %e, "Redis unreachable; holding the batch");
+                    for (msg, _) in &waiting {
+                        ack(msg, AckKind::Progress).await;
+                    }
+                    if !sleep_or(abort, &mut delay).await {
+                        return; // unacked: redelivered after the ack wait
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "batch write refused; writing one by one");
+                    for ((msg, kind), landing) in waiting.iter().zip(&landings) {
+                        self.land_alone(msg, *kind, landing, abort).await;
+                    }
+                    return;
+                }
+            }
+        };
+        telemetry::import_write_latency(started.elapsed());
+        for ((msg, kind), landed) in waiting.iter().zip(results) {
+            self.count(*kind, &landed);
+            ack(msg, AckKind::Ack).await;
+        }
+    }
+
+    fn count(&self, kind: FederatedKind, landed: &Landed) {
+        match landed {
+            Landed::Written(_) => telemetry::messages(Direction::Import, kind, 1),
+            Landed::Duplicate => telemetry::duplicates(Direction::Import, 1),
+        }
+    }
+
+    /// Lands one message whose batch was refused; naks or dead-letters it when its own
+    /// write is refused.
+    async fn land_alone(
+        &self,
+        msg: &Message,
+        kind: FederatedKind,
+        landing: &Landing,
+        abort: &CancellationToken,
+    ) {
+        let mut delay = Duration::from_millis(100);
+        let refused: LandError = loop {
+            match self.lander.land(landing).await {
+                Ok(landed) => {
+                    self.count(kind, &landed);
+                    ack(msg, AckKind::Ack).await;
+                    return;
+                }
+                Err(e) if e.is_connection() => {
+                    ack(msg, AckKind::Progress).await;
+                    if !sleep_or(abort, &mut delay).await {
+                        return;
+                    }
+                }
+                Err(e) => break e,
+            }
+        };
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+        if delivered >= self.settings.max_deliver {
+            telemetry::dead_letter(Direction::Import, "max_deliveries");
+            let reason =
+                format!("delivered {delivered} times, every write failed; last: {refused}");
+            self.dead_letter(msg, &reason, abort).await;
+        } else {
+            tracing::warn!(error = %refused, delivered, "import failed; redelivery after the nak delay");
+            telemetry::nak();
+            ack(msg, AckKind::Nak(Some(self.settings.nak_delay))).await;
+        }
+    }
+
+    /// Decides about one message from its subject, headers and payload.
+    fn plan(&self, msg: &Message) -> Plan {
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let origin = header(ORIGIN_SITE_HEADER);
+        if origin.as_deref() == Some(self.site_id.as_str()) {
+            return Plan::Own;
+        }
+        let stream_name = self.names.nats_stream();
+        let kind = msg
+            .subject
+            .as_str()
+            .strip_prefix(stream_name.as_str())
+            .and_then(|s| s.strip_prefix('.'))
+            .and_then(FederatedKind::from_subject_token);
+        let Some(kind) = kind else {
+            return Plan::DeadLetter(format!("unknown subject {}", msg.subject));
+        };
+        let Some(origin) = origin.filter(|o| !o.is_empty()) else {
+            return Plan::DeadLetter(format!("no {ORIGIN_SITE_HEADER} header"));
+        };
+        let mut doc = match serde_json::from_slice::<Value>(&msg.payload) {
+            Ok(Value::Object(doc)) => doc,
+            Ok(_) => return Plan::DeadLetter("payload is not a JSON object".into()),
+            Err(e) => return Plan::DeadLetter(format!("invalid JSON: {e}")),
+        };
+        doc.insert(ORIGIN_SITE_FIELD.to_string(), Value::String(origin));
+        let msg_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref())
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| {
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+                format!("seq:{seq}")
+            });
+        Plan::Land(
+            Landing {
+                key: idempotency_key(&self.names, &msg_id),
+                stream: self.names.federated_stream(kind),
+                data: aurora_core::model::to_bytes(&doc),
+            },
+            kind,
+        )
+    }
+
+    /// Writes the dead-letter record (retrying while Redis is unreachable), then terminates
+    /// the message: it is never both lost and acknowledged.
+    async fn dead_letter(&self, msg: &Message, reason: &str, abort: &CancellationToken) {
+        let info = msg.info().ok();
+        let mut record = DeadLetter::new(SERVICE, msg.subject.as_str(), reason, &msg.payload);
+        record.source_id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_string())
+            .or_else(|| info.as_ref().map(|i| format!("seq:{}", i.stream_sequence)));
+        record.deliveries = info.as_ref().map(|i| i.delivered.max(0) as u64);
+        tracing::warn!(subject = %msg.subject, reason, "dead-lettered a federation message");
+        let stream = self.names.federation_deadletter();
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self.producer.dead_letter(&stream, &record).await {
+            tracing::warn!(error = %e, "cannot write the dead letter; retrying");
+            ack(msg, AckKind::Progress).await;
+            if !sleep_or(abort, &mut delay).await {
+                return;
+            }
+        }
+        ack(msg, AckKind::Term).await;
+    }
+}
+
+/// The idempotency key of a message id (long ids hashed, so keys stay small).
+pub fn idempotency_key(names: &Names, msg_id: &str) -> String {
+    let id = if msg_id.len() > 200 {
+        format!("sha256:{}", hex::encode(Sha256::digest(msg_id.as_bytes())))
+    } else {
+        msg_id.to_string()
+    };
+    names.state_key("federation", &format!("imported:{id}"))
+}
+
+async fn ack(msg: &Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        // Not fatal: an ack that did not arrive means a redelivery, which lands as a duplicate.
+        tracing::warn!(error = %e, subject = %msg.subject, "cannot ack");
+    }
+}
+
+/// Sleeps with a doubling delay (at most 2 s); `false` when `stop` came first.
+async fn sleep_or(stop: &CancellationToken, delay: &mut Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => return false,
+        _ = tokio::time::sleep(*delay) => {}
+    }
+    *delay = (*delay * 2).min(Duration::from_secs(2));
+    true
+}

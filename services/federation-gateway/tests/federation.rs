@@ -1,0 +1,498 @@
+//! Two sites under one namespace, against real Redis and NATS JetStream: site A and site B
+//! are two databases of one Redis (or Redis servers of the test's own), sharing one NATS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use aurora_core::bus::{self, Conn, Producer};
+use aurora_core::jetstream::{federation_stream_config, StreamChange};
+use aurora_core::model::DeadLetter;
+use aurora_core::names::Names;
+use aurora_core::ops::Readiness;
+use aurora_testkit::{wait_until, NatsServer};
+use clap::Parser;
+use federation_gateway::{Args, GatewayError, ORIGIN_SITE_HEADER};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const SITE_A_REDIS: &str = "redis://127.0.0.1:6379/1";
+const SITE_B_REDIS: &str = "redis://127.0.0.1:6379/2";
+const LONG: Duration = Duration::from_secs(30);
+
+fn args(names: &Names, site: &str, redis: &str, nats: &str, extra: &[&str]) -> Args {
+    let instance = format!("{site}-1");
+    let mut argv = vec![
+        "federation-gateway",
+        "--namespace",
+        names.namespace(),
+        "--site-id",
+        site,
+        "--redis-url",
+        redis,
+        "--nats-url",
+        nats,
+        "--ops-addr",
+        "127.0.0.1:0",
+        "--instance-id",
+        &instance,
+        "--log-format",
+        "pretty",
+        "--lag-interval",
+        "500ms",
+        "--shutdown-timeout",
+        "5s",
+    ];
+    argv.extend_from_slice(extra);
+    Args::try_parse_from(argv).unwrap()
+}
+
+/// A gateway running in-process.
+struct Site {
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), GatewayError>>,
+}
+
+impl Site {
+    async fn start(args: Args) -> Self {
+        let readiness = Readiness::new();
+        let gateway = federation_gateway::start(args, readiness.clone())
+            .await
+            .expect("gateway starts");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gateway.run(shutdown.clone()));
+        Self {
+            readiness,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn redis(url: &str) -> Conn {
+    bus::connect(url).await.unwrap()
+}
+
+async fn raise(conn: &Conn, stream: &str, doc: &Value) -> String {
+    Producer::new(conn.clone(), 100_000)
+        .publish(stream, &serde_json::to_vec(doc).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn docs(conn: &Conn, stream: &str) -> Vec<Value> {
+    let mut conn = conn.clone();
+    bus::range(&mut conn, stream, "0-0", 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| serde_json::from_slice(&e.data.unwrap_or_default()).unwrap())
+        .collect()
+}
+
+fn alert(id: &str, severity: &str) -> Value {
+    json!({"id": id, "title": "Suspicious DNS Query to Known C2 Domain", "severity": severity,
+           "status": "new", "source": "suricata", "iocs": [{"type": "domain", "value": "t1.evil.com"}],
+           "mitre_techniques": ["T1071.004"], "timestamp": "2024-01-15T10:30:00Z"})
+}
+
+async fn jetstream_ctx(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.unwrap())
+}
+
+async fn stream_messages(js: &jetstream::Context, names: &Names) -> u64 {
+    let mut stream = js.get_stream(names.nats_stream()).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// Removes what a test left on the shared servers.
+async fn cleanup(names: &Names, redis_urls: &[&str], js: &jetstream::Context) {
+    let _ = js.delete_stream(names.nats_stream()).await;
+    for url in redis_urls {
+        let mut conn = redis(url).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", names.namespace()))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for chunk in keys.chunks(500) {
+            let _: () = redis::cmd("DEL")
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn ids(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| d["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_crosses_once_with_its_origin_and_red_iocs_stay_home() {
+    let names = aurora_testkit::names();
+    let nats = aurora_testkit::NATS_URL;
+    let a = Site::start(args(&names, "site-a", SITE_A_REDIS, nats, &[])).await;
+    let b = Site::start(args(&names, "site-b", SITE_B_REDIS, nats, &[])).await;
+    let (ra, rb) = (redis(SITE_A_REDIS).await, redis(SITE_B_REDIS).await);
+
+    raise(&ra, &names.alerts(), &alert("a-1", "high")).await;
+    raise(
+        &ra,
+        &names.iocs(),
+        &json!({"id": "ioc-red", "type": "domain", "value": "secret.example", "tlp": "TLP:RED"}),
+    )
+    .await;
+    raise(
+        &ra,
+        &names.iocs(),
+        &json!({"id": "ioc-green", "type": "domain", "value": "shared.example", "tlp": "TLP:GREEN"}),
+    )
+    .await;
+
+    let at_b = wait_until(LONG, "the alert and the green IOC at site B", || async {
+        let alerts = docs(&rb, &names.alerts()).await;
+        let iocs = docs(&rb, &names.iocs()).await;
+        (!alerts.is_empty() && !iocs.is_empty()).then_some((alerts, iocs))
+    })
+    .await;
+    assert_eq!(at_b.0[0]["id"], "a-1");
+    assert_eq!(at_b.0[0]["origin_site"], "site-a");
+    assert_eq!(
+        at_b.0[0]["title"],
+        "Suspicious DNS Query to Known C2 Domain"
+    );
+    assert_eq!(at_b.1[0]["id"], "ioc-green");
+
+    // A sentinel from B: once it is at A, B has had its chance to echo A's alert back.
+    raise(&rb, &names.alerts(), &alert("b-1", "critical")).await;
+    wait_until(LONG, "B's alert at site A", || async {
+        let alerts = docs(&ra, &names.alerts()).await;
+        (alerts.len() >= 2).then_some(())
+    })
+    .await;
+    let js = jetstream_ctx(nats).await;
+    // Wait for both exporters to settle their streams (B also read A's alert, and withheld it).
+    let pending = |conn: Conn, stream: String| async move {
+        let mut conn = conn;
+        let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("federation-gateway")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        reply.count()
+    };
+    wait_until(LONG, "every entry settled on both sites", || async {
+        let mut total = 0;
+        for conn in [&ra, &rb] {
+            total += pending(conn.clone(), names.alerts()).await;
+            total += pending(conn.clone(), names.iocs()).await;
+        }
+        (total == 0).then_some(())
+    })
+    .await;
+
+    // On the wire: A's alert, A's green IOC, B's alert. No red IOC, no echo.
+    assert_eq!(stream_messages(&js, &names).await, 3);
+    let at_a = docs(&ra, &names.alerts()).await;
+    assert_eq!(ids(&at_a), vec!["a-1", "b-1"]);
+    assert!(at_a[0].get("origin_site").is_none());
+    assert_eq!(at_a[1]["origin_site"], "site-b");
+    let at_b = docs(&rb, &names.alerts()).await;
+    assert_eq!(ids(&at_b), vec!["a-1", "b-1"]);
+    assert_eq!(
+        at_b[1].get("origin_site"),
+        None,
+        "B's own alert carries no origin"
+    );
+    let iocs_b = docs(&rb, &names.iocs()).await;
+    assert_eq!(ids(&iocs_b), vec!["ioc-green"]);
+    assert!(a.readiness.is_ready(), "{}", a.readiness.report());
+
+    a.stop().await;
+    b.stop().await;
+    cleanup(&names, &[SITE_A_REDIS, SITE_B_REDIS], &js).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() {
+    let names = aurora_testkit::names();
+    let nats = aurora_testkit::NATS_URL;
+    let extra = [
+        "--export",
+        "false",
+        "--max-deliver",
+        "3",
+        "--nak-delay",
+        "100ms",
+    ];
+    let b = Site::start(args(&names, "site-b", SITE_B_REDIS, nats, &extra)).await;
+    let rb = redis(SITE_B_REDIS).await;
+    // The audit stream's key holds a string: every write of an audit entry is refused.
+    let mut conn = rb.clone();
+    let _: () = redis::cmd("SET")
+        .arg(names.audit())
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let js = jetstream_ctx(nats).await;
+    let publish = |subject: String, id: &'static str, payload: &'static [u8]| {
+        let js = js.clone();
+        async move {
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .message_id(id)
+                .header(ORIGIN_SITE_HEADER, "site-x");
+            js.send_publish(subject, msg).await.unwrap().await.unwrap();
+        }
+    };
+    publish(
+        names.nats_subject(aurora_core::names::FederatedKind::Audit),
+        "site-x:poison",
+        br#"{"id":"poison","actor":"x","action":"y"}"#,
+    )
+    .await;
+    publish(
+        names.nats_subject(aurora_core::names::FederatedKind::Alerts),
+        "site-x:garbage",
+        b"{not json",
+    )
+    .await;
+    publish(
+        names.nats_subject(aurora_core::names::FederatedKind::Alerts),
+        "site-x:fine",
+        br#"{"id":"fine","severity":"low"}"#,
+    )
+    .await;
+
+    let dead = wait_until(LONG, "two dead letters", || async {
+        let dead = docs(&rb, &names.federation_deadletter()).await;
+        (dead.len() >= 2).then_some(dead)
+    })
+    .await;
+    let dead: Vec<DeadLetter> = dead
+        .into_iter()
+        .map(|d| serde_json::from_value(d).unwrap())
+        .collect();
+    let by_id: HashMap<_, _> = dead
+        .iter()
+        .map(|d| (d.source_id.clone().unwrap_or_default(), d))
+        .collect();
+    let garbage = by_id["site-x:garbage"];
+    assert!(
+        garbage.reason.contains("invalid JSON"),
+        "{}",
+        garbage.reason
+    );
+    assert_eq!(
+        garbage.deliveries,
+        Some(1),
+        "invalid JSON is dead-lettered at once"
+    );
+    assert_eq!(garbage.raw().unwrap(), b"{not json");
+    let poison = by_id["site-x:poison"];
+    assert_eq!(poison.deliveries, Some(3));
+    assert!(poison.reason.contains("WRONGTYPE"), "{}", poison.reason);
+    assert_eq!(
+        poison.source,
+        names.nats_subject(aurora_core::names::FederatedKind::Audit)
+    );
+    // The healthy message went through beside them.
+    let alerts = docs(&rb, &names.alerts()).await;
+    assert_eq!(ids(&alerts), vec!["fine"]);
+    assert_eq!(alerts[0]["origin_site"], "site-x");
+    // Terminated: nothing left for this site's consumer.
+    let stream = js.get_stream(names.nats_stream()).await.unwrap();
+    wait_until(LONG, "consumer settled", || async {
+        let info = stream
+            .consumer_info(names.federation_consumer("site-b"))
+            .await
+            .unwrap();
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    b.stop().await;
+    cleanup(&names, &[SITE_B_REDIS], &js).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_config_drift_is_corrected_and_reported() {
+    let names = aurora_testkit::names();
+    let nats = aurora_testkit::NATS_URL;
+    let js = jetstream_ctx(nats).await;
+    let mut drifted = federation_stream_config(&names);
+    drifted.max_messages = 10;
+    js.create_stream(drifted).await.unwrap();
+
+    let gateway = federation_gateway::start(
+        args(&names, "site-a", SITE_A_REDIS, nats, &[]),
+        Readiness::new(),
+    )
+    .await
+    .unwrap();
+    match gateway.stream_change() {
+        StreamChange::Updated(changes) => assert_eq!(
+            changes,
+            &vec!["max_messages: 10 -> 100000".to_string()],
+            "reported"
+        ),
+        other => panic!("drift not corrected: {other:?}"),
+    }
+    let mut stream = js.get_stream(names.nats_stream()).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().config.max_messages, 100_000);
+    drop(gateway);
+
+    // Started again, it finds nothing to change.
+    let again = federation_gateway::start(
+        args(&names, "site-a", SITE_A_REDIS, nats, &[]),
+        Readiness::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.stream_change(), &StreamChange::Unchanged);
+    drop(again);
+    cleanup(&names, &[SITE_A_REDIS], &js).await;
+}
+
+/// Raises `n` alerts `a-<from>`… at a site, in batches.
+async fn raise_many(conn: &Conn, names: &Names, range: std::ops::Range<usize>) {
+    let producer = Producer::new(conn.clone(), 1_000_000);
+    let docs: Vec<Vec<u8>> = range
+        .map(|i| serde_json::to_vec(&alert(&format!("a-{i}"), "high")).unwrap())
+        .collect();
+    for chunk in docs.chunks(200) {
+        let items: Vec<(String, &[u8])> = chunk
+            .iter()
+            .map(|d| (names.alerts(), d.as_slice()))
+            .collect();
+        producer.publish_batch(&items).await.unwrap();
+    }
+}
+
+/// Waits until site B holds every alert `a-0..a-<n>`; fails on a duplicate.
+async fn wait_all_at_b(rb: &Conn, names: &Names, n: usize, what: &str) {
+    let got = wait_until(Duration::from_secs(45), what, || async {
+        let at_b = ids(&docs(rb, &names.alerts()).await);
+        (at_b.len() >= n).then_some(at_b)
+    })
+    .await;
+    // Give a late duplicate the time to show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_after = ids(&docs(rb, &names.alerts()).await);
+    assert_eq!(got_after.len(), got.len());
+    let distinct: HashSet<&String> = got_after.iter().collect();
+    assert_eq!(distinct.len(), got_after.len(), "duplicates at B");
+    let expected: HashSet<String> = (0..n).map(|i| format!("a-{i}")).collect();
+    assert_eq!(
+        distinct.into_iter().cloned().collect::<HashSet<_>>(),
+        expected,
+        "lost or foreign alerts at B"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_mid_stream_loses_nothing() {
+    let mut server = NatsServer::start();
+    let nats = server.url();
+    let names = aurora_testkit::names();
+    let extra = ["--publish-timeout", "2s", "--ack-wait", "3s"];
+    let a = Site::start(args(&names, "site-a", SITE_A_REDIS, &nats, &extra)).await;
+    let b = Site::start(args(&names, "site-b", SITE_B_REDIS, &nats, &extra)).await;
+    let (ra, rb) = (redis(SITE_A_REDIS).await, redis(SITE_B_REDIS).await);
+
+    raise_many(&ra, &names, 0..300).await;
+    wait_until(LONG, "the first alerts at B", || async {
+        (docs(&rb, &names.alerts()).await.len() >= 50).then_some(())
+    })
+    .await;
+    server.kill();
+    raise_many(&ra, &names, 300..600).await;
+    wait_until(LONG, "A to notice NATS is down", || async {
+        (!a.readiness.is_ready()).then_some(())
+    })
+    .await;
+    server.start_again();
+    raise_many(&ra, &names, 600..900).await;
+    wait_all_at_b(
+        &rb,
+        &names,
+        900,
+        "all 900 alerts at B after the NATS restart",
+    )
+    .await;
+
+    a.stop().await;
+    b.stop().await;
+    let js = jetstream_ctx(&nats).await;
+    cleanup(&names, &[SITE_A_REDIS, SITE_B_REDIS], &js).await;
+}
+
+fn spawn_binary(names: &Names, site: &str, redis: &str, nats: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_federation-gateway"))
+        .env("AURORA_NAMESPACE", names.namespace())
+        .env("AURORA_SITE_ID", site)
+        .env("AURORA_REDIS_URL", redis)
+        .env("AURORA_NATS_URL", nats)
+        .env("AURORA_OPS_ADDR", "127.0.0.1:0")
+        .env("AURORA_INSTANCE_ID", format!("{site}-1"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_between_publish_and_xack_loses_and_duplicates_nothing() {
+    let names = aurora_testkit::names();
+    let nats = aurora_testkit::NATS_URL;
+    let b = Site::start(args(&names, "site-b", SITE_B_REDIS, nats, &[])).await;
+    let (ra, rb) = (redis(SITE_A_REDIS).await, redis(SITE_B_REDIS).await);
+    let n = 3000;
+    raise_many(&ra, &names, 0..n).await;
+
+    let mut gateway_a = spawn_binary(&names, "site-a", SITE_A_REDIS, nats);
+    // Kill it while it holds entries it read but has not acknowledged.
+    wait_until(LONG, "site A exporting with entries in flight", || async {
+        let mut conn = ra.clone();
+        let reply: Result<redis::streams::StreamPendingReply, _> = redis::cmd("XPENDING")
+            .arg(names.alerts())
+            .arg("federation-gateway")
+            .query_async(&mut conn)
+            .await;
+        let in_flight = reply.map(|r| r.count()).unwrap_or(0);
+        let at_b = docs(&rb, &names.alerts()).await.len();
+        (in_flight > 0 && at_b > 0 && at_b < n).then_some(())
+    })
+    .await;
+    gateway_a.kill().unwrap(); // SIGKILL
+    gateway_a.wait().unwrap();
+    let at_kill = docs(&rb, &names.alerts()).await.len();
+    assert!(at_kill < n, "the kill came too late to mean anything");
+
+    let mut restarted = spawn_binary(&names, "site-a", SITE_A_REDIS, nats);
+    wait_all_at_b(&rb, &names, n, "every alert at B after the restart").await;
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+
+    b.stop().await;
+    let js = jetstream_ctx(nats).await;
+    cleanup(&names, &[SITE_A_REDIS, SITE_B_REDIS], &js).await;
+}
