@@ -1,0 +1,451 @@
+//! A Suricata `alert` event as an Aurora [`Alert`].
+//!
+//! - title: `alert.signature` (else `Suricata signature <sid>`).
+//! - severity: Suricata's 1 is high (critical with `--severity-1-critical`), 2 medium, 3 low,
+//!   4 and above info; a missing or unreadable severity is low (an alert fired, so it is kept
+//!   visible).
+//! - iocs: external source/destination IPs, the DNS query names, TLS SNI and HTTP host as
+//!   domains, file hashes; each once.
+//! - mitre_techniques: valid technique ids found in `alert.metadata` under `mitre_technique*`
+//!   or `mitre_subtechnique*` keys (ET rules: `"mitre_technique_id": ["T1071"]`).
+//! - timestamp: the event's own (`+0000`/`+0100` offsets), else the time it was read.
+//! - id: UUID v5 of the event's hash, so one event always gives the same alert id.
+//! - extra: the Suricata context an analyst pivots on (signature id, category, addresses,
+//!   ports, protocol, flow id, sensor).
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use aurora_core::model::{is_mitre_technique, Alert, AlertStatus, Extra, Ioc, Severity};
+
+use crate::event::EveEvent;
+
+/// The `source` of every alert this service writes.
+pub const SOURCE: &str = "suricata";
+
+/// How Suricata severities map to Aurora's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlertMapping {
+    /// Map Suricata severity 1 to `critical` instead of `high`.
+    pub severity_1_critical: bool,
+}
+
+/// The namespace of alert ids (UUID v5 of "aurora:eve-ingest:alert").
+fn id_namespace() -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, b"aurora:eve-ingest:alert")
+}
+
+/// The alert id of an event: the same event always gives the same id.
+pub fn alert_id(hash: &[u8; 32]) -> Uuid {
+    Uuid::new_v5(&id_namespace(), hash)
+}
+
+impl AlertMapping {
+    pub fn severity(&self, suricata: Option<&Value>) -> Severity {
+        match suricata.and_then(Value::as_i64) {
+            Some(1) if self.severity_1_critical => Severity::Critical,
+            Some(1) => Severity::High,
+            Some(2) => Severity::Medium,
+            Some(3) => Severity::Low,
+            Some(n) if n >= 4 => Severity::Info,
+            _ => Severity::Low,
+        }
+    }
+
+    /// The alert of an `alert` event; `None` when the line is not a JSON object.
+    pub fn to_alert(&self, event: &EveEvent) -> Option<Alert> {
+        let doc = event.json()?;
+        Some(self.alert_from(&doc, &event.hash))
+    }
+
+    pub fn alert_from(&self, doc: &Map<String, Value>, hash: &[u8; 32]) -> Alert {
+        let empty = Map::new();
+        let alert = doc
+            .get("alert")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let title = alert
+            .get("signature")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| match alert.get("signature_id") {
+                Some(sid) => format!("Suricata signature {sid}"),
+                None => "Suricata alert".to_string(),
+            });
+        let (timestamp, from_event) = match doc.get("timestamp").and_then(Value::as_str) {
+            Some(ts) => match parse_timestamp(ts) {
+                Some(t) => (t, true),
+                None => (Utc::now(), false),
+            },
+            None => (Utc::now(), false),
+        };
+        let mut extra = context(doc, alert);
+        extra.insert("event_sha256".into(), Value::String(hex::encode(hash)));
+        if !from_event {
+            extra.insert("timestamp_source".into(), Value::String("received".into()));
+        }
+        Alert {
+            id: alert_id(hash),
+            title,
+            severity: self.severity(alert.get("severity")),
+            status: AlertStatus::New,
+            source: SOURCE.to_string(),
+            iocs: iocs(doc),
+            mitre_techniques: mitre_techniques(alert),
+            timestamp,
+            extra,
+        }
+    }
+}
+
+/// Suricata's `2017-01-30T16:12:36.066011+0100`, or RFC 3339.
+pub fn parse_timestamp(ts: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| DateTime::parse_from_rfc3339(ts))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn context(doc: &Map<String, Value>, alert: &Map<String, Value>) -> Extra {
+    let mut extra = Extra::new();
+    for key in ["signature_id", "gid", "rev", "category", "action"] {
+        if let Some(v) = alert.get(key).filter(|v| !v.is_null()) {
+            extra.insert(key.to_string(), v.clone());
+        }
+    }
+    for key in [
+        "src_ip",
+        "src_port",
+        "dest_ip",
+        "dest_port",
+        "proto",
+        "app_proto",
+        "flow_id",
+        "in_iface",
+        "community_id",
+    ] {
+        if let Some(v) = doc.get(key).filter(|v| !v.is_null()) {
+            extra.insert(key.to_string(), v.clone());
+        }
+    }
+    // Suricata's `host` (sensor-name) names the sensor that saw it.
+    if let Some(sensor) = doc.get("host").and_then(Value::as_str) {
+        extra.insert("sensor".into(), Value::String(sensor.to_string()));
+    }
+    extra
+}
+
+/// True for addresses that say something outside the site: not private (RFC 1918, unique
+/// local), loopback, link-local, multicast, unspecified, broadcast or shared (RFC 6598).
+pub fn is_external(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (o[0] == 100 && (64..128).contains(&o[1])))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_external(IpAddr::V4(v4)),
+            None => {
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local())
+            }
+        },
+    }
+}
+
+struct IocSet(Vec<Ioc>);
+
+impl IocSet {
+    fn add(&mut self, ioc_type: &str, value: &str) {
+        let value = value.trim();
+        if value.is_empty() || value.len() > 512 {
+            return;
+        }
+        if !self
+            .0
+            .iter()
+            .any(|i| i.ioc_type == ioc_type && i.value == value)
+        {
+            self.0.push(Ioc::new(ioc_type, value));
+        }
+    }
+
+    fn add_ip(&mut self, raw: &str) {
+        if let Ok(ip) = raw.trim().parse::<IpAddr>() {
+            if is_external(ip) {
+                let kind = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+                self.add(kind, &ip.to_string());
+            }
+        }
+    }
+
+    fn add_domain(&mut self, raw: &str) {
+        let host = raw.trim().trim_end_matches('.');
+        if host.parse::<IpAddr>().is_ok() {
+            self.add_ip(host);
+        } else if !host.is_empty()
+            && host.len() <= 253
+            && !host.contains(|c: char| c.is_whitespace() || c == '/')
+        {
+            self.add("domain", &host.to_ascii_lowercase());
+        }
+    }
+}
+
+fn str_at<'a>(doc: &'a Map<String, Value>, object: &str, field: &str) -> Option<&'a str> {
+    doc.get(object)?.as_object()?.get(field)?.as_str()
+}
+
+/// The indicators an alert event names.
+pub fn iocs(doc: &Map<String, Value>) -> Vec<Ioc> {
+    let mut set = IocSet(Vec::new());
+    for key in ["src_ip", "dest_ip"] {
+        if let Some(ip) = doc.get(key).and_then(Value::as_str) {
+            set.add_ip(ip);
+        }
+    }
+    if let Some(dns) = doc.get("dns").and_then(Value::as_object) {
+        if let Some(name) = dns.get("rrname").and_then(Value::as_str) {
+            set.add_domain(name);
+        }
+        // EVE v1 `query` and Suricata 8 `queries` hold lists of questions.
+        for list in ["query", "queries"] {
+            for q in dns
+                .get(list)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(name) = q.get("rrname").and_then(Value::as_str) {
+                    set.add_domain(name);
+                }
+            }
+        }
+    }
+    if let Some(sni) = str_at(doc, "tls", "sni") {
+        set.add_domain(sni);
+    }
+    if let Some(host) = str_at(doc, "http", "hostname") {
+        set.add_domain(host);
+    }
+    for (field, kind) in [("sha256", "sha256"), ("sha1", "sha1"), ("md5", "md5")] {
+        if let Some(h) = str_at(doc, "fileinfo", field) {
+            if !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                set.add(kind, &h.to_ascii_lowercase());
+            }
+        }
+    }
+    set.0
+}
+
+/// Valid MITRE technique ids of the rule's metadata, each once, in order.
+pub fn mitre_techniques(alert: &Map<String, Value>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let Some(meta) = alert.get("metadata").and_then(Value::as_object) else {
+        return out;
+    };
+    for (key, values) in meta {
+        if !(key.starts_with("mitre_technique") || key.starts_with("mitre_subtechnique")) {
+            continue;
+        }
+        let values: Vec<&Value> = match values {
+            Value::Array(list) => list.iter().collect(),
+            other => vec![other],
+        };
+        for v in values {
+            if let Some(id) = v.as_str().map(|s| s.trim().to_ascii_uppercase()) {
+                if is_mitre_technique(&id) && !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aurora_core::model::{parse, to_bytes, Message};
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn event(line: &str) -> EveEvent {
+        crate::event::parse_line(Bytes::copy_from_slice(line.as_bytes())).unwrap()
+    }
+
+    const ET_ALERT: &str = r#"{"timestamp":"2024-01-15T11:30:00.123456+0100","flow_id":42,"host":"sensor-7","event_type":"alert","src_ip":"10.0.0.5","src_port":5353,"dest_ip":"198.51.100.7","dest_port":53,"proto":"UDP","app_proto":"dns","alert":{"action":"allowed","gid":1,"signature_id":2027863,"rev":3,"signature":"ET DNS Query to Known C2 Domain","category":"A Network Trojan was detected","severity":1,"metadata":{"mitre_tactic_id":["TA0011"],"mitre_technique_id":["T1071","t1071.004","bogus"],"signature_severity":["Major"]}},"dns":{"query":[{"type":"query","rrname":"t1.evil.com.","rrtype":"A"}]},"tls":{"sni":"Evil.example"},"fileinfo":{"sha256":"AB12","md5":"zz"}}"#;
+
+    #[test]
+    fn an_et_alert_maps_field_by_field() {
+        let ev = event(ET_ALERT);
+        let alert = AlertMapping::default().to_alert(&ev).unwrap();
+        let back: Alert = parse(&to_bytes(&alert)).unwrap();
+        assert_eq!(back, alert);
+        assert_eq!(alert.title, "ET DNS Query to Known C2 Domain");
+        assert_eq!(alert.severity, Severity::High);
+        assert_eq!(alert.source, "suricata");
+        assert_eq!(alert.status, AlertStatus::New);
+        assert_eq!(alert.mitre_techniques, vec!["T1071", "T1071.004"]);
+        assert_eq!(
+            alert.timestamp.to_rfc3339(),
+            "2024-01-15T10:30:00.123456+00:00"
+        );
+        assert_eq!(alert.id, alert_id(&ev.hash));
+        let iocs: Vec<(&str, &str)> = alert
+            .iocs
+            .iter()
+            .map(|i| (i.ioc_type.as_str(), i.value.as_str()))
+            .collect();
+        assert_eq!(
+            iocs,
+            vec![
+                ("ipv4", "198.51.100.7"),
+                ("domain", "t1.evil.com"),
+                ("domain", "evil.example"),
+                ("sha256", "ab12"),
+            ]
+        );
+        assert_eq!(alert.extra["signature_id"], 2027863);
+        assert_eq!(alert.extra["category"], "A Network Trojan was detected");
+        assert_eq!(alert.extra["src_ip"], "10.0.0.5");
+        assert_eq!(alert.extra["dest_port"], 53);
+        assert_eq!(alert.extra["flow_id"], 42);
+        assert_eq!(alert.extra["sensor"], "sensor-7");
+        assert_eq!(alert.extra["event_sha256"], ev.msg_id());
+        let critical = AlertMapping {
+            severity_1_critical: true,
+        }
+        .to_alert(&ev)
+        .unwrap();
+        assert_eq!(critical.severity, Severity::Critical);
+        assert_eq!(critical.id, alert.id, "the id depends on the event only");
+    }
+
+    #[test]
+    fn severities() {
+        let m = AlertMapping::default();
+        let s = |v: Value| m.severity(Some(&v));
+        assert_eq!(s(1.into()), Severity::High);
+        assert_eq!(s(2.into()), Severity::Medium);
+        assert_eq!(s(3.into()), Severity::Low);
+        assert_eq!(s(4.into()), Severity::Info);
+        assert_eq!(s(255.into()), Severity::Info);
+        assert_eq!(s(0.into()), Severity::Low);
+        assert_eq!(s("1".into()), Severity::Low);
+        assert_eq!(m.severity(None), Severity::Low);
+    }
+
+    #[test]
+    fn internal_addresses_are_not_indicators() {
+        for ip in [
+            "10.1.2.3",
+            "172.17.0.2",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "224.0.0.251",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "ff02::fb",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_external(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "54.230.202.37",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_external(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_bare_alert_still_makes_a_valid_alert() {
+        let ev = event(r#"{"event_type":"alert","timestamp":"yesterday"}"#);
+        let alert = AlertMapping::default().to_alert(&ev).unwrap();
+        assert_eq!(alert.title, "Suricata alert");
+        assert_eq!(alert.extra["timestamp_source"], "received");
+        assert!(alert.validate().is_ok());
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[ -~]{0,12}".prop_map(Value::from),
+            Just(Value::from("8.8.8.8")),
+            Just(Value::from("T1071.001")),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("signature".to_string()),
+                        Just("severity".to_string()),
+                        Just("metadata".to_string()),
+                        Just("mitre_technique_id".to_string()),
+                        Just("rrname".to_string()),
+                        Just("query".to_string()),
+                        Just("sni".to_string()),
+                        Just("hostname".to_string()),
+                        Just("sha256".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_alert_shaped_json_maps_to_a_valid_alert(
+            alert in json_value(),
+            dns in json_value(),
+            tls in json_value(),
+            http in json_value(),
+            fileinfo in json_value(),
+            src in json_value(),
+            ts in json_value(),
+        ) {
+            let mut doc = Map::new();
+            doc.insert("event_type".into(), "alert".into());
+            doc.insert("alert".into(), alert);
+            doc.insert("dns".into(), dns);
+            doc.insert("tls".into(), tls);
+            doc.insert("http".into(), http);
+            doc.insert("fileinfo".into(), fileinfo);
+            doc.insert("src_ip".into(), src);
+            doc.insert("timestamp".into(), ts);
+            let alert = AlertMapping::default().alert_from(&doc, &[7u8; 32]);
+            prop_assert!(alert.validate().is_ok(), "{:?}", alert.validate());
+            let back: Result<Alert, _> = parse(&to_bytes(&alert));
+            prop_assert!(back.is_ok(), "{:?}", back);
+        }
+    }
+}

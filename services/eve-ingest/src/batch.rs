@@ -1,0 +1,201 @@
+//! One batch of lines, handled until every line is safely out.
+//!
+//! A line is out when it is in the dead-letter list (not an event, or too large for NATS),
+//! or when JetStream acknowledged it and, for an `alert`, its Alert is on the alerts stream.
+//! Only then may the caller forget it (LREM from the processing list, save the file
+//! position). Failures that can pass (NATS or Redis away, an ack timing out) are retried with
+//! backoff, republishing only what is not out yet; JetStream's duplicate window and the
+//! alerts' idempotency keys make a republished event harmless.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use aurora_core::model::Alert;
+use aurora_core::ops::Readiness;
+
+use crate::alert::AlertMapping;
+use crate::alert_sink::AlertSink;
+use crate::dead_letter::DeadLetters;
+use crate::event::{metric_label, parse_line, EveEvent, Rejection};
+use crate::metrics as m;
+use crate::publish::{EventPublisher, Published};
+
+/// What a handled batch held.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    pub events: usize,
+    pub alerts_new: usize,
+    pub alerts_duplicate: usize,
+    pub dead_letters: usize,
+}
+
+/// The batch was not finished because the service is shutting down; its lines were not
+/// forgotten, so they will be handled again.
+#[derive(Debug, thiserror::Error)]
+#[error("shutting down with a batch unfinished: it stays in the input and is retried at start")]
+pub struct Interrupted;
+
+/// Everything a batch needs; cheap to clone.
+#[derive(Clone)]
+pub struct Processor {
+    pub publisher: EventPublisher,
+    pub alerts: AlertSink,
+    pub dead_letters: DeadLetters,
+    pub mapping: AlertMapping,
+    pub readiness: Readiness,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+struct Pending {
+    event: EveEvent,
+    published: bool,
+    alert: Option<Alert>,
+    alert_written: bool,
+}
+
+impl Processor {
+    /// Handles `lines` (read from `source`, for dead-letter records) until all are out, or
+    /// until `shutdown` is cancelled while a retry waits.
+    pub async fn handle(
+        &self,
+        source: &str,
+        lines: Vec<Bytes>,
+        shutdown: &CancellationToken,
+    ) -> Result<BatchReport, Interrupted> {
+        self.handle_with(source, lines, Vec::new(), shutdown).await
+    }
+
+    /// Like [`Processor::handle`], with lines already known to be rejected.
+    pub async fn handle_with(
+        &self,
+        source: &str,
+        lines: Vec<Bytes>,
+        mut rejected: Vec<(Rejection, Bytes)>,
+        shutdown: &CancellationToken,
+    ) -> Result<BatchReport, Interrupted> {
+        let started = Instant::now();
+        let mut report = BatchReport::default();
+        let mut pending: Vec<Pending> = Vec::with_capacity(lines.len());
+        for line in lines {
+            match parse_line(line) {
+                Ok(event) => {
+                    let alert = if event.is_alert() {
+                        self.mapping.to_alert(&event)
+                    } else {
+                        None
+                    };
+                    pending.push(Pending {
+                        event,
+                        published: false,
+                        alert_written: alert.is_none(),
+                        alert,
+                    });
+                }
+                Err(rejection) => rejected.push(rejection),
+            }
+        }
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let failed = self.attempt(&mut pending, &mut rejected, &mut report).await;
+            if !failed {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Interrupted),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        report.dead_letters = rejected.len();
+        // Dead letters last: a too-large event is only known after its publish was refused.
+        let mut backoff = FIRST_BACKOFF;
+        while let Err(e) = self.dead_letters.write(source, &rejected).await {
+            tracing::warn!(error = %e, "cannot write dead letters: retrying");
+            metrics::counter!(m::RETRIES, "stage" => "dead_letter").increment(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Interrupted),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        metrics::histogram!(m::BATCH_SECONDS, "stage" => "handled")
+            .record(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    /// One round: publishes what is not published and writes the alerts not written, at the
+    /// same time. True when something must be tried again.
+    async fn attempt(
+        &self,
+        pending: &mut [Pending],
+        rejected: &mut Vec<(Rejection, Bytes)>,
+        report: &mut BatchReport,
+    ) -> bool {
+        let to_publish: Vec<usize> = (0..pending.len())
+            .filter(|i| !pending[*i].published)
+            .collect();
+        let to_alert: Vec<usize> = (0..pending.len())
+            .filter(|i| !pending[*i].alert_written)
+            .collect();
+        let events: Vec<&EveEvent> = to_publish.iter().map(|i| &pending[*i].event).collect();
+        let alerts: Vec<&Alert> = to_alert
+            .iter()
+            .filter_map(|i| pending[*i].alert.as_ref())
+            .collect();
+        let (published, written) = tokio::join!(
+            self.publisher.publish_all(&events),
+            self.alerts.write(&alerts)
+        );
+        let mut failed = false;
+        let mut first_error = None;
+        for (i, result) in to_publish.iter().zip(published) {
+            let item = &mut pending[*i];
+            match result {
+                Ok(Published::Stored { duplicate }) => {
+                    item.published = true;
+                    report.events += 1;
+                    if duplicate {
+                        metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                    }
+                    metrics::counter!(m::EVENTS, "event_type" => metric_label(&item.event.event_type))
+                        .increment(1);
+                }
+                Ok(Published::TooLarge) => {
+                    item.published = true;
+                    rejected.push((Rejection::TooLargeForNats, item.event.raw.clone()));
+                }
+                Err(e) => {
+                    failed = true;
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            tracing::warn!(%error, "JetStream publish failed: retrying what is not stored");
+            metrics::counter!(m::RETRIES, "stage" => "publish").increment(1);
+            self.readiness.set_not_ready("nats", error);
+        }
+        match written {
+            Ok(w) => {
+                for i in &to_alert {
+                    pending[*i].alert_written = true;
+                }
+                report.alerts_new += w.new;
+                report.alerts_duplicate += w.duplicate;
+                metrics::counter!(m::ALERTS).increment(w.new as u64);
+                metrics::counter!(m::ALERTS_DUPLICATE).increment(w.duplicate as u64);
+            }
+            Err(e) => {
+                failed = true;
+                tracing::warn!(error = %e, "cannot write alerts: retrying");
+                metrics::counter!(m::RETRIES, "stage" => "alerts").increment(1);
+                self.readiness.set_not_ready("redis", e.to_string());
+            }
+        }
+        failed
+    }
+}

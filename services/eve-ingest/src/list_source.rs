@@ -1,0 +1,335 @@
+//! Suricata's Redis list, read with the reliable-queue pattern.
+//!
+//! Each replica atomically moves lines from the shared list to a processing list of its own
+//! (`BLMOVE list processing RIGHT LEFT`: Suricata LPUSHes, so the right end is the oldest),
+//! and removes a line from there only once it is out (see [`crate::batch`]). A replica that
+//! dies leaves its lines in its processing list; at start a replica handles what its own list
+//! holds, oldest first, and can adopt the lists of replicas that are gone
+//! (`--recover-from`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use redis::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use aurora_core::bus::Conn;
+use aurora_core::ops::Readiness;
+
+use crate::batch::Processor;
+use crate::error::IngestError;
+use crate::metrics as m;
+use crate::Hooks;
+
+/// Where the lines are and how they are taken.
+#[derive(Debug, Clone)]
+pub struct ListConfig {
+    /// The list Suricata pushes to.
+    pub list: String,
+    /// This replica's processing list.
+    pub processing: String,
+    /// Processing lists of replicas that are gone, to take over at start.
+    pub adopt: Vec<String>,
+    /// Lines taken at once.
+    pub batch: usize,
+    /// How long one blocking take waits for a line.
+    pub block: Duration,
+    /// Batches handled at the same time (their publishes share one window).
+    pub inflight_batches: usize,
+}
+
+/// Takes and releases lines.
+pub struct ListSource {
+    cfg: ListConfig,
+    /// Blocks in BLMOVE: a connection of its own.
+    blocking: Conn,
+    /// Shared, for LREM and the recovery reads.
+    conn: Conn,
+}
+
+fn bulk(value: Value) -> Option<Bytes> {
+    match value {
+        Value::BulkString(b) => Some(Bytes::from(b)),
+        Value::SimpleString(s) => Some(Bytes::from(s.into_bytes())),
+        _ => None,
+    }
+}
+
+impl ListSource {
+    pub fn new(cfg: ListConfig, blocking: Conn, conn: Conn) -> Self {
+        Self {
+            cfg,
+            blocking,
+            conn,
+        }
+    }
+
+    pub fn config(&self) -> &ListConfig {
+        &self.cfg
+    }
+
+    /// Moves every line of the lists of gone replicas into ours, oldest first.
+    pub async fn adopt_orphans(&mut self) -> Result<u64, IngestError> {
+        let mut moved = 0;
+        for orphan in self.cfg.adopt.clone() {
+            loop {
+                let mut pipe = redis::pipe();
+                for _ in 0..self.cfg.batch.max(1) {
+                    pipe.cmd("LMOVE")
+                        .arg(&orphan)
+                        .arg(&self.cfg.processing)
+                        .arg("RIGHT")
+                        .arg("LEFT");
+                }
+                let got: Vec<Option<Vec<u8>>> = pipe
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(IngestError::redis("LMOVE", &orphan))?;
+                let n = got.iter().filter(|g| g.is_some()).count();
+                moved += n as u64;
+                if n < got.len() || n == 0 {
+                    break;
+                }
+            }
+            tracing::info!(orphan = %orphan, "adopted the processing list of a gone replica");
+        }
+        Ok(moved)
+    }
+
+    /// The oldest `n` lines of the processing list, oldest first.
+    pub async fn oldest_in_processing(&mut self, n: usize) -> Result<Vec<Bytes>, IngestError> {
+        let n = n.max(1) as i64;
+        let mut lines: Vec<Value> = redis::cmd("LRANGE")
+            .arg(&self.cfg.processing)
+            .arg(-n)
+            .arg(-1)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(IngestError::redis("LRANGE", &self.cfg.processing))?;
+        lines.reverse();
+        Ok(lines.into_iter().filter_map(bulk).collect())
+    }
+
+    /// Takes up to a batch of lines, oldest first, waiting up to the block time for the
+    /// first; empty when none came.
+    pub async fn take(&mut self) -> Result<Vec<Bytes>, IngestError> {
+        let first: Option<Vec<u8>> = redis::cmd("BLMOVE")
+            .arg(&self.cfg.list)
+            .arg(&self.cfg.processing)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(self.cfg.block.as_secs_f64())
+            .query_async(&mut self.blocking)
+            .await
+            .map_err(IngestError::redis("BLMOVE", &self.cfg.list))?;
+        let Some(first) = first else {
+            return Ok(Vec::new());
+        };
+        let mut lines = vec![Bytes::from(first)];
+        if self.cfg.batch > 1 {
+            let mut pipe = redis::pipe();
+            for _ in 1..self.cfg.batch {
+                pipe.cmd("LMOVE")
+                    .arg(&self.cfg.list)
+                    .arg(&self.cfg.processing)
+                    .arg("RIGHT")
+                    .arg("LEFT");
+            }
+            let more: Vec<Option<Vec<u8>>> = pipe
+                .query_async(&mut self.blocking)
+                .await
+                .map_err(IngestError::redis("LMOVE", &self.cfg.list))?;
+            lines.extend(more.into_iter().flatten().map(Bytes::from));
+        }
+        Ok(lines)
+    }
+
+    /// Forgets lines that are out. Each is removed once, from the old end, where it is.
+    pub async fn release(
+        conn: &Conn,
+        processing: &str,
+        lines: &[Bytes],
+    ) -> Result<(), IngestError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for line in lines {
+            pipe.cmd("LREM")
+                .arg(processing)
+                .arg(-1)
+                .arg(line.as_ref())
+                .ignore();
+        }
+        let mut conn = conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(IngestError::redis("LREM", processing))
+    }
+}
+
+/// Runs the list input until `shutdown`: first what this replica (and the adopted ones) left
+/// in processing, then new lines.
+pub async fn run(
+    mut source: ListSource,
+    processor: Processor,
+    readiness: Readiness,
+    hooks: Hooks,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
+    let cfg = source.config().clone();
+    let adopted = source.adopt_orphans().await?;
+    let recovered = recover(&mut source, &processor, &hooks, &shutdown).await?;
+    if recovered + adopted > 0 {
+        tracing::info!(recovered, adopted, "handled the lines left in processing");
+    }
+    readiness.set_ready("input");
+
+    let release_conn = source.conn.clone();
+    let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(1);
+    let stop_taking = shutdown.child_token();
+    let taker = AbortOnDropHandle::new(tokio::spawn(take_loop(
+        source,
+        tx,
+        readiness.clone(),
+        stop_taking.clone(),
+    )));
+    let hooks = Arc::new(hooks);
+    let mut running = FuturesUnordered::new();
+    let mut batches: u64 = 0;
+    let max_running = cfg.inflight_batches.max(1);
+    loop {
+        tokio::select! {
+            Some(done) = running.next(), if !running.is_empty() => {
+                let done: Result<bool, IngestError> = done;
+                if !done? {
+                    break; // interrupted by shutdown: the lines stay in processing
+                }
+            }
+            lines = rx.recv(), if running.len() < max_running => {
+                let Some(lines) = lines else { break };
+                batches += 1;
+                running.push(handle_batch(
+                    processor.clone(),
+                    release_conn.clone(),
+                    cfg.processing.clone(),
+                    cfg.list.clone(),
+                    lines,
+                    batches,
+                    hooks.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+    }
+    stop_taking.cancel();
+    while let Some(done) = running.next().await {
+        done?;
+    }
+    drop(taker);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_batch(
+    processor: Processor,
+    conn: Conn,
+    processing: String,
+    source: String,
+    lines: Vec<Bytes>,
+    number: u64,
+    hooks: Arc<Hooks>,
+    shutdown: CancellationToken,
+) -> Result<bool, IngestError> {
+    let started = Instant::now();
+    if processor
+        .handle(&source, lines.clone(), &shutdown)
+        .await
+        .is_err()
+    {
+        return Ok(false);
+    }
+    if hooks.crash_before_release(number) {
+        return Err(IngestError::FaultInjected("after publishing, before LREM"));
+    }
+    let mut backoff = Duration::from_millis(100);
+    while let Err(e) = ListSource::release(&conn, &processing, &lines).await {
+        // Not released means handled again after a restart: a duplicate JetStream and the
+        // alert keys absorb, never a loss.
+        tracing::warn!(error = %e, "cannot remove handled lines from processing: retrying");
+        metrics::counter!(m::RETRIES, "stage" => "release").increment(1);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    metrics::histogram!(m::BATCH_SECONDS, "stage" => "released")
+        .record(started.elapsed().as_secs_f64());
+    Ok(true)
+}
+
+async fn recover(
+    source: &mut ListSource,
+    processor: &Processor,
+    hooks: &Hooks,
+    shutdown: &CancellationToken,
+) -> Result<u64, IngestError> {
+    let processing = source.config().processing.clone();
+    let batch = source.config().batch;
+    let conn = source.conn.clone();
+    let mut total = 0u64;
+    loop {
+        let lines = source.oldest_in_processing(batch).await?;
+        if lines.is_empty() {
+            return Ok(total);
+        }
+        total += lines.len() as u64;
+        metrics::counter!(m::RECOVERED).increment(lines.len() as u64);
+        if processor
+            .handle(&processing, lines.clone(), shutdown)
+            .await
+            .is_err()
+        {
+            return Ok(total);
+        }
+        if hooks.crash_before_release(0) {
+            return Err(IngestError::FaultInjected("recovery, before LREM"));
+        }
+        ListSource::release(&conn, &processing, &lines).await?;
+    }
+}
+
+async fn take_loop(
+    mut source: ListSource,
+    tx: mpsc::Sender<Vec<Bytes>>,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        match source.take().await {
+            Ok(lines) if lines.is_empty() => {}
+            Ok(lines) => {
+                backoff = Duration::from_millis(100);
+                metrics::counter!(m::LINES).increment(lines.len() as u64);
+                if tx.send(lines).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take lines from the list: retrying");
+                readiness.set_not_ready("redis", e.to_string());
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! What the integration tests share: the fixtures, a service run in-process, and readers of
+//! what it wrote (JetStream messages, alerts, dead letters).
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use aurora_core::bus::{self, Conn};
+use aurora_core::ops::Readiness;
+use aurora_core::Names;
+use aurora_testkit::{NATS_URL, REDIS_URL};
+use eve_ingest::{Hooks, IngestError, Settings};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const LONG: Duration = Duration::from_secs(30);
+
+/// Every line of the three fixture files, in file order.
+pub fn fixture_lines() -> Vec<Vec<u8>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut lines = Vec::new();
+    for file in [
+        "eve-surevego.jsonl",
+        "eve-suricata-verify.jsonl",
+        "eve-telegraf.jsonl",
+    ] {
+        let text = std::fs::read(dir.join(file)).unwrap();
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            lines.push(line.to_vec());
+        }
+    }
+    lines
+}
+
+pub fn event_type(line: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+    v["event_type"].as_str().unwrap().to_string()
+}
+
+/// Distinct lines (a byte-identical line is a retry to JetStream) by event type.
+pub fn distinct_by_type(lines: &[Vec<u8>]) -> BTreeMap<String, usize> {
+    let distinct: std::collections::BTreeSet<&Vec<u8>> = lines.iter().collect();
+    let mut counts = BTreeMap::new();
+    for line in distinct {
+        *counts.entry(event_type(line)).or_insert(0) += 1;
+    }
+    counts
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub struct Env {
+    pub names: Names,
+    pub redis: Conn,
+    pub js: jetstream::Context,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        // The process-wide recorder, installed before anything is counted.
+        let _ = aurora_core::ops::metrics_handle();
+        let names = aurora_testkit::names();
+        let redis = bus::connect(REDIS_URL).await.unwrap();
+        let client = async_nats::connect(NATS_URL).await.unwrap();
+        Self {
+            names,
+            redis,
+            js: jetstream::new(client),
+        }
+    }
+
+    pub fn settings(&self, instance: &str) -> Settings {
+        let mut s = Settings::new(self.names.clone(), instance, REDIS_URL, NATS_URL);
+        s.block = Duration::from_millis(200);
+        s
+    }
+
+    /// Pushes lines as Suricata does (LPUSH, one at a time in order).
+    pub async fn push(&self, lines: &[Vec<u8>]) {
+        let mut pipe = redis::pipe();
+        for line in lines {
+            pipe.cmd("LPUSH")
+                .arg(self.names.suricata_list())
+                .arg(line)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis.clone())
+            .await
+            .unwrap();
+    }
+
+    pub async fn llen(&self, key: &str) -> usize {
+        redis::cmd("LLEN")
+            .arg(key)
+            .query_async(&mut self.redis.clone())
+            .await
+            .unwrap()
+    }
+
+    pub async fn xlen(&self, key: &str) -> usize {
+        redis::cmd("XLEN")
+            .arg(key)
+            .query_async(&mut self.redis.clone())
+            .await
+            .unwrap()
+    }
+
+    /// Messages in the test's Suricata stream (0 when it does not exist yet).
+    pub async fn stream_len(&self) -> u64 {
+        match self.js.get_stream(self.names.suricata_stream()).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Every message of the stream: (subject, Nats-Msg-Id, payload).
+    pub async fn messages(&self) -> Vec<(String, String, Vec<u8>)> {
+        let mut stream = self
+            .js
+            .get_stream(self.names.suricata_stream())
+            .await
+            .unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return out;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(m) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            out.push((m.subject.to_string(), id, m.payload.to_vec()));
+        }
+        out
+    }
+
+    /// The `data` of every entry of the alerts stream.
+    pub async fn alerts(&self) -> Vec<Vec<u8>> {
+        let mut conn = self.redis.clone();
+        let mut out = Vec::new();
+        let mut after = "0-0".to_string();
+        loop {
+            let entries = bus::range(&mut conn, &self.names.alerts(), &after, 1000)
+                .await
+                .unwrap();
+            if entries.is_empty() {
+                return out;
+            }
+            after = entries.last().unwrap().id.clone();
+            out.extend(entries.into_iter().filter_map(|e| e.data));
+        }
+    }
+
+    pub async fn wait_stream_len(&self, n: u64) {
+        aurora_testkit::wait_until(LONG, &format!("{n} messages in the stream"), || async {
+            (self.stream_len().await >= n).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn wait_alerts(&self, n: usize) {
+        aurora_testkit::wait_until(LONG, &format!("{n} alerts"), || async {
+            (self.xlen(&self.names.alerts()).await >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// Deletes the test's stream and keys.
+    pub async fn cleanup(&self) {
+        let _ = self.js.delete_stream(self.names.suricata_stream()).await;
+        let mut conn = self.redis.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.names.namespace()))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        for key in keys {
+            let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+        }
+    }
+}
+
+/// A service run in-process.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub readiness: Readiness,
+    pub task: JoinHandle<Result<(), IngestError>>,
+}
+
+pub fn start(settings: Settings, hooks: Hooks) -> Running {
+    let shutdown = CancellationToken::new();
+    let readiness = Readiness::new();
+    let task = tokio::spawn(eve_ingest::run(
+        settings,
+        readiness.clone(),
+        shutdown.clone(),
+        hooks,
+    ));
+    Running {
+        shutdown,
+        readiness,
+        task,
+    }
+}
+
+impl Running {
+    pub async fn stop(self) -> Result<(), IngestError> {
+        self.shutdown.cancel();
+        tokio::time::timeout(LONG, self.task)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
