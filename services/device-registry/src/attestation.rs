@@ -1,0 +1,359 @@
+//! Firmware attestation.
+//!
+//! Challenge: a fresh 32-byte nonce stored with an expiry and sent as an `attest` command.
+//! Answer: an [`AttestationReport`] on `aurora:cps:attestation`, checked in this order:
+//! the nonce is outstanding for this device and not expired (a used nonce is a replay), the
+//! Ed25519 signature over `nonce|firmware_version|firmware_sha256` verifies with the device's
+//! key, and (model, version, sha256) is on the firmware allow-list. Pass: `trusted`. Fail:
+//! `untrusted` and a high-severity alert. One batch is one lookup statement, one
+//! consume-the-nonces statement and one status statement; alerts are on the bus before the
+//! commit, and the entries are acknowledged after it.
+
+use std::collections::HashMap;
+
+use aurora_core::bus::{Entry, GroupReader};
+use aurora_core::model::{parse, to_bytes, AttestationReport};
+use base64::Engine;
+use ed25519_dalek::{Signature, VerifyingKey};
+
+use crate::consumer::{self, BatchHandler};
+use crate::db::{self, status, AttestationContext, Challenge, ReportKey, Verdict};
+use crate::records::{attest_command, attestation_failed_alert, FailedAttestation};
+use crate::{telemetry, BatchError, Context};
+
+pub async fn reader(ctx: &Context) -> Result<GroupReader, aurora_core::bus::BusError> {
+    let name = format!("{}-attestation", ctx.cfg.instance);
+    let cfg = consumer::group_config(ctx, &ctx.cfg.names.cps_attestation(), &name);
+    consumer::reader(ctx, cfg).await
+}
+
+pub async fn run(ctx: Context, reader: GroupReader, shutdown: tokio_util::sync::CancellationToken) {
+    consumer::run(ctx, reader, Attestation, shutdown).await
+}
+
+/// Issues and sends one challenge per device (on demand or on schedule).
+pub async fn challenge(
+    ctx: &Context,
+    device_ids: &[String],
+    trigger: &'static str,
+) -> Result<Vec<Challenge>, BatchError> {
+    if device_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = ctx.pool.begin().await?;
+    let challenges =
+        db::insert_challenges(&mut tx, device_ids, ctx.cfg.attestation_timeout, true).await?;
+    tx.commit().await?;
+    send_challenges(ctx, &challenges).await?;
+    db::mark_sent(
+        &ctx.pool,
+        &challenges
+            .iter()
+            .map(|c| c.nonce.clone())
+            .collect::<Vec<_>>(),
+        &[],
+    )
+    .await?;
+    metrics::counter!(telemetry::CHALLENGES, "trigger" => trigger)
+        .increment(challenges.len() as u64);
+    Ok(challenges)
+}
+
+/// Puts the `attest` commands of these challenges on the bus.
+pub async fn send_challenges(ctx: &Context, challenges: &[Challenge]) -> Result<(), BatchError> {
+    let stream = ctx.cfg.names.cps_commands();
+    let docs: Vec<(&str, Vec<u8>)> = challenges
+        .iter()
+        .map(|c| (stream.as_str(), to_bytes(&attest_command(c))))
+        .collect();
+    ctx.producer.publish_batch(&docs).await?;
+    Ok(())
+}
+
+/// Why an answer failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    UnknownNonce,
+    ReplayedNonce,
+    ExpiredNonce,
+    NoPublicKey,
+    BadSignature,
+    FirmwareNotAllowed,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownNonce => "unknown nonce",
+            Self::ReplayedNonce => "replayed nonce",
+            Self::ExpiredNonce => "expired nonce",
+            Self::NoPublicKey => "no public key registered for the device",
+            Self::BadSignature => "bad signature",
+            Self::FirmwareNotAllowed => "firmware not on the allow-list",
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Self::UnknownNonce => "unknown_nonce",
+            Self::ReplayedNonce => "replayed_nonce",
+            Self::ExpiredNonce => "expired_nonce",
+            Self::NoPublicKey => "no_public_key",
+            Self::BadSignature => "bad_signature",
+            Self::FirmwareNotAllowed => "firmware_not_allowed",
+        }
+    }
+}
+
+/// What to do with one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The same entry was already handled (a redelivery): acknowledge, nothing else.
+    AlreadyHandled,
+    Pass,
+    Fail(Failure),
+}
+
+/// Checks one answer against what PostgreSQL knows. Pure: no I/O.
+pub fn decide(report: &AttestationReport, entry_id: &str, c: &AttestationContext) -> Decision {
+    match (c.challenge_state.as_deref(), c.challenge_expired) {
+        (None, _) => return Decision::Fail(Failure::UnknownNonce),
+        (Some("passed" | "failed"), _) if c.answered_by.as_deref() == Some(entry_id) => {
+            return Decision::AlreadyHandled
+        }
+        (Some("passed" | "failed"), _) => return Decision::Fail(Failure::ReplayedNonce),
+        (Some("outstanding"), Some(false)) => {}
+        _ => return Decision::Fail(Failure::ExpiredNonce),
+    }
+    let Some(key) = c.public_key.as_deref() else {
+        return Decision::Fail(Failure::NoPublicKey);
+    };
+    if !signature_valid(key, report) {
+        return Decision::Fail(Failure::BadSignature);
+    }
+    if !c.allowed {
+        return Decision::Fail(Failure::FirmwareNotAllowed);
+    }
+    Decision::Pass
+}
+
+/// Verifies the report's signature (strict: no malleable signatures, no weak keys).
+pub fn signature_valid(public_key: &[u8], report: &AttestationReport) -> bool {
+    let Ok(key_bytes) = <[u8; 32]>::try_from(public_key) else {
+        return false;
+    };
+    let Ok(key) = VerifyingKey::from_bytes(&key_bytes) else {
+        return false;
+    };
+    let Ok(sig_bytes) = base64::engine::general_purpose::STANDARD.decode(report.signature.trim())
+    else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_slice(&sig_bytes) else {
+        return false;
+    };
+    let msg = AttestationReport::signed_bytes(
+        &report.nonce,
+        &report.firmware_version,
+        &report.firmware_sha256,
+    );
+    key.verify_strict(&msg, &sig).is_ok()
+}
+
+pub struct Attestation;
+
+struct Checked {
+    entry_id: String,
+    report: AttestationReport,
+    ctx: AttestationContext,
+    decision: Decision,
+}
+
+impl BatchHandler for Attestation {
+    const PART: &'static str = "attestation";
+
+    async fn handle(
+        &self,
+        ctx: &Context,
+        reader: &GroupReader,
+        entries: Vec<Entry>,
+    ) -> Result<(), BatchError> {
+        let mut parsed: Vec<(Entry, AttestationReport)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match parse::<AttestationReport>(entry.data.as_deref().unwrap_or_default()) {
+                Ok(r) => parsed.push((entry, r)),
+                Err(e) => consumer::reject(reader, &entry, &e.to_string()).await?,
+            }
+        }
+        if parsed.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<ReportKey<'_>> = parsed
+            .iter()
+            .map(|(_, r)| ReportKey {
+                device_id: &r.device_id,
+                nonce: &r.nonce,
+                version: &r.firmware_version,
+                sha256: &r.firmware_sha256,
+            })
+            .collect();
+        let mut contexts: HashMap<i32, AttestationContext> =
+            db::attestation_context(&ctx.pool, &keys)
+                .await?
+                .into_iter()
+                .map(|c| (c.idx, c))
+                .collect();
+        drop(keys);
+
+        let mut handled = Vec::with_capacity(parsed.len());
+        let mut to_check = Vec::with_capacity(parsed.len());
+        for (i, (entry, report)) in parsed.into_iter().enumerate() {
+            let Some(c) = contexts.remove(&(i as i32)) else {
+                continue;
+            };
+            if c.device_uuid.is_none() {
+                let reason = format!(
+                    "attestation report from unknown device {:?}",
+                    report.device_id
+                );
+                consumer::reject(reader, &entry, &reason).await?;
+                continue;
+            }
+            handled.push(entry.id.clone());
+            to_check.push((entry.id, report, c));
+        }
+        // Signatures are CPU work: off the async threads.
+        let mut checked: Vec<Checked> = tokio::task::spawn_blocking(move || {
+            to_check
+                .into_iter()
+                .map(|(entry_id, report, ctx)| {
+                    let decision = decide(&report, &entry_id, &ctx);
+                    Checked {
+                        entry_id,
+                        report,
+                        ctx,
+                        decision,
+                    }
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| BatchError::Internal(format!("signature check task failed: {e}")))?;
+
+        settle(ctx, &mut checked).await?;
+        reader.ack(&handled).await?;
+        Ok(())
+    }
+}
+
+/// Consumes the nonces, applies the verdicts, raises the alerts, in one transaction.
+async fn settle(ctx: &Context, checked: &mut [Checked]) -> Result<(), BatchError> {
+    let mut tx = ctx.pool.begin().await?;
+    let consumable: Vec<&Checked> = checked
+        .iter()
+        .filter(|c| {
+            c.ctx.challenge_state.as_deref() == Some("outstanding")
+                && c.decision != Decision::AlreadyHandled
+        })
+        .collect();
+    let nonces: Vec<String> = consumable.iter().map(|c| c.report.nonce.clone()).collect();
+    let states: Vec<&str> = consumable
+        .iter()
+        .map(|c| {
+            if c.decision == Decision::Pass {
+                "passed"
+            } else {
+                "failed"
+            }
+        })
+        .collect();
+    let entries: Vec<String> = consumable.iter().map(|c| c.entry_id.clone()).collect();
+    let consumed: std::collections::HashSet<String> =
+        db::consume_challenges(&mut tx, &nonces, &states, &entries)
+            .await?
+            .into_iter()
+            .collect();
+    for c in checked.iter_mut() {
+        // Another answer took the nonce between our lookup and now.
+        if c.decision == Decision::Pass && !consumed.contains(&c.report.nonce) {
+            c.decision = Decision::Fail(Failure::ReplayedNonce);
+        }
+    }
+
+    // One verdict per device; a failure outweighs a pass in the same batch.
+    let mut verdicts: HashMap<&str, Verdict> = HashMap::new();
+    let mut alerts = Vec::new();
+    for c in checked.iter() {
+        let verdict = match c.decision {
+            Decision::AlreadyHandled => continue,
+            Decision::Pass => Verdict {
+                device_id: c.report.device_id.clone(),
+                status: status::TRUSTED,
+                reason: None,
+                firmware_version: c.report.firmware_version.clone(),
+            },
+            Decision::Fail(f) => {
+                let reason = failure_reason(f, c);
+                alerts.push(attestation_failed_alert(&FailedAttestation {
+                    device_id: &c.report.device_id,
+                    device_uuid: c.ctx.device_uuid,
+                    model: c.ctx.model.as_deref(),
+                    nonce: &c.report.nonce,
+                    firmware_version: &c.report.firmware_version,
+                    firmware_sha256: &c.report.firmware_sha256,
+                    reason: &reason,
+                    entry_id: &c.entry_id,
+                }));
+                metrics::counter!(telemetry::ATTESTATION_FAILURES, "reason" => f.label())
+                    .increment(1);
+                Verdict {
+                    device_id: c.report.device_id.clone(),
+                    status: status::UNTRUSTED,
+                    reason: Some(reason),
+                    firmware_version: c.report.firmware_version.clone(),
+                }
+            }
+        };
+        let result = if verdict.status == status::TRUSTED {
+            "pass"
+        } else {
+            "fail"
+        };
+        metrics::counter!(telemetry::ATTESTATIONS, "result" => result).increment(1);
+        match verdicts.get(c.report.device_id.as_str()) {
+            Some(v) if v.status == status::UNTRUSTED => {}
+            _ => {
+                verdicts.insert(&c.report.device_id, verdict);
+            }
+        }
+    }
+    let mut verdicts: Vec<Verdict> = verdicts.into_values().collect();
+    verdicts.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    db::apply_verdicts(&mut tx, &verdicts).await?;
+    if !alerts.is_empty() {
+        let stream = ctx.cfg.names.alerts();
+        let docs: Vec<(&str, Vec<u8>)> = alerts
+            .iter()
+            .map(|a| (stream.as_str(), to_bytes(a)))
+            .collect();
+        ctx.producer.publish_batch(&docs).await?;
+        metrics::counter!(telemetry::ALERTS, "kind" => "attestation")
+            .increment(alerts.len() as u64);
+        for a in &alerts {
+            tracing::warn!(alert = %a.id, title = %a.title, "device failed attestation");
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn failure_reason(f: Failure, c: &Checked) -> String {
+    match f {
+        Failure::FirmwareNotAllowed => format!(
+            "firmware not on the allow-list (model {}, version {}, sha256 {})",
+            c.ctx.model.as_deref().unwrap_or("unknown"),
+            c.report.firmware_version,
+            c.report.firmware_sha256
+        ),
+        other => other.as_str().to_string(),
+    }
+}

@@ -1,0 +1,632 @@
+//! Every statement the service runs against PostgreSQL. Batches go in as arrays through
+//! `UNNEST`, so a batch is one round trip whatever its size.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The schema, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A pool on `url`; waits up to 10 s for the first connection.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let opts: PgConnectOptions = url.parse()?;
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts.application_name(crate::SERVICE))
+        .await
+}
+
+/// Applies the embedded migrations. sqlx holds an advisory lock meanwhile, so replicas that
+/// start together apply them once.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}
+
+/// The lifecycle states of a device.
+pub mod status {
+    pub const PENDING: &str = "pending_attestation";
+    pub const TRUSTED: &str = "trusted";
+    pub const UNTRUSTED: &str = "untrusted";
+    pub const TIMEOUT: &str = "attestation_timeout";
+    pub const QUARANTINED: &str = "quarantined";
+    pub const ALL: [&str; 5] = [PENDING, TRUSTED, UNTRUSTED, TIMEOUT, QUARANTINED];
+}
+
+// ---------------------------------------------------------------- registration
+
+/// One device seen in a batch (several sightings of one device folded into one).
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub device_id: String,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// The first message, kept as the device's metadata when it is new.
+    pub metadata: serde_json::Value,
+    pub model: Option<String>,
+    pub firmware_version: Option<String>,
+    /// Taken only with trust on first use.
+    pub public_key: Option<Vec<u8>>,
+}
+
+/// A row the upsert touched.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Upserted {
+    pub device_id: String,
+    pub id: Uuid,
+    pub inserted: bool,
+}
+
+/// Inserts new devices and moves `last_seen` of known ones forward, in one statement.
+/// `sightings` must hold each device once; sorted by id, concurrent batches lock rows in one
+/// order and cannot deadlock. Returns the new devices and the known ones whose `last_seen`
+/// moved.
+pub async fn upsert_devices(
+    conn: &mut PgConnection,
+    sightings: &[Sighting],
+) -> Result<Vec<Upserted>, sqlx::Error> {
+    let n = sightings.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut uuids = Vec::with_capacity(n);
+    let mut models = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut first = Vec::with_capacity(n);
+    let mut last = Vec::with_capacity(n);
+    for s in sightings {
+        ids.push(s.device_id.as_str());
+        uuids.push(Uuid::new_v4());
+        models.push(s.model.as_deref());
+        versions.push(s.firmware_version.as_deref());
+        metadata.push(&s.metadata);
+        keys.push(s.public_key.as_deref());
+        first.push(s.first_seen);
+        last.push(s.last_seen);
+    }
+    sqlx::query_as::<_, Upserted>(
+        "INSERT INTO devices AS d
+             (device_id, id, model, firmware_version, metadata, public_key, first_seen, last_seen,
+              last_challenge_at)
+         SELECT u.*, now()
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[],
+                     $7::timestamptz[], $8::timestamptz[]) AS u
+         ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
+             WHERE EXCLUDED.last_seen > d.last_seen
+         RETURNING d.device_id, d.id, (d.xmax = 0) AS inserted",
+    )
+    .bind(&ids)
+    .bind(&uuids)
+    .bind(&models)
+    .bind(&versions)
+    .bind(&metadata)
+    .bind(&keys)
+    .bind(&first)
+    .bind(&last)
+    .fetch_all(conn)
+    .await
+}
+
+// ---------------------------------------------------------------- challenges
+
+/// An attestation challenge as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Challenge {
+    pub nonce: String,
+    pub device_id: String,
+    pub command_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A fresh nonce: 32 random bytes, hex.
+pub fn new_nonce() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// Stores one new outstanding challenge per device (not yet sent). `touch` also records the
+/// time on the device (registration already did it in the upsert).
+pub async fn insert_challenges(
+    conn: &mut PgConnection,
+    device_ids: &[String],
+    timeout: Duration,
+    touch: bool,
+) -> Result<Vec<Challenge>, sqlx::Error> {
+    let nonces: Vec<String> = device_ids.iter().map(|_| new_nonce()).collect();
+    let commands: Vec<Uuid> = device_ids.iter().map(|_| Uuid::new_v4()).collect();
+    let touch_cte = if touch {
+        ", touch AS (UPDATE devices SET last_challenge_at = ins.issued_at
+                     FROM ins WHERE devices.device_id = ins.device_id)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "WITH ins AS (
+             INSERT INTO attestation_challenges (nonce, device_id, command_id, expires_at)
+             SELECT u.n, u.d, u.c, now() + $4::bigint * interval '1 millisecond'
+             FROM UNNEST($1::text[], $2::text[], $3::uuid[]) AS u(n, d, c)
+             RETURNING nonce, device_id, command_id, issued_at, expires_at){touch_cte}
+         SELECT nonce, device_id, command_id, expires_at FROM ins"
+    );
+    sqlx::query_as::<_, Challenge>(&sql)
+        .bind(&nonces)
+        .bind(device_ids)
+        .bind(&commands)
+        .bind(millis(timeout))
+        .fetch_all(conn)
+        .await
+}
+
+/// Records that challenges and `device.registered` records are on the bus.
+pub async fn mark_sent(
+    pool: &PgPool,
+    nonces: &[String],
+    announced: &[String],
+) -> Result<(), sqlx::Error> {
+    if nonces.is_empty() && announced.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH a AS (UPDATE devices SET announced = true WHERE device_id = ANY($2) AND NOT announced)
+         UPDATE attestation_challenges SET sent = true WHERE nonce = ANY($1) AND NOT sent",
+    )
+    .bind(nonces)
+    .bind(announced)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// What an attestation answer is checked against.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttestationContext {
+    /// Index of the report in the batch.
+    pub idx: i32,
+    pub device_uuid: Option<Uuid>,
+    pub model: Option<String>,
+    pub public_key: Option<Vec<u8>>,
+    pub device_status: Option<String>,
+    /// `None`: no such nonce for this device.
+    pub challenge_state: Option<String>,
+    pub challenge_expired: Option<bool>,
+    pub answered_by: Option<String>,
+    /// The reported (model, version, sha256) is on the allow-list.
+    pub allowed: bool,
+}
+
+/// One report to look up: (device id, nonce, firmware version, firmware sha256).
+pub struct ReportKey<'a> {
+    pub device_id: &'a str,
+    pub nonce: &'a str,
+    pub version: &'a str,
+    pub sha256: &'a str,
+}
+
+/// Looks up device, challenge and allow-list of every report of a batch in one statement.
+pub async fn attestation_context(
+    pool: &PgPool,
+    reports: &[ReportKey<'_>],
+) -> Result<Vec<AttestationContext>, sqlx::Error> {
+    let idx: Vec<i32> = (0..reports.len() as i32).collect();
+    let devices: Vec<&str> = reports.iter().map(|r| r.device_id).collect();
+    let nonces: Vec<&str> = reports.iter().map(|r| r.nonce).collect();
+    let versions: Vec<&str> = reports.iter().map(|r| r.version).collect();
+    let hashes: Vec<String> = reports
+        .iter()
+        .map(|r| r.sha256.to_ascii_lowercase())
+        .collect();
+    sqlx::query_as::<_, AttestationContext>(
+        "SELECT r.idx, d.id AS device_uuid, d.model, d.public_key, d.status AS device_status,
+                c.state AS challenge_state, (c.expires_at <= now()) AS challenge_expired,
+                c.answered_by,
+                EXISTS (SELECT 1 FROM firmware f
+                        WHERE f.model = d.model AND f.version = r.version AND f.sha256 = r.sha256)
+                    AS allowed
+         FROM UNNEST($1::int[], $2::text[], $3::text[], $4::text[], $5::text[])
+              AS r(idx, device_id, nonce, version, sha256)
+         LEFT JOIN devices d ON d.device_id = r.device_id
+         LEFT JOIN attestation_challenges c ON c.nonce = r.nonce AND c.device_id = r.device_id",
+    )
+    .bind(&idx)
+    .bind(&devices)
+    .bind(&nonces)
+    .bind(&versions)
+    .bind(&hashes)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks answered challenges `passed` or `failed`, only while they are outstanding and not
+/// expired; returns the nonces it marked (a nonce missing was taken by a concurrent answer).
+pub async fn consume_challenges(
+    conn: &mut PgConnection,
+    nonces: &[String],
+    states: &[&str],
+    entries: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    if nonces.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "UPDATE attestation_challenges c
+         SET state = u.state, answered_by = u.entry, answered_at = now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(nonce, state, entry)
+         WHERE c.nonce = u.nonce AND c.state = 'outstanding' AND c.expires_at > now()
+         RETURNING c.nonce",
+    )
+    .bind(nonces)
+    .bind(states)
+    .bind(entries)
+    .fetch_all(conn)
+    .await
+}
+
+/// The outcome of attestation for one device.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub device_id: String,
+    pub status: &'static str,
+    pub reason: Option<String>,
+    pub firmware_version: String,
+}
+
+/// Applies attestation outcomes in one statement. A quarantined device stays quarantined.
+pub async fn apply_verdicts(
+    conn: &mut PgConnection,
+    verdicts: &[Verdict],
+) -> Result<(), sqlx::Error> {
+    if verdicts.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = verdicts.iter().map(|v| v.device_id.as_str()).collect();
+    let states: Vec<&str> = verdicts.iter().map(|v| v.status).collect();
+    let reasons: Vec<Option<&str>> = verdicts.iter().map(|v| v.reason.as_deref()).collect();
+    let versions: Vec<&str> = verdicts
+        .iter()
+        .map(|v| v.firmware_version.as_str())
+        .collect();
+    sqlx::query(
+        "UPDATE devices d
+         SET status = CASE WHEN d.status = 'quarantined' THEN d.status ELSE u.status END,
+             status_reason = CASE WHEN d.status = 'quarantined' THEN d.status_reason ELSE u.reason END,
+             attested_at = CASE WHEN u.status = 'trusted' THEN now() ELSE d.attested_at END,
+             firmware_version = CASE WHEN u.status = 'trusted' THEN u.version ELSE d.firmware_version END,
+             updated_at = now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(device_id, status, reason, version)
+         WHERE d.device_id = u.device_id",
+    )
+    .bind(&ids)
+    .bind(&states)
+    .bind(&reasons)
+    .bind(&versions)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+// ---------------------------------------------------------------- sweeper
+
+/// A device whose latest challenge expired unanswered.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TimedOut {
+    pub device_id: String,
+    pub id: Uuid,
+    pub model: Option<String>,
+    pub nonce: String,
+    pub status: String,
+}
+
+/// Expires sent challenges past their time; a device whose latest challenge it was becomes
+/// `attestation_timeout` (unless quarantined). Returns those devices.
+pub async fn expire_challenges(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<TimedOut>, sqlx::Error> {
+    sqlx::query_as::<_, TimedOut>(
+        "WITH due AS (
+             SELECT nonce FROM attestation_challenges
+             WHERE state = 'outstanding' AND sent AND expires_at <= now()
+             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+         ), expired AS (
+             UPDATE attestation_challenges c SET state = 'expired'
+             FROM due WHERE c.nonce = due.nonce
+             RETURNING c.nonce, c.device_id, c.issued_at
+         ), latest AS (
+             SELECT e.* FROM expired e
+             WHERE NOT EXISTS (SELECT 1 FROM attestation_challenges o
+                               WHERE o.device_id = e.device_id AND o.issued_at > e.issued_at)
+         )
+         UPDATE devices d
+         SET status = CASE WHEN d.status = 'quarantined' THEN d.status ELSE 'attestation_timeout' END,
+             status_reason = CASE WHEN d.status = 'quarantined' THEN d.status_reason
+                                  ELSE 'no answer to the attestation challenge before it expired' END,
+             updated_at = now()
+         FROM latest WHERE d.device_id = latest.device_id
+         RETURNING d.device_id, d.id, d.model, latest.nonce, d.status",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Challenges committed but not on the bus after `older_than`: locked for this transaction,
+/// given a new expiry (they were never sent) and returned to be sent again.
+pub async fn unsent_challenges(
+    conn: &mut PgConnection,
+    older_than: Duration,
+    timeout: Duration,
+    limit: i64,
+) -> Result<Vec<Challenge>, sqlx::Error> {
+    sqlx::query_as::<_, Challenge>(
+        "WITH due AS (
+             SELECT nonce FROM attestation_challenges
+             WHERE state = 'outstanding' AND NOT sent
+               AND issued_at < now() - $1::bigint * interval '1 millisecond'
+             ORDER BY issued_at LIMIT $3 FOR UPDATE SKIP LOCKED
+         )
+         UPDATE attestation_challenges c
+         SET sent = true, expires_at = now() + $2::bigint * interval '1 millisecond'
+         FROM due WHERE c.nonce = due.nonce
+         RETURNING c.nonce, c.device_id, c.command_id, c.expires_at",
+    )
+    .bind(millis(older_than))
+    .bind(millis(timeout))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Devices whose `device.registered` record is not on the bus after `older_than`: marked
+/// announced in this transaction and returned to be announced.
+pub async fn unannounced_devices(
+    conn: &mut PgConnection,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<Device>, sqlx::Error> {
+    let sql = format!(
+        "WITH due AS (
+             SELECT device_id FROM devices
+             WHERE NOT announced AND registered_at < now() - $1::bigint * interval '1 millisecond'
+             ORDER BY registered_at LIMIT $2 FOR UPDATE SKIP LOCKED
+         )
+         UPDATE devices d SET announced = true FROM due WHERE d.device_id = due.device_id
+         RETURNING {DEVICE_COLUMNS}"
+    );
+    sqlx::query_as::<_, Device>(&sql)
+        .bind(millis(older_than))
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
+/// Devices due for scheduled re-attestation, locked for this transaction.
+pub async fn due_for_reattestation(
+    conn: &mut PgConnection,
+    interval: Duration,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT device_id FROM devices
+         WHERE status IN ('trusted', 'untrusted', 'attestation_timeout')
+           AND (last_challenge_at IS NULL
+                OR last_challenge_at < now() - $1::bigint * interval '1 millisecond')
+         ORDER BY last_challenge_at NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(millis(interval))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+// ---------------------------------------------------------------- devices (API, enrichment)
+
+const DEVICE_COLUMNS: &str =
+    "d.id, d.device_id, d.model, d.firmware_version, d.metadata, d.status, \
+     d.status_reason, (d.public_key IS NOT NULL) AS has_public_key, d.first_seen, d.last_seen, \
+     d.attested_at, d.last_challenge_at, d.updated_at";
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Device {
+    pub id: Uuid,
+    pub device_id: String,
+    pub model: Option<String>,
+    pub firmware_version: Option<String>,
+    pub metadata: serde_json::Value,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub has_public_key: bool,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub attested_at: Option<DateTime<Utc>>,
+    pub last_challenge_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How the API names a device: its UUID or its device id.
+#[derive(Debug, Clone)]
+pub enum DeviceRef {
+    Uuid(Uuid),
+    DeviceId(String),
+}
+
+impl DeviceRef {
+    fn clause(&self) -> &'static str {
+        match self {
+            Self::Uuid(_) => "d.id = $1::uuid",
+            Self::DeviceId(_) => "d.device_id = $1",
+        }
+    }
+    fn text(&self) -> String {
+        match self {
+            Self::Uuid(u) => u.to_string(),
+            Self::DeviceId(d) => d.clone(),
+        }
+    }
+}
+
+pub async fn get_device(pool: &PgPool, device: &DeviceRef) -> Result<Option<Device>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices d WHERE {}",
+        device.clause()
+    );
+    sqlx::query_as::<_, Device>(&sql)
+        .bind(device.text())
+        .fetch_optional(pool)
+        .await
+}
+
+/// Filters of the device list.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub status: Option<String>,
+    pub model: Option<String>,
+    pub seen_after: Option<DateTime<Utc>>,
+    pub seen_before: Option<DateTime<Utc>>,
+    /// Only devices whose device id sorts after this one (the cursor).
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// Devices in device-id order.
+pub async fn list_devices(pool: &PgPool, f: &DeviceFilter) -> Result<Vec<Device>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices d
+         WHERE ($1::text IS NULL OR d.status = $1)
+           AND ($2::text IS NULL OR d.model = $2)
+           AND ($3::timestamptz IS NULL OR d.last_seen >= $3)
+           AND ($4::timestamptz IS NULL OR d.last_seen < $4)
+           AND ($5::text IS NULL OR d.device_id > $5)
+         ORDER BY d.device_id LIMIT $6"
+    );
+    sqlx::query_as::<_, Device>(&sql)
+        .bind(&f.status)
+        .bind(&f.model)
+        .bind(f.seen_after)
+        .bind(f.seen_before)
+        .bind(&f.after)
+        .bind(f.limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// The identity and trust of devices, for alert enrichment.
+pub async fn devices_by_id(
+    pool: &PgPool,
+    device_ids: &[String],
+) -> Result<Vec<Device>, sqlx::Error> {
+    let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.device_id = ANY($1)");
+    sqlx::query_as::<_, Device>(&sql)
+        .bind(device_ids)
+        .fetch_all(pool)
+        .await
+}
+
+/// Sets the device's Ed25519 public key; `None` when there is no such device.
+pub async fn set_public_key(
+    pool: &PgPool,
+    device: &DeviceRef,
+    key: &[u8],
+) -> Result<Option<Device>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE devices d SET public_key = $2, updated_at = now() WHERE {} RETURNING {DEVICE_COLUMNS}",
+        device.clause()
+    );
+    sqlx::query_as::<_, Device>(&sql)
+        .bind(device.text())
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Quarantines a device; `None` when there is no such device.
+pub async fn quarantine(
+    conn: &mut PgConnection,
+    device: &DeviceRef,
+    reason: &str,
+) -> Result<Option<Device>, sqlx::Error> {
+    let sql = format!(
+        "UPDATE devices d SET status = 'quarantined', status_reason = $2, updated_at = now()
+         WHERE {} RETURNING {DEVICE_COLUMNS}",
+        device.clause()
+    );
+    sqlx::query_as::<_, Device>(&sql)
+        .bind(device.text())
+        .bind(reason)
+        .fetch_optional(conn)
+        .await
+}
+
+// ---------------------------------------------------------------- firmware allow-list
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Firmware {
+    pub model: String,
+    pub version: String,
+    pub sha256: String,
+    pub added_by: Option<String>,
+    pub added_at: DateTime<Utc>,
+}
+
+pub async fn list_firmware(
+    pool: &PgPool,
+    model: Option<&str>,
+) -> Result<Vec<Firmware>, sqlx::Error> {
+    sqlx::query_as::<_, Firmware>(
+        "SELECT model, version, sha256, added_by, added_at FROM firmware
+         WHERE ($1::text IS NULL OR model = $1) ORDER BY model, version, sha256",
+    )
+    .bind(model)
+    .fetch_all(pool)
+    .await
+}
+
+/// Adds an allow-list entry; `false` when it was already there.
+pub async fn add_firmware(
+    pool: &PgPool,
+    model: &str,
+    version: &str,
+    sha256: &str,
+    added_by: &str,
+) -> Result<bool, sqlx::Error> {
+    let res = sqlx::query(
+        "INSERT INTO firmware (model, version, sha256, added_by) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(model)
+    .bind(version)
+    .bind(sha256)
+    .bind(added_by)
+    .execute(pool)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Removes an allow-list entry; `false` when there was none.
+pub async fn delete_firmware(
+    pool: &PgPool,
+    model: &str,
+    version: &str,
+    sha256: &str,
+) -> Result<bool, sqlx::Error> {
+    let res = sqlx::query("DELETE FROM firmware WHERE model = $1 AND version = $2 AND sha256 = $3")
+        .bind(model)
+        .bind(version)
+        .bind(sha256)
+        .execute(pool)
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

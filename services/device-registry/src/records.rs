@@ -1,0 +1,188 @@
+//! The documents this service writes to the bus: `device.registered` records, commands for
+//! devices, and alerts. Alert ids are UUID v5 of what the alert is about, so a retried write
+//! repeats the same alert instead of making a second one.
+
+use aurora_core::model::{Alert, AlertStatus, DeviceCommand, Extra, Severity};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::db::{Challenge, Device};
+
+/// The `source` of every alert this service raises.
+pub const ALERT_SOURCE: &str = "device-registry";
+
+/// MITRE ATT&CK: Pre-OS Boot: System Firmware.
+const MITRE_SYSTEM_FIRMWARE: &str = "T1542.001";
+
+/// A new device (`aurora:cps:devices`): `event` is `device.registered`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRegistered {
+    pub event: String,
+    pub id: Uuid,
+    pub device_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_version: Option<String>,
+    pub status: String,
+    pub metadata: Value,
+    pub first_seen: DateTime<Utc>,
+    pub registered_at: DateTime<Utc>,
+}
+
+impl DeviceRegistered {
+    pub const EVENT: &'static str = "device.registered";
+
+    pub fn new(
+        id: Uuid,
+        device_id: &str,
+        model: Option<String>,
+        firmware_version: Option<String>,
+        metadata: Value,
+        first_seen: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            event: Self::EVENT.to_string(),
+            id,
+            device_id: device_id.to_string(),
+            model,
+            firmware_version,
+            status: crate::db::status::PENDING.to_string(),
+            metadata,
+            first_seen,
+            registered_at: Utc::now(),
+        }
+    }
+
+    pub fn from_device(d: &Device) -> Self {
+        Self::new(
+            d.id,
+            &d.device_id,
+            d.model.clone(),
+            d.firmware_version.clone(),
+            d.metadata.clone(),
+            d.first_seen,
+        )
+    }
+}
+
+/// The `attest` command that carries a challenge: params `{"nonce": "<64 hex>"}`.
+pub fn attest_command(c: &Challenge) -> DeviceCommand {
+    DeviceCommand {
+        id: c.command_id,
+        device_id: c.device_id.clone(),
+        action: "attest".to_string(),
+        params: json!({ "nonce": c.nonce }),
+        issued_at: Utc::now(),
+        expires_at: Some(c.expires_at),
+        extra: Extra::new(),
+    }
+}
+
+/// A command an operator sends.
+pub fn command(
+    device_id: &str,
+    action: &str,
+    params: Value,
+    expires_at: Option<DateTime<Utc>>,
+) -> DeviceCommand {
+    DeviceCommand {
+        id: Uuid::new_v4(),
+        device_id: device_id.to_string(),
+        action: action.to_string(),
+        params,
+        issued_at: Utc::now(),
+        expires_at,
+        extra: Extra::new(),
+    }
+}
+
+/// UUID v5 of a key, in the URL namespace with a prefix of ours.
+pub fn stable_id(key: &str) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("aurora:device-registry:{key}").as_bytes(),
+    )
+}
+
+fn device_fields(extra: &mut Extra, device_id: &str, uuid: Option<Uuid>, model: Option<&str>) {
+    extra.insert("device_id".into(), json!(device_id));
+    if let Some(u) = uuid {
+        extra.insert("device_uuid".into(), json!(u));
+    }
+    if let Some(m) = model {
+        extra.insert("device_model".into(), json!(m));
+    }
+}
+
+/// What a failed attestation is about.
+pub struct FailedAttestation<'a> {
+    pub device_id: &'a str,
+    pub device_uuid: Option<Uuid>,
+    pub model: Option<&'a str>,
+    pub nonce: &'a str,
+    pub firmware_version: &'a str,
+    pub firmware_sha256: &'a str,
+    pub reason: &'a str,
+    /// The stream entry of the answer (part of the alert id: a replay is a new alert, a
+    /// redelivery of the same entry is not).
+    pub entry_id: &'a str,
+}
+
+/// High-severity alert: a device failed attestation.
+pub fn attestation_failed_alert(f: &FailedAttestation<'_>) -> Alert {
+    let mut extra = Extra::new();
+    device_fields(&mut extra, f.device_id, f.device_uuid, f.model);
+    extra.insert("device_trust".into(), json!("untrusted"));
+    extra.insert("reason".into(), json!(f.reason));
+    extra.insert("nonce".into(), json!(f.nonce));
+    extra.insert("firmware_version".into(), json!(f.firmware_version));
+    extra.insert("firmware_sha256".into(), json!(f.firmware_sha256));
+    Alert {
+        id: stable_id(&format!(
+            "attestation:{}:{}:{}",
+            f.device_id, f.nonce, f.entry_id
+        )),
+        title: format!(
+            "Device {} failed firmware attestation: {}",
+            f.device_id, f.reason
+        ),
+        severity: Severity::High,
+        status: AlertStatus::New,
+        source: ALERT_SOURCE.to_string(),
+        iocs: Vec::new(),
+        mitre_techniques: vec![MITRE_SYSTEM_FIRMWARE.to_string()],
+        timestamp: Utc::now(),
+        extra,
+    }
+}
+
+/// High-severity alert: a device did not answer its challenge in time.
+pub fn attestation_timeout_alert(
+    device_id: &str,
+    uuid: Uuid,
+    model: Option<&str>,
+    nonce: &str,
+) -> Alert {
+    let mut extra = Extra::new();
+    device_fields(&mut extra, device_id, Some(uuid), model);
+    extra.insert("device_trust".into(), json!(crate::db::status::TIMEOUT));
+    extra.insert(
+        "reason".into(),
+        json!("no answer to the attestation challenge before it expired"),
+    );
+    extra.insert("nonce".into(), json!(nonce));
+    Alert {
+        id: stable_id(&format!("attestation-timeout:{device_id}:{nonce}")),
+        title: format!("Device {device_id} did not answer its firmware attestation challenge"),
+        severity: Severity::High,
+        status: AlertStatus::New,
+        source: ALERT_SOURCE.to_string(),
+        iocs: Vec::new(),
+        mitre_techniques: Vec::new(),
+        timestamp: Utc::now(),
+        extra,
+    }
+}

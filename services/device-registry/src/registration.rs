@@ -1,0 +1,177 @@
+//! Auto-registration: `aurora:cps:registrations` (`device.seen` records from mqtt-bridge) →
+//! one upsert per batch. A new device gets a UUID, its first message as metadata, status
+//! `pending_attestation`, an attestation challenge and a `device.registered` record.
+//!
+//! Order of writes: PostgreSQL commit (devices and challenges), then the records on the bus,
+//! then `sent`/`announced` marks, then XACK. A crash between the commit and the bus leaves
+//! unmarked rows that the [`crate::sweeper`] sends later; nothing is acknowledged before it is
+//! durable.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use aurora_core::bus::{Entry, GroupReader};
+use aurora_core::model::{parse, to_bytes, DeviceSeen};
+use base64::Engine;
+use serde_json::Value;
+
+use crate::consumer::{self, BatchHandler};
+use crate::db::{self, Sighting};
+use crate::records::{attest_command, DeviceRegistered};
+use crate::{telemetry, BatchError, Context};
+
+/// The reader of registration worker `worker` of this replica.
+pub async fn reader(
+    ctx: &Context,
+    worker: usize,
+) -> Result<GroupReader, aurora_core::bus::BusError> {
+    let name = format!("{}-registration-{worker}", ctx.cfg.instance);
+    let cfg = consumer::group_config(ctx, &ctx.cfg.names.cps_registrations(), &name);
+    consumer::reader(ctx, cfg).await
+}
+
+pub async fn run(ctx: Context, reader: GroupReader, shutdown: tokio_util::sync::CancellationToken) {
+    consumer::run(ctx, reader, Registration, shutdown).await
+}
+
+pub struct Registration;
+
+impl BatchHandler for Registration {
+    const PART: &'static str = "registration";
+
+    async fn handle(
+        &self,
+        ctx: &Context,
+        reader: &GroupReader,
+        entries: Vec<Entry>,
+    ) -> Result<(), BatchError> {
+        let started = Instant::now();
+        let mut handled = Vec::with_capacity(entries.len());
+        let mut devices: BTreeMap<String, Sighting> = BTreeMap::new();
+        for entry in &entries {
+            let seen = match parse::<DeviceSeen>(entry.data.as_deref().unwrap_or_default()) {
+                Ok(seen) => seen,
+                Err(e) => {
+                    consumer::reject(reader, entry, &e.to_string()).await?;
+                    continue;
+                }
+            };
+            fold(&mut devices, seen, ctx.cfg.trust_on_first_use);
+            handled.push(entry.id.clone());
+        }
+        metrics::counter!(telemetry::SIGHTINGS).increment(handled.len() as u64);
+        let sightings: Vec<Sighting> = devices.into_values().collect();
+        if !sightings.is_empty() {
+            register(ctx, &sightings).await?;
+        }
+        reader.ack(&handled).await?;
+        metrics::histogram!(telemetry::REGISTRATION_BATCH_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// Upserts the sightings; announces and challenges the new devices.
+pub async fn register(ctx: &Context, sightings: &[Sighting]) -> Result<usize, BatchError> {
+    let mut tx = ctx.pool.begin().await?;
+    let rows = db::upsert_devices(&mut tx, sightings).await?;
+    let new: Vec<&db::Upserted> = rows.iter().filter(|r| r.inserted).collect();
+    let new_ids: Vec<String> = new.iter().map(|r| r.device_id.clone()).collect();
+    let challenges = if new_ids.is_empty() {
+        Vec::new()
+    } else {
+        db::insert_challenges(&mut tx, &new_ids, ctx.cfg.attestation_timeout, false).await?
+    };
+    tx.commit().await?;
+    if new.is_empty() {
+        return Ok(0);
+    }
+
+    let by_id: BTreeMap<&str, &Sighting> = sightings
+        .iter()
+        .map(|s| (s.device_id.as_str(), s))
+        .collect();
+    let devices_stream = ctx.cfg.names.cps_devices();
+    let commands_stream = ctx.cfg.names.cps_commands();
+    let mut docs: Vec<(&str, Vec<u8>)> = Vec::with_capacity(new.len() + challenges.len());
+    for row in &new {
+        if let Some(s) = by_id.get(row.device_id.as_str()) {
+            let record = DeviceRegistered::new(
+                row.id,
+                &row.device_id,
+                s.model.clone(),
+                s.firmware_version.clone(),
+                s.metadata.clone(),
+                s.first_seen,
+            );
+            docs.push((devices_stream.as_str(), to_bytes(&record)));
+        }
+    }
+    for c in &challenges {
+        docs.push((commands_stream.as_str(), to_bytes(&attest_command(c))));
+    }
+    ctx.producer.publish_batch(&docs).await?;
+    let nonces: Vec<String> = challenges.iter().map(|c| c.nonce.clone()).collect();
+    db::mark_sent(&ctx.pool, &nonces, &new_ids).await?;
+
+    metrics::counter!(telemetry::REGISTERED).increment(new.len() as u64);
+    metrics::counter!(telemetry::CHALLENGES, "trigger" => "registration")
+        .increment(challenges.len() as u64);
+    tracing::debug!(count = new.len(), "registered new devices");
+    Ok(new.len())
+}
+
+/// Folds one sighting into the batch: the earliest message stays the metadata, `last_seen`
+/// is the latest.
+fn fold(devices: &mut BTreeMap<String, Sighting>, seen: DeviceSeen, trust_on_first_use: bool) {
+    if let Some(s) = devices.get_mut(&seen.device_id) {
+        if seen.seen_at < s.first_seen {
+            s.first_seen = seen.seen_at;
+        }
+        if seen.seen_at > s.last_seen {
+            s.last_seen = seen.seen_at;
+        }
+        return;
+    }
+    let text = |key: &str| match seen.metadata.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let model = text("model");
+    let firmware_version = text("firmware_version");
+    let public_key = if trust_on_first_use {
+        text("public_key").and_then(|k| decode_public_key(&k).ok())
+    } else {
+        None
+    };
+    devices.insert(
+        seen.device_id.clone(),
+        Sighting {
+            device_id: seen.device_id,
+            first_seen: seen.seen_at,
+            last_seen: seen.seen_at,
+            metadata: Value::Object(seen.metadata),
+            model,
+            firmware_version,
+            public_key,
+        },
+    );
+}
+
+/// A device public key: base64 (standard or URL-safe) of the 32 bytes of an Ed25519 key.
+pub fn decode_public_key(text: &str) -> Result<Vec<u8>, String> {
+    let t = text.trim();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(t)
+        .or_else(|_| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.trim_end_matches('='))
+        })
+        .map_err(|_| "public_key is not base64".to_string())?;
+    let arr: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("public_key must be 32 bytes, got {}", bytes.len()))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&arr)
+        .map_err(|_| "public_key is not a valid Ed25519 point".to_string())?;
+    Ok(bytes)
+}

@@ -1,0 +1,253 @@
+//! Auto-registration from the stream, against the real PostgreSQL and Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use aurora_testkit::wait_until;
+use chrono::{Duration as ChronoDuration, Utc};
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn new_devices_are_registered_challenged_and_announced() {
+    let names = aurora_testkit::names();
+    let db = TestDb::create().await;
+    let svc = Running::start(config(&names, &db)).await;
+    let pool = db.pool().await;
+    let conn = redis().await;
+    let stream = names.cps_registrations();
+
+    let a = SimDevice::new("reg-a");
+    let b = SimDevice::new("reg-b");
+    let t0 = Utc::now() - ChronoDuration::seconds(60);
+    publish(&conn, &stream, &a.seen(t0)).await;
+    publish(&conn, &stream, &a.seen(t0 + ChronoDuration::seconds(30))).await;
+    publish(&conn, &stream, &b.seen(t0)).await;
+    publish(&conn, &stream, &json!({"event": "device.seen", "device_id": "bad/id", "message_type": "telemetry", "seen_at": t0})).await;
+
+    wait_until(LONG, "two devices", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM devices")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
+    let (uuid, status, model, fw, metadata, last_seen, has_key): (
+        uuid::Uuid,
+        String,
+        Option<String>,
+        Option<String>,
+        serde_json::Value,
+        chrono::DateTime<Utc>,
+        bool,
+    ) = sqlx::query_as(
+        "SELECT id, status, model, firmware_version, metadata, last_seen, public_key IS NOT NULL FROM devices WHERE device_id = $1",
+    )
+    .bind(&a.id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "pending_attestation");
+    assert_eq!(model.as_deref(), Some(MODEL));
+    assert_eq!(fw.as_deref(), Some(VERSION));
+    assert_eq!(
+        metadata["temperature"], 21.5,
+        "the first message is kept as metadata"
+    );
+    assert_eq!(
+        last_seen.timestamp(),
+        (t0 + ChronoDuration::seconds(30)).timestamp()
+    );
+    assert!(has_key, "trust on first use took the key");
+
+    let registered = wait_docs(
+        &conn,
+        &names.cps_devices(),
+        2,
+        "device.registered records",
+        |d| d["event"] == "device.registered",
+    )
+    .await;
+    let rec_a = registered
+        .iter()
+        .find(|d| d["device_id"] == a.id.as_str())
+        .unwrap();
+    assert_eq!(rec_a["id"], uuid.to_string());
+    assert_eq!(rec_a["status"], "pending_attestation");
+    for d in [&a, &b] {
+        let nonce = wait_challenge(&conn, &names, &d.id, 1).await;
+        assert_eq!(nonce.len(), 64);
+        assert!(nonce.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+    // The bad entry is dead-lettered with the reason, and nothing stays pending.
+    let dead = wait_docs(
+        &conn,
+        &names.deadletter("device-registry"),
+        1,
+        "dead letter",
+        |_| true,
+    )
+    .await;
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("device_id"),
+        "{}",
+        dead[0]
+    );
+    wait_until(LONG, "all acknowledged", || async {
+        (pending(&conn, &stream).await == 0).then_some(())
+    })
+    .await;
+    // Exactly one record and one challenge each, even after the sweeper ran a few rounds.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(docs(&conn, &names.cps_devices()).await.len(), 2);
+    assert_eq!(challenges_for(&conn, &names, &a.id).await.len(), 1);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_starting_together_upsert_without_duplicates_or_lost_last_seen() {
+    let names = aurora_testkit::names();
+    let db = TestDb::create().await;
+    let mut c1 = config(&names, &db);
+    c1.instance = "replica-1".into();
+    c1.batch_size = 50;
+    let mut c2 = c1.clone();
+    c2.instance = "replica-2".into();
+    // Both apply the migrations at once: the advisory lock makes that safe.
+    let (r1, r2) = tokio::join!(Running::start(c1), Running::start(c2));
+    let pool = db.pool().await;
+    let conn = redis().await;
+    let stream = names.cps_registrations();
+
+    let devices: Vec<SimDevice> = (0..100).map(|_| SimDevice::new("fleet")).collect();
+    let base = Utc::now() - ChronoDuration::hours(1);
+    let mut expected = HashMap::new();
+    let producer = aurora_core::bus::Producer::new(conn.clone(), 100_000);
+    let mut batch = Vec::new();
+    // Ten sightings per device, out of order, interleaved across devices.
+    for round in 0..10i64 {
+        let offset = (round * 7) % 10;
+        for (i, d) in devices.iter().enumerate() {
+            let at = base + ChronoDuration::seconds(offset * 60 + i as i64);
+            let e = expected.entry(d.id.clone()).or_insert(at);
+            if at > *e {
+                *e = at;
+            }
+            batch.push((stream.clone(), serde_json::to_vec(&d.seen(at)).unwrap()));
+        }
+    }
+    producer.publish_batch(&batch).await.unwrap();
+
+    wait_until(LONG, "every sighting handled", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM devices")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let pend = pending(&conn, &stream).await;
+        let lag: Option<i64> = None;
+        let _ = lag;
+        (n == 100 && pend == 0).then_some(())
+    })
+    .await;
+    // Wait for the stream to be fully read (pending 0 could precede the last reads).
+    wait_until(LONG, "group caught up", || async {
+        let mut c = conn.clone();
+        let info: redis::Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let text = format!("{info:?}");
+        let last = aurora_core::bus::last_id(&mut c, &stream).await.unwrap();
+        (text.contains(&last) && pending(&conn, &stream).await == 0).then_some(())
+    })
+    .await;
+    let rows: Vec<(String, chrono::DateTime<Utc>)> =
+        sqlx::query_as("SELECT device_id, last_seen FROM devices")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 100);
+    for (id, last_seen) in rows {
+        assert_eq!(
+            last_seen.timestamp(),
+            expected[&id].timestamp(),
+            "last_seen of {id} went backwards"
+        );
+    }
+    let registered = docs(&conn, &names.cps_devices()).await;
+    assert_eq!(registered.len(), 100, "one device.registered per device");
+    let commands = docs(&conn, &names.cps_commands()).await;
+    assert_eq!(commands.len(), 100, "one challenge per device");
+    let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(migrations, 1);
+    r1.stop().await;
+    r2.stop().await;
+}
+
+#[tokio::test]
+async fn sightings_wait_out_a_database_outage_and_are_not_lost() {
+    let names = aurora_testkit::names();
+    let db = TestDb::create().await;
+    let svc = Running::start(config(&names, &db)).await;
+    let pool = db.pool().await;
+    let conn = redis().await;
+    let stream = names.cps_registrations();
+
+    // Cut the service off its database: refuse new connections and end the open ones.
+    let mut admin = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(aurora_testkit::DATABASE_URL)
+            .await
+            .unwrap()
+    };
+    pool.close().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+        db.name
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(&db.name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let d = SimDevice::new("outage");
+    publish(&conn, &stream, &d.seen(Utc::now())).await;
+    wait_until(LONG, "the batch to fail and stay pending", || async {
+        (pending(&conn, &stream).await == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        pending(&conn, &stream).await,
+        1,
+        "not acknowledged while the database is down"
+    );
+
+    sqlx::query(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+        db.name
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let pool = db.pool().await;
+    wait_status(&pool, &d.id, "pending_attestation").await;
+    wait_challenge(&conn, &names, &d.id, 1).await;
+    wait_until(LONG, "acknowledged after recovery", || async {
+        (pending(&conn, &stream).await == 0).then_some(())
+    })
+    .await;
+    svc.stop().await;
+}
