@@ -1,0 +1,212 @@
+//! One MQTT message from a device, checked and turned into the document the bus carries, or
+//! rejected with the reason. Pure: no I/O, never panics, whatever the topic and payload.
+
+use aurora_core::names::DeviceTopicKind;
+use aurora_core::Names;
+use serde_json::{Map, Value};
+
+/// A device message that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceDoc {
+    pub device_id: String,
+    pub kind: DeviceTopicKind,
+    /// The device's JSON object with `device_id` and `message_type` from the topic first.
+    pub doc: Map<String, Value>,
+}
+
+/// Why a message was refused; the label is the metric's `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// Not `<ns>/sensors/<device>/{telemetry,alerts,attestation}`.
+    UnknownTopic,
+    /// The topic's device id is outside `[A-Za-z0-9_.:-]{1,128}`.
+    InvalidDeviceId,
+    PayloadTooLarge,
+    InvalidUtf8,
+    InvalidJson,
+    /// Valid JSON, but not an object.
+    NotAnObject,
+}
+
+impl Rejection {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::UnknownTopic => "unknown_topic",
+            Self::InvalidDeviceId => "invalid_device_id",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::InvalidJson => "invalid_json",
+            Self::NotAnObject => "not_a_json_object",
+        }
+    }
+}
+
+/// A refused message: the label and a sentence for the dead-letter record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub rejection: Rejection,
+    pub reason: String,
+}
+
+fn reject(rejection: Rejection, reason: impl Into<String>) -> Rejected {
+    Rejected {
+        rejection,
+        reason: reason.into(),
+    }
+}
+
+/// Checks a message in the order that costs least for hostile input: the topic (and its
+/// device id) first, then the size, the encoding and the JSON.
+pub fn decode(
+    names: &Names,
+    topic: &str,
+    payload: &[u8],
+    max_payload: usize,
+) -> Result<DeviceDoc, Rejected> {
+    let Some((device_id, kind)) = names.parse_sensor_topic(topic) else {
+        return Err(reject(
+            Rejection::UnknownTopic,
+            "topic is not <namespace>/sensors/<device_id>/{telemetry,alerts,attestation}",
+        ));
+    };
+    if !aurora_core::model::is_valid_device_id(device_id) {
+        return Err(reject(
+            Rejection::InvalidDeviceId,
+            "device id in the topic is not 1 to 128 characters of A-Z a-z 0-9 _ . : -",
+        ));
+    }
+    if payload.len() > max_payload {
+        return Err(reject(
+            Rejection::PayloadTooLarge,
+            format!(
+                "payload of {} bytes is larger than the limit of {max_payload} bytes",
+                payload.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| reject(Rejection::InvalidUtf8, format!("payload is not UTF-8: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| reject(Rejection::InvalidJson, format!("payload is not JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(reject(
+            Rejection::NotAnObject,
+            format!("payload is JSON but not an object ({})", json_type(&value)),
+        ));
+    };
+    // The topic is what the broker authenticated: a `device_id` or `message_type` in the
+    // payload cannot override it.
+    let mut doc = Map::with_capacity(fields.len() + 2);
+    doc.insert("device_id".into(), Value::String(device_id.to_string()));
+    doc.insert("message_type".into(), Value::String(kind.as_str().into()));
+    for (k, v) in fields {
+        if k != "device_id" && k != "message_type" {
+            doc.insert(k, v);
+        }
+    }
+    Ok(DeviceDoc {
+        device_id: device_id.to_string(),
+        kind,
+        doc,
+    })
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Names {
+        Names::default()
+    }
+
+    fn rejection(topic: &str, payload: &[u8]) -> Option<Rejection> {
+        decode(&names(), topic, payload, 64)
+            .err()
+            .map(|r| r.rejection)
+    }
+
+    #[test]
+    fn a_good_message_gets_device_id_and_type_from_its_topic() {
+        let d = decode(
+            &names(),
+            "aurora/sensors/dev-1/alerts",
+            br#"{"device_id":"forged","message_type":"x","v":1}"#,
+            64,
+        )
+        .expect("valid");
+        assert_eq!(d.device_id, "dev-1");
+        assert_eq!(d.kind, DeviceTopicKind::Alerts);
+        assert_eq!(
+            Value::Object(d.doc),
+            serde_json::json!({"device_id":"dev-1","message_type":"alerts","v":1})
+        );
+    }
+
+    #[test]
+    fn every_bad_input_has_its_reason() {
+        let ok = br#"{"a":1}"#;
+        assert_eq!(
+            rejection("aurora/sensors/dev/other", ok),
+            Some(Rejection::UnknownTopic)
+        );
+        assert_eq!(
+            rejection("aurora/sensors/a/b/telemetry", ok),
+            Some(Rejection::UnknownTopic)
+        );
+        assert_eq!(
+            rejection("aurora/sensors//telemetry", ok),
+            Some(Rejection::InvalidDeviceId)
+        );
+        assert_eq!(
+            rejection("aurora/sensors/d\u{e9}v/telemetry", ok),
+            Some(Rejection::InvalidDeviceId)
+        );
+        let long = format!("aurora/sensors/{}/telemetry", "x".repeat(129));
+        assert_eq!(rejection(&long, ok), Some(Rejection::InvalidDeviceId));
+        assert_eq!(
+            rejection("aurora/sensors/d/telemetry", &[b' '; 65]),
+            Some(Rejection::PayloadTooLarge)
+        );
+        assert_eq!(
+            rejection("aurora/sensors/d/telemetry", b"{\"a\":\"\xff\"}"),
+            Some(Rejection::InvalidUtf8)
+        );
+        assert_eq!(
+            rejection("aurora/sensors/d/telemetry", b"{\"a\":"),
+            Some(Rejection::InvalidJson)
+        );
+        assert_eq!(
+            rejection("aurora/sensors/d/telemetry", b"[1,2]"),
+            Some(Rejection::NotAnObject)
+        );
+        assert_eq!(
+            rejection("aurora/sensors/d/telemetry", b""),
+            Some(Rejection::InvalidJson)
+        );
+    }
+
+    #[test]
+    fn hostile_topics_never_panic() {
+        for topic in [
+            "",
+            "/",
+            "aurora",
+            "aurora/sensors/",
+            "aurora/sensors/+/#",
+            "\u{0}\u{ffff}",
+        ] {
+            assert!(decode(&names(), topic, b"{}", 64).is_err(), "{topic:?}");
+        }
+    }
+}

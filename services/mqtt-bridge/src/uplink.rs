@@ -1,0 +1,398 @@
+//! Devices to the bus.
+//!
+//! One task keeps the MQTT connection polled and hands each publish to a bounded queue; the
+//! writer takes what is queued (up to `batch_size`), checks every message, writes the
+//! documents, `device.seen` records and dead letters in ONE pipelined round trip, and only then
+//! acknowledges every publish of the batch, in order. When Redis fails the writer retries the
+//! same batch with backoff and acknowledges nothing: the queue fills, the connection task stops
+//! polling, and the broker keeps the rest for the persistent session. Nothing is acknowledged
+//! before it is written; a crash at any point means redelivery, never loss.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aurora_core::bus::Producer;
+use aurora_core::model::{to_bytes, DeadLetter, DeviceSeen, Extra};
+use aurora_core::names::DeviceTopicKind;
+use aurora_core::ops::Readiness;
+use aurora_core::Names;
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS, SubscribeFilter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::decode::{decode, DeviceDoc};
+use crate::seen::SeenTracker;
+use crate::{metrics_names as m, SERVICE};
+
+/// Readiness component of the uplink MQTT connection.
+pub const MQTT_COMPONENT: &str = "mqtt-uplink";
+/// Readiness component of the Redis writes.
+pub const REDIS_COMPONENT: &str = "redis";
+
+/// rumqttc's request queue (acks, subscribes). Never smaller than the number of QoS 1
+/// messages a broker can have unacknowledged towards one client (16-bit packet ids), so the
+/// writer never waits on it while the connection task waits on the writer.
+pub const REQUEST_CAPACITY: usize = 65_536;
+
+/// How the uplink runs.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// Stable per replica: the broker keeps the session (and queues for it) under this id.
+    pub client_id: String,
+    /// `$share/<group>/...`: replicas with the same group split the traffic.
+    pub share_group: String,
+    pub max_payload: usize,
+    pub batch_size: usize,
+    /// How long to wait for more messages once the queue is empty (0: write what is there).
+    pub batch_linger: Duration,
+    /// Messages received and not yet written.
+    pub queue_capacity: usize,
+    pub seen_capacity: usize,
+    pub seen_interval: Duration,
+}
+
+/// A publish and the connection it came on (acks only make sense on that connection).
+struct Received {
+    publish: Publish,
+    epoch: u64,
+}
+
+/// Runs the uplink until `shutdown`, then drains: what is queued is written and acknowledged,
+/// unless `abort` (the drain deadline) comes first.
+pub async fn run(
+    cfg: UplinkConfig,
+    (client, eventloop): (AsyncClient, EventLoop),
+    names: Names,
+    producer: Producer,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    readiness.register(MQTT_COMPONENT);
+    let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+    let epoch = Arc::new(AtomicU64::new(0));
+    let writer_done = CancellationToken::new();
+    let filters = names_filters(&names, &cfg.share_group);
+    let connection = tokio::spawn(poll_connection(
+        client.clone(),
+        eventloop,
+        filters,
+        tx,
+        epoch.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+        writer_done.clone(),
+    ));
+    let writer = Writer {
+        names,
+        producer,
+        client,
+        epoch,
+        readiness,
+        seen: SeenTracker::new(cfg.seen_capacity, cfg.seen_interval),
+        cfg,
+        abort,
+    };
+    writer.run(rx).await;
+    writer_done.cancel();
+    if let Err(e) = connection.await {
+        tracing::error!(error = %e, "uplink connection task failed");
+    }
+}
+
+/// The three shared-subscription filters, QoS 1.
+fn names_filters(names: &Names, group: &str) -> Vec<SubscribeFilter> {
+    DeviceTopicKind::ALL
+        .into_iter()
+        .map(|k| {
+            SubscribeFilter::new(
+                format!("$share/{group}/{}", names.mqtt_sensor_filter(k)),
+                QoS::AtLeastOnce,
+            )
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn poll_connection(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    filters: Vec<SubscribeFilter>,
+    tx: mpsc::Sender<Received>,
+    epoch: Arc<AtomicU64>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    writer_done: CancellationToken,
+) {
+    let mut tx = Some(tx);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let event = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = shutdown.cancelled(), if tx.is_some() => {
+                // Stop taking messages; the writer drains what it has. Whatever arrives from
+                // now on is left unacknowledged, so the broker delivers it again.
+                tx = None;
+                continue;
+            }
+            _ = writer_done.cancelled() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff.reset();
+                epoch.fetch_add(1, Ordering::SeqCst);
+                metrics::counter!(m::CONNECTIONS, "link" => "uplink").increment(1);
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "uplink connected to the broker"
+                );
+                // Subscribing again with a session present is harmless and covers a changed
+                // group or namespace; without a session it is required.
+                if let Err(e) = client.subscribe_many(filters.clone()).await {
+                    tracing::error!(error = %e, "cannot queue the subscription");
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if refused {
+                    readiness
+                        .set_not_ready(MQTT_COMPONENT, "the broker refused a subscription (ACL?)");
+                } else {
+                    readiness.set_ready(MQTT_COMPONENT);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let Some(queue) = &tx else { continue };
+                let received = Received {
+                    publish,
+                    epoch: epoch.load(Ordering::SeqCst),
+                };
+                // Waiting here is the backpressure: while the writer is behind, the broker's
+                // in-flight window fills and it queues the rest for this session.
+                if queue.send(received).await.is_err() {
+                    tx = None;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics::counter!(m::CONNECTION_ERRORS, "link" => "uplink").increment(1);
+                readiness.set_not_ready(MQTT_COMPONENT, format!("broker connection: {e}"));
+                tracing::warn!(error = %e, "uplink connection to the broker lost; reconnecting");
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = writer_done.cancelled() => break,
+                }
+            }
+        }
+    }
+    disconnect(&client, &mut eventloop).await;
+}
+
+/// Sends the acks still queued, then DISCONNECT, so the broker keeps the session cleanly.
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let flush = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+}
+
+struct Writer {
+    cfg: UplinkConfig,
+    names: Names,
+    producer: Producer,
+    client: AsyncClient,
+    epoch: Arc<AtomicU64>,
+    readiness: Readiness,
+    seen: SeenTracker,
+    abort: CancellationToken,
+}
+
+/// What one batch writes, in the order it arrived.
+#[derive(Default)]
+struct Prepared {
+    items: Vec<(String, Vec<u8>)>,
+    messages: [u64; 3],
+    seen: u64,
+    dead: Vec<&'static str>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Received>) {
+        let mut batch = Vec::with_capacity(self.cfg.batch_size);
+        loop {
+            batch.clear();
+            if !self.next_batch(&mut rx, &mut batch).await {
+                break;
+            }
+            metrics::gauge!(m::QUEUE_DEPTH).set(rx.len() as f64);
+            let prepared = self.prepare(&batch);
+            if !self.write(&prepared).await {
+                tracing::warn!(
+                    messages = batch.len(),
+                    "drain deadline passed with Redis unavailable: messages left to the broker"
+                );
+                return;
+            }
+            self.count(&prepared, batch.len());
+            if !self.ack(&batch).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits for one message, then takes what else is queued (and what arrives within the
+    /// linger) up to the batch size. False when the queue is closed and empty.
+    async fn next_batch(
+        &self,
+        rx: &mut mpsc::Receiver<Received>,
+        batch: &mut Vec<Received>,
+    ) -> bool {
+        let limit = self.cfg.batch_size.max(1);
+        if rx.recv_many(batch, limit).await == 0 {
+            return false;
+        }
+        if batch.len() < limit && !self.cfg.batch_linger.is_zero() {
+            let deadline = tokio::time::Instant::now() + self.cfg.batch_linger;
+            while batch.len() < limit {
+                match tokio::time::timeout_at(deadline, rx.recv_many(batch, limit - batch.len()))
+                    .await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        true
+    }
+
+    fn prepare(&mut self, batch: &[Received]) -> Prepared {
+        let mut out = Prepared {
+            items: Vec::with_capacity(batch.len() + 8),
+            ..Prepared::default()
+        };
+        let now = Instant::now();
+        for r in batch {
+            let p = &r.publish;
+            match decode(&self.names, &p.topic, &p.payload, self.cfg.max_payload) {
+                Ok(doc) => self.accept(doc, now, &mut out),
+                Err(rejected) => {
+                    tracing::warn!(topic = %p.topic, reason = %rejected.reason, "dead-lettered a device message");
+                    let record = DeadLetter::new(SERVICE, &p.topic, rejected.reason, &p.payload);
+                    out.items
+                        .push((self.names.cps_deadletter(), to_bytes(&record)));
+                    out.dead.push(rejected.rejection.label());
+                }
+            }
+        }
+        out
+    }
+
+    fn accept(&mut self, d: DeviceDoc, now: Instant, out: &mut Prepared) {
+        let DeviceDoc {
+            device_id,
+            kind,
+            doc,
+        } = d;
+        let data = to_bytes(&doc);
+        if self.seen.announce(&device_id, now) {
+            let seen = DeviceSeen {
+                event: DeviceSeen::EVENT.to_string(),
+                device_id,
+                message_type: kind,
+                metadata: doc,
+                seen_at: chrono::Utc::now(),
+                extra: Extra::new(),
+            };
+            out.items
+                .push((self.names.cps_registrations(), to_bytes(&seen)));
+            out.seen += 1;
+        }
+        out.items.push((self.names.cps_stream(kind), data));
+        out.messages[kind_index(kind)] += 1;
+    }
+
+    /// Writes the batch, retrying with backoff until it succeeds. False only when the drain
+    /// deadline passes first.
+    async fn write(&self, prepared: &Prepared) -> bool {
+        if prepared.items.is_empty() {
+            return true;
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            let started = Instant::now();
+            match self.producer.publish_batch(&prepared.items).await {
+                Ok(_) => {
+                    metrics::histogram!(m::WRITE_SECONDS).record(started.elapsed().as_secs_f64());
+                    self.readiness.set_ready(REDIS_COMPONENT);
+                    return true;
+                }
+                Err(e) => {
+                    metrics::counter!(m::WRITE_RETRIES).increment(1);
+                    self.readiness
+                        .set_not_ready(REDIS_COMPONENT, format!("stream write failed: {e}"));
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, entries = prepared.items.len(), "stream write failed; nothing acknowledged, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.abort.cancelled() => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&self, prepared: &Prepared, received: usize) {
+        for kind in DeviceTopicKind::ALL {
+            let n = prepared.messages[kind_index(kind)];
+            if n > 0 {
+                metrics::counter!(m::MESSAGES, "type" => kind.as_str()).increment(n);
+            }
+        }
+        for reason in &prepared.dead {
+            metrics::counter!(m::DEAD_LETTERS, "reason" => *reason).increment(1);
+        }
+        metrics::counter!(m::DEVICES_SEEN).increment(prepared.seen);
+        metrics::histogram!(m::BATCH_MESSAGES).record(received as f64);
+        metrics::gauge!(m::SEEN_DEVICES).set(self.seen.len() as f64);
+    }
+
+    /// Acknowledges the batch in order. A publish that came on an earlier connection is not
+    /// acknowledged: the broker sends it again on this one and it is written again (a
+    /// duplicate, never a loss). False when the connection task is gone.
+    async fn ack(&self, batch: &[Received]) -> bool {
+        let current = self.epoch.load(Ordering::SeqCst);
+        for r in batch {
+            if r.epoch != current {
+                metrics::counter!(m::ACKS_SKIPPED).increment(1);
+                continue;
+            }
+            if self.client.ack(&r.publish).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn kind_index(kind: DeviceTopicKind) -> usize {
+    match kind {
+        DeviceTopicKind::Telemetry => 0,
+        DeviceTopicKind::Alerts => 1,
+        DeviceTopicKind::Attestation => 2,
+    }
+}
