@@ -99,6 +99,11 @@ impl Hub {
     }
 }
 
+/// The name of a channel's reader in `/readyz`.
+pub fn readiness_component(channel: Channel) -> String {
+    format!("stream:{}", channel.as_str())
+}
+
 /// Reads the hub's stream from its newest entry on and fans every entry out, until
 /// `shutdown`. Redis errors make the channel unready and are retried; the reader resumes
 /// after the last entry it handed out, so a short Redis outage loses nothing.
@@ -109,7 +114,7 @@ pub async fn run_reader(
     approvals: Option<ApprovalStore>,
     shutdown: CancellationToken,
 ) {
-    let component = format!("stream:{}", hub.channel.as_str());
+    let component = readiness_component(hub.channel);
     readiness.register(&component);
     let mut last: Option<String> = None;
     let mut backoff = Duration::from_millis(100);

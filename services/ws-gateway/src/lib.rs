@@ -100,6 +100,8 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> Result<Gateway, S
             args.client_queue,
             args.max_connections_per_channel,
         );
+        // Registered before the reader runs, so the gateway is not ready until it reads.
+        readiness.register(&fanout::readiness_component(channel));
         let hook = (channel == Channel::Approvals).then(|| approvals.clone());
         background_tasks.push(tokio::spawn(fanout::run_reader(
             hub.clone(),

@@ -1,1 +1,458 @@
-fn main() {}
+//! `make bench-ws`: the gateway (release build, a child process) with 500 clients on each of
+//! the three channels, in one run:
+//! 1. memory per idle connection: the gateway's RSS before and after the 1,500 connections;
+//! 2. a fixed rate of 200 messages per second on each channel: deliveries per second and the
+//!    latency from XADD to client receipt (p50, p99, max), and clients that missed anything;
+//! 3. as fast as possible: deliveries per second.
+//!
+//! The clients, Redis and the gateway share the machine's cores: the figures are a floor.
+//! Writes bench/results/ws.json.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use aurora_core::auth::{Minter, Permission};
+use aurora_core::bus::{self, Producer};
+use aurora_core::names::Channel;
+use aurora_core::Names;
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const CLIENTS_PER_CHANNEL: usize = 500;
+const RATE_PER_CHANNEL: u64 = 200;
+const FIXED_SECONDS: u64 = 10;
+const BURST_PER_CHANNEL: u64 = 3_000;
+const SECRET: &str = "bench-ws-secret";
+const TARGET_DELIVERIES: f64 = 300_000.0;
+const TARGET_P99_MS: f64 = 50.0;
+const TARGET_KIB_PER_CONN: f64 = 30.0;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(serde::Deserialize)]
+struct Probe {
+    phase: u8,
+    sent_us: u64,
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct ClientReport {
+    channel: usize,
+    received: [u64; 3],
+    latencies_us: Vec<u32>,
+    close_code: Option<u16>,
+}
+
+struct Shared {
+    /// Last receipt time per phase (µs since the epoch).
+    last_receipt: [AtomicU64; 3],
+    received: [AtomicU64; 3],
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args();
+    let _ = argv.next();
+    if argv.next().as_deref() == Some("--gateway") {
+        return run_gateway();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench())
+}
+
+/// The child: the gateway itself, configured by the AURORA_* variables the parent sets.
+fn run_gateway() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let args = ws_gateway::Args::parse_from(["ws-gateway"]);
+        let _telemetry = aurora_core::ops::init_telemetry("ws-gateway", args.common.log_format);
+        let shutdown = aurora_core::ops::shutdown_token();
+        let gateway = ws_gateway::start(args, shutdown).await?;
+        gateway.wait().await;
+        Ok(())
+    })
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+struct GatewayProcess(Child);
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let redis_url = std::env::var("AURORA_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+    let namespace = format!("benchws{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let names = Names::new(&namespace)?;
+    let http = free_addr()?;
+    let ops = free_addr()?;
+    println!("bench-ws: namespace {namespace}, gateway on {http} (release child process)");
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--gateway")
+        .env("AURORA_NAMESPACE", &namespace)
+        .env("AURORA_REDIS_URL", &redis_url)
+        .env("AURORA_JWT_SECRET", SECRET)
+        .env("AURORA_HTTP_ADDR", http.to_string())
+        .env("AURORA_OPS_ADDR", ops.to_string())
+        .env("AURORA_MAX_CONNECTIONS_PER_CHANNEL", "500")
+        .env("AURORA_CLIENT_QUEUE", "16384")
+        .env("AURORA_DRAIN_GRACE", "0s")
+        .env("AURORA_INSTANCE_ID", "bench-ws")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start the gateway")?;
+    let gateway = GatewayProcess(child);
+    let pid = gateway.0.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_status(ops, "/readyz").await != Some(200) {
+        if Instant::now() > deadline {
+            bail!("the gateway did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss_kib(pid)?;
+
+    // ---- 1,500 idle connections ----
+    let token = Minter::hs256(SECRET.as_bytes()).token(
+        "bench",
+        &[
+            Permission::WsAlerts,
+            Permission::WsAgentThoughts,
+            Permission::ApprovalsManage,
+        ],
+        Duration::from_secs(3600),
+    );
+    let shared = Arc::new(Shared {
+        last_receipt: Default::default(),
+        received: Default::default(),
+    });
+    let mut clients = Vec::new();
+    let connect_start = Instant::now();
+    for (ci, channel) in Channel::ALL.into_iter().enumerate() {
+        for _ in 0..CLIENTS_PER_CHANNEL {
+            let url = format!("ws://{http}{}?token={token}", channel.path());
+            let (ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .context("client connect")?;
+            clients.push(tokio::spawn(client(ws, ci, shared.clone())));
+        }
+    }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = rss_kib(pid)?;
+    let conns = (CLIENTS_PER_CHANNEL * 3) as f64;
+    let kib_per_conn = (rss_after.saturating_sub(rss_before)) as f64 / conns;
+    println!(
+        "idle: RSS {rss_before} KiB -> {rss_after} KiB with {conns} connections: {kib_per_conn:.1} KiB per connection (connected in {connect_secs:.1} s)"
+    );
+
+    let producer = Producer::new(bus::connect(&redis_url).await?, 1_000_000);
+    let streams: Vec<String> = Channel::ALL
+        .into_iter()
+        .map(|c| names.channel_stream(c))
+        .collect();
+    let pad = "x".repeat(120);
+
+    // ---- fixed rate ----
+    let fixed_total = RATE_PER_CHANNEL * FIXED_SECONDS;
+    let fixed_start_us = now_us();
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / RATE_PER_CHANNEL));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for seq in 0..fixed_total {
+        ticker.tick().await;
+        let sent = now_us();
+        let docs: Vec<(String, Vec<u8>)> = streams
+            .iter()
+            .map(|s| {
+                let doc = json!({"phase": 1, "seq": seq, "sent_us": sent, "title": "bench alert", "severity": "high", "pad": pad});
+                (s.clone(), doc.to_string().into_bytes())
+            })
+            .collect();
+        producer.publish_batch(&docs).await?;
+    }
+    let publish_end = now_us();
+    let expected_fixed = fixed_total * conns as u64;
+    wait_for(&shared, 1, expected_fixed, Duration::from_secs(20)).await;
+    let fixed_received = shared.received[1].load(Ordering::Relaxed);
+    let fixed_last = shared.last_receipt[1].load(Ordering::Relaxed);
+    let fixed_rate =
+        fixed_received as f64 / ((fixed_last.max(publish_end) - fixed_start_us) as f64 / 1e6);
+    println!(
+        "fixed rate: {RATE_PER_CHANNEL} msg/s on each channel for {FIXED_SECONDS} s: {fixed_received}/{expected_fixed} deliveries, {fixed_rate:.0} deliveries/s"
+    );
+
+    // ---- as fast as possible ----
+    let burst_start_us = now_us();
+    let mut seq = 0;
+    while seq < BURST_PER_CHANNEL {
+        let sent = now_us();
+        let mut docs = Vec::with_capacity(300);
+        for _ in 0..100 {
+            for s in &streams {
+                let doc = json!({"phase": 2, "seq": seq, "sent_us": sent, "title": "bench alert", "severity": "high", "pad": pad});
+                docs.push((s.clone(), doc.to_string().into_bytes()));
+            }
+            seq += 1;
+        }
+        producer.publish_batch(&docs).await?;
+    }
+    let burst_publish_secs = (now_us() - burst_start_us) as f64 / 1e6;
+    let expected_burst = BURST_PER_CHANNEL * conns as u64;
+    wait_for(&shared, 2, expected_burst, Duration::from_secs(60)).await;
+    let burst_received = shared.received[2].load(Ordering::Relaxed);
+    let burst_last = shared.last_receipt[2].load(Ordering::Relaxed);
+    let burst_secs = (burst_last.saturating_sub(burst_start_us)) as f64 / 1e6;
+    let burst_rate = burst_received as f64 / burst_secs.max(1e-6);
+    println!(
+        "as fast as possible: {BURST_PER_CHANNEL} messages on each channel (written in {burst_publish_secs:.2} s): {burst_received}/{expected_burst} deliveries in {burst_secs:.2} s, {burst_rate:.0} deliveries/s"
+    );
+
+    // ---- drain: SIGTERM, every client should get 1001 ----
+    let term = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    if term.map(|s| !s.success()).unwrap_or(true) {
+        eprintln!("could not send SIGTERM to the gateway");
+    }
+    let mut reports = Vec::new();
+    for c in clients {
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(30), c).await {
+            reports.push(r);
+        }
+    }
+    let mut latencies: Vec<u32> = reports
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.latencies_us))
+        .collect();
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i] as f64 / 1000.0
+    };
+    let (p50, p99, max) = (pct(0.50), pct(0.99), pct(1.0));
+    let missed_fixed = reports
+        .iter()
+        .filter(|r| r.received[1] < fixed_total)
+        .count();
+    let missed_burst = reports
+        .iter()
+        .filter(|r| r.received[2] < BURST_PER_CHANNEL)
+        .count();
+    let closed_1001 = reports
+        .iter()
+        .filter(|r| r.close_code == Some(1001))
+        .count();
+    let closed_1013 = reports
+        .iter()
+        .filter(|r| r.close_code == Some(1013))
+        .count();
+    let per_channel_fixed: Vec<u64> = (0..3)
+        .map(|ci| {
+            reports
+                .iter()
+                .filter(|r| r.channel == ci)
+                .map(|r| r.received[1])
+                .sum()
+        })
+        .collect();
+    println!(
+        "latency XADD -> client (fixed rate): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; clients that missed anything: {missed_fixed} (fixed), {missed_burst} (burst); closed 1001 on SIGTERM: {closed_1001}/{}",
+        reports.len()
+    );
+    let gateway_exit = {
+        let mut g = gateway;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = g.0.try_wait()? {
+                break Some(status.code());
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // Clean up the namespace's streams.
+    let mut conn = bus::connect(&redis_url).await?;
+    let mut del = redis::cmd("DEL");
+    for s in &streams {
+        del.arg(s);
+    }
+    let _: redis::RedisResult<i64> = del.query_async(&mut conn).await;
+
+    let met = missed_fixed == 0
+        && p99 < TARGET_P99_MS
+        && fixed_rate >= TARGET_DELIVERIES * 0.99
+        && burst_rate >= TARGET_DELIVERIES
+        && kib_per_conn < TARGET_KIB_PER_CONN;
+    let result = json!({
+        "bench": "ws",
+        "service": "ws-gateway",
+        "figure": {"name": "deliveries per second, as fast as possible, 500 clients on each of 3 channels", "value": burst_rate.round(), "unit": "deliveries/s"},
+        "ceiling": {"name": "target of issue 5: 500 clients x 3 channels x 200 msg/s", "value": TARGET_DELIVERIES, "unit": "deliveries/s"},
+        "ratio": burst_rate / TARGET_DELIVERIES,
+        "target": "500 clients on each channel at 200 msg/s each (300,000 deliveries/s): every message delivered with p99 < 50 ms; as fast as possible >= 300,000 deliveries/s; < 30 KiB gateway memory per idle connection",
+        "met": met,
+        "details": {
+            "machine": "2 cores shared by the gateway, the 1,500 benchmark clients and Redis (and other engineers' builds): figures are a floor",
+            "clients_per_channel": CLIENTS_PER_CHANNEL,
+            "channels": 3,
+            "message_bytes": 200,
+            "fixed_rate": {
+                "rate_per_channel_msg_s": RATE_PER_CHANNEL,
+                "seconds": FIXED_SECONDS,
+                "deliveries_expected": expected_fixed,
+                "deliveries_received": fixed_received,
+                "deliveries_per_second": fixed_rate.round(),
+                "per_channel_received": per_channel_fixed,
+                "latency_ms": {"p50": p50, "p99": p99, "max": max, "samples": latencies.len()},
+                "clients_that_missed_anything": missed_fixed,
+            },
+            "as_fast_as_possible": {
+                "messages_per_channel": BURST_PER_CHANNEL,
+                "publish_seconds": burst_publish_secs,
+                "deliveries_expected": expected_burst,
+                "deliveries_received": burst_received,
+                "seconds_to_last_delivery": burst_secs,
+                "deliveries_per_second": burst_rate.round(),
+                "clients_that_missed_anything": missed_burst,
+                "client_queue": 16384,
+            },
+            "memory": {
+                "rss_before_kib": rss_before,
+                "rss_after_1500_idle_kib": rss_after,
+                "kib_per_idle_connection": kib_per_conn,
+                "target_kib": TARGET_KIB_PER_CONN,
+            },
+            "shutdown": {
+                "clients_closed_1001": closed_1001,
+                "clients_closed_1013_slow": closed_1013,
+                "clients_reported": reports.len(),
+                "gateway_exit_code": gateway_exit.flatten(),
+            },
+            "connect_seconds_1500": connect_secs,
+        },
+        "command": "make bench-ws",
+        "measured_at": chrono::Utc::now().to_rfc3339(),
+    });
+    let path = results_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")?;
+    println!("target met: {met}; wrote {}", path.display());
+    Ok(())
+}
+
+fn results_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/results/ws.json")
+}
+
+async fn wait_for(shared: &Shared, phase: usize, expected: u64, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    while Instant::now() < deadline {
+        let got = shared.received[phase].load(Ordering::Relaxed);
+        if got >= expected {
+            return;
+        }
+        if got != last {
+            last = got;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(5) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn client(
+    mut ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    channel: usize,
+    shared: Arc<Shared>,
+) -> ClientReport {
+    let mut report = ClientReport {
+        channel,
+        ..Default::default()
+    };
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Text(text)) => {
+                let now = now_us();
+                let Ok(probe) = serde_json::from_str::<Probe>(text.as_str()) else {
+                    continue;
+                };
+                let phase = usize::from(probe.phase.min(2));
+                report.received[phase] += 1;
+                if phase == 1 {
+                    report
+                        .latencies_us
+                        .push(now.saturating_sub(probe.sent_us).min(u32::MAX as u64) as u32);
+                }
+                shared.received[phase].fetch_add(1, Ordering::Relaxed);
+                shared.last_receipt[phase].fetch_max(now, Ordering::Relaxed);
+            }
+            Ok(Message::Close(frame)) => {
+                report.close_code = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    report
+}

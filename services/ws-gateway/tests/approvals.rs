@@ -1,0 +1,234 @@
+//! Approval decisions: once, across replicas and concurrent clicks; expiry, once; the API's
+//! answers to bad requests.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use aurora_core::auth::Permission;
+use aurora_core::bus;
+use aurora_core::names::Channel;
+use aurora_core::Names;
+use chrono::Utc;
+use common::*;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn approval(id: Uuid, expires_in: chrono::Duration) -> Value {
+    json!({
+        "id": id,
+        "action": "Isolate workstation-042 from network",
+        "case_id": "case-1",
+        "risk_level": "high",
+        "status": "pending",
+        "requested_by": "incident_responder",
+        "context": {"reason": "Active C2 beacon", "affected_users": 3, "confidence": 0.87},
+        "requested_at": Utc::now(),
+        "expires_at": Utc::now() + expires_in,
+        "x_custom": "kept",
+    })
+}
+
+async fn state(names: &Names, id: Uuid) -> Option<String> {
+    let mut conn = bus::connect(aurora_testkit::REDIS_URL).await.unwrap();
+    redis::cmd("HGET")
+        .arg(names.state_key("ws-gateway", &format!("approval:{id}")))
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn wait_state(names: &Names, id: Uuid, want: &str) {
+    aurora_testkit::wait_until(WAIT, &format!("approval {id} {want}"), || async {
+        (state(names, id).await.as_deref() == Some(want)).then_some(())
+    })
+    .await;
+}
+
+/// The documents of the approvals stream about this approval, oldest first.
+async fn history(names: &Names, id: Uuid) -> Vec<Value> {
+    let mut conn = bus::connect(aurora_testkit::REDIS_URL).await.unwrap();
+    bus::range(&mut conn, &names.approvals(), "0-0", 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| serde_json::from_slice::<Value>(&e.data?).ok())
+        .filter(|d| d["id"] == id.to_string())
+        .collect()
+}
+
+async fn post(gw: &TestGateway, id: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/approvals/{id}/decision", gw.http))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn two_analysts_on_two_replicas_decide_at_once_and_exactly_one_wins() {
+    let names = aurora_testkit::names();
+    let a = TestGateway::start_in(&names, aurora_testkit::REDIS_URL, |_| {}).await;
+    let b = TestGateway::start_in(&names, aurora_testkit::REDIS_URL, |_| {}).await;
+    let t = token(&[Permission::ApprovalsManage]);
+    let mut watcher = b.connect(Channel::Approvals, &t).await;
+
+    let p = producer(aurora_testkit::REDIS_URL).await;
+    for round in 0..5 {
+        let id = Uuid::new_v4();
+        publish(
+            &p,
+            &names.approvals(),
+            &approval(id, chrono::Duration::hours(4)),
+        )
+        .await;
+        assert_eq!(next_doc(&mut watcher).await["status"], "pending");
+        wait_state(&names, id, "pending").await;
+
+        let alice = token_for(
+            "alice",
+            &[Permission::ApprovalsManage],
+            Duration::from_secs(60),
+        );
+        let bob = token_for(
+            "bob",
+            &[Permission::ApprovalsManage],
+            Duration::from_secs(60),
+        );
+        let sid = id.to_string();
+        let (ra, rb) = tokio::join!(
+            post(
+                &a,
+                &sid,
+                Some(&alice),
+                r#"{"decision":"approve","comment":"go"}"#
+            ),
+            post(&b, &sid, Some(&bob), r#"{"decision":"reject"}"#),
+        );
+        let mut codes = [ra.0, rb.0];
+        codes.sort();
+        assert_eq!(codes, [200, 409], "round {round}: {ra:?} {rb:?}");
+        let (winner, doc) = if ra.0 == 200 {
+            ("alice", ra.1)
+        } else {
+            ("bob", rb.1)
+        };
+        assert_eq!(doc["decided_by"], winner);
+        assert!(doc["decided_at"].is_string());
+        assert_eq!(doc["x_custom"], "kept", "unknown fields survive");
+
+        // One decided document in the stream, and every approvals client sees it.
+        let decided = next_doc(&mut watcher).await;
+        assert_eq!(decided["id"], sid);
+        assert_eq!(decided["decided_by"], winner);
+        let docs = history(&names, id).await;
+        assert_eq!(docs.len(), 2, "pending + exactly one decision: {docs:?}");
+
+        // Any later click is a conflict that names the outcome.
+        let (code, body) = post(&a, &sid, Some(&alice), r#"{"decision":"approve"}"#).await;
+        assert_eq!(code, 409);
+        assert_eq!(body["status"], docs[1]["status"]);
+    }
+}
+
+#[tokio::test]
+async fn an_approval_past_its_expiry_is_expired_once_by_the_replicas() {
+    let names = aurora_testkit::names();
+    let fast = |a: &mut ws_gateway::Args| a.expiry_sweep_interval = Duration::from_millis(100);
+    let a = TestGateway::start_in(&names, aurora_testkit::REDIS_URL, fast).await;
+    let _b = TestGateway::start_in(&names, aurora_testkit::REDIS_URL, fast).await;
+    let p = producer(aurora_testkit::REDIS_URL).await;
+    let id = Uuid::new_v4();
+    publish(
+        &p,
+        &names.approvals(),
+        &approval(id, chrono::Duration::seconds(1)),
+    )
+    .await;
+    wait_state(&names, id, "expired").await;
+    // Give the other replica's sweeper time to (not) expire it again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let docs = history(&names, id).await;
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    assert_eq!(docs[1]["status"], "expired");
+    let (code, body) = post(
+        &a,
+        &id.to_string(),
+        Some(&all_token()),
+        r#"{"decision":"approve"}"#,
+    )
+    .await;
+    assert_eq!(code, 409);
+    assert_eq!(body["status"], "expired");
+}
+
+#[tokio::test]
+async fn an_approval_written_while_no_gateway_ran_can_be_decided() {
+    let names = aurora_testkit::names();
+    let p = producer(aurora_testkit::REDIS_URL).await;
+    let id = Uuid::new_v4();
+    publish(
+        &p,
+        &names.approvals(),
+        &approval(id, chrono::Duration::hours(1)),
+    )
+    .await;
+    let gw = TestGateway::start_in(&names, aurora_testkit::REDIS_URL, |_| {}).await;
+    let (code, doc) = post(
+        &gw,
+        &id.to_string(),
+        Some(&all_token()),
+        r#"{"decision":"reject","comment":"false positive"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{doc}");
+    assert_eq!(doc["status"], "rejected");
+    assert_eq!(doc["comment"], "false positive");
+}
+
+#[tokio::test]
+async fn the_decision_api_refuses_what_it_must() {
+    let gw = TestGateway::start(|_| {}).await;
+    let p = producer(aurora_testkit::REDIS_URL).await;
+    let id = Uuid::new_v4();
+    publish(
+        &p,
+        &gw.names.approvals(),
+        &approval(id, chrono::Duration::hours(1)),
+    )
+    .await;
+    wait_state(&gw.names, id, "pending").await;
+    let sid = id.to_string();
+    let ok = r#"{"decision":"approve"}"#;
+
+    assert_eq!(post(&gw, &sid, None, ok).await.0, 401);
+    assert_eq!(post(&gw, &sid, Some("garbage"), ok).await.0, 401);
+    let alerts_only = token(&[Permission::WsAlerts]);
+    assert_eq!(post(&gw, &sid, Some(&alerts_only), ok).await.0, 403);
+    let t = token(&[Permission::ApprovalsManage]);
+    for bad in [
+        "",
+        "not json",
+        r#"{"decision":"maybe"}"#,
+        r#"{"comment":"no decision"}"#,
+    ] {
+        assert_eq!(post(&gw, &sid, Some(&t), bad).await.0, 400, "{bad:?}");
+    }
+    let long = json!({"decision": "approve", "comment": "x".repeat(5000)}).to_string();
+    assert_eq!(post(&gw, &sid, Some(&t), &long).await.0, 400);
+    assert_eq!(
+        post(&gw, &Uuid::new_v4().to_string(), Some(&t), ok).await.0,
+        404
+    );
+    assert_eq!(post(&gw, "not-a-uuid", Some(&t), ok).await.0, 404);
+    // None of that touched the approval.
+    assert_eq!(state(&gw.names, id).await.as_deref(), Some("pending"));
+    assert_eq!(post(&gw, &sid, Some(&t), ok).await.0, 200);
+}
