@@ -1,0 +1,110 @@
+//! Faults while QoS 1 messages flow: the bridge SIGKILLed and restarted with the same client
+//! id, and Redis stopped and restarted. Every message sent arrives at least once; duplicates
+//! (allowed by at-least-once) are counted and reported.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use aurora_core::names::DeviceTopicKind;
+use aurora_core::Names;
+use aurora_testkit::{MosquittoServer, RedisServer, REDIS_URL};
+use common::*;
+use serde_json::json;
+
+/// Publishes `n` telemetry messages from 20 devices at a steady pace, then waits for every
+/// PUBACK from the broker.
+fn publish_stream(names: &Names, port: u16, n: u64) -> tokio::task::JoinHandle<()> {
+    let names = names.clone();
+    tokio::spawn(async move {
+        let mut dev = Device::connect(port, &format!("{}-load", names.namespace()), None).await;
+        for seq in 0..n {
+            let device = format!("dev-{}", seq % 20);
+            let topic = names.mqtt_sensor_topic(&device, DeviceTopicKind::Telemetry);
+            dev.publish(&topic, json!({"seq": seq, "temp": 21.5}).to_string())
+                .await;
+            if seq % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        dev.wait_acked(n).await;
+        dev.disconnect().await;
+    })
+}
+
+async fn wait_all_seqs(conn: &aurora_core::bus::Conn, stream: &str, n: u64) -> u64 {
+    let (distinct, dups) = aurora_testkit::wait_until(
+        Duration::from_secs(60),
+        "every message in the stream",
+        || {
+            let mut c = conn.clone();
+            async move {
+                let docs = docs(&mut c, stream).await;
+                let (counts, dups) = seq_counts(&docs);
+                (counts.len() as u64 >= n).then_some((counts.len() as u64, dups))
+            }
+        },
+    )
+    .await;
+    assert_eq!(distinct, n, "every message sent arrived");
+    dups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_killed_mid_stream_and_restarted_loses_nothing() {
+    let broker = MosquittoServer::start();
+    let names = aurora_testkit::names();
+    let mut redis = redis(REDIS_URL).await;
+    let mut bridge = BridgeProcess::spawn(&names, broker.port(), REDIS_URL, "a");
+    bridge.wait_ready().await;
+
+    let n = 3000;
+    let load = publish_stream(&names, broker.port(), n);
+    wait_len(&redis, &names.cps_telemetry(), 500, LONG).await;
+    bridge.kill();
+    let at_kill = xlen(&mut redis, &names.cps_telemetry()).await;
+    bridge.start();
+    load.await.unwrap();
+
+    let dups = wait_all_seqs(&redis, &names.cps_telemetry(), n).await;
+    eprintln!("bridge SIGKILLed after {at_kill} of {n} entries: all {n} arrived, {dups} duplicates (at-least-once redelivery)");
+    assert!(at_kill < n, "the kill happened mid-stream");
+
+    bridge.kill();
+    cleanup(&mut redis, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
+    let broker = MosquittoServer::start();
+    // Append-only with fsync on every write: what Redis acknowledged survives its SIGKILL.
+    let mut own_redis =
+        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let names = aurora_testkit::names();
+    let bridge = Bridge::start(config(&names, broker.port(), &own_redis.url(), "a"));
+    bridge.ready().await;
+    let conn = redis(&own_redis.url()).await;
+
+    let n = 2000;
+    let load = publish_stream(&names, broker.port(), n);
+    wait_len(&conn, &names.cps_telemetry(), 300, LONG).await;
+    own_redis.kill();
+    let r = bridge.readiness.clone();
+    aurora_testkit::wait_until(LONG, "/readyz not ready while Redis is down", || {
+        let r = r.clone();
+        async move { (!r.is_ready()).then_some(()) }
+    })
+    .await;
+    assert_eq!(r.report()["components"]["redis"]["ready"], false);
+    // Keep Redis away while messages keep coming: the broker holds them for the session.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    own_redis.start_again();
+    load.await.unwrap();
+
+    let conn = redis(&own_redis.url()).await;
+    let dups = wait_all_seqs(&conn, &names.cps_telemetry(), n).await;
+    eprintln!("Redis killed mid-stream and restarted: all {n} arrived, {dups} duplicates");
+    bridge.ready().await;
+    bridge.stop().await;
+}
