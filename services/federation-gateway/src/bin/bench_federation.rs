@@ -1,1 +1,420 @@
-fn main() {}
+//! `make bench-federation`: M alerts raised at site A, carried by two gateways (site A and
+//! site B, two Redis databases, one NATS) to B's alert stream. Measures, in one run:
+//! - the gateway: messages per second from A's stream to B's stream, latency p50/p99, lost
+//!   and duplicated; then latency at a paced 2,000 msg/s;
+//! - the ceiling: raw JetStream publish-with-ack with 256 acks in flight (async-nats, the
+//!   same subject, stream config, payloads and headers), measured before and after the
+//!   gateway; the higher of the two is used.
+//!
+//! Writes bench/results/federation.json. Environment: BENCH_FEDERATION_M (default 50000),
+//! AURORA_NATS_URL, AURORA_REDIS_URL (a server; databases 3 and 4 are used).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use async_nats::jetstream::{self, message::PublishMessage};
+use aurora_core::bus::{self, Conn, Producer};
+use aurora_core::jetstream::federation_stream_config;
+use aurora_core::names::Names;
+use aurora_core::ops::Readiness;
+use clap::Parser;
+use federation_gateway::{Args, ORIGIN_SITE_HEADER};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const WINDOW: usize = 256;
+const PACED_RATE: usize = 2_000;
+const PACED_SECS: usize = 2;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+fn fresh_names(prefix: &str) -> anyhow::Result<Names> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    Ok(Names::new(&format!("{prefix}{}", &id[..10]))?)
+}
+
+fn alert(id: &str) -> Value {
+    json!({"id": id, "title": "Suspicious DNS Query to Known C2 Domain", "severity": "high",
+           "status": "new", "source": "suricata",
+           "iocs": [{"type": "domain", "value": "t1.evil.com", "tlp": "TLP:AMBER"}],
+           "mitre_techniques": ["T1071.004"], "timestamp": "2024-01-15T10:30:00Z",
+           "raised_at_us": 0})
+}
+
+fn db_url(base: &str, db: u8) -> String {
+    format!("{}/{db}", base.trim_end_matches('/'))
+}
+
+/// Raw JetStream publish-with-ack, `WINDOW` acks in flight, as the gateway publishes.
+async fn ceiling(nats_url: &str, m: usize) -> anyhow::Result<f64> {
+    let names = fresh_names("benchc")?;
+    let client = async_nats::connect(nats_url).await?;
+    let js = jetstream::new(client);
+    js.create_stream(federation_stream_config(&names)).await?;
+    let subject = names.nats_subject(aurora_core::names::FederatedKind::Alerts);
+    let payloads: Vec<bytes::Bytes> = (0..m)
+        .map(|i| serde_json::to_vec(&alert(&format!("c-{i}"))).map(bytes::Bytes::from))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(WINDOW);
+    for (i, payload) in payloads.into_iter().enumerate() {
+        if in_flight.len() >= WINDOW {
+            if let Some(ack) = in_flight.pop_front() {
+                let _: jetstream::publish::PublishAck = ack.await?;
+            }
+        }
+        let msg = PublishMessage::build()
+            .payload(payload)
+            .message_id(format!("site-a:c-{i}"))
+            .header(ORIGIN_SITE_HEADER, "site-a");
+        in_flight.push_back(js.send_publish(subject.clone(), msg).await?);
+    }
+    for ack in in_flight {
+        ack.await?;
+    }
+    let rate = m as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream(names.nats_stream()).await?;
+    Ok(rate)
+}
+
+fn gateway_args(names: &Names, site: &str, redis: &str, nats: &str) -> anyhow::Result<Args> {
+    Ok(Args::try_parse_from([
+        "federation-gateway",
+        "--namespace",
+        names.namespace(),
+        "--site-id",
+        site,
+        "--instance-id",
+        &format!("{site}-bench"),
+        "--redis-url",
+        redis,
+        "--nats-url",
+        nats,
+        "--ops-addr",
+        "127.0.0.1:0",
+        "--shutdown-timeout",
+        "10s",
+    ])?)
+}
+
+/// What arrived at B: id → (arrivals, latency of the first in µs).
+#[derive(Default)]
+struct Arrivals {
+    seen: HashMap<String, (u32, u64)>,
+    total: usize,
+}
+
+impl Arrivals {
+    fn record(&mut self, doc: &Value, at_us: u64) {
+        let id = doc["id"].as_str().unwrap_or_default().to_string();
+        let raised = doc["raised_at_us"].as_u64().unwrap_or(at_us);
+        let slot = self
+            .seen
+            .entry(id)
+            .or_insert((0, at_us.saturating_sub(raised)));
+        slot.0 += 1;
+        self.total += 1;
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.seen.keys().filter(|k| k.starts_with(prefix)).count()
+    }
+
+    fn latencies_ms(&self, prefix: &str) -> Vec<f64> {
+        let mut v: Vec<f64> = self
+            .seen
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, (_, l))| *l as f64 / 1000.0)
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Reads B's alert stream until `until` says stop.
+async fn read_until(
+    conn: &mut Conn,
+    stream: &str,
+    last: &mut String,
+    arrivals: &mut Arrivals,
+    until: impl Fn(&Arrivals) -> bool,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    while !until(arrivals) && Instant::now() < deadline {
+        let entries = bus::tail(
+            conn,
+            &[(stream.to_string(), last.clone())],
+            2_000,
+            Some(Duration::from_millis(200)),
+        )
+        .await?;
+        let at = now_us();
+        for e in entries {
+            *last = e.id.clone();
+            if let Some(doc) = e
+                .data
+                .as_deref()
+                .and_then(|d| serde_json::from_slice(d).ok())
+            {
+                arrivals.record(&doc, at);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn raise_batch(producer: &Producer, stream: &str, ids: &[String]) -> anyhow::Result<()> {
+    let at = now_us();
+    let docs: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| {
+            let mut doc = alert(id);
+            doc["raised_at_us"] = json!(at);
+            serde_json::to_vec(&doc)
+        })
+        .collect::<Result<_, _>>()?;
+    let items: Vec<(&str, &[u8])> = docs.iter().map(|d| (stream, d.as_slice())).collect();
+    producer.publish_batch(&items).await?;
+    Ok(())
+}
+
+struct GatewayRun {
+    rate: f64,
+    elapsed: f64,
+    lost: usize,
+    duplicated: usize,
+    flood_p50: f64,
+    flood_p99: f64,
+    paced_sent: usize,
+    paced_lost: usize,
+    paced_p50: f64,
+    paced_p99: f64,
+}
+
+async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<GatewayRun> {
+    let names = fresh_names("benchg")?;
+    let (url_a, url_b) = (db_url(redis_base, 3), db_url(redis_base, 4));
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (site, url) in [("site-a", &url_a), ("site-b", &url_b)] {
+        let gw =
+            federation_gateway::start(gateway_args(&names, site, url, nats_url)?, Readiness::new())
+                .await?;
+        tasks.push(tokio::spawn(gw.run(shutdown.clone())));
+    }
+    let producer = Producer::new(bus::connect(&url_a).await?, 1_000_000);
+    let mut reader = bus::connect_blocking(&url_b, Duration::from_millis(200)).await?;
+    let stream = names.alerts();
+    let mut last = "0-0".to_string();
+    let mut arrivals = Arrivals::default();
+
+    // Flood: M alerts as fast as Redis takes them, read at B concurrently.
+    let ids: Vec<String> = (0..m).map(|i| format!("f-{i}")).collect();
+    let started = Instant::now();
+    let raise = {
+        let producer = producer.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            for chunk in ids.chunks(500) {
+                raise_batch(&producer, &stream, chunk).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    read_until(
+        &mut reader,
+        &stream,
+        &mut last,
+        &mut arrivals,
+        |a| a.count("f-") >= m,
+        deadline,
+    )
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    raise.await??;
+    let got = arrivals.count("f-");
+    let flood_lat = arrivals.latencies_ms("f-");
+
+    // Paced: PACED_RATE msg/s for PACED_SECS s, 10 ms ticks.
+    let per_tick = PACED_RATE / 100;
+    let paced_sent = per_tick * 100 * PACED_SECS;
+    let pace = {
+        let producer = producer.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for t in 0..(100 * PACED_SECS) {
+                tick.tick().await;
+                let ids: Vec<String> = (0..per_tick)
+                    .map(|i| format!("p-{}", t * per_tick + i))
+                    .collect();
+                raise_batch(&producer, &stream, &ids).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    read_until(
+        &mut reader,
+        &stream,
+        &mut last,
+        &mut arrivals,
+        |a| a.count("p-") >= paced_sent,
+        deadline,
+    )
+    .await?;
+    pace.await??;
+    // Late duplicates, if any, show up now.
+    let settle = Instant::now() + Duration::from_secs(1);
+    read_until(
+        &mut reader,
+        &stream,
+        &mut last,
+        &mut arrivals,
+        |_| false,
+        settle,
+    )
+    .await?;
+    let paced_lat = arrivals.latencies_ms("p-");
+    let duplicated = arrivals.total - arrivals.seen.len();
+
+    shutdown.cancel();
+    for t in tasks {
+        t.await??;
+    }
+    cleanup(&names, &[&url_a, &url_b], nats_url).await?;
+    Ok(GatewayRun {
+        rate: got as f64 / elapsed,
+        elapsed,
+        lost: m - got,
+        duplicated,
+        flood_p50: percentile(&flood_lat, 0.5),
+        flood_p99: percentile(&flood_lat, 0.99),
+        paced_sent,
+        paced_lost: paced_sent - arrivals.count("p-"),
+        paced_p50: percentile(&paced_lat, 0.5),
+        paced_p99: percentile(&paced_lat, 0.99),
+    })
+}
+
+async fn cleanup(names: &Names, redis_urls: &[&str], nats_url: &str) -> anyhow::Result<()> {
+    let js = jetstream::new(async_nats::connect(nats_url).await?);
+    js.delete_stream(names.nats_stream()).await?;
+    for url in redis_urls {
+        let mut conn = bus::connect(url).await?;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", names.namespace()))
+                .arg("COUNT")
+                .arg(5_000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let _: () = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let m: usize = std::env::var("BENCH_FEDERATION_M")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()
+        .context("BENCH_FEDERATION_M")?
+        .unwrap_or(50_000);
+    if m == 0 || m > 90_000 {
+        bail!("BENCH_FEDERATION_M must be 1..=90000 (the stream keeps 100,000 messages)");
+    }
+    let nats_url =
+        std::env::var("AURORA_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let redis_base =
+        std::env::var("AURORA_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+
+    println!("bench-federation: {m} alerts, site A -> JetStream -> site B");
+    let ceiling_before = ceiling(&nats_url, m).await?;
+    println!("  ceiling (raw publish-with-ack, {WINDOW} in flight): {ceiling_before:.0} msg/s");
+    let run = gateway(&nats_url, &redis_base, m).await?;
+    println!(
+        "  gateway A->B: {:.0} msg/s ({m} in {:.2} s), lost {}, duplicated {}, latency under flood p50 {:.1} ms p99 {:.1} ms",
+        run.rate, run.elapsed, run.lost, run.duplicated, run.flood_p50, run.flood_p99
+    );
+    println!(
+        "  paced {PACED_RATE} msg/s for {PACED_SECS} s: latency p50 {:.1} ms p99 {:.1} ms, lost {}",
+        run.paced_p50, run.paced_p99, run.paced_lost
+    );
+    let ceiling_after = ceiling(&nats_url, m).await?;
+    println!("  ceiling again: {ceiling_after:.0} msg/s");
+    let ceiling = ceiling_before.max(ceiling_after);
+    let ratio = run.rate / ceiling;
+    let met = ratio >= 0.8 && run.lost == 0 && run.duplicated == 0 && run.paced_lost == 0;
+    println!(
+        "  gateway / ceiling = {:.1}% (target >= 80%, zero lost, zero duplicated): {}",
+        ratio * 100.0,
+        if met { "met" } else { "NOT met" }
+    );
+
+    let result = json!({
+        "bench": "federation",
+        "service": "federation-gateway",
+        "figure": {"name": "alerts carried from site A's stream to site B's stream", "value": run.rate.round(), "unit": "msg/s"},
+        "ceiling": {"name": "raw JetStream publish-with-ack, 256 acks in flight (async-nats, same stream config, payload and headers)", "value": ceiling.round(), "unit": "msg/s"},
+        "ratio": (ratio * 1000.0).round() / 1000.0,
+        "target": "at least 80% of the raw JetStream publish-with-ack rate measured in the same run, zero lost, zero duplicated",
+        "met": met,
+        "details": {
+            "alerts": m,
+            "gateway_elapsed_s": (run.elapsed * 1000.0).round() / 1000.0,
+            "lost": run.lost,
+            "duplicated": run.duplicated,
+            "latency_under_flood_p50_ms": run.flood_p50,
+            "latency_under_flood_p99_ms": run.flood_p99,
+            "paced_rate_msg_s": PACED_RATE,
+            "paced_sent": run.paced_sent,
+            "paced_lost": run.paced_lost,
+            "paced_latency_p50_ms": run.paced_p50,
+            "paced_latency_p99_ms": run.paced_p99,
+            "ceiling_before_msg_s": ceiling_before.round(),
+            "ceiling_after_msg_s": ceiling_after.round(),
+            "publish_window": WINDOW,
+            "setup": "both gateways in one process (export and import on each), sites A and B = Redis databases 3 and 4 of one Redis, one NATS 2.9 with file storage, all on loopback; the machine is shared with other builds",
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        },
+        "command": "make bench-federation",
+        "measured_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("federation.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")?;
+    println!("  wrote {}", path.display());
+    Ok(())
+}
