@@ -169,6 +169,7 @@ impl Drop for BridgeProcess {
 pub struct Device {
     pub client: AsyncClient,
     acked: tokio::sync::watch::Receiver<u64>,
+    subacked: tokio::sync::watch::Receiver<u64>,
     pub received: tokio::sync::mpsc::Receiver<rumqttc::Publish>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -183,6 +184,7 @@ impl Device {
         }
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let (ack_tx, acked) = tokio::sync::watch::channel(0u64);
+        let (suback_tx, subacked) = tokio::sync::watch::channel(0u64);
         let (pub_tx, received) = tokio::sync::mpsc::channel(10_000);
         let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
@@ -196,6 +198,9 @@ impl Device {
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         ack_tx.send_modify(|n| *n += 1);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        suback_tx.send_modify(|n| *n += 1);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let _ = pub_tx.try_send(p);
@@ -217,6 +222,7 @@ impl Device {
         Self {
             client,
             acked,
+            subacked,
             received,
             task,
         }
@@ -235,6 +241,15 @@ impl Device {
         tokio::time::timeout(LONG, rx.wait_for(|a| *a >= n))
             .await
             .expect("broker acknowledged every publish")
+            .unwrap();
+    }
+
+    /// Waits until the broker answered `n` SUBSCRIBEs in all.
+    pub async fn wait_subacked(&self, n: u64) {
+        let mut rx = self.subacked.clone();
+        tokio::time::timeout(LONG, rx.wait_for(|a| *a >= n))
+            .await
+            .expect("broker answered every subscription")
             .unwrap();
     }
 

@@ -1,0 +1,159 @@
+//! The broker as the boundary between devices, with the configuration shipped in
+//! deploy/mosquitto (password file + ACL): a device cannot publish as another device (the
+//! bridge never gets it), cannot read another device's commands, cannot send commands, and
+//! anonymous clients are refused; the bridge, with its own credentials, reads every device and
+//! commands every device.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use aurora_core::bus::Producer;
+use aurora_core::names::DeviceTopicKind;
+use aurora_core::Names;
+use aurora_testkit::{workspace_path, MosquittoServer, RedisServer};
+use common::*;
+use serde_json::json;
+
+/// deploy/mosquitto/mosquitto.conf with the lines a test must change: no listener or
+/// persistence location (the harness sets them), our password file, the shipped ACL.
+fn deploy_config(passwd: &std::path::Path) -> String {
+    let conf = std::fs::read_to_string(workspace_path("deploy/mosquitto/mosquitto.conf")).unwrap();
+    let acl = workspace_path("deploy/mosquitto/acl")
+        .canonicalize()
+        .unwrap();
+    conf.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let key = l.split_whitespace().next().unwrap_or_default();
+            match key {
+                "listener" | "persistence" | "persistence_location" => None,
+                "password_file" => Some(format!("password_file {}", passwd.display())),
+                "acl_file" => Some(format!("acl_file {}", acl.display())),
+                _ => Some(l.to_string()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn password_file(dir: &std::path::Path, users: &[(&str, &str)]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("passwd");
+    for (i, (user, pw)) in users.iter().enumerate() {
+        let mut cmd = std::process::Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let status = cmd.arg("-b").arg(&path).arg(user).arg(pw).status().unwrap();
+        assert!(status.success(), "mosquitto_passwd failed");
+    }
+    // Started as root, Mosquitto reads the file as the `mosquitto` user.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}
+
+async fn anonymous_is_refused(port: u16) -> bool {
+    let opts = rumqttc::MqttOptions::new("anon", "127.0.0.1", port);
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+    matches!(
+        tokio::time::timeout(LONG, eventloop.poll()).await,
+        Ok(Err(rumqttc::ConnectionError::ConnectionRefused(_)))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_publish_as_another_or_read_its_commands() {
+    let auth_dir = tempfile::tempdir().unwrap();
+    let passwd = password_file(
+        auth_dir.path(),
+        &[
+            ("aurora-bridge", "bridge-pw"),
+            ("dev-a", "pw-a"),
+            ("dev-b", "pw-b"),
+        ],
+    );
+    let broker = MosquittoServer::start_with_config(&deploy_config(&passwd));
+    // The shipped ACL names topics under `aurora/`: the default namespace, on a Redis of the
+    // test's own so nothing collides with the shared one.
+    let own_redis = RedisServer::start();
+    let names = Names::default();
+    let mut cfg = config(&names, broker.port(), &own_redis.url(), "sec");
+    cfg.mqtt.username = Some("aurora-bridge".into());
+    cfg.mqtt.password = Some("bridge-pw".into());
+    let bridge = Bridge::start(cfg);
+    bridge.ready().await;
+    let mut redis = redis(&own_redis.url()).await;
+
+    assert!(
+        anonymous_is_refused(broker.port()).await,
+        "anonymous clients refused"
+    );
+
+    // Uplink: dev-a's own message arrives; its message on dev-b's topic does not.
+    let mut dev_a = Device::connect(broker.port(), "dev-a", Some(("dev-a", "pw-a"))).await;
+    let own = names.mqtt_sensor_topic("dev-a", DeviceTopicKind::Alerts);
+    let forged = names.mqtt_sensor_topic("dev-b", DeviceTopicKind::Alerts);
+    dev_a.publish(&own, json!({"seq": 1}).to_string()).await;
+    dev_a
+        .publish(&forged, json!({"seq": 2, "forged": true}).to_string())
+        .await;
+    dev_a.publish(&own, json!({"seq": 3}).to_string()).await;
+    dev_a.wait_acked(3).await;
+    wait_len(&redis, &names.cps_alerts(), 2, LONG).await;
+    let alerts = docs(&mut redis, &names.cps_alerts()).await;
+    let seqs: Vec<_> = alerts.iter().map(|d| d["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        [1, 3],
+        "the forged message (sent between them) never reached the bridge"
+    );
+    assert!(alerts.iter().all(|d| d["device_id"] == "dev-a"));
+
+    // Downlink: dev-a listens on its own and on dev-b's command topics; dev-b on its own.
+    dev_a.subscribe(&names.mqtt_command_topic("dev-b")).await;
+    dev_a.subscribe(&names.mqtt_command_topic("dev-a")).await;
+    let mut dev_b = Device::connect(broker.port(), "dev-b", Some(("dev-b", "pw-b"))).await;
+    dev_b.subscribe(&names.mqtt_command_topic("dev-b")).await;
+    // A device cannot send commands either: dev-a's fake command for dev-b goes nowhere.
+    dev_a
+        .publish(&names.mqtt_command_topic("dev-b"), "fake command")
+        .await;
+    dev_a.wait_acked(4).await;
+    dev_a.wait_subacked(2).await;
+    dev_b.wait_subacked(1).await;
+
+    let producer = Producer::new(redis.clone(), 10_000);
+    let now = chrono::Utc::now();
+    for device in ["dev-b", "dev-a"] {
+        let cmd = json!({"id": uuid::Uuid::new_v4(), "device_id": device, "action": "reboot", "issued_at": now});
+        producer
+            .publish(&names.cps_commands(), cmd.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    let for_b = tokio::time::timeout(LONG, dev_b.received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(for_b.topic, names.mqtt_command_topic("dev-b"));
+    assert!(
+        for_b.payload.starts_with(b"{"),
+        "dev-b gets the bridge's command, not dev-a's fake"
+    );
+    // dev-b's command went out first; dev-a's first delivery is its own command, so dev-b's
+    // never reached it.
+    let for_a = tokio::time::timeout(LONG, dev_a.received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        for_a.topic,
+        names.mqtt_command_topic("dev-a"),
+        "dev-a never sees dev-b's commands"
+    );
+
+    dev_a.disconnect().await;
+    dev_b.disconnect().await;
+    bridge.stop().await;
+}
