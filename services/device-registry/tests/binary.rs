@@ -1,0 +1,89 @@
+//! The built binary: refuses to start without a JWT key, serves /readyz, drains on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aurora_testkit::free_port;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_device-registry");
+
+fn base_command(db: &TestDb, ns: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("AURORA_NAMESPACE", ns)
+        .env("AURORA_DATABASE_URL", &db.url)
+        .env("AURORA_REDIS_URL", aurora_testkit::REDIS_URL)
+        .env("AURORA_INSTANCE_ID", "bin-test")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_a_jwt_key() {
+    let db = TestDb::create().await;
+    let out = base_command(&db, &aurora_testkit::namespace())
+        .env("AURORA_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("AURORA_OPS_ADDR", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("JWT"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn becomes_ready_and_drains_on_sigterm() {
+    let db = TestDb::create().await;
+    let ops = free_port();
+    let http = free_port();
+    let mut child = base_command(&db, &aurora_testkit::namespace())
+        .env("AURORA_JWT_SECRET", SECRET)
+        .env("AURORA_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("AURORA_OPS_ADDR", format!("127.0.0.1:{ops}"))
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    aurora_testkit::wait_until(LONG, "/readyz 200", || {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("http://127.0.0.1:{ops}/readyz"))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        }
+    })
+    .await;
+    let r = client
+        .get(format!("http://127.0.0.1:{http}/api/v1/devices"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + LONG;
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+}
