@@ -357,3 +357,97 @@ fn failure_reason(f: Failure, c: &Checked) -> String {
         other => other.as_str().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aurora_core::model::Extra;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    fn report(key: &SigningKey, nonce: &str) -> AttestationReport {
+        let sha = "ab".repeat(32);
+        let sig = key.sign(&AttestationReport::signed_bytes(nonce, "1.0", &sha));
+        AttestationReport {
+            device_id: "d1".into(),
+            nonce: nonce.into(),
+            firmware_version: "1.0".into(),
+            firmware_sha256: sha,
+            signature: base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
+            extra: Extra::new(),
+        }
+    }
+
+    fn ctx(
+        key: &SigningKey,
+        state: Option<&str>,
+        expired: bool,
+        allowed: bool,
+    ) -> AttestationContext {
+        AttestationContext {
+            idx: 0,
+            device_uuid: Some(uuid::Uuid::new_v4()),
+            model: Some("m".into()),
+            public_key: Some(key.verifying_key().as_bytes().to_vec()),
+            device_status: Some("pending_attestation".into()),
+            challenge_state: state.map(str::to_string),
+            challenge_expired: state.map(|_| expired),
+            answered_by: state
+                .filter(|s| *s != "outstanding")
+                .map(|_| "1-0".to_string()),
+            allowed,
+        }
+    }
+
+    #[test]
+    fn every_check_has_its_verdict() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let r = report(&key, "n1");
+        assert_eq!(
+            decide(&r, "2-0", &ctx(&key, Some("outstanding"), false, true)),
+            Decision::Pass
+        );
+        assert_eq!(
+            decide(&r, "2-0", &ctx(&key, None, false, true)),
+            Decision::Fail(Failure::UnknownNonce)
+        );
+        assert_eq!(
+            decide(&r, "2-0", &ctx(&key, Some("passed"), false, true)),
+            Decision::Fail(Failure::ReplayedNonce)
+        );
+        assert_eq!(
+            decide(&r, "1-0", &ctx(&key, Some("passed"), false, true)),
+            Decision::AlreadyHandled
+        );
+        assert_eq!(
+            decide(&r, "2-0", &ctx(&key, Some("outstanding"), true, true)),
+            Decision::Fail(Failure::ExpiredNonce)
+        );
+        assert_eq!(
+            decide(&r, "2-0", &ctx(&key, Some("expired"), true, true)),
+            Decision::Fail(Failure::ExpiredNonce)
+        );
+        assert_eq!(
+            decide(&r, "2-0", &ctx(&key, Some("outstanding"), false, false)),
+            Decision::Fail(Failure::FirmwareNotAllowed)
+        );
+        assert_eq!(
+            decide(&r, "2-0", &ctx(&other, Some("outstanding"), false, true)),
+            Decision::Fail(Failure::BadSignature)
+        );
+        let mut no_key = ctx(&key, Some("outstanding"), false, true);
+        no_key.public_key = None;
+        assert_eq!(
+            decide(&r, "2-0", &no_key),
+            Decision::Fail(Failure::NoPublicKey)
+        );
+        let mut garbled = r.clone();
+        garbled.signature = "not base64!".into();
+        assert!(!signature_valid(key.verifying_key().as_bytes(), &garbled));
+        // The signature covers the hash: a different hash with the old signature fails.
+        let mut swapped = r;
+        swapped.firmware_sha256 = "cd".repeat(32);
+        assert!(!signature_valid(key.verifying_key().as_bytes(), &swapped));
+    }
+}
