@@ -43,7 +43,8 @@ async fn commands_are_sent_expired_or_dead_lettered_and_each_outcome_recorded() 
         Device::connect(MQTT_PORT, &format!("{}-dev-1", names.namespace()), None).await;
     device.subscribe(&names.mqtt_command_topic("dev-1")).await;
     device.subscribe(&names.mqtt_command_topic("dev-2")).await;
-    // The subscription is in place once a probe on it comes back.
+    device.wait_subacked(2).await;
+    // The subscription delivers: a probe on it comes back.
     let probe = Device::connect(MQTT_PORT, &format!("{}-probe", names.namespace()), None).await;
     probe
         .publish(&names.mqtt_command_topic("dev-1"), "probe")
