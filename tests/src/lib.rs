@@ -629,7 +629,16 @@ pub struct MqttDevice {
     pub client: rumqttc::AsyncClient,
     acked: Arc<AtomicU64>,
     connected: Arc<AtomicU64>,
+    events: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the event loop of an [`MqttDevice`] saw, for [`MqttDevice::publish_acked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkEvent {
+    Sent(u16),
+    Acked(u16),
+    Down,
 }
 
 impl MqttDevice {
@@ -642,17 +651,26 @@ impl MqttDevice {
         let acked = Arc::new(AtomicU64::new(0));
         let connected = Arc::new(AtomicU64::new(0));
         let (a, c) = (acked.clone(), connected.clone());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
+            use rumqttc::{Event, Outgoing, Packet};
             loop {
                 match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         a.fetch_add(1, Ordering::SeqCst);
+                        let _ = tx.send(LinkEvent::Acked(ack.pkid));
                     }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        let _ = tx.send(LinkEvent::Sent(pkid));
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         c.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(_) => {
+                        let _ = tx.send(LinkEvent::Down);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         });
@@ -660,6 +678,7 @@ impl MqttDevice {
             client,
             acked,
             connected,
+            events: tokio::sync::Mutex::new(rx),
             task,
         }
     }
@@ -674,6 +693,36 @@ impl MqttDevice {
             .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into())
             .await
             .expect("the MQTT client's request queue is open");
+    }
+
+    /// Publishes QoS 1 and returns once the broker acknowledged this very message (by packet
+    /// id), publishing it again after a disconnect or 10 s without an ack; returns how many
+    /// attempts it took. The client's session is clean, so nothing is resent behind our back;
+    /// a retry may still make a duplicate (at least once), never a loss.
+    pub async fn publish_acked(&self, topic: &str, payload: &[u8], deadline: Duration) -> u32 {
+        let mut events = self.events.lock().await;
+        let end = tokio::time::Instant::now() + deadline;
+        let mut attempts = 0;
+        loop {
+            while events.try_recv().is_ok() {}
+            attempts += 1;
+            self.publish(topic, payload.to_vec()).await;
+            let attempt_end = end.min(tokio::time::Instant::now() + Duration::from_secs(10));
+            let mut mine = None;
+            loop {
+                match tokio::time::timeout_at(attempt_end, events.recv()).await {
+                    Err(_) | Ok(Some(LinkEvent::Down)) => break,
+                    Ok(None) => panic!("the MQTT event loop ended"),
+                    Ok(Some(LinkEvent::Sent(p))) if mine.is_none() => mine = Some(p),
+                    Ok(Some(LinkEvent::Acked(p))) if Some(p) == mine => return attempts,
+                    Ok(Some(_)) => {}
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "{topic}: not acknowledged by the broker within {deadline:?} ({attempts} attempts)"
+            );
+        }
     }
 
     /// PUBACKs received so far.
