@@ -51,6 +51,7 @@ async fn dead_letters(conn: &mut aurora_core::bus::Conn, stream: &str) -> Vec<De
 async fn mqtt_bridge_dead_letters_every_bad_device_message_and_keeps_serving() {
     let names = aurora_testkit::names();
     let site = Site::new(&names, "site-a", 9);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let mut bridge = site.start(Svc::MqttBridge, &[]).await;
     let device = MqttDevice::shared(&format!("e2e-bad-{}", names.namespace()));
     device.wait_connected().await;
@@ -133,13 +134,13 @@ async fn mqtt_bridge_dead_letters_every_bad_device_message_and_keeps_serving() {
         .metric("aurora_mqtt_bridge_dead_letters_total", &[])
         .await;
     assert_eq!(counted as usize, cases.len(), "dead letters counted");
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eve_ingest_dead_letters_bad_lines_and_keeps_serving() {
     let names = aurora_testkit::names();
     let site = Site::new(&names, "site-a", 9);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let mut eve = site.start(Svc::EveIngest, &[]).await;
     let mut conn = redis(&site.redis_url).await;
 
@@ -213,13 +214,13 @@ async fn eve_ingest_dead_letters_bad_lines_and_keeps_serving() {
     assert_eq!(llen(&mut conn, &names.suricata_list()).await, 0);
     assert_eq!(eve.readyz().await, Some(200));
     assert!(eve.exited().is_none());
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_gateway_refuses_bad_tokens_and_oversized_frames_and_keeps_serving() {
     let names = aurora_testkit::names();
     let site = Site::new(&names, "site-a", 9);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let gateway = site.start(Svc::WsGateway, &[]).await;
 
     // Every bad token: 1008.
@@ -346,7 +347,6 @@ async fn ws_gateway_refuses_bad_tokens_and_oversized_frames_and_keeps_serving() 
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(gateway.readyz().await, Some(200));
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,6 +354,7 @@ async fn device_registry_refuses_bad_tokens_and_bodies_and_dead_letters_bad_entr
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let site = Site::new(&names, "site-a", 9).with_database(&db);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let registry = site.start(Svc::DeviceRegistry, &[]).await;
 
     for (what, t) in [
@@ -455,5 +456,4 @@ async fn device_registry_refuses_bad_tokens_and_bodies_and_dead_letters_bad_entr
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
     assert_eq!(registry.readyz().await, Some(200));
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
 }

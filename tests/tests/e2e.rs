@@ -82,6 +82,7 @@ async fn a_genuine_device_is_registered_attested_trusted_and_listed() {
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let site = Site::new(&names, "site-a", 5).with_database(&db);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let _bridge = site.start(Svc::MqttBridge, &[]).await;
     let registry = site.start(Svc::DeviceRegistry, &[]).await;
     allow_firmware(&registry, &site).await;
@@ -145,7 +146,6 @@ async fn a_genuine_device_is_registered_attested_trusted_and_listed() {
     assert!(telemetry
         .iter()
         .any(|(_, d)| d["device_id"] == device.as_str()));
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,6 +153,7 @@ async fn a_tampered_device_is_untrusted_and_its_alert_reaches_the_console() {
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let site = Site::new(&names, "site-a", 5).with_database(&db);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let _bridge = site.start(Svc::MqttBridge, &[]).await;
     let registry = site.start(Svc::DeviceRegistry, &[]).await;
     let gateway = site.start(Svc::WsGateway, &[]).await;
@@ -197,7 +198,6 @@ async fn a_tampered_device_is_untrusted_and_its_alert_reaches_the_console() {
             .starts_with("[UNTRUSTED DEVICE]"),
         "{cps}"
     );
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,6 +205,7 @@ async fn a_suricata_alert_reaches_the_console_at_both_sites_exactly_once() {
     let names = aurora_testkit::names();
     let a = Site::new(&names, "site-a", 6);
     let b = Site::new(&names, "site-b", 7);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&a.redis_url, &b.redis_url]);
     let _eve = a.start(Svc::EveIngest, &[]).await;
     let _fed_a = a.start(Svc::FederationGateway, &[]).await;
     let _fed_b = b.start(Svc::FederationGateway, &[]).await;
@@ -265,13 +266,13 @@ async fn a_suricata_alert_reaches_the_console_at_both_sites_exactly_once() {
     let mut conn_b = redis(&b.redis_url).await;
     assert_eq!(xlen(&mut conn_a, &names.alerts()).await, 1);
     assert_eq!(xlen(&mut conn_b, &names.alerts()).await, 1);
-    cleanup(&names, NATS_URL, &[&a.redis_url, &b.redis_url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_is_seen_by_every_console_and_decided_once() {
     let names = aurora_testkit::names();
     let site = Site::new(&names, "site-a", 8);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let gw1 = site.start(Svc::WsGateway, &[]).await;
     let gw2 = site.start(Svc::WsGateway, &[]).await;
     let manage = token_for("alice", &[Permission::ApprovalsManage]);
@@ -344,5 +345,4 @@ async fn an_approval_is_seen_by_every_console_and_decided_once() {
     for c in [&c1, &c2] {
         assert_eq!(c.count("id", &id), 2, "pending then approved: {:?}", c.seen);
     }
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
 }

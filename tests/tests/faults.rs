@@ -24,6 +24,7 @@ fn duplicates(t: &HashMap<String, usize>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_telemetry_survives_bridge_kill_and_broker_and_redis_restarts() {
     const N: u64 = 300;
+    const BURST: std::ops::Range<u64> = 10_000..10_200;
     let names = aurora_testkit::names();
     // Mosquitto saves its state on every change, so a SIGKILL keeps the bridge's session and
     // what is queued for it; Redis fsyncs every write before it answers.
@@ -46,7 +47,24 @@ async fn mqtt_telemetry_survives_bridge_kill_and_broker_and_redis_restarts() {
     let mut attempts = 0;
     for seq in 0..N {
         match seq {
-            75 => bridge.kill_and_spawn(),
+            75 => {
+                // A burst the broker has accepted and the bridge is still writing: then SIGKILL.
+                let before = device.acked();
+                for b in BURST {
+                    let topic = names.mqtt_sensor_topic(
+                        &format!("fault-dev-{}", b % 5),
+                        DeviceTopicKind::Telemetry,
+                    );
+                    device.publish(&topic, json!({"seq": b}).to_string()).await;
+                }
+                let acked = wait_until(WAIT, "the burst acknowledged by the broker", || {
+                    let n = device.acked();
+                    async move { (n >= before + BURST.end - BURST.start).then_some(n) }
+                })
+                .await;
+                assert_eq!(acked, before + BURST.end - BURST.start);
+                bridge.kill_and_spawn();
+            }
             150 => broker.restart(),
             225 => own_redis.restart(),
             _ => {}
@@ -75,13 +93,13 @@ async fn mqtt_telemetry_survives_bridge_kill_and_broker_and_redis_restarts() {
                 let docs = stream_docs(&mut conn, &stream).await;
                 let seqs: BTreeSet<u64> =
                     docs.iter().filter_map(|(_, d)| d["seq"].as_u64()).collect();
-                (seqs.len() as u64 == N).then_some(docs)
+                (seqs.len() as u64 == N + BURST.end - BURST.start).then_some(docs)
             }
         },
     )
     .await;
     let counts = tally(docs.iter().map(|(_, d)| d["seq"].to_string()));
-    for seq in 0..N {
+    for seq in (0..N).chain(BURST) {
         assert!(counts.contains_key(&seq.to_string()), "seq {seq} lost");
     }
     for (_, d) in &docs {
@@ -90,13 +108,14 @@ async fn mqtt_telemetry_survives_bridge_kill_and_broker_and_redis_restarts() {
         assert_eq!(d["message_type"], "telemetry");
     }
     eprintln!(
-        "mqtt: {N} accepted ({attempts} publish attempts), {} entries, {} duplicates (QoS 1 is at least once)",
+        "mqtt: {} accepted ({attempts} acknowledged one by one, {} in a burst before the SIGKILL), {} entries, {} duplicates (QoS 1 is at least once)",
+        N + BURST.end - BURST.start,
+        BURST.end - BURST.start,
         docs.len(),
         duplicates(&counts)
     );
     bridge.wait_ready().await;
     assert_eq!(bridge.readyz().await, Some(200));
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
 }
 
 /// `n` distinct EVE lines made from the samples (a field of our own makes each unique).
@@ -133,6 +152,7 @@ async fn suricata_events_survive_eve_ingest_kill_and_nats_restart_exactly_once()
     let mut nats = NatsServer::start();
     let mut site = Site::new(&names, "site-a", 12);
     site.nats_url = nats.url();
+    let _cleanup = Cleanup::new(&names, &site.nats_url, &[&site.redis_url]);
     let mut eve = site
         .start(Svc::EveIngest, &[("AURORA_EVE_BATCH", "20")])
         .await;
@@ -145,13 +165,15 @@ async fn suricata_events_survive_eve_ingest_kill_and_nats_restart_exactly_once()
         .count();
     assert!(alerts > 10, "the samples hold alerts");
     for (i, chunk) in lines.chunks(N / 6).enumerate() {
+        let items: Vec<Vec<u8>> = chunk.iter().map(|l| l.clone().into_bytes()).collect();
+        lpush(&mut conn, &names.suricata_list(), &items).await;
+        // The faults strike while a chunk is being taken and published.
+        tokio::time::sleep(Duration::from_millis(30)).await;
         match i {
             2 => eve.kill_and_spawn(),
             4 => nats.restart(),
             _ => {}
         }
-        let items: Vec<Vec<u8>> = chunk.iter().map(|l| l.clone().into_bytes()).collect();
-        lpush(&mut conn, &names.suricata_list(), &items).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
@@ -199,15 +221,18 @@ async fn suricata_events_survive_eve_ingest_kill_and_nats_restart_exactly_once()
     eprintln!(
         "eve: {N} events, {alerts} alerts, each exactly once through a SIGKILL and a NATS restart"
     );
-    cleanup(&names, &site.nats_url, &[&site.redis_url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alerts_cross_a_to_b_exactly_once_through_gateway_kills() {
+async fn alerts_cross_a_to_b_exactly_once_through_gateway_kills_and_a_nats_restart() {
     const N: usize = 300;
     let names = aurora_testkit::names();
-    let a = Site::new(&names, "site-a", 10);
-    let b = Site::new(&names, "site-b", 11);
+    let mut nats = NatsServer::start();
+    let mut a = Site::new(&names, "site-a", 10);
+    let mut b = Site::new(&names, "site-b", 11);
+    a.nats_url = nats.url();
+    b.nats_url = nats.url();
+    let _cleanup = Cleanup::new(&names, &nats.url(), &[&a.redis_url, &b.redis_url]);
     let mut fed_a = a.start(Svc::FederationGateway, &[]).await;
     let mut fed_b = b.start(Svc::FederationGateway, &[]).await;
     let mut conn_a = redis(&a.redis_url).await;
@@ -216,8 +241,9 @@ async fn alerts_cross_a_to_b_exactly_once_through_gateway_kills() {
     let mut ids = Vec::new();
     for i in 0..N {
         match i {
-            100 => fed_a.kill_and_spawn(),
-            200 => fed_b.kill_and_spawn(),
+            75 => fed_a.kill_and_spawn(),
+            150 => nats.restart(),
+            225 => fed_b.kill_and_spawn(),
             _ => {}
         }
         let id = uuid::Uuid::new_v4().to_string();
@@ -253,11 +279,10 @@ async fn alerts_cross_a_to_b_exactly_once_through_gateway_kills() {
         N,
         "no echo at A"
     );
-    let wire = jetstream_messages(NATS_URL, &names.nats_stream()).await;
+    let wire = jetstream_messages(&nats.url(), &names.nats_stream()).await;
     let per_msg = tally(wire.iter().map(|(id, _, _)| id.clone()));
     assert_eq!(per_msg.len(), N, "one message per alert on the wire");
     assert_eq!(duplicates(&per_msg), 0);
-    cleanup(&names, NATS_URL, &[&a.redis_url, &b.redis_url]).await;
 }
 
 /// Reads alert frames into `seen` until the connection ends or `want` are seen; returns
@@ -280,6 +305,7 @@ async fn a_console_resumes_after_a_gateway_kill_without_gap_or_duplicate() {
     const N: usize = 200;
     let names = aurora_testkit::names();
     let site = Site::new(&names, "site-a", 13);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let mut gateway = site.start(Svc::WsGateway, &[]).await;
     let query = format!("token={}", token(&[Permission::WsAlerts]));
     let (mut ws, _) = tokio_tungstenite::connect_async(gateway.ws_url(Channel::Alerts, &query))
@@ -331,7 +357,6 @@ async fn a_console_resumes_after_a_gateway_kill_without_gap_or_duplicate() {
     let got: Vec<&str> = seen.iter().map(|v| v["id"].as_str().unwrap()).collect();
     let want: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert_eq!(got, want, "every alert once, in order, across the kill");
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,6 +365,7 @@ async fn devices_and_their_alerts_survive_a_registry_kill() {
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let site = Site::new(&names, "site-a", 14).with_database(&db);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let _bridge = site.start(Svc::MqttBridge, &[]).await;
     let mut registry = site.start(Svc::DeviceRegistry, &[]).await;
     let device = MqttDevice::shared(&format!("e2e-fleet-{}", names.namespace()));
@@ -431,5 +457,48 @@ async fn devices_and_their_alerts_survive_a_registry_kill() {
         duplicates(&attests),
         duplicates(&alerts)
     );
-    cleanup(&names, NATS_URL, &[&site.redis_url]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_drains_and_exits_zero_on_sigterm_while_traffic_flows() {
+    let names = aurora_testkit::names();
+    let db = TestDb::create().await;
+    let site = Site::new(&names, "site-a", 15).with_database(&db);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
+    let mut services = Vec::new();
+    for svc in [
+        Svc::MqttBridge,
+        Svc::DeviceRegistry,
+        Svc::WsGateway,
+        Svc::FederationGateway,
+        Svc::EveIngest,
+    ] {
+        services.push(site.start(svc, &[]).await);
+    }
+    // Traffic into every service: device telemetry and alerts, Suricata events, alerts to
+    // export, a console on the alerts channel.
+    let device = MqttDevice::shared(&format!("e2e-drain-{}", names.namespace()));
+    device.wait_connected().await;
+    let query = format!("token={}", token(&[Permission::WsAlerts]));
+    let (_console, _) =
+        tokio_tungstenite::connect_async(services[2].ws_url(Channel::Alerts, &query))
+            .await
+            .unwrap();
+    let mut conn = redis(&site.redis_url).await;
+    let lines: Vec<Vec<u8>> = eve_lines(100).into_iter().map(String::into_bytes).collect();
+    lpush(&mut conn, &names.suricata_list(), &lines).await;
+    for i in 0..50 {
+        let topic =
+            names.mqtt_sensor_topic(&format!("drain-{}", i % 5), DeviceTopicKind::Telemetry);
+        device.publish(&topic, json!({"seq": i}).to_string()).await;
+    }
+    for mut service in services {
+        let status = service.terminate().await;
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM; log:\n{}",
+            service.instance,
+            service.log_tail(30)
+        );
+    }
 }
