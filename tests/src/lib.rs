@@ -79,7 +79,8 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The path of a workspace binary, or a failure that says how to build it.
+/// The path of a workspace binary, or a failure that says how to build it. Warns when a
+/// source file of its package or of aurora-core is newer than the binary (a stale build).
 pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
@@ -87,7 +88,46 @@ pub fn binary(name: &str) -> PathBuf {
         "binary {} not found: run `cargo build --workspace --bins` before these tests",
         path.display()
     );
+    let package = match name {
+        "aurora" => "crates/aurora-cli",
+        service => &format!("services/{service}"),
+    };
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let newest = [
+        format!("{package}/src"),
+        "crates/aurora-core/src".to_string(),
+    ]
+    .iter()
+    .filter_map(|dir| newest_file(&workspace_path(dir)))
+    .max();
+    if let (Some(built), Some(newest)) = (built, newest) {
+        if newest > built {
+            eprintln!(
+                "warning: {} is older than its sources: run `cargo build --workspace --bins`",
+                path.display()
+            );
+        }
+    }
     path
+}
+
+/// The latest modification time of the files under `dir`.
+fn newest_file(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            if meta.is_dir() {
+                // src/bin holds benchmarks, not the service.
+                (e.file_name() != "bin")
+                    .then(|| newest_file(&e.path()))
+                    .flatten()
+            } else {
+                meta.modified().ok()
+            }
+        })
+        .max()
 }
 
 // ---------------------------------------------------------------------------------------
