@@ -175,11 +175,17 @@ async fn a_tampered_device_is_untrusted_and_its_alert_reaches_the_console() {
         .await;
     assert_eq!(alert["severity"], "high", "{alert}");
     assert!(alert["stream_id"].is_string(), "{alert}");
+    // The signature is genuine (the device's own key): what gives it away is its firmware.
+    let reason = alert["reason"].as_str().unwrap_or("");
     assert!(
-        alert["reason"].as_str().unwrap_or("").contains("firmware")
-            || alert["title"].as_str().unwrap_or("").contains("ttestation"),
+        reason.starts_with("firmware not on the allow-list"),
         "{alert}"
     );
+    let (_, _, genuine) = genuine_firmware(&site);
+    let reported = alert["firmware_sha256"].as_str().unwrap_or("");
+    assert!(reported.len() == 64 && reported != genuine, "{alert}");
+    assert!(reason.contains(reported), "{alert}");
+    assert_eq!(alert["device_trust"], "untrusted", "{alert}");
     let pool = db.pool().await;
     wait_status(&pool, &device, "untrusted").await;
 
