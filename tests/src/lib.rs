@@ -210,9 +210,19 @@ impl Site {
     /// Spawns `svc` of this site (with `extra` environment variables, which win) and waits
     /// until its `/readyz` answers 200.
     pub async fn start(&self, svc: Svc, extra: &[(&str, &str)]) -> Service {
-        let mut service = self.spawn(svc, extra);
-        service.wait_ready().await;
-        service
+        // A port found free can be taken by another test before the service binds it: then
+        // try again on other ports.
+        for _ in 0..3 {
+            let mut service = self.spawn(svc, extra);
+            match service.try_ready().await {
+                Ok(()) => return service,
+                Err(NotReady::Exited(log)) if log.contains("in use") => {
+                    eprintln!("{}: port taken, starting again", service.instance);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{}: no free ports after 3 attempts", svc.binary_name());
     }
 
     /// Spawns `svc` without waiting for it.
@@ -230,6 +240,21 @@ impl Site {
             env.push((k.to_string(), v.to_string()));
         }
         Service::spawn(svc, &instance, env, ops, http)
+    }
+}
+
+/// Why a service did not become ready; each holds the message with the log's tail.
+#[derive(Debug)]
+enum NotReady {
+    Exited(String),
+    Timeout(String),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(m) | Self::Timeout(m) => f.write_str(m),
+        }
     }
 }
 
@@ -319,24 +344,31 @@ impl Service {
     /// Waits until `/readyz` is 200; fails with the log's tail if the process exits or the
     /// deadline passes.
     pub async fn wait_ready(&mut self) {
+        if let Err(e) = self.try_ready().await {
+            panic!("{e}");
+        }
+    }
+
+    async fn try_ready(&mut self) -> Result<(), NotReady> {
         let deadline = Instant::now() + WAIT;
         loop {
             if self.readyz().await == Some(200) {
-                return;
+                return Ok(());
             }
             if let Some(status) = self.exited() {
-                panic!(
+                self.child = None;
+                return Err(NotReady::Exited(format!(
                     "{} exited ({status}) before it was ready; log:\n{}",
                     self.instance,
                     self.log_tail(60)
-                );
+                )));
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(NotReady::Timeout(format!(
                     "{} not ready after {WAIT:?}; log:\n{}",
                     self.instance,
                     self.log_tail(60)
-                );
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
