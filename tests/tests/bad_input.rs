@@ -205,6 +205,21 @@ async fn eve_ingest_dead_letters_bad_lines_and_keeps_serving() {
     .await;
     let m = jetstream_messages(NATS_URL, &names.suricata_stream()).await;
     assert_eq!(m[0].2, good.as_bytes());
+    // A hostile event type (NATS wildcards and a separator) lands on one safe subject.
+    let hostile = br#"{"event_type":"dns.*>","timestamp":"2024-01-15T10:30:00.000000+0000"}"#;
+    lpush(&mut conn, &names.suricata_list(), &[hostile.to_vec()]).await;
+    wait_until(WAIT, "the hostile-typed event in JetStream", || async {
+        let m = jetstream_messages(NATS_URL, &names.suricata_stream()).await;
+        (m.len() == 2).then_some(())
+    })
+    .await;
+    let m = jetstream_messages(NATS_URL, &names.suricata_stream()).await;
+    assert_eq!(m[1].1, names.suricata_subject("dns.*>"));
+    assert_eq!(
+        m[1].1,
+        format!("{}.dns___", names.suricata_subject_prefix())
+    );
+    assert_eq!(m[1].2, hostile);
     wait_until(WAIT, "its alert", || {
         let mut conn = conn.clone();
         let stream = names.alerts();
