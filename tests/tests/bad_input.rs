@@ -632,3 +632,369 @@ async fn federation_gateway_does_not_import_an_invalid_alert() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].raw().as_deref(), Some(&not_an_alert[..]));
 }
+
+// ---------------------------------------------------------------------------------------
+// Random input: what goes in is counted out, either delivered or dead-lettered, never lost
+// and never a crash. The seed is printed; E2E_SEED replays a run.
+// ---------------------------------------------------------------------------------------
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn seeded_rng(test: &str) -> StdRng {
+    let seed = std::env::var("E2E_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
+    eprintln!("{test}: E2E_SEED={seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// A random JSON value, `depth` levels deep at most.
+fn random_json(rng: &mut StdRng, depth: u32) -> Value {
+    match rng.gen_range(0..if depth == 0 { 5 } else { 7 }) {
+        0 => Value::Null,
+        1 => json!(rng.gen::<bool>()),
+        2 => json!(rng.gen_range(-1_000_000i64..1_000_000)),
+        3 => json!(rng.gen::<f64>() * 1e6),
+        4 => json!(random_text(rng, 0..40)),
+        5 => Value::Array(
+            (0..rng.gen_range(0..4))
+                .map(|_| random_json(rng, depth - 1))
+                .collect(),
+        ),
+        _ => random_object(rng, depth - 1),
+    }
+}
+
+fn random_object(rng: &mut StdRng, depth: u32) -> Value {
+    let mut m = serde_json::Map::new();
+    for _ in 0..rng.gen_range(0..5) {
+        m.insert(random_text(rng, 1..12), random_json(rng, depth));
+    }
+    Value::Object(m)
+}
+
+/// Text from a pool of awkward characters (never `/`, `+`, `#`, NUL or control characters,
+/// which MQTT topics cannot hold).
+fn random_text(rng: &mut StdRng, len: std::ops::Range<usize>) -> String {
+    const POOL: &[char] = &[
+        'a', 'b', 'z', 'A', 'Z', '0', '9', '_', '.', ':', '-', ' ', 'é', 'ß', '☢', '𝄞', '$', '%',
+        '"', '\\', '{', '}', '[', '*', '>', '\'', '=', '?', '&',
+    ];
+    let n = rng.gen_range(len);
+    (0..n).map(|_| POOL[rng.gen_range(0..POOL.len())]).collect()
+}
+
+fn random_bytes(rng: &mut StdRng, max: usize) -> Vec<u8> {
+    let n = rng.gen_range(0..max);
+    (0..n).map(|_| rng.gen::<u8>()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_bridge_random_device_messages_are_all_delivered_or_dead_lettered() {
+    const N: usize = 300;
+    let mut rng = seeded_rng("mqtt_bridge_random");
+    let names = aurora_testkit::names();
+    let site = Site::new(&names, "site-a", 9);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
+    let bridge = site.start(Svc::MqttBridge, &[]).await;
+    let device = MqttDevice::shared(&format!("e2e-rand-{}", names.namespace()));
+    device.wait_connected().await;
+
+    let mut valid = 0;
+    for seq in 0..N {
+        let device_id = if rng.gen_bool(0.5) {
+            format!("rand-{}", rng.gen_range(0..20))
+        } else {
+            random_text(&mut rng, 0..150)
+        };
+        let kind = DeviceTopicKind::ALL[rng.gen_range(0..3)];
+        let payload = match rng.gen_range(0..6) {
+            0..=2 => {
+                let mut o = random_object(&mut rng, 3);
+                o["seq"] = json!(seq);
+                o.to_string().into_bytes()
+            }
+            3 => random_json(&mut rng, 3).to_string().into_bytes(),
+            4 => random_bytes(&mut rng, 2000),
+            _ => {
+                let mut s = random_object(&mut rng, 2).to_string().into_bytes();
+                s.truncate(rng.gen_range(0..s.len().max(1)));
+                s
+            }
+        };
+        let is_object = std::str::from_utf8(&payload)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .is_some_and(|v| v.is_object());
+        if aurora_core::model::is_valid_device_id(&device_id) && is_object {
+            valid += 1;
+        }
+        device
+            .publish(&names.mqtt_sensor_topic(&device_id, kind), payload)
+            .await;
+    }
+
+    let mut conn = redis(&site.redis_url).await;
+    let streams: Vec<String> = DeviceTopicKind::ALL
+        .iter()
+        .map(|k| names.cps_stream(*k))
+        .collect();
+    let (delivered, dead) = wait_until(WAIT, "every message delivered or dead-lettered", || {
+        let mut conn = conn.clone();
+        let streams = streams.clone();
+        let dl = names.cps_deadletter();
+        async move {
+            let mut delivered = 0;
+            for s in &streams {
+                delivered += xlen(&mut conn, s).await as usize;
+            }
+            let dead = xlen(&mut conn, &dl).await as usize;
+            (delivered + dead >= N).then_some((delivered, dead))
+        }
+    })
+    .await;
+    assert_eq!(delivered, valid, "delivered");
+    assert_eq!(dead, N - valid, "dead-lettered");
+    for r in dead_letters(&mut conn, &names.cps_deadletter()).await {
+        assert!(!r.reason.is_empty() && r.raw().is_some(), "{r:?}");
+    }
+    assert_eq!(bridge.readyz().await, Some(200));
+    eprintln!(
+        "mqtt random: {valid} delivered, {} dead-lettered",
+        N - valid
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eve_ingest_random_lines_are_all_published_or_dead_lettered_and_alerts_valid() {
+    const N: usize = 200;
+    let mut rng = seeded_rng("eve_ingest_random");
+    let names = aurora_testkit::names();
+    let site = Site::new(&names, "site-a", 9);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
+    let eve = site.start(Svc::EveIngest, &[]).await;
+
+    let (mut valid, mut alerts) = (0, 0);
+    let mut lines = Vec::new();
+    for seq in 0..N {
+        let line: Vec<u8> = match rng.gen_range(0..4) {
+            0 => random_bytes(&mut rng, 500),
+            1 => random_json(&mut rng, 3).to_string().into_bytes(),
+            2 => {
+                let mut o = random_object(&mut rng, 2);
+                o["event_type"] = if rng.gen_bool(0.8) {
+                    json!(random_text(&mut rng, 0..10))
+                } else {
+                    random_json(&mut rng, 1)
+                };
+                o.to_string().into_bytes()
+            }
+            _ => {
+                // Alert-shaped, every field hostile.
+                let mut o = random_object(&mut rng, 1);
+                o["event_type"] = json!("alert");
+                for field in ["timestamp", "src_ip", "dest_ip", "proto", "flow_id", "host"] {
+                    if rng.gen_bool(0.7) {
+                        o[field] = random_json(&mut rng, 1);
+                    }
+                }
+                let mut alert = random_object(&mut rng, 2);
+                for field in [
+                    "signature",
+                    "signature_id",
+                    "severity",
+                    "category",
+                    "metadata",
+                ] {
+                    if rng.gen_bool(0.7) {
+                        alert[field] = random_json(&mut rng, 2);
+                    }
+                }
+                o["alert"] = alert;
+                for field in ["dns", "tls", "http", "fileinfo"] {
+                    if rng.gen_bool(0.3) {
+                        o[field] = random_object(&mut rng, 2);
+                    }
+                }
+                o.to_string().into_bytes()
+            }
+        };
+        // Distinct lines (identical ones are one event to JetStream): a unique prefix keeps an
+        // invalid line invalid and a valid one valid.
+        let line = if line.first() == Some(&b'{') && line.len() > 2 {
+            let mut l = format!("{{\"e2e_seq\":{seq},").into_bytes();
+            l.extend_from_slice(&line[1..]);
+            if line == b"{}" {
+                l = format!("{{\"e2e_seq\":{seq}}}").into_bytes();
+            }
+            l
+        } else {
+            let mut l = format!("#{seq}#").into_bytes();
+            l.extend_from_slice(&line);
+            l
+        };
+        if let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(&line) {
+            if let Some(Value::String(t)) = o.get("event_type") {
+                if !t.trim().is_empty() {
+                    valid += 1;
+                    alerts += usize::from(t == "alert");
+                }
+            }
+        }
+        lines.push(line);
+    }
+    let mut conn = redis(&site.redis_url).await;
+    lpush(&mut conn, &names.suricata_list(), &lines).await;
+
+    let dl = names.eve_deadletter();
+    let (published, dead) = wait_until(WAIT, "every line published or dead-lettered", || {
+        let mut conn = conn.clone();
+        let (dl, stream) = (dl.clone(), names.suricata_stream());
+        async move {
+            let dead = llen(&mut conn, &dl).await as usize;
+            let published = jetstream_messages(NATS_URL, &stream).await.len();
+            (published + dead >= N).then_some((published, dead))
+        }
+    })
+    .await;
+    assert_eq!(published, valid, "published");
+    assert_eq!(dead, N - valid, "dead-lettered");
+    let written = wait_until(WAIT, "every alert", || {
+        let mut conn = conn.clone();
+        let stream = names.alerts();
+        async move {
+            let docs = stream_docs(&mut conn, &stream).await;
+            (docs.len() >= alerts).then_some(docs)
+        }
+    })
+    .await;
+    assert_eq!(written.len(), alerts);
+    for (_, doc) in &written {
+        let bytes = serde_json::to_vec(doc).unwrap();
+        if let Err(e) = aurora_core::model::parse::<aurora_core::model::Alert>(&bytes) {
+            panic!("not a valid Alert ({e}): {doc}");
+        }
+    }
+    assert_eq!(eve.readyz().await, Some(200));
+    eprintln!(
+        "eve random: {valid} published ({alerts} alerts), {} dead-lettered",
+        N - valid
+    );
+}
+
+/// Every byte outside `[A-Za-z0-9]` percent-encoded.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_registry_answers_random_requests_with_a_clear_4xx_never_a_5xx() {
+    const N: usize = 150;
+    let mut rng = seeded_rng("device_registry_random");
+    let names = aurora_testkit::names();
+    let db = TestDb::create().await;
+    let site = Site::new(&names, "site-a", 9).with_database(&db);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
+    let registry = site.start(Svc::DeviceRegistry, &[]).await;
+    let all = token(&[
+        Permission::DevicesRead,
+        Permission::DevicesWrite,
+        Permission::FirmwareManage,
+    ]);
+    let client = http();
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..N {
+        let id = if rng.gen_bool(0.5) {
+            format!("dev-{}", rng.gen_range(0..5))
+        } else {
+            path_segment(&random_text(&mut rng, 0..140))
+        };
+        let body: Vec<u8> = match rng.gen_range(0..3) {
+            0 => random_bytes(&mut rng, 300),
+            1 => random_json(&mut rng, 3).to_string().into_bytes(),
+            _ => {
+                let mut o = random_object(&mut rng, 2);
+                for f in [
+                    "model",
+                    "version",
+                    "sha256",
+                    "public_key",
+                    "action",
+                    "params",
+                    "ttl_seconds",
+                    "reason",
+                ] {
+                    if rng.gen_bool(0.5) {
+                        o[f] = random_json(&mut rng, 1);
+                    }
+                }
+                o.to_string().into_bytes()
+            }
+        };
+        let query = if rng.gen_bool(0.3) {
+            rng.gen_range(1..50).to_string()
+        } else {
+            path_segment(&random_text(&mut rng, 0..20))
+        };
+        let (method, path) = match rng.gen_range(0..8) {
+            0 => (reqwest::Method::POST, "/api/v1/firmware".to_string()),
+            1 => (reqwest::Method::PUT, format!("/api/v1/devices/{id}/key")),
+            2 => (
+                reqwest::Method::POST,
+                format!("/api/v1/devices/{id}/commands"),
+            ),
+            3 => (
+                reqwest::Method::POST,
+                format!("/api/v1/devices/{id}/quarantine"),
+            ),
+            4 => (
+                reqwest::Method::POST,
+                format!("/api/v1/devices/{id}/attest"),
+            ),
+            5 => (reqwest::Method::GET, format!("/api/v1/devices/{id}")),
+            6 => (
+                reqwest::Method::GET,
+                format!("/api/v1/devices?status={query}&limit={query}&cursor={id}"),
+            ),
+            _ => (
+                reqwest::Method::DELETE,
+                format!("/api/v1/firmware?model={query}&version={id}&sha256={query}"),
+            ),
+        };
+        let r = client
+            .request(method.clone(), registry.http_url(&path))
+            .bearer_auth(&all)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        assert!(
+            status < 500,
+            "{method} {path} with {:?}: {status} {text}",
+            String::from_utf8_lossy(&body)
+        );
+        if status >= 400 && status != 405 {
+            let err: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            assert!(
+                err["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{method} {path}: {status} without an error message: {text:?}"
+            );
+        }
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(registry.readyz().await, Some(200));
+    eprintln!("registry random: statuses {statuses:?}");
+}
