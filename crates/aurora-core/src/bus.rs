@@ -50,7 +50,8 @@ pub enum BusError {
 }
 
 impl BusError {
-    fn command<'a>(
+    /// Maps a Redis error of `command` on `key` (for stores built beside the bus).
+    pub fn command<'a>(
         command: &'static str,
         key: &'a str,
     ) -> impl FnOnce(redis::RedisError) -> Self + 'a {
@@ -301,6 +302,14 @@ impl GroupReader {
 
     pub fn config(&self) -> &GroupConfig {
         &self.cfg
+    }
+
+    /// Makes the next [`GroupReader::next_batch`] hand out this consumer's pending entries
+    /// again (after a batch failed and was not acknowledged). Each re-read counts as a
+    /// delivery: wait until the dependency that failed answers before calling it, so an
+    /// outage does not dead-letter good entries.
+    pub fn rewind(&mut self) {
+        self.own_pending_done = false;
     }
 
     /// Creates the group (and the stream) unless it exists.

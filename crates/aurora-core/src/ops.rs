@@ -29,7 +29,8 @@ pub struct ComponentState {
 }
 
 /// What `/readyz` answers from: each part of the service says whether it can do its work.
-/// The service is ready when every registered part is and it is not draining.
+/// The service is ready when every registered part is and it is not draining. Register every
+/// part before serving `/readyz` (a readiness with nothing registered is ready).
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     inner: Arc<Mutex<ReadinessInner>>,
