@@ -114,9 +114,13 @@ pub async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), BridgeError> {
-    let mut up_opts = cfg
-        .mqtt
-        .options(&cfg.uplink_client_id(), false, cfg.uplink_max_packet())?;
+    // The broker sends at most this many messages ahead of the acks.
+    let receive_max = u16::try_from(cfg.queue_capacity.max(cfg.batch_size)).unwrap_or(u16::MAX);
+    let mut up_opts = cfg.mqtt.options_v5(
+        &cfg.uplink_client_id(),
+        u32::try_from(cfg.uplink_max_packet()).unwrap_or(u32::MAX),
+        receive_max,
+    )?;
     up_opts.set_manual_acks(true);
     let down_opts = cfg
         .mqtt
@@ -136,7 +140,7 @@ pub async fn run(
         cfg.shutdown_timeout,
     ));
 
-    let (up_client, up_loop) = AsyncClient::new(up_opts, uplink::REQUEST_CAPACITY);
+    let (up_client, up_loop) = rumqttc::v5::AsyncClient::new(up_opts, uplink::REQUEST_CAPACITY);
     let (down_client, down_loop) = AsyncClient::new(down_opts, 64);
     let uplink_cfg = uplink::UplinkConfig {
         client_id: cfg.uplink_client_id(),

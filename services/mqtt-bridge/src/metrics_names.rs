@@ -16,13 +16,17 @@ pub const WRITE_SECONDS: &str = "aurora_mqtt_bridge_write_seconds";
 pub const WRITE_RETRIES: &str = "aurora_mqtt_bridge_write_retries_total";
 /// Messages received and not yet written.
 pub const QUEUE_DEPTH: &str = "aurora_mqtt_bridge_queue_messages";
+/// PUBACKs sent to the broker (each after its message was written).
+pub const ACKS_SENT: &str = "aurora_mqtt_bridge_acks_sent_total";
+/// Messages handed to the writer whose PUBACK has not gone out yet (sampled).
+pub const UNACKED: &str = "aurora_mqtt_bridge_unacked_messages";
 /// Acks not sent because the message came on an earlier connection (it is redelivered).
 pub const ACKS_SKIPPED: &str = "aurora_mqtt_bridge_acks_skipped_total";
 /// Successful broker connections, by `link` (uplink, downlink).
 pub const CONNECTIONS: &str = "aurora_mqtt_bridge_connections_total";
 /// Lost or refused broker connections, by `link`.
 pub const CONNECTION_ERRORS: &str = "aurora_mqtt_bridge_connection_errors_total";
-/// Device commands handled, by `outcome` (sent, expired, failed, invalid).
+/// Device commands handled, by `outcome` (sent, expired, invalid).
 pub const COMMANDS: &str = "aurora_mqtt_bridge_commands_total";
 /// Time from reading a command to the broker's PUBACK.
 pub const COMMAND_SECONDS: &str = "aurora_mqtt_bridge_command_publish_seconds";

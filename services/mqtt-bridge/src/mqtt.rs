@@ -11,6 +11,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::ConfigError;
 
+/// How long the broker keeps the uplink's session (and queues for it) while the bridge is
+/// away: 14 days, as `persistent_client_expiration` in deploy/mosquitto.
+pub const SESSION_EXPIRY_SECS: u32 = 14 * 24 * 3600;
+
 /// Where the broker is and how to log in to it.
 #[derive(Debug, Clone)]
 pub struct MqttSettings {
@@ -52,6 +56,46 @@ impl MqttSettings {
         opts.set_clean_session(clean_session)
             .set_keep_alive(self.keep_alive)
             .set_max_packet_size(max_packet, max_packet);
+        match (&self.username, &self.password) {
+            (Some(user), pass) => {
+                opts.set_credentials(user.clone(), pass.clone().unwrap_or_default());
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "an MQTT password needs a user name (--mqtt-username)".into(),
+                ))
+            }
+            (None, None) => {}
+        }
+        if endpoint.tls {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(self.tls_config()?),
+            )));
+        } else if self.ca_file.is_some() || self.client_cert.is_some() {
+            return Err(ConfigError::Invalid(
+                "TLS files given but the MQTT URL is not mqtts://".into(),
+            ));
+        }
+        Ok(opts)
+    }
+
+    /// MQTT v5 options for the uplink: a persistent session (clean start off, session expiry
+    /// `SESSION_EXPIRY_SECS`) and a receive maximum, so the broker never has more than
+    /// `receive_max` messages unacknowledged towards the bridge (MQTT 3.1.1 has no such flow
+    /// control, and Mosquitto then sends far ahead of the acks).
+    pub fn options_v5(
+        &self,
+        client_id: &str,
+        max_packet: u32,
+        receive_max: u16,
+    ) -> Result<rumqttc::v5::MqttOptions, ConfigError> {
+        let endpoint = Endpoint::parse(&self.url)?;
+        let mut opts = rumqttc::v5::MqttOptions::new(client_id, endpoint.host, endpoint.port);
+        opts.set_clean_start(false)
+            .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
+            .set_receive_maximum(Some(receive_max.max(1)))
+            .set_max_packet_size(Some(max_packet))
+            .set_keep_alive(self.keep_alive);
         match (&self.username, &self.password) {
             (Some(user), pass) => {
                 opts.set_credentials(user.clone(), pass.clone().unwrap_or_default());

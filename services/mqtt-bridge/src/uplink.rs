@@ -17,7 +17,10 @@ use aurora_core::model::{to_bytes, DeadLetter, DeviceSeen, Extra};
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::ops::Readiness;
 use aurora_core::Names;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS, SubscribeFilter};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use rumqttc::Outgoing;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -31,10 +34,13 @@ pub const MQTT_COMPONENT: &str = "mqtt-uplink";
 /// Readiness component of the Redis writes.
 pub const REDIS_COMPONENT: &str = "redis";
 
-/// rumqttc's request queue (acks, subscribes). Never smaller than the number of QoS 1
-/// messages a broker can have unacknowledged towards one client (16-bit packet ids), so the
-/// writer never waits on it while the connection task waits on the writer.
-pub const REQUEST_CAPACITY: usize = 65_536;
+/// rumqttc's request queue (acks, subscribes). rumqttc sends one queued request per turn of
+/// its event loop while a read brings up to ten messages, and Mosquitto 2.0 was seen sending
+/// far beyond its in-flight limit and our receive maximum: acks can fall tens of thousands
+/// behind. The writer must never wait on this queue while the connection task waits on the
+/// writer (that deadlock was measured at 65,536), so it is large; it allocates only what is
+/// queued (about 40 bytes an ack), and `aurora_mqtt_bridge_unacked_messages` shows the lag.
+pub const REQUEST_CAPACITY: usize = 1 << 20;
 
 /// How the uplink runs.
 #[derive(Debug, Clone)]
@@ -103,11 +109,11 @@ pub async fn run(
 }
 
 /// The three shared-subscription filters, QoS 1.
-fn names_filters(names: &Names, group: &str) -> Vec<SubscribeFilter> {
+fn names_filters(names: &Names, group: &str) -> Vec<Filter> {
     DeviceTopicKind::ALL
         .into_iter()
         .map(|k| {
-            SubscribeFilter::new(
+            Filter::new(
                 format!("$share/{group}/{}", names.mqtt_sensor_filter(k)),
                 QoS::AtLeastOnce,
             )
@@ -119,7 +125,7 @@ fn names_filters(names: &Names, group: &str) -> Vec<SubscribeFilter> {
 async fn poll_connection(
     client: AsyncClient,
     mut eventloop: EventLoop,
-    filters: Vec<SubscribeFilter>,
+    filters: Vec<Filter>,
     tx: mpsc::Sender<Received>,
     epoch: Arc<AtomicU64>,
     readiness: Readiness,
@@ -127,6 +133,8 @@ async fn poll_connection(
     writer_done: CancellationToken,
 ) {
     let mut tx = Some(tx);
+    // Messages handed to the writer whose PUBACK has not gone out yet.
+    let mut unacked: u64 = 0;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let event = tokio::select! {
@@ -143,6 +151,7 @@ async fn poll_connection(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 epoch.fetch_add(1, Ordering::SeqCst);
+                unacked = 0;
                 metrics::counter!(m::CONNECTIONS, "link" => "uplink").increment(1);
                 tracing::info!(
                     session_present = ack.session_present,
@@ -159,7 +168,7 @@ async fn poll_connection(
                 let refused = ack
                     .return_codes
                     .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                    .any(|c| !matches!(c, SubscribeReasonCode::Success(_)));
                 if refused {
                     readiness
                         .set_not_ready(MQTT_COMPONENT, "the broker refused a subscription (ACL?)");
@@ -169,6 +178,9 @@ async fn poll_connection(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let Some(queue) = &tx else { continue };
+                if publish.qos != QoS::AtMostOnce {
+                    unacked += 1;
+                }
                 let received = Received {
                     publish,
                     epoch: epoch.load(Ordering::SeqCst),
@@ -177,6 +189,13 @@ async fn poll_connection(
                 // in-flight window fills and it queues the rest for this session.
                 if queue.send(received).await.is_err() {
                     tx = None;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
+                metrics::counter!(m::ACKS_SENT).increment(1);
+                unacked = unacked.saturating_sub(1);
+                if unacked.is_multiple_of(256) {
+                    metrics::gauge!(m::UNACKED).set(unacked as f64);
                 }
             }
             Ok(_) => {}
@@ -203,7 +222,7 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
     let flush = async {
         loop {
             match eventloop.poll().await {
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
                 Ok(_) => {}
             }
         }
@@ -288,11 +307,14 @@ impl Writer {
         let now = Instant::now();
         for r in batch {
             let p = &r.publish;
-            match decode(&self.names, &p.topic, &p.payload, self.cfg.max_payload) {
+            // MQTT topics are UTF-8; a broker that let another through gets it dead-lettered
+            // (the replacement characters fail the device id check).
+            let topic = String::from_utf8_lossy(&p.topic);
+            match decode(&self.names, &topic, &p.payload, self.cfg.max_payload) {
                 Ok(doc) => self.accept(doc, now, &mut out),
                 Err(rejected) => {
-                    tracing::warn!(topic = %p.topic, reason = %rejected.reason, "dead-lettered a device message");
-                    let record = DeadLetter::new(SERVICE, &p.topic, rejected.reason, &p.payload);
+                    tracing::warn!(topic = %topic, reason = %rejected.reason, "dead-lettered a device message");
+                    let record = DeadLetter::new(SERVICE, &topic, rejected.reason, &p.payload);
                     out.items
                         .push((self.names.cps_deadletter(), to_bytes(&record)));
                     out.dead.push(rejected.rejection.label());

@@ -173,6 +173,11 @@ fn payload(seq: u64, ts: u64) -> Vec<u8> {
 // ---- processes -----------------------------------------------------------------------------
 
 fn build_bridge() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no directory for the bench binary")?;
+    if std::env::var_os("AURORA_BENCH_SKIP_BUILD").is_some() {
+        return Ok(dir.join("mqtt-bridge"));
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("building the bridge (release)...");
     let status = Command::new(cargo)
@@ -189,8 +194,6 @@ fn build_bridge() -> anyhow::Result<std::path::PathBuf> {
     if !status.success() {
         bail!("building mqtt-bridge failed");
     }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no directory for the bench binary")?;
     Ok(dir.join("mqtt-bridge"))
 }
 
@@ -262,7 +265,10 @@ impl BridgeChild {
             .env("AURORA_MQTT_URL", format!("mqtt://127.0.0.1:{mqtt_port}"))
             .env("AURORA_INSTANCE_ID", format!("{}-bench", names.namespace()))
             .env("AURORA_OPS_ADDR", format!("127.0.0.1:{ops_port}"))
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("AURORA_BENCH_BRIDGE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
