@@ -25,6 +25,23 @@ use crate::error::IngestError;
 use crate::metrics as m;
 use crate::Hooks;
 
+/// Moves up to ARGV[1] lines from the right of KEYS[1] to the left of KEYS[2], oldest first,
+/// atomically; returns them.
+const MOVE_SCRIPT: &str = r#"
+local lines = redis.call('RPOP', KEYS[1], ARGV[1])
+if not lines then return {} end
+for i = 1, #lines, 1000 do
+  redis.call('LPUSH', KEYS[2], unpack(lines, i, math.min(i + 999, #lines)))
+end
+return lines
+"#;
+
+/// `LREM KEYS[1] -1 line` for every line of ARGV.
+const RELEASE_SCRIPT: &str = r#"
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], -1, ARGV[i]) end
+return #ARGV
+"#;
+
 /// Where the lines are and how they are taken.
 #[derive(Debug, Clone)]
 pub struct ListConfig {
@@ -131,19 +148,16 @@ impl ListSource {
         };
         let mut lines = vec![Bytes::from(first)];
         if self.cfg.batch > 1 {
-            let mut pipe = redis::pipe();
-            for _ in 1..self.cfg.batch {
-                pipe.cmd("LMOVE")
-                    .arg(&self.cfg.list)
-                    .arg(&self.cfg.processing)
-                    .arg("RIGHT")
-                    .arg("LEFT");
-            }
-            let more: Vec<Option<Vec<u8>>> = pipe
-                .query_async(&mut self.blocking)
+            // One atomic script instead of a command per line: the same as that many
+            // `LMOVE list processing RIGHT LEFT`, at a fraction of Redis's work.
+            let more: Vec<Vec<u8>> = redis::Script::new(MOVE_SCRIPT)
+                .key(&self.cfg.list)
+                .key(&self.cfg.processing)
+                .arg(self.cfg.batch - 1)
+                .invoke_async(&mut self.blocking)
                 .await
-                .map_err(IngestError::redis("LMOVE", &self.cfg.list))?;
-            lines.extend(more.into_iter().flatten().map(Bytes::from));
+                .map_err(IngestError::redis("EVALSHA move", &self.cfg.list))?;
+            lines.extend(more.into_iter().map(Bytes::from));
         }
         Ok(lines)
     }
@@ -157,18 +171,17 @@ impl ListSource {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let script = redis::Script::new(RELEASE_SCRIPT);
+        let mut invocation = script.key(processing);
         for line in lines {
-            pipe.cmd("LREM")
-                .arg(processing)
-                .arg(-1)
-                .arg(line.as_ref())
-                .ignore();
+            invocation.arg(line.as_ref());
         }
         let mut conn = conn.clone();
-        pipe.query_async::<()>(&mut conn)
+        invocation
+            .invoke_async::<i64>(&mut conn)
             .await
-            .map_err(IngestError::redis("LREM", processing))
+            .map(|_| ())
+            .map_err(IngestError::redis("EVALSHA release", processing))
     }
 }
 

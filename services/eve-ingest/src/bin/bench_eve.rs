@@ -1,1 +1,387 @@
-fn main() {}
+//! `make bench-eve`: how fast eve-ingest moves Suricata events from the Redis list to
+//! JetStream, and alerts to the alerts stream, against the raw JetStream publish rate (the
+//! ceiling) measured in the same run with the same ack window.
+//!
+//! 1. Ceiling: N distinct events published straight to JetStream with `Nats-Msg-Id`, at most
+//!    `window` acks outstanding.
+//! 2. Events: the same N events LPUSHed (as Suricata does) into a staging list, renamed into
+//!    the service's list at once; time until all N are stored in JetStream.
+//! 3. Alerts: M alert events the same way; time until all M alerts are on the stream.
+//!
+//! The samples come from `../shared/data/suricata` (all five files) when present, else from
+//! the test fixtures; each repetition gets a `bench_seq` field so that every event is distinct
+//! (identical bytes would be deduplicated). Everything runs in a namespace of its own, which
+//! is deleted at the end. Writes `bench/results/eve.json`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_nats::jetstream::context::ContextBuilder;
+use async_nats::jetstream::message::PublishMessage;
+use aurora_core::jetstream::{ensure_stream, suricata_stream_config};
+use aurora_core::ops::Readiness;
+use aurora_core::{bus, Names};
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The sample lines and where they came from.
+fn samples() -> anyhow::Result<(Vec<Vec<u8>>, Vec<String>)> {
+    let shared = workspace().join("../shared/data/suricata");
+    let (dir, files): (PathBuf, &[&str]) = if shared.join("eve-panther.jsonl").exists() {
+        (
+            shared,
+            &[
+                "eve-surevego.jsonl",
+                "eve-suricata-verify.jsonl",
+                "eve-telegraf.jsonl",
+                "eve-panther.jsonl",
+                "eve-s7ot.jsonl",
+            ],
+        )
+    } else {
+        (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+            &[
+                "eve-surevego.jsonl",
+                "eve-suricata-verify.jsonl",
+                "eve-telegraf.jsonl",
+            ],
+        )
+    };
+    let mut lines = Vec::new();
+    for f in files {
+        let text = std::fs::read(dir.join(f)).with_context(|| format!("reading {f}"))?;
+        lines.extend(
+            text.split(|b| *b == b'\n')
+                .map(|l| l.trim_ascii().to_vec())
+                .filter(|l| l.ends_with(b"}")),
+        );
+    }
+    let used = files
+        .iter()
+        .map(|f| dir.join(f).display().to_string())
+        .collect();
+    Ok((lines, used))
+}
+
+/// `n` distinct lines cycling through `base`: `{..., "bench_seq": i}`.
+fn distinct(base: &[Vec<u8>], n: usize, offset: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let line = &base[i % base.len()];
+            let mut out = line[..line.len() - 1].to_vec();
+            out.extend_from_slice(format!(",\"bench_seq\":{}}}", offset + i).as_bytes());
+            out
+        })
+        .collect()
+}
+
+fn event_type(line: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["event_type"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64 {
+    match js.get_stream(name).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// The ceiling: publish-with-ack, `window` acks outstanding.
+async fn raw_publish(
+    client: async_nats::Client,
+    names: &Names,
+    lines: &[Vec<u8>],
+    window: usize,
+) -> anyhow::Result<f64> {
+    let js = ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .max_ack_inflight(window + 1)
+        .build(client);
+    let sem = Arc::new(Semaphore::new(window));
+    let mut inflight = FuturesUnordered::new();
+    // Subjects and ids are worked out before the clock starts: the ceiling is JetStream's.
+    let prepared: Vec<(String, String, Bytes)> = lines
+        .iter()
+        .map(|line| {
+            (
+                names.suricata_subject(&event_type(line)),
+                hex::encode(Sha256::digest(line)),
+                Bytes::from(line.clone()),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    for (subject, id, payload) in prepared {
+        let permit = loop {
+            tokio::select! {
+                biased;
+                Some(r) = inflight.next(), if !inflight.is_empty() => { let _: Result<(), anyhow::Error> = r; }
+                p = sem.clone().acquire_owned() => break p?,
+            }
+        };
+        let ack = js
+            .send_publish(
+                subject,
+                PublishMessage::build().payload(payload).message_id(id),
+            )
+            .await?;
+        inflight.push(async move {
+            ack.await?;
+            drop(permit);
+            Ok(())
+        });
+    }
+    while let Some(r) = inflight.next().await {
+        r?;
+    }
+    Ok(lines.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Puts `lines` into the service's list at once (LPUSH into a staging key, then RENAME).
+async fn stage(conn: &mut bus::Conn, names: &Names, lines: &[Vec<u8>]) -> anyhow::Result<()> {
+    let staging = names.state_key("bench", "staging");
+    for chunk in lines.chunks(5_000) {
+        let mut pipe = redis::pipe();
+        for line in chunk {
+            pipe.cmd("LPUSH").arg(&staging).arg(line).ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+async fn release(conn: &mut bus::Conn, names: &Names) -> anyhow::Result<Instant> {
+    let staging = names.state_key("bench", "staging");
+    redis::cmd("RENAME")
+        .arg(&staging)
+        .arg(names.suricata_list())
+        .query_async::<()>(conn)
+        .await?;
+    Ok(Instant::now())
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut done: F) -> anyhow::Result<Instant>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done().await {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn xlen(conn: &mut bus::Conn, key: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap_or(0)
+}
+
+async fn cleanup(conn: &mut bus::Conn, js: &async_nats::jetstream::Context, names: &Names) {
+    let _ = js.delete_stream(names.suricata_stream()).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", names.namespace()))
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    for key in keys {
+        let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(conn).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n = env_usize("BENCH_EVE_EVENTS", 100_000);
+    let m = env_usize("BENCH_EVE_ALERTS", 50_000);
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let names = Names::new(&format!("bench{}", &suffix[..8]))?;
+    let mut settings = eve_ingest::Settings::new(names.clone(), "bench", REDIS_URL, NATS_URL);
+    settings.block = Duration::from_millis(100);
+    settings.batch = env_usize("BENCH_EVE_BATCH", settings.batch);
+    settings.publish_window = env_usize("BENCH_EVE_WINDOW", settings.publish_window);
+    settings.inflight_batches = env_usize("BENCH_EVE_INFLIGHT", settings.inflight_batches);
+    let window = settings.publish_window;
+
+    let (base, used) = samples()?;
+    let events = distinct(&base, n, 0);
+    let alert_base: Vec<Vec<u8>> = base
+        .iter()
+        .filter(|l| event_type(l) == "alert")
+        .cloned()
+        .collect();
+    let alert_events = distinct(&alert_base, m, n);
+    let alerts_in_mix = events.iter().filter(|l| event_type(l) == "alert").count();
+    println!(
+        "eve-ingest benchmark: {n} events ({alerts_in_mix} alerts) from {} sample lines, then {m} alert events; window {window}, batch {}, {} batches in flight",
+        base.len(),
+        settings.batch,
+        settings.inflight_batches
+    );
+
+    let mut conn = bus::connect(REDIS_URL).await?;
+    let client = async_nats::connect(NATS_URL).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let result = async {
+        // 1. The ceiling.
+        ensure_stream(&js, &suricata_stream_config(&names)).await?;
+        let ceiling = raw_publish(client.clone(), &names, &events, window).await?;
+        println!("raw JetStream publish (ceiling): {ceiling:.0} events/s");
+        js.delete_stream(names.suricata_stream()).await?;
+        // The same for alert events only (larger lines): what bounds the alert phase, which
+        // publishes every alert event too.
+        ensure_stream(&js, &suricata_stream_config(&names)).await?;
+        let alert_ceiling = raw_publish(client.clone(), &names, &alert_events, window).await?;
+        println!("raw JetStream publish of the alert events: {alert_ceiling:.0} events/s");
+        js.delete_stream(names.suricata_stream()).await?;
+
+        // 2. The service, events.
+        stage(&mut conn, &names, &events).await?;
+        let readiness = Readiness::new();
+        let shutdown = CancellationToken::new();
+        let service = tokio::spawn(eve_ingest::run(
+            settings.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+            Default::default(),
+        ));
+        wait_for("the service ready", Duration::from_secs(30), || {
+            let r = readiness.clone();
+            async move { r.is_ready() }
+        })
+        .await?;
+        let t0 = release(&mut conn, &names).await?;
+        let stream = names.suricata_stream();
+        let t1 = wait_for("all events in JetStream", Duration::from_secs(600), || {
+            let js = js.clone();
+            let stream = stream.clone();
+            async move { stream_messages(&js, &stream).await >= n as u64 }
+        })
+        .await?;
+        let events_per_s = n as f64 / (t1 - t0).as_secs_f64();
+        let alerts_key = names.alerts();
+        let t1a = wait_for("all alerts of the mix", Duration::from_secs(60), || {
+            let mut c = conn.clone();
+            let k = alerts_key.clone();
+            async move { xlen(&mut c, &k).await >= alerts_in_mix }
+        })
+        .await?;
+        let mix_alerts_per_s = alerts_in_mix as f64 / (t1a - t0).as_secs_f64();
+        println!(
+            "eve-ingest events -> JetStream: {events_per_s:.0} events/s ({:.1}% of the ceiling)",
+            100.0 * events_per_s / ceiling
+        );
+
+        // 3. The service, alerts only.
+        stage(&mut conn, &names, &alert_events).await?;
+        let t2 = release(&mut conn, &names).await?;
+        let t3 = wait_for("all alerts on the stream", Duration::from_secs(600), || {
+            let mut c = conn.clone();
+            let k = alerts_key.clone();
+            async move { xlen(&mut c, &k).await >= alerts_in_mix + m }
+        })
+        .await?;
+        let alerts_per_s = m as f64 / (t3 - t2).as_secs_f64();
+        println!(
+            "eve-ingest alerts -> {}: {alerts_per_s:.0} alerts/s",
+            names.alerts()
+        );
+        let final_events = stream_messages(&js, &stream).await;
+        let final_alerts = xlen(&mut conn, &alerts_key).await;
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), service).await;
+        anyhow::Ok((
+            ceiling,
+            alert_ceiling,
+            events_per_s,
+            mix_alerts_per_s,
+            alerts_per_s,
+            final_events,
+            final_alerts,
+        ))
+    }
+    .await;
+    cleanup(&mut conn, &js, &names).await;
+    let (
+        ceiling,
+        alert_ceiling,
+        events_per_s,
+        mix_alerts_per_s,
+        alerts_per_s,
+        final_events,
+        final_alerts,
+    ) = result?;
+
+    let ratio = events_per_s / ceiling;
+    let met = ratio >= 0.8 && alerts_per_s >= 20_000.0;
+    println!(
+        "target (>= 80% of the ceiling for events, >= 20,000 alerts/s): {}",
+        if met { "met" } else { "NOT met" }
+    );
+    let report = serde_json::json!({
+        "bench": "eve",
+        "service": "eve-ingest",
+        "figure": {"name": "events to JetStream through eve-ingest", "value": events_per_s.round(), "unit": "events/s"},
+        "ceiling": {"name": "raw JetStream publish-with-ack, same window", "value": ceiling.round(), "unit": "events/s"},
+        "ratio": (ratio * 1000.0).round() / 1000.0,
+        "target": "events at least 80% of the raw JetStream publish rate in the same run, and at least 20,000 alerts per second, on a 2-core machine",
+        "met": met,
+        "details": {
+            "events": n,
+            "alerts_in_event_mix": alerts_in_mix,
+            "alerts_in_mix_per_s": mix_alerts_per_s.round(),
+            "alert_only_events": m,
+            "alerts_per_s": alerts_per_s.round(),
+            "alerts_target_per_s": 20000,
+            "raw_jetstream_publish_of_alert_events_per_s": alert_ceiling.round(),
+            "alerts_vs_raw_publish_of_alert_events": ((alerts_per_s / alert_ceiling) * 1000.0).round() / 1000.0,
+            "events_target_ratio": 0.8,
+            "publish_window": window,
+            "batch": settings.batch,
+            "inflight_batches": settings.inflight_batches,
+            "sample_lines": base.len(),
+            "sample_files": used,
+            "stored_events_at_end": final_events,
+            "alerts_on_stream_at_end": final_alerts,
+            "jetstream_storage": "file, duplicate window 2 minutes (the service's stream config)",
+            "machine": "2 cores shared with the Redis and NATS servers and the benchmark itself",
+        },
+        "command": "make bench-eve",
+        "measured_at": chrono::Utc::now().to_rfc3339(),
+    });
+    let out = workspace().join("bench/results");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("eve.json"), serde_json::to_vec_pretty(&report)?)?;
+    println!("wrote {}", out.join("eve.json").display());
+    Ok(())
+}
