@@ -124,7 +124,8 @@ impl Readiness {
 }
 
 /// The process-wide Prometheus recorder; installed once, shared by every caller (a test
-/// process may build several services).
+/// process may build several services). Metrics recorded before its first call are lost;
+/// [`init_telemetry`] calls it.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -235,6 +236,8 @@ impl Drop for TelemetryGuard {
 /// Sets up logging (`RUST_LOG` filters, default `info`) and, when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP/HTTP trace export.
 pub fn init_telemetry(service: &'static str, format: LogFormat) -> TelemetryGuard {
+    // Metrics recorded before the recorder exists are lost: install it first.
+    let _ = metrics_handle();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
