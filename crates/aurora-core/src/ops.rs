@@ -29,8 +29,8 @@ pub struct ComponentState {
 }
 
 /// What `/readyz` answers from: each part of the service says whether it can do its work.
-/// The service is ready when every registered part is and it is not draining. Register every
-/// part before serving `/readyz` (a readiness with nothing registered is ready).
+/// The service is ready when every registered part is and it is not draining; with nothing
+/// registered yet it is not ready.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     inner: Arc<Mutex<ReadinessInner>>,
@@ -105,15 +105,23 @@ impl Readiness {
         self.lock().draining = true;
     }
 
+    /// Ready when at least one part is registered, every registered part is ready, and the
+    /// service is not draining (nothing registered means the service has not started yet).
     pub fn is_ready(&self) -> bool {
         let inner = self.lock();
-        !inner.draining && inner.components.values().all(|c| c.ready)
+        Self::ready(&inner)
+    }
+
+    fn ready(inner: &ReadinessInner) -> bool {
+        !inner.draining
+            && !inner.components.is_empty()
+            && inner.components.values().all(|c| c.ready)
     }
 
     /// The JSON `/readyz` serves.
     pub fn report(&self) -> serde_json::Value {
         let inner = self.lock();
-        let ready = !inner.draining && inner.components.values().all(|c| c.ready);
+        let ready = Self::ready(&inner);
         serde_json::json!({
             "ready": ready,
             "draining": inner.draining,
@@ -324,7 +332,7 @@ mod tests {
     #[test]
     fn readiness_needs_every_part_and_no_drain() {
         let r = Readiness::new();
-        assert!(r.is_ready(), "nothing registered yet");
+        assert!(!r.is_ready(), "nothing registered yet: not started");
         r.register("redis");
         assert!(!r.is_ready());
         r.set_ready("redis");

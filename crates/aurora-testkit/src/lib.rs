@@ -131,6 +131,18 @@ impl Process {
         );
     }
 
+    /// SIGTERM, and wait for the process to exit (a clean shutdown: the server saves its state).
+    fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+        self.kill();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -204,6 +216,11 @@ impl RedisServer {
         self.process.kill();
     }
 
+    /// SIGTERM: a clean shutdown.
+    pub fn terminate(&mut self) {
+        self.process.terminate();
+    }
+
     /// Starts again on the same port.
     pub fn restart(&mut self) {
         self.process.kill();
@@ -250,8 +267,14 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port())
     }
 
+    /// SIGKILL.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// SIGTERM: a clean shutdown.
+    pub fn terminate(&mut self) {
+        self.process.terminate();
     }
 
     pub fn restart(&mut self) {
@@ -279,6 +302,11 @@ impl MosquittoServer {
     /// With extra configuration lines; `listener` and `persistence_location` are added.
     pub fn start_with_config(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // Started as root, Mosquitto drops to its own user: it must be able to write here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         let full = format!(
@@ -303,8 +331,14 @@ impl MosquittoServer {
         self.process.port
     }
 
+    /// SIGKILL.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// SIGTERM: a clean shutdown.
+    pub fn terminate(&mut self) {
+        self.process.terminate();
     }
 
     pub fn restart(&mut self) {
