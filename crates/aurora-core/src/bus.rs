@@ -154,6 +154,25 @@ impl Entry {
     }
 }
 
+/// Appends the entry unless its idempotency key exists; then sets the key.
+const PUBLISH_ONCE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3])
+redis.call('SET', KEYS[1], id, 'EX', ARGV[4])
+return id
+";
+
+/// One document for [`Producer::publish_once`].
+#[derive(Debug, Clone, Copy)]
+pub struct OnceWrite<'a> {
+    /// The idempotency key: the same document always has the same key.
+    pub key: &'a str,
+    pub stream: &'a str,
+    pub data: &'a [u8],
+}
+
 /// Writes documents to streams, trimming each to about `maxlen` entries.
 #[derive(Clone)]
 pub struct Producer {
@@ -213,6 +232,56 @@ impl Producer {
         pipe.query_async::<Vec<String>>(&mut conn)
             .await
             .map_err(BusError::command("XADD", items[0].0.as_ref()))
+    }
+
+    /// Appends documents each at most once: an entry goes to its stream only when its
+    /// idempotency key is new, and the key is set (for `key_ttl`) in the same atomic script,
+    /// after the append, so a failed append leaves no key that would hide the document on its
+    /// next try. One round trip for the batch (the script is loaded in the same pipeline, so a
+    /// Redis that restarted and lost its scripts is no error). Returns, in input order, the
+    /// new entry id, or `None` for a document written before.
+    pub async fn publish_once(
+        &self,
+        items: &[OnceWrite<'_>],
+        key_ttl: Duration,
+    ) -> Result<Vec<Option<String>>, BusError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let script = redis::Script::new(PUBLISH_ONCE);
+        let ttl = key_ttl.as_secs().max(1);
+        let mut pipe = redis::pipe();
+        pipe.load_script(&script);
+        let invocations: Vec<_> = items
+            .iter()
+            .map(|item| {
+                let mut inv = script.prepare_invoke();
+                inv.key(item.key)
+                    .key(item.stream)
+                    .arg(self.maxlen)
+                    .arg(DATA_FIELD)
+                    .arg(item.data)
+                    .arg(ttl);
+                inv
+            })
+            .collect();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(BusError::command("XADD once", items[0].stream))?;
+        Ok(replies
+            .into_iter()
+            .skip(1)
+            .map(|v| match v {
+                Value::BulkString(id) => Some(String::from_utf8_lossy(&id).into_owned()),
+                Value::SimpleString(id) => Some(id),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Writes a dead-letter record.

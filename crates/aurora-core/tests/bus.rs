@@ -245,3 +245,61 @@ async fn a_reader_survives_a_redis_restart_that_loses_its_group() {
     assert_eq!(after.len(), 1, "the reader recreated its group and read on");
     assert_eq!(after[0].data.as_deref(), Some(&b"{\"after\":1}"[..]));
 }
+
+#[tokio::test]
+async fn publish_once_writes_each_key_once_even_after_scripts_are_flushed() {
+    let n = names();
+    let p = producer(REDIS_URL).await;
+    let k1 = n.state_key("bus-test", "once:1");
+    let k2 = n.state_key("bus-test", "once:2");
+    let stream = n.alerts();
+    let batch = [
+        bus::OnceWrite {
+            key: &k1,
+            stream: &stream,
+            data: b"{\"n\":1}",
+        },
+        bus::OnceWrite {
+            key: &k2,
+            stream: &stream,
+            data: b"{\"n\":2}",
+        },
+        bus::OnceWrite {
+            key: &k1,
+            stream: &stream,
+            data: b"{\"n\":1}",
+        },
+    ];
+    let ids = p
+        .publish_once(&batch, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(ids[0].is_some() && ids[1].is_some());
+    assert_eq!(ids[2], None, "the same key twice in one batch writes once");
+    let mut conn = bus::connect(REDIS_URL).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let again = p
+        .publish_once(&batch[..2], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(again, vec![None, None], "a retry writes nothing");
+    let entries = bus::range(&mut conn, &stream, "0-0", 10).await.unwrap();
+    assert_eq!(entries.len(), 2);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&k1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 60, "keys expire ({ttl})");
+    redis::cmd("DEL")
+        .arg(&stream)
+        .arg(&k1)
+        .arg(&k2)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
