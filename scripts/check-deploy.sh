@@ -201,7 +201,12 @@ step "the Grafana dashboard"
 "$VENV_BIN/python" - deploy/grafana/aurora-dashboard.json <<'PY'
 import json, re, sys
 dash = json.load(open(sys.argv[1]))
-services = "mqtt_bridge|device_registry|ws_gateway|federation_gateway|eve_ingest|bus"
+services = "mqtt_bridge|device_registry|ws_gateway|federation_gateway|eve_ingest|bus|ops"
+# Every metric a panel asks for must be one the code emits (histograms add _bucket/_sum/_count).
+emitted = set()
+for root in ("services", "crates/aurora-core/src"):
+    for path in __import__("pathlib").Path(root).rglob("*.rs"):
+        emitted.update(re.findall(r'"(aurora_[a-z0-9_]+)"', path.read_text()))
 name = re.compile(r"\baurora_[a-z0-9_]+")
 good = re.compile(r"^aurora_(%s)_[a-z0-9_]+$" % services)
 count = 0
@@ -211,6 +216,8 @@ for panel in dash["panels"]:
         for metric in name.findall(target["expr"]):
             if not good.match(metric):
                 sys.exit("panel %r: metric %s is not aurora_<service>_<what>_<unit>" % (panel["title"], metric))
+            if re.sub(r"_(bucket|sum|count)$", "", metric) not in emitted:
+                sys.exit("panel %r: metric %s is not emitted by any service" % (panel["title"], metric))
 if not count:
     sys.exit("the dashboard has no queries")
 print("  %d panels, %d queries" % (len(dash["panels"]), count))

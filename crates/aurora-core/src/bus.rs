@@ -428,6 +428,7 @@ impl GroupReader {
             .last_claim
             .is_none_or(|t| t.elapsed() >= self.cfg.claim_every);
         if claim_due {
+            self.report_backlog().await;
             let claimed = self.autoclaim().await?;
             if !claimed.is_empty() {
                 return self.screen(claimed).await;
@@ -478,6 +479,28 @@ impl GroupReader {
             self.fill_deliveries(&mut entries).await?;
         }
         Ok(entries)
+    }
+
+    /// Exports the group's pending entries and lag (entries not yet delivered) as gauges
+    /// `aurora_bus_pending_entries` and `aurora_bus_consumer_lag`.
+    async fn report_backlog(&mut self) {
+        let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.cfg.stream)
+            .query_async(&mut self.read_conn)
+            .await;
+        let Ok(reply) = reply else { return };
+        let Some(group) = reply.groups.into_iter().find(|g| g.name == self.cfg.group) else {
+            return;
+        };
+        let labels = [
+            ("service", self.cfg.service.clone()),
+            ("stream", self.cfg.stream.clone()),
+        ];
+        metrics::gauge!("aurora_bus_pending_entries", &labels).set(group.pending as f64);
+        if let Some(lag) = group.lag {
+            metrics::gauge!("aurora_bus_consumer_lag", &labels).set(lag as f64);
+        }
     }
 
     async fn autoclaim(&mut self) -> Result<Vec<Entry>, BusError> {

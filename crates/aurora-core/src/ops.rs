@@ -75,6 +75,8 @@ impl Readiness {
     pub fn set(&self, name: &str, ready: bool, detail: impl Into<String>) {
         let detail = detail.into();
         let mut inner = self.lock();
+        metrics::gauge!("aurora_ops_component_ready", "component" => name.to_string())
+            .set(if ready { 1.0 } else { 0.0 });
         let prev = inner.components.insert(
             name.to_string(),
             ComponentState {
