@@ -15,7 +15,10 @@
 
 use std::net::IpAddr;
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -57,7 +60,7 @@ impl AlertMapping {
 
     /// The alert of an `alert` event; `None` when the line is not a JSON object.
     pub fn to_alert(&self, event: &EveEvent) -> Option<Alert> {
-        let doc = event.json()?;
+        let doc = alert_fields(&event.raw)?;
         Some(self.alert_from(&doc, &event.hash))
     }
 
@@ -100,6 +103,85 @@ impl AlertMapping {
             timestamp,
             extra,
         }
+    }
+}
+
+/// The top-level fields of an event that its alert reads; nothing else is kept.
+const ALERT_FIELDS: &[&str] = &[
+    "alert",
+    "timestamp",
+    "src_ip",
+    "src_port",
+    "dest_ip",
+    "dest_port",
+    "proto",
+    "app_proto",
+    "flow_id",
+    "in_iface",
+    "community_id",
+    "host",
+    "dns",
+    "tls",
+    "http",
+    "fileinfo",
+];
+
+/// The fields of an event line its alert reads ([`ALERT_FIELDS`]), as [`AlertMapping::alert_from`]
+/// takes them; `None` when the line is not a JSON object. The same as parsing the whole
+/// object (a repeated key: the last one wins) without building the parts no alert uses
+/// (payloads, packets, flow counters, HTTP bodies are skipped as they are read).
+pub fn alert_fields(raw: &[u8]) -> Option<Map<String, Value>> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let doc = de::Deserializer::deserialize_map(&mut de, FieldsVisitor).ok()?;
+    de.end().ok()?;
+    Some(doc)
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an EVE event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut doc = Map::new();
+        while let Some(key) = access.next_key_seed(FieldKey)? {
+            match key {
+                Some(key) => {
+                    doc.insert(key.to_string(), access.next_value::<Value>()?);
+                }
+                None => {
+                    access.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(doc)
+    }
+}
+
+/// A key, as the `ALERT_FIELDS` entry it names, without allocating.
+struct FieldKey;
+
+impl<'de> DeserializeSeed<'de> for FieldKey {
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldKey {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(ALERT_FIELDS.iter().copied().find(|f| *f == key))
     }
 }
 
@@ -335,6 +417,28 @@ mod tests {
         .unwrap();
         assert_eq!(critical.severity, Severity::Critical);
         assert_eq!(critical.id, alert.id, "the id depends on the event only");
+    }
+
+    #[test]
+    fn only_the_alert_fields_are_read_and_they_match_the_whole_object() {
+        let line = ET_ALERT.replace(
+            r#""event_type":"alert","#,
+            r#""event_type":"alert","payload":"AAAA","packet_info":{"linktype":1},"flow":{"pkts_toserver":3},"host":"first","#,
+        );
+        let doc: Map<String, Value> = serde_json::from_str(&line).unwrap();
+        let slim = alert_fields(line.as_bytes()).unwrap();
+        assert!(slim.keys().all(|k| ALERT_FIELDS.contains(&k.as_str())));
+        assert!(!slim.contains_key("payload") && !slim.contains_key("flow"));
+        // A repeated key (`host` comes before and after `event_type`): the last one wins,
+        // as when the whole object is read.
+        assert_eq!(slim["host"], "first");
+        assert_eq!(doc["host"], "first");
+        let m = AlertMapping::default();
+        let hash = [9u8; 32];
+        assert_eq!(m.alert_from(&slim, &hash), m.alert_from(&doc, &hash));
+        assert!(alert_fields(b"[1]").is_none());
+        assert!(alert_fields(br#"{"alert":{}} x"#).is_none());
+        assert!(alert_fields(br#"{"alert":{"#).is_none());
     }
 
     #[test]

@@ -152,17 +152,21 @@ impl Processor {
         );
         let mut failed = false;
         let mut first_error = None;
+        // Counted per event type once per round, not with a registry lookup per event.
+        let mut by_type: Vec<(&'static str, u64)> = Vec::new();
+        let mut duplicates = 0u64;
         for (i, result) in to_publish.iter().zip(published) {
             let item = &mut pending[*i];
             match result {
                 Ok(Published::Stored { duplicate }) => {
                     item.published = true;
                     report.events += 1;
-                    if duplicate {
-                        metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                    duplicates += u64::from(duplicate);
+                    let label = metric_label(&item.event.event_type);
+                    match by_type.iter_mut().find(|(l, _)| *l == label) {
+                        Some((_, n)) => *n += 1,
+                        None => by_type.push((label, 1)),
                     }
-                    metrics::counter!(m::EVENTS, "event_type" => metric_label(&item.event.event_type))
-                        .increment(1);
                 }
                 Ok(Published::TooLarge) => {
                     item.published = true;
@@ -173,6 +177,12 @@ impl Processor {
                     first_error.get_or_insert_with(|| e.to_string());
                 }
             }
+        }
+        for (label, n) in by_type {
+            metrics::counter!(m::EVENTS, "event_type" => label).increment(n);
+        }
+        if duplicates > 0 {
+            metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates);
         }
         if let Some(error) = first_error {
             tracing::warn!(%error, "JetStream publish failed: retrying what is not stored");

@@ -28,6 +28,9 @@ pub enum IngestError {
     Position { path: String, reason: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A batch task panicked (a bug): its lines stay in processing for the next start.
+    #[error("a batch task failed: {0}")]
+    BatchTask(String),
     /// A test hook asked the service to stop as if the process had died at this point.
     #[error("fault injected: {0}")]
     FaultInjected(&'static str),

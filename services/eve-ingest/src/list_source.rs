@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::stream::{FuturesUnordered, StreamExt};
 use redis::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -212,21 +212,26 @@ pub async fn run(
         stop_taking.clone(),
     )));
     let hooks = Arc::new(hooks);
-    let mut running = FuturesUnordered::new();
+    // Each batch is a task of its own: the parsing and alert mapping of one batch run on the
+    // other core while another batch waits for its acks, and a batch busy with CPU work
+    // never holds back the acks (and so the window permits) of the others.
+    let mut running: JoinSet<Result<bool, IngestError>> = JoinSet::new();
     let mut batches: u64 = 0;
+    // Batches release their lines in the order they were taken (see [`ReleaseTurn`]).
+    let mut after: Option<oneshot::Receiver<()>> = None;
     let max_running = cfg.inflight_batches.max(1);
     loop {
         tokio::select! {
-            Some(done) = running.next(), if !running.is_empty() => {
-                let done: Result<bool, IngestError> = done;
-                if !done? {
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if !joined(done)? {
                     break; // interrupted by shutdown: the lines stay in processing
                 }
             }
             lines = rx.recv(), if running.len() < max_running => {
                 let Some(lines) = lines else { break };
                 batches += 1;
-                running.push(handle_batch(
+                let (released, next_after) = oneshot::channel();
+                running.spawn(handle_batch(
                     processor.clone(),
                     release_conn.clone(),
                     cfg.processing.clone(),
@@ -234,17 +239,34 @@ pub async fn run(
                     lines,
                     batches,
                     hooks.clone(),
+                    ReleaseTurn {
+                        after: after.replace(next_after),
+                        released,
+                    },
                     shutdown.clone(),
                 ));
             }
         }
     }
     stop_taking.cancel();
-    while let Some(done) = running.next().await {
-        done?;
+    while let Some(done) = running.join_next().await {
+        joined(done)?;
     }
     drop(taker);
     Ok(())
+}
+
+/// A batch's place in the release order. The oldest lines sit at the right end of the
+/// processing list, so lines released oldest batch first are each found by `LREM -1` at
+/// once; a batch released before an older one makes every `LREM` scan past the older
+/// batch's lines (about 12 µs of Redis time per line instead of 1, measured). Only speed
+/// depends on it: `LREM` removes a line wherever it is, and a batch whose predecessor gave
+/// up (shutdown, crash) goes on without waiting.
+struct ReleaseTurn {
+    /// Resolves (or fails) when the previous batch released its lines or gave up.
+    after: Option<oneshot::Receiver<()>>,
+    /// Tells the next batch this one is released; dropped unsent when this one gives up.
+    released: oneshot::Sender<()>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -256,6 +278,7 @@ async fn handle_batch(
     lines: Vec<Bytes>,
     number: u64,
     hooks: Arc<Hooks>,
+    turn: ReleaseTurn,
     shutdown: CancellationToken,
 ) -> Result<bool, IngestError> {
     let started = Instant::now();
@@ -269,6 +292,9 @@ async fn handle_batch(
     if hooks.crash_before_release(number) {
         return Err(IngestError::FaultInjected("after publishing, before LREM"));
     }
+    if let Some(after) = turn.after {
+        let _ = after.await;
+    }
     let mut backoff = Duration::from_millis(100);
     while let Err(e) = ListSource::release(&conn, &processing, &lines).await {
         // Not released means handled again after a restart: a duplicate JetStream and the
@@ -281,9 +307,21 @@ async fn handle_batch(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+    let _ = turn.released.send(());
     metrics::histogram!(m::BATCH_SECONDS, "stage" => "released")
         .record(started.elapsed().as_secs_f64());
     Ok(true)
+}
+
+/// The outcome of a batch task; a task that panicked is an error (its lines stay in
+/// processing and are handled at the next start).
+fn joined(
+    done: Result<Result<bool, IngestError>, tokio::task::JoinError>,
+) -> Result<bool, IngestError> {
+    match done {
+        Ok(result) => result,
+        Err(e) => Err(IngestError::BatchTask(e.to_string())),
+    }
 }
 
 async fn recover(
