@@ -287,12 +287,10 @@ impl Importer {
         let Some(origin) = origin.filter(|o| !o.is_empty()) else {
             return Plan::DeadLetter(format!("no {ORIGIN_SITE_HEADER} header"));
         };
-        let mut doc = match serde_json::from_slice::<Value>(&msg.payload) {
-            Ok(Value::Object(doc)) => doc,
-            Ok(_) => return Plan::DeadLetter("payload is not a JSON object".into()),
-            Err(e) => return Plan::DeadLetter(format!("invalid JSON: {e}")),
+        let data = match with_origin(&msg.payload, &origin) {
+            Ok(data) => data,
+            Err(reason) => return Plan::DeadLetter(reason),
         };
-        doc.insert(ORIGIN_SITE_FIELD.to_string(), Value::String(origin));
         let msg_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref())
             .filter(|id| !id.is_empty())
             .unwrap_or_else(|| {
@@ -303,7 +301,7 @@ impl Importer {
             Landing {
                 key: idempotency_key(&self.names, &msg_id),
                 stream: self.names.federated_stream(kind),
-                data: aurora_core::model::to_bytes(&doc),
+                data,
             },
             kind,
         )
@@ -335,6 +333,48 @@ impl Importer {
     }
 }
 
+/// The document with `origin_site` set. The field is spliced in front of the others without
+/// rebuilding the document, unless the document already has one (then it is replaced).
+pub fn with_origin(payload: &[u8], origin: &str) -> Result<Vec<u8>, String> {
+    #[derive(serde::Deserialize)]
+    struct OriginProbe {
+        #[serde(default)]
+        origin_site: Option<serde::de::IgnoredAny>,
+    }
+    let start = payload.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(start) = start.filter(|&i| payload[i] == b'{') else {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
+                Ok(_) => "payload is not a JSON object".into(),
+                Err(e) => format!("invalid JSON: {e}"),
+            },
+        );
+    };
+    let probe: OriginProbe =
+        serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}"))?;
+    if probe.origin_site.is_some() {
+        let mut doc: serde_json::Map<String, Value> =
+            serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}"))?;
+        doc.insert(
+            ORIGIN_SITE_FIELD.to_string(),
+            Value::String(origin.to_string()),
+        );
+        return Ok(aurora_core::model::to_bytes(&doc));
+    }
+    let rest = &payload[start + 1..];
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut out = Vec::with_capacity(payload.len() + origin.len() + 20);
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(ORIGIN_SITE_FIELD.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(&aurora_core::model::to_bytes(&origin));
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Ok(out)
+}
+
 /// The idempotency key of a message id (long ids hashed, so keys stay small).
 pub fn idempotency_key(names: &Names, msg_id: &str) -> String {
     let id = if msg_id.len() > 200 {
@@ -360,4 +400,42 @@ async fn sleep_or(stop: &CancellationToken, delay: &mut Duration) -> bool {
     }
     *delay = (*delay * 2).min(Duration::from_secs(2));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn origin_of(out: &[u8]) -> Value {
+        serde_json::from_slice::<Value>(out).unwrap()
+    }
+
+    #[test]
+    fn the_origin_is_added_and_everything_else_kept() {
+        let out = with_origin(br#" {"id":"a","x":{"y":[1,2]}} "#, "site-a").unwrap();
+        let doc = origin_of(&out);
+        assert_eq!(doc["origin_site"], "site-a");
+        assert_eq!(doc["x"]["y"][1], 2);
+        assert_eq!(doc["id"], "a");
+        let out = with_origin(b"{ }", "s").unwrap();
+        assert_eq!(origin_of(&out), serde_json::json!({"origin_site": "s"}));
+        let out = with_origin(br#"{"origin_site":"old","id":1}"#, "new").unwrap();
+        let doc = origin_of(&out);
+        assert_eq!(doc["origin_site"], "new");
+        assert_eq!(doc.as_object().unwrap().len(), 2);
+        let out = with_origin(br#"{"a":1}"#, "we\"ird").unwrap();
+        assert_eq!(origin_of(&out)["origin_site"], "we\"ird");
+    }
+
+    #[test]
+    fn what_is_not_a_json_object_is_refused() {
+        for bad in [&b"[1]"[..], b"{nope", b"", b"42", b"{\"a\":1} trailing"] {
+            assert!(
+                with_origin(bad, "s").is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }

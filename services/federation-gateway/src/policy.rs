@@ -93,37 +93,47 @@ impl Policy {
     }
 
     /// Decides about the `data` of one entry of the local stream of `kind`.
+    ///
+    /// Reads only the fields the policy needs (the rest is skipped, not built), and passes
+    /// the bytes on as they are unless IOCs had to be taken out of an alert.
     pub fn decide(&self, kind: FederatedKind, data: &[u8]) -> Decision {
         if !self.exports(kind) {
             return Decision::Withhold(Withheld::KindDisabled);
         }
-        let mut doc = match serde_json::from_slice::<Value>(data) {
-            Ok(Value::Object(doc)) => doc,
-            Ok(_) => return Decision::Reject("document is not a JSON object".into()),
+        if first_byte(data) != Some(b'{') {
+            return match serde_json::from_slice::<serde::de::IgnoredAny>(data) {
+                Ok(_) => Decision::Reject("document is not a JSON object".into()),
+                Err(e) => Decision::Reject(format!("invalid JSON: {e}")),
+            };
+        }
+        let probe: Probe = match serde_json::from_slice(data) {
+            Ok(p) => p,
             Err(e) => return Decision::Reject(format!("invalid JSON: {e}")),
         };
-        match doc.get(ORIGIN_SITE_FIELD) {
+        match &probe.origin_site {
             None => {}
             Some(Value::String(origin)) if origin == &self.site_id => {}
             Some(Value::String(_)) => return Decision::Withhold(Withheld::ForeignOrigin),
             Some(_) => return Decision::Reject(format!("`{ORIGIN_SITE_FIELD}` is not a string")),
         }
-        match marking(doc.get("tlp")) {
+        match marking(probe.tlp.as_ref()) {
             Ok(Some(Tlp::Red)) => return Decision::Withhold(Withheld::TlpRed),
             Ok(_) => {}
             Err(reason) => return Decision::Reject(reason),
         }
-        let mut iocs_withheld = 0;
+        let msg_id = message_id(&self.site_id, probe.id.as_ref(), data);
         match kind {
             FederatedKind::Iocs => {
-                if let Err(e) = aurora_core::model::from_value::<aurora_core::model::Ioc>(
-                    Value::Object(doc.clone()),
-                ) {
+                let doc: Value = match serde_json::from_slice(data) {
+                    Ok(doc) => doc,
+                    Err(e) => return Decision::Reject(format!("invalid JSON: {e}")),
+                };
+                if let Err(e) = aurora_core::model::from_value::<aurora_core::model::Ioc>(doc) {
                     return Decision::Reject(e.to_string());
                 }
             }
             FederatedKind::Alerts => {
-                let severity = match doc.get("severity").and_then(Value::as_str) {
+                let severity = match probe.severity.as_ref().and_then(Value::as_str) {
                     Some(s) => match s.parse::<Severity>() {
                         Ok(s) => s,
                         Err(e) => return Decision::Reject(format!("alert severity: {e}")),
@@ -133,21 +143,68 @@ impl Policy {
                 if severity < self.min_alert_severity {
                     return Decision::Withhold(Withheld::BelowMinSeverity);
                 }
-                iocs_withheld = strip_red_iocs(&mut doc);
+                let leaks = match &probe.iocs {
+                    Some(Value::Array(iocs)) => iocs.iter().any(|ioc| !may_leave(ioc)),
+                    _ => false,
+                };
+                if leaks {
+                    return strip_red_iocs(data, msg_id);
+                }
             }
             FederatedKind::AgentResults | FederatedKind::Audit => {}
         }
-        let msg_id = message_id(&self.site_id, &doc, data);
-        let payload = if iocs_withheld > 0 {
-            Bytes::from(aurora_core::model::to_bytes(&doc))
-        } else {
-            Bytes::copy_from_slice(data)
-        };
         Decision::Export {
-            payload,
+            payload: Bytes::copy_from_slice(data),
             msg_id,
-            iocs_withheld,
+            iocs_withheld: 0,
         }
+    }
+}
+
+/// The fields the policy reads; everything else is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Probe {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    origin_site: Option<Value>,
+    #[serde(default)]
+    tlp: Option<Value>,
+    #[serde(default)]
+    severity: Option<Value>,
+    #[serde(default)]
+    iocs: Option<Value>,
+}
+
+fn first_byte(data: &[u8]) -> Option<u8> {
+    data.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+/// Whether an IOC inside an alert may leave: unmarked or marked below TLP:RED.
+fn may_leave(ioc: &Value) -> bool {
+    let tlp = ioc.as_object().and_then(|o| o.get("tlp"));
+    matches!(
+        marking(tlp),
+        Ok(None | Some(Tlp::Clear | Tlp::Green | Tlp::Amber | Tlp::AmberStrict))
+    )
+}
+
+/// The alert without its IOCs marked TLP:RED (or marked unreadably).
+fn strip_red_iocs(data: &[u8], msg_id: String) -> Decision {
+    let mut doc: Map<String, Value> = match serde_json::from_slice(data) {
+        Ok(doc) => doc,
+        Err(e) => return Decision::Reject(format!("invalid JSON: {e}")),
+    };
+    let mut withheld = 0;
+    if let Some(Value::Array(iocs)) = doc.get_mut("iocs") {
+        let before = iocs.len();
+        iocs.retain(may_leave);
+        withheld = before - iocs.len();
+    }
+    Decision::Export {
+        payload: Bytes::from(aurora_core::model::to_bytes(&doc)),
+        msg_id,
+        iocs_withheld: withheld,
     }
 }
 
@@ -162,29 +219,10 @@ fn marking(value: Option<&Value>) -> Result<Option<Tlp>, String> {
     }
 }
 
-/// Takes IOCs marked TLP:RED, or marked unreadably, out of an alert; returns how many.
-fn strip_red_iocs(doc: &mut Map<String, Value>) -> usize {
-    let Some(Value::Array(iocs)) = doc.get_mut("iocs") else {
-        return 0;
-    };
-    let before = iocs.len();
-    iocs.retain(|ioc| {
-        let tlp = ioc.as_object().and_then(|o| o.get("tlp"));
-        matches!(
-            marking(tlp),
-            Ok(None)
-                | Ok(Some(
-                    Tlp::Clear | Tlp::Green | Tlp::Amber | Tlp::AmberStrict
-                ))
-        )
-    });
-    before - iocs.len()
-}
-
 /// `<site>:<document id>`; without a usable `id` field, a SHA-256 of the document's bytes.
 /// Deterministic, so a retry after a crash is deduplicated by JetStream and by the importer.
-pub fn message_id(site_id: &str, doc: &Map<String, Value>, data: &[u8]) -> String {
-    let id = match doc.get("id") {
+pub fn message_id(site_id: &str, id: Option<&Value>, data: &[u8]) -> String {
+    let id = match id {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
