@@ -39,6 +39,13 @@ pub struct Args {
     #[arg(long, env = "AURORA_CLIENT_QUEUE", default_value_t = 1024)]
     pub client_queue: usize,
 
+    /// After a read that found entries, the stream reader waits this long before the next one,
+    /// so entries written close together reach each client in one write (one syscall for
+    /// several frames) instead of one each. Adds at most this much latency, and only when
+    /// entries arrive faster than this; `0s` reads again at once.
+    #[arg(long, env = "AURORA_FANOUT_LINGER", value_parser = parse_duration, default_value = "10ms")]
+    pub fanout_linger: Duration,
+
     /// A client whose socket accepts nothing for this long is closed.
     #[arg(long, env = "AURORA_SEND_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub send_timeout: Duration,

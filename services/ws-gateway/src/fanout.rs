@@ -73,6 +73,9 @@ pub struct Hub {
     tx: broadcast::Sender<Frame>,
     /// One permit per connection: the channel's limit on this replica.
     pub slots: Arc<Semaphore>,
+    /// `aurora_ws_gateway_deliveries_total` of this channel, looked up once (it is counted on
+    /// every write to every client).
+    pub deliveries: metrics::Counter,
 }
 
 impl Hub {
@@ -84,6 +87,7 @@ impl Hub {
             stream,
             tx,
             slots: Arc::new(Semaphore::new(max_connections)),
+            deliveries: metrics::counter!(telemetry::DELIVERIES_TOTAL, "channel" => telemetry::channel_label(channel)),
         }
     }
 
@@ -112,6 +116,7 @@ pub async fn run_reader(
     redis_url: String,
     readiness: Readiness,
     approvals: Option<ApprovalStore>,
+    linger: Duration,
     shutdown: CancellationToken,
 ) {
     let component = readiness_component(hub.channel);
@@ -121,7 +126,7 @@ pub async fn run_reader(
     while !shutdown.is_cancelled() {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = read_until_error(&hub, &redis_url, &readiness, &component, approvals.as_ref(), &mut last) => r,
+            r = read_until_error(&hub, &redis_url, &readiness, &component, approvals.as_ref(), linger, &mut last) => r,
         };
         if let Err(e) = outcome {
             metrics::counter!(telemetry::READ_ERRORS_TOTAL, "channel" => hub.channel.as_str())
@@ -143,6 +148,7 @@ async fn read_until_error(
     readiness: &Readiness,
     component: &str,
     approvals: Option<&ApprovalStore>,
+    linger: Duration,
     last: &mut Option<String>,
 ) -> Result<(), BusError> {
     let mut conn = bus::connect_blocking(redis_url, READ_BLOCK).await?;
@@ -176,6 +182,12 @@ async fn read_until_error(
             fan_out(hub, entry);
         }
         *last = Some(newest);
+        // Let what comes next accumulate, so that each client gets it in one write: at a
+        // steady rate of one entry every few milliseconds, a read per entry means a wake-up
+        // and a syscall per entry and client, which costs more CPU than the machine has.
+        if !linger.is_zero() && entries.len() < READ_BATCH {
+            tokio::time::sleep(linger).await;
+        }
     }
 }
 

@@ -108,6 +108,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> Result<Gateway, S
             args.common.redis_url.clone(),
             readiness.clone(),
             hook,
+            args.fanout_linger,
             background.clone(),
         )));
         sessions.insert(

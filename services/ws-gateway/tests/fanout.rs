@@ -222,3 +222,23 @@ async fn on_shutdown_readyz_fails_and_every_client_is_closed_with_1001() {
     let refused = tokio_tungstenite::connect_async(gw.url(Channel::Alerts, "")).await;
     assert!(refused.is_err());
 }
+
+#[tokio::test]
+async fn lingering_between_reads_loses_and_reorders_nothing() {
+    // A long linger: entries written one by one, some during the pause after a read, some
+    // while the reader blocks, all reach the client once and in order.
+    let gw = TestGateway::start(|a| a.fanout_linger = Duration::from_millis(150)).await;
+    let t = token(&[Permission::WsAlerts]);
+    let mut ws = gw.connect(Channel::Alerts, &t).await;
+    let p = producer(aurora_testkit::REDIS_URL).await;
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        ids.push(publish(&p, &gw.names.alerts(), &alert(n)).await);
+        tokio::time::sleep(Duration::from_millis(if n % 20 == 0 { 300 } else { 7 })).await;
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let doc = next_doc(&mut ws).await;
+        assert_eq!(seq(&doc), n as u64);
+        assert_eq!(&doc["stream_id"], id);
+    }
+}

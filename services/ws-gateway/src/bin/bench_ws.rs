@@ -112,14 +112,28 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).await.ok()?;
-    out.split_whitespace().nth(1)?.parse().ok()
+    Some(out)
+}
+
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    http_get(addr, path)
+        .await?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
+    let out = http_get(addr, path).await?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -129,6 +143,100 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS")
+}
+
+/// CPU time (user + system) a process has used, in seconds (`/proc/<pid>/stat`, clock ticks
+/// of 1/100 s, Linux's USER_HZ).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The fields after the command name (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the ')'.
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// The Redis server on the bench's URL's port, if it runs on this machine.
+fn redis_pid(redis_url: &str) -> Option<u32> {
+    let port = url::Url::parse(redis_url).ok()?.port().unwrap_or(6379);
+    let needle = format!(":{port}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        (cmdline.starts_with("redis-server") && cmdline.contains(&needle)).then_some(pid)
+    })
+}
+
+/// CPU seconds used by the gateway, this process (the clients and the publisher) and Redis.
+#[derive(Clone, Copy)]
+struct CpuSample {
+    gateway: f64,
+    clients: f64,
+    redis: f64,
+    at: Instant,
+}
+
+impl CpuSample {
+    fn take(gateway: u32, redis: Option<u32>) -> Self {
+        Self {
+            gateway: cpu_secs(gateway),
+            clients: cpu_secs(std::process::id()),
+            redis: redis.map(cpu_secs).unwrap_or(f64::NAN),
+            at: Instant::now(),
+        }
+    }
+
+    /// Cores used by each since `before`.
+    fn cores_since(&self, before: &Self) -> serde_json::Value {
+        let secs = self.at.duration_since(before.at).as_secs_f64().max(1e-6);
+        let r = |a: f64, b: f64| ((a - b) / secs * 100.0).round() / 100.0;
+        json!({
+            "gateway": r(self.gateway, before.gateway),
+            "bench_clients_and_publisher": r(self.clients, before.clients),
+            "redis": r(self.redis, before.redis),
+            "seconds": secs,
+        })
+    }
+}
+
+/// The gateway's fan-out delay histogram (all channels), from its `/metrics`:
+/// upper bound (seconds) -> entries handed out within it.
+async fn fanout_delay_buckets(ops: SocketAddr) -> serde_json::Map<String, serde_json::Value> {
+    let mut buckets: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+    if let Some(body) = http_body(ops, "/metrics").await {
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("aurora_ws_gateway_fanout_delay_seconds_bucket{")
+            else {
+                continue;
+            };
+            let Some(le) = rest.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else {
+                continue;
+            };
+            let count: u64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+            let order = le.parse::<f64>().unwrap_or(f64::INFINITY);
+            buckets.entry(le.to_string()).or_insert((order, 0)).1 += count;
+        }
+    }
+    let mut sorted: Vec<_> = buckets.into_iter().collect();
+    sorted.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0));
+    sorted
+        .into_iter()
+        .map(|(le, (_, n))| (le, json!(n)))
+        .collect()
 }
 
 struct GatewayProcess(Child);
@@ -220,6 +328,8 @@ async fn bench() -> anyhow::Result<()> {
     // The publisher runs on a thread and runtime of its own, so the 1,500 client tasks of
     // this process do not delay its ticks.
     let fixed_total = RATE_PER_CHANNEL * FIXED_SECONDS;
+    let redis_pid = redis_pid(&redis_url);
+    let cpu_fixed_start = CpuSample::take(pid, redis_pid);
     let fixed_start_us = now_us();
     let publisher = {
         let (redis_url, streams, pad) = (redis_url.clone(), streams.clone(), pad.clone());
@@ -254,6 +364,9 @@ async fn bench() -> anyhow::Result<()> {
     let fixed_publish_secs = (publish_end - fixed_start_us) as f64 / 1e6;
     let expected_fixed = fixed_total * conns as u64;
     wait_for(&shared, 1, expected_fixed, Duration::from_secs(20)).await;
+    let cpu_fixed = CpuSample::take(pid, redis_pid).cores_since(&cpu_fixed_start);
+    let fanout_delay_fixed = fanout_delay_buckets(ops).await;
+    println!("fixed rate: cores used {cpu_fixed}; gateway fan-out delay buckets (s -> entries) {fanout_delay_fixed:?}");
     let fixed_received = shared.received[1].load(Ordering::Relaxed);
     let fixed_last = shared.last_receipt[1].load(Ordering::Relaxed);
     let fixed_rate =
@@ -263,6 +376,7 @@ async fn bench() -> anyhow::Result<()> {
     );
 
     // ---- as fast as possible ----
+    let cpu_burst_start = CpuSample::take(pid, redis_pid);
     let burst_start_us = now_us();
     let mut seq = 0;
     while seq < BURST_PER_CHANNEL {
@@ -280,6 +394,8 @@ async fn bench() -> anyhow::Result<()> {
     let burst_publish_secs = (now_us() - burst_start_us) as f64 / 1e6;
     let expected_burst = BURST_PER_CHANNEL * conns as u64;
     wait_for(&shared, 2, expected_burst, Duration::from_secs(60)).await;
+    let cpu_burst = CpuSample::take(pid, redis_pid).cores_since(&cpu_burst_start);
+    println!("as fast as possible: cores used {cpu_burst}");
     let burst_received = shared.received[2].load(Ordering::Relaxed);
     let burst_last = shared.last_receipt[2].load(Ordering::Relaxed);
     let burst_secs = (burst_last.saturating_sub(burst_start_us)) as f64 / 1e6;
@@ -381,6 +497,7 @@ async fn bench() -> anyhow::Result<()> {
         "met": met,
         "details": {
             "machine": "2 cores shared by the gateway, the 1,500 benchmark clients and Redis (and other engineers' builds): figures are a floor",
+            "gateway_fanout_linger": std::env::var("AURORA_FANOUT_LINGER").unwrap_or_else(|_| "10ms (default)".into()),
             "clients_per_channel": CLIENTS_PER_CHANNEL,
             "channels": 3,
             "message_bytes": 200,
@@ -394,6 +511,8 @@ async fn bench() -> anyhow::Result<()> {
                 "per_channel_received": per_channel_fixed,
                 "latency_ms": {"p50": p50, "p99": p99, "max": max, "samples": latencies.len()},
                 "clients_that_missed_anything": missed_fixed,
+                "cores_used": cpu_fixed,
+                "gateway_fanout_delay_buckets_seconds": fanout_delay_fixed,
             },
             "as_fast_as_possible": {
                 "messages_per_channel": BURST_PER_CHANNEL,
@@ -404,6 +523,7 @@ async fn bench() -> anyhow::Result<()> {
                 "deliveries_per_second": burst_rate.round(),
                 "clients_that_missed_anything": missed_burst,
                 "client_queue": 16384,
+                "cores_used": cpu_burst,
             },
             "memory": {
                 "rss_before_kib": rss_before,
