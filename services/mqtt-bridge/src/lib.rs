@@ -8,6 +8,7 @@
 //! - [`mqtt`]: broker URL, credentials, TLS.
 //! - [`cli`]: the flags and their `AURORA_*` variables.
 
+pub mod acks;
 pub mod backoff;
 pub mod cli;
 pub mod decode;

@@ -8,8 +8,6 @@
 //! polling, and the broker keeps the rest for the persistent session. Nothing is acknowledged
 //! before it is written; a crash at any point means redelivery, never loss.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aurora_core::bus::Producer;
@@ -24,6 +22,7 @@ use rumqttc::Outgoing;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::acks::AckQueue;
 use crate::backoff::Backoff;
 use crate::decode::{decode, DeviceDoc};
 use crate::seen::SeenTracker;
@@ -35,12 +34,12 @@ pub const MQTT_COMPONENT: &str = "mqtt-uplink";
 pub const REDIS_COMPONENT: &str = "redis";
 
 /// rumqttc's request queue (acks, subscribes). rumqttc sends one queued request per turn of
-/// its event loop while a read brings up to ten messages, and Mosquitto 2.0 was seen sending
-/// far beyond its in-flight limit and our receive maximum: acks can fall tens of thousands
-/// behind. The writer must never wait on this queue while the connection task waits on the
-/// writer (that deadlock was measured at 65,536), so it is large; it allocates only what is
-/// queued (about 40 bytes an ack), and `aurora_mqtt_bridge_unacked_messages` shows the lag.
-pub const REQUEST_CAPACITY: usize = 1 << 20;
+/// its event loop while a read brings up to nine messages, and Mosquitto 2.0.11 was measured
+/// sending over 200,000 messages beyond our receive maximum: acks can fall far behind. They
+/// wait compactly in [`AckQueue`] (4 bytes each) and only a few hundred at a time sit in this
+/// queue; nobody ever waits on it (the flood deadlock at 65,536 cannot come back), and
+/// `aurora_mqtt_bridge_unacked_messages` shows the lag.
+pub const REQUEST_CAPACITY: usize = crate::acks::REQUEST_CAPACITY;
 
 /// How the uplink runs.
 #[derive(Debug, Clone)]
@@ -78,7 +77,7 @@ pub async fn run(
 ) {
     readiness.register(MQTT_COMPONENT);
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
-    let epoch = Arc::new(AtomicU64::new(0));
+    let acks = AckQueue::new(client.clone());
     let writer_done = CancellationToken::new();
     let filters = names_filters(&names, &cfg.share_group);
     let connection = tokio::spawn(poll_connection(
@@ -86,7 +85,7 @@ pub async fn run(
         eventloop,
         filters,
         tx,
-        epoch.clone(),
+        acks.clone(),
         readiness.clone(),
         shutdown.clone(),
         writer_done.clone(),
@@ -94,8 +93,7 @@ pub async fn run(
     let writer = Writer {
         names,
         producer,
-        client,
-        epoch,
+        acks,
         readiness,
         seen: SeenTracker::new(cfg.seen_capacity, cfg.seen_interval),
         cfg,
@@ -127,7 +125,7 @@ async fn poll_connection(
     mut eventloop: EventLoop,
     filters: Vec<Filter>,
     tx: mpsc::Sender<Received>,
-    epoch: Arc<AtomicU64>,
+    acks: AckQueue,
     readiness: Readiness,
     shutdown: CancellationToken,
     writer_done: CancellationToken,
@@ -150,7 +148,7 @@ async fn poll_connection(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
-                epoch.fetch_add(1, Ordering::SeqCst);
+                acks.connected();
                 unacked = 0;
                 metrics::counter!(m::CONNECTIONS, "link" => "uplink").increment(1);
                 tracing::info!(
@@ -183,7 +181,7 @@ async fn poll_connection(
                 }
                 let received = Received {
                     publish,
-                    epoch: epoch.load(Ordering::SeqCst),
+                    epoch: acks.epoch(),
                 };
                 // Waiting here is the backpressure: while the writer is behind, the broker's
                 // in-flight window fills and it queues the rest for this session.
@@ -193,6 +191,7 @@ async fn poll_connection(
             }
             Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
                 metrics::counter!(m::ACKS_SENT).increment(1);
+                acks.sent();
                 unacked = unacked.saturating_sub(1);
                 if unacked.is_multiple_of(256) {
                     metrics::gauge!(m::UNACKED).set(unacked as f64);
@@ -200,6 +199,7 @@ async fn poll_connection(
             }
             Ok(_) => {}
             Err(e) => {
+                acks.disconnected();
                 metrics::counter!(m::CONNECTION_ERRORS, "link" => "uplink").increment(1);
                 readiness.set_not_ready(MQTT_COMPONENT, format!("broker connection: {e}"));
                 tracing::warn!(error = %e, "uplink connection to the broker lost; reconnecting");
@@ -211,15 +211,26 @@ async fn poll_connection(
             }
         }
     }
-    disconnect(&client, &mut eventloop).await;
+    disconnect(&client, &mut eventloop, &acks).await;
 }
 
 /// Sends the acks still queued, then DISCONNECT, so the broker keeps the session cleanly.
-async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
-    if client.try_disconnect().is_err() {
-        return;
-    }
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, acks: &AckQueue) {
     let flush = async {
+        acks.feed();
+        while acks.outstanding() > 0 {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
+                    metrics::counter!(m::ACKS_SENT).increment(1);
+                    acks.sent();
+                }
+                Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        if client.try_disconnect().is_err() {
+            return;
+        }
         loop {
             match eventloop.poll().await {
                 Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
@@ -234,8 +245,7 @@ struct Writer {
     cfg: UplinkConfig,
     names: Names,
     producer: Producer,
-    client: AsyncClient,
-    epoch: Arc<AtomicU64>,
+    acks: AckQueue,
     readiness: Readiness,
     seen: SeenTracker,
     abort: CancellationToken,
@@ -268,9 +278,7 @@ impl Writer {
                 return;
             }
             self.count(&prepared, batch.len());
-            if !self.ack(&batch).await {
-                return;
-            }
+            self.ack(&batch);
         }
     }
 
@@ -393,21 +401,18 @@ impl Writer {
         metrics::gauge!(m::SEEN_DEVICES).set(self.seen.len() as f64);
     }
 
-    /// Acknowledges the batch in order. A publish that came on an earlier connection is not
-    /// acknowledged: the broker sends it again on this one and it is written again (a
-    /// duplicate, never a loss). False when the connection task is gone.
-    async fn ack(&self, batch: &[Received]) -> bool {
-        let current = self.epoch.load(Ordering::SeqCst);
-        for r in batch {
-            if r.epoch != current {
-                metrics::counter!(m::ACKS_SKIPPED).increment(1);
-                continue;
-            }
-            if self.client.ack(&r.publish).await.is_err() {
-                return false;
-            }
+    /// Acknowledges the batch in order (queued compactly, never waiting). A publish that came
+    /// on an earlier connection is not acknowledged: the broker sends it again on this one
+    /// and it is written again (a duplicate, never a loss).
+    fn ack(&self, batch: &[Received]) {
+        let skipped = self.acks.push(
+            batch
+                .iter()
+                .map(|r| (r.epoch, r.publish.pkid, r.publish.qos)),
+        );
+        if skipped > 0 {
+            metrics::counter!(m::ACKS_SKIPPED).increment(skipped);
         }
-        true
     }
 }
 
