@@ -21,8 +21,16 @@ use crate::db::{self, status, AttestationContext, Challenge, ReportKey, Verdict}
 use crate::records::{attest_command, attestation_failed_alert, FailedAttestation};
 use crate::{telemetry, BatchError, Context};
 
-pub async fn reader(ctx: &Context) -> Result<GroupReader, aurora_core::bus::BusError> {
-    let name = format!("{}-attestation", ctx.cfg.instance);
+/// The reader of attestation worker `worker` of this replica.
+pub async fn reader(
+    ctx: &Context,
+    worker: usize,
+) -> Result<GroupReader, aurora_core::bus::BusError> {
+    let name = if worker == 0 {
+        format!("{}-attestation", ctx.cfg.instance)
+    } else {
+        format!("{}-attestation-{worker}", ctx.cfg.instance)
+    };
     let cfg = consumer::group_config(ctx, &ctx.cfg.names.cps_attestation(), &name);
     consumer::reader(ctx, cfg).await
 }
@@ -196,12 +204,16 @@ impl BatchHandler for Attestation {
                 sha256: &r.firmware_sha256,
             })
             .collect();
+        // A read-only transaction, so the lookup can be planned as key lookups.
+        let mut tx = ctx.pool.begin().await?;
+        db::plan_key_lookups(&mut tx).await?;
         let mut contexts: HashMap<i32, AttestationContext> =
-            db::attestation_context(&ctx.pool, &keys)
+            db::attestation_context(&mut *tx, &keys)
                 .await?
                 .into_iter()
                 .map(|c| (c.idx, c))
                 .collect();
+        tx.commit().await?;
         drop(keys);
 
         let mut handled = Vec::with_capacity(parsed.len());
@@ -221,10 +233,29 @@ impl BatchHandler for Attestation {
             handled.push(entry.id.clone());
             to_check.push((entry.id, report, c));
         }
-        // Signatures are CPU work: off the async threads.
-        let mut checked: Vec<Checked> = tokio::task::spawn_blocking(move || {
-            to_check
-                .into_iter()
+        // Signatures are CPU work: off the async threads, in as many chunks as there are
+        // cores, so one batch's signatures are checked in parallel.
+        let mut checked = check_all(to_check).await?;
+        settle(ctx, &mut checked).await?;
+        reader.ack(&handled).await?;
+        Ok(())
+    }
+}
+
+/// Decides every report, the signature checks spread over the cores (`spawn_blocking`
+/// chunks).
+async fn check_all(
+    to_check: Vec<(String, AttestationReport, AttestationContext)>,
+) -> Result<Vec<Checked>, BatchError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = to_check.len().div_ceil(cores).max(64);
+    let mut rest = to_check;
+    let mut tasks = Vec::new();
+    while !rest.is_empty() {
+        let tail = rest.split_off(chunk.min(rest.len()));
+        let part = std::mem::replace(&mut rest, tail);
+        tasks.push(tokio::task::spawn_blocking(move || {
+            part.into_iter()
                 .map(|(entry_id, report, ctx)| {
                     let decision = decide(&report, &entry_id, &ctx);
                     Checked {
@@ -234,20 +265,22 @@ impl BatchHandler for Attestation {
                         decision,
                     }
                 })
-                .collect()
-        })
-        .await
-        .map_err(|e| BatchError::Internal(format!("signature check task failed: {e}")))?;
-
-        settle(ctx, &mut checked).await?;
-        reader.ack(&handled).await?;
-        Ok(())
+                .collect::<Vec<_>>()
+        }));
     }
+    let mut checked = Vec::new();
+    for task in futures::future::join_all(tasks).await {
+        checked.extend(
+            task.map_err(|e| BatchError::Internal(format!("signature check task failed: {e}")))?,
+        );
+    }
+    Ok(checked)
 }
 
 /// Consumes the nonces, applies the verdicts, raises the alerts, in one transaction.
 async fn settle(ctx: &Context, checked: &mut [Checked]) -> Result<(), BatchError> {
     let mut tx = ctx.pool.begin().await?;
+    db::plan_key_lookups(&mut tx).await?;
     let consumable: Vec<&Checked> = checked
         .iter()
         .filter(|c| {

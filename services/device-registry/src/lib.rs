@@ -61,6 +61,9 @@ pub struct Config {
     pub batch_size: usize,
     /// Registration consumers in this replica (each its own consumer in the group).
     pub registration_workers: usize,
+    /// Attestation consumers in this replica (default 1). More overlap batches like more
+    /// replicas do, but then two answers of one device may be settled out of stream order.
+    pub attestation_workers: usize,
     pub stream_maxlen: usize,
     pub db_max_connections: u32,
     /// An entry pending this long with another consumer is taken over.
@@ -85,6 +88,7 @@ impl Config {
             resend_after: Duration::from_secs(30),
             batch_size: 1000,
             registration_workers: 2,
+            attestation_workers: 1,
             stream_maxlen: 1_000_000,
             db_max_connections: 10,
             claim_idle: Duration::from_secs(30),
@@ -158,8 +162,10 @@ impl Service {
             let reader = registration::reader(&ctx, worker).await?;
             tasks.spawn(registration::run(ctx.clone(), reader, shutdown.clone()));
         }
-        let reader = attestation::reader(&ctx).await?;
-        tasks.spawn(attestation::run(ctx.clone(), reader, shutdown.clone()));
+        for worker in 0..cfg.attestation_workers.max(1) {
+            let reader = attestation::reader(&ctx, worker).await?;
+            tasks.spawn(attestation::run(ctx.clone(), reader, shutdown.clone()));
+        }
         let reader = cps_alerts::reader(&ctx).await?;
         tasks.spawn(cps_alerts::run(ctx.clone(), reader, shutdown.clone()));
         tasks.spawn(sweeper::run(ctx.clone(), shutdown.clone()));

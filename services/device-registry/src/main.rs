@@ -49,6 +49,9 @@ struct Args {
     /// Registration consumers in this replica.
     #[arg(long, env = "AURORA_REGISTRATION_WORKERS", default_value_t = 2)]
     registration_workers: usize,
+    /// Attestation consumers in this replica.
+    #[arg(long, env = "AURORA_ATTESTATION_WORKERS", default_value_t = 1)]
+    attestation_workers: usize,
     /// PostgreSQL connections at most.
     #[arg(long, env = "AURORA_DB_MAX_CONNECTIONS", default_value_t = 10)]
     db_max_connections: u32,
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         resend_after: args.resend_after,
         batch_size: args.batch_size,
         registration_workers: args.registration_workers,
+        attestation_workers: args.attestation_workers,
         stream_maxlen: args.common.stream_maxlen,
         db_max_connections: args.db_max_connections,
         claim_idle: args.claim_idle,

@@ -2,10 +2,10 @@
 //! one upsert per batch. A new device gets a UUID, its first message as metadata, status
 //! `pending_attestation`, an attestation challenge and a `device.registered` record.
 //!
-//! Order of writes: PostgreSQL commit (devices and challenges), then the records on the bus,
-//! then `sent`/`announced` marks, then XACK. A crash between the commit and the bus leaves
-//! unmarked rows that the [`crate::sweeper`] sends later; nothing is acknowledged before it is
-//! durable.
+//! Order of writes: ONE PostgreSQL statement (devices, challenges and the batch's outbox row,
+//! committed durably), then the records on the bus, then the outbox row deleted, then XACK. A
+//! crash between the commit and the bus leaves the outbox row, and the [`crate::sweeper`] sends
+//! the batch's records later; nothing is acknowledged before it is durable.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -72,17 +72,14 @@ impl BatchHandler for Registration {
 }
 
 /// Upserts the sightings; announces and challenges the new devices.
+///
+/// One statement (one round trip, one durable commit) upserts the devices, stores a challenge
+/// per new device and one outbox row for the batch; then one XADD pipeline puts the
+/// `device.registered` records and `attest` commands on the bus; then the outbox row goes
+/// (a non-critical write: if it is lost, the sweeper sends the records again).
 pub async fn register(ctx: &Context, sightings: &[Sighting]) -> Result<usize, BatchError> {
-    let mut tx = ctx.pool.begin().await?;
-    let rows = db::upsert_devices(&mut tx, sightings).await?;
-    let new: Vec<&db::Upserted> = rows.iter().filter(|r| r.inserted).collect();
-    let new_ids: Vec<String> = new.iter().map(|r| r.device_id.clone()).collect();
-    let challenges = if new_ids.is_empty() {
-        Vec::new()
-    } else {
-        db::insert_challenges(&mut tx, &new_ids, ctx.cfg.attestation_timeout, false).await?
-    };
-    tx.commit().await?;
+    let outbox = uuid::Uuid::new_v4();
+    let new = db::register_batch(&ctx.pool, sightings, ctx.cfg.attestation_timeout, outbox).await?;
     if new.is_empty() {
         return Ok(0);
     }
@@ -93,7 +90,7 @@ pub async fn register(ctx: &Context, sightings: &[Sighting]) -> Result<usize, Ba
         .collect();
     let devices_stream = ctx.cfg.names.cps_devices();
     let commands_stream = ctx.cfg.names.cps_commands();
-    let mut docs: Vec<(&str, Vec<u8>)> = Vec::with_capacity(new.len() + challenges.len());
+    let mut docs: Vec<(&str, Vec<u8>)> = Vec::with_capacity(2 * new.len());
     for row in &new {
         if let Some(s) = by_id.get(row.device_id.as_str()) {
             let record = DeviceRegistered::new(
@@ -107,16 +104,21 @@ pub async fn register(ctx: &Context, sightings: &[Sighting]) -> Result<usize, Ba
             docs.push((devices_stream.as_str(), to_bytes(&record)));
         }
     }
-    for c in &challenges {
-        docs.push((commands_stream.as_str(), to_bytes(&attest_command(c))));
+    for row in &new {
+        docs.push((
+            commands_stream.as_str(),
+            to_bytes(&attest_command(&row.challenge())),
+        ));
     }
     ctx.producer.publish_batch(&docs).await?;
-    let nonces: Vec<String> = challenges.iter().map(|c| c.nonce.clone()).collect();
-    db::mark_sent(&ctx.pool, &nonces, &new_ids).await?;
+    if let Err(e) = db::outbox_done(&ctx.pool, outbox).await {
+        // The records are on the bus; the sweeper will send them once more.
+        tracing::warn!(error = %e, %outbox, "could not clear the outbox row of a sent batch");
+    }
 
     metrics::counter!(telemetry::REGISTERED).increment(new.len() as u64);
     metrics::counter!(telemetry::CHALLENGES, "trigger" => "registration")
-        .increment(challenges.len() as u64);
+        .increment(new.len() as u64);
     tracing::debug!(count = new.len(), "registered new devices");
     Ok(new.len())
 }

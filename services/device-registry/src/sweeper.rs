@@ -14,6 +14,8 @@ use crate::{attestation, back_off, db, report_failure, telemetry, BatchError, Co
 
 /// Rows handled per step and round.
 const LIMIT: i64 = 1000;
+/// Registration outbox rows (batches) handled per round.
+const OUTBOX_BATCHES: i64 = 10;
 
 pub async fn run(ctx: Context, shutdown: CancellationToken) {
     let mut attempt = 0u32;
@@ -40,6 +42,8 @@ pub struct Swept {
     pub timed_out: usize,
     pub challenges_resent: usize,
     pub devices_announced: usize,
+    /// New devices whose registration batch was sent again from the outbox.
+    pub registrations_resent: usize,
     pub reattested: usize,
 }
 
@@ -49,6 +53,7 @@ pub async fn sweep(ctx: &Context) -> Result<Swept, BatchError> {
         timed_out: expire(ctx).await?,
         challenges_resent: resend_challenges(ctx).await?,
         devices_announced: resend_announcements(ctx).await?,
+        registrations_resent: resend_registrations(ctx).await?,
         reattested: reattest(ctx).await?,
     };
     if swept != Swept::default() {
@@ -102,6 +107,44 @@ async fn resend_announcements(ctx: &Context) -> Result<usize, BatchError> {
     ctx.producer.publish_batch(&docs).await?;
     tx.commit().await?;
     metrics::counter!(telemetry::RESENT, "kind" => "registered").increment(devices.len() as u64);
+    Ok(devices.len())
+}
+
+/// Registration batches committed but (maybe) not on the bus: their `device.registered`
+/// records and `attest` commands are sent again; the outbox rows go in the same transaction.
+async fn resend_registrations(ctx: &Context) -> Result<usize, BatchError> {
+    let mut tx = ctx.pool.begin().await?;
+    let (devices, challenges) = db::take_outbox(
+        &mut tx,
+        ctx.cfg.resend_after,
+        ctx.cfg.attestation_timeout,
+        OUTBOX_BATCHES,
+    )
+    .await?;
+    if devices.is_empty() && challenges.is_empty() {
+        return Ok(0);
+    }
+    let devices_stream = ctx.cfg.names.cps_devices();
+    let mut docs: Vec<(&str, Vec<u8>)> = devices
+        .iter()
+        .map(|d| {
+            (
+                devices_stream.as_str(),
+                to_bytes(&DeviceRegistered::from_device(d)),
+            )
+        })
+        .collect();
+    let commands_stream = ctx.cfg.names.cps_commands();
+    docs.extend(challenges.iter().map(|c| {
+        (
+            commands_stream.as_str(),
+            to_bytes(&crate::records::attest_command(c)),
+        )
+    }));
+    ctx.producer.publish_batch(&docs).await?;
+    tx.commit().await?;
+    metrics::counter!(telemetry::RESENT, "kind" => "registered").increment(devices.len() as u64);
+    metrics::counter!(telemetry::RESENT, "kind" => "challenge").increment(challenges.len() as u64);
     Ok(devices.len())
 }
 

@@ -187,7 +187,11 @@ async fn two_replicas_starting_together_upsert_without_duplicates_or_lost_last_s
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(migrations, 1);
+    // Each embedded migration applied once, although two replicas started together.
+    assert_eq!(
+        migrations,
+        device_registry::db::MIGRATOR.migrations.len() as i64
+    );
     r1.stop().await;
     r2.stop().await;
 }
@@ -250,4 +254,92 @@ async fn sightings_wait_out_a_database_outage_and_are_not_lost() {
     })
     .await;
     svc.stop().await;
+}
+
+/// A batch committed in PostgreSQL whose records never reached the bus (the process died in
+/// between): its outbox row stays, and the sweeper sends its `device.registered` records and
+/// `attest` commands, then clears the row.
+#[tokio::test]
+async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
+    use device_registry::{db, sweeper, Context};
+    let names = aurora_testkit::names();
+    let db = TestDb::create().await;
+    let mut cfg = config(&names, &db);
+    cfg.resend_after = std::time::Duration::ZERO;
+    let pool = db::connect(&cfg.database_url, 2).await.unwrap();
+    db::migrate(&pool).await.unwrap();
+    let conn = redis().await;
+    let ctx = Context {
+        cfg: cfg.clone(),
+        pool: pool.clone(),
+        producer: aurora_core::bus::Producer::new(conn.clone(), 100_000),
+        readiness: aurora_core::ops::Readiness::new(),
+    };
+
+    let now = Utc::now();
+    let sightings: Vec<db::Sighting> = ["ob-a", "ob-b"]
+        .iter()
+        .map(|id| db::Sighting {
+            device_id: (*id).to_string(),
+            first_seen: now,
+            last_seen: now,
+            metadata: json!({"model": "m"}),
+            model: Some("m".into()),
+            firmware_version: None,
+            public_key: None,
+        })
+        .collect();
+    // The commit happens; the XADD and the outbox delete never do.
+    let new = db::register_batch(
+        &pool,
+        &sightings,
+        cfg.attestation_timeout,
+        uuid::Uuid::new_v4(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(new.len(), 2);
+    // Seen again: known devices, no new challenge, no new outbox row.
+    let again = db::register_batch(
+        &pool,
+        &sightings,
+        cfg.attestation_timeout,
+        uuid::Uuid::new_v4(),
+    )
+    .await
+    .unwrap();
+    assert!(again.is_empty());
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM registration_outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 1);
+    assert!(docs(&conn, &names.cps_devices()).await.is_empty());
+
+    let swept = sweeper::sweep(&ctx).await.unwrap();
+    assert_eq!(swept.registrations_resent, 2, "{swept:?}");
+    let registered = docs(&conn, &names.cps_devices()).await;
+    let mut ids: Vec<&str> = registered
+        .iter()
+        .filter_map(|d| d["device_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["ob-a", "ob-b"]);
+    let commands = docs(&conn, &names.cps_commands()).await;
+    let mut nonces: Vec<&str> = commands
+        .iter()
+        .filter_map(|c| c["params"]["nonce"].as_str())
+        .collect();
+    nonces.sort_unstable();
+    let mut stored: Vec<&str> = new.iter().map(|r| r.nonce.as_str()).collect();
+    stored.sort_unstable();
+    assert_eq!(nonces, stored, "the stored challenges are the ones sent");
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM registration_outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 0);
+    // Nothing left to send.
+    assert_eq!(sweeper::sweep(&ctx).await.unwrap().registrations_resent, 0);
+    pool.close().await;
 }
