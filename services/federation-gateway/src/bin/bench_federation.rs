@@ -34,6 +34,16 @@ fn now_us() -> u64 {
         .unwrap_or_default()
 }
 
+/// CPU seconds (user + system) this process used so far; `None` off Linux.
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 fn fresh_names(prefix: &str) -> anyhow::Result<Names> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     Ok(Names::new(&format!("{prefix}{}", &id[..10]))?)
@@ -218,6 +228,7 @@ struct GatewayRun {
     rate: f64,
     elapsed: f64,
     export_elapsed: f64,
+    cpu_us_per_msg: Option<f64>,
     lost: usize,
     duplicated: usize,
     flood_p50: f64,
@@ -247,6 +258,7 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
 
     // Flood: M alerts as fast as Redis takes them, read at B concurrently.
     let ids: Vec<String> = (0..m).map(|i| format!("f-{i}")).collect();
+    let cpu_before = process_cpu_secs();
     let started = Instant::now();
     // When the export half is done: every alert stored in JetStream.
     let exported = {
@@ -288,6 +300,9 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
     )
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_us_per_msg = cpu_before
+        .zip(process_cpu_secs())
+        .map(|(b, a)| (a - b) * 1e6 / m as f64);
     let raise_elapsed = raise.await??;
     println!("  raising {m} alerts at A took {raise_elapsed:.2} s");
     let export_elapsed = exported.await?.unwrap_or(f64::NAN);
@@ -346,6 +361,7 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
         rate: got as f64 / elapsed,
         elapsed,
         export_elapsed,
+        cpu_us_per_msg,
         lost: m - got,
         duplicated,
         flood_p50: percentile(&flood_lat, 0.5),
@@ -412,8 +428,9 @@ async fn main() -> anyhow::Result<()> {
         run.rate, run.elapsed, run.lost, run.duplicated, run.flood_p50, run.flood_p99
     );
     println!(
-        "  export half (A's stream -> JetStream): {:.0} msg/s",
-        m as f64 / run.export_elapsed
+        "  export half (A's stream -> JetStream): {:.0} msg/s; both gateways used {:.0} us CPU per alert",
+        m as f64 / run.export_elapsed,
+        run.cpu_us_per_msg.unwrap_or(f64::NAN)
     );
     println!(
         "  paced {PACED_RATE} msg/s for {PACED_SECS} s: latency p50 {:.1} ms p99 {:.1} ms, lost {}",
@@ -442,6 +459,8 @@ async fn main() -> anyhow::Result<()> {
             "alerts": m,
             "gateway_elapsed_s": (run.elapsed * 1000.0).round() / 1000.0,
             "export_half_msg_s": (m as f64 / run.export_elapsed).round(),
+            "gateways_cpu_us_per_alert": run.cpu_us_per_msg.map(|c| c.round()),
+            "load_average_1m_at_end": std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_string)),
             "lost": run.lost,
             "duplicated": run.duplicated,
             "latency_under_flood_p50_ms": run.flood_p50,
