@@ -80,6 +80,14 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A worker count from the environment, else the service's default.
+fn workers(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn config(names: &Names, redis_url: &str, db_url: &str, batch: usize) -> anyhow::Result<Config> {
     let mut cfg = Config::local(
         names.clone(),
@@ -89,7 +97,8 @@ fn config(names: &Names, redis_url: &str, db_url: &str, batch: usize) -> anyhow:
     );
     cfg.trust_on_first_use = true;
     cfg.batch_size = batch;
-    cfg.registration_workers = 2;
+    cfg.registration_workers = workers("BENCH_REGISTRATION_WORKERS", cfg.registration_workers);
+    cfg.attestation_workers = workers("BENCH_ATTESTATION_WORKERS", cfg.attestation_workers);
     cfg.sweep_interval = Duration::from_secs(1);
     cfg.resend_after = Duration::from_secs(120);
     cfg.attestation_timeout = Duration::from_secs(3600);
@@ -392,8 +401,8 @@ async fn run(
         "details": {
             "devices": n,
             "batch_size": batch,
-            "registration_workers": 2,
-            "attestation_workers": 1,
+            "registration_workers": workers("BENCH_REGISTRATION_WORKERS", 2),
+            "attestation_workers": workers("BENCH_ATTESTATION_WORKERS", 1),
             "attestation_verify": "signatures of a batch checked in parallel on every core (spawn_blocking chunks)",
             "completion_detected_by": "XLEN of the devices and commands streams and XINFO GROUPS (pending 0, lag 0), polled every 20 ms; PostgreSQL checked after (every device trusted, outbox empty)",
             "registration_seconds": reg_secs,
