@@ -67,14 +67,15 @@ impl BusError {
         match self {
             Self::Url { .. } => false,
             Self::Connect { .. } => true,
-            Self::Command { source, .. } => {
-                source.is_io_error()
-                    || source.is_connection_dropped()
-                    || source.is_connection_refusal()
-                    || source.is_timeout()
-            }
+            Self::Command { source, .. } => is_connection_error(source),
         }
     }
+}
+
+/// True when Redis could not be reached or did not answer (worth retrying in place), as
+/// opposed to a command Redis refused.
+pub fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
 async fn connect_with(url: &str, response_timeout: Duration) -> Result<Conn, BusError> {
@@ -154,14 +155,26 @@ impl Entry {
     }
 }
 
-/// Appends the entry unless its idempotency key exists; then sets the key.
+/// Documents per script call of [`Producer::publish_once`] (Redis serves no one else while a
+/// script runs, so a call stays short).
+pub const ONCE_PER_CALL: usize = 256;
+
+/// For each pair (KEYS[2i-1] idempotency key, KEYS[2i] stream) and document ARGV[3+i]: when
+/// the key does not exist, XADD the document (`MAXLEN ~ ARGV[1]`, field ARGV[2]), then set the
+/// key to the new entry id for ARGV[3] seconds. Returns per document the entry id or false.
 const PUBLISH_ONCE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return false
+local out = {}
+for i = 1, #KEYS / 2 do
+  local key, stream = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('EXISTS', key) == 1 then
+    out[i] = false
+  else
+    local id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3 + i])
+    redis.call('SET', key, id, 'EX', ARGV[3])
+    out[i] = id
+  end
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3])
-redis.call('SET', KEYS[1], id, 'EX', ARGV[4])
-return id
+return out
 ";
 
 /// One document for [`Producer::publish_once`].
@@ -237,9 +250,10 @@ impl Producer {
     /// Appends documents each at most once: an entry goes to its stream only when its
     /// idempotency key is new, and the key is set (for `key_ttl`) in the same atomic script,
     /// after the append, so a failed append leaves no key that would hide the document on its
-    /// next try. One round trip for the batch (the script is loaded in the same pipeline, so a
-    /// Redis that restarted and lost its scripts is no error). Returns, in input order, the
-    /// new entry id, or `None` for a document written before.
+    /// next try. Up to [`ONCE_PER_CALL`] documents go in one script call and all calls in one
+    /// pipelined round trip (the script is loaded in the same pipeline, so a Redis that
+    /// restarted and lost its scripts is no error). Returns, in input order, the new entry
+    /// id, or `None` for a document written before.
     pub async fn publish_once(
         &self,
         items: &[OnceWrite<'_>],
@@ -251,17 +265,15 @@ impl Producer {
         let script = redis::Script::new(PUBLISH_ONCE);
         let ttl = key_ttl.as_secs().max(1);
         let mut pipe = redis::pipe();
-        pipe.load_script(&script);
+        pipe.load_script(&script).ignore();
         let invocations: Vec<_> = items
-            .iter()
-            .map(|item| {
+            .chunks(ONCE_PER_CALL)
+            .map(|chunk| {
                 let mut inv = script.prepare_invoke();
-                inv.key(item.key)
-                    .key(item.stream)
-                    .arg(self.maxlen)
-                    .arg(DATA_FIELD)
-                    .arg(item.data)
-                    .arg(ttl);
+                inv.arg(self.maxlen).arg(DATA_FIELD).arg(ttl);
+                for item in chunk {
+                    inv.key(item.key).key(item.stream).arg(item.data);
+                }
                 inv
             })
             .collect();
@@ -269,19 +281,21 @@ impl Producer {
             pipe.invoke_script(inv);
         }
         let mut conn = self.conn.clone();
-        let replies: Vec<Value> = pipe
+        let replies: Vec<Vec<Value>> = pipe
             .query_async(&mut conn)
             .await
             .map_err(BusError::command("XADD once", items[0].stream))?;
-        Ok(replies
+        let ids: Vec<Option<String>> = replies
             .into_iter()
-            .skip(1)
+            .flatten()
             .map(|v| match v {
                 Value::BulkString(id) => Some(String::from_utf8_lossy(&id).into_owned()),
                 Value::SimpleString(id) => Some(id),
                 _ => None,
             })
-            .collect())
+            .collect();
+        debug_assert_eq!(ids.len(), items.len());
+        Ok(ids)
     }
 
     /// Writes a dead-letter record.
@@ -345,6 +359,9 @@ pub struct GroupReader {
     read_conn: Conn,
     producer: Producer,
     own_pending_done: bool,
+    /// Where the re-read of this consumer's own pending entries has got to: each is handed
+    /// out once per pass, even when the caller acknowledges later (a pipeline).
+    own_pending_cursor: String,
     last_claim: Option<Instant>,
     claim_cursor: String,
 }
@@ -362,6 +379,7 @@ impl GroupReader {
             read_conn,
             producer,
             own_pending_done: false,
+            own_pending_cursor: "0-0".to_string(),
             last_claim: None,
             claim_cursor: "0-0".to_string(),
         };
@@ -379,6 +397,16 @@ impl GroupReader {
     /// outage does not dead-letter good entries.
     pub fn rewind(&mut self) {
         self.own_pending_done = false;
+        self.own_pending_cursor = "0-0".to_string();
+    }
+
+    /// A handle that acknowledges for this reader, for a task other than the one reading.
+    pub fn acker(&self) -> GroupAcker {
+        GroupAcker {
+            stream: self.cfg.stream.clone(),
+            group: self.cfg.group.clone(),
+            producer: self.producer.clone(),
+        }
     }
 
     /// Creates the group (and the stream) unless it exists.
@@ -407,7 +435,7 @@ impl GroupReader {
             Err(BusError::Command { source, .. }) if source.code() == Some("NOGROUP") => {
                 // The stream or its group vanished (a Redis restarted without persistence,
                 // a stream deleted by an operator): make it again and go on.
-                self.own_pending_done = false;
+                self.rewind();
                 self.ensure_group().await?;
                 self.next_batch_inner().await
             }
@@ -417,11 +445,14 @@ impl GroupReader {
 
     async fn next_batch_inner(&mut self) -> Result<Vec<Entry>, BusError> {
         if !self.own_pending_done {
-            let own = self.read_group("0", None).await?;
-            if own.is_empty() {
-                self.own_pending_done = true;
-            } else {
-                return self.screen(own).await;
+            let cursor = self.own_pending_cursor.clone();
+            let own = self.read_group(&cursor, None).await?;
+            match own.last() {
+                None => self.own_pending_done = true,
+                Some(last) => {
+                    self.own_pending_cursor = last.id.clone();
+                    return self.screen(own).await;
+                }
             }
         }
         let claim_due = self
@@ -585,19 +616,7 @@ impl GroupReader {
 
     /// Acknowledges handled entries.
     pub async fn ack<S: AsRef<str>>(&self, ids: &[S]) -> Result<(), BusError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(&self.cfg.stream).arg(&self.cfg.group);
-        for id in ids {
-            cmd.arg(id.as_ref());
-        }
-        let mut conn = self.producer.conn();
-        cmd.query_async::<u64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(BusError::command("XACK", &self.cfg.stream))
+        self.acker().ack(ids).await
     }
 
     /// Moves an entry to the dead-letter stream with the reason, then acknowledges it, in one
@@ -635,6 +654,33 @@ impl GroupReader {
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(BusError::command("XADD+XACK", &self.cfg.dead_letter_stream))
+    }
+}
+
+/// Acknowledges entries of one group; cheap to clone.
+#[derive(Clone)]
+pub struct GroupAcker {
+    stream: String,
+    group: String,
+    producer: Producer,
+}
+
+impl GroupAcker {
+    /// Acknowledges handled entries (XACK).
+    pub async fn ack<S: AsRef<str>>(&self, ids: &[S]) -> Result<(), BusError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&self.stream).arg(&self.group);
+        for id in ids {
+            cmd.arg(id.as_ref());
+        }
+        let mut conn = self.producer.conn();
+        cmd.query_async::<u64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(BusError::command("XACK", &self.stream))
     }
 }
 

@@ -303,3 +303,100 @@ async fn publish_once_writes_each_key_once_even_after_scripts_are_flushed() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn own_pending_entries_are_handed_out_once_per_pass_even_when_acked_late() {
+    let n = names();
+    let stream = n.cps_commands();
+    let dead = n.deadletter("bus-test");
+    let p = producer(REDIS_URL).await;
+    let mut cfg = group(&stream, "e", &dead);
+    cfg.batch = 2;
+    cfg.claim_every = Duration::from_secs(3600);
+    let mut first = reader(REDIS_URL, cfg.clone()).await;
+    for i in 0..5 {
+        p.publish(&stream, format!("{{\"i\":{i}}}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut got = 0;
+    while got < 5 {
+        got += first.next_batch().await.unwrap().len();
+    }
+    drop(first); // Dies with five unacknowledged entries.
+
+    // The restarted consumer pipelines: it acknowledges only after reading everything.
+    let mut again = reader(REDIS_URL, cfg).await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.extend(again.next_batch().await.unwrap());
+    }
+    let ids: Vec<&str> = seen.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        5,
+        "each pending entry once, not again and again: {ids:?}"
+    );
+    assert!(seen.iter().all(|e| e.deliveries == 2), "{seen:?}");
+    let acker = again.acker();
+    acker.ack(&ids).await.unwrap();
+    let mut conn = bus::connect(REDIS_URL).await.unwrap();
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("g")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.count(), 0);
+    redis::cmd("DEL")
+        .arg(&stream)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn publish_once_spans_several_script_calls_and_streams() {
+    let n = names();
+    let p = producer(REDIS_URL).await;
+    let keys: Vec<String> = (0..600)
+        .map(|i| n.state_key("bus-test", &format!("many:{i}")))
+        .collect();
+    let streams = [n.alerts(), n.iocs()];
+    let docs: Vec<Vec<u8>> = (0..600)
+        .map(|i| format!("{{\"i\":{i}}}").into_bytes())
+        .collect();
+    let items: Vec<bus::OnceWrite<'_>> = (0..600)
+        .map(|i| bus::OnceWrite {
+            key: &keys[i],
+            stream: &streams[i % 2],
+            data: &docs[i],
+        })
+        .collect();
+    let ids = p
+        .publish_once(&items, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 600);
+    assert!(ids.iter().all(Option::is_some));
+    let again = p
+        .publish_once(&items[250..300], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(again.iter().all(Option::is_none));
+    let mut conn = bus::connect(REDIS_URL).await.unwrap();
+    for s in &streams {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(s)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 300);
+    }
+    let mut del = redis::cmd("DEL");
+    del.arg(&streams[0]).arg(&streams[1]);
+    for k in &keys {
+        del.arg(k);
+    }
+    del.query_async::<()>(&mut conn).await.unwrap();
+}
