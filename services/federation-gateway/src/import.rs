@@ -291,6 +291,9 @@ impl Importer {
             Ok(data) => data,
             Err(reason) => return Plan::DeadLetter(reason),
         };
+        if let Err(reason) = validate(kind, &msg.payload) {
+            return Plan::DeadLetter(reason);
+        }
         let msg_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref())
             .filter(|id| !id.is_empty())
             .unwrap_or_else(|| {
@@ -331,6 +334,22 @@ impl Importer {
         }
         ack(msg, AckKind::Term).await;
     }
+}
+
+/// Checks that a document from another site is what its subject says (an Alert on
+/// `alerts`, ...): a site never lands on its bus what its analysts would take for an alert
+/// and is not one. The audit subject carries agent thoughts and audit events.
+pub fn validate(kind: FederatedKind, payload: &[u8]) -> Result<(), String> {
+    use aurora_core::model::{self, AgentResult, AgentThought, Alert, AuditEvent, Ioc};
+    let result = match kind {
+        FederatedKind::Alerts => model::parse::<Alert>(payload).map(drop),
+        FederatedKind::Iocs => model::parse::<Ioc>(payload).map(drop),
+        FederatedKind::AgentResults => model::parse::<AgentResult>(payload).map(drop),
+        FederatedKind::Audit => model::parse::<AgentThought>(payload)
+            .map(drop)
+            .or_else(|_| model::parse::<AuditEvent>(payload).map(drop)),
+    };
+    result.map_err(|e| e.to_string())
 }
 
 /// The document with `origin_site` set. The field is spliced in front of the others without

@@ -100,8 +100,13 @@ async fn docs(conn: &Conn, stream: &str) -> Vec<Value> {
         .collect()
 }
 
-fn alert(id: &str, severity: &str) -> Value {
-    json!({"id": id, "title": "Suspicious DNS Query to Known C2 Domain", "severity": severity,
+/// The alert id of a test label: alerts carry UUIDs.
+fn uid(label: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, label.as_bytes()).to_string()
+}
+
+fn alert(label: &str, severity: &str) -> Value {
+    json!({"id": uid(label), "title": "Suspicious DNS Query to Known C2 Domain", "severity": severity,
            "status": "new", "source": "suricata", "iocs": [{"type": "domain", "value": "t1.evil.com"}],
            "mitre_techniques": ["T1071.004"], "timestamp": "2024-01-15T10:30:00Z"})
 }
@@ -169,7 +174,7 @@ async fn an_alert_crosses_once_with_its_origin_and_red_iocs_stay_home() {
         (!alerts.is_empty() && !iocs.is_empty()).then_some((alerts, iocs))
     })
     .await;
-    assert_eq!(at_b.0[0]["id"], "a-1");
+    assert_eq!(at_b.0[0]["id"], uid("a-1").as_str());
     assert_eq!(at_b.0[0]["origin_site"], "site-a");
     assert_eq!(
         at_b.0[0]["title"],
@@ -209,11 +214,11 @@ async fn an_alert_crosses_once_with_its_origin_and_red_iocs_stay_home() {
     // On the wire: A's alert, A's green IOC, B's alert. No red IOC, no echo.
     assert_eq!(stream_messages(&js, &names).await, 3);
     let at_a = docs(&ra, &names.alerts()).await;
-    assert_eq!(ids(&at_a), vec!["a-1", "b-1"]);
+    assert_eq!(ids(&at_a), vec![uid("a-1"), uid("b-1")]);
     assert!(at_a[0].get("origin_site").is_none());
     assert_eq!(at_a[1]["origin_site"], "site-b");
     let at_b = docs(&rb, &names.alerts()).await;
-    assert_eq!(ids(&at_b), vec!["a-1", "b-1"]);
+    assert_eq!(ids(&at_b), vec![uid("a-1"), uid("b-1")]);
     assert_eq!(
         at_b[1].get("origin_site"),
         None,
@@ -265,7 +270,7 @@ async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() 
     publish(
         names.nats_subject(aurora_core::names::FederatedKind::Audit),
         "site-x:poison",
-        br#"{"id":"poison","actor":"x","action":"y"}"#,
+        br#"{"id":"poison","actor":"x","action":"y","timestamp":"2024-01-15T10:30:00Z"}"#,
     )
     .await;
     publish(
@@ -277,7 +282,7 @@ async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() 
     publish(
         names.nats_subject(aurora_core::names::FederatedKind::Alerts),
         "site-x:fine",
-        br#"{"id":"fine","severity":"low"}"#,
+        br#"{"id":"6f1c0a9e-3b5d-4c6e-9f2a-1b2c3d4e5f60","title":"fine","severity":"low","status":"new","source":"site-x","timestamp":"2024-01-15T10:30:00Z"}"#,
     )
     .await;
 
@@ -315,7 +320,7 @@ async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() 
     );
     // The healthy message went through beside them.
     let alerts = docs(&rb, &names.alerts()).await;
-    assert_eq!(ids(&alerts), vec!["fine"]);
+    assert_eq!(ids(&alerts), vec!["6f1c0a9e-3b5d-4c6e-9f2a-1b2c3d4e5f60"]);
     assert_eq!(alerts[0]["origin_site"], "site-x");
     // Terminated: nothing left for this site's consumer.
     let stream = js.get_stream(names.nats_stream()).await.unwrap();
@@ -398,7 +403,7 @@ async fn wait_all_at_b(rb: &Conn, names: &Names, n: usize, what: &str) {
     assert_eq!(got_after.len(), got.len());
     let distinct: HashSet<&String> = got_after.iter().collect();
     assert_eq!(distinct.len(), got_after.len(), "duplicates at B");
-    let expected: HashSet<String> = (0..n).map(|i| format!("a-{i}")).collect();
+    let expected: HashSet<String> = (0..n).map(|i| uid(&format!("a-{i}"))).collect();
     assert_eq!(
         distinct.into_iter().cloned().collect::<HashSet<_>>(),
         expected,
