@@ -163,8 +163,8 @@ summary() {
     "$(metric 9204 aurora_federation_gateway_dead_letters_total)" "$(metric 9204 aurora_federation_gateway_consumer_lag)"
   printf '\nSite A streams (length / pending):\n'
   AURORA_REDIS_URL="$REDIS/0" "$AURORA" status --no-nats 2>/dev/null \
-    | awk 'NR > 1 && $2 > 0 { printf "  %-34s %9s  %s\n", $1, $2, substr($0, index($0, $3)) }' | head -n 14
-  printf '\nConsole: http://127.0.0.1:8000/   token: %s...\n' "${CONSOLE:0:24}"
+    | awk 'NR > 1 && $2 > 0 { g = ""; for (i = 3; i <= NF; i++) g = g " " $i; printf "  %-34s %9s %s\n", $1, $2, g }' | head -n 14
+  printf '\nConsole: http://127.0.0.1:8000/ (site B: http://127.0.0.1:8100/); paste this token:\n%s\n' "$CONSOLE"
 }
 while true; do
   summary
