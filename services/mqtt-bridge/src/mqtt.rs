@@ -56,25 +56,11 @@ impl MqttSettings {
         opts.set_clean_session(clean_session)
             .set_keep_alive(self.keep_alive)
             .set_max_packet_size(max_packet, max_packet);
-        match (&self.username, &self.password) {
-            (Some(user), pass) => {
-                opts.set_credentials(user.clone(), pass.clone().unwrap_or_default());
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "an MQTT password needs a user name (--mqtt-username)".into(),
-                ))
-            }
-            (None, None) => {}
+        if let Some((user, pass)) = self.credentials()? {
+            opts.set_credentials(user, pass);
         }
-        if endpoint.tls {
-            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(self.tls_config()?),
-            )));
-        } else if self.ca_file.is_some() || self.client_cert.is_some() {
-            return Err(ConfigError::Invalid(
-                "TLS files given but the MQTT URL is not mqtts://".into(),
-            ));
+        if let Some(transport) = self.transport(endpoint.tls)? {
+            opts.set_transport(transport);
         }
         Ok(opts)
     }
@@ -96,27 +82,39 @@ impl MqttSettings {
             .set_receive_maximum(Some(receive_max.max(1)))
             .set_max_packet_size(Some(max_packet))
             .set_keep_alive(self.keep_alive);
-        match (&self.username, &self.password) {
-            (Some(user), pass) => {
-                opts.set_credentials(user.clone(), pass.clone().unwrap_or_default());
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "an MQTT password needs a user name (--mqtt-username)".into(),
-                ))
-            }
-            (None, None) => {}
+        if let Some((user, pass)) = self.credentials()? {
+            opts.set_credentials(user, pass);
         }
-        if endpoint.tls {
-            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(self.tls_config()?),
-            )));
-        } else if self.ca_file.is_some() || self.client_cert.is_some() {
-            return Err(ConfigError::Invalid(
-                "TLS files given but the MQTT URL is not mqtts://".into(),
-            ));
+        if let Some(transport) = self.transport(endpoint.tls)? {
+            opts.set_transport(transport);
         }
         Ok(opts)
+    }
+
+    /// User name and password, when configured; a password without a user is an error.
+    fn credentials(&self) -> Result<Option<(String, String)>, ConfigError> {
+        match (&self.username, &self.password) {
+            (Some(user), pass) => Ok(Some((user.clone(), pass.clone().unwrap_or_default()))),
+            (None, Some(_)) => Err(ConfigError::Invalid(
+                "an MQTT password needs a user name (--mqtt-username)".into(),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The TLS transport for an `mqtts://` URL; TLS files with a plain URL are an error.
+    fn transport(&self, tls: bool) -> Result<Option<Transport>, ConfigError> {
+        if tls {
+            Ok(Some(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(self.tls_config()?),
+            ))))
+        } else if self.ca_file.is_some() || self.client_cert.is_some() {
+            Err(ConfigError::Invalid(
+                "TLS files given but the MQTT URL is not mqtts://".into(),
+            ))
+        } else {
+            Ok(None)
+        }
     }
 
     /// A rustls configuration with the ring provider chosen here, so nothing depends on a
