@@ -43,7 +43,7 @@ check-deploy:
 	@if [ -x scripts/check-deploy.sh ]; then bash scripts/check-deploy.sh; fi
 
 ## Benchmarks: each writes bench/results/<name>.json; `make bench` runs them all and writes BENCHMARKS.md.
-bench: services
+bench: services release
 	-$(MAKE) bench-mqtt
 	-$(MAKE) bench-registry
 	-$(MAKE) bench-ws
@@ -51,20 +51,24 @@ bench: services
 	-$(MAKE) bench-eve
 	@python3 scripts/bench_report.py
 
-bench-mqtt: services
-	$(CARGO) run --release -p mqtt-bridge --bin bench-mqtt
+# One workspace build serves every benchmark (a per-package build would resolve features
+# differently and rebuild the dependencies each time).
+BENCH_RUN = AURORA_BENCH_SKIP_BUILD=1 ./target/release
 
-bench-registry: services
-	$(CARGO) run --release -p device-registry --bin bench-registry
+bench-mqtt: services release
+	$(BENCH_RUN)/bench-mqtt
 
-bench-ws: services
-	$(CARGO) run --release -p ws-gateway --bin bench-ws
+bench-registry: services release
+	$(BENCH_RUN)/bench-registry
 
-bench-federation: services
-	$(CARGO) run --release -p federation-gateway --bin bench-federation
+bench-ws: services release
+	$(BENCH_RUN)/bench-ws
 
-bench-eve: services
-	$(CARGO) run --release -p eve-ingest --bin bench-eve
+bench-federation: services release
+	$(BENCH_RUN)/bench-federation
+
+bench-eve: services release
+	$(BENCH_RUN)/bench-eve
 
 images:
 	@bash deploy/build-images.sh

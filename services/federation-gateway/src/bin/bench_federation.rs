@@ -49,6 +49,17 @@ fn fresh_names(prefix: &str) -> anyhow::Result<Names> {
     Ok(Names::new(&format!("{prefix}{}", &id[..10]))?)
 }
 
+/// Alert ids are UUIDs (an Alert's id must be one): the first group names the phase, the
+/// last one counts, so `alert_id(FLOOD, 7)` is `0000000f-0000-4000-8000-000000000007`.
+fn alert_id(phase: &str, n: usize) -> String {
+    format!("{}0000-4000-8000-{n:012x}", phase)
+}
+
+/// The id prefix of the flood phase.
+const FLOOD: &str = "0000000f-";
+/// The id prefix of the paced phase.
+const PACED: &str = "0000000a-";
+
 fn alert(id: &str) -> Value {
     json!({"id": id, "title": "Suspicious DNS Query to Known C2 Domain", "severity": "high",
            "status": "new", "source": "suricata",
@@ -140,7 +151,7 @@ fn gateway_args(names: &Names, site: &str, redis: &str, nats: &str) -> anyhow::R
 struct Arrivals {
     seen: HashMap<String, (u32, u64)>,
     total: usize,
-    /// Distinct ids per prefix (`f-`, `p-`), kept as they arrive.
+    /// Distinct ids per phase prefix ([`FLOOD`], [`PACED`]), kept as they arrive.
     distinct: HashMap<String, usize>,
 }
 
@@ -257,7 +268,7 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
     let mut arrivals = Arrivals::default();
 
     // Flood: M alerts as fast as Redis takes them, read at B concurrently.
-    let ids: Vec<String> = (0..m).map(|i| format!("f-{i}")).collect();
+    let ids: Vec<String> = (0..m).map(|i| alert_id(FLOOD, i)).collect();
     let cpu_before = process_cpu_secs();
     let started = Instant::now();
     // When the export half is done: every alert stored in JetStream.
@@ -295,7 +306,7 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
         &stream,
         &mut last,
         &mut arrivals,
-        |a| a.count("f-") >= m,
+        |a| a.count(FLOOD) >= m,
         deadline,
     )
     .await?;
@@ -306,8 +317,8 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
     let raise_elapsed = raise.await??;
     println!("  raising {m} alerts at A took {raise_elapsed:.2} s");
     let export_elapsed = exported.await?.unwrap_or(f64::NAN);
-    let got = arrivals.count("f-");
-    let flood_lat = arrivals.latencies_ms("f-");
+    let got = arrivals.count(FLOOD);
+    let flood_lat = arrivals.latencies_ms(FLOOD);
 
     // Paced: PACED_RATE msg/s for PACED_SECS s, 10 ms ticks.
     let per_tick = PACED_RATE / 100;
@@ -320,7 +331,7 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
             for t in 0..(100 * PACED_SECS) {
                 tick.tick().await;
                 let ids: Vec<String> = (0..per_tick)
-                    .map(|i| format!("p-{}", t * per_tick + i))
+                    .map(|i| alert_id(PACED, t * per_tick + i))
                     .collect();
                 raise_batch(&producer, &stream, &ids).await?;
             }
@@ -333,7 +344,7 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
         &stream,
         &mut last,
         &mut arrivals,
-        |a| a.count("p-") >= paced_sent,
+        |a| a.count(PACED) >= paced_sent,
         deadline,
     )
     .await?;
@@ -349,7 +360,7 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
         settle,
     )
     .await?;
-    let paced_lat = arrivals.latencies_ms("p-");
+    let paced_lat = arrivals.latencies_ms(PACED);
     let duplicated = arrivals.total - arrivals.seen.len();
 
     shutdown.cancel();
@@ -367,7 +378,7 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
         flood_p50: percentile(&flood_lat, 0.5),
         flood_p99: percentile(&flood_lat, 0.99),
         paced_sent,
-        paced_lost: paced_sent - arrivals.count("p-"),
+        paced_lost: paced_sent - arrivals.count(PACED),
         paced_p50: percentile(&paced_lat, 0.5),
         paced_p99: percentile(&paced_lat, 0.99),
     })
