@@ -10,8 +10,25 @@ use serde_json::{Map, Value};
 pub struct DeviceDoc {
     pub device_id: String,
     pub kind: DeviceTopicKind,
-    /// The device's JSON object with `device_id` and `message_type` from the topic first.
-    pub doc: Map<String, Value>,
+    /// The document the bus carries: the device's JSON object with `device_id` and
+    /// `message_type` from the topic first.
+    pub data: Vec<u8>,
+}
+
+impl DeviceDoc {
+    /// The document's fields (for a `device.seen` record's metadata: parsed only then).
+    pub fn fields(&self) -> Map<String, Value> {
+        serde_json::from_slice(&self.data).unwrap_or_default()
+    }
+}
+
+/// The top-level fields the topic decides, looked for without building the document.
+#[derive(serde::Deserialize)]
+struct Probe {
+    #[serde(default)]
+    device_id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    message_type: Option<serde::de::IgnoredAny>,
 }
 
 /// Why a message was refused; the label is the metric's `reason`.
@@ -86,16 +103,65 @@ pub fn decode(
     }
     let text = std::str::from_utf8(payload)
         .map_err(|e| reject(Rejection::InvalidUtf8, format!("payload is not UTF-8: {e}")))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| reject(Rejection::InvalidJson, format!("payload is not JSON: {e}")))?;
-    let Value::Object(fields) = value else {
+    let trimmed = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    if !trimmed.starts_with('{') {
+        // Serde would read a struct from an array too: anything but `{` is not an object.
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| reject(Rejection::InvalidJson, format!("payload is not JSON: {e}")))?;
         return Err(reject(
             Rejection::NotAnObject,
             format!("payload is JSON but not an object ({})", json_type(&value)),
         ));
+    }
+    // The usual message names neither field: its bytes are kept and the two fields spliced
+    // in front, with no document built. The probe still checks the whole payload is JSON.
+    let data = match serde_json::from_str::<Probe>(trimmed) {
+        Ok(Probe {
+            device_id: None,
+            message_type: None,
+        }) => splice(device_id, kind, trimmed),
+        Ok(_) => rebuild(device_id, kind, trimmed)?,
+        // A duplicate field, say: the document itself decides.
+        Err(e) if e.is_data() => rebuild(device_id, kind, trimmed)?,
+        Err(e) => {
+            return Err(reject(
+                Rejection::InvalidJson,
+                format!("payload is not JSON: {e}"),
+            ))
+        }
     };
-    // The topic is what the broker authenticated: a `device_id` or `message_type` in the
-    // payload cannot override it.
+    Ok(DeviceDoc {
+        device_id: device_id.to_string(),
+        kind,
+        data,
+    })
+}
+
+/// `{"device_id":..,"message_type":..,` and the rest of the object as it came.
+fn splice(device_id: &str, kind: DeviceTopicKind, object: &str) -> Vec<u8> {
+    let rest = &object[1..];
+    let empty = rest.trim_start_matches(|c: char| c.is_ascii_whitespace()) == "}";
+    let mut out = Vec::with_capacity(object.len() + device_id.len() + 48);
+    out.extend_from_slice(b"{\"device_id\":");
+    // Valid device ids need no escaping, but the encoder is the one place that decides.
+    out.extend_from_slice(&aurora_core::model::to_bytes(&device_id));
+    out.extend_from_slice(b",\"message_type\":\"");
+    out.extend_from_slice(kind.as_str().as_bytes());
+    out.push(b'"');
+    if empty {
+        out.push(b'}');
+    } else {
+        out.push(b',');
+        out.extend_from_slice(rest.as_bytes());
+    }
+    out
+}
+
+/// The document rebuilt: the payload names `device_id` or `message_type` itself. The topic
+/// is what the broker authenticated, so the payload's values are dropped.
+fn rebuild(device_id: &str, kind: DeviceTopicKind, object: &str) -> Result<Vec<u8>, Rejected> {
+    let fields: Map<String, Value> = serde_json::from_str(object)
+        .map_err(|e| reject(Rejection::InvalidJson, format!("payload is not JSON: {e}")))?;
     let mut doc = Map::with_capacity(fields.len() + 2);
     doc.insert("device_id".into(), Value::String(device_id.to_string()));
     doc.insert("message_type".into(), Value::String(kind.as_str().into()));
@@ -104,11 +170,7 @@ pub fn decode(
             doc.insert(k, v);
         }
     }
-    Ok(DeviceDoc {
-        device_id: device_id.to_string(),
-        kind,
-        doc,
-    })
+    Ok(aurora_core::model::to_bytes(&doc))
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -148,9 +210,45 @@ mod tests {
         assert_eq!(d.device_id, "dev-1");
         assert_eq!(d.kind, DeviceTopicKind::Alerts);
         assert_eq!(
-            Value::Object(d.doc),
+            Value::Object(d.fields()),
             serde_json::json!({"device_id":"dev-1","message_type":"alerts","v":1})
         );
+    }
+
+    #[test]
+    fn the_usual_message_keeps_its_bytes_behind_the_topic_fields() {
+        let d = decode(
+            &names(),
+            "aurora/sensors/dev-1/telemetry",
+            b" {\"t\":21.5, \"nested\":{\"device_id\":\"inner\"}}\n",
+            128,
+        )
+        .expect("valid");
+        assert_eq!(
+            String::from_utf8(d.data).unwrap(),
+            r#"{"device_id":"dev-1","message_type":"telemetry","t":21.5, "nested":{"device_id":"inner"}}"#
+        );
+        let d = decode(&names(), "aurora/sensors/d/alerts", b"{ }", 64).expect("valid");
+        assert_eq!(
+            String::from_utf8(d.data).unwrap(),
+            r#"{"device_id":"d","message_type":"alerts"}"#
+        );
+    }
+
+    #[test]
+    fn a_payload_cannot_override_the_topic_however_it_names_the_field() {
+        for payload in [
+            &br#"{"device_id":"forged","device_id":"again","v":1}"#[..],
+            br#"{"v":1,"device\u005fid":"escaped"}"#,
+            br#"{"message_type":"firmware"}"#,
+        ] {
+            let d = decode(&names(), "aurora/sensors/dev-1/alerts", payload, 128).expect("valid");
+            let fields = d.fields();
+            assert_eq!(fields["device_id"], "dev-1", "{payload:?}");
+            assert_eq!(fields["message_type"], "alerts", "{payload:?}");
+            let raw = String::from_utf8(d.data).unwrap();
+            assert_eq!(raw.matches("device_id").count(), 1, "{raw}");
+        }
     }
 
     #[test]

@@ -333,18 +333,12 @@ impl Writer {
     }
 
     fn accept(&mut self, d: DeviceDoc, now: Instant, out: &mut Prepared) {
-        let DeviceDoc {
-            device_id,
-            kind,
-            doc,
-        } = d;
-        let data = to_bytes(&doc);
-        if self.seen.announce(&device_id, now) {
+        if self.seen.announce(&d.device_id, now) {
             let seen = DeviceSeen {
                 event: DeviceSeen::EVENT.to_string(),
-                device_id,
-                message_type: kind,
-                metadata: doc,
+                device_id: d.device_id.clone(),
+                message_type: d.kind,
+                metadata: d.fields(),
                 seen_at: chrono::Utc::now(),
                 extra: Extra::new(),
             };
@@ -352,8 +346,8 @@ impl Writer {
                 .push((self.names.cps_registrations(), to_bytes(&seen)));
             out.seen += 1;
         }
-        out.items.push((self.names.cps_stream(kind), data));
-        out.messages[kind_index(kind)] += 1;
+        out.messages[kind_index(d.kind)] += 1;
+        out.items.push((self.names.cps_stream(d.kind), d.data));
     }
 
     /// Writes the batch, retrying with backoff until it succeeds. False only when the drain
