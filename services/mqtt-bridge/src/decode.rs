@@ -225,12 +225,12 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            String::from_utf8(d.data).unwrap(),
+            String::from_utf8(d.data).expect("utf-8"),
             r#"{"device_id":"dev-1","message_type":"telemetry","t":21.5, "nested":{"device_id":"inner"}}"#
         );
         let d = decode(&names(), "aurora/sensors/d/alerts", b"{ }", 64).expect("valid");
         assert_eq!(
-            String::from_utf8(d.data).unwrap(),
+            String::from_utf8(d.data).expect("utf-8"),
             r#"{"device_id":"d","message_type":"alerts"}"#
         );
     }
@@ -246,7 +246,7 @@ mod tests {
             let fields = d.fields();
             assert_eq!(fields["device_id"], "dev-1", "{payload:?}");
             assert_eq!(fields["message_type"], "alerts", "{payload:?}");
-            let raw = String::from_utf8(d.data).unwrap();
+            let raw = String::from_utf8(d.data).expect("utf-8");
             assert_eq!(raw.matches("device_id").count(), 1, "{raw}");
         }
     }

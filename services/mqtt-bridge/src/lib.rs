@@ -14,6 +14,7 @@ pub mod cli;
 pub mod decode;
 pub mod downlink;
 pub mod error;
+pub mod link;
 pub mod metrics_names;
 pub mod mqtt;
 pub mod seen;
@@ -117,12 +118,11 @@ pub async fn run(
 ) -> Result<(), BridgeError> {
     // The broker sends at most this many messages ahead of the acks.
     let receive_max = u16::try_from(cfg.queue_capacity.max(cfg.batch_size)).unwrap_or(u16::MAX);
-    let mut up_opts = cfg.mqtt.options_v5(
+    let up_link = cfg.mqtt.link_options(
         &cfg.uplink_client_id(),
         u32::try_from(cfg.uplink_max_packet()).unwrap_or(u32::MAX),
         receive_max,
     )?;
-    up_opts.set_manual_acks(true);
     let down_opts = cfg
         .mqtt
         .options(&cfg.downlink_client_id(), true, 1024 * 1024)?;
@@ -141,7 +141,6 @@ pub async fn run(
         cfg.shutdown_timeout,
     ));
 
-    let (up_client, up_loop) = rumqttc::v5::AsyncClient::new(up_opts, uplink::REQUEST_CAPACITY);
     let (down_client, down_loop) = AsyncClient::new(down_opts, 64);
     let uplink_cfg = uplink::UplinkConfig {
         client_id: cfg.uplink_client_id(),
@@ -165,7 +164,7 @@ pub async fn run(
     );
     let up = uplink::run(
         uplink_cfg,
-        (up_client, up_loop),
+        up_link,
         cfg.names.clone(),
         producer.clone(),
         readiness.clone(),

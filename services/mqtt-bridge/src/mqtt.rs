@@ -10,6 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::ConfigError;
+use crate::link::LinkOptions;
 
 /// How long the broker keeps the uplink's session (and queues for it) while the bridge is
 /// away: 14 days, as `persistent_client_expiration` in deploy/mosquitto.
@@ -65,30 +66,35 @@ impl MqttSettings {
         Ok(opts)
     }
 
-    /// MQTT v5 options for the uplink: a persistent session (clean start off, session expiry
-    /// `SESSION_EXPIRY_SECS`) and a receive maximum, so the broker never has more than
-    /// `receive_max` messages unacknowledged towards the bridge (MQTT 3.1.1 has no such flow
-    /// control, and Mosquitto then sends far ahead of the acks).
-    pub fn options_v5(
+    /// How the uplink connects (MQTT 5, driven by [`crate::link`]): a persistent session
+    /// (clean start off, session expiry `SESSION_EXPIRY_SECS`) and a receive maximum, so the
+    /// broker never has more than `receive_max` messages unacknowledged towards the bridge.
+    pub fn link_options(
         &self,
         client_id: &str,
         max_packet: u32,
         receive_max: u16,
-    ) -> Result<rumqttc::v5::MqttOptions, ConfigError> {
+    ) -> Result<LinkOptions, ConfigError> {
         let endpoint = Endpoint::parse(&self.url)?;
-        let mut opts = rumqttc::v5::MqttOptions::new(client_id, endpoint.host, endpoint.port);
-        opts.set_clean_start(false)
-            .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
-            .set_receive_maximum(Some(receive_max.max(1)))
-            .set_max_packet_size(Some(max_packet))
-            .set_keep_alive(self.keep_alive);
-        if let Some((user, pass)) = self.credentials()? {
-            opts.set_credentials(user, pass);
-        }
-        if let Some(transport) = self.transport(endpoint.tls)? {
-            opts.set_transport(transport);
-        }
-        Ok(opts)
+        let tls = if endpoint.tls {
+            Some(Arc::new(self.tls_config()?))
+        } else {
+            // Refuses TLS files with a plain URL.
+            self.transport(false)?;
+            None
+        };
+        Ok(LinkOptions {
+            host: endpoint.host,
+            port: endpoint.port,
+            tls,
+            client_id: client_id.to_string(),
+            credentials: self.credentials()?,
+            keep_alive: self.keep_alive,
+            session_expiry: SESSION_EXPIRY_SECS,
+            receive_max: receive_max.max(1),
+            max_packet,
+            connect_timeout: Duration::from_secs(10),
+        })
     }
 
     /// User name and password, when configured; a password without a user is an error.
@@ -255,8 +261,26 @@ mod tests {
             s.options("c", false, 1024),
             Err(ConfigError::TlsFile { .. })
         ));
+        let link = s.link_options("c", 1024, 10);
+        assert!(matches!(link, Err(ConfigError::TlsFile { .. })));
+        s.ca_file = None;
+        let link = s.link_options("c", 1024, 10).expect("tls link options");
+        assert!(link.tls.is_some());
+        assert_eq!((link.host.as_str(), link.port), ("127.0.0.1", 8883));
         let mut plain = MqttSettings::plain("127.0.0.1", 1883);
+        assert!(plain
+            .link_options("c", 1024, 10)
+            .expect("plain")
+            .tls
+            .is_none());
         plain.password = Some("pw".into());
         assert!(plain.options("c", false, 1024).is_err());
+        assert!(plain.link_options("c", 1024, 10).is_err());
+        plain.password = None;
+        plain.ca_file = Some("/tmp/ca.pem".into());
+        assert!(
+            plain.link_options("c", 1024, 10).is_err(),
+            "TLS files with mqtt://"
+        );
     }
 }

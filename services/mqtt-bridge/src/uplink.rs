@@ -17,14 +17,13 @@ use aurora_core::ops::Readiness;
 use aurora_core::Names;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop};
-use rumqttc::Outgoing;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::acks::AckQueue;
 use crate::backoff::Backoff;
 use crate::decode::{decode, DeviceDoc};
+use crate::link::{Link, LinkError, LinkOptions};
 use crate::seen::SeenTracker;
 use crate::{metrics_names as m, SERVICE};
 
@@ -32,14 +31,6 @@ use crate::{metrics_names as m, SERVICE};
 pub const MQTT_COMPONENT: &str = "mqtt-uplink";
 /// Readiness component of the Redis writes.
 pub const REDIS_COMPONENT: &str = "redis";
-
-/// rumqttc's request queue (acks, subscribes). rumqttc sends one queued request per turn of
-/// its event loop while a read brings up to nine messages, and Mosquitto 2.0.11 was measured
-/// sending over 200,000 messages beyond our receive maximum: acks can fall far behind. They
-/// wait compactly in [`AckQueue`] (4 bytes each) and only a few hundred at a time sit in this
-/// queue; nobody ever waits on it (the flood deadlock at 65,536 cannot come back), and
-/// `aurora_mqtt_bridge_unacked_messages` shows the lag.
-pub const REQUEST_CAPACITY: usize = crate::acks::REQUEST_CAPACITY;
 
 /// How the uplink runs.
 #[derive(Debug, Clone)]
@@ -68,7 +59,7 @@ struct Received {
 /// unless `abort` (the drain deadline) comes first.
 pub async fn run(
     cfg: UplinkConfig,
-    (client, eventloop): (AsyncClient, EventLoop),
+    link: LinkOptions,
     names: Names,
     producer: Producer,
     readiness: Readiness,
@@ -77,12 +68,11 @@ pub async fn run(
 ) {
     readiness.register(MQTT_COMPONENT);
     let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
-    let acks = AckQueue::new(client.clone());
+    let acks = AckQueue::new();
     let writer_done = CancellationToken::new();
     let filters = names_filters(&names, &cfg.share_group);
-    let connection = tokio::spawn(poll_connection(
-        client.clone(),
-        eventloop,
+    let connection = tokio::spawn(drive_connection(
+        link,
         filters,
         tx,
         acks.clone(),
@@ -119,10 +109,9 @@ fn names_filters(names: &Names, group: &str) -> Vec<Filter> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn poll_connection(
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+/// Keeps the uplink connected (reconnecting with backoff) until the writer is done.
+async fn drive_connection(
+    link: LinkOptions,
     filters: Vec<Filter>,
     tx: mpsc::Sender<Received>,
     acks: AckQueue,
@@ -131,114 +120,164 @@ async fn poll_connection(
     writer_done: CancellationToken,
 ) {
     let mut tx = Some(tx);
-    // Messages handed to the writer whose PUBACK has not gone out yet.
-    let mut unacked: u64 = 0;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let event = tokio::select! {
-            ev = eventloop.poll() => ev,
-            _ = shutdown.cancelled(), if tx.is_some() => {
-                // Stop taking messages; the writer drains what it has. Whatever arrives from
-                // now on is left unacknowledged, so the broker delivers it again.
-                tx = None;
-                continue;
-            }
+    while !writer_done.is_cancelled() {
+        let connected = tokio::select! {
+            c = Link::connect(&link) => c,
             _ = writer_done.cancelled() => break,
         };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+        let error = match connected {
+            Ok(session) => {
                 backoff.reset();
-                acks.connected();
-                unacked = 0;
+                let epoch = acks.connected();
                 metrics::counter!(m::CONNECTIONS, "link" => "uplink").increment(1);
                 tracing::info!(
-                    session_present = ack.session_present,
+                    session_present = session.session_present,
                     "uplink connected to the broker"
                 );
-                // Subscribing again with a session present is harmless and covers a changed
-                // group or namespace; without a session it is required.
-                if let Err(e) = client.subscribe_many(filters.clone()).await {
-                    tracing::error!(error = %e, "cannot queue the subscription");
-                    break;
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let refused = ack
-                    .return_codes
-                    .iter()
-                    .any(|c| !matches!(c, SubscribeReasonCode::Success(_)));
-                if refused {
-                    readiness
-                        .set_not_ready(MQTT_COMPONENT, "the broker refused a subscription (ACL?)");
-                } else {
-                    readiness.set_ready(MQTT_COMPONENT);
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let Some(queue) = &tx else { continue };
-                if publish.qos != QoS::AtMostOnce {
-                    unacked += 1;
-                }
-                let received = Received {
-                    publish,
-                    epoch: acks.epoch(),
+                let mut conn = Connection {
+                    link: session,
+                    epoch,
+                    acks: &acks,
+                    readiness: &readiness,
+                    keep_alive: link.keep_alive.max(Duration::from_secs(1)),
+                    unacked: 0,
                 };
-                // Waiting here is the backpressure: while the writer is behind, the broker's
-                // in-flight window fills and it queues the rest for this session.
-                if queue.send(received).await.is_err() {
-                    tx = None;
+                match conn.run(&filters, &mut tx, &shutdown, &writer_done).await {
+                    Ok(()) => {
+                        // The writer is done: what it acknowledged goes out, then DISCONNECT,
+                        // so the broker keeps the session cleanly.
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+                        break;
+                    }
+                    Err(e) => e,
                 }
             }
-            Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
-                metrics::counter!(m::ACKS_SENT).increment(1);
-                acks.sent();
-                unacked = unacked.saturating_sub(1);
-                if unacked.is_multiple_of(256) {
-                    metrics::gauge!(m::UNACKED).set(unacked as f64);
+            Err(e) => e,
+        };
+        acks.disconnected();
+        metrics::counter!(m::CONNECTION_ERRORS, "link" => "uplink").increment(1);
+        readiness.set_not_ready(MQTT_COMPONENT, format!("broker connection: {error}"));
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %error, retry_in = ?delay, "uplink connection to the broker lost; reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = writer_done.cancelled() => break,
+        }
+    }
+}
+
+/// One connected session of the uplink.
+struct Connection<'a> {
+    link: Link,
+    epoch: u64,
+    acks: &'a AckQueue,
+    readiness: &'a Readiness,
+    keep_alive: Duration,
+    /// Messages handed to the writer whose PUBACK has not gone out yet.
+    unacked: u64,
+}
+
+impl Connection<'_> {
+    /// Subscribes, then hands publishes to the writer and writes the acks it queues, until
+    /// the connection fails (`Err`) or the writer is done (`Ok`).
+    async fn run(
+        &mut self,
+        filters: &[Filter],
+        tx: &mut Option<mpsc::Sender<Received>>,
+        shutdown: &CancellationToken,
+        writer_done: &CancellationToken,
+    ) -> Result<(), LinkError> {
+        // Subscribing again with a session present is harmless and covers a changed group or
+        // namespace; without a session it is required.
+        self.link.subscribe(filters.to_vec()).await?;
+        let mut ping = tokio::time::interval(self.keep_alive);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        let mut pkids = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = writer_done.cancelled() => return Ok(()),
+                _ = shutdown.cancelled(), if tx.is_some() => {
+                    // Stop taking messages; the writer drains what it has. Whatever arrives
+                    // from now on is left unacknowledged, so the broker delivers it again.
+                    *tx = None;
                 }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                acks.disconnected();
-                metrics::counter!(m::CONNECTION_ERRORS, "link" => "uplink").increment(1);
-                readiness.set_not_ready(MQTT_COMPONENT, format!("broker connection: {e}"));
-                tracing::warn!(error = %e, "uplink connection to the broker lost; reconnecting");
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = writer_done.cancelled() => break,
+                _ = self.acks.ready() => self.write_acks(&mut pkids).await?,
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > self.keep_alive * 2 {
+                        return Err(LinkError::Timeout(self.keep_alive * 2, "keep-alive"));
+                    }
+                    self.link.ping().await?;
+                }
+                packet = self.link.next() => {
+                    last_heard = Instant::now();
+                    match packet? {
+                        Packet::Publish(publish) => self.hand_over(publish, tx).await,
+                        Packet::SubAck(ack) => {
+                            let refused = ack
+                                .return_codes
+                                .iter()
+                                .any(|c| !matches!(c, SubscribeReasonCode::Success(_)));
+                            if refused {
+                                self.readiness.set_not_ready(
+                                    MQTT_COMPONENT,
+                                    "the broker refused a subscription (ACL?)",
+                                );
+                            } else {
+                                self.readiness.set_ready(MQTT_COMPONENT);
+                            }
+                        }
+                        Packet::PingResp(_) => {}
+                        Packet::ConnAck(_) => return Err(LinkError::Unexpected("second CONNACK")),
+                        // Nothing else is expected on a subscribe-only QoS 1 session.
+                        other => tracing::debug!(packet = ?other, "ignored a packet from the broker"),
+                    }
                 }
             }
         }
     }
-    disconnect(&client, &mut eventloop, &acks).await;
-}
 
-/// Sends the acks still queued, then DISCONNECT, so the broker keeps the session cleanly.
-async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, acks: &AckQueue) {
-    let flush = async {
-        acks.feed();
-        while acks.outstanding() > 0 {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
-                    metrics::counter!(m::ACKS_SENT).increment(1);
-                    acks.sent();
-                }
-                Err(_) => return,
-                Ok(_) => {}
-            }
+    /// Gives a publish to the writer. Waiting here is the backpressure: while the writer is
+    /// behind, the broker's in-flight window (our receive maximum) fills and it queues the
+    /// rest for this session.
+    async fn hand_over(&mut self, publish: Publish, tx: &mut Option<mpsc::Sender<Received>>) {
+        let Some(queue) = tx.as_ref() else { return };
+        if publish.qos != QoS::AtMostOnce {
+            self.unacked += 1;
         }
-        if client.try_disconnect().is_err() {
-            return;
+        let received = Received {
+            publish,
+            epoch: self.epoch,
+        };
+        if queue.send(received).await.is_err() {
+            *tx = None;
         }
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
+    }
+
+    /// Writes every ack the writer queued, in one write.
+    async fn write_acks(&mut self, pkids: &mut Vec<u16>) -> Result<(), LinkError> {
+        self.acks.take(pkids);
+        if pkids.is_empty() {
+            return Ok(());
         }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+        self.link.write_acks(pkids).await?;
+        let n = pkids.len() as u64;
+        metrics::counter!(m::ACKS_SENT).increment(n);
+        self.unacked = self.unacked.saturating_sub(n);
+        metrics::gauge!(m::UNACKED).set(self.unacked as f64);
+        Ok(())
+    }
+
+    /// Sends the acks still queued, then DISCONNECT.
+    async fn close(mut self) {
+        let mut pkids = Vec::new();
+        if self.write_acks(&mut pkids).await.is_ok() {
+            let _ = self.link.disconnect().await;
+        }
+    }
 }
 
 struct Writer {

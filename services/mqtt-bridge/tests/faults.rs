@@ -116,3 +116,53 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     bridge.ready().await;
     bridge.stop().await;
 }
+
+/// Publishes telemetry with sequence numbers `seqs` from one new connection and waits for
+/// the broker's acks.
+async fn publish_seqs(names: &Names, port: u16, seqs: std::ops::Range<u64>, client: &str) {
+    let mut dev = Device::connect(port, &format!("{}-{client}", names.namespace()), None).await;
+    let n = seqs.end - seqs.start;
+    for seq in seqs {
+        let topic =
+            names.mqtt_sensor_topic(&format!("dev-{}", seq % 20), DeviceTopicKind::Telemetry);
+        dev.publish(&topic, json!({"seq": seq, "temp": 21.5}).to_string())
+            .await;
+    }
+    dev.wait_acked(n).await;
+    dev.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_restarted_the_bridge_reconnects_resubscribes_and_resumes() {
+    let mut broker = MosquittoServer::start();
+    let names = aurora_testkit::names();
+    let conn = redis(REDIS_URL).await;
+    let bridge = Bridge::start(config(&names, broker.port(), REDIS_URL, "a"));
+    bridge.ready().await;
+
+    publish_seqs(&names, broker.port(), 0..200, "before").await;
+    wait_len(&conn, &names.cps_telemetry(), 200, LONG).await;
+
+    broker.terminate();
+    let r = bridge.readiness.clone();
+    aurora_testkit::wait_until(
+        LONG,
+        "/readyz: the uplink not ready while the broker is down",
+        || {
+            let r = r.clone();
+            async move {
+                (r.report()["components"][mqtt_bridge::uplink::MQTT_COMPONENT]["ready"] == false)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    broker.start_again();
+    bridge.ready().await;
+
+    publish_seqs(&names, broker.port(), 200..400, "after").await;
+    let dups = wait_all_seqs(&conn, &names.cps_telemetry(), 400).await;
+    eprintln!("broker restarted: all 400 arrived, {dups} duplicates");
+    bridge.stop().await;
+    cleanup(&mut conn.clone(), &names).await;
+}
