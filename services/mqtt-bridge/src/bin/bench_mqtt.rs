@@ -345,6 +345,7 @@ impl Drop for BridgeChild {
 struct Publisher {
     client: AsyncClient,
     acked: Arc<AtomicU64>,
+    connected: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -356,11 +357,15 @@ impl Publisher {
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let acked = Arc::new(AtomicU64::new(0));
         let counter = acked.clone();
+        let (connected_tx, connected) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = connected_tx.send(true);
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
@@ -374,8 +379,18 @@ impl Publisher {
         Self {
             client,
             acked,
+            connected,
             task,
         }
+    }
+
+    /// Waits for the CONNACK, so that a timed phase does not count the handshake.
+    async fn wait_connected(&self) -> anyhow::Result<()> {
+        let mut rx = self.connected.clone();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|c| *c))
+            .await
+            .context("no CONNACK within 10 s")??;
+        Ok(())
     }
 
     async fn wait_acked(&self, n: u64) -> anyhow::Result<()> {
@@ -676,10 +691,17 @@ async fn latency(
     });
     // Publishers at a fixed rate: every millisecond, each sends its share.
     let per_pub_per_ms = LATENCY_RATE as f64 / 1000.0 / PUBLISHERS as f64;
-    let mut tasks = Vec::new();
+    // Connected before the clock starts: each message's age counts from its publish, and
+    // the first ones must not wait for a handshake.
+    let mut publishers = Vec::new();
     for p in 0..PUBLISHERS as u64 {
-        let names = names.clone();
         let publisher = Publisher::connect(port, &format!("latency-pub-{p}"));
+        publisher.wait_connected().await?;
+        publishers.push(publisher);
+    }
+    let mut tasks = Vec::new();
+    for (p, publisher) in (0u64..).zip(publishers) {
+        let names = names.clone();
         let per = total / PUBLISHERS as u64;
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(1));
