@@ -7,6 +7,10 @@
 //! XACKs entries only once JetStream has stored them, in batches. An entry stays "in flight"
 //! from its publish to its XACK; a re-read of it (own pending entries after a restart, a
 //! takeover) is skipped meanwhile instead of being published twice.
+//!
+//! The publish timeout counts from the publish, not from when the collector gets to the ack:
+//! acks lost with a connection (a NATS restart) then all run out together, instead of one
+//! after the other, each a full timeout after the previous one, while the window stays full.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, publish::PublishAck};
-use aurora_core::bus::{self, BusError, Entry, GroupConfig, GroupReader, Producer};
+use aurora_core::bus::{self, BusError, Entry, GroupAcker, GroupConfig, GroupReader, Producer};
 use aurora_core::names::{FederatedKind, Names};
 use bytes::Bytes;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -43,6 +47,8 @@ pub struct ExportSettings {
     pub batch: usize,
     pub claim_idle: Duration,
     pub max_deliveries: u64,
+    /// How long after a publish its ack may take before the message is published again.
+    pub publish_timeout: Duration,
 }
 
 /// An exporter could not start.
@@ -66,6 +72,7 @@ struct Outgoing {
     msg_id: String,
     payload: Bytes,
     ack: PublishAckFuture,
+    /// The first publish (for the latency metric).
     sent: Instant,
 }
 
@@ -76,6 +83,7 @@ struct Shared {
     subject: String,
     site_id: String,
     js: jetstream::Context,
+    publish_timeout: Duration,
     in_flight: Arc<Mutex<HashSet<String>>>,
     progress: Arc<Notify>,
     abort: CancellationToken,
@@ -110,8 +118,6 @@ impl Shared {
 pub struct Exporter {
     shared: Shared,
     reader: GroupReader,
-    /// The same group through the shared connection: XACKs from the collector.
-    acker: Option<GroupReader>,
     policy: Arc<Policy>,
     window: usize,
 }
@@ -144,10 +150,7 @@ impl Exporter {
         let read_conn = bus::connect_blocking(&settings.redis_url, cfg.block)
             .await
             .map_err(err)?;
-        let reader = GroupReader::new(cfg.clone(), read_conn, producer.clone())
-            .await
-            .map_err(err)?;
-        let acker = GroupReader::new(cfg, producer.conn(), producer)
+        let reader = GroupReader::new(cfg, read_conn, producer)
             .await
             .map_err(err)?;
         Ok(Self {
@@ -156,12 +159,12 @@ impl Exporter {
                 subject: names.nats_subject(kind),
                 site_id: policy.site_id().to_string(),
                 js,
+                publish_timeout: settings.publish_timeout,
                 in_flight: Arc::default(),
                 progress: Arc::default(),
                 abort,
             },
             reader,
-            acker: Some(acker),
             policy,
             window: settings.window,
         })
@@ -171,10 +174,8 @@ impl Exporter {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let window = Arc::new(Semaphore::new(self.window));
         let (tx, rx) = mpsc::channel(self.window);
-        let Some(acker) = self.acker.take() else {
-            return;
-        };
-        let collector = tokio::spawn(collect(rx, acker, self.shared.clone()));
+        // XACKs through the shared connection, not the reader's blocking one.
+        let collector = tokio::spawn(collect(rx, self.reader.acker(), self.shared.clone()));
         let kind = self.shared.kind;
         tracing::info!(stream = %self.reader.config().stream, subject = %self.shared.subject, "exporting");
         while !shutdown.is_cancelled() && !self.shared.abort.is_cancelled() {
@@ -290,7 +291,7 @@ impl Exporter {
 }
 
 /// Settles in-flight entries in order and XACKs them in batches.
-async fn collect(mut rx: mpsc::Receiver<InFlight>, acker: GroupReader, shared: Shared) {
+async fn collect(mut rx: mpsc::Receiver<InFlight>, acker: GroupAcker, shared: Shared) {
     let mut settled: Vec<InFlight> = Vec::new();
     loop {
         let next = if settled.is_empty() {
@@ -321,47 +322,66 @@ async fn collect(mut rx: mpsc::Receiver<InFlight>, acker: GroupReader, shared: S
     flush(&acker, &shared, &mut settled).await;
 }
 
-/// Waits until JetStream stored the message, publishing it again when an ack fails.
-/// `false` when told to give up first.
+/// Waits until JetStream stored the message, publishing it again when no ack came within
+/// the publish timeout of its publish, or when the publish failed. `false` when told to give
+/// up first.
 async fn settle(shared: &Shared, out: Outgoing) -> bool {
-    let mut ack = out.ack;
+    let Outgoing {
+        msg_id,
+        payload,
+        mut ack,
+        sent,
+    } = out;
+    let mut published = sent;
     let mut delay = Duration::from_millis(100);
     loop {
+        // The ack future's own timeout starts when it is first polled, and the collector gets
+        // to it only after the acks before it: bound the wait from the publish instead.
+        let deadline = tokio::time::Instant::from_std(published + shared.publish_timeout);
         let result: Result<PublishAck, PublishError> = tokio::select! {
             _ = shared.abort.cancelled() => return false,
-            r = ack => r,
+            r = tokio::time::timeout_at(deadline, ack) => {
+                r.unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)))
+            }
         };
-        match result {
+        let timed_out = match result {
             Ok(stored) => {
                 if stored.duplicate {
                     telemetry::duplicates(Direction::Export, 1);
                 } else {
                     telemetry::messages(Direction::Export, shared.kind, 1);
                 }
-                telemetry::publish_latency(out.sent.elapsed());
+                telemetry::publish_latency(sent.elapsed());
                 return true;
             }
             Err(e) => {
-                tracing::warn!(error = %e, msg_id = %out.msg_id, "no JetStream ack; publishing again");
+                tracing::warn!(error = %e, msg_id = %msg_id, "no JetStream ack; publishing again");
                 telemetry::publish_retry();
+                e.kind() == PublishErrorKind::TimedOut
             }
-        }
+        };
+        // After a timeout the publish timeout was the wait: publish again at once (its
+        // message id makes a copy JetStream already stored a duplicate). A quick failure
+        // (no stream, connection gone) backs off first.
+        let mut wait = !timed_out;
         ack = loop {
-            if !shared.backoff(&mut delay).await {
+            if wait && !shared.backoff(&mut delay).await {
                 return false;
             }
-            match shared.send(&out.msg_id, out.payload.clone()).await {
+            wait = true;
+            match shared.send(&msg_id, payload.clone()).await {
                 Ok(ack) => break ack,
                 Err(e) => {
-                    tracing::warn!(error = %e, msg_id = %out.msg_id, "publish failed; retrying")
+                    tracing::warn!(error = %e, msg_id = %msg_id, "publish failed; retrying")
                 }
             }
         };
+        published = Instant::now();
     }
 }
 
 /// XACKs settled entries; retries until Redis takes it. `false` when told to give up.
-async fn flush(acker: &GroupReader, shared: &Shared, settled: &mut Vec<InFlight>) -> bool {
+async fn flush(acker: &GroupAcker, shared: &Shared, settled: &mut Vec<InFlight>) -> bool {
     if settled.is_empty() {
         return true;
     }

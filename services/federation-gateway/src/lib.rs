@@ -242,6 +242,7 @@ impl Gateway {
             batch: self.args.export_batch as usize,
             claim_idle: self.args.export_claim_idle,
             max_deliveries: self.args.export_max_deliveries,
+            publish_timeout: self.args.publish_timeout,
         };
         let mut work = Vec::new();
         let exported = if self.args.export {
