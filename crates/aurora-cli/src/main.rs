@@ -1,10 +1,5 @@
 //! `aurora`: mint tokens, publish documents, follow streams and see the state of the bus.
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod publish;
 mod simulate;
 mod status;

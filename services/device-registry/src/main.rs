@@ -1,10 +1,5 @@
 //! device-registry: parses flags and runs the service (see the library for what it does).
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

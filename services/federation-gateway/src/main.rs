@@ -1,10 +1,5 @@
 //! The federation-gateway binary: parses its configuration and runs the library.
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use aurora_core::ops::{self, Readiness};
 use clap::Parser;

@@ -1,10 +1,5 @@
 //! mqtt-bridge: parses the flags and wires the parts; the work is in the library.
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use aurora_core::ops;
 use clap::Parser;

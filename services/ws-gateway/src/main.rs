@@ -1,10 +1,5 @@
 //! ws-gateway: parses the flags and runs the gateway until SIGTERM.
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::Parser;
 use ws_gateway::{Args, SERVICE};

@@ -3,11 +3,6 @@
 //! in the same run, the ceiling: the same batch upsert statement run directly against
 //! PostgreSQL. Writes bench/results/registry.json.
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};

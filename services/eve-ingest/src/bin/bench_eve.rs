@@ -15,11 +15,6 @@
 //! (identical bytes would be deduplicated). Everything runs in a namespace of its own, which
 //! is deleted at the end. Writes `bench/results/eve.json`.
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,11 +9,6 @@
 //! Writes bench/results/federation.json. Environment: BENCH_FEDERATION_M (default 50000),
 //! AURORA_NATS_URL, AURORA_REDIS_URL (a server; databases 3 and 4 are used).
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -13,11 +13,6 @@
 //! Peak memory of the bridge is VmHWM from /proc. Its own Mosquitto (queue limits in the
 //! JSON), the shared Redis under a namespace of its own, deleted at the end.
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};

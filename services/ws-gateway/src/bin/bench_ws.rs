@@ -8,11 +8,6 @@
 //! The clients, Redis and the gateway share the machine's cores: the figures are a floor.
 //! Writes bench/results/ws.json.
 
-/// mimalloc: the services allocate many small short-lived buffers per message, where it
-/// costs markedly less CPU than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
