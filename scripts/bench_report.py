@@ -64,6 +64,9 @@ def main():
                 json.dumps(r.get("details", {}), indent=2, sort_keys=True), "```"]
         if r.get("notes"):
             out += ["", str(r["notes"])]
+    notes = ROOT / "bench" / "NOTES.md"
+    if notes.exists():
+        out += ["", notes.read_text().rstrip()]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out) + "\n")
     print(f"wrote BENCHMARKS.md ({len(names)} benchmarks)")
 
