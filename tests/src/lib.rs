@@ -847,6 +847,23 @@ pub async fn stream_docs(conn: &mut Conn, stream: &str) -> Vec<(String, Value)> 
     out
 }
 
+/// Waits (up to [`WAIT`]) until `stream` holds at least `n` entries; returns them all.
+pub async fn wait_stream_docs(
+    conn: &Conn,
+    stream: &str,
+    n: usize,
+    what: &str,
+) -> Vec<(String, Value)> {
+    aurora_testkit::wait_until(WAIT, what, || {
+        let mut conn = conn.clone();
+        async move {
+            let docs = stream_docs(&mut conn, stream).await;
+            (docs.len() >= n).then_some(docs)
+        }
+    })
+    .await
+}
+
 pub async fn xlen(conn: &mut Conn, stream: &str) -> u64 {
     redis::cmd("XLEN")
         .arg(stream)

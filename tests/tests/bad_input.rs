@@ -112,15 +112,7 @@ async fn mqtt_bridge_dead_letters_every_bad_device_message_and_keeps_serving() {
         );
         assert_eq!(r.service, "mqtt-bridge");
     }
-    let telemetry = wait_until(WAIT, "the good messages", || {
-        let mut conn = conn.clone();
-        let stream = names.cps_telemetry();
-        async move {
-            let docs = stream_docs(&mut conn, &stream).await;
-            (docs.len() >= 2).then_some(docs)
-        }
-    })
-    .await;
+    let telemetry = wait_stream_docs(&conn, &names.cps_telemetry(), 2, "the good messages").await;
     assert_eq!(telemetry.len(), 2, "{telemetry:?}");
     assert_eq!(
         telemetry[0].1["device_id"], "dev-1",
@@ -585,15 +577,7 @@ async fn federation_gateway_dead_letters_bad_documents_from_its_site_and_from_th
     let alert = json!({"id": id, "title": "good", "severity": "high", "status": "new",
         "source": "e2e", "timestamp": chrono::Utc::now()});
     xadd(&mut conn_a, &names.alerts(), alert.to_string().as_bytes()).await;
-    let landed = wait_until(WAIT, "the good alert at B", || {
-        let mut conn = conn_b.clone();
-        let stream = names.alerts();
-        async move {
-            let docs = stream_docs(&mut conn, &stream).await;
-            (!docs.is_empty()).then_some(docs)
-        }
-    })
-    .await;
+    let landed = wait_stream_docs(&conn_b, &names.alerts(), 1, "the good alert at B").await;
     assert_eq!(landed.len(), 1, "{landed:?}");
     assert_eq!(landed[0].1["id"], id.as_str());
     assert_eq!(fed_a.readyz().await, Some(200));
@@ -872,15 +856,7 @@ async fn eve_ingest_random_lines_are_all_published_or_dead_lettered_and_alerts_v
     .await;
     assert_eq!(published, valid, "published");
     assert_eq!(dead, N - valid, "dead-lettered");
-    let written = wait_until(WAIT, "every alert", || {
-        let mut conn = conn.clone();
-        let stream = names.alerts();
-        async move {
-            let docs = stream_docs(&mut conn, &stream).await;
-            (docs.len() >= alerts).then_some(docs)
-        }
-    })
-    .await;
+    let written = wait_stream_docs(&conn, &names.alerts(), alerts, "every alert").await;
     assert_eq!(written.len(), alerts);
     for (_, doc) in &written {
         let bytes = serde_json::to_vec(doc).unwrap();

@@ -196,15 +196,7 @@ async fn suricata_events_survive_eve_ingest_kill_and_nats_restart_exactly_once()
         assert!(payloads.contains(l.as_bytes()), "event lost: {}", &l[..80]);
     }
 
-    let alert_docs = wait_until(WAIT, "every alert", || {
-        let mut conn = conn.clone();
-        let stream = names.alerts();
-        async move {
-            let docs = stream_docs(&mut conn, &stream).await;
-            (docs.len() >= alerts).then_some(docs)
-        }
-    })
-    .await;
+    let alert_docs = wait_stream_docs(&conn, &names.alerts(), alerts, "every alert").await;
     // Nothing more trickles in.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let alert_docs_after = stream_docs(&mut conn, &names.alerts()).await;

@@ -21,6 +21,26 @@ fn group(stream: &str, consumer: &str, dead: &str) -> GroupConfig {
     cfg
 }
 
+/// Entries of `stream` pending in group `g`.
+async fn pending_in_group(conn: &mut bus::Conn, stream: &str) -> usize {
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("g")
+        .query_async(conn)
+        .await
+        .unwrap();
+    pending.count()
+}
+
+/// Deletes what a test wrote.
+async fn delete(conn: &mut bus::Conn, keys: &[&str]) {
+    redis::cmd("DEL")
+        .arg(keys)
+        .query_async::<()>(conn)
+        .await
+        .unwrap();
+}
+
 async fn reader(url: &str, cfg: GroupConfig) -> GroupReader {
     let conn = bus::connect_blocking(url, cfg.block).await.unwrap();
     GroupReader::new(cfg, conn, producer(url).await)
@@ -65,12 +85,7 @@ async fn batches_keep_order_and_readers_without_a_group_see_everything() {
     assert_eq!(tailed[1].stream, n.audit());
     assert_eq!(bus::last_id(&mut conn, &n.alerts()).await.unwrap(), ids[49]);
     assert_eq!(bus::last_id(&mut conn, &n.iocs()).await.unwrap(), "0-0");
-    redis::cmd("DEL")
-        .arg(n.alerts())
-        .arg(n.audit())
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&n.alerts(), &n.audit()]).await;
 }
 
 #[tokio::test]
@@ -86,11 +101,7 @@ async fn streams_are_trimmed_to_about_maxlen() {
         .await
         .unwrap();
     assert!(len < 400, "stream kept {len} entries with MAXLEN ~ 100");
-    redis::cmd("DEL")
-        .arg(n.alerts())
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&n.alerts()]).await;
 }
 
 #[tokio::test]
@@ -128,19 +139,8 @@ async fn a_dead_consumers_entries_are_taken_over_and_a_restarted_one_finds_its_o
     assert!(b.next_batch().await.unwrap().is_empty());
 
     let mut conn = bus::connect(REDIS_URL).await.unwrap();
-    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("g")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(pending.count(), 0);
-    redis::cmd("DEL")
-        .arg(&stream)
-        .arg(&dead)
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    assert_eq!(pending_in_group(&mut conn, &stream).await, 0);
+    delete(&mut conn, &[&stream, &dead]).await;
 }
 
 #[tokio::test]
@@ -196,19 +196,12 @@ async fn poison_entries_and_entries_without_data_are_dead_lettered_with_the_reas
     assert_eq!(records[1].source_id.as_deref(), Some(poison_id.as_str()));
     assert_eq!(records[1].raw().unwrap(), b"{\"poison\":true}");
     assert_eq!(records[1].source, stream);
-    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("g")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(pending.count(), 0, "dead letters are acknowledged");
-    redis::cmd("DEL")
-        .arg(&stream)
-        .arg(&dead)
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    assert_eq!(
+        pending_in_group(&mut conn, &stream).await,
+        0,
+        "dead letters are acknowledged"
+    );
+    delete(&mut conn, &[&stream, &dead]).await;
 }
 
 #[tokio::test]
@@ -295,13 +288,7 @@ async fn publish_once_writes_each_key_once_even_after_scripts_are_flushed() {
         .await
         .unwrap();
     assert!(ttl > 0 && ttl <= 60, "keys expire ({ttl})");
-    redis::cmd("DEL")
-        .arg(&stream)
-        .arg(&k1)
-        .arg(&k2)
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    delete(&mut conn, &[&stream, &k1, &k2]).await;
 }
 
 #[tokio::test]
@@ -341,18 +328,8 @@ async fn own_pending_entries_are_handed_out_once_per_pass_even_when_acked_late()
     let acker = again.acker();
     acker.ack(&ids).await.unwrap();
     let mut conn = bus::connect(REDIS_URL).await.unwrap();
-    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("g")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(pending.count(), 0);
-    redis::cmd("DEL")
-        .arg(&stream)
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+    assert_eq!(pending_in_group(&mut conn, &stream).await, 0);
+    delete(&mut conn, &[&stream]).await;
 }
 
 #[tokio::test]

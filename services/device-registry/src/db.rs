@@ -66,6 +66,54 @@ pub struct Upserted {
     pub inserted: bool,
 }
 
+/// The sightings of a batch as the eight column arrays `$1`..`$8` of the statements below
+/// (device_id, id, model, firmware_version, metadata, public_key, first_seen, last_seen); a
+/// new device's UUID is drawn here.
+struct SightingColumns<'a> {
+    ids: Vec<&'a str>,
+    uuids: Vec<Uuid>,
+    models: Vec<Option<&'a str>>,
+    versions: Vec<Option<&'a str>>,
+    metadata: Vec<&'a serde_json::Value>,
+    keys: Vec<Option<&'a [u8]>>,
+    first: Vec<DateTime<Utc>>,
+    last: Vec<DateTime<Utc>>,
+}
+
+impl<'a> SightingColumns<'a> {
+    fn of(sightings: &'a [Sighting]) -> Self {
+        Self {
+            ids: sightings.iter().map(|s| s.device_id.as_str()).collect(),
+            uuids: sightings.iter().map(|_| Uuid::new_v4()).collect(),
+            models: sightings.iter().map(|s| s.model.as_deref()).collect(),
+            versions: sightings
+                .iter()
+                .map(|s| s.firmware_version.as_deref())
+                .collect(),
+            metadata: sightings.iter().map(|s| &s.metadata).collect(),
+            keys: sightings.iter().map(|s| s.public_key.as_deref()).collect(),
+            first: sightings.iter().map(|s| s.first_seen).collect(),
+            last: sightings.iter().map(|s| s.last_seen).collect(),
+        }
+    }
+
+    /// Binds `$1`..`$8`.
+    fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.uuids)
+            .bind(&self.models)
+            .bind(&self.versions)
+            .bind(&self.metadata)
+            .bind(&self.keys)
+            .bind(&self.first)
+            .bind(&self.last)
+    }
+}
+
 /// Inserts new devices and moves `last_seen` of known ones forward, in one statement.
 /// `sightings` must hold each device once; sorted by id, concurrent batches lock rows in one
 /// order and cannot deadlock. Returns the new devices and the known ones whose `last_seen`
@@ -74,27 +122,10 @@ pub async fn upsert_devices(
     conn: &mut PgConnection,
     sightings: &[Sighting],
 ) -> Result<Vec<Upserted>, sqlx::Error> {
-    let n = sightings.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut uuids = Vec::with_capacity(n);
-    let mut models = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut metadata = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut first = Vec::with_capacity(n);
-    let mut last = Vec::with_capacity(n);
-    for s in sightings {
-        ids.push(s.device_id.as_str());
-        uuids.push(Uuid::new_v4());
-        models.push(s.model.as_deref());
-        versions.push(s.firmware_version.as_deref());
-        metadata.push(&s.metadata);
-        keys.push(s.public_key.as_deref());
-        first.push(s.first_seen);
-        last.push(s.last_seen);
-    }
-    sqlx::query_as::<_, Upserted>(
-        "INSERT INTO devices AS d
+    let columns = SightingColumns::of(sightings);
+    columns
+        .bind(sqlx::query_as::<_, Upserted>(
+            "INSERT INTO devices AS d
              (device_id, id, model, firmware_version, metadata, public_key, first_seen, last_seen,
               last_challenge_at)
          SELECT u.*, now()
@@ -103,17 +134,9 @@ pub async fn upsert_devices(
          ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
              WHERE EXCLUDED.last_seen > d.last_seen
          RETURNING d.device_id, d.id, (d.xmax = 0) AS inserted",
-    )
-    .bind(&ids)
-    .bind(&uuids)
-    .bind(&models)
-    .bind(&versions)
-    .bind(&metadata)
-    .bind(&keys)
-    .bind(&first)
-    .bind(&last)
-    .fetch_all(conn)
-    .await
+        ))
+        .fetch_all(conn)
+        .await
 }
 
 /// A device the registration statement inserted, with its first challenge.
@@ -148,33 +171,14 @@ pub async fn register_batch(
     timeout: Duration,
     outbox: Uuid,
 ) -> Result<Vec<Registered>, sqlx::Error> {
-    let n = sightings.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut uuids = Vec::with_capacity(n);
-    let mut models = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut metadata = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut first = Vec::with_capacity(n);
-    let mut last = Vec::with_capacity(n);
-    let mut nonces = Vec::with_capacity(n);
-    let mut commands = Vec::with_capacity(n);
-    for s in sightings {
-        ids.push(s.device_id.as_str());
-        uuids.push(Uuid::new_v4());
-        models.push(s.model.as_deref());
-        versions.push(s.firmware_version.as_deref());
-        metadata.push(&s.metadata);
-        keys.push(s.public_key.as_deref());
-        first.push(s.first_seen);
-        last.push(s.last_seen);
-        // Drawn for every sighting, used only for the new devices: cheaper than a second
-        // round trip to learn which ones are new.
-        nonces.push(new_nonce());
-        commands.push(Uuid::new_v4());
-    }
-    sqlx::query_as::<_, Registered>(
-        "WITH u AS MATERIALIZED (
+    let columns = SightingColumns::of(sightings);
+    // Drawn for every sighting, used only for the new devices: cheaper than a second round
+    // trip to learn which ones are new.
+    let nonces: Vec<String> = sightings.iter().map(|_| new_nonce()).collect();
+    let commands: Vec<Uuid> = sightings.iter().map(|_| Uuid::new_v4()).collect();
+    columns
+        .bind(sqlx::query_as::<_, Registered>(
+            "WITH u AS MATERIALIZED (
              SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
                                   $6::bytea[], $7::timestamptz[], $8::timestamptz[],
                                   $9::text[], $10::uuid[])
@@ -203,21 +207,13 @@ pub async fn register_batch(
          )
          SELECT ch.device_id, ups.id, ch.nonce, ch.command_id, ch.expires_at
          FROM ch JOIN ups ON ups.device_id = ch.device_id",
-    )
-    .bind(&ids)
-    .bind(&uuids)
-    .bind(&models)
-    .bind(&versions)
-    .bind(&metadata)
-    .bind(&keys)
-    .bind(&first)
-    .bind(&last)
-    .bind(&nonces)
-    .bind(&commands)
-    .bind(millis(timeout))
-    .bind(outbox)
-    .fetch_all(conn)
-    .await
+        ))
+        .bind(&nonces)
+        .bind(&commands)
+        .bind(millis(timeout))
+        .bind(outbox)
+        .fetch_all(conn)
+        .await
 }
 
 /// The records of registration batch `outbox` are on the bus: its outbox row goes.

@@ -142,10 +142,10 @@ fn splice(device_id: &str, kind: DeviceTopicKind, object: &str) -> Vec<u8> {
     let rest = &object[1..];
     let empty = rest.trim_start_matches(|c: char| c.is_ascii_whitespace()) == "}";
     let mut out = Vec::with_capacity(object.len() + device_id.len() + 48);
-    out.extend_from_slice(b"{\"device_id\":");
-    // Valid device ids need no escaping, but the encoder is the one place that decides.
-    out.extend_from_slice(&aurora_core::model::to_bytes(&device_id));
-    out.extend_from_slice(b",\"message_type\":\"");
+    // `decode` let only `[A-Za-z0-9_.:-]` through: nothing in a device id needs escaping.
+    out.extend_from_slice(b"{\"device_id\":\"");
+    out.extend_from_slice(device_id.as_bytes());
+    out.extend_from_slice(b"\",\"message_type\":\"");
     out.extend_from_slice(kind.as_str().as_bytes());
     out.push(b'"');
     if empty {

@@ -222,6 +222,20 @@ async fn cleanup(conn: &mut bus::Conn, js: &async_nats::jetstream::Context, name
     }
 }
 
+/// What one run measured (rates per second; counts at the end).
+struct Measured {
+    ceiling_before: f64,
+    ceiling_after: f64,
+    /// Mean of the two.
+    ceiling: f64,
+    alert_ceiling: f64,
+    events_per_s: f64,
+    mix_alerts_per_s: f64,
+    alerts_per_s: f64,
+    final_events: u64,
+    final_alerts: usize,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = env_usize("BENCH_EVE_EVENTS", 100_000);
@@ -333,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
         let final_alerts = xlen(&mut conn, &alerts_key).await;
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), service).await;
-        anyhow::Ok((
+        anyhow::Ok(Measured {
             ceiling_before,
             ceiling_after,
             ceiling,
@@ -343,11 +357,11 @@ async fn main() -> anyhow::Result<()> {
             alerts_per_s,
             final_events,
             final_alerts,
-        ))
+        })
     }
     .await;
     cleanup(&mut conn, &js, &names).await;
-    let (
+    let Measured {
         ceiling_before,
         ceiling_after,
         ceiling,
@@ -357,7 +371,7 @@ async fn main() -> anyhow::Result<()> {
         alerts_per_s,
         final_events,
         final_alerts,
-    ) = result?;
+    } = result?;
 
     let ratio = events_per_s / ceiling;
     let met = ratio >= 0.8 && alerts_per_s >= 20_000.0;
