@@ -2,7 +2,7 @@
 //!
 //! A line is out when it is in the dead-letter list (not an event, or too large for NATS),
 //! or when JetStream acknowledged it and, for an `alert`, its Alert is on the alerts stream.
-//! Only then may the caller forget it (LREM from the processing list, save the file
+//! Only then may the caller forget it (release it from the processing list or its chunk, save the file
 //! position). Failures that can pass (NATS or Redis away, an ack timing out) are retried with
 //! backoff, republishing only what is not out yet; JetStream's duplicate window and the
 //! alerts' idempotency keys make a republished event harmless.

@@ -1,12 +1,28 @@
 //! Suricata's Redis list, read with the reliable-queue pattern.
 //!
-//! Each replica atomically moves lines from the shared list to a processing list of its own
-//! (`BLMOVE list processing RIGHT LEFT`: Suricata LPUSHes, so the right end is the oldest),
-//! and removes a line from there only once it is out (see [`crate::batch`]). A replica that
-//! dies leaves its lines in its processing list; at start a replica handles what its own list
-//! holds, oldest first, and can adopt the lists of replicas that are gone
-//! (`--recover-from`).
+//! A line leaves the shared list only by an atomic move into a key of this replica, and
+//! leaves that key only once it is out (see [`crate::batch`]):
+//!
+//! - `BLMOVE list processing RIGHT LEFT` waits for the first line (Suricata LPUSHes, so the
+//!   right end is the oldest) and moves it into the replica's processing list;
+//! - the rest of the list is then taken whole: one script renames it to a *chunk* of this
+//!   replica (`<processing>:chunk:<uuid>`) and registers the chunk in the replica's chunk
+//!   index (`<processing>:chunks`), atomically. Only key names enter the script: Redis's Lua
+//!   hashes every byte of every string given to it, and moving lines through a script cost
+//!   Redis more than the moves themselves;
+//! - a chunk is handed out in batches from its old end (`LRANGE`), and nobody else writes to
+//!   it, so a batch that is out is forgotten with one `LTRIM` (the last one deletes the chunk
+//!   and unregisters it). Batches of a chunk are released strictly in order: a batch whose
+//!   predecessor gave up keeps its lines for the next start. A line taken into the processing
+//!   list is forgotten with `LREM processing -1 line`.
+//!
+//! A replica that dies leaves its lines in its processing list and its chunks; at start a
+//! replica handles what its processing list holds, oldest first, then its chunks, and can
+//! adopt the processing lists and chunks of replicas that are gone (`--recover-from`). After a
+//! failed take (a lost reply can leave a line or a chunk taken but unknown), the replica lets
+//! its batches finish and looks at what it holds again, as at a start.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,22 +41,19 @@ use crate::error::IngestError;
 use crate::metrics as m;
 use crate::Hooks;
 
-/// Moves up to ARGV[1] lines from the right of KEYS[1] to the left of KEYS[2], oldest first,
-/// atomically; returns them.
-const MOVE_SCRIPT: &str = r#"
-local lines = redis.call('RPOP', KEYS[1], ARGV[1])
-if not lines then return {} end
-for i = 1, #lines, 1000 do
-  redis.call('LPUSH', KEYS[2], unpack(lines, i, math.min(i + 999, #lines)))
-end
-return lines
+/// When KEYS[1] is a list: renames it to KEYS[2], appends KEYS[2] to KEYS[3] and returns its
+/// length; else returns 0.
+const TAKE_CHUNK: &str = r#"
+if redis.call('TYPE', KEYS[1]).ok ~= 'list' then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('RPUSH', KEYS[3], KEYS[2])
+return redis.call('LLEN', KEYS[2])
 "#;
 
-/// `LREM KEYS[1] -1 line` for every line of ARGV.
-const RELEASE_SCRIPT: &str = r#"
-for i = 1, #ARGV do redis.call('LREM', KEYS[1], -1, ARGV[i]) end
-return #ARGV
-"#;
+/// The chunk index of a processing list: the names of the replica's chunks, oldest first.
+pub fn chunk_index(processing: &str) -> String {
+    format!("{processing}:chunks")
+}
 
 /// Where the lines are and how they are taken.
 #[derive(Debug, Clone)]
@@ -59,13 +72,45 @@ pub struct ListConfig {
     pub inflight_batches: usize,
 }
 
+/// Where the lines of a batch are held until they are out.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Lines in the processing list.
+    pub lines: Vec<Bytes>,
+    /// A slice of a chunk: the chunk and how many lines it keeps once the slice is out (all
+    /// before it in the chunk are out too; 0: the chunk is done).
+    pub chunk: Option<(String, usize)>,
+}
+
+/// Lines handed out at once.
+#[derive(Debug)]
+pub struct Batch {
+    /// Oldest first.
+    pub lines: Vec<Bytes>,
+    pub held: Held,
+    /// Found at start (or after a failed take) rather than taken from the list.
+    pub recovered: bool,
+}
+
+/// A chunk being handed out.
+#[derive(Debug)]
+struct Chunk {
+    key: String,
+    /// Lines not handed out yet: the chunk's indexes `0..left` (the oldest at `left - 1`).
+    left: usize,
+    recovered: bool,
+}
+
 /// Takes and releases lines.
 pub struct ListSource {
     cfg: ListConfig,
+    index: String,
     /// Blocks in BLMOVE: a connection of its own.
     blocking: Conn,
-    /// Shared, for LREM and the recovery reads.
+    /// Shared, for releases and the recovery reads.
     conn: Conn,
+    /// Chunks with lines not handed out yet, oldest first.
+    chunks: VecDeque<Chunk>,
 }
 
 fn bulk(value: Value) -> Option<Bytes> {
@@ -79,9 +124,11 @@ fn bulk(value: Value) -> Option<Bytes> {
 impl ListSource {
     pub fn new(cfg: ListConfig, blocking: Conn, conn: Conn) -> Self {
         Self {
+            index: chunk_index(&cfg.processing),
             cfg,
             blocking,
             conn,
+            chunks: VecDeque::new(),
         }
     }
 
@@ -89,7 +136,8 @@ impl ListSource {
         &self.cfg
     }
 
-    /// Moves every line of the lists of gone replicas into ours, oldest first.
+    /// Takes over what gone replicas hold: every line of their processing lists into ours,
+    /// oldest first, and their chunks into our index. Returns the lines moved.
     pub async fn adopt_orphans(&mut self) -> Result<u64, IngestError> {
         let mut moved = 0;
         for orphan in self.cfg.adopt.clone() {
@@ -112,7 +160,21 @@ impl ListSource {
                     break;
                 }
             }
-            tracing::info!(orphan = %orphan, "adopted the processing list of a gone replica");
+            let orphan_index = chunk_index(&orphan);
+            loop {
+                let chunk: Option<String> = redis::cmd("LMOVE")
+                    .arg(&orphan_index)
+                    .arg(&self.index)
+                    .arg("LEFT")
+                    .arg("RIGHT")
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(IngestError::redis("LMOVE", &orphan_index))?;
+                if chunk.is_none() {
+                    break;
+                }
+            }
+            tracing::info!(orphan = %orphan, "adopted the processing list and chunks of a gone replica");
         }
         Ok(moved)
     }
@@ -131,9 +193,85 @@ impl ListSource {
         Ok(lines.into_iter().filter_map(bulk).collect())
     }
 
-    /// Takes up to a batch of lines, oldest first, waiting up to the block time for the
-    /// first; empty when none came.
-    pub async fn take(&mut self) -> Result<Vec<Bytes>, IngestError> {
+    /// Reads the chunk index again: every chunk it names is handed out from what it holds
+    /// (before anything new is taken); empty ones are unregistered. Returns the lines found.
+    pub async fn load_chunks(&mut self) -> Result<u64, IngestError> {
+        self.chunks.clear();
+        let keys: Vec<String> = redis::cmd("LRANGE")
+            .arg(&self.index)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(IngestError::redis("LRANGE", &self.index))?;
+        let mut found = 0;
+        for key in keys {
+            let left: usize = redis::cmd("LLEN")
+                .arg(&key)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(IngestError::redis("LLEN", &key))?;
+            if left == 0 {
+                let _: () = redis::cmd("LREM")
+                    .arg(&self.index)
+                    .arg(0)
+                    .arg(&key)
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(IngestError::redis("LREM", &self.index))?;
+                continue;
+            }
+            found += left as u64;
+            self.chunks.push_back(Chunk {
+                key,
+                left,
+                recovered: true,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Hands out up to `room` of the oldest lines of the current chunk into `batch`.
+    async fn slice(&mut self, batch: &mut Batch, room: usize) -> Result<(), IngestError> {
+        let Some(chunk) = self.chunks.front_mut() else {
+            return Ok(());
+        };
+        let n = room.min(chunk.left);
+        if n == 0 {
+            return Ok(());
+        }
+        let start = chunk.left - n;
+        let mut lines: Vec<Value> = redis::cmd("LRANGE")
+            .arg(&chunk.key)
+            .arg(start)
+            .arg(chunk.left - 1)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(IngestError::redis("LRANGE", &chunk.key))?;
+        lines.reverse();
+        batch.lines.extend(lines.into_iter().filter_map(bulk));
+        chunk.left = start;
+        batch.held.chunk = Some((chunk.key.clone(), start));
+        batch.recovered |= chunk.recovered;
+        if chunk.left == 0 {
+            self.chunks.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The next batch, oldest lines first: from the chunks at hand, else from the list,
+    /// waiting up to the block time for a line; `None` when none came.
+    pub async fn take(&mut self) -> Result<Option<Batch>, IngestError> {
+        let batch_size = self.cfg.batch.max(1);
+        let mut batch = Batch {
+            lines: Vec::new(),
+            held: Held::default(),
+            recovered: false,
+        };
+        if !self.chunks.is_empty() {
+            self.slice(&mut batch, batch_size).await?;
+            return Ok(Some(batch));
+        }
         let first: Option<Vec<u8>> = redis::cmd("BLMOVE")
             .arg(&self.cfg.list)
             .arg(&self.cfg.processing)
@@ -144,49 +282,74 @@ impl ListSource {
             .await
             .map_err(IngestError::redis("BLMOVE", &self.cfg.list))?;
         let Some(first) = first else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
-        let mut lines = vec![Bytes::from(first)];
-        if self.cfg.batch > 1 {
-            // One atomic script instead of a command per line: the same as that many
-            // `LMOVE list processing RIGHT LEFT`, at a fraction of Redis's work.
-            let more: Vec<Vec<u8>> = redis::Script::new(MOVE_SCRIPT)
+        let first = Bytes::from(first);
+        batch.lines.push(first.clone());
+        batch.held.lines.push(first);
+        if batch_size > 1 {
+            let key = format!(
+                "{}:chunk:{}",
+                self.cfg.processing,
+                uuid::Uuid::new_v4().simple()
+            );
+            let left: usize = redis::Script::new(TAKE_CHUNK)
                 .key(&self.cfg.list)
-                .key(&self.cfg.processing)
-                .arg(self.cfg.batch - 1)
+                .key(&key)
+                .key(&self.index)
                 .invoke_async(&mut self.blocking)
                 .await
-                .map_err(IngestError::redis("EVALSHA move", &self.cfg.list))?;
-            lines.extend(more.into_iter().map(Bytes::from));
+                .map_err(IngestError::redis("EVALSHA take", &self.cfg.list))?;
+            if left > 0 {
+                self.chunks.push_back(Chunk {
+                    key,
+                    left,
+                    recovered: false,
+                });
+                self.slice(&mut batch, batch_size - 1).await?;
+            }
         }
-        Ok(lines)
+        Ok(Some(batch))
     }
 
-    /// Forgets lines that are out. Each is removed once, from the old end, where it is.
-    pub async fn release(
-        conn: &Conn,
-        processing: &str,
-        lines: &[Bytes],
-    ) -> Result<(), IngestError> {
-        if lines.is_empty() {
+    /// Forgets lines that are out: each line of the processing list is removed once, from
+    /// the old end, where it is; a chunk keeps only the lines after the slice.
+    pub async fn release(conn: &Conn, processing: &str, held: &Held) -> Result<(), IngestError> {
+        if held.lines.is_empty() && held.chunk.is_none() {
             return Ok(());
         }
-        let script = redis::Script::new(RELEASE_SCRIPT);
-        let mut invocation = script.key(processing);
-        for line in lines {
-            invocation.arg(line.as_ref());
+        let mut pipe = redis::pipe();
+        for line in &held.lines {
+            pipe.cmd("LREM")
+                .arg(processing)
+                .arg(-1)
+                .arg(line.as_ref())
+                .ignore();
+        }
+        match &held.chunk {
+            Some((key, 0)) => {
+                pipe.cmd("DEL").arg(key).ignore();
+                pipe.cmd("LREM")
+                    .arg(chunk_index(processing))
+                    .arg(1)
+                    .arg(key)
+                    .ignore();
+            }
+            Some((key, keep)) => {
+                pipe.cmd("LTRIM").arg(key).arg(0).arg(keep - 1).ignore();
+            }
+            None => {}
         }
         let mut conn = conn.clone();
-        invocation
-            .invoke_async::<i64>(&mut conn)
+        pipe.query_async::<()>(&mut conn)
             .await
-            .map(|_| ())
-            .map_err(IngestError::redis("EVALSHA release", processing))
+            .map_err(IngestError::redis("release", processing))
     }
 }
 
 /// Runs the list input until `shutdown`: first what this replica (and the adopted ones) left
-/// in processing, then new lines.
+/// in processing and in chunks, then new lines. After a failed take, the batches at hand
+/// finish and the replica looks at what it holds again before taking more.
 pub async fn run(
     mut source: ListSource,
     processor: Processor,
@@ -194,24 +357,83 @@ pub async fn run(
     hooks: Hooks,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    let cfg = source.config().clone();
     let adopted = source.adopt_orphans().await?;
-    let recovered = recover(&mut source, &processor, &hooks, &shutdown).await?;
-    if recovered + adopted > 0 {
-        tracing::info!(recovered, adopted, "handled the lines left in processing");
+    let hooks = Arc::new(hooks);
+    let mut first = true;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match recover(&mut source, &processor, &hooks, &shutdown).await {
+            Ok(recovered) => {
+                if recovered + adopted > 0 && first {
+                    tracing::info!(
+                        recovered,
+                        adopted,
+                        "found lines left in processing and chunks"
+                    );
+                }
+            }
+            // At start Redis must answer; later, wait for it.
+            Err(e) if first || matches!(e, IngestError::FaultInjected(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look at the lines this replica holds: retrying");
+                readiness.set_not_ready("redis", e.to_string());
+                if !pause(&shutdown, &mut backoff).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        }
+        first = false;
+        readiness.set_ready("input");
+        match pump(source, &processor, &readiness, &hooks, &shutdown).await? {
+            Pumped::Stopped => return Ok(()),
+            Pumped::TakeFailed(back) => {
+                source = back;
+                if !pause(&shutdown, &mut backoff).await {
+                    return Ok(());
+                }
+            }
+        }
     }
-    readiness.set_ready("input");
+}
 
+/// Sleeps with a doubling delay (at most 5 s); `false` when `stop` came first.
+async fn pause(stop: &CancellationToken, delay: &mut Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => return false,
+        _ = tokio::time::sleep(*delay) => {}
+    }
+    *delay = (*delay * 2).min(Duration::from_secs(5));
+    true
+}
+
+/// Why [`pump`] ended (with every batch it started finished or given up).
+enum Pumped {
+    /// Shutdown, or a batch interrupted by it.
+    Stopped,
+    /// A take failed: what this replica holds must be looked at again.
+    TakeFailed(ListSource),
+}
+
+/// Takes batches and handles them, up to `inflight_batches` at a time, until shutdown or a
+/// failed take.
+async fn pump(
+    source: ListSource,
+    processor: &Processor,
+    readiness: &Readiness,
+    hooks: &Arc<Hooks>,
+    shutdown: &CancellationToken,
+) -> Result<Pumped, IngestError> {
+    let cfg = source.config().clone();
     let release_conn = source.conn.clone();
-    let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(1);
+    let (tx, mut rx) = mpsc::channel::<Batch>(1);
     let stop_taking = shutdown.child_token();
-    let taker = AbortOnDropHandle::new(tokio::spawn(take_loop(
+    let mut taker = AbortOnDropHandle::new(tokio::spawn(take_loop(
         source,
         tx,
         readiness.clone(),
         stop_taking.clone(),
     )));
-    let hooks = Arc::new(hooks);
     // Each batch is a task of its own: the parsing and alert mapping of one batch run on the
     // other core while another batch waits for its acks, and a batch busy with CPU work
     // never holds back the acks (and so the window permits) of the others.
@@ -220,24 +442,41 @@ pub async fn run(
     // Batches release their lines in the order they were taken (see [`ReleaseTurn`]).
     let mut after: Option<oneshot::Receiver<()>> = None;
     let max_running = cfg.inflight_batches.max(1);
+    let mut outcome = Ok(());
+    let mut take_failed = false;
     loop {
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => {
-                if !joined(done)? {
-                    break; // interrupted by shutdown: the lines stay in processing
+                match joined(done) {
+                    Ok(true) => {}
+                    Ok(false) => break, // interrupted by shutdown: the lines stay held
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
                 }
             }
-            lines = rx.recv(), if running.len() < max_running => {
-                let Some(lines) = lines else { break };
-                batches += 1;
+            batch = rx.recv(), if running.len() < max_running => {
+                let Some(batch) = batch else {
+                    // The taker stopped: shutdown, or a failed take.
+                    take_failed = !shutdown.is_cancelled();
+                    break;
+                };
+                // Recovered batches are numbered 0 for the test hooks, as at start.
+                let number = if batch.recovered {
+                    0
+                } else {
+                    batches += 1;
+                    batches
+                };
                 let (released, next_after) = oneshot::channel();
                 running.spawn(handle_batch(
                     processor.clone(),
                     release_conn.clone(),
                     cfg.processing.clone(),
                     cfg.list.clone(),
-                    lines,
-                    batches,
+                    batch,
+                    number,
                     hooks.clone(),
                     ReleaseTurn {
                         after: after.replace(next_after),
@@ -250,20 +489,32 @@ pub async fn run(
     }
     stop_taking.cancel();
     while let Some(done) = running.join_next().await {
-        joined(done)?;
+        if let Err(e) = joined(done) {
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+        }
     }
-    drop(taker);
-    Ok(())
+    // Batches handed to the channel and not started stay held: forgotten here, found again
+    // by the next look at what this replica holds.
+    drop(rx);
+    outcome?;
+    if !take_failed {
+        return Ok(Pumped::Stopped);
+    }
+    match (&mut taker).await {
+        Ok(source) => Ok(Pumped::TakeFailed(source)),
+        Err(e) => Err(IngestError::BatchTask(e.to_string())),
+    }
 }
 
-/// A batch's place in the release order. The oldest lines sit at the right end of the
-/// processing list, so lines released oldest batch first are each found by `LREM -1` at
-/// once; a batch released before an older one makes every `LREM` scan past the older
-/// batch's lines (about 12 µs of Redis time per line instead of 1, measured). Only speed
-/// depends on it: `LREM` removes a line wherever it is, and a batch whose predecessor gave
-/// up (shutdown, crash) goes on without waiting.
+/// A batch's place in the release order. Releases go strictly oldest batch first: a chunk
+/// slice is released by trimming the chunk down to the lines after it, which also drops
+/// every older slice of that chunk; and each line of the processing list is then found by
+/// `LREM -1` at once. A batch whose predecessor gave up (shutdown, crash) does not release:
+/// its lines stay held and are handled again at the next start.
 struct ReleaseTurn {
-    /// Resolves (or fails) when the previous batch released its lines or gave up.
+    /// Resolves when the previous batch released its lines; fails when it gave up.
     after: Option<oneshot::Receiver<()>>,
     /// Tells the next batch this one is released; dropped unsent when this one gives up.
     released: oneshot::Sender<()>,
@@ -275,31 +526,32 @@ async fn handle_batch(
     conn: Conn,
     processing: String,
     source: String,
-    lines: Vec<Bytes>,
+    batch: Batch,
     number: u64,
     hooks: Arc<Hooks>,
     turn: ReleaseTurn,
     shutdown: CancellationToken,
 ) -> Result<bool, IngestError> {
     let started = Instant::now();
-    if processor
-        .handle(&source, lines.clone(), &shutdown)
-        .await
-        .is_err()
-    {
+    let Batch { lines, held, .. } = batch;
+    if processor.handle(&source, lines, &shutdown).await.is_err() {
         return Ok(false);
     }
     if hooks.crash_before_release(number) {
-        return Err(IngestError::FaultInjected("after publishing, before LREM"));
+        return Err(IngestError::FaultInjected(
+            "after publishing, before release",
+        ));
     }
     if let Some(after) = turn.after {
-        let _ = after.await;
+        if after.await.is_err() {
+            return Ok(false);
+        }
     }
     let mut backoff = Duration::from_millis(100);
-    while let Err(e) = ListSource::release(&conn, &processing, &lines).await {
+    while let Err(e) = ListSource::release(&conn, &processing, &held).await {
         // Not released means handled again after a restart: a duplicate JetStream and the
         // alert keys absorb, never a loss.
-        tracing::warn!(error = %e, "cannot remove handled lines from processing: retrying");
+        tracing::warn!(error = %e, "cannot forget handled lines: retrying");
         metrics::counter!(m::RETRIES, "stage" => "release").increment(1);
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(false),
@@ -313,8 +565,8 @@ async fn handle_batch(
     Ok(true)
 }
 
-/// The outcome of a batch task; a task that panicked is an error (its lines stay in
-/// processing and are handled at the next start).
+/// The outcome of a batch task; a task that panicked is an error (its lines stay held and
+/// are handled at the next start).
 fn joined(
     done: Result<Result<bool, IngestError>, tokio::task::JoinError>,
 ) -> Result<bool, IngestError> {
@@ -324,6 +576,8 @@ fn joined(
     }
 }
 
+/// Handles what the processing list holds, oldest first, then reads the chunk index (its
+/// chunks are handed out before anything new is taken). Returns the lines found.
 async fn recover(
     source: &mut ListSource,
     processor: &Processor,
@@ -337,7 +591,7 @@ async fn recover(
     loop {
         let lines = source.oldest_in_processing(batch).await?;
         if lines.is_empty() {
-            return Ok(total);
+            break;
         }
         total += lines.len() as u64;
         metrics::counter!(m::RECOVERED).increment(lines.len() as u64);
@@ -349,38 +603,40 @@ async fn recover(
             return Ok(total);
         }
         if hooks.crash_before_release(0) {
-            return Err(IngestError::FaultInjected("recovery, before LREM"));
+            return Err(IngestError::FaultInjected("recovery, before release"));
         }
-        ListSource::release(&conn, &processing, &lines).await?;
+        let held = Held { lines, chunk: None };
+        ListSource::release(&conn, &processing, &held).await?;
     }
+    let in_chunks = source.load_chunks().await?;
+    metrics::counter!(m::RECOVERED).increment(in_chunks);
+    Ok(total + in_chunks)
 }
 
+/// Takes batches until `stop`, or until a take fails: then returns the source (what it
+/// holds must be looked at again before taking more).
 async fn take_loop(
     mut source: ListSource,
-    tx: mpsc::Sender<Vec<Bytes>>,
+    tx: mpsc::Sender<Batch>,
     readiness: Readiness,
     stop: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
+) -> ListSource {
     while !stop.is_cancelled() {
         match source.take().await {
-            Ok(lines) if lines.is_empty() => {}
-            Ok(lines) => {
-                backoff = Duration::from_millis(100);
-                metrics::counter!(m::LINES).increment(lines.len() as u64);
-                if tx.send(lines).await.is_err() {
-                    return;
+            Ok(None) => {}
+            Ok(Some(batch)) if batch.lines.is_empty() => {}
+            Ok(Some(batch)) => {
+                metrics::counter!(m::LINES).increment(batch.lines.len() as u64);
+                if tx.send(batch).await.is_err() {
+                    break;
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot take lines from the list: retrying");
+                tracing::warn!(error = %e, "cannot take lines from the list");
                 readiness.set_not_ready("redis", e.to_string());
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                break;
             }
         }
     }
+    source
 }

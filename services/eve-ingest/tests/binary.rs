@@ -69,7 +69,7 @@ async fn the_binary_is_ready_moves_events_and_drains_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
-    assert_eq!(env.llen(&env.names.eve_processing_list("bin1")).await, 0);
+    assert_eq!(env.held("bin1").await, 0);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {}).await;
     env.cleanup().await;
 }

@@ -111,7 +111,7 @@ async fn every_sample_event_reaches_its_subject_and_every_alert_matches_its_even
         }
     }
     assert_eq!(env.llen(&env.names.suricata_list()).await, 0);
-    assert_eq!(env.llen(&env.names.eve_processing_list("r1")).await, 0);
+    assert_eq!(env.held("r1").await, 0);
     assert_eq!(env.llen(&env.names.eve_deadletter()).await, 0);
     svc.stop().await.unwrap();
     env.cleanup().await;
@@ -222,7 +222,7 @@ async fn bad_lines_are_dead_lettered_with_the_reason_and_counted() {
         );
     }
     aurora_testkit::wait_until(LONG, "processing list empty", || async {
-        (env.llen(&env.names.eve_processing_list("r1")).await == 0).then_some(())
+        (env.held("r1").await == 0).then_some(())
     })
     .await;
     svc.stop().await.unwrap();
@@ -240,7 +240,6 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
     let expected = distinct_by_type(&lines);
     let total: usize = expected.values().sum();
     env.push(&lines).await;
-    let processing = env.names.eve_processing_list("r1");
 
     let mut settings = env.settings("r1");
     settings.batch = 40;
@@ -258,15 +257,12 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
         "{died:?}"
     );
     let published = env.stream_len().await;
-    let left = env.llen(&processing).await;
+    let left = env.held("r1").await;
     assert!(
         published >= 80,
         "two batches and the crashed one went out: {published}"
     );
-    assert!(
-        left >= 40,
-        "the crashed batch is still in processing: {left}"
-    );
+    assert!(left >= 40, "the crashed batch is still held: {left}");
     let alerts_before = env.xlen(&env.names.alerts()).await;
     assert!(alerts_before > 0);
 
@@ -302,7 +298,7 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
     env.wait_stream_len(total as u64).await;
     env.wait_alerts(expected["alert"]).await;
     aurora_testkit::wait_until(LONG, "processing list empty", || async {
-        (env.llen(&processing).await == 0).then_some(())
+        (env.held("r1").await == 0).then_some(())
     })
     .await;
     third.stop().await.unwrap();
@@ -322,21 +318,29 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
 }
 
 /// Two replicas share the list and each event goes out once; a third adopts the processing
-/// list a gone replica left behind.
+/// list and the chunk a gone replica left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_the_list_and_a_gone_replicas_lines_are_adopted() {
     let env = Env::new().await;
     let lines = fixture_lines();
     let total: usize = distinct_by_type(&lines).values().sum();
     let (orphaned, shared) = lines.split_at(30);
-    // What a replica "gone" had taken and never finished.
+    // What a replica "gone" had taken and never finished: lines in its processing list and
+    // a chunk registered in its index.
+    let gone = env.names.eve_processing_list("gone");
+    let chunk = format!("{gone}:chunk:left-behind");
+    let (in_processing, in_chunk) = orphaned.split_at(15);
     let mut pipe = redis::pipe();
-    for line in orphaned {
-        pipe.cmd("LPUSH")
-            .arg(env.names.eve_processing_list("gone"))
-            .arg(line)
-            .ignore();
+    for line in in_processing {
+        pipe.cmd("LPUSH").arg(&gone).arg(line).ignore();
     }
+    for line in in_chunk {
+        pipe.cmd("LPUSH").arg(&chunk).arg(line).ignore();
+    }
+    pipe.cmd("RPUSH")
+        .arg(eve_ingest::list_source::chunk_index(&gone))
+        .arg(&chunk)
+        .ignore();
     pipe.query_async::<()>(&mut env.redis.clone())
         .await
         .unwrap();
@@ -350,8 +354,8 @@ async fn replicas_share_the_list_and_a_gone_replicas_lines_are_adopted() {
     let r2 = start(s2, Hooks::default());
     aurora_testkit::wait_until(LONG, "the shared list drained", || async {
         (env.llen(&env.names.suricata_list()).await == 0
-            && env.llen(&env.names.eve_processing_list("r1")).await == 0
-            && env.llen(&env.names.eve_processing_list("r2")).await == 0)
+            && env.held("r1").await == 0
+            && env.held("r2").await == 0)
             .then_some(())
     })
     .await;
@@ -361,7 +365,7 @@ async fn replicas_share_the_list_and_a_gone_replicas_lines_are_adopted() {
     }
     let r3 = start(s3, Hooks::default());
     env.wait_stream_len(total as u64).await;
-    assert_eq!(env.llen(&env.names.eve_processing_list("gone")).await, 0);
+    assert_eq!(env.held("gone").await, 0);
     for r in [r1, r2, r3] {
         r.stop().await.unwrap();
     }

@@ -102,6 +102,25 @@ impl Env {
             .unwrap()
     }
 
+    /// Lines a replica holds: its processing list and every chunk its index names (and the
+    /// index's own entries, so that a chunk left registered also counts).
+    pub async fn held(&self, instance: &str) -> usize {
+        let processing = self.names.eve_processing_list(instance);
+        let index = eve_ingest::list_source::chunk_index(&processing);
+        let chunks: Vec<String> = redis::cmd("LRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.redis.clone())
+            .await
+            .unwrap();
+        let mut held = self.llen(&processing).await + chunks.len();
+        for chunk in &chunks {
+            held += self.llen(chunk).await;
+        }
+        held
+    }
+
     pub async fn xlen(&self, key: &str) -> usize {
         redis::cmd("XLEN")
             .arg(key)
