@@ -4,7 +4,10 @@
 //!   and duplicated; then latency at a paced 2,000 msg/s;
 //! - the ceiling: raw JetStream publish-with-ack with 256 acks in flight (async-nats, the
 //!   same subject, stream config, payloads and headers), measured before and after the
-//!   gateway; the higher of the two is used.
+//!   gateway; the higher of the two is used;
+//! - what NATS alone allows for the carry: the same publishes, each delivered to both sites'
+//!   durable consumers and acked by each, with no gateway and no Redis (a bound on any
+//!   gateway on this machine, printed and recorded beside the ceiling).
 //!
 //! Writes bench/results/federation.json. Environment: BENCH_FEDERATION_M (default 50000),
 //! AURORA_NATS_URL, AURORA_REDIS_URL (a server; databases 3 and 4 are used).
@@ -114,6 +117,85 @@ async fn ceiling(nats_url: &str, m: usize) -> anyhow::Result<f64> {
     }
     for ack in in_flight {
         ack.await?;
+    }
+    let rate = m as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream(names.nats_stream()).await?;
+    Ok(rate)
+}
+
+/// NATS alone doing what it does for the gateways: the same publishes with `WINDOW` acks in
+/// flight, each message delivered to the durable consumers of both sites (the gateway's
+/// consumer config and pull batch) and acked by each. No Redis, no gateway: the rate NATS
+/// itself allows for a carry from one site to another on this machine.
+async fn nats_carry(nats_url: &str, m: usize) -> anyhow::Result<f64> {
+    use async_nats::jetstream::consumer::pull;
+    use futures::StreamExt;
+    let names = fresh_names("benchn")?;
+    let client = async_nats::connect(nats_url).await?;
+    let js = jetstream::new(client);
+    let stream = js.create_stream(federation_stream_config(&names)).await?;
+    let args = gateway_args(&names, "site-a", "redis://127.0.0.1", nats_url)?;
+    let mut consumers = Vec::new();
+    for site in ["site-a", "site-b"] {
+        let config = pull::Config {
+            durable_name: Some(names.federation_consumer(site)),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: args.ack_wait,
+            max_deliver: args.max_deliver,
+            max_ack_pending: args.max_ack_pending,
+            ..Default::default()
+        };
+        let consumer: jetstream::consumer::PullConsumer = stream.create_consumer(config).await?;
+        let batch = args.import_batch as usize;
+        consumers.push(tokio::spawn(async move {
+            let mut messages = consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .messages()
+                .await?
+                .ready_chunks(batch);
+            let mut acked = 0;
+            while acked < m {
+                let Some(chunk) = messages.next().await else {
+                    break;
+                };
+                for msg in chunk {
+                    msg.map_err(|e| anyhow::anyhow!("{e}"))?
+                        .ack()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    acked += 1;
+                }
+            }
+            anyhow::Ok(acked)
+        }));
+    }
+    let subject = names.nats_subject(aurora_core::names::FederatedKind::Alerts);
+    let payloads: Vec<bytes::Bytes> = (0..m)
+        .map(|i| serde_json::to_vec(&alert(&format!("n-{i}"))).map(bytes::Bytes::from))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(WINDOW);
+    for (i, payload) in payloads.into_iter().enumerate() {
+        if in_flight.len() >= WINDOW {
+            if let Some(ack) = in_flight.pop_front() {
+                let _: jetstream::publish::PublishAck = ack.await?;
+            }
+        }
+        let msg = PublishMessage::build()
+            .payload(payload)
+            .message_id(format!("site-a:n-{i}"))
+            .header(ORIGIN_SITE_HEADER, "site-a");
+        in_flight.push_back(js.send_publish(subject.clone(), msg).await?);
+    }
+    for ack in in_flight {
+        ack.await?;
+    }
+    for consumer in consumers {
+        let acked = consumer.await??;
+        if acked < m {
+            bail!("a consumer got {acked} of {m} messages");
+        }
     }
     let rate = m as f64 / started.elapsed().as_secs_f64();
     js.delete_stream(names.nats_stream()).await?;
@@ -433,6 +515,8 @@ async fn main() -> anyhow::Result<()> {
     println!("bench-federation: {m} alerts, site A -> JetStream -> site B");
     let ceiling_before = ceiling(&nats_url, m).await?;
     println!("  ceiling (raw publish-with-ack, {WINDOW} in flight): {ceiling_before:.0} msg/s");
+    let carry = nats_carry(&nats_url, m).await?;
+    println!("  NATS alone carrying to both sites' consumers (publish, 2 deliveries, 2 acks): {carry:.0} msg/s");
     let run = gateway(&nats_url, &redis_base, m).await?;
     println!(
         "  gateway A->B: {:.0} msg/s ({m} in {:.2} s), lost {}, duplicated {}, latency under flood p50 {:.1} ms p99 {:.1} ms",
@@ -482,6 +566,9 @@ async fn main() -> anyhow::Result<()> {
             "paced_latency_p50_ms": run.paced_p50,
             "paced_latency_p99_ms": run.paced_p99,
             "ceiling_before_msg_s": ceiling_before.round(),
+            "nats_alone_carry_to_both_sites_msg_s": carry.round(),
+            "nats_alone_carry_vs_ceiling": (carry / ceiling * 1000.0).round() / 1000.0,
+            "gateway_vs_nats_alone_carry": (run.rate / carry * 1000.0).round() / 1000.0,
             "ceiling_after_msg_s": ceiling_after.round(),
             "publish_window": WINDOW,
             "setup": "both gateways in one process (export and import on each), sites A and B = Redis databases 3 and 4 of one Redis, one NATS 2.9 with file storage, all on loopback; the machine is shared with other builds",
