@@ -373,3 +373,56 @@ async fn replicas_share_the_list_and_a_gone_replicas_lines_are_adopted() {
     assert_eq!(messages.len(), total);
     env.cleanup().await;
 }
+
+/// Redis (a server of the test's own) is killed while the service waits on the list, and
+/// started again: the failed take makes the replica finish what it had, look at what it
+/// holds again, and go on. Every event before and after is in JetStream once, every alert on
+/// the stream once, and the replica ends holding nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_stream_loses_nothing_and_doubles_nothing() {
+    // Append-only with fsync on every write: what Redis acknowledged survives its SIGKILL.
+    let mut own_redis = aurora_testkit::RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]);
+    let env = Env::with_redis(&own_redis.url()).await;
+    let lines = fixture_lines();
+    let expected = distinct_by_type(&lines);
+    let total: usize = expected.values().sum();
+    let (before, after) = lines.split_at(lines.len() / 2);
+    let mut settings = env.settings("r1");
+    settings.batch = 20;
+    env.push(before).await;
+    let svc = start(settings, Hooks::default());
+    aurora_testkit::wait_until(LONG, "the first half taken and released", || async {
+        (env.stream_len().await > 0 && env.held("r1").await == 0).then_some(())
+    })
+    .await;
+
+    own_redis.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    own_redis.start_again();
+    aurora_testkit::wait_until(LONG, "Redis answers again", || async {
+        let pong: redis::RedisResult<String> =
+            redis::cmd("PING").query_async(&mut env.redis.clone()).await;
+        pong.ok()
+    })
+    .await;
+    env.push(after).await;
+
+    env.wait_stream_len(total as u64).await;
+    env.wait_alerts(expected["alert"]).await;
+    aurora_testkit::wait_until(LONG, "nothing held", || async {
+        (env.held("r1").await == 0 && env.llen(&env.names.suricata_list()).await == 0).then_some(())
+    })
+    .await;
+    svc.stop().await.unwrap();
+
+    let messages = env.messages().await;
+    assert_eq!(messages.len(), total, "nothing lost, nothing doubled");
+    let alerts = env.alerts().await;
+    assert_eq!(alerts.len(), expected["alert"]);
+    env.cleanup().await;
+}

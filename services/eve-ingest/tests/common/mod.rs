@@ -58,24 +58,31 @@ pub struct Env {
     pub names: Names,
     pub redis: Conn,
     pub js: jetstream::Context,
+    pub redis_url: String,
 }
 
 impl Env {
     pub async fn new() -> Self {
+        Self::with_redis(REDIS_URL).await
+    }
+
+    /// With a Redis of the test's own.
+    pub async fn with_redis(redis_url: &str) -> Self {
         // The process-wide recorder, installed before anything is counted.
         let _ = aurora_core::ops::metrics_handle();
         let names = aurora_testkit::names();
-        let redis = bus::connect(REDIS_URL).await.unwrap();
+        let redis = bus::connect(redis_url).await.unwrap();
         let client = async_nats::connect(NATS_URL).await.unwrap();
         Self {
             names,
             redis,
             js: jetstream::new(client),
+            redis_url: redis_url.to_string(),
         }
     }
 
     pub fn settings(&self, instance: &str) -> Settings {
-        let mut s = Settings::new(self.names.clone(), instance, REDIS_URL, NATS_URL);
+        let mut s = Settings::new(self.names.clone(), instance, &self.redis_url, NATS_URL);
         s.block = Duration::from_millis(200);
         s
     }
