@@ -16,9 +16,37 @@ pub struct DeviceDoc {
 }
 
 impl DeviceDoc {
-    /// The document's fields (for a `device.seen` record's metadata: parsed only then).
+    /// The document's fields, parsed.
     pub fn fields(&self) -> Map<String, Value> {
         serde_json::from_slice(&self.data).unwrap_or_default()
+    }
+
+    /// The `device.seen` record of this message, seen at `at`: a
+    /// [`DeviceSeen`](aurora_core::model::DeviceSeen) whose metadata is the document. Written
+    /// directly, with the document's bytes as they are (it is a JSON object: [`decode`]
+    /// checked it), instead of parsing the document into a map and serialising it again.
+    pub fn seen_record(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.data.len() + 192);
+        out.extend_from_slice(b"{\"event\":\"device.seen\",\"device_id\":");
+        push_json(&mut out, &self.device_id);
+        out.extend_from_slice(b",\"message_type\":");
+        push_json(&mut out, &self.kind);
+        out.extend_from_slice(b",\"metadata\":");
+        out.extend_from_slice(&self.data);
+        out.extend_from_slice(b",\"seen_at\":");
+        push_json(&mut out, &at);
+        out.push(b'}');
+        out
+    }
+}
+
+/// Appends a value's JSON. For the types written here (a string, an enum, a time) writing
+/// into a `Vec` cannot fail; `null` stands in if it ever did.
+fn push_json<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) {
+    let before = out.len();
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.truncate(before);
+        out.extend_from_slice(b"null");
     }
 }
 
@@ -233,6 +261,39 @@ mod tests {
             String::from_utf8(d.data).expect("utf-8"),
             r#"{"device_id":"d","message_type":"alerts"}"#
         );
+    }
+
+    #[test]
+    fn the_seen_record_written_directly_is_the_record_of_the_parsed_document() {
+        use aurora_core::model::{parse, DeviceSeen, Extra};
+        let at = chrono::Utc::now();
+        for (topic, payload) in [
+            ("aurora/sensors/dev-1/telemetry", &br#"{"t":21.5,"fw":"1.2"}"#[..]),
+            ("aurora/sensors/d.2:x_y-z/attestation", b" { } "),
+            (
+                "aurora/sensors/d3/alerts",
+                r#"{"msg":"quote \" and \u00e9 é","nested":{"a":[1,{"b":null}]},"device_id":"forged"}"#
+                    .as_bytes(),
+            ),
+        ] {
+            let d = decode(&names(), topic, payload, 256).expect("valid");
+            let direct = d.seen_record(at);
+            let record: DeviceSeen = parse(&direct).expect("a valid device.seen record");
+            let built = DeviceSeen {
+                event: DeviceSeen::EVENT.to_string(),
+                device_id: d.device_id.clone(),
+                message_type: d.kind,
+                metadata: d.fields(),
+                seen_at: at,
+                extra: Extra::new(),
+            };
+            assert_eq!(record, built, "{topic}");
+            assert_eq!(
+                serde_json::from_slice::<Value>(&direct).expect("json"),
+                serde_json::to_value(&built).expect("json"),
+                "{topic}"
+            );
+        }
     }
 
     #[test]

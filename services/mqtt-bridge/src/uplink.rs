@@ -8,10 +8,11 @@
 //! polling, and the broker keeps the rest for the persistent session. Nothing is acknowledged
 //! before it is written; a crash at any point means redelivery, never loss.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aurora_core::bus::Producer;
-use aurora_core::model::{to_bytes, DeadLetter, DeviceSeen, Extra};
+use aurora_core::model::{to_bytes, DeadLetter};
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::ops::Readiness;
 use aurora_core::Names;
@@ -81,6 +82,7 @@ pub async fn run(
         writer_done.clone(),
     ));
     let writer = Writer {
+        streams: Streams::new(&names),
         names,
         producer,
         acks,
@@ -283,6 +285,7 @@ impl Connection<'_> {
 struct Writer {
     cfg: UplinkConfig,
     names: Names,
+    streams: Streams,
     producer: Producer,
     acks: AckQueue,
     readiness: Readiness,
@@ -290,10 +293,28 @@ struct Writer {
     abort: CancellationToken,
 }
 
+/// The streams the writer appends to, named once (a batch holds a cheap clone per entry).
+struct Streams {
+    /// Indexed by [`kind_index`].
+    by_kind: [Arc<str>; 3],
+    registrations: Arc<str>,
+    deadletter: Arc<str>,
+}
+
+impl Streams {
+    fn new(names: &Names) -> Self {
+        Self {
+            by_kind: DeviceTopicKind::ALL.map(|kind| names.cps_stream(kind).into()),
+            registrations: names.cps_registrations().into(),
+            deadletter: names.cps_deadletter().into(),
+        }
+    }
+}
+
 /// What one batch writes, in the order it arrived.
 #[derive(Default)]
 struct Prepared {
-    items: Vec<(String, Vec<u8>)>,
+    items: Vec<(Arc<str>, Vec<u8>)>,
     messages: [u64; 3],
     seen: u64,
     dead: Vec<&'static str>,
@@ -363,7 +384,7 @@ impl Writer {
                     tracing::warn!(topic = %topic, reason = %rejected.reason, "dead-lettered a device message");
                     let record = DeadLetter::new(SERVICE, &topic, rejected.reason, &p.payload);
                     out.items
-                        .push((self.names.cps_deadletter(), to_bytes(&record)));
+                        .push((self.streams.deadletter.clone(), to_bytes(&record)));
                     out.dead.push(rejected.rejection.label());
                 }
             }
@@ -373,20 +394,15 @@ impl Writer {
 
     fn accept(&mut self, d: DeviceDoc, now: Instant, out: &mut Prepared) {
         if self.seen.announce(&d.device_id, now) {
-            let seen = DeviceSeen {
-                event: DeviceSeen::EVENT.to_string(),
-                device_id: d.device_id.clone(),
-                message_type: d.kind,
-                metadata: d.fields(),
-                seen_at: chrono::Utc::now(),
-                extra: Extra::new(),
-            };
-            out.items
-                .push((self.names.cps_registrations(), to_bytes(&seen)));
+            out.items.push((
+                self.streams.registrations.clone(),
+                d.seen_record(chrono::Utc::now()),
+            ));
             out.seen += 1;
         }
-        out.messages[kind_index(d.kind)] += 1;
-        out.items.push((self.names.cps_stream(d.kind), d.data));
+        let kind = kind_index(d.kind);
+        out.messages[kind] += 1;
+        out.items.push((self.streams.by_kind[kind].clone(), d.data));
     }
 
     /// Writes the batch, retrying with backoff until it succeeds. False only when the drain
