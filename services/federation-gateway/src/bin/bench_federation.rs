@@ -91,15 +91,18 @@ fn db_url(base: &str, db: u8) -> String {
     format!("{}/{db}", base.trim_end_matches('/'))
 }
 
-/// Raw JetStream publish-with-ack, `WINDOW` acks in flight, as the gateway publishes.
-async fn ceiling(nats_url: &str, m: usize) -> anyhow::Result<f64> {
-    let names = fresh_names("benchc")?;
-    let client = async_nats::connect(nats_url).await?;
-    let js = jetstream::new(client);
-    js.create_stream(federation_stream_config(&names)).await?;
+/// Publishes `m` alerts of the site `site-a` to the federation subject with `WINDOW` acks in
+/// flight, as the gateway publishes (ids `<tag>-<n>`); returns when the first went out.
+async fn publish_alerts(
+    js: &jetstream::Context,
+    names: &Names,
+    m: usize,
+    tag: &str,
+) -> anyhow::Result<Instant> {
     let subject = names.nats_subject(aurora_core::names::FederatedKind::Alerts);
+    // Built before the clock starts: the ceiling is JetStream's.
     let payloads: Vec<bytes::Bytes> = (0..m)
-        .map(|i| serde_json::to_vec(&alert(&format!("c-{i}"))).map(bytes::Bytes::from))
+        .map(|i| serde_json::to_vec(&alert(&format!("{tag}-{i}"))).map(bytes::Bytes::from))
         .collect::<Result<_, _>>()?;
     let started = Instant::now();
     let mut in_flight = VecDeque::with_capacity(WINDOW);
@@ -111,13 +114,23 @@ async fn ceiling(nats_url: &str, m: usize) -> anyhow::Result<f64> {
         }
         let msg = PublishMessage::build()
             .payload(payload)
-            .message_id(format!("site-a:c-{i}"))
+            .message_id(format!("site-a:{tag}-{i}"))
             .header(ORIGIN_SITE_HEADER, "site-a");
         in_flight.push_back(js.send_publish(subject.clone(), msg).await?);
     }
     for ack in in_flight {
         ack.await?;
     }
+    Ok(started)
+}
+
+/// Raw JetStream publish-with-ack, `WINDOW` acks in flight, as the gateway publishes.
+async fn ceiling(nats_url: &str, m: usize) -> anyhow::Result<f64> {
+    let names = fresh_names("benchc")?;
+    let client = async_nats::connect(nats_url).await?;
+    let js = jetstream::new(client);
+    js.create_stream(federation_stream_config(&names)).await?;
+    let started = publish_alerts(&js, &names, m, "c").await?;
     let rate = m as f64 / started.elapsed().as_secs_f64();
     js.delete_stream(names.nats_stream()).await?;
     Ok(rate)
@@ -170,27 +183,7 @@ async fn nats_carry(nats_url: &str, m: usize) -> anyhow::Result<f64> {
             anyhow::Ok(acked)
         }));
     }
-    let subject = names.nats_subject(aurora_core::names::FederatedKind::Alerts);
-    let payloads: Vec<bytes::Bytes> = (0..m)
-        .map(|i| serde_json::to_vec(&alert(&format!("n-{i}"))).map(bytes::Bytes::from))
-        .collect::<Result<_, _>>()?;
-    let started = Instant::now();
-    let mut in_flight = VecDeque::with_capacity(WINDOW);
-    for (i, payload) in payloads.into_iter().enumerate() {
-        if in_flight.len() >= WINDOW {
-            if let Some(ack) = in_flight.pop_front() {
-                let _: jetstream::publish::PublishAck = ack.await?;
-            }
-        }
-        let msg = PublishMessage::build()
-            .payload(payload)
-            .message_id(format!("site-a:n-{i}"))
-            .header(ORIGIN_SITE_HEADER, "site-a");
-        in_flight.push_back(js.send_publish(subject.clone(), msg).await?);
-    }
-    for ack in in_flight {
-        ack.await?;
-    }
+    let started = publish_alerts(&js, &names, m, "n").await?;
     for consumer in consumers {
         let acked = consumer.await??;
         if acked < m {
