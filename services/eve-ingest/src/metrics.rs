@@ -12,7 +12,8 @@ pub const ALERTS_DUPLICATE: &str = "aurora_eve_ingest_alerts_duplicate_total";
 pub const DEAD_LETTERS: &str = "aurora_eve_ingest_dead_letters_total";
 /// Failed attempts (publish, ack, Redis write) that were retried, by stage.
 pub const RETRIES: &str = "aurora_eve_ingest_retries_total";
-/// Lines taken back from a processing list at start (left by a crash).
+/// Lines found held (processing list and chunks) at start (left by a crash) or after a
+/// failed take.
 pub const RECOVERED: &str = "aurora_eve_ingest_recovered_lines_total";
 /// Lines read from the input (list or file).
 pub const LINES: &str = "aurora_eve_ingest_lines_total";
