@@ -210,6 +210,17 @@ async fn suricata_events_survive_eve_ingest_kill_and_nats_restart_exactly_once()
         0,
         "nothing left in the processing list"
     );
+    // The replica's chunk index (`<processing list>:chunks`, see eve-ingest's README) names
+    // no chunk: every line taken whole from the list was released.
+    assert_eq!(
+        llen(
+            &mut conn,
+            &format!("{}:chunks", names.eve_processing_list(&eve.instance))
+        )
+        .await,
+        0,
+        "a chunk still held"
+    );
     eprintln!(
         "eve: {N} events, {alerts} alerts, each exactly once through a SIGKILL and a NATS restart"
     );
