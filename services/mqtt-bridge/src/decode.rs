@@ -16,11 +16,6 @@ pub struct DeviceDoc {
 }
 
 impl DeviceDoc {
-    /// The document's fields, parsed.
-    pub fn fields(&self) -> Map<String, Value> {
-        serde_json::from_slice(&self.data).unwrap_or_default()
-    }
-
     /// The `device.seen` record of this message, seen at `at`: a
     /// [`DeviceSeen`](aurora_core::model::DeviceSeen) whose metadata is the document. Written
     /// directly, with the document's bytes as they are (it is a JSON object: [`decode`]
@@ -216,6 +211,11 @@ fn json_type(v: &Value) -> &'static str {
 mod tests {
     use super::*;
 
+    /// The document's fields, parsed.
+    fn fields(d: &DeviceDoc) -> Map<String, Value> {
+        serde_json::from_slice(&d.data).unwrap_or_default()
+    }
+
     fn names() -> Names {
         Names::default()
     }
@@ -238,7 +238,7 @@ mod tests {
         assert_eq!(d.device_id, "dev-1");
         assert_eq!(d.kind, DeviceTopicKind::Alerts);
         assert_eq!(
-            Value::Object(d.fields()),
+            Value::Object(fields(&d)),
             serde_json::json!({"device_id":"dev-1","message_type":"alerts","v":1})
         );
     }
@@ -283,7 +283,7 @@ mod tests {
                 event: DeviceSeen::EVENT.to_string(),
                 device_id: d.device_id.clone(),
                 message_type: d.kind,
-                metadata: d.fields(),
+                metadata: fields(&d),
                 seen_at: at,
                 extra: Extra::new(),
             };
@@ -304,7 +304,7 @@ mod tests {
             br#"{"message_type":"firmware"}"#,
         ] {
             let d = decode(&names(), "aurora/sensors/dev-1/alerts", payload, 128).expect("valid");
-            let fields = d.fields();
+            let fields = fields(&d);
             assert_eq!(fields["device_id"], "dev-1", "{payload:?}");
             assert_eq!(fields["message_type"], "alerts", "{payload:?}");
             let raw = String::from_utf8(d.data).expect("utf-8");

@@ -303,8 +303,12 @@ struct Streams {
 
 impl Streams {
     fn new(names: &Names) -> Self {
+        let mut by_kind: [Arc<str>; 3] = Default::default();
+        for kind in DeviceTopicKind::ALL {
+            by_kind[kind_index(kind)] = names.cps_stream(kind).into();
+        }
         Self {
-            by_kind: DeviceTopicKind::ALL.map(|kind| names.cps_stream(kind).into()),
+            by_kind,
             registrations: names.cps_registrations().into(),
             deadletter: names.cps_deadletter().into(),
         }
