@@ -42,11 +42,6 @@ impl AckQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The current connection's epoch (stamped on each received publish).
-    pub fn epoch(&self) -> u64 {
-        self.lock().epoch
-    }
-
     /// A CONNACK: a new epoch; acks still waiting belong to the old connection.
     pub fn connected(&self) -> u64 {
         let mut s = self.lock();
@@ -102,7 +97,8 @@ impl AckQueue {
     }
 
     /// Acks queued and not yet taken.
-    pub fn outstanding(&self) -> usize {
+    #[cfg(test)]
+    fn outstanding(&self) -> usize {
         self.lock().pending.len()
     }
 }

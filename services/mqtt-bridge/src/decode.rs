@@ -22,7 +22,9 @@ impl DeviceDoc {
     /// checked it), instead of parsing the document into a map and serialising it again.
     pub fn seen_record(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.data.len() + 192);
-        out.extend_from_slice(b"{\"event\":\"device.seen\",\"device_id\":");
+        out.extend_from_slice(b"{\"event\":");
+        push_json(&mut out, &aurora_core::model::DeviceSeen::EVENT);
+        out.extend_from_slice(b",\"device_id\":");
         push_json(&mut out, &self.device_id);
         out.extend_from_slice(b",\"message_type\":");
         push_json(&mut out, &self.kind);
