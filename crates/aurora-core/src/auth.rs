@@ -481,3 +481,107 @@ mod tests {
         assert!(parse_permissions("ws:alerts,root").is_err());
     }
 }
+
+/// The HTTP side of auth, the same in every API: an extractor for "authorised with
+/// permission P" and one refusal shape (401 with `WWW-Authenticate: Bearer` for a missing or
+/// bad token, 403 for a missing permission; the body is `{"error": "..."}` everywhere).
+pub mod http {
+    use std::marker::PhantomData;
+
+    use axum::extract::{FromRef, FromRequestParts};
+    use axum::http::request::Parts;
+    use axum::http::{header, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::Json;
+
+    use super::{token_from_request, AuthError, Claims, Permission, Verifier};
+
+    /// A permission a route needs, as a type.
+    pub trait Needs: Send + Sync + 'static {
+        const PERMISSION: Permission;
+    }
+
+    macro_rules! needs {
+        ($($name:ident => $perm:ident),* $(,)?) => {$(
+            #[doc = concat!("Needs `", stringify!($perm), "`.")]
+            pub struct $name;
+            impl Needs for $name {
+                const PERMISSION: Permission = Permission::$perm;
+            }
+        )*};
+    }
+
+    needs! {
+        WsAlerts => WsAlerts,
+        WsAgentThoughts => WsAgentThoughts,
+        ApprovalsManage => ApprovalsManage,
+        DevicesRead => DevicesRead,
+        DevicesWrite => DevicesWrite,
+        FirmwareManage => FirmwareManage,
+    }
+
+    /// The claims of a request whose token is valid and grants `P`; first in a handler's
+    /// arguments, so identity is checked before input. The state must hold the [`Verifier`].
+    pub struct Authorized<P: Needs>(pub Claims, PhantomData<P>);
+
+    impl<P: Needs, S> FromRequestParts<S> for Authorized<P>
+    where
+        S: Send + Sync,
+        Verifier: FromRef<S>,
+    {
+        type Rejection = Refused;
+
+        async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Refused> {
+            let claims = authorize(parts, &Verifier::from_ref(state), P::PERMISSION)?;
+            Ok(Self(claims, PhantomData))
+        }
+    }
+
+    /// The token of a request (header first, then `?token=`), verified for `permission`.
+    pub fn authorize(
+        parts: &Parts,
+        verifier: &Verifier,
+        permission: Permission,
+    ) -> Result<Claims, Refused> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = token_from_request(authorization, parts.uri.query());
+        verifier
+            .authorize(token.as_deref(), permission)
+            .map_err(Refused)
+    }
+
+    /// A request refused by auth: 401 or 403 with `{"error": ...}`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Refused(pub AuthError);
+
+    impl Refused {
+        pub fn status(&self) -> StatusCode {
+            if self.0.is_unauthenticated() {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::FORBIDDEN
+            }
+        }
+    }
+
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+
+    impl IntoResponse for Refused {
+        fn into_response(self) -> Response {
+            let status = self.status();
+            let body = Json(serde_json::json!({ "error": self.0.to_string() }));
+            if status == StatusCode::UNAUTHORIZED {
+                (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+            } else {
+                (status, body).into_response()
+            }
+        }
+    }
+}

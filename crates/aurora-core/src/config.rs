@@ -43,6 +43,82 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The variable of a service's own flag: `AURORA_<SERVICE>_<FLAG>`, both upper-cased with
+/// `-` as `_` (`eve-ingest --batch-size` reads `AURORA_EVE_INGEST_BATCH_SIZE`). The flags every
+/// service shares ([`CommonArgs`], [`NatsArgs`], [`JwtArgs`]) keep their `AURORA_<FLAG>`.
+pub fn env_name(service: &str, flag: &str) -> String {
+    format!("AURORA_{}_{}", service, flag)
+        .replace('-', "_")
+        .to_ascii_uppercase()
+}
+
+/// The command of a service's flags with the one variable rule applied: every flag without a
+/// variable of its own gets [`env_name`], and every switch reads its variable as a boolean
+/// (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`; anything else is an error).
+pub fn command<P: clap::CommandFactory>(service: &str) -> clap::Command {
+    P::command().mut_args(|arg| {
+        let arg = if arg.get_env().is_none() && !arg.is_positional() {
+            match arg.get_long() {
+                Some(long) => {
+                    let var = env_name(service, long);
+                    arg.env(var)
+                }
+                None => arg,
+            }
+        } else {
+            arg
+        };
+        if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            arg.value_parser(clap::builder::BoolishValueParser::new())
+        } else {
+            arg
+        }
+    })
+}
+
+/// Parses the process's flags and variables under the rule of [`command`], after refusing
+/// variables that were renamed.
+pub fn parse<P: clap::Parser>(service: &str, renamed: &[(&str, &str)]) -> Result<P, clap::Error> {
+    parse_from::<P, _, _>(service, renamed, std::env::args_os())
+}
+
+/// [`parse`] with the given arguments (tests and tools).
+pub fn parse_from<P, I, T>(
+    service: &str,
+    renamed: &[(&str, &str)],
+    args: I,
+) -> Result<P, clap::Error>
+where
+    P: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = command::<P>(service);
+    if let Some(message) = renamed_variables(renamed) {
+        return Err(cmd.error(clap::error::ErrorKind::ArgumentConflict, message));
+    }
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    P::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// The error for renamed variables that are still set, naming their replacements.
+fn renamed_variables(renamed: &[(&str, &str)]) -> Option<String> {
+    let set: Vec<String> = renamed
+        .iter()
+        .filter(|(old, _)| std::env::var_os(old).is_some())
+        .map(|(old, new)| format!("{old} is no longer read: set {new} instead"))
+        .collect();
+    (!set.is_empty()).then(|| set.join("; "))
+}
+
+/// The flags of a command that have no help text (every flag must say what it does).
+pub fn undocumented_flags(cmd: &clap::Command) -> Vec<String> {
+    cmd.get_arguments()
+        .filter(|a| a.get_help().is_none() && a.get_long_help().is_none() && !a.is_hide_set())
+        .map(|a| a.get_id().to_string())
+        .collect()
+}
+
 /// Flags of every service.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
@@ -119,6 +195,7 @@ pub struct NatsArgs {
     /// User name (with --nats-password).
     #[arg(long, env = "AURORA_NATS_USER")]
     pub nats_user: Option<String>,
+    /// Password (with --nats-user).
     #[arg(long, env = "AURORA_NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
     /// Token authentication.
@@ -136,6 +213,7 @@ pub struct NatsArgs {
     /// Client certificate and key (PEM) for mutual TLS.
     #[arg(long, env = "AURORA_NATS_TLS_CERT", requires = "nats_tls_key")]
     pub nats_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
     #[arg(long, env = "AURORA_NATS_TLS_KEY", requires = "nats_tls_cert")]
     pub nats_tls_key: Option<PathBuf>,
     /// Require TLS even without a CA file.
@@ -256,6 +334,28 @@ mod tests {
         common: CommonArgs,
         #[command(flatten)]
         jwt: JwtArgs,
+    }
+
+    #[test]
+    fn service_variables_follow_the_flag_and_switches_read_booleans() {
+        assert_eq!(
+            env_name("eve-ingest", "batch-size"),
+            "AURORA_EVE_INGEST_BATCH_SIZE"
+        );
+        let cmd = command::<Cli>("test-svc");
+        assert_eq!(
+            cmd.get_arguments()
+                .find(|a| a.get_id() == "namespace")
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str()),
+            Some("AURORA_NAMESPACE"),
+            "shared flags keep their variable"
+        );
+        assert!(
+            undocumented_flags(&cmd).is_empty(),
+            "{:?}",
+            undocumented_flags(&cmd)
+        );
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! What the Aurora event-transport services share: the names of every stream, topic and
 //! subject ([`names`]), the messages ([`model`]), the Redis Streams bus ([`bus`]), JWT auth
 //! ([`auth`]), JetStream stream setup ([`jetstream`]), the ops endpoints and telemetry
-//! ([`ops`]) and the shared flags ([`config`]).
+//! ([`ops`]), the shared flags ([`config`]), and the one lifecycle of a service ([`service`]):
+//! start-up, dependency health ([`health`]), back-off ([`retry`]), the stream consumer
+//! ([`consumer`]) and the drain.
 
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod consumer;
+pub mod health;
 pub mod jetstream;
 pub mod model;
 pub mod names;
 pub mod ops;
+pub mod retry;
+pub mod service;
 
 pub use names::Names;

@@ -93,6 +93,11 @@ impl Readiness {
         }
     }
 
+    /// Forgets a part (it no longer exists, e.g. start-up once it is over).
+    pub fn remove(&self, name: &str) {
+        self.lock().components.remove(name);
+    }
+
     /// A warning shown in `/readyz` detail without making the service unready.
     pub fn warn(&self, name: &str, warning: Option<String>) {
         let mut inner = self.lock();

@@ -1,0 +1,182 @@
+//! The one dependency watcher: each dependency of a service (Redis, NATS, PostgreSQL, the
+//! broker) is a named check; the watcher keeps `/readyz` true to their state, and a consumer
+//! whose batch failed waits here until they answer again before it re-reads the batch.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::Readiness;
+use crate::retry::Backoff;
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A dependency: its readiness name and how to check that it answers.
+#[derive(Clone)]
+pub struct Dependency {
+    name: &'static str,
+    check: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
+}
+
+impl std::fmt::Debug for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dependency")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Dependency {
+    /// `check` is called for every look; it says why the dependency does not answer.
+    pub fn new<F, Fut>(name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            name,
+            check: Arc::new(move || Box::pin(check())),
+        }
+    }
+
+    /// Redis answers `PING`.
+    pub fn redis(conn: crate::bus::Conn) -> Self {
+        Self::new(REDIS, move || {
+            let mut conn = conn.clone();
+            async move { crate::bus::ping(&mut conn).await.map_err(|e| e.to_string()) }
+        })
+    }
+
+    /// The NATS client is connected.
+    pub fn nats(client: async_nats::Client) -> Self {
+        Self::new(NATS, move || {
+            let state = client.connection_state();
+            async move {
+                match state {
+                    async_nats::connection::State::Connected => Ok(()),
+                    other => Err(format!("NATS connection {other}")),
+                }
+            }
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// One look, bounded so a hung dependency counts as down.
+    pub async fn check(&self) -> Result<(), String> {
+        match tokio::time::timeout(CHECK_TIMEOUT, (self.check)()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// The readiness name of Redis in every service.
+pub const REDIS: &str = "redis";
+/// The readiness name of NATS in every service.
+pub const NATS: &str = "nats";
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The dependencies of one service, watched together.
+#[derive(Debug, Clone, Default)]
+pub struct Dependencies {
+    list: Vec<Dependency>,
+}
+
+impl Dependencies {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, dependency: Dependency) -> Self {
+        self.list.push(dependency);
+        self
+    }
+
+    pub fn push(&mut self, dependency: Dependency) {
+        self.list.push(dependency);
+    }
+
+    /// Looks at each dependency once and reports it on `readiness`; true when all answer.
+    pub async fn check(&self, readiness: &Readiness) -> bool {
+        let mut all = true;
+        for dep in &self.list {
+            match dep.check().await {
+                Ok(()) => readiness.set_ready(dep.name),
+                Err(why) => {
+                    readiness.set_not_ready(dep.name, why);
+                    all = false;
+                }
+            }
+        }
+        all
+    }
+
+    /// Waits (backing off) until every dependency answers; `false` on shutdown.
+    pub async fn wait_up(&self, readiness: &Readiness, shutdown: &CancellationToken) -> bool {
+        let mut backoff = Backoff::default();
+        loop {
+            if self.check(readiness).await {
+                return true;
+            }
+            if !backoff.wait(shutdown).await {
+                return false;
+            }
+        }
+    }
+
+    /// Keeps `readiness` true to the dependencies' state until `shutdown`, looking every
+    /// `interval`. Spawn it; the service's tasks own its handle.
+    pub async fn watch(
+        self,
+        readiness: Readiness,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        for dep in &self.list {
+            readiness.register(dep.name);
+        }
+        loop {
+            self.check(&readiness).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn readiness_follows_the_checks_and_names_what_is_down() {
+        let up = Arc::new(AtomicBool::new(false));
+        let flag = up.clone();
+        let deps = Dependencies::new().with(Dependency::new("db", move || {
+            let up = flag.load(Ordering::SeqCst);
+            async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err("refused".into())
+                }
+            }
+        }));
+        let readiness = Readiness::new();
+        assert!(!deps.check(&readiness).await);
+        assert_eq!(readiness.report()["components"]["db"]["detail"], "refused");
+        up.store(true, Ordering::SeqCst);
+        let shutdown = CancellationToken::new();
+        assert!(deps.wait_up(&readiness, &shutdown).await);
+        assert!(readiness.is_ready());
+    }
+}
