@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SERVICES := mqtt-bridge device-registry ws-gateway federation-gateway eve-ingest
 
-.PHONY: all services build release run test lint fmt clippy unit bench bench-mqtt bench-registry \
+.PHONY: all services build release bench-build run test lint fmt clippy unit bench bench-mqtt bench-registry \
         bench-ws bench-federation bench-eve images check-deploy clean
 
 all: build
@@ -12,10 +12,16 @@ all: build
 services:
 	@bash deploy/local/services.sh
 
+# The benchmarks (bench/) are their own crate, built only by `make bench*`.
+NOT_BENCH := --workspace --exclude aurora-bench
+
 build:
-	$(CARGO) build --workspace --bins
+	$(CARGO) build $(NOT_BENCH) --bins
 
 release:
+	$(CARGO) build --release $(NOT_BENCH) --bins
+
+bench-build:
 	$(CARGO) build --release --workspace --bins
 
 ## The main job: servers up, every service and a second site running, simulated traffic, a live summary.
@@ -32,18 +38,18 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:
-	$(CARGO) build --workspace --bins
+	$(CARGO) build $(NOT_BENCH) --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	  $(CARGO) nextest run $(NOT_BENCH) --no-fail-fast; \
 	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
+	  $(CARGO) test $(NOT_BENCH) --no-fail-fast; \
 	fi
 
 check-deploy:
 	@if [ -x scripts/check-deploy.sh ]; then bash scripts/check-deploy.sh; fi
 
 ## Benchmarks: each writes bench/results/<name>.json; `make bench` runs them all and writes BENCHMARKS.md.
-bench: services release
+bench: services bench-build
 	-$(MAKE) bench-mqtt
 	-$(MAKE) bench-registry
 	-$(MAKE) bench-ws
@@ -55,19 +61,19 @@ bench: services release
 # differently and rebuild the dependencies each time).
 BENCH_RUN = AURORA_BENCH_SKIP_BUILD=1 ./target/release
 
-bench-mqtt: services release
+bench-mqtt: services bench-build
 	$(BENCH_RUN)/bench-mqtt
 
-bench-registry: services release
+bench-registry: services bench-build
 	$(BENCH_RUN)/bench-registry
 
-bench-ws: services release
+bench-ws: services bench-build
 	$(BENCH_RUN)/bench-ws
 
-bench-federation: services release
+bench-federation: services bench-build
 	$(BENCH_RUN)/bench-federation
 
-bench-eve: services release
+bench-eve: services bench-build
 	$(BENCH_RUN)/bench-eve
 
 images:

@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     drop(broker);
     let report = result?;
     let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results/mqtt.json");
+        aurora_bench::result_path("mqtt");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -44,7 +44,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    aurora_testkit::workspace_path("")
 }
 
 /// The sample lines and where they came from.
@@ -63,7 +63,7 @@ fn samples() -> anyhow::Result<(Vec<Vec<u8>>, Vec<String>)> {
         )
     } else {
         (
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+            aurora_testkit::workspace_path("services/eve-ingest/tests/fixtures"),
             &[
                 "eve-surevego.jsonl",
                 "eve-suricata-verify.jsonl",

@@ -559,7 +559,7 @@ async fn bench() -> anyhow::Result<()> {
 }
 
 fn results_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/results/ws.json")
+    aurora_bench::result_path("ws")
 }
 
 async fn wait_for(shared: &Shared, phase: usize, expected: u64, patience: Duration) {

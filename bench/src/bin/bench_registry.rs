@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let report = result?;
     let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results/registry.json");
+        aurora_bench::result_path("registry");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

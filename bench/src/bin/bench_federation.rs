@@ -570,9 +570,10 @@ async fn main() -> anyhow::Result<()> {
         "command": "make bench-federation",
         "measured_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("federation.json");
+    let path = aurora_bench::result_path("federation");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")?;
     println!("  wrote {}", path.display());
     Ok(())
