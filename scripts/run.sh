@@ -4,8 +4,10 @@
 # requests; prints the console URL with a ready token and a live summary until Ctrl-C, then
 # stops everything it started.
 #
-# Site A and site B share the namespace (one federation, SPEC.md) and the NATS server; each
-# has its own Redis database (A: 0, B: 1) and its own gateways.
+# Site A and site B share the namespace (one federation: docs/contract.md#namespace) and the
+# NATS server; each has its own Redis database (A: 0, B: 1) and its own gateways. Variables
+# follow docs/configuration.md: shared ones are AURORA_<FLAG>, a service's own
+# AURORA_<SERVICE>_<FLAG>.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -75,16 +77,17 @@ echo "starting site A (Redis db 0) and site B (Redis db 1); logs in $RUN_DIR"
 start mqtt-bridge mqtt-bridge AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \
   AURORA_OPS_ADDR=127.0.0.1:9101 AURORA_INSTANCE_ID=run-bridge-a
 start device-registry device-registry AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \
-  AURORA_OPS_ADDR=127.0.0.1:9102 AURORA_HTTP_ADDR=127.0.0.1:8081 AURORA_DATABASE_URL="$DB_URL" \
-  AURORA_INSTANCE_ID=run-registry-a AURORA_TRUST_ON_FIRST_USE=true AURORA_ATTESTATION_TIMEOUT=60s
+  AURORA_OPS_ADDR=127.0.0.1:9102 AURORA_DEVICE_REGISTRY_HTTP_ADDR=127.0.0.1:8081 \
+  AURORA_DEVICE_REGISTRY_DATABASE_URL="$DB_URL" AURORA_INSTANCE_ID=run-registry-a \
+  AURORA_DEVICE_REGISTRY_TRUST_ON_FIRST_USE=true AURORA_DEVICE_REGISTRY_ATTESTATION_TIMEOUT=60s
 start ws-gateway ws-gateway AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \
-  AURORA_OPS_ADDR=127.0.0.1:9103 AURORA_HTTP_ADDR=127.0.0.1:8000 AURORA_INSTANCE_ID=run-ws-a
+  AURORA_OPS_ADDR=127.0.0.1:9103 AURORA_WS_GATEWAY_HTTP_ADDR=127.0.0.1:8000 AURORA_INSTANCE_ID=run-ws-a
 start federation-gateway federation-gateway AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \
   AURORA_OPS_ADDR=127.0.0.1:9104 AURORA_INSTANCE_ID=run-fed-a
 start eve-ingest eve-ingest AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \
   AURORA_OPS_ADDR=127.0.0.1:9105 AURORA_INSTANCE_ID=run-eve-a
 start ws-gateway ws-gateway-b AURORA_SITE_ID=site-b AURORA_REDIS_URL="$REDIS/1" \
-  AURORA_OPS_ADDR=127.0.0.1:9203 AURORA_HTTP_ADDR=127.0.0.1:8100 AURORA_INSTANCE_ID=run-ws-b
+  AURORA_OPS_ADDR=127.0.0.1:9203 AURORA_WS_GATEWAY_HTTP_ADDR=127.0.0.1:8100 AURORA_INSTANCE_ID=run-ws-b
 start federation-gateway federation-gateway-b AURORA_SITE_ID=site-b AURORA_REDIS_URL="$REDIS/1" \
   AURORA_OPS_ADDR=127.0.0.1:9204 AURORA_INSTANCE_ID=run-fed-b
 

@@ -86,7 +86,7 @@ start_postgres() {
     version=$(newest_version /usr/lib/postgresql)
     pg_createcluster "$version" main >/dev/null
   fi
-  # Trust on loopback, as the tests and the default AURORA_DATABASE_URL expect.
+  # Trust on loopback, as the tests and the default AURORA_DEVICE_REGISTRY_DATABASE_URL expect.
   local hba=/etc/postgresql/$version/main/pg_hba.conf
   if [ -f "$hba" ] && ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
     sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal all all trust' "$hba"
