@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use aurora_core::auth::Permission;
 use aurora_core::names::Channel;
-use aurora_e2e::*;
+use aurora_e2e::{aurora_cli, aurora_command, suricata_alert_line, ChildGuard};
+use aurora_testkit::prelude::*;
 use serde_json::{json, Value};
 
 /// `model version sha256` of the simulated fleet's genuine firmware, from the CLI.

@@ -5,21 +5,16 @@
 //! duplicates where only at-least-once is promised are counted and printed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aurora_core::auth::Permission;
 use aurora_core::names::{Channel, DeviceTopicKind};
-use aurora_e2e::*;
-use aurora_testkit::{MosquittoServer, NatsServer, RedisServer};
+use aurora_e2e::eve_lines;
+use aurora_testkit::prelude::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Occurrences above one, summed.
-fn duplicates(t: &HashMap<String, usize>) -> usize {
-    t.values().map(|n| n.saturating_sub(1)).sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_telemetry_survives_bridge_kill_and_broker_and_redis_restarts() {
@@ -118,33 +113,6 @@ async fn mqtt_telemetry_survives_bridge_kill_and_broker_and_redis_restarts() {
     assert_eq!(bridge.readyz().await, Some(200));
 }
 
-/// `n` distinct EVE lines made from the samples (a field of our own makes each unique).
-fn eve_lines(n: usize) -> Vec<String> {
-    let mut samples = Vec::new();
-    for f in [
-        "eve-suricata-verify.jsonl",
-        "eve-surevego.jsonl",
-        "eve-telegraf.jsonl",
-    ] {
-        let text = std::fs::read_to_string(workspace_path(&format!(
-            "services/eve-ingest/tests/fixtures/{f}"
-        )))
-        .unwrap();
-        samples.extend(
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|v| v.is_object()),
-        );
-    }
-    (0..n)
-        .map(|i| {
-            let mut v = samples[i % samples.len()].clone();
-            v["e2e_seq"] = json!(i);
-            v.to_string()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suricata_events_survive_eve_ingest_kill_and_nats_restart_exactly_once() {
     const N: usize = 300;
@@ -153,9 +121,7 @@ async fn suricata_events_survive_eve_ingest_kill_and_nats_restart_exactly_once()
     let mut site = Site::new(&names, "site-a", 12);
     site.nats_url = nats.url();
     let _cleanup = Cleanup::new(&names, &site.nats_url, &[&site.redis_url]);
-    let mut eve = site
-        .start(Svc::EveIngest, &[("AURORA_EVE_BATCH", "20")])
-        .await;
+    let mut eve = site.start(Svc::EveIngest, &[("batch", "20")]).await;
     let mut conn = redis(&site.redis_url).await;
 
     let lines = eve_lines(N);
