@@ -18,10 +18,10 @@ use redis::Script;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::telemetry;
+use crate::error::{DecideError, StoreError};
+use crate::frame::STREAM_ID_FIELD;
+use crate::{telemetry, SERVICE};
 
-/// The service name in state keys.
-const SERVICE: &str = "ws-gateway";
 /// Entries read per round trip while catching up with the approvals stream.
 const CATCH_UP_BATCH: usize = 500;
 /// Approvals expired per sweep round trip.
@@ -62,40 +62,8 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ";
 
-/// A Redis command of the approval store failed.
-#[derive(Debug, thiserror::Error)]
-#[error("approval store: {what} failed: {source}")]
-pub struct StoreError {
-    pub what: &'static str,
-    #[source]
-    pub source: redis::RedisError,
-}
-
-impl From<StoreError> for bus::BusError {
-    fn from(e: StoreError) -> Self {
-        bus::BusError::Command {
-            command: e.what,
-            key: SERVICE.to_string(),
-            source: e.source,
-        }
-    }
-}
-
 fn store_err(what: &'static str) -> impl FnOnce(redis::RedisError) -> StoreError {
     move |source| StoreError { what, source }
-}
-
-/// Why a decision was not made.
-#[derive(Debug, thiserror::Error)]
-pub enum DecideError {
-    #[error("no pending or decided approval with this id")]
-    NotFound,
-    #[error("the approval is already {0}")]
-    Conflict(String),
-    #[error("the stored approval cannot be read: {0}")]
-    Corrupt(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// What an analyst decides.
@@ -202,7 +170,7 @@ impl ApprovalStore {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    metrics::counter!(telemetry::INVALID_APPROVALS_TOTAL).increment(1);
+                    telemetry::invalid_approval();
                     tracing::warn!(entry = %entry.id, error = %e, "an approvals entry is not an approval: it cannot be decided");
                 }
             }
@@ -303,7 +271,7 @@ impl ApprovalStore {
         approval.decided_by = decided_by;
         approval.decided_at = Some(Utc::now());
         approval.comment = comment;
-        approval.extra.remove(crate::fanout::STREAM_ID_FIELD);
+        approval.extra.remove(STREAM_ID_FIELD);
         let doc = model::to_bytes(&approval);
         let mut conn = self.conn.clone();
         let (outcome, detail): (String, String) = Script::new(DECIDE)
@@ -322,7 +290,7 @@ impl ApprovalStore {
             "conflict" => "conflict",
             _ => "not_found",
         };
-        metrics::counter!(telemetry::APPROVAL_DECISIONS_TOTAL, "outcome" => label).increment(1);
+        telemetry::approval_decision(label);
         match outcome.as_str() {
             "done" => {
                 tracing::info!(approval = %approval.id, status = status.as_str(), decided_by = ?approval.decided_by, entry = %detail, "approval decided");

@@ -1,14 +1,41 @@
-//! The gateway's flags. Every flag has an `AURORA_*` environment variable; the defaults run
-//! the gateway as it is on a developer's machine (with `--dev-insecure-auth`).
+//! The gateway's flags. Its own flags read `AURORA_WS_GATEWAY_<FLAG>` (the rule of
+//! `aurora_core::config::env_name`), the shared ones `AURORA_<FLAG>`; the defaults run the
+//! gateway as it is on a developer's machine (with `--dev-insecure-auth`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use aurora_core::config::{parse_duration, CommonArgs, JwtArgs};
+use aurora_core::service::Flags;
 use clap::Parser;
 
-/// The ops port of ws-gateway (README of the workspace).
-pub const DEFAULT_OPS_PORT: u16 = 9103;
+use crate::error::ConfigError;
+use crate::Gateway;
+
+/// Variables read under another name before; set, they stop the start with an error naming
+/// the new one.
+pub const RENAMED_ENV: &[(&str, &str)] = &[
+    ("AURORA_HTTP_ADDR", "AURORA_WS_GATEWAY_HTTP_ADDR"),
+    (
+        "AURORA_MAX_CONNECTIONS_PER_CHANNEL",
+        "AURORA_WS_GATEWAY_MAX_CONNECTIONS_PER_CHANNEL",
+    ),
+    ("AURORA_CLIENT_QUEUE", "AURORA_WS_GATEWAY_CLIENT_QUEUE"),
+    ("AURORA_FANOUT_LINGER", "AURORA_WS_GATEWAY_FANOUT_LINGER"),
+    ("AURORA_SEND_TIMEOUT", "AURORA_WS_GATEWAY_SEND_TIMEOUT"),
+    ("AURORA_MAX_REPLAY", "AURORA_WS_GATEWAY_MAX_REPLAY"),
+    ("AURORA_PING_INTERVAL", "AURORA_WS_GATEWAY_PING_INTERVAL"),
+    ("AURORA_PONG_TIMEOUT", "AURORA_WS_GATEWAY_PONG_TIMEOUT"),
+    (
+        "AURORA_EXPIRY_SWEEP_INTERVAL",
+        "AURORA_WS_GATEWAY_EXPIRY_SWEEP_INTERVAL",
+    ),
+    (
+        "AURORA_APPROVAL_STATE_RETENTION",
+        "AURORA_WS_GATEWAY_APPROVAL_STATE_RETENTION",
+    ),
+    ("AURORA_DRAIN_GRACE", "AURORA_WS_GATEWAY_DRAIN_GRACE"),
+];
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -24,70 +51,170 @@ pub struct Args {
     pub jwt: JwtArgs,
 
     /// Address of the WebSocket and REST API and of the console.
-    #[arg(long, env = "AURORA_HTTP_ADDR", default_value = "0.0.0.0:8000")]
+    #[arg(long, default_value = "0.0.0.0:8000")]
     pub http_addr: SocketAddr,
 
     /// Connections one channel accepts on this replica; the next is closed with 1013.
-    #[arg(
-        long,
-        env = "AURORA_MAX_CONNECTIONS_PER_CHANNEL",
-        default_value_t = 500
-    )]
+    #[arg(long, default_value_t = 500)]
     pub max_connections_per_channel: usize,
 
     /// Messages a client may fall behind the live stream before it is closed with 1013.
-    #[arg(long, env = "AURORA_CLIENT_QUEUE", default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024)]
     pub client_queue: usize,
 
     /// After a read that found entries, the stream reader waits this long before the next one,
     /// so entries written close together reach each client in one write (one syscall for
     /// several frames) instead of one each. Adds at most this much latency, and only when
     /// entries arrive faster than this; `0s` reads again at once.
-    #[arg(long, env = "AURORA_FANOUT_LINGER", value_parser = parse_duration, default_value = "10ms")]
+    #[arg(long, value_parser = parse_duration, default_value = "10ms")]
     pub fanout_linger: Duration,
 
     /// A client whose socket accepts nothing for this long is closed.
-    #[arg(long, env = "AURORA_SEND_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub send_timeout: Duration,
 
     /// At most this many missed entries are replayed to a client reconnecting with `?since=`.
-    #[arg(long, env = "AURORA_MAX_REPLAY", default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000)]
     pub max_replay: usize,
 
     /// Interval of WebSocket pings.
-    #[arg(long, env = "AURORA_PING_INTERVAL", value_parser = parse_duration, default_value = "20s")]
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub ping_interval: Duration,
 
     /// A client that answers no ping for this long is dropped.
-    #[arg(long, env = "AURORA_PONG_TIMEOUT", value_parser = parse_duration, default_value = "45s")]
+    #[arg(long, value_parser = parse_duration, default_value = "45s")]
     pub pong_timeout: Duration,
 
     /// How often each replica looks for approvals past their `expires_at`.
-    #[arg(long, env = "AURORA_EXPIRY_SWEEP_INTERVAL", value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub expiry_sweep_interval: Duration,
 
     /// How long an approval's state is kept in Redis after its `expires_at`.
-    #[arg(long, env = "AURORA_APPROVAL_STATE_RETENTION", value_parser = parse_duration, default_value = "7d")]
+    #[arg(long, value_parser = parse_duration, default_value = "7d")]
     pub approval_state_retention: Duration,
 
     /// On SIGTERM, time between `/readyz` failing and clients being closed with 1001, so the
-    /// load balancer stops sending new connections first.
-    #[arg(long, env = "AURORA_DRAIN_GRACE", value_parser = parse_duration, default_value = "2s")]
+    /// load balancer stops sending new connections first. Part of `--shutdown-timeout`.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub drain_grace: Duration,
 }
 
 impl Args {
-    /// Defaults for a namespace and a Redis, on ephemeral ports: for tests and the benchmark.
-    pub fn for_test(namespace: &str, redis_url: &str, jwt_secret: &str) -> Self {
-        let mut args = Self::parse_from(["ws-gateway"]);
-        args.common.namespace = namespace.to_string();
-        args.common.redis_url = redis_url.to_string();
-        args.common.ops_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        args.common.instance_id = Some(format!("test-{}", uuid::Uuid::new_v4().simple()));
-        args.common.shutdown_timeout = Duration::from_secs(10);
-        args.jwt.jwt_secret = Some(jwt_secret.to_string());
-        args.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        args.drain_grace = Duration::ZERO;
-        args
+    /// Refuses flags that cannot work together.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.max_connections_per_channel == 0 {
+            return Err(ConfigError::Zero {
+                flag: "max-connections-per-channel",
+            });
+        }
+        if self.client_queue == 0 {
+            return Err(ConfigError::Zero {
+                flag: "client-queue",
+            });
+        }
+        if self.pong_timeout <= self.ping_interval {
+            return Err(ConfigError::PongBeforePing {
+                ping_interval: self.ping_interval,
+                pong_timeout: self.pong_timeout,
+            });
+        }
+        if self.drain_grace >= self.common.shutdown_timeout {
+            return Err(ConfigError::GraceOverDeadline {
+                grace: self.drain_grace,
+                deadline: self.common.shutdown_timeout,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Flags for Args {
+    type Service = Gateway;
+    const RENAMED_ENV: &'static [(&'static str, &'static str)] = RENAMED_ENV;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn into_service(self) -> anyhow::Result<Gateway> {
+        self.check()?;
+        Ok(Gateway::new(self)?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::SERVICE;
+    use aurora_core::config;
+
+    fn parse(extra: &[&str]) -> Args {
+        let argv = std::iter::once("ws-gateway").chain(extra.iter().copied());
+        config::parse_from::<Args, _, _>(SERVICE, RENAMED_ENV, argv).unwrap()
+    }
+
+    #[test]
+    fn every_flag_says_what_it_does() {
+        let undocumented = config::undocumented_flags(&config::command::<Args>(SERVICE));
+        assert!(undocumented.is_empty(), "{undocumented:?}");
+    }
+
+    #[test]
+    fn own_flags_read_the_service_variables_and_renamed_ones_name_their_replacement() {
+        let cmd = config::command::<Args>(SERVICE);
+        let env_of = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str())
+                .map(String::from)
+        };
+        assert_eq!(
+            env_of("http_addr").as_deref(),
+            Some("AURORA_WS_GATEWAY_HTTP_ADDR")
+        );
+        assert_eq!(
+            env_of("drain_grace").as_deref(),
+            Some("AURORA_WS_GATEWAY_DRAIN_GRACE")
+        );
+        assert_eq!(env_of("redis_url").as_deref(), Some("AURORA_REDIS_URL"));
+        let variables: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .filter_map(|e| e.to_str())
+            .map(String::from)
+            .collect();
+        for (old, new) in RENAMED_ENV {
+            assert!(variables.iter().any(|v| v == new), "{new} is not read");
+            assert!(!variables.iter().any(|v| v == old), "{old} is still read");
+        }
+    }
+
+    #[test]
+    fn the_defaults_pass_the_checks_and_impossible_combinations_do_not() {
+        let args = parse(&[]);
+        assert_eq!(args.check(), Ok(()));
+        assert_eq!(args.http_addr.port(), 8000);
+        assert_eq!(
+            parse(&["--client-queue", "0"]).check(),
+            Err(ConfigError::Zero {
+                flag: "client-queue"
+            })
+        );
+        assert_eq!(
+            parse(&["--max-connections-per-channel", "0"]).check(),
+            Err(ConfigError::Zero {
+                flag: "max-connections-per-channel"
+            })
+        );
+        assert!(matches!(
+            parse(&["--ping-interval", "30s", "--pong-timeout", "30s"]).check(),
+            Err(ConfigError::PongBeforePing { .. })
+        ));
+        assert!(matches!(
+            parse(&["--drain-grace", "20s", "--shutdown-timeout", "20s"]).check(),
+            Err(ConfigError::GraceOverDeadline { .. })
+        ));
     }
 }

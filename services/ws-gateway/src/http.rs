@@ -1,26 +1,36 @@
-//! The HTTP side: the three WebSocket channels, the approval decision API and the console.
+//! The HTTP side: the three WebSocket channels, the approval decision API and the console,
+//! and the drain of the connections (axum does not wait for upgraded sockets: the gateway
+//! tracks them itself).
 //!
 //! No request logging layer: the token may be in the query string, so only
 //! [`aurora_core::auth::redact_query`]'s version of a path is ever logged.
 
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::Duration;
 
-use aurora_core::auth::{self, AuthError, Permission, Verifier};
+use anyhow::Context as _;
+use aurora_core::auth::http::{authorize, ApprovalsManage, Authorized};
+use aurora_core::auth::{self, Verifier};
 use aurora_core::bus;
 use aurora_core::names::Channel;
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::extract::{FromRef, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::approvals::{ApprovalStore, DecideError, Verdict, MAX_COMMENT_CHARS};
+use crate::approvals::{ApprovalStore, Verdict, MAX_COMMENT_CHARS};
+use crate::error::DecideError;
 use crate::session::{self, Admission, SessionContext, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER};
 
 /// The console page (plain HTML and JavaScript).
@@ -43,6 +53,63 @@ pub struct AppState {
     pub approvals: ApprovalStore,
     /// Every upgraded socket, so a drain can wait for them (axum does not).
     pub tracker: TaskTracker,
+    /// Cancelled at the drain deadline: the sessions still open are dropped.
+    pub abort: CancellationToken,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Self {
+        Verifier::clone(&state.verifier)
+    }
+}
+
+/// When the connections stop: `shutdown` starts the drain, `grace` later `closing` is
+/// cancelled (the listener stops, every session closes with 1001, the stream readers stop),
+/// `abort` gives up whatever is still open.
+pub struct Drain {
+    pub shutdown: CancellationToken,
+    pub grace: Duration,
+    pub closing: CancellationToken,
+    pub abort: CancellationToken,
+}
+
+/// Serves the API until the drain, then waits for every session to end (or for the abort).
+pub async fn serve(listener: TcpListener, state: AppState, drain: Drain) -> anyhow::Result<()> {
+    let tracker = state.tracker.clone();
+    // However this ends (a failed server too), the readers and the sessions are told to stop.
+    let _closing = drain.closing.clone().drop_guard();
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(drain.closing.clone().cancelled_owned())
+        .into_future();
+    tokio::pin!(server);
+    let grace = async {
+        drain.shutdown.cancelled().await;
+        tracing::info!(grace = ?drain.grace, open = tracker.len(), "draining: closing clients after the grace period");
+        tokio::select! {
+            _ = tokio::time::sleep(drain.grace) => {}
+            _ = drain.abort.cancelled() => {}
+        }
+        drain.closing.cancel();
+    };
+    tokio::select! {
+        served = &mut server => {
+            served.context("the HTTP server failed")?;
+            anyhow::bail!("the HTTP server stopped by itself");
+        }
+        _ = grace => {}
+    }
+    tokio::select! {
+        served = &mut server => served.context("the HTTP server failed")?,
+        _ = drain.abort.cancelled() => {}
+    }
+    tracker.close();
+    tokio::select! {
+        _ = tracker.wait() => tracing::info!("every client closed"),
+        _ = drain.abort.cancelled() => {
+            tracing::warn!(open = tracker.len(), "drain deadline passed with clients still open: dropping them");
+        }
+    }
+    Ok(())
 }
 
 pub fn router(state: AppState) -> Router {
@@ -53,10 +120,9 @@ pub fn router(state: AppState) -> Router {
         router = router.route(
             channel.path(),
             get(
-                move |state: State<AppState>,
-                      ws: WebSocketUpgrade,
-                      headers: HeaderMap,
-                      uri: Uri| { connect(channel, state, ws, headers, uri) },
+                move |state: State<AppState>, ws: WebSocketUpgrade, parts: Parts| {
+                    connect(channel, state, ws, parts)
+                },
             ),
         );
     }
@@ -74,23 +140,17 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn authorization(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-}
-
 async fn connect(
     channel: Channel,
     State(state): State<AppState>,
     ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    uri: Uri,
+    parts: Parts,
 ) -> Response {
+    let uri = &parts.uri;
     let Some(ctx) = state.sessions.get(channel.as_str()).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let since = query_param(&uri, "since");
+    let since = query_param(uri, "since");
     if let Some(s) = &since {
         if bus::parse_id(s).is_none() {
             return (
@@ -105,11 +165,12 @@ async fn connect(
         uri.path(),
         auth::redact_query(uri.query().unwrap_or_default())
     );
-    let admission = admit(&state, &ctx, channel, &headers, &uri, since);
+    let admission = admit(&state, &ctx, channel, &parts, since);
     if let Admission::Refused { code, reason } = &admission {
         tracing::info!(channel = channel.as_str(), %path, code, reason = %reason, "connection refused");
     }
     let tracker = state.tracker.clone();
+    let abort = state.abort.clone();
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
@@ -121,7 +182,11 @@ async fn connect(
         .on_upgrade(move |socket| async move {
             tracker
                 .track_future(async move {
-                    session::run(socket, admission, ctx).await;
+                    // At the drain deadline the session is dropped with its socket.
+                    tokio::select! {
+                        _ = session::run(socket, admission, ctx) => {}
+                        _ = abort.cancelled() => {}
+                    }
                 })
                 .await
         })
@@ -131,8 +196,7 @@ fn admit(
     state: &AppState,
     ctx: &SessionContext,
     channel: Channel,
-    headers: &HeaderMap,
-    uri: &Uri,
+    parts: &Parts,
     since: Option<String>,
 ) -> Admission {
     if ctx.shutdown.is_cancelled() {
@@ -141,11 +205,8 @@ fn admit(
             reason: "server shutting down: reconnect".into(),
         };
     }
-    let token = auth::token_from_request(authorization(headers), uri.query());
-    let claims = match state
-        .verifier
-        .authorize(token.as_deref(), channel.permission())
-    {
+    // Refused after the upgrade, with a close code a browser can see (not a 401 or 403).
+    let claims = match authorize(parts, &state.verifier, channel.permission()) {
         Ok(claims) => claims,
         Err(e) => {
             return Admission::Refused {
@@ -181,21 +242,11 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 }
 
 async fn decide(
+    authorized: Authorized<ApprovalsManage>,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
     body: Bytes,
 ) -> Response {
-    let token = auth::token_from_request(authorization(&headers), uri.query());
-    let claims = match state
-        .verifier
-        .authorize(token.as_deref(), Permission::ApprovalsManage)
-    {
-        Ok(claims) => claims,
-        Err(e @ AuthError::Forbidden(_)) => return error(StatusCode::FORBIDDEN, e),
-        Err(e) => return error(StatusCode::UNAUTHORIZED, e),
-    };
     let Ok(id) = Uuid::parse_str(&id) else {
         return error(StatusCode::NOT_FOUND, "no approval with this id");
     };
@@ -220,7 +271,7 @@ async fn decide(
     }
     match state
         .approvals
-        .decide(&id, request.decision, &claims.sub, request.comment)
+        .decide(&id, request.decision, &authorized.0.sub, request.comment)
         .await
     {
         Ok(approval) => (StatusCode::OK, Json(approval)).into_response(),

@@ -1,14 +1,24 @@
 //! ws-gateway: pushes alerts, agent thoughts and approval requests to analysts over
 //! WebSocket, takes their approval decisions, and serves a live console.
 //!
-//! Start-up, in order: names and JWT key from the flags, a Redis connection, one hub per
-//! channel, the stream readers (fan-out) and the approval expiry sweeper, the ops endpoints,
-//! the HTTP API. Shutdown, in order: `/readyz` fails, a grace period for the load balancer,
-//! every client closed with 1001 (waited for, within the deadline), the readers stopped.
+//! Start-up ([`Gateway::start`]), in order: Redis (readiness part `redis`, waited for), one
+//! hub per channel and its stream reader (`stream:<channel>`, ready once it reads), the
+//! approval expiry sweeper, the dependency watcher, the HTTP API. Shutdown: `/readyz` fails
+//! at once (the shared drain), the clients still get the live streams for `--drain-grace`,
+//! then every client is closed with 1001 and waited for; the stream readers and the sweeper
+//! stop; at the drain deadline (`--shutdown-timeout`) the sessions still open are dropped.
+//!
+//! Modules, from the bottom up: [`telemetry`], [`error`], [`health`], [`frame`] (what a
+//! client is sent), [`approvals`] (the approval state), [`fanout`] (the stream readers and
+//! hubs), [`session`] (one connection), [`http`] (routes and the connections' drain),
+//! [`config`] (flags).
 
 pub mod approvals;
 pub mod config;
+pub mod error;
 pub mod fanout;
+pub mod frame;
+pub mod health;
 pub mod http;
 pub mod session;
 pub mod telemetry;
@@ -17,189 +27,184 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use aurora_core::bus;
+use aurora_core::auth::Verifier;
+use aurora_core::bus::{self, Conn};
 use aurora_core::names::Channel;
-use aurora_core::ops::{self, Readiness};
-use tokio::task::JoinHandle;
+use aurora_core::retry::Backoff;
+use aurora_core::service::{Context, Running, Service};
+use aurora_core::Names;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Args;
 
 use approvals::ApprovalStore;
-use fanout::Hub;
+use error::StartError;
+use fanout::{Hub, Reader};
 use session::{SessionConfig, SessionContext};
 
-/// The service's name in logs and traces.
+/// The service's name: logs, state keys, the `AURORA_WS_GATEWAY_` variables.
 pub const SERVICE: &str = "ws-gateway";
 
-/// Why the gateway could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Namespace(#[from] aurora_core::names::InvalidNamespace),
-    #[error(transparent)]
-    Key(#[from] aurora_core::auth::KeyError),
-    #[error(transparent)]
-    Redis(#[from] bus::BusError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// The ops port (`/healthz`, `/readyz`, `/metrics`) when `--ops-addr` is not given.
+pub const OPS_PORT: u16 = 9103;
 
-/// A running gateway.
+/// The gateway, configured and not started yet.
 pub struct Gateway {
-    /// Where the WebSocket/REST API and console listen.
-    pub http_addr: SocketAddr,
-    /// Where `/healthz`, `/readyz` and `/metrics` listen.
-    pub ops_addr: SocketAddr,
-    pub readiness: Readiness,
-    task: JoinHandle<bool>,
+    args: Args,
+    names: Names,
+    verifier: Arc<Verifier>,
+    listener: Option<std::net::TcpListener>,
 }
 
 impl Gateway {
-    /// Waits until the gateway has shut down; `false` when the drain deadline cut it short.
-    pub async fn wait(self) -> bool {
-        self.task.await.unwrap_or(false)
+    /// Checks the namespace and the JWT key.
+    pub fn new(args: Args) -> Result<Self, StartError> {
+        let names = args.common.names()?;
+        let verifier = Arc::new(args.jwt.verifier()?);
+        Ok(Self {
+            args,
+            names,
+            verifier,
+            listener: None,
+        })
+    }
+
+    /// Binds the API's address now (before the launch) and returns it: for tests and tools
+    /// that listen on port 0. Without it, [`Service::start`] binds `--http-addr`.
+    pub fn bind_http(&mut self) -> Result<SocketAddr, StartError> {
+        let addr = self.args.http_addr;
+        let bind_error = |source| StartError::Bind { addr, source };
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let bound = listener.local_addr().map_err(bind_error)?;
+        self.listener = Some(listener);
+        Ok(bound)
+    }
+
+    async fn listener(&mut self) -> Result<tokio::net::TcpListener, StartError> {
+        let addr = self.args.http_addr;
+        let bind_error = |source| StartError::Bind { addr, source };
+        match self.listener.take() {
+            Some(listener) => tokio::net::TcpListener::from_std(listener).map_err(bind_error),
+            None => tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(bind_error),
+        }
     }
 }
 
-/// Starts the gateway; it runs until `shutdown` is cancelled, then drains.
-pub async fn start(args: Args, shutdown: CancellationToken) -> Result<Gateway, StartError> {
-    let names = args.common.names()?;
-    let verifier = Arc::new(args.jwt.verifier()?);
-    let conn = bus::connect(&args.common.redis_url).await?;
-    let readiness = Readiness::new();
-
-    let approvals = ApprovalStore::new(
-        names.clone(),
-        conn.clone(),
-        args.common.stream_maxlen,
-        args.approval_state_retention,
-    );
-    // Cancelled after the grace period: closes every session and stops the HTTP server.
-    let sessions_token = CancellationToken::new();
-    // Cancelled last: stops the readers, the sweeper and the ops endpoints.
-    let background = CancellationToken::new();
-    let session_config = SessionConfig {
-        max_replay: args.max_replay,
-        ping_interval: args.ping_interval,
-        pong_timeout: args.pong_timeout,
-        send_timeout: args.send_timeout,
-    };
-
-    let mut sessions = HashMap::new();
-    let mut background_tasks = Vec::new();
-    for channel in Channel::ALL {
-        let hub = Hub::new(
-            channel,
-            names.channel_stream(channel),
-            args.client_queue,
-            args.max_connections_per_channel,
-        );
-        // Registered before the reader runs, so the gateway is not ready until it reads.
-        readiness.register(&fanout::readiness_component(channel));
-        let hook = (channel == Channel::Approvals).then(|| approvals.clone());
-        background_tasks.push(tokio::spawn(fanout::run_reader(
-            hub.clone(),
-            args.common.redis_url.clone(),
-            readiness.clone(),
-            hook,
-            args.fanout_linger,
-            background.clone(),
-        )));
-        sessions.insert(
-            channel.as_str(),
-            SessionContext {
-                hub,
-                conn: conn.clone(),
-                config: session_config.clone(),
-                shutdown: sessions_token.clone(),
-            },
-        );
-    }
-    background_tasks.push(tokio::spawn(approvals::run_sweeper(
-        approvals.clone(),
-        args.expiry_sweep_interval,
-        background.clone(),
-    )));
-
-    let ops_addr = args.common.ops_addr_or(config::DEFAULT_OPS_PORT);
-    let (ops_addr, ops_task) = ops::serve(ops_addr, readiness.clone(), background.clone())
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: ops_addr,
-            source,
-        })?;
-
-    let tracker = TaskTracker::new();
-    let state = http::AppState {
-        verifier,
-        sessions,
-        approvals,
-        tracker: tracker.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: args.http_addr,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: args.http_addr,
-        source,
-    })?;
-    let server_stop = sessions_token.clone();
-    let server = tokio::spawn(async move {
-        let served = axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move { server_stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
+/// Connects to Redis, retrying (backing off) until it answers or the gateway is stopped;
+/// `/readyz` says what start-up waits for meanwhile.
+async fn connect_redis(ctx: &Context, url: &str) -> Result<Conn, StartError> {
+    health::connecting(&ctx.readiness, url);
+    let mut backoff = Backoff::default();
+    loop {
+        match bus::connect(url).await {
+            Ok(conn) => {
+                ctx.readiness.set_ready(aurora_core::health::REDIS);
+                return Ok(conn);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect to Redis yet: retrying");
+                ctx.readiness
+                    .set_not_ready(aurora_core::health::REDIS, e.to_string());
+            }
         }
-    });
-    tracing::info!(%http_addr, %ops_addr, namespace = names.namespace(), "ws-gateway listening");
+        if !backoff.wait(&ctx.shutdown).await {
+            return Err(StartError::StoppedWhileConnecting);
+        }
+    }
+}
 
-    let drain_readiness = readiness.clone();
-    let task = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        drain_readiness.start_draining();
-        tracing::info!(grace = ?args.drain_grace, "draining: /readyz fails; closing clients after the grace period");
-        tokio::time::sleep(args.drain_grace).await;
-        sessions_token.cancel();
-        tracker.close();
-        // The deadline runs from the signal: the grace period is part of it.
-        let left = args
-            .common
-            .shutdown_timeout
-            .saturating_sub(args.drain_grace);
-        let clean = tokio::time::timeout(left, async {
-            tracker.wait().await;
-            let _ = server.await;
-        })
-        .await
-        .is_ok();
-        if !clean {
-            tracing::warn!(
-                open = tracker.len(),
-                "drain deadline passed with clients still open"
+impl Service for Gateway {
+    const NAME: &'static str = SERVICE;
+    const OPS_PORT: u16 = OPS_PORT;
+
+    async fn start(mut self, ctx: Context) -> anyhow::Result<Running> {
+        for channel in Channel::ALL {
+            // Registered before anything runs, so the gateway is not ready until each reads.
+            ctx.readiness.register(&health::stream_part(channel));
+        }
+        let conn = connect_redis(&ctx, &self.args.common.redis_url).await?;
+        let listener = self.listener().await?;
+        let http_addr = listener.local_addr()?;
+        let Gateway {
+            args,
+            names,
+            verifier,
+            ..
+        } = self;
+        let dependencies = health::dependencies(conn.clone());
+        let approvals = ApprovalStore::new(
+            names.clone(),
+            conn.clone(),
+            args.common.stream_maxlen,
+            args.approval_state_retention,
+        );
+        // Cancelled `--drain-grace` after the shutdown: the listener stops, every session
+        // closes with 1001, the readers and the sweeper stop.
+        let closing = CancellationToken::new();
+        let session_config = SessionConfig {
+            max_replay: args.max_replay,
+            ping_interval: args.ping_interval,
+            pong_timeout: args.pong_timeout,
+            send_timeout: args.send_timeout,
+        };
+
+        let mut running = Running::new(&ctx);
+        let mut sessions = HashMap::new();
+        for channel in Channel::ALL {
+            let hub = Hub::new(
+                channel,
+                names.channel_stream(channel),
+                args.client_queue,
+                args.max_connections_per_channel,
+            );
+            let reader = Reader {
+                hub: hub.clone(),
+                redis_url: args.common.redis_url.clone(),
+                readiness: ctx.readiness.clone(),
+                dependencies: dependencies.clone(),
+                approvals: (channel == Channel::Approvals).then(|| approvals.clone()),
+                linger: args.fanout_linger,
+            };
+            running.spawn(reader.run(closing.clone()));
+            sessions.insert(
+                channel.as_str(),
+                SessionContext {
+                    hub,
+                    conn: conn.clone(),
+                    config: session_config.clone(),
+                    shutdown: closing.clone(),
+                },
             );
         }
-        background.cancel();
-        for t in background_tasks {
-            let _ = t.await;
-        }
-        let _ = ops_task.await;
-        tracing::info!(clean, "ws-gateway stopped");
-        clean
-    });
-    Ok(Gateway {
-        http_addr,
-        ops_addr,
-        readiness,
-        task,
-    })
+        running.spawn(approvals::run_sweeper(
+            approvals.clone(),
+            args.expiry_sweep_interval,
+            closing.clone(),
+        ));
+        running.spawn(dependencies.watch(
+            ctx.readiness.clone(),
+            health::WATCH_INTERVAL,
+            ctx.shutdown.clone(),
+        ));
+        let state = http::AppState {
+            verifier,
+            sessions,
+            approvals,
+            tracker: TaskTracker::new(),
+            abort: ctx.abort.clone(),
+        };
+        let drain = http::Drain {
+            shutdown: ctx.shutdown.clone(),
+            grace: args.drain_grace,
+            closing,
+            abort: ctx.abort.clone(),
+        };
+        running.spawn_fallible(http::serve(listener, state, drain));
+        tracing::info!(%http_addr, ops_addr = %ctx.ops_addr, namespace = names.namespace(), "ws-gateway listening");
+        Ok(running)
+    }
 }

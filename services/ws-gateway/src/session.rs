@@ -20,7 +20,8 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{Frame, Hub};
+use crate::fanout::Hub;
+use crate::frame::Frame;
 use crate::telemetry;
 
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -93,13 +94,11 @@ where
             since,
             permit,
         } => {
-            let label = telemetry::channel_label(channel);
-            metrics::gauge!(telemetry::CONNECTIONS, "channel" => label).increment(1.0);
-            metrics::counter!(telemetry::CONNECTIONS_TOTAL, "channel" => label).increment(1);
+            let open = telemetry::connection_opened(channel);
             tracing::info!(channel = channel.as_str(), subject = %subject, since = ?since, "client connected");
             let end = serve(&mut socket, &ctx, token_valid_for, since).await;
             tracing::info!(channel = channel.as_str(), subject = %subject, end = ?end, "client gone");
-            metrics::gauge!(telemetry::CONNECTIONS, "channel" => label).decrement(1.0);
+            drop(open);
             drop(permit);
             end
         }
@@ -148,7 +147,7 @@ where
                 Some(Ok(Message::Close(_))) => {
                     // The reply to the client's close is queued by the socket: send it.
                     let _ = tokio::time::timeout(cfg.send_timeout, socket.flush()).await;
-                    telemetry::count_close(channel, CLOSE_NORMAL);
+                    telemetry::closed(channel, CLOSE_NORMAL);
                     return End::ClientClosed;
                 }
                 None => return End::ClientClosed,
@@ -157,7 +156,7 @@ where
             },
             _ = ping.tick() => {
                 if last_heard.elapsed() > cfg.pong_timeout {
-                    telemetry::count_close(channel, 1006);
+                    telemetry::closed(channel, 1006);
                     return End::NoPong;
                 }
                 if let Err(end) = send_all(socket, std::iter::once(Message::Ping(Default::default())), cfg.send_timeout, &ctx.hub).await {
@@ -235,8 +234,7 @@ where
     let last = entries[..entries.len().min(cfg.max_replay)]
         .last()
         .and_then(|e| bus::parse_id(&e.id));
-    metrics::counter!(telemetry::REPLAYED_TOTAL, "channel" => telemetry::channel_label(channel))
-        .increment(frames.len() as u64);
+    telemetry::replayed(channel, frames.len() as u64);
     let mut messages: Vec<Message> = frames.into_iter().map(|f| Message::Text(f.text)).collect();
     if truncated {
         let last_id = last
@@ -265,7 +263,6 @@ where
     I: IntoIterator<Item = Message>,
 {
     let channel = hub.channel;
-    let label = telemetry::channel_label(channel);
     let write = async {
         let mut count = 0u64;
         for message in messages {
@@ -291,9 +288,8 @@ where
         }
         Ok(Err(e)) => Err(End::SocketError(e.to_string())),
         Err(_) => {
-            metrics::counter!(telemetry::SLOW_CLIENTS_CLOSED_TOTAL, "channel" => label)
-                .increment(1);
-            telemetry::count_close(channel, 1006);
+            telemetry::slow_client_closed(channel);
+            telemetry::closed(channel, 1006);
             Err(End::SendTimeout)
         }
     }
@@ -303,8 +299,7 @@ async fn slow_client<S>(socket: &mut S, channel: Channel, missed: u64, timeout: 
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
-    metrics::counter!(telemetry::SLOW_CLIENTS_CLOSED_TOTAL, "channel" => telemetry::channel_label(channel))
-        .increment(1);
+    telemetry::slow_client_closed(channel);
     tracing::warn!(
         channel = channel.as_str(),
         missed,
@@ -331,7 +326,7 @@ pub async fn close<S>(
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
-    telemetry::count_close(channel, code);
+    telemetry::closed(channel, code);
     // A close reason is at most 123 bytes.
     let reason: String = reason.chars().take(120).collect();
     let frame = Message::Close(Some(CloseFrame {

@@ -1,5 +1,6 @@
-//! The built binary: configured by AURORA_* variables, JSON logs without the token, and a
-//! clean drain on SIGTERM (clients closed with 1001, exit code 0).
+//! The built binary: configured by AURORA_* variables (its own AURORA_WS_GATEWAY_*), JSON logs
+//! without the token, a clean drain on SIGTERM (clients closed with 1001, exit code 0), and a
+//! variable under its old name refused with the new one named.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -20,9 +21,9 @@ async fn the_binary_logs_no_token_and_drains_on_sigterm() {
         .env("AURORA_NAMESPACE", names.namespace())
         .env("AURORA_REDIS_URL", aurora_testkit::REDIS_URL)
         .env("AURORA_JWT_SECRET", SECRET)
-        .env("AURORA_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("AURORA_WS_GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
         .env("AURORA_OPS_ADDR", format!("127.0.0.1:{ops}"))
-        .env("AURORA_DRAIN_GRACE", "500ms")
+        .env("AURORA_WS_GATEWAY_DRAIN_GRACE", "500ms")
         .env("AURORA_SHUTDOWN_TIMEOUT", "10s")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -102,4 +103,35 @@ async fn the_binary_logs_no_token_and_drains_on_sigterm() {
             "not JSON: {line}"
         );
     }
+}
+
+#[test]
+fn a_variable_under_its_old_name_stops_the_start_and_names_the_new_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ws-gateway"))
+        .env("AURORA_JWT_SECRET", SECRET)
+        .env("AURORA_DRAIN_GRACE", "1s")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with a renamed variable");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("AURORA_DRAIN_GRACE") && stderr.contains("AURORA_WS_GATEWAY_DRAIN_GRACE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_drain_grace_past_the_drain_deadline_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ws-gateway"))
+        .env("AURORA_JWT_SECRET", SECRET)
+        .env("AURORA_WS_GATEWAY_DRAIN_GRACE", "30s")
+        .env("AURORA_SHUTDOWN_TIMEOUT", "10s")
+        .env("AURORA_OPS_ADDR", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--drain-grace"), "{stderr}");
 }

@@ -7,14 +7,17 @@ use std::time::Duration;
 use aurora_core::auth::{Minter, Permission};
 use aurora_core::bus::{self, Producer};
 use aurora_core::names::Channel;
+use aurora_core::ops::Readiness;
+use aurora_core::service::{launch, Flags, LaunchOptions, Stopped};
 use aurora_core::Names;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use ws_gateway::{Args, Gateway};
+use ws_gateway::{Args, SERVICE};
 
 pub const SECRET: &str = "test-secret-of-ws-gateway";
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -23,10 +26,42 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub struct TestGateway {
     pub names: Names,
-    pub gateway: Option<Gateway>,
+    /// The launched gateway's drain, until [`TestGateway::stop`] waits for it.
+    pub stopped: Option<JoinHandle<Stopped>>,
     pub shutdown: CancellationToken,
+    pub readiness: Readiness,
     pub http: std::net::SocketAddr,
     pub ops: std::net::SocketAddr,
+}
+
+/// The flags of a test's gateway: its namespace and Redis, the test secret, ephemeral ports,
+/// no drain grace, a 10 s drain deadline.
+pub fn test_args(namespace: &str, redis_url: &str) -> Args {
+    let instance = format!("test-{}", uuid::Uuid::new_v4().simple());
+    aurora_core::config::parse_from::<Args, _, _>(
+        SERVICE,
+        <Args as Flags>::RENAMED_ENV,
+        [
+            "ws-gateway",
+            "--namespace",
+            namespace,
+            "--redis-url",
+            redis_url,
+            "--jwt-secret",
+            SECRET,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--ops-addr",
+            "127.0.0.1:0",
+            "--instance-id",
+            &instance,
+            "--shutdown-timeout",
+            "10s",
+            "--drain-grace",
+            "0s",
+        ],
+    )
+    .unwrap()
 }
 
 impl TestGateway {
@@ -38,13 +73,17 @@ impl TestGateway {
 
     /// A gateway in a given namespace (a second replica) and Redis.
     pub async fn start_in(names: &Names, redis_url: &str, tweak: impl FnOnce(&mut Args)) -> Self {
-        let mut args = Args::for_test(names.namespace(), redis_url, SECRET);
+        let mut args = test_args(names.namespace(), redis_url);
         tweak(&mut args);
+        let mut options = LaunchOptions::local(&args.common.instance());
+        options.drain_deadline = args.common.shutdown_timeout;
+        let mut gateway = args.into_service().unwrap();
+        let http = gateway.bind_http().unwrap();
         let shutdown = CancellationToken::new();
-        let gateway = ws_gateway::start(args, shutdown.clone()).await.unwrap();
-        let http = gateway.http_addr;
-        let ops = gateway.ops_addr;
-        let readiness = gateway.readiness.clone();
+        let launched = launch(gateway, options, shutdown.clone()).await.unwrap();
+        let ops = launched.ops_addr;
+        let readiness = launched.readiness.clone();
+        let stopped = tokio::spawn(launched.stopped());
         aurora_testkit::wait_until(WAIT, "gateway ready", || {
             let ready = readiness.is_ready();
             async move { ready.then_some(()) }
@@ -52,8 +91,9 @@ impl TestGateway {
         .await;
         Self {
             names: names.clone(),
-            gateway: Some(gateway),
+            stopped: Some(stopped),
             shutdown,
+            readiness,
             http,
             ops,
         }
@@ -74,10 +114,12 @@ impl TestGateway {
         ws
     }
 
+    /// Stops the gateway and waits for its drain; `true` when every client was closed
+    /// within the deadline.
     pub async fn stop(&mut self) -> bool {
         self.shutdown.cancel();
-        match self.gateway.take() {
-            Some(g) => g.wait().await,
+        match self.stopped.take() {
+            Some(stopped) => stopped.await.unwrap() == Stopped::Drained,
             None => true,
         }
     }

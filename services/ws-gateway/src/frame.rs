@@ -1,0 +1,81 @@
+//! What a client is sent: a stream entry's document with its position in the stream added,
+//! serialised once and shared by every client of the channel.
+
+use aurora_core::bus::{self, Entry};
+use axum::extract::ws::Utf8Bytes;
+use serde_json::{Map, Value};
+
+use crate::error::FrameError;
+
+/// The field added to every document sent to a client: its position in the stream.
+pub const STREAM_ID_FIELD: &str = "stream_id";
+
+/// An entry ready to send: the document with its `stream_id`, serialised once and shared.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The entry id as numbers, to compare with what a client already has.
+    pub position: (u64, u64),
+    pub text: Utf8Bytes,
+}
+
+impl Frame {
+    /// The entry's document with `stream_id` added.
+    pub fn from_entry(entry: &Entry) -> Result<Self, FrameError> {
+        let position =
+            bus::parse_id(&entry.id).ok_or_else(|| FrameError::BadId(entry.id.clone()))?;
+        let data = entry
+            .data
+            .as_deref()
+            .ok_or_else(|| FrameError::NoData(entry.id.clone()))?;
+        let mut doc: Map<String, Value> = serde_json::from_slice(data)
+            .map_err(|e| FrameError::NotAnObject(entry.id.clone(), e.to_string()))?;
+        doc.insert(STREAM_ID_FIELD.into(), Value::String(entry.id.clone()));
+        let text = Value::Object(doc).to_string();
+        Ok(Self {
+            position,
+            text: Utf8Bytes::from(text),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn entry(id: &str, data: Option<&str>) -> Entry {
+        Entry {
+            stream: "s".into(),
+            id: id.into(),
+            data: data.map(|d| d.as_bytes().to_vec()),
+            deliveries: 0,
+        }
+    }
+
+    #[test]
+    fn a_frame_is_the_document_with_its_position_and_every_field_kept() {
+        let frame =
+            Frame::from_entry(&entry("17-3", Some(r#"{"title":"x","z":{"a":1}}"#))).unwrap();
+        assert_eq!(frame.position, (17, 3));
+        assert_eq!(
+            frame.text.as_str(),
+            r#"{"title":"x","z":{"a":1},"stream_id":"17-3"}"#
+        );
+    }
+
+    #[test]
+    fn entries_clients_cannot_read_are_refused_with_the_reason() {
+        assert!(matches!(
+            Frame::from_entry(&entry("1-0", Some("[1,2]"))),
+            Err(FrameError::NotAnObject(..))
+        ));
+        assert!(matches!(
+            Frame::from_entry(&entry("1-0", Some("{oops"))),
+            Err(FrameError::NotAnObject(..))
+        ));
+        assert!(matches!(
+            Frame::from_entry(&entry("1-0", None)),
+            Err(FrameError::NoData(id)) if id == "1-0"
+        ));
+    }
+}
