@@ -17,7 +17,7 @@
 //! (identical bytes would be deduplicated). Everything runs in a namespace of its own, which
 //! is deleted at the end. Writes `bench/results/eve.json`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,13 +25,15 @@ use anyhow::{bail, Context};
 use async_nats::jetstream::context::ContextBuilder;
 use async_nats::jetstream::message::PublishMessage;
 use aurora_core::jetstream::{ensure_stream, suricata_stream_config};
-use aurora_core::ops::Readiness;
+use aurora_core::service::{launch, LaunchOptions};
 use aurora_core::{bus, Names};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use eve_ingest::{EveIngest, Settings, SERVICE};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -63,7 +65,7 @@ fn samples() -> anyhow::Result<(Vec<Vec<u8>>, Vec<String>)> {
         )
     } else {
         (
-            aurora_testkit::workspace_path("services/eve-ingest/tests/fixtures"),
+            aurora_testkit::workspace_path(&format!("services/{SERVICE}/tests/fixtures")),
             &[
                 "eve-surevego.jsonl",
                 "eve-suricata-verify.jsonl",
@@ -132,7 +134,7 @@ async fn raw_publish(
         .map(|line| {
             (
                 names.suricata_subject(&event_type(line)),
-                hex::encode(Sha256::digest(line)),
+                format!("{:x}", Sha256::digest(line)),
                 Bytes::from(line.clone()),
             )
         })
@@ -255,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
     let m = env_usize("BENCH_EVE_ALERTS", 50_000);
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let names = Names::new(&format!("bench{}", &suffix[..8]))?;
-    let mut settings = eve_ingest::Settings::new(names.clone(), "bench", REDIS_URL, NATS_URL);
+    let mut settings = Settings::new(names.clone(), REDIS_URL, NATS_URL);
     settings.block = Duration::from_millis(100);
     settings.batch = env_usize("BENCH_EVE_BATCH", settings.batch);
     settings.publish_window = env_usize("BENCH_EVE_WINDOW", settings.publish_window);
@@ -272,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
     let alert_events = distinct(&alert_base, m, n);
     let alerts_in_mix = events.iter().filter(|l| event_type(l) == "alert").count();
     println!(
-        "eve-ingest benchmark: {n} events ({alerts_in_mix} alerts) from {} sample lines, then {m} alert events; window {window}, batch {}, {} batches in flight",
+        "{SERVICE} benchmark: {n} events ({alerts_in_mix} alerts) from {} sample lines, then {m} alert events; window {window}, batch {}, {} batches in flight",
         base.len(),
         settings.batch,
         settings.inflight_batches
@@ -298,14 +300,14 @@ async fn main() -> anyhow::Result<()> {
         // 2. The service, events, in rounds: ceiling, service, ceiling, service, ... Each
         // round's figure is compared with the mean of the ceilings just before and just after
         // it (the shared machine's load drifts within a run); the median round is reported.
-        let readiness = Readiness::new();
         let shutdown = CancellationToken::new();
-        let service = tokio::spawn(eve_ingest::run(
-            settings.clone(),
-            readiness.clone(),
+        let service = launch(
+            EveIngest::new(settings.clone()),
+            LaunchOptions::local("bench"),
             shutdown.clone(),
-            Default::default(),
-        ));
+        )
+        .await?;
+        let readiness = service.readiness.clone();
         wait_for("the service ready", Duration::from_secs(30), || {
             let r = readiness.clone();
             async move { r.is_ready() }
@@ -351,7 +353,7 @@ async fn main() -> anyhow::Result<()> {
             let ceiling_after = ceiling_after?;
             let ceiling = (ceiling_before + ceiling_after) / 2.0;
             println!(
-                "round {}: eve-ingest events -> JetStream: {events_per_s:.0} events/s ({:.1}% of the mean ceiling {ceiling:.0}; ceiling after {ceiling_after:.0})",
+                "round {}: {SERVICE} events -> JetStream: {events_per_s:.0} events/s ({:.1}% of the mean ceiling {ceiling:.0}; ceiling after {ceiling_after:.0})",
                 round + 1,
                 100.0 * events_per_s / ceiling
             );
@@ -376,13 +378,13 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         let alerts_per_s = m as f64 / (t3 - t2).as_secs_f64();
         println!(
-            "eve-ingest alerts -> {}: {alerts_per_s:.0} alerts/s",
+            "{SERVICE} alerts -> {}: {alerts_per_s:.0} alerts/s",
             names.alerts()
         );
         let final_events = stream_messages(&js, &stream).await;
         let final_alerts = xlen(&mut conn, &alerts_key).await;
         shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), service).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), service.stopped()).await;
         anyhow::Ok(Measured {
             rounds: measured_rounds,
             alert_ceiling,
@@ -425,8 +427,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let report = serde_json::json!({
         "bench": "eve",
-        "service": "eve-ingest",
-        "figure": {"name": "events to JetStream through eve-ingest", "value": events_per_s.round(), "unit": "events/s"},
+        "service": SERVICE,
+        "figure": {"name": format!("events to JetStream through {SERVICE}"), "value": events_per_s.round(), "unit": "events/s"},
         "ceiling": {"name": "raw JetStream publish-with-ack of the same events, same window (mean of the runs just before and just after the service's; the median of the rounds)", "value": ceiling.round(), "unit": "events/s"},
         "ratio": (ratio * 1000.0).round() / 1000.0,
         "target": "events at least 80% of the raw JetStream publish rate in the same run, and at least 20,000 alerts per second, on a 2-core machine",

@@ -13,9 +13,9 @@
 //! - extra: the Suricata context an analyst pivots on (signature id, category, addresses,
 //!   ports, protocol, flow id, sensor).
 
-use std::net::IpAddr;
-
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -25,6 +25,7 @@ use uuid::Uuid;
 use aurora_core::model::{is_mitre_technique, Alert, AlertStatus, Extra, Ioc, Severity};
 
 use crate::event::EveEvent;
+use crate::SERVICE;
 
 /// The `source` of every alert this service writes.
 pub const SOURCE: &str = "suricata";
@@ -36,9 +37,15 @@ pub struct AlertMapping {
     pub severity_1_critical: bool,
 }
 
-/// The namespace of alert ids (UUID v5 of "aurora:eve-ingest:alert").
+/// The namespace of alert ids (UUID v5 of "aurora:<service>:alert"); worked out once.
 fn id_namespace() -> Uuid {
-    Uuid::new_v5(&Uuid::NAMESPACE_OID, b"aurora:eve-ingest:alert")
+    static NAMESPACE: LazyLock<Uuid> = LazyLock::new(|| {
+        Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("aurora:{SERVICE}:alert").as_bytes(),
+        )
+    });
+    *NAMESPACE
 }
 
 /// The alert id of an event: the same event always gives the same id.
@@ -366,6 +373,16 @@ mod tests {
     use aurora_core::model::{parse, to_bytes, Message};
     use bytes::Bytes;
     use proptest::prelude::*;
+
+    /// Alert ids are part of the contract (the same event gives the same id in every
+    /// version): the namespace must not move.
+    #[test]
+    fn the_alert_id_namespace_is_stable() {
+        assert_eq!(
+            id_namespace(),
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, b"aurora:eve-ingest:alert")
+        );
+    }
 
     fn event(line: &str) -> EveEvent {
         crate::event::parse_line(Bytes::copy_from_slice(line.as_bytes())).unwrap()

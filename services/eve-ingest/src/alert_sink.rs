@@ -13,6 +13,7 @@ use aurora_core::model::{to_bytes, Alert};
 use aurora_core::Names;
 
 use crate::error::IngestError;
+use crate::SERVICE;
 
 /// How many alerts one write added, and how many were there already.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ impl AlertSink {
     /// The idempotency key of one alert id.
     pub fn dedup_key(&self, alert: &Alert) -> String {
         self.names
-            .state_key("eve-ingest", &format!("alert:{}", alert.id.simple()))
+            .state_key(SERVICE, &format!("alert:{}", alert.id.simple()))
     }
 
     /// Writes the alerts, each at most once, in one round trip

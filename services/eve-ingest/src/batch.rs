@@ -4,23 +4,26 @@
 //! or when JetStream acknowledged it and, for an `alert`, its Alert is on the alerts stream.
 //! Only then may the caller forget it (release it from the processing list or its chunk, save the file
 //! position). Failures that can pass (NATS or Redis away, an ack timing out) are retried with
-//! backoff, republishing only what is not out yet; JetStream's duplicate window and the
-//! alerts' idempotency keys make a republished event harmless.
+//! the shared back-off, republishing only what is not out yet; JetStream's duplicate window
+//! and the alerts' idempotency keys make a republished event harmless. A batch is finished
+//! during a drain; only the drain deadline (the abort token) makes it give up.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use aurora_core::model::Alert;
 use aurora_core::ops::Readiness;
+use aurora_core::retry::Backoff;
 
 use crate::alert::AlertMapping;
 use crate::alert_sink::AlertSink;
 use crate::dead_letter::DeadLetters;
 use crate::event::{metric_label, parse_line, EveEvent, Rejection};
-use crate::metrics as m;
+use crate::health::{NATS, REDIS};
 use crate::publish::{EventPublisher, Published};
+use crate::telemetry::{self, BatchStage, RetryStage};
 
 /// What a handled batch held.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +34,20 @@ pub struct BatchReport {
     pub dead_letters: usize,
 }
 
-/// The batch was not finished because the service is shutting down; its lines were not
-/// forgotten, so they will be handled again.
+/// The batch was given up at the drain deadline; its lines were not forgotten, so they will
+/// be handled again.
 #[derive(Debug, thiserror::Error)]
-#[error("shutting down with a batch unfinished: it stays in the input and is retried at start")]
+#[error("drain deadline passed with a batch unfinished: it stays in the input and is handled at the next start")]
 pub struct Interrupted;
+
+/// When an input stops taking lines and when it gives up the lines it holds.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    /// Take nothing more; finish the batches at hand.
+    pub shutdown: CancellationToken,
+    /// The drain deadline passed: give up the batches at hand (their lines stay held).
+    pub abort: CancellationToken,
+}
 
 /// Everything a batch needs; cheap to clone.
 #[derive(Clone)]
@@ -47,9 +59,6 @@ pub struct Processor {
     pub readiness: Readiness,
 }
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
 struct Pending {
     event: EveEvent,
     published: bool,
@@ -59,14 +68,14 @@ struct Pending {
 
 impl Processor {
     /// Handles `lines` (read from `source`, for dead-letter records) until all are out, or
-    /// until `shutdown` is cancelled while a retry waits.
+    /// until `abort` (the drain deadline) is cancelled.
     pub async fn handle(
         &self,
         source: &str,
         lines: Vec<Bytes>,
-        shutdown: &CancellationToken,
+        abort: &CancellationToken,
     ) -> Result<BatchReport, Interrupted> {
-        self.handle_with(source, lines, Vec::new(), shutdown).await
+        self.handle_with(source, lines, Vec::new(), abort).await
     }
 
     /// Like [`Processor::handle`], with lines already known to be rejected.
@@ -74,8 +83,23 @@ impl Processor {
         &self,
         source: &str,
         lines: Vec<Bytes>,
+        rejected: Vec<(Rejection, Bytes)>,
+        abort: &CancellationToken,
+    ) -> Result<BatchReport, Interrupted> {
+        // Nothing is forgotten in here: dropping the work at the deadline leaves every line
+        // where the input holds it.
+        tokio::select! {
+            _ = abort.cancelled() => Err(Interrupted),
+            handled = self.until_out(source, lines, rejected, abort) => handled,
+        }
+    }
+
+    async fn until_out(
+        &self,
+        source: &str,
+        lines: Vec<Bytes>,
         mut rejected: Vec<(Rejection, Bytes)>,
-        shutdown: &CancellationToken,
+        abort: &CancellationToken,
     ) -> Result<BatchReport, Interrupted> {
         let started = Instant::now();
         let mut report = BatchReport::default();
@@ -98,32 +122,23 @@ impl Processor {
                 Err(rejection) => rejected.push(rejection),
             }
         }
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let failed = self.attempt(&mut pending, &mut rejected, &mut report).await;
-            if !failed {
-                break;
+        let mut backoff = Backoff::default();
+        while self.attempt(&mut pending, &mut rejected, &mut report).await {
+            if !backoff.wait(abort).await {
+                return Err(Interrupted);
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(Interrupted),
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         report.dead_letters = rejected.len();
         // Dead letters last: a too-large event is only known after its publish was refused.
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::default();
         while let Err(e) = self.dead_letters.write(source, &rejected).await {
             tracing::warn!(error = %e, "cannot write dead letters: retrying");
-            metrics::counter!(m::RETRIES, "stage" => "dead_letter").increment(1);
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(Interrupted),
-                _ = tokio::time::sleep(backoff) => {}
+            telemetry::retry(RetryStage::DeadLetter);
+            if !backoff.wait(abort).await {
+                return Err(Interrupted);
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        metrics::histogram!(m::BATCH_SECONDS, "stage" => "handled")
-            .record(started.elapsed().as_secs_f64());
+        telemetry::batch_time(BatchStage::Handled, started.elapsed());
         Ok(report)
     }
 
@@ -179,15 +194,15 @@ impl Processor {
             }
         }
         for (label, n) in by_type {
-            metrics::counter!(m::EVENTS, "event_type" => label).increment(n);
+            telemetry::events_stored(label, n);
         }
         if duplicates > 0 {
-            metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates);
+            telemetry::events_duplicate(duplicates);
         }
         if let Some(error) = first_error {
             tracing::warn!(%error, "JetStream publish failed: retrying what is not stored");
-            metrics::counter!(m::RETRIES, "stage" => "publish").increment(1);
-            self.readiness.set_not_ready("nats", error);
+            telemetry::retry(RetryStage::Publish);
+            self.readiness.set_not_ready(NATS, error);
         }
         match written {
             Ok(w) => {
@@ -196,14 +211,14 @@ impl Processor {
                 }
                 report.alerts_new += w.new;
                 report.alerts_duplicate += w.duplicate;
-                metrics::counter!(m::ALERTS).increment(w.new as u64);
-                metrics::counter!(m::ALERTS_DUPLICATE).increment(w.duplicate as u64);
+                telemetry::alerts_written(w.new as u64);
+                telemetry::alerts_duplicate(w.duplicate as u64);
             }
             Err(e) => {
                 failed = true;
                 tracing::warn!(error = %e, "cannot write alerts: retrying");
-                metrics::counter!(m::RETRIES, "stage" => "alerts").increment(1);
-                self.readiness.set_not_ready("redis", e.to_string());
+                telemetry::retry(RetryStage::Alerts);
+                self.readiness.set_not_ready(REDIS, e.to_string());
             }
         }
         failed

@@ -1,24 +1,24 @@
-//! The service's flags; each has an `AURORA_*` environment variable.
+//! The service's flags. The shared ones keep their `AURORA_<FLAG>` variables; each flag of
+//! the service's own reads `AURORA_EVE_INGEST_<FLAG>` (the rule of
+//! [`aurora_core::config::env_name`]), and the variables it read before are refused with
+//! the name that replaced them ([`RENAMED_ENV`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use sha2::{Digest, Sha256};
 
 use aurora_core::config::{parse_duration, CommonArgs, NatsArgs};
+use aurora_core::service::Flags;
 
 use crate::alert::AlertMapping;
 use crate::error::IngestError;
-use crate::{Input, Settings};
-
-/// The ops port of eve-ingest.
-pub const DEFAULT_OPS_PORT: u16 = 9105;
+use crate::{EveIngest, Input, Settings, SERVICE};
 
 /// Suricata EVE events from Redis (or an eve.json file) onto NATS JetStream by event type,
 /// and alert events into Aurora alerts.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "eve-ingest", version, about)]
+#[command(name = SERVICE, version, about)]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -26,74 +26,115 @@ pub struct Args {
     pub nats: NatsArgs,
 
     /// The Redis list Suricata pushes to (default: `suricata`, namespaced outside `aurora`).
-    #[arg(long, env = "AURORA_EVE_LIST_KEY")]
+    #[arg(long)]
     pub list_key: Option<String>,
 
     /// Follow this eve.json file instead of the Redis list.
-    #[arg(long, env = "AURORA_EVE_FILE", conflicts_with = "list_key")]
+    #[arg(long, conflicts_with = "list_key")]
     pub file: Option<PathBuf>,
 
     /// Keep the file position in this local file instead of Redis.
-    #[arg(long, env = "AURORA_EVE_STATE_FILE", requires = "file")]
+    #[arg(long, requires = "file")]
     pub state_file: Option<PathBuf>,
 
     /// Instance ids of replicas that are gone: their processing lists are taken over at start
     /// (comma separated).
-    #[arg(long, env = "AURORA_EVE_RECOVER_FROM", value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',')]
     pub recover_from: Vec<String>,
 
     /// Lines taken and published at once.
-    #[arg(long, env = "AURORA_EVE_BATCH", default_value_t = 500)]
+    #[arg(long, default_value_t = 500)]
     pub batch: usize,
 
     /// How long one blocking take from the list waits.
-    #[arg(long, env = "AURORA_EVE_BLOCK", value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub block: Duration,
 
     /// JetStream publish acks outstanding at most.
-    #[arg(long, env = "AURORA_EVE_PUBLISH_WINDOW", default_value_t = 256)]
+    #[arg(long, default_value_t = 256)]
     pub publish_window: usize,
 
     /// Batches handled at the same time (they share the publish window).
-    #[arg(long, env = "AURORA_EVE_INFLIGHT_BATCHES", default_value_t = 2)]
+    #[arg(long, default_value_t = 2)]
     pub inflight_batches: usize,
 
     /// How long to wait for one JetStream ack before retrying.
-    #[arg(long, env = "AURORA_EVE_PUBLISH_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub publish_timeout: Duration,
 
     /// Map Suricata severity 1 to `critical` (default: `high`).
-    #[arg(long, env = "AURORA_EVE_SEVERITY_1_CRITICAL", default_value_t = false)]
+    #[arg(long)]
     pub severity_1_critical: bool,
 
     /// How long an alert id is remembered, so a retried event does not alert twice.
-    #[arg(long, env = "AURORA_EVE_ALERT_DEDUP_TTL", value_parser = parse_duration, default_value = "1h")]
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub alert_dedup_ttl: Duration,
 
     /// Dead-letter records kept at most (older ones are trimmed).
-    #[arg(long, env = "AURORA_EVE_DEADLETTER_MAXLEN", default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub deadletter_maxlen: usize,
 
     /// File input: a longer line is dead-lettered.
-    #[arg(long, env = "AURORA_EVE_MAX_LINE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
     pub max_line_bytes: usize,
 
     /// File input: how often to look for new lines and rotation at the end of the file.
-    #[arg(long, env = "AURORA_EVE_POLL_INTERVAL", value_parser = parse_duration, default_value = "200ms")]
+    #[arg(long, value_parser = parse_duration, default_value = "200ms")]
     pub poll_interval: Duration,
 
     /// Do not create or update the JetStream stream at start (it is managed elsewhere).
-    #[arg(long, env = "AURORA_EVE_NO_STREAM_SETUP", default_value_t = false)]
+    #[arg(long)]
     pub no_stream_setup: bool,
 }
 
-/// The Redis key (under the service's state) of the position of one file.
-pub fn file_state_what(path: &std::path::Path) -> String {
-    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
-    format!("file:{}", &hex::encode(digest)[..16])
-}
+/// The variables read before the `AURORA_EVE_INGEST_` prefix (old -> new).
+pub const RENAMED_ENV: &[(&str, &str)] = &[
+    ("AURORA_EVE_LIST_KEY", "AURORA_EVE_INGEST_LIST_KEY"),
+    ("AURORA_EVE_FILE", "AURORA_EVE_INGEST_FILE"),
+    ("AURORA_EVE_STATE_FILE", "AURORA_EVE_INGEST_STATE_FILE"),
+    ("AURORA_EVE_RECOVER_FROM", "AURORA_EVE_INGEST_RECOVER_FROM"),
+    ("AURORA_EVE_BATCH", "AURORA_EVE_INGEST_BATCH"),
+    ("AURORA_EVE_BLOCK", "AURORA_EVE_INGEST_BLOCK"),
+    (
+        "AURORA_EVE_PUBLISH_WINDOW",
+        "AURORA_EVE_INGEST_PUBLISH_WINDOW",
+    ),
+    (
+        "AURORA_EVE_INFLIGHT_BATCHES",
+        "AURORA_EVE_INGEST_INFLIGHT_BATCHES",
+    ),
+    (
+        "AURORA_EVE_PUBLISH_TIMEOUT",
+        "AURORA_EVE_INGEST_PUBLISH_TIMEOUT",
+    ),
+    (
+        "AURORA_EVE_SEVERITY_1_CRITICAL",
+        "AURORA_EVE_INGEST_SEVERITY_1_CRITICAL",
+    ),
+    (
+        "AURORA_EVE_ALERT_DEDUP_TTL",
+        "AURORA_EVE_INGEST_ALERT_DEDUP_TTL",
+    ),
+    (
+        "AURORA_EVE_DEADLETTER_MAXLEN",
+        "AURORA_EVE_INGEST_DEADLETTER_MAXLEN",
+    ),
+    (
+        "AURORA_EVE_MAX_LINE_BYTES",
+        "AURORA_EVE_INGEST_MAX_LINE_BYTES",
+    ),
+    (
+        "AURORA_EVE_POLL_INTERVAL",
+        "AURORA_EVE_INGEST_POLL_INTERVAL",
+    ),
+    (
+        "AURORA_EVE_NO_STREAM_SETUP",
+        "AURORA_EVE_INGEST_NO_STREAM_SETUP",
+    ),
+];
 
 impl Args {
+    /// Checks the flags and builds the settings.
     pub fn settings(&self) -> Result<Settings, IngestError> {
         let names = self
             .common
@@ -115,7 +156,6 @@ impl Args {
             },
         };
         Ok(Settings {
-            instance: self.common.instance(),
             redis_url: self.common.redis_url.clone(),
             nats: self.nats.clone(),
             input,
@@ -138,21 +178,45 @@ impl Args {
     }
 }
 
+impl Flags for Args {
+    type Service = EveIngest;
+    const RENAMED_ENV: &'static [(&'static str, &'static str)] = RENAMED_ENV;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn into_service(self) -> anyhow::Result<EveIngest> {
+        Ok(EveIngest::new(self.settings()?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use aurora_core::config::{command, env_name, parse_from, undocumented_flags};
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        parse_from::<Args, _, _>(
+            SERVICE,
+            Args::RENAMED_ENV,
+            std::iter::once(SERVICE).chain(args.iter().copied()),
+        )
+    }
 
     #[test]
     fn defaults_read_the_suricata_list_and_flags_choose_a_file() {
-        let args = Args::try_parse_from(["eve-ingest", "--instance-id", "r1"]).unwrap();
+        let args = parse(&["--instance-id", "r1"]).unwrap();
         let s = args.settings().unwrap();
         assert!(matches!(s.input, Input::List { key: None, .. }));
         assert_eq!(s.list_key(), "suricata");
-        assert_eq!(s.processing_key(), "aurora:eve:processing:r1");
-        assert_eq!(args.common.ops_addr_or(DEFAULT_OPS_PORT).port(), 9105);
-        let args = Args::try_parse_from([
-            "eve-ingest",
+        assert_eq!(
+            s.processing_key(&args.common.instance()),
+            "aurora:eve:processing:r1"
+        );
+        assert_eq!(args.common.ops_addr_or(crate::OPS_PORT).port(), 9105);
+        let args = parse(&[
             "--file",
             "/var/log/suricata/eve.json",
             "--severity-1-critical",
@@ -164,10 +228,75 @@ mod tests {
         assert!(matches!(s.input, Input::File { .. }));
         assert!(s.mapping.severity_1_critical);
         assert_eq!(args.recover_from, vec!["a", "b"]);
-        assert!(Args::try_parse_from(["eve-ingest", "--file", "x", "--list-key", "y"]).is_err());
-        assert!(Args::try_parse_from(["eve-ingest", "--batch", "0"])
-            .unwrap()
-            .settings()
-            .is_err());
+        assert!(parse(&["--file", "x", "--list-key", "y"]).is_err());
+        assert!(parse(&["--batch", "0"]).unwrap().settings().is_err());
+        assert!(parse(&["--batch", "0"]).unwrap().into_service().is_err());
+    }
+
+    #[test]
+    fn every_flag_is_documented_and_the_own_ones_read_the_service_prefix() {
+        let cmd = command::<Args>(SERVICE);
+        assert!(
+            undocumented_flags(&cmd).is_empty(),
+            "{:?}",
+            undocumented_flags(&cmd)
+        );
+        let own = [
+            "list-key",
+            "file",
+            "state-file",
+            "recover-from",
+            "batch",
+            "block",
+            "publish-window",
+            "inflight-batches",
+            "publish-timeout",
+            "severity-1-critical",
+            "alert-dedup-ttl",
+            "deadletter-maxlen",
+            "max-line-bytes",
+            "poll-interval",
+            "no-stream-setup",
+        ];
+        for flag in own {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("--{flag}"));
+            let var = env_name(SERVICE, flag);
+            assert!(var.starts_with("AURORA_EVE_INGEST_"), "{var}");
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var.as_str()));
+            // Each renamed variable names the variable of the same flag.
+            let old = var.replace("AURORA_EVE_INGEST_", "AURORA_EVE_");
+            assert!(
+                RENAMED_ENV.contains(&(old.as_str(), var.as_str())),
+                "{old} -> {var} is listed"
+            );
+        }
+        assert_eq!(RENAMED_ENV.len(), own.len());
+        for (_, new) in RENAMED_ENV {
+            assert!(
+                cmd.get_arguments()
+                    .any(|a| a.get_env().and_then(|e| e.to_str()) == Some(new)),
+                "{new} is read"
+            );
+        }
+        // The shared flags keep their names.
+        let redis = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some("redis-url"))
+            .unwrap();
+        assert_eq!(
+            redis.get_env().and_then(|e| e.to_str()),
+            Some("AURORA_REDIS_URL")
+        );
+    }
+
+    #[test]
+    fn switches_are_switches() {
+        let args = parse(&["--no-stream-setup"]).unwrap();
+        assert!(!args.settings().unwrap().stream_setup);
+        assert!(parse(&[]).unwrap().settings().unwrap().stream_setup);
+        assert!(parse(&["--no-stream-setup", "false"]).is_err());
     }
 }

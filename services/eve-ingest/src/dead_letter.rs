@@ -9,10 +9,8 @@ use bytes::Bytes;
 
 use crate::error::IngestError;
 use crate::event::Rejection;
-use crate::metrics as names;
-
-/// The service named in dead-letter records.
-pub const SERVICE: &str = "eve-ingest";
+use crate::telemetry;
+use crate::SERVICE;
 
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -65,7 +63,7 @@ impl DeadLetters {
             .map_err(IngestError::redis("LPUSH", &self.key))?;
         for (reason, _) in rejected {
             tracing::warn!(reason = reason.as_str(), source, "dead-lettered a line");
-            ::metrics::counter!(names::DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
+            telemetry::dead_letter(reason.as_str());
         }
         Ok(())
     }

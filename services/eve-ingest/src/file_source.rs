@@ -11,6 +11,8 @@
 //!   read again from its start.
 //! - At start, a saved position of another inode (rotated while stopped) or beyond the end
 //!   (truncated while stopped) starts the file from its beginning.
+//! - On shutdown no more lines are taken and the batch at hand is finished; at the drain
+//!   deadline (abort) it is given up, and the saved position stays before it.
 
 use std::io::SeekFrom;
 use std::os::unix::fs::MetadataExt;
@@ -19,16 +21,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
 use aurora_core::bus::Conn;
 use aurora_core::ops::Readiness;
+use aurora_core::retry::Backoff;
+use aurora_core::Names;
 
-use crate::batch::Processor;
+use crate::batch::{Processor, Stop};
 use crate::error::IngestError;
 use crate::event::{trim_newline, Rejection};
-use crate::metrics as m;
+use crate::health::INPUT;
+use crate::telemetry::{self, RetryStage, Rotation};
+use crate::SERVICE;
 
 /// Where the file is and how it is read.
 #[derive(Debug, Clone)]
@@ -51,13 +58,24 @@ pub struct Position {
 /// Where the position is kept.
 #[derive(Clone)]
 pub enum PositionStore {
-    /// A Redis key (`Names::state_key("eve-ingest", "file:<hash of the path>")`).
+    /// A Redis key ([`PositionStore::redis_key`]).
     Redis { conn: Conn, key: String },
     /// A local file, replaced atomically (write, fsync, rename).
     File(PathBuf),
 }
 
+/// Attempts to save the position before the follower stops with an error (about 6 s of
+/// retries with the default back-off).
+const SAVE_ATTEMPTS: u32 = 7;
+
 impl PositionStore {
+    /// The Redis key of the position of one file: under the service's state,
+    /// `file:<first 16 hex digits of the SHA-256 of the path>`.
+    pub fn redis_key(names: &Names, path: &Path) -> String {
+        let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+        names.state_key(SERVICE, &format!("file:{}", &hex::encode(digest)[..16]))
+    }
+
     fn describe(&self) -> String {
         match self {
             Self::Redis { key, .. } => format!("redis key {key}"),
@@ -152,7 +170,7 @@ fn cut_lines(buf: &[u8], batch: usize, max: usize, skipping: &mut bool) -> Cut {
                 cut.too_long
                     .push((Rejection::TooLong, Bytes::copy_from_slice(&line[..max])));
             } else if line.iter().all(u8::is_ascii_whitespace) {
-                metrics::counter!(m::BLANK_LINES).increment(1);
+                telemetry::blank_line();
             } else {
                 cut.lines.push(Bytes::copy_from_slice(line));
             }
@@ -189,16 +207,17 @@ struct Follower {
     skipping: bool,
 }
 
-/// Follows the file until `shutdown`.
+/// Follows the file until shutdown.
 pub async fn run(
     cfg: FileConfig,
     store: PositionStore,
     processor: Processor,
     readiness: Readiness,
-    shutdown: CancellationToken,
+    stop: Stop,
 ) -> Result<(), IngestError> {
     let saved = store.load().await?;
-    let Some((file, inode, len)) = open_when_there(&cfg.path, cfg.poll, &shutdown).await? else {
+    let Some((file, inode, len)) = open_when_there(&cfg.path, cfg.poll, &stop.shutdown).await?
+    else {
         return Ok(());
     };
     let done = match saved {
@@ -226,9 +245,9 @@ pub async fn run(
         skipping: false,
     };
     follower.seek(done).await?;
-    readiness.set_ready("input");
+    readiness.set_ready(INPUT);
     tracing::info!(path = %follower.source, offset = done, "following the eve file");
-    follower.follow(&shutdown).await
+    follower.follow(&stop).await
 }
 
 async fn open_when_there(
@@ -278,11 +297,11 @@ impl Follower {
         Ok(())
     }
 
-    async fn follow(&mut self, shutdown: &CancellationToken) -> Result<(), IngestError> {
+    async fn follow(&mut self, stop: &Stop) -> Result<(), IngestError> {
         let mut chunk = vec![0u8; 256 * 1024];
         let mut new_file_seen = false;
         loop {
-            if shutdown.is_cancelled() {
+            if stop.shutdown.is_cancelled() {
                 return Ok(());
             }
             let n = self
@@ -293,7 +312,7 @@ impl Follower {
             if n > 0 {
                 self.read += n as u64;
                 self.buf.extend_from_slice(&chunk[..n]);
-                if !self.handle_complete_lines(shutdown).await? {
+                if !self.handle_complete_lines(stop).await? {
                     return Ok(());
                 }
                 continue;
@@ -307,19 +326,21 @@ impl Follower {
                         continue;
                     }
                     new_file_seen = false;
-                    if !self.switch_to_new_file(shutdown).await? {
+                    if !self.switch_to_new_file(stop).await? {
                         return Ok(());
                     }
                 }
                 Ok(meta) if meta.len() < self.read => {
                     tracing::warn!(path = %self.source, len = meta.len(), read = self.read, "eve file truncated: reading it from its start");
-                    metrics::counter!(m::FILE_ROTATIONS, "kind" => "truncate").increment(1);
+                    telemetry::file_rotation(Rotation::Truncate);
                     self.seek(0).await?;
-                    self.save().await?;
+                    if !self.save(&stop.abort).await? {
+                        return Ok(());
+                    }
                 }
                 _ => {
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = stop.shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(self.cfg.poll) => {}
                     }
                 }
@@ -328,12 +349,13 @@ impl Follower {
     }
 
     /// Handles every complete line of the buffer, a batch at a time, saving the position
-    /// after each. False when interrupted by shutdown.
-    async fn handle_complete_lines(
-        &mut self,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, IngestError> {
+    /// after each. False when stopped: by shutdown between batches, or by the drain deadline
+    /// during one.
+    async fn handle_complete_lines(&mut self, stop: &Stop) -> Result<bool, IngestError> {
         loop {
+            if stop.shutdown.is_cancelled() {
+                return Ok(false);
+            }
             let cut = cut_lines(
                 &self.buf,
                 self.cfg.batch,
@@ -343,10 +365,10 @@ impl Follower {
             if cut.consumed == 0 {
                 return Ok(true);
             }
-            metrics::counter!(m::LINES).increment((cut.lines.len() + cut.too_long.len()) as u64);
+            telemetry::lines((cut.lines.len() + cut.too_long.len()) as u64);
             if self
                 .processor
-                .handle_with(&self.source, cut.lines, cut.too_long, shutdown)
+                .handle_with(&self.source, cut.lines, cut.too_long, &stop.abort)
                 .await
                 .is_err()
             {
@@ -354,20 +376,19 @@ impl Follower {
             }
             self.buf.drain(..cut.consumed);
             self.done += cut.consumed as u64;
-            self.save().await?;
+            if !self.save(&stop.abort).await? {
+                return Ok(false);
+            }
         }
     }
 
-    async fn switch_to_new_file(
-        &mut self,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, IngestError> {
+    async fn switch_to_new_file(&mut self, stop: &Stop) -> Result<bool, IngestError> {
         if !self.buf.is_empty() && !self.skipping {
             // The old file ended without a newline: what is there is all it will ever hold.
             let last = Bytes::copy_from_slice(trim_newline(&self.buf));
             if self
                 .processor
-                .handle(&self.source, vec![last], shutdown)
+                .handle(&self.source, vec![last], &stop.abort)
                 .await
                 .is_err()
             {
@@ -375,33 +396,37 @@ impl Follower {
             }
         }
         let Some((file, inode, _)) =
-            open_when_there(&self.cfg.path, self.cfg.poll, shutdown).await?
+            open_when_there(&self.cfg.path, self.cfg.poll, &stop.shutdown).await?
         else {
             return Ok(false);
         };
         tracing::info!(path = %self.source, old_inode = self.inode, new_inode = inode, "eve file rotated: following the new file");
-        metrics::counter!(m::FILE_ROTATIONS, "kind" => "rename").increment(1);
+        telemetry::file_rotation(Rotation::Rename);
         self.file = file;
         self.inode = inode;
         self.seek(0).await?;
-        self.save().await?;
-        Ok(true)
+        self.save(&stop.abort).await
     }
 
-    async fn save(&self) -> Result<(), IngestError> {
+    /// Saves the position, retrying a few times; `false` when the drain deadline came first
+    /// (the lines after the saved position are handled again at the next start).
+    async fn save(&self, abort: &CancellationToken) -> Result<bool, IngestError> {
         let position = Position {
             inode: self.inode,
             offset: self.done,
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             match self.store.save(position).await {
-                Ok(()) => return Ok(()),
-                Err(e) if backoff < Duration::from_secs(5) => {
+                Ok(()) => return Ok(true),
+                Err(e) if attempts < SAVE_ATTEMPTS => {
                     tracing::warn!(error = %e, "cannot save the file position: retrying");
-                    metrics::counter!(m::RETRIES, "stage" => "position").increment(1);
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    telemetry::retry(RetryStage::Position);
+                    if !backoff.wait(abort).await {
+                        return Ok(false);
+                    }
                 }
                 Err(e) => return Err(e),
             }

@@ -1,32 +1,23 @@
-//! `/readyz` from the real state of Redis and NATS, checked every few seconds.
+//! What `/readyz` is made of: the dependencies (Redis, NATS), watched by the one dependency
+//! watcher of aurora-core, and the input (recovery done, the file open).
 
 use std::time::Duration;
 
-use aurora_core::bus::{self, Conn};
-use aurora_core::ops::Readiness;
-use tokio_util::sync::CancellationToken;
+use aurora_core::bus::Conn;
+use aurora_core::health::{Dependencies, Dependency};
 
-/// Pings Redis and reads the NATS connection state until `shutdown`.
-pub async fn watch(
-    mut redis: Conn,
-    nats: async_nats::Client,
-    readiness: Readiness,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(2), bus::ping(&mut redis)).await {
-            Ok(Ok(())) => readiness.set_ready("redis"),
-            Ok(Err(e)) => readiness.set_not_ready("redis", e.to_string()),
-            Err(_) => readiness.set_not_ready("redis", "PING timed out"),
-        }
-        match nats.connection_state() {
-            async_nats::connection::State::Connected => readiness.set_ready("nats"),
-            other => readiness.set_not_ready("nats", other.to_string()),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
+pub use aurora_core::health::{NATS, REDIS};
+
+/// The readiness part of the input: ready once what this replica held at start was looked
+/// at (list) or the file is open (file).
+pub const INPUT: &str = "input";
+
+/// How often Redis is pinged and the NATS connection looked at.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Redis (a `PING`) and NATS (the client's connection state).
+pub fn dependencies(redis: Conn, nats: async_nats::Client) -> Dependencies {
+    Dependencies::new()
+        .with(Dependency::redis(redis))
+        .with(Dependency::nats(nats))
 }

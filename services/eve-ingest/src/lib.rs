@@ -7,6 +7,11 @@
 //! Aurora Alert ([`alert`]) written at most once ([`alert_sink`]); a line that is not an
 //! event goes to the dead-letter list ([`dead_letter`]). A line is forgotten only once all of
 //! that is done ([`batch`]).
+//!
+//! [`EveIngest`] is the service: its flags are [`config::Args`], its metrics
+//! [`telemetry`], its readiness parts [`health`]; it runs under the shared lifecycle of
+//! [`aurora_core::service`] (on shutdown nothing more is taken and the batches at hand are
+//! finished; at the drain deadline they are given up and stay held for the next start).
 
 pub mod alert;
 pub mod alert_sink;
@@ -17,25 +22,35 @@ pub mod error;
 pub mod event;
 pub mod file_source;
 pub mod health;
+pub mod hooks;
 pub mod list_source;
-pub mod metrics;
 pub mod publish;
+pub mod telemetry;
 
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 use aurora_core::bus;
 use aurora_core::config::NatsArgs;
 use aurora_core::jetstream::{ensure_stream, suricata_stream_config, StreamChange};
-use aurora_core::ops::Readiness;
+use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
+
+use crate::batch::{Processor, Stop};
+use crate::health::{INPUT, NATS, REDIS};
 
 pub use crate::alert::AlertMapping;
 pub use crate::error::IngestError;
+pub use crate::hooks::Hooks;
+
+/// The service's name: logs, the NATS client name, dead-letter records, its state keys, and
+/// the `AURORA_EVE_INGEST_` prefix of its variables.
+pub const SERVICE: &str = "eve-ingest";
+
+/// The ops port (`/healthz`, `/readyz`, `/metrics`) when `--ops-addr` is not given.
+pub const OPS_PORT: u16 = 9105;
 
 /// Where events come from.
 #[derive(Debug, Clone)]
@@ -54,11 +69,10 @@ pub enum Input {
 }
 
 /// Everything the service runs with (built from the flags by [`config::Args::settings`]).
+/// The replica's name (its processing list is named after it) is the launch's instance.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub names: Names,
-    /// This replica (its processing list is named after it).
-    pub instance: String,
     pub redis_url: String,
     pub nats: NatsArgs,
     pub input: Input,
@@ -79,11 +93,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Defaults for a namespace and an instance, reading the Redis list (tests, benchmarks).
-    pub fn new(names: Names, instance: &str, redis_url: &str, nats_url: &str) -> Self {
+    /// Defaults for a namespace, reading the Redis list (tests, benchmarks).
+    pub fn new(names: Names, redis_url: &str, nats_url: &str) -> Self {
         Self {
             names,
-            instance: instance.to_string(),
             redis_url: redis_url.to_string(),
             nats: NatsArgs {
                 nats_url: nats_url.to_string(),
@@ -116,136 +129,176 @@ impl Settings {
         }
     }
 
-    /// This replica's processing list.
-    pub fn processing_key(&self) -> String {
-        self.names.eve_processing_list(&self.instance)
+    /// The processing list of the replica `instance`.
+    pub fn processing_key(&self, instance: &str) -> String {
+        self.names.eve_processing_list(instance)
     }
 }
 
-/// Test hooks: points where a test can make the service stop as if the process had died.
-#[derive(Clone, Default)]
-pub struct Hooks {
-    /// Called with the batch number (0 during start-up recovery) after a batch is out and
-    /// before its lines leave the processing list; `true` stops the service right there.
-    #[allow(clippy::type_complexity)]
-    pub crash_before_release: Option<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
-}
-
-impl Hooks {
-    fn crash_before_release(&self, batch: u64) -> bool {
-        self.crash_before_release
-            .as_ref()
-            .is_some_and(|hook| hook(batch))
-    }
-}
-
-/// Runs the service until `shutdown` is cancelled (then drains what it took) or a dependency
-/// fails at start. `readiness` gets the parts `redis`, `nats` and `input`.
-pub async fn run(
+/// The service: its settings and (in tests) its hooks.
+#[derive(Clone)]
+pub struct EveIngest {
     settings: Settings,
-    readiness: Readiness,
-    shutdown: CancellationToken,
     hooks: Hooks,
-) -> Result<(), IngestError> {
-    for part in ["redis", "nats", "input"] {
-        readiness.register(part);
-    }
-    let conn = bus::connect(&settings.redis_url).await?;
-    let client = settings
-        .nats
-        .connect(&format!("eve-ingest-{}", settings.instance))
-        .await?;
-    let publisher = publish::EventPublisher::new(
-        client.clone(),
-        settings.names.clone(),
-        settings.publish_window,
-        settings.publish_timeout,
-    );
-    if settings.stream_setup {
-        let config = suricata_stream_config(&settings.names);
-        match ensure_stream(publisher.context(), &config).await? {
-            StreamChange::Created => {
-                tracing::info!(stream = %config.name, "JetStream stream created")
-            }
-            StreamChange::Unchanged => {}
-            StreamChange::Updated(changes) => {
-                tracing::warn!(stream = %config.name, changes = %changes.join("; "), "JetStream stream updated")
-            }
+}
+
+impl EveIngest {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            hooks: Hooks::default(),
         }
     }
-    let health = AbortOnDropHandle::new(tokio::spawn(health::watch(
-        conn.clone(),
-        client.clone(),
-        readiness.clone(),
-        Duration::from_secs(2),
-        shutdown.clone(),
-    )));
-    let processor = batch::Processor {
-        publisher,
-        alerts: alert_sink::AlertSink::new(
-            conn.clone(),
-            settings.names.clone(),
-            settings.stream_maxlen,
-            settings.alert_dedup_ttl,
-        ),
-        dead_letters: dead_letter::DeadLetters::new(
-            conn.clone(),
-            settings.names.eve_deadletter(),
-            settings.deadletter_maxlen,
-        ),
-        mapping: settings.mapping,
-        readiness: readiness.clone(),
-    };
-    let result = match &settings.input {
-        Input::List { recover_from, .. } => {
-            let blocking = bus::connect_blocking(&settings.redis_url, settings.block).await?;
-            let source = list_source::ListSource::new(
-                list_source::ListConfig {
-                    list: settings.list_key(),
-                    processing: settings.processing_key(),
-                    adopt: recover_from
-                        .iter()
-                        .filter(|id| **id != settings.instance)
-                        .map(|id| settings.names.eve_processing_list(id))
-                        .collect(),
-                    batch: settings.batch,
-                    block: settings.block,
-                    inflight_batches: settings.inflight_batches,
-                },
-                blocking,
-                conn.clone(),
-            );
-            list_source::run(
-                source,
-                processor,
-                readiness.clone(),
-                hooks,
-                shutdown.clone(),
-            )
+
+    /// With test hooks (fault injection).
+    pub fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+type InputWork = Pin<Box<dyn Future<Output = Result<(), IngestError>> + Send>>;
+
+impl Service for EveIngest {
+    const NAME: &'static str = SERVICE;
+    const OPS_PORT: u16 = OPS_PORT;
+
+    /// Connects to Redis and NATS, sets up the JetStream stream, then runs the input, the
+    /// dependency watcher, and (after both) a last flush of the NATS client. `/readyz` gets
+    /// the parts `redis`, `nats` and `input`.
+    async fn start(self, ctx: Context) -> anyhow::Result<Running> {
+        let Self { settings, hooks } = self;
+        let readiness = ctx.readiness.clone();
+        for part in [REDIS, NATS, INPUT] {
+            readiness.register(part);
+        }
+        readiness.set_not_ready(
+            REDIS,
+            format!("connecting to {}", bus::redacted_url(&settings.redis_url)),
+        );
+        readiness.set_not_ready(NATS, format!("connecting to {}", settings.nats.nats_url));
+        readiness.set_not_ready(INPUT, "waiting for Redis and NATS");
+
+        let conn = bus::connect(&settings.redis_url)
             .await
+            .map_err(IngestError::from)?;
+        let client = settings
+            .nats
+            .connect(&format!("{SERVICE}-{}", ctx.instance))
+            .await
+            .map_err(IngestError::from)?;
+        let publisher = publish::EventPublisher::new(
+            client.clone(),
+            settings.names.clone(),
+            settings.publish_window,
+            settings.publish_timeout,
+        );
+        if settings.stream_setup {
+            let config = suricata_stream_config(&settings.names);
+            match ensure_stream(publisher.context(), &config)
+                .await
+                .map_err(IngestError::from)?
+            {
+                StreamChange::Created => {
+                    tracing::info!(stream = %config.name, "JetStream stream created")
+                }
+                StreamChange::Unchanged => {}
+                StreamChange::Updated(changes) => {
+                    tracing::warn!(stream = %config.name, changes = %changes.join("; "), "JetStream stream updated")
+                }
+            }
         }
-        Input::File { path, state_file } => {
-            let store = match state_file {
-                Some(file) => file_source::PositionStore::File(file.clone()),
-                None => file_source::PositionStore::Redis {
-                    conn: conn.clone(),
-                    key: settings
-                        .names
-                        .state_key("eve-ingest", &config::file_state_what(path)),
-                },
-            };
-            let cfg = file_source::FileConfig {
-                path: path.clone(),
-                batch: settings.batch,
-                max_line_bytes: settings.max_line_bytes,
-                poll: settings.poll_interval,
-            };
-            file_source::run(cfg, store, processor, readiness.clone(), shutdown.clone()).await
-        }
-    };
-    readiness.start_draining();
-    drop(health);
-    // Acks of what was published are in; make sure nothing is left in the client's buffer.
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
-    result
+        let processor = Processor {
+            publisher,
+            alerts: alert_sink::AlertSink::new(
+                conn.clone(),
+                settings.names.clone(),
+                settings.stream_maxlen,
+                settings.alert_dedup_ttl,
+            ),
+            dead_letters: dead_letter::DeadLetters::new(
+                conn.clone(),
+                settings.names.eve_deadletter(),
+                settings.deadletter_maxlen,
+            ),
+            mapping: settings.mapping,
+            readiness: readiness.clone(),
+        };
+        let stop = Stop {
+            shutdown: ctx.shutdown.clone(),
+            abort: ctx.abort.clone(),
+        };
+        let input: InputWork = match &settings.input {
+            Input::List { recover_from, .. } => {
+                let blocking = bus::connect_blocking(&settings.redis_url, settings.block)
+                    .await
+                    .map_err(IngestError::from)?;
+                let source = list_source::ListSource::new(
+                    list_source::ListConfig {
+                        list: settings.list_key(),
+                        processing: settings.processing_key(&ctx.instance),
+                        adopt: recover_from
+                            .iter()
+                            .filter(|id| **id != ctx.instance)
+                            .map(|id| settings.names.eve_processing_list(id))
+                            .collect(),
+                        batch: settings.batch,
+                        block: settings.block,
+                        inflight_batches: settings.inflight_batches,
+                    },
+                    blocking,
+                    conn.clone(),
+                );
+                readiness.set_not_ready(INPUT, "looking at the lines this replica holds");
+                Box::pin(list_source::run(
+                    source,
+                    processor,
+                    readiness.clone(),
+                    hooks.clone(),
+                    stop,
+                ))
+            }
+            Input::File { path, state_file } => {
+                let store = match state_file {
+                    Some(file) => file_source::PositionStore::File(file.clone()),
+                    None => file_source::PositionStore::Redis {
+                        conn: conn.clone(),
+                        key: file_source::PositionStore::redis_key(&settings.names, path),
+                    },
+                };
+                let cfg = file_source::FileConfig {
+                    path: path.clone(),
+                    batch: settings.batch,
+                    max_line_bytes: settings.max_line_bytes,
+                    poll: settings.poll_interval,
+                };
+                readiness.set_not_ready(INPUT, format!("opening {}", path.display()));
+                Box::pin(file_source::run(
+                    cfg,
+                    store,
+                    processor,
+                    readiness.clone(),
+                    stop,
+                ))
+            }
+        };
+
+        let mut running = Running::new(&ctx);
+        running.spawn(health::dependencies(conn, client.clone()).watch(
+            readiness,
+            health::WATCH_INTERVAL,
+            ctx.shutdown.clone(),
+        ));
+        running.spawn_fallible(async move { input.await.map_err(|e| hooks.failed(e)) });
+        running.after(async move {
+            // Acks of what was published are in; make sure nothing is left in the client's
+            // buffer.
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        });
+        Ok(running)
+    }
 }

@@ -21,6 +21,10 @@
 //! adopt the processing lists and chunks of replicas that are gone (`--recover-from`). After a
 //! failed take (a lost reply can leave a line or a chunk taken but unknown), the replica lets
 //! its batches finish and looks at what it holds again, as at a start.
+//!
+//! On shutdown nothing more is taken and the batches at hand are finished; at the drain
+//! deadline (abort) they are given up, and what they held stays in the processing list and
+//! the chunks for the next start.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,11 +39,13 @@ use tokio_util::task::AbortOnDropHandle;
 
 use aurora_core::bus::Conn;
 use aurora_core::ops::Readiness;
+use aurora_core::retry::Backoff;
 
-use crate::batch::Processor;
+use crate::batch::{Processor, Stop};
 use crate::error::IngestError;
-use crate::metrics as m;
-use crate::Hooks;
+use crate::health::{INPUT, REDIS};
+use crate::hooks::Hooks;
+use crate::telemetry::{self, BatchStage, RetryStage};
 
 /// When KEYS[1] is a list: renames it to KEYS[2], appends KEYS[2] to KEYS[3] and returns its
 /// length; else returns 0.
@@ -347,7 +353,7 @@ impl ListSource {
     }
 }
 
-/// Runs the list input until `shutdown`: first what this replica (and the adopted ones) left
+/// Runs the list input until shutdown: first what this replica (and the adopted ones) left
 /// in processing and in chunks, then new lines. After a failed take, the batches at hand
 /// finish and the replica looks at what it holds again before taking more.
 pub async fn run(
@@ -355,14 +361,14 @@ pub async fn run(
     processor: Processor,
     readiness: Readiness,
     hooks: Hooks,
-    shutdown: CancellationToken,
+    stop: Stop,
 ) -> Result<(), IngestError> {
     let adopted = source.adopt_orphans().await?;
     let hooks = Arc::new(hooks);
     let mut first = true;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
-        match recover(&mut source, &processor, &hooks, &shutdown).await {
+        match recover(&mut source, &processor, &hooks, &stop).await {
             Ok(recovered) => {
                 if recovered + adopted > 0 && first {
                     tracing::info!(
@@ -376,20 +382,23 @@ pub async fn run(
             Err(e) if first || matches!(e, IngestError::FaultInjected(_)) => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot look at the lines this replica holds: retrying");
-                readiness.set_not_ready("redis", e.to_string());
-                if !pause(&shutdown, &mut backoff).await {
+                readiness.set_not_ready(REDIS, e.to_string());
+                if !backoff.wait(&stop.shutdown).await {
                     return Ok(());
                 }
                 continue;
             }
         }
         first = false;
-        readiness.set_ready("input");
-        match pump(source, &processor, &readiness, &hooks, &shutdown).await? {
+        if stop.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        readiness.set_ready(INPUT);
+        match pump(source, &processor, &readiness, &hooks, &stop).await? {
             Pumped::Stopped => return Ok(()),
             Pumped::TakeFailed(back) => {
                 source = back;
-                if !pause(&shutdown, &mut backoff).await {
+                if !backoff.wait(&stop.shutdown).await {
                     return Ok(());
                 }
             }
@@ -397,19 +406,9 @@ pub async fn run(
     }
 }
 
-/// Sleeps with a doubling delay (at most 5 s); `false` when `stop` came first.
-async fn pause(stop: &CancellationToken, delay: &mut Duration) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => return false,
-        _ = tokio::time::sleep(*delay) => {}
-    }
-    *delay = (*delay * 2).min(Duration::from_secs(5));
-    true
-}
-
 /// Why [`pump`] ended (with every batch it started finished or given up).
 enum Pumped {
-    /// Shutdown, or a batch interrupted by it.
+    /// Shutdown, or a batch given up at the drain deadline.
     Stopped,
     /// A take failed: what this replica holds must be looked at again.
     TakeFailed(ListSource),
@@ -422,12 +421,12 @@ async fn pump(
     processor: &Processor,
     readiness: &Readiness,
     hooks: &Arc<Hooks>,
-    shutdown: &CancellationToken,
+    stop: &Stop,
 ) -> Result<Pumped, IngestError> {
     let cfg = source.config().clone();
     let release_conn = source.conn.clone();
     let (tx, mut rx) = mpsc::channel::<Batch>(1);
-    let stop_taking = shutdown.child_token();
+    let stop_taking = stop.shutdown.child_token();
     let mut taker = AbortOnDropHandle::new(tokio::spawn(take_loop(
         source,
         tx,
@@ -449,7 +448,7 @@ async fn pump(
             Some(done) = running.join_next(), if !running.is_empty() => {
                 match joined(done) {
                     Ok(true) => {}
-                    Ok(false) => break, // interrupted by shutdown: the lines stay held
+                    Ok(false) => break, // given up at the deadline: the lines stay held
                     Err(e) => {
                         outcome = Err(e);
                         break;
@@ -459,7 +458,7 @@ async fn pump(
             batch = rx.recv(), if running.len() < max_running => {
                 let Some(batch) = batch else {
                     // The taker stopped: shutdown, or a failed take.
-                    take_failed = !shutdown.is_cancelled();
+                    take_failed = !stop.shutdown.is_cancelled();
                     break;
                 };
                 // Recovered batches are numbered 0 for the test hooks, as at start.
@@ -482,7 +481,7 @@ async fn pump(
                         after: after.replace(next_after),
                         released,
                     },
-                    shutdown.clone(),
+                    stop.abort.clone(),
                 ));
             }
         }
@@ -511,7 +510,7 @@ async fn pump(
 /// A batch's place in the release order. Releases go strictly oldest batch first: a chunk
 /// slice is released by trimming the chunk down to the lines after it, which also drops
 /// every older slice of that chunk; and each line of the processing list is then found by
-/// `LREM -1` at once. A batch whose predecessor gave up (shutdown, crash) does not release:
+/// `LREM -1` at once. A batch whose predecessor gave up (drain deadline, crash) does not release:
 /// its lines stay held and are handled again at the next start.
 struct ReleaseTurn {
     /// Resolves when the previous batch released its lines; fails when it gave up.
@@ -530,11 +529,11 @@ async fn handle_batch(
     number: u64,
     hooks: Arc<Hooks>,
     turn: ReleaseTurn,
-    shutdown: CancellationToken,
+    abort: CancellationToken,
 ) -> Result<bool, IngestError> {
     let started = Instant::now();
     let Batch { lines, held, .. } = batch;
-    if processor.handle(&source, lines, &shutdown).await.is_err() {
+    if processor.handle(&source, lines, &abort).await.is_err() {
         return Ok(false);
     }
     if hooks.crash_before_release(number) {
@@ -543,25 +542,26 @@ async fn handle_batch(
         ));
     }
     if let Some(after) = turn.after {
-        if after.await.is_err() {
+        let released_before = tokio::select! {
+            _ = abort.cancelled() => false,
+            before = after => before.is_ok(),
+        };
+        if !released_before {
             return Ok(false);
         }
     }
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     while let Err(e) = ListSource::release(&conn, &processing, &held).await {
         // Not released means handled again after a restart: a duplicate JetStream and the
         // alert keys absorb, never a loss.
         tracing::warn!(error = %e, "cannot forget handled lines: retrying");
-        metrics::counter!(m::RETRIES, "stage" => "release").increment(1);
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(false),
-            _ = tokio::time::sleep(backoff) => {}
+        telemetry::retry(RetryStage::Release);
+        if !backoff.wait(&abort).await {
+            return Ok(false);
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     let _ = turn.released.send(());
-    metrics::histogram!(m::BATCH_SECONDS, "stage" => "released")
-        .record(started.elapsed().as_secs_f64());
+    telemetry::batch_time(BatchStage::Released, started.elapsed());
     Ok(true)
 }
 
@@ -577,26 +577,30 @@ fn joined(
 }
 
 /// Handles what the processing list holds, oldest first, then reads the chunk index (its
-/// chunks are handed out before anything new is taken). Returns the lines found.
+/// chunks are handed out before anything new is taken). Returns the lines found. On
+/// shutdown, the batch at hand is finished and the rest stays held.
 async fn recover(
     source: &mut ListSource,
     processor: &Processor,
     hooks: &Hooks,
-    shutdown: &CancellationToken,
+    stop: &Stop,
 ) -> Result<u64, IngestError> {
     let processing = source.config().processing.clone();
     let batch = source.config().batch;
     let conn = source.conn.clone();
     let mut total = 0u64;
     loop {
+        if stop.shutdown.is_cancelled() {
+            return Ok(total);
+        }
         let lines = source.oldest_in_processing(batch).await?;
         if lines.is_empty() {
             break;
         }
         total += lines.len() as u64;
-        metrics::counter!(m::RECOVERED).increment(lines.len() as u64);
+        telemetry::recovered_lines(lines.len() as u64);
         if processor
-            .handle(&processing, lines.clone(), shutdown)
+            .handle(&processing, lines.clone(), &stop.abort)
             .await
             .is_err()
         {
@@ -609,7 +613,7 @@ async fn recover(
         ListSource::release(&conn, &processing, &held).await?;
     }
     let in_chunks = source.load_chunks().await?;
-    metrics::counter!(m::RECOVERED).increment(in_chunks);
+    telemetry::recovered_lines(in_chunks);
     Ok(total + in_chunks)
 }
 
@@ -626,14 +630,14 @@ async fn take_loop(
             Ok(None) => {}
             Ok(Some(batch)) if batch.lines.is_empty() => {}
             Ok(Some(batch)) => {
-                metrics::counter!(m::LINES).increment(batch.lines.len() as u64);
+                telemetry::lines(batch.lines.len() as u64);
                 if tx.send(batch).await.is_err() {
                     break;
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take lines from the list");
-                readiness.set_not_ready("redis", e.to_string());
+                readiness.set_not_ready(REDIS, e.to_string());
                 break;
             }
         }

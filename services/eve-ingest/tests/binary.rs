@@ -1,5 +1,6 @@
 //! The built binary: configured by environment variables, serves /healthz, /readyz and
-//! /metrics, moves events, and drains and exits 0 on SIGTERM.
+//! /metrics, moves events, and drains and exits 0 on SIGTERM; a variable it no longer reads
+//! stops it with the name of the one that replaced it.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -31,7 +32,8 @@ async fn the_binary_is_ready_moves_events_and_drains_on_sigterm() {
         .env("AURORA_NAMESPACE", env.names.namespace())
         .env("AURORA_OPS_ADDR", format!("127.0.0.1:{port}"))
         .env("AURORA_INSTANCE_ID", "bin1")
-        .env("AURORA_EVE_BLOCK", "200ms")
+        .env("AURORA_EVE_INGEST_BLOCK", "200ms")
+        .env("AURORA_EVE_INGEST_SEVERITY_1_CRITICAL", "false")
         .env("AURORA_SHUTDOWN_TIMEOUT", "10s")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -72,4 +74,19 @@ async fn the_binary_is_ready_moves_events_and_drains_on_sigterm() {
     assert_eq!(env.held("bin1").await, 0);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {}).await;
     env.cleanup().await;
+}
+
+#[test]
+fn a_renamed_variable_stops_the_start_and_names_its_replacement() {
+    let out = Command::new(env!("CARGO_BIN_EXE_eve-ingest"))
+        .env("AURORA_EVE_BATCH", "100")
+        .env("AURORA_OPS_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("AURORA_EVE_BATCH") && stderr.contains("AURORA_EVE_INGEST_BATCH"),
+        "{stderr}"
+    );
 }

@@ -49,13 +49,13 @@ async fn the_file_is_followed_through_partial_lines_rename_and_truncation() {
     append(&path, &joined(a));
     let half = b[0].len() / 2;
     append(&path, &b[0][..half]);
-    let mut settings = env.settings("f1");
+    let mut settings = env.settings();
     settings.input = Input::File {
         path: path.clone(),
         state_file: None,
     };
     settings.poll_interval = std::time::Duration::from_millis(50);
-    let svc = start(settings, Hooks::default());
+    let svc = start(settings, "f1", Hooks::default()).await;
     env.wait_stream_len(distinct(&[a])).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
@@ -111,7 +111,7 @@ async fn a_restart_neither_skips_nor_repeats_lines() {
     append(&path, &joined(first));
 
     for state_file in [None, Some(dir.path().join("eve.pos"))] {
-        let mut settings = env.settings("f1");
+        let mut settings = env.settings();
         settings.input = Input::File {
             path: path.clone(),
             state_file: state_file.clone(),
@@ -121,7 +121,7 @@ async fn a_restart_neither_skips_nor_repeats_lines() {
 
         let _ = std::fs::remove_file(&path);
         append(&path, &joined(first));
-        let svc = start(settings.clone(), Hooks::default());
+        let svc = start(settings.clone(), "f1", Hooks::default()).await;
         env.wait_stream_len(distinct(first)).await;
         svc.stop().await.unwrap();
 
@@ -130,7 +130,7 @@ async fn a_restart_neither_skips_nor_repeats_lines() {
             .await
             .unwrap();
         append(&path, &joined(second));
-        let svc = start(settings, Hooks::default());
+        let svc = start(settings, "f1", Hooks::default()).await;
         env.wait_stream_len(distinct(second)).await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         svc.stop().await.unwrap();

@@ -30,7 +30,7 @@ async fn every_sample_event_reaches_its_subject_and_every_alert_matches_its_even
         assert!(expected.contains_key(t), "the fixtures hold {t}");
     }
     env.push(&lines).await;
-    let svc = start(env.settings("r1"), Hooks::default());
+    let svc = start(env.settings(), "r1", Hooks::default()).await;
     env.wait_stream_len(total as u64).await;
     env.wait_alerts(expected["alert"]).await;
 
@@ -125,7 +125,7 @@ async fn a_pull_consumer_on_the_dns_subject_receives_only_dns_events() {
     let dns = distinct_by_type(&lines)["dns"];
     let total: usize = distinct_by_type(&lines).values().sum();
     env.push(&lines).await;
-    let svc = start(env.settings("r1"), Hooks::default());
+    let svc = start(env.settings(), "r1", Hooks::default()).await;
     env.wait_stream_len(total as u64).await;
 
     let stream = env
@@ -182,7 +182,7 @@ async fn bad_lines_are_dead_lettered_with_the_reason_and_counted() {
     let mut lines = good.clone();
     lines.extend(bad.iter().map(|(l, _)| l.clone()));
     env.push(&lines).await;
-    let svc = start(env.settings("r1"), Hooks::default());
+    let svc = start(env.settings(), "r1", Hooks::default()).await;
     // The last "bad" one is an alert event with an odd body: it is an event, not a dead letter.
     env.wait_stream_len(good.len() as u64 + 1).await;
     aurora_testkit::wait_until(LONG, "dead letters", || async {
@@ -241,17 +241,15 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
     let total: usize = expected.values().sum();
     env.push(&lines).await;
 
-    let mut settings = env.settings("r1");
+    let mut settings = env.settings();
     settings.batch = 40;
     settings.inflight_batches = 1;
     let crash_at_3 = Hooks {
         crash_before_release: Some(Arc::new(|batch| batch == 3)),
+        ..Hooks::default()
     };
-    let first = start(settings.clone(), crash_at_3);
-    let died = tokio::time::timeout(LONG, first.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = start(settings.clone(), "r1", crash_at_3).await;
+    let died = first.died().await;
     assert!(
         matches!(died, Err(IngestError::FaultInjected(_))),
         "{died:?}"
@@ -273,12 +271,10 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
         crash_before_release: Some(Arc::new(move |batch| {
             batch == 0 && !flag.swap(true, Ordering::SeqCst)
         })),
+        ..Hooks::default()
     };
-    let second = start(settings.clone(), crash_in_recovery);
-    let died = tokio::time::timeout(LONG, second.task)
-        .await
-        .unwrap()
-        .unwrap();
+    let second = start(settings.clone(), "r1", crash_in_recovery).await;
+    let died = second.died().await;
     assert!(
         matches!(died, Err(IngestError::FaultInjected(_))),
         "{died:?}"
@@ -294,7 +290,7 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
         "no alert twice"
     );
 
-    let third = start(settings, Hooks::default());
+    let third = start(settings, "r1", Hooks::default()).await;
     env.wait_stream_len(total as u64).await;
     env.wait_alerts(expected["alert"]).await;
     aurora_testkit::wait_until(LONG, "processing list empty", || async {
@@ -346,12 +342,12 @@ async fn replicas_share_the_list_and_a_gone_replicas_lines_are_adopted() {
         .unwrap();
     env.push(shared).await;
 
-    let mut s1 = env.settings("r1");
+    let mut s1 = env.settings();
     s1.batch = 25;
-    let mut s2 = env.settings("r2");
+    let mut s2 = env.settings();
     s2.batch = 25;
-    let r1 = start(s1, Hooks::default());
-    let r2 = start(s2, Hooks::default());
+    let r1 = start(s1, "r1", Hooks::default()).await;
+    let r2 = start(s2, "r2", Hooks::default()).await;
     aurora_testkit::wait_until(LONG, "the shared list drained", || async {
         (env.llen(&env.names.suricata_list()).await == 0
             && env.held("r1").await == 0
@@ -359,11 +355,11 @@ async fn replicas_share_the_list_and_a_gone_replicas_lines_are_adopted() {
             .then_some(())
     })
     .await;
-    let mut s3 = env.settings("r3");
+    let mut s3 = env.settings();
     if let eve_ingest::Input::List { recover_from, .. } = &mut s3.input {
         recover_from.push("gone".into());
     }
-    let r3 = start(s3, Hooks::default());
+    let r3 = start(s3, "r3", Hooks::default()).await;
     env.wait_stream_len(total as u64).await;
     assert_eq!(env.held("gone").await, 0);
     for r in [r1, r2, r3] {
@@ -392,10 +388,10 @@ async fn redis_killed_and_restarted_mid_stream_loses_nothing_and_doubles_nothing
     let expected = distinct_by_type(&lines);
     let total: usize = expected.values().sum();
     let (before, after) = lines.split_at(lines.len() / 2);
-    let mut settings = env.settings("r1");
+    let mut settings = env.settings();
     settings.batch = 20;
     env.push(before).await;
-    let svc = start(settings, Hooks::default());
+    let svc = start(settings, "r1", Hooks::default()).await;
     aurora_testkit::wait_until(LONG, "the first half taken and released", || async {
         (env.stream_len().await > 0 && env.held("r1").await == 0).then_some(())
     })

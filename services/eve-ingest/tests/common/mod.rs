@@ -4,16 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use aurora_core::bus::{self, Conn};
 use aurora_core::ops::Readiness;
+use aurora_core::service::{launch, LaunchOptions, Launched, Stopped};
 use aurora_core::Names;
 use aurora_testkit::{NATS_URL, REDIS_URL};
-use eve_ingest::{Hooks, IngestError, Settings};
+use eve_ingest::{EveIngest, Hooks, IngestError, Settings};
 use sha2::{Digest, Sha256};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const LONG: Duration = Duration::from_secs(30);
@@ -81,8 +82,8 @@ impl Env {
         }
     }
 
-    pub fn settings(&self, instance: &str) -> Settings {
-        let mut s = Settings::new(self.names.clone(), instance, &self.redis_url, NATS_URL);
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::new(self.names.clone(), &self.redis_url, NATS_URL);
         s.block = Duration::from_millis(200);
         s
     }
@@ -216,35 +217,54 @@ impl Env {
     }
 }
 
-/// A service run in-process.
+/// A service launched in-process as the replica `instance`.
 pub struct Running {
     pub shutdown: CancellationToken,
     pub readiness: Readiness,
-    pub task: JoinHandle<Result<(), IngestError>>,
+    launched: Launched,
+    failure: Arc<Mutex<Option<IngestError>>>,
 }
 
-pub fn start(settings: Settings, hooks: Hooks) -> Running {
+pub async fn start(settings: Settings, instance: &str, mut hooks: Hooks) -> Running {
+    let failure = Arc::new(Mutex::new(None));
+    hooks.failure = Some(failure.clone());
     let shutdown = CancellationToken::new();
-    let readiness = Readiness::new();
-    let task = tokio::spawn(eve_ingest::run(
-        settings,
-        readiness.clone(),
+    let launched = launch(
+        EveIngest::new(settings).with_hooks(hooks),
+        LaunchOptions::local(instance),
         shutdown.clone(),
-        hooks,
-    ));
+    )
+    .await
+    .unwrap();
     Running {
         shutdown,
-        readiness,
-        task,
+        readiness: launched.readiness.clone(),
+        launched,
+        failure,
     }
 }
 
 impl Running {
+    /// Stops it: drained within the deadline, or the error that stopped its input.
     pub async fn stop(self) -> Result<(), IngestError> {
         self.shutdown.cancel();
-        tokio::time::timeout(LONG, self.task)
+        self.stopped().await
+    }
+
+    /// Waits until it stops by itself (a failure); `Ok` when it stopped cleanly.
+    pub async fn died(self) -> Result<(), IngestError> {
+        self.stopped().await
+    }
+
+    async fn stopped(self) -> Result<(), IngestError> {
+        let stopped = tokio::time::timeout(LONG, self.launched.stopped())
             .await
-            .unwrap()
-            .unwrap()
+            .unwrap();
+        let failure = self.failure.lock().unwrap().take();
+        match (stopped, failure) {
+            (Stopped::Drained, None) => Ok(()),
+            (Stopped::Failed, Some(e)) => Err(e),
+            other => panic!("stopped as {other:?}"),
+        }
     }
 }

@@ -1,0 +1,146 @@
+//! Every metric of the service, in one place (listed in the README): each is written through
+//! the function named after it, never by its name elsewhere.
+
+use std::time::Duration;
+
+/// Events stored in JetStream, by event type.
+pub const EVENTS: &str = "aurora_eve_ingest_events_total";
+/// Events JetStream reported as duplicates of one it already stored (a retry, a replay).
+pub const EVENTS_DUPLICATE: &str = "aurora_eve_ingest_events_duplicate_total";
+/// Alerts written to the alerts stream.
+pub const ALERTS: &str = "aurora_eve_ingest_alerts_total";
+/// Alerts not written again because their id was already written (a retry after a crash).
+pub const ALERTS_DUPLICATE: &str = "aurora_eve_ingest_alerts_duplicate_total";
+/// Lines that went to the dead-letter list, by reason.
+pub const DEAD_LETTERS: &str = "aurora_eve_ingest_dead_letters_total";
+/// Failed attempts (publish, ack, Redis write) that were retried, by stage.
+pub const RETRIES: &str = "aurora_eve_ingest_retries_total";
+/// Lines found held (processing list and chunks) at start (left by a crash) or after a
+/// failed take.
+pub const RECOVERED: &str = "aurora_eve_ingest_recovered_lines_total";
+/// Lines read from the input (list or file).
+pub const LINES: &str = "aurora_eve_ingest_lines_total";
+/// Seconds from taking a batch to removing it from the processing list / saving the position.
+pub const BATCH_SECONDS: &str = "aurora_eve_ingest_batch_seconds";
+/// File input: rotations followed, by kind (`rename`, `truncate`).
+pub const FILE_ROTATIONS: &str = "aurora_eve_ingest_file_rotations_total";
+/// Blank lines of a file skipped.
+pub const BLANK_LINES: &str = "aurora_eve_ingest_blank_lines_total";
+
+/// What was being done when an attempt failed and was retried (the `stage` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryStage {
+    /// A JetStream publish or its ack.
+    Publish,
+    /// The alerts' write.
+    Alerts,
+    /// The dead-letter write.
+    DeadLetter,
+    /// Forgetting lines that are out (processing list, chunk).
+    Release,
+    /// Saving the file position.
+    Position,
+}
+
+impl RetryStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Alerts => "alerts",
+            Self::DeadLetter => "dead_letter",
+            Self::Release => "release",
+            Self::Position => "position",
+        }
+    }
+}
+
+/// How far a batch got when its time is recorded (the `stage` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStage {
+    /// Every line is out (published, alerted, dead-lettered).
+    Handled,
+    /// Its lines were forgotten by the input.
+    Released,
+}
+
+impl BatchStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handled => "handled",
+            Self::Released => "released",
+        }
+    }
+}
+
+/// How an eve file was rotated (the `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// The path names another file (renamed away, a new one created).
+    Rename,
+    /// The file became shorter than what was read (copytruncate).
+    Truncate,
+}
+
+impl Rotation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rename => "rename",
+            Self::Truncate => "truncate",
+        }
+    }
+}
+
+/// `n` events of one type stored in JetStream (`event_type`: a known type, else `other`).
+pub fn events_stored(event_type: &'static str, n: u64) {
+    metrics::counter!(EVENTS, "event_type" => event_type).increment(n);
+}
+
+/// `n` events JetStream already had.
+pub fn events_duplicate(n: u64) {
+    metrics::counter!(EVENTS_DUPLICATE).increment(n);
+}
+
+/// `n` alerts written to the alerts stream.
+pub fn alerts_written(n: u64) {
+    metrics::counter!(ALERTS).increment(n);
+}
+
+/// `n` alerts that were already written.
+pub fn alerts_duplicate(n: u64) {
+    metrics::counter!(ALERTS_DUPLICATE).increment(n);
+}
+
+/// One line dead-lettered, for `reason` (a [`crate::event::Rejection`] code).
+pub fn dead_letter(reason: &'static str) {
+    metrics::counter!(DEAD_LETTERS, "reason" => reason).increment(1);
+}
+
+/// One failed attempt that will be retried.
+pub fn retry(stage: RetryStage) {
+    metrics::counter!(RETRIES, "stage" => stage.as_str()).increment(1);
+}
+
+/// `n` lines found held by this replica (at start or after a failed take).
+pub fn recovered_lines(n: u64) {
+    metrics::counter!(RECOVERED).increment(n);
+}
+
+/// `n` lines read from the input.
+pub fn lines(n: u64) {
+    metrics::counter!(LINES).increment(n);
+}
+
+/// The time a batch took from being taken to `stage`.
+pub fn batch_time(stage: BatchStage, elapsed: Duration) {
+    metrics::histogram!(BATCH_SECONDS, "stage" => stage.as_str()).record(elapsed.as_secs_f64());
+}
+
+/// One rotation of the eve file followed.
+pub fn file_rotation(kind: Rotation) {
+    metrics::counter!(FILE_ROTATIONS, "kind" => kind.as_str()).increment(1);
+}
+
+/// One blank line of the eve file skipped.
+pub fn blank_line() {
+    metrics::counter!(BLANK_LINES).increment(1);
+}
