@@ -1,4 +1,4 @@
-//! JWT verification and minting (SPEC.md, "Auth").
+//! JWT verification and minting (docs/contract.md#auth).
 //!
 //! HS256 with a shared secret by default; RS256 or ES256 with a PEM public key as an option.
 //! Only the configured algorithm is accepted, so `alg: none` and algorithm-confusion tokens
@@ -18,7 +18,7 @@ pub const DEV_SECRET: &str = "aurora-dev-secret-do-not-use-in-production";
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 5;
 
-/// The permissions of SPEC.md.
+/// The permissions of the contract (docs/contract.md#permissions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Permission {
     WsAlerts,

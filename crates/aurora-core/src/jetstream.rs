@@ -49,7 +49,7 @@ pub enum StreamChange {
     Updated(Vec<String>),
 }
 
-/// The federation stream of SPEC.md: `AURORA.*` subjects, limits retention, at most 100,000
+/// The federation stream (docs/contract.md#jetstream): `AURORA.*` subjects, limits retention, at most 100,000
 /// messages, 7 days, file storage, 2-minute duplicate window.
 pub fn federation_stream_config(names: &Names) -> stream::Config {
     stream::Config {
@@ -65,7 +65,7 @@ pub fn federation_stream_config(names: &Names) -> stream::Config {
     }
 }
 
-/// The Suricata stream of SPEC.md: `suricata.*`, file storage, 2-minute duplicate window.
+/// The Suricata stream (docs/contract.md#jetstream): `suricata.*`, file storage, 2-minute duplicate window.
 pub fn suricata_stream_config(names: &Names) -> stream::Config {
     stream::Config {
         name: names.suricata_stream(),

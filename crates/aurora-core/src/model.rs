@@ -1,4 +1,4 @@
-//! The messages of SPEC.md as serde types.
+//! The messages of the contract (docs/contract.md#messages) as serde types.
 //!
 //! Every document keeps the JSON fields it does not know in `extra`, so a document passed
 //! through a service comes out with everything it came in with. [`parse`] turns bytes into a
