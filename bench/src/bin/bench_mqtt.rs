@@ -50,8 +50,7 @@ async fn main() -> anyhow::Result<()> {
     cleanup(&mut redis, &names).await;
     drop(broker);
     let report = result?;
-    let path =
-        aurora_bench::result_path("mqtt");
+    let path = aurora_bench::result_path("mqtt");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -303,10 +302,18 @@ struct BridgeChild {
 impl BridgeChild {
     fn spawn(bin: &std::path::Path, mqtt_port: u16, names: &Names) -> anyhow::Result<Self> {
         let ops_port = free_port()?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        // A variable the bridge no longer reads stops it: none is passed on from this shell.
+        for (old, _) in mqtt_bridge::config::RENAMED_ENV {
+            command.env_remove(old);
+        }
+        let child = command
             .env("AURORA_NAMESPACE", names.namespace())
             .env("AURORA_REDIS_URL", REDIS_URL)
-            .env("AURORA_MQTT_URL", format!("mqtt://127.0.0.1:{mqtt_port}"))
+            .env(
+                "AURORA_MQTT_BRIDGE_MQTT_URL",
+                format!("mqtt://127.0.0.1:{mqtt_port}"),
+            )
             .env("AURORA_INSTANCE_ID", format!("{}-bench", names.namespace()))
             .env("AURORA_OPS_ADDR", format!("127.0.0.1:{ops_port}"))
             .env(

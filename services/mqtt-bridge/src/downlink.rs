@@ -1,30 +1,36 @@
 //! Commands back to devices.
 //!
-//! Reads `cps:commands` through a consumer group, publishes each command QoS 1 on the device's
-//! command topic over a connection of its own, waits for the broker's PUBACK, then writes the
-//! outcome to `cps:command_status` and only then XACKs. An expired command is not sent; an
-//! entry that is not a command is dead-lettered. A crash between PUBACK and XACK sends the
-//! command again (at least once; commands carry their id for the device to deduplicate).
+//! Reads `cps:commands` through a consumer group (the shared [`Consumer`]), publishes each
+//! command QoS 1 on the device's command topic over a connection of its own, waits for the
+//! broker's PUBACK, then writes the outcome to `cps:command_status` and only then XACKs. An
+//! expired command is not sent; an entry that is not a command is dead-lettered. A crash
+//! between PUBACK and XACK sends the command again (at least once; commands carry their id for
+//! the device to deduplicate). When Redis fails after commands of a batch were sent, their
+//! outcomes are kept and recorded when the batch is read again: they are not sent twice.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aurora_core::bus::{self, Entry, GroupConfig, GroupReader, Producer};
+use aurora_core::consumer::{BatchHandler, Consumer};
+use aurora_core::health::Dependencies;
 use aurora_core::model::{self, to_bytes, CommandOutcome, CommandStatus, DeviceCommand, Extra};
 use aurora_core::ops::Readiness;
+use aurora_core::retry::Backoff;
 use aurora_core::Names;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::{metrics_names as m, SERVICE};
+use crate::error::CommandError;
+use crate::health::{COMMANDS, MQTT_DOWNLINK};
+use crate::telemetry::{self as t, BrokerLink};
+use crate::SERVICE;
 
-pub const MQTT_COMPONENT: &str = "mqtt-downlink";
-pub const COMMANDS_COMPONENT: &str = "commands";
 /// The consumer group on the commands stream.
-pub const GROUP: &str = "mqtt-bridge";
+pub const GROUP: &str = SERVICE;
 
 #[derive(Debug, Clone)]
 pub struct DownlinkConfig {
@@ -32,6 +38,17 @@ pub struct DownlinkConfig {
     pub consumer: String,
     /// How long to wait for a PUBACK before trying again.
     pub publish_timeout: Duration,
+}
+
+/// The downlink, ready to run.
+pub struct Downlink {
+    pub cfg: DownlinkConfig,
+    pub names: Names,
+    pub redis_url: String,
+    pub producer: Producer,
+    /// What the consumer waits for after a failed batch (Redis, the commands stream).
+    pub dependencies: Dependencies,
+    pub readiness: Readiness,
 }
 
 /// Which publish each PUBACK answers. Publishes leave rumqttc in the order they were
@@ -45,47 +62,96 @@ struct PubAcks {
 
 type SharedAcks = Arc<Mutex<PubAcks>>;
 
-fn lock(acks: &SharedAcks) -> std::sync::MutexGuard<'_, PubAcks> {
-    acks.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Whatever a panic left behind is at worst a command sent again: use it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    cfg: DownlinkConfig,
-    client: AsyncClient,
-    eventloop: EventLoop,
-    names: Names,
-    redis_url: String,
-    producer: Producer,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) {
-    readiness.register(MQTT_COMPONENT);
-    readiness.register(COMMANDS_COMPONENT);
-    let acks = SharedAcks::default();
-    let done = CancellationToken::new();
-    let connection = tokio::spawn(poll_connection(
-        eventloop,
-        acks.clone(),
-        readiness.clone(),
-        done.clone(),
-    ));
-    let sender = Sender {
-        cfg,
-        client: client.clone(),
-        acks,
-        names,
-        producer,
-        readiness,
-        shutdown,
-    };
-    sender.run(&redis_url).await;
-    let _ = client.try_disconnect();
-    // Let the DISCONNECT go out, then stop polling.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    done.cancel();
-    if let Err(e) = connection.await {
-        tracing::error!(error = %e, "downlink connection task failed");
+impl Downlink {
+    /// The two tasks of the downlink: the broker connection (rumqttc's event loop) and the
+    /// consumer of the commands stream. At `shutdown` the consumer reads nothing more and
+    /// finishes the command it is sending (its PUBACK, its outcome, its XACK); the rest of the
+    /// batch stays pending. At `abort` it gives up the PUBACK it waits for. Then the connection
+    /// is closed with DISCONNECT.
+    pub fn tasks(
+        self,
+        client: AsyncClient,
+        eventloop: EventLoop,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+    ) -> (
+        impl Future<Output = ()> + Send + 'static,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        let acks = SharedAcks::default();
+        let done = CancellationToken::new();
+        let connection = poll_connection(
+            eventloop,
+            acks.clone(),
+            self.readiness.clone(),
+            done.clone(),
+        );
+        let consumer = async move {
+            // The connection stops even if the consumer panics.
+            let done = done.drop_guard();
+            if let Some(reader) = self.reader(&shutdown).await {
+                let handler = Commands {
+                    client: client.clone(),
+                    acks,
+                    status_stream: self.names.cps_command_status(),
+                    names: self.names,
+                    cfg: self.cfg,
+                    producer: self.producer,
+                    shutdown: shutdown.clone(),
+                    abort,
+                    unsettled: Mutex::default(),
+                };
+                Consumer {
+                    reader,
+                    handler,
+                    dependencies: self.dependencies,
+                    readiness: self.readiness,
+                }
+                .run(shutdown)
+                .await;
+            }
+            let _ = client.try_disconnect();
+            // Let the DISCONNECT go out, then stop polling.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(done);
+        };
+        (connection, consumer)
+    }
+
+    /// The group reader on the commands stream, trying again until Redis lets it make the
+    /// group. `None` at shutdown.
+    async fn reader(&self, shutdown: &CancellationToken) -> Option<GroupReader> {
+        let stream = self.names.cps_commands();
+        let dead = self.names.cps_deadletter();
+        let cfg = GroupConfig::new(&stream, GROUP, &self.cfg.consumer, &dead, SERVICE);
+        let mut backoff = Backoff::default();
+        loop {
+            let attempt = async {
+                let conn = bus::connect_blocking(&self.redis_url, cfg.block).await?;
+                GroupReader::new(cfg.clone(), conn, self.producer.clone()).await
+            };
+            let attempt = tokio::select! {
+                attempt = attempt => attempt,
+                _ = shutdown.cancelled() => return None,
+            };
+            match attempt {
+                Ok(reader) => return Some(reader),
+                Err(e) => {
+                    t::command_error();
+                    self.readiness
+                        .set_not_ready(COMMANDS, format!("commands stream: {e}"));
+                    tracing::warn!(error = %e, "cannot read the device commands; retrying");
+                    if !backoff.wait(shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -95,7 +161,7 @@ async fn poll_connection(
     readiness: Readiness,
     done: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = Backoff::default();
     loop {
         let event = tokio::select! {
             ev = eventloop.poll() => ev,
@@ -104,8 +170,8 @@ async fn poll_connection(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
-                metrics::counter!(m::CONNECTIONS, "link" => "downlink").increment(1);
-                readiness.set_ready(MQTT_COMPONENT);
+                t::connected(BrokerLink::Downlink);
+                readiness.set_ready(MQTT_DOWNLINK);
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 let mut a = lock(&acks);
@@ -122,8 +188,8 @@ async fn poll_connection(
             Err(e) => {
                 // Dropping the waiters fails the publishes in flight: they are sent again.
                 *lock(&acks) = PubAcks::default();
-                metrics::counter!(m::CONNECTION_ERRORS, "link" => "downlink").increment(1);
-                readiness.set_not_ready(MQTT_COMPONENT, format!("broker connection: {e}"));
+                t::connection_error(BrokerLink::Downlink);
+                readiness.set_not_ready(MQTT_DOWNLINK, format!("broker connection: {e}"));
                 tracing::warn!(error = %e, "downlink connection to the broker lost; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -140,194 +206,178 @@ struct Handled {
     status: Option<CommandStatus>,
 }
 
-struct Sender {
+/// Handles batches of the commands stream for the [`Consumer`].
+struct Commands {
     cfg: DownlinkConfig,
     client: AsyncClient,
     acks: SharedAcks,
     names: Names,
+    status_stream: String,
     producer: Producer,
-    readiness: Readiness,
     shutdown: CancellationToken,
+    abort: CancellationToken,
+    /// Outcomes of the last batch that failed before they were recorded, by entry id: when
+    /// the batch is read again, these entries are recorded and acknowledged, not handled
+    /// (sent) again.
+    unsettled: Mutex<HashMap<String, Option<CommandStatus>>>,
 }
 
-impl Sender {
-    async fn run(&self, redis_url: &str) {
-        let Some(mut reader) = self.reader(redis_url).await else {
-            return;
+impl BatchHandler for Commands {
+    type Error = CommandError;
+
+    fn part(&self) -> &'static str {
+        COMMANDS
+    }
+
+    async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), CommandError> {
+        let mut known = std::mem::take(&mut *lock(&self.unsettled));
+        let mut handled = Vec::with_capacity(entries.len());
+        let mut failure = None;
+        for entry in &entries {
+            if let Some(status) = known.remove(&entry.id) {
+                handled.push(Handled {
+                    entry_id: entry.id.clone(),
+                    status,
+                });
+                continue;
+            }
+            // Shutting down: what is not started stays pending for next time.
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            match self.handle_one(reader, entry).await {
+                Ok(Some(h)) => handled.push(h),
+                Ok(None) => break, // given up: the rest stays pending
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let result = match failure {
+            Some(e) => Err(e),
+            None => self.settle(reader, &handled).await,
         };
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        while !self.shutdown.is_cancelled() {
-            let entries = match reader.next_batch().await {
-                Ok(entries) => {
-                    backoff.reset();
-                    self.readiness.set_ready(COMMANDS_COMPONENT);
-                    entries
-                }
-                Err(e) => {
-                    self.failed_redis(&e, &mut backoff).await;
-                    continue;
-                }
-            };
-            let mut handled = Vec::with_capacity(entries.len());
-            for entry in &entries {
-                match self.handle(&reader, entry).await {
-                    Some(h) => handled.push(h),
-                    None => break, // shutting down: the rest stays pending for next time
-                }
-            }
-            self.settle(&reader, handled).await;
+        if result.is_err() {
+            *lock(&self.unsettled) = handled
+                .into_iter()
+                .map(|h| (h.entry_id, h.status))
+                .collect();
         }
+        result
     }
 
-    async fn reader(&self, redis_url: &str) -> Option<GroupReader> {
-        let stream = self.names.cps_commands();
-        let dead = self.names.cps_deadletter();
-        let cfg = GroupConfig::new(&stream, GROUP, &self.cfg.consumer, &dead, SERVICE);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            let attempt = async {
-                let conn = bus::connect_blocking(redis_url, cfg.block).await?;
-                GroupReader::new(cfg.clone(), conn, self.producer.clone()).await
-            };
-            match attempt.await {
-                Ok(reader) => return Some(reader),
-                Err(e) => {
-                    self.failed_redis(&e, &mut backoff).await;
-                    if self.shutdown.is_cancelled() {
-                        return None;
-                    }
-                }
-            }
-        }
+    fn failed(&self, _error: &CommandError) {
+        t::command_error();
     }
+}
 
-    async fn failed_redis(&self, e: &bus::BusError, backoff: &mut Backoff) {
-        metrics::counter!(m::COMMAND_ERRORS).increment(1);
-        self.readiness
-            .set_not_ready(COMMANDS_COMPONENT, format!("commands stream: {e}"));
-        tracing::warn!(error = %e, "reading device commands failed; retrying");
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = self.shutdown.cancelled() => {}
-        }
-    }
-
-    /// Sends one command (or decides not to). `None` when shutdown came first.
-    async fn handle(&self, reader: &GroupReader, entry: &Entry) -> Option<Handled> {
+impl Commands {
+    /// Sends one command (or decides not to). `None` when it was given up (shutdown, abort).
+    async fn handle_one(
+        &self,
+        reader: &GroupReader,
+        entry: &Entry,
+    ) -> Result<Option<Handled>, CommandError> {
         let data = entry.data.as_deref().unwrap_or_default();
         let command = match model::parse::<DeviceCommand>(data) {
             Ok(c) => c,
-            Err(e) => return self.invalid(reader, entry, &e.to_string()).await,
+            Err(e) => return self.invalid(reader, entry, &e.to_string()).await.map(Some),
         };
         let now = chrono::Utc::now();
         if command.expires_at.is_some_and(|at| at <= now) {
-            metrics::counter!(m::COMMANDS, "outcome" => "expired").increment(1);
+            t::command(t::CommandOutcome::Expired);
             tracing::info!(command = %command.id, device = %command.device_id, "command expired before it could be sent");
-            return Some(Handled {
+            return Ok(Some(Handled {
                 entry_id: entry.id.clone(),
                 status: Some(status(
                     &command,
                     CommandOutcome::Expired,
                     Some("expired before it was sent".into()),
                 )),
-            });
+            }));
         }
         let started = Instant::now();
         let topic = self.names.mqtt_command_topic(&command.device_id);
         if !self.publish(&topic, data).await {
-            return None;
+            return Ok(None);
         }
-        metrics::histogram!(m::COMMAND_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(m::COMMANDS, "outcome" => "sent").increment(1);
-        Some(Handled {
+        t::command_publish_seconds(started.elapsed());
+        t::command(t::CommandOutcome::Sent);
+        Ok(Some(Handled {
             entry_id: entry.id.clone(),
             status: Some(status(&command, CommandOutcome::Sent, None)),
-        })
+        }))
     }
 
     /// Not a command: dead-lettered (and acknowledged) at once; a `failed` status too when
     /// the entry says which command and device it was.
-    async fn invalid(&self, reader: &GroupReader, entry: &Entry, reason: &str) -> Option<Handled> {
-        metrics::counter!(m::COMMANDS, "outcome" => "invalid").increment(1);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            match reader.dead_letter(entry, reason).await {
-                Ok(()) => break,
-                Err(e) => {
-                    self.failed_redis(&e, &mut backoff).await;
-                    if self.shutdown.is_cancelled() {
-                        return None;
-                    }
-                }
-            }
-        }
-        Some(Handled {
+    async fn invalid(
+        &self,
+        reader: &GroupReader,
+        entry: &Entry,
+        reason: &str,
+    ) -> Result<Handled, CommandError> {
+        reader.dead_letter(entry, reason).await?;
+        t::command(t::CommandOutcome::Invalid);
+        Ok(Handled {
             entry_id: entry.id.clone(),
             status: failed_status(entry.data.as_deref().unwrap_or_default(), reason),
         })
     }
 
-    /// Publishes QoS 1 and waits for the PUBACK, trying again until it comes. False when
-    /// shutdown came first.
+    /// Publishes QoS 1 and waits for the PUBACK, sending again until it comes. False when it
+    /// is given up: at the drain deadline, or when no PUBACK came while draining.
     async fn publish(&self, topic: &str, payload: &[u8]) -> bool {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = Backoff::default();
         loop {
             let (tx, rx) = oneshot::channel();
             lock(&self.acks).queued.push_back(tx);
-            let sent = self
-                .client
-                .publish(topic, QoS::AtLeastOnce, false, payload.to_vec())
-                .await;
+            let sent = tokio::select! {
+                sent = self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()) => sent,
+                _ = self.abort.cancelled() => return false,
+            };
             if sent.is_err() {
                 return false; // the connection task is gone
             }
-            let outcome = tokio::select! {
+            let acked = tokio::select! {
                 r = tokio::time::timeout(self.cfg.publish_timeout, rx) => matches!(r, Ok(Ok(()))),
-                _ = self.shutdown.cancelled() => return false,
+                _ = self.abort.cancelled() => return false,
             };
-            if outcome {
+            if acked {
                 return true;
             }
             // No PUBACK: forget the waiters (the connection may be down) and send again.
             *lock(&self.acks) = PubAcks::default();
-            metrics::counter!(m::COMMAND_ERRORS).increment(1);
+            t::command_error();
+            if self.shutdown.is_cancelled() {
+                tracing::warn!(
+                    topic,
+                    "no PUBACK for a command while draining; it stays pending"
+                );
+                return false;
+            }
             tracing::warn!(topic, "no PUBACK for a command; sending it again");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = self.shutdown.cancelled() => return false,
+            if !backoff.wait(&self.shutdown).await {
+                return false;
             }
         }
     }
 
     /// Writes the outcomes, then acknowledges the entries (dead-lettered ones again: harmless).
-    async fn settle(&self, reader: &GroupReader, handled: Vec<Handled>) {
+    async fn settle(&self, reader: &GroupReader, handled: &[Handled]) -> Result<(), CommandError> {
         if handled.is_empty() {
-            return;
+            return Ok(());
         }
-        let stream = self.names.cps_command_status();
         let statuses: Vec<(&str, Vec<u8>)> = handled
             .iter()
             .filter_map(|h| h.status.as_ref())
-            .map(|s| (stream.as_str(), to_bytes(s)))
+            .map(|s| (self.status_stream.as_str(), to_bytes(s)))
             .collect();
         let ids: Vec<&str> = handled.iter().map(|h| h.entry_id.as_str()).collect();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            let result = async {
-                self.producer.publish_batch(&statuses).await?;
-                reader.ack(&ids).await
-            };
-            match result.await {
-                Ok(()) => return,
-                Err(e) => {
-                    // Sent but not acknowledged: if we stop now the commands go out again.
-                    self.failed_redis(&e, &mut backoff).await;
-                    if self.shutdown.is_cancelled() {
-                        return;
-                    }
-                }
-            }
-        }
+        self.producer.publish_batch(&statuses).await?;
+        reader.ack(&ids).await?;
+        Ok(())
     }
 }
 

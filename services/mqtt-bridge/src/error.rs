@@ -1,19 +1,11 @@
-//! What can stop the bridge. Bad input never appears here: it is dead-lettered.
+//! What can go wrong in the bridge. Bad input never appears here: it is dead-lettered.
 
 use aurora_core::bus::BusError;
+use aurora_core::consumer::BatchFailure;
 
-/// An error that ends [`crate::run`].
-#[derive(Debug, thiserror::Error)]
-pub enum BridgeError {
-    /// The MQTT connection settings cannot work (URL, TLS files).
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Redis could not be reached at start or refused a command that retrying cannot fix.
-    #[error(transparent)]
-    Bus(#[from] BusError),
-}
+use crate::health;
 
-/// MQTT connection settings that cannot work.
+/// Settings that cannot work (flags, MQTT URL, TLS files): the bridge does not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid MQTT URL {url:?}: {reason}")]
@@ -30,4 +22,21 @@ pub enum ConfigError {
     Tls(#[from] rustls::Error),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Why a batch of device commands could not be finished: its entries stay pending and are
+/// read again once the commands stream answers (see docs/contract.md, Streams).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Reading the commands, dead-lettering one, or recording the outcomes and acknowledging.
+    #[error("commands stream: {0}")]
+    Bus(#[from] BusError),
+}
+
+impl BatchFailure for CommandError {
+    fn dependency(&self) -> Option<&'static str> {
+        match self {
+            Self::Bus(_) => Some(health::COMMANDS),
+        }
+    }
 }

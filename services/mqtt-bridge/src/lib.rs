@@ -1,47 +1,52 @@
 //! mqtt-bridge: sensor devices (MQTT) to the Redis Streams bus, and device commands back.
 //!
 //! - [`uplink`]: shared QoS 1 subscription with a persistent session, batched pipelined
-//!   writes, PUBACK only after the write.
+//!   writes, PUBACK only after the write; [`link`] is its MQTT 5 connection and [`acks`] the
+//!   PUBACKs waiting to go out.
 //! - [`decode`]: what a device message must be; everything else is dead-lettered.
 //! - [`seen`]: `device.seen` announcements with bounded memory.
 //! - [`downlink`]: commands from the bus to the devices, XACK after the broker's PUBACK.
 //! - [`mqtt`]: broker URL, credentials, TLS.
-//! - [`cli`]: the flags and their `AURORA_*` variables.
+//! - [`config`]: the flags; [`health`]: the readiness parts and dependencies;
+//!   [`telemetry`]: every metric; [`error`]: what can go wrong.
+//!
+//! [`MqttBridge`] is the service: `aurora_core::service` runs its lifecycle (ops endpoints,
+//! readiness, the drain on shutdown).
 
 pub mod acks;
-pub mod backoff;
-pub mod cli;
+pub mod config;
 pub mod decode;
 pub mod downlink;
 pub mod error;
+pub mod health;
 pub mod link;
-pub mod metrics_names;
 pub mod mqtt;
 pub mod seen;
+pub mod telemetry;
 pub mod uplink;
 
 use std::time::Duration;
 
-use aurora_core::bus::{self, Producer};
-use aurora_core::ops::Readiness;
+use anyhow::Context as _;
+use aurora_core::bus::{self, BusError, Producer};
+use aurora_core::retry::Backoff;
+use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
 use rumqttc::AsyncClient;
-use tokio_util::sync::CancellationToken;
 
-pub use error::{BridgeError, ConfigError};
+pub use error::{CommandError, ConfigError};
 pub use mqtt::MqttSettings;
 
-/// The service's name in dead letters, logs and consumer groups.
+/// The service's name: dead letters, logs, consumer group, client ids, variables.
 pub const SERVICE: &str = "mqtt-bridge";
 /// Default ops port.
 pub const OPS_PORT: u16 = 9101;
 
-/// Everything the bridge needs to run.
+/// The bridge: everything it needs to run. Its replica name (client ids, consumer name) is
+/// the instance it is launched as.
 #[derive(Debug, Clone)]
-pub struct BridgeConfig {
+pub struct MqttBridge {
     pub names: Names,
-    /// This replica's name: client ids and the consumer name derive from it.
-    pub instance: String,
     pub redis_url: String,
     pub stream_maxlen: usize,
     pub mqtt: MqttSettings,
@@ -53,15 +58,26 @@ pub struct BridgeConfig {
     pub seen_capacity: usize,
     pub seen_interval: Duration,
     pub command_timeout: Duration,
-    pub shutdown_timeout: Duration,
 }
 
-impl BridgeConfig {
-    /// Defaults for a replica named `instance` on the given broker and Redis (tests).
-    pub fn new(names: Names, instance: &str, mqtt: MqttSettings, redis_url: &str) -> Self {
+/// The uplink's client id: stable per replica, so the broker keeps this replica's session.
+pub fn uplink_client_id(instance: &str) -> String {
+    format!("{SERVICE}-{instance}-up")
+}
+
+/// The downlink's client id (a clean session of its own).
+pub fn downlink_client_id(instance: &str) -> String {
+    format!("{SERVICE}-{instance}-down")
+}
+
+/// The largest packet the downlink's connection takes.
+const DOWNLINK_MAX_PACKET: usize = 1024 * 1024;
+
+impl MqttBridge {
+    /// The defaults of the flags, on the given broker and Redis (tests, tools).
+    pub fn new(names: Names, mqtt: MqttSettings, redis_url: &str) -> Self {
         Self {
             names,
-            instance: instance.to_string(),
             redis_url: redis_url.to_string(),
             stream_maxlen: 1_000_000,
             mqtt,
@@ -73,17 +89,7 @@ impl BridgeConfig {
             seen_capacity: 100_000,
             seen_interval: Duration::from_secs(60),
             command_timeout: Duration::from_secs(10),
-            shutdown_timeout: Duration::from_secs(20),
         }
-    }
-
-    /// The uplink's client id: stable, so the broker keeps this replica's session.
-    pub fn uplink_client_id(&self) -> String {
-        format!("{SERVICE}-{}-up", self.instance)
-    }
-
-    pub fn downlink_client_id(&self) -> String {
-        format!("{SERVICE}-{}-down", self.instance)
     }
 
     /// The largest packet the uplink takes from the broker: the payload limit plus room for
@@ -93,144 +99,142 @@ impl BridgeConfig {
     pub fn uplink_max_packet(&self) -> usize {
         self.max_payload.saturating_add(64 * 1024 + 16)
     }
-}
 
-/// Registers every part `/readyz` waits for. [`run`] does it too; a caller that polls the
-/// readiness before `run` gets going calls it first, so "nothing registered" never reads as
-/// ready.
-pub fn register_components(readiness: &Readiness) {
-    for component in [
-        uplink::REDIS_COMPONENT,
-        uplink::MQTT_COMPONENT,
-        downlink::MQTT_COMPONENT,
-        downlink::COMMANDS_COMPONENT,
-    ] {
-        readiness.register(component);
+    /// The broker sends the uplink at most this many messages ahead of the acks.
+    fn receive_max(&self) -> u16 {
+        u16::try_from(self.queue_capacity.max(self.batch_size)).unwrap_or(u16::MAX)
     }
-}
 
-/// Runs the bridge until `shutdown` is cancelled, then drains within `shutdown_timeout`.
-/// Start order: Redis (the bridge acks nothing it cannot write), then both broker links.
-pub async fn run(
-    cfg: BridgeConfig,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) -> Result<(), BridgeError> {
-    // The broker sends at most this many messages ahead of the acks.
-    let receive_max = u16::try_from(cfg.queue_capacity.max(cfg.batch_size)).unwrap_or(u16::MAX);
-    let up_link = cfg.mqtt.link_options(
-        &cfg.uplink_client_id(),
-        u32::try_from(cfg.uplink_max_packet()).unwrap_or(u32::MAX),
-        receive_max,
-    )?;
-    let down_opts = cfg
-        .mqtt
-        .options(&cfg.downlink_client_id(), true, 1024 * 1024)?;
+    fn uplink_options(&self, instance: &str) -> Result<link::LinkOptions, ConfigError> {
+        self.mqtt.link_options(
+            &uplink_client_id(instance),
+            u32::try_from(self.uplink_max_packet()).unwrap_or(u32::MAX),
+            self.receive_max(),
+        )
+    }
 
-    register_components(&readiness);
-    let Some(producer) = connect_redis(&cfg, &readiness, &shutdown).await else {
-        return Ok(());
-    };
-    readiness.set_ready(uplink::REDIS_COMPONENT);
+    fn downlink_options(&self, instance: &str) -> Result<rumqttc::MqttOptions, ConfigError> {
+        self.mqtt
+            .options(&downlink_client_id(instance), true, DOWNLINK_MAX_PACKET)
+    }
 
-    let abort = CancellationToken::new();
-    let deadline = tokio::spawn(drain_deadline(
-        shutdown.clone(),
-        abort.clone(),
-        readiness.clone(),
-        cfg.shutdown_timeout,
-    ));
+    /// Refuses broker settings that cannot work (URL, credentials, TLS files).
+    pub fn check_broker_settings(&self) -> Result<(), ConfigError> {
+        self.uplink_options("check")?;
+        self.downlink_options("check")?;
+        Ok(())
+    }
 
-    let (down_client, down_loop) = AsyncClient::new(down_opts, 64);
-    let uplink_cfg = uplink::UplinkConfig {
-        client_id: cfg.uplink_client_id(),
-        share_group: cfg.share_group.clone(),
-        max_payload: cfg.max_payload,
-        batch_size: cfg.batch_size,
-        batch_linger: cfg.batch_linger,
-        queue_capacity: cfg.queue_capacity,
-        seen_capacity: cfg.seen_capacity,
-        seen_interval: cfg.seen_interval,
-    };
-    let downlink_cfg = downlink::DownlinkConfig {
-        consumer: cfg.instance.clone(),
-        publish_timeout: cfg.command_timeout,
-    };
-    tracing::info!(
-        namespace = cfg.names.namespace(),
-        client_id = %cfg.uplink_client_id(),
-        share_group = %cfg.share_group,
-        "bridging devices and the bus"
-    );
-    let up = uplink::run(
-        uplink_cfg,
-        up_link,
-        cfg.names.clone(),
-        producer.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-        abort.clone(),
-    );
-    let down = downlink::run(
-        downlink_cfg,
-        down_client,
-        down_loop,
-        cfg.names.clone(),
-        cfg.redis_url.clone(),
-        producer,
-        readiness.clone(),
-        shutdown.clone(),
-    );
-    // The downlink stops at shutdown; the deadline also cuts a stuck command send short.
-    let down = async {
-        tokio::select! {
-            _ = down => {}
-            _ = abort.cancelled() => {}
-        }
-    };
-    tokio::join!(up, down);
-    deadline.abort();
-    tracing::info!("bridge stopped");
-    Ok(())
-}
-
-/// Connects to Redis, retrying until it answers or shutdown.
-async fn connect_redis(
-    cfg: &BridgeConfig,
-    readiness: &Readiness,
-    shutdown: &CancellationToken,
-) -> Option<Producer> {
-    let mut backoff = backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let attempt = async {
-            let mut conn = bus::connect(&cfg.redis_url).await?;
-            bus::ping(&mut conn).await?;
-            Ok::<_, bus::BusError>(conn)
-        };
-        match attempt.await {
-            Ok(conn) => return Some(Producer::new(conn, cfg.stream_maxlen)),
-            Err(e) => {
-                readiness.set_not_ready(uplink::REDIS_COMPONENT, e.to_string());
-                tracing::warn!(error = %e, "Redis unavailable at start; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = shutdown.cancelled() => return None,
+    /// Connects to Redis, trying again until it answers (the bridge acknowledges nothing it
+    /// cannot write, so nothing starts before).
+    async fn connect_redis(&self, ctx: &Context) -> anyhow::Result<Producer> {
+        let url = bus::redacted_url(&self.redis_url);
+        let mut backoff = Backoff::default();
+        loop {
+            let attempt = async {
+                let mut conn = bus::connect(&self.redis_url).await?;
+                bus::ping(&mut conn).await?;
+                Ok::<_, BusError>(conn)
+            };
+            match attempt.await {
+                Ok(conn) => return Ok(Producer::new(conn, self.stream_maxlen)),
+                Err(e) => {
+                    for part in [health::REDIS, health::COMMANDS] {
+                        ctx.readiness
+                            .set_not_ready(part, format!("connecting to {url}: {e}"));
+                    }
+                    tracing::warn!(error = %e, "Redis unavailable at start; retrying");
+                    if !backoff.wait(&ctx.shutdown).await {
+                        anyhow::bail!("stopped while connecting to Redis at {url}");
+                    }
                 }
             }
         }
     }
 }
 
-/// At shutdown: `/readyz` fails at once; `abort` fires when the drain time is up.
-async fn drain_deadline(
-    shutdown: CancellationToken,
-    abort: CancellationToken,
-    readiness: Readiness,
-    timeout: Duration,
-) {
-    shutdown.cancelled().await;
-    readiness.start_draining();
-    tokio::time::sleep(timeout).await;
-    tracing::warn!(?timeout, "drain deadline passed");
-    abort.cancel();
+impl Service for MqttBridge {
+    const NAME: &'static str = SERVICE;
+    const OPS_PORT: u16 = OPS_PORT;
+
+    /// Start order: Redis (the bridge acks nothing it cannot write), then both broker links,
+    /// which connect (and reconnect) by themselves.
+    async fn start(self, ctx: Context) -> anyhow::Result<Running> {
+        let up_link = self
+            .uplink_options(&ctx.instance)
+            .context("uplink broker settings")?;
+        let down_opts = self
+            .downlink_options(&ctx.instance)
+            .context("downlink broker settings")?;
+        let redis = bus::redacted_url(&self.redis_url);
+        for part in health::PARTS {
+            ctx.readiness.register(part);
+        }
+        for part in [health::MQTT_UPLINK, health::MQTT_DOWNLINK] {
+            ctx.readiness
+                .set_not_ready(part, format!("connecting to {}", self.mqtt.url));
+        }
+        for part in [health::REDIS, health::COMMANDS] {
+            ctx.readiness
+                .set_not_ready(part, format!("connecting to {redis}"));
+        }
+        let producer = self.connect_redis(&ctx).await?;
+        let commands = self.names.cps_commands();
+        let dependencies = health::dependencies(producer.conn(), &commands);
+        dependencies.check(&ctx.readiness).await;
+
+        tracing::info!(
+            namespace = self.names.namespace(),
+            client_id = %up_link.client_id,
+            share_group = %self.share_group,
+            "bridging devices and the bus"
+        );
+        let mut running = Running::new(&ctx);
+        running.spawn(dependencies.clone().watch(
+            ctx.readiness.clone(),
+            health::WATCH_INTERVAL,
+            ctx.shutdown.clone(),
+        ));
+
+        let uplink = uplink::Uplink {
+            cfg: uplink::UplinkConfig {
+                share_group: self.share_group.clone(),
+                max_payload: self.max_payload,
+                batch_size: self.batch_size,
+                batch_linger: self.batch_linger,
+                queue_capacity: self.queue_capacity,
+                seen_capacity: self.seen_capacity,
+                seen_interval: self.seen_interval,
+            },
+            link: up_link,
+            names: self.names.clone(),
+            producer: producer.clone(),
+            readiness: ctx.readiness.clone(),
+        };
+        let (connection, writer) = uplink.tasks(ctx.shutdown.clone(), ctx.abort.clone());
+        running.spawn(connection);
+        running.spawn(writer);
+
+        let (down_client, down_loop) = AsyncClient::new(down_opts, 64);
+        let downlink = downlink::Downlink {
+            cfg: downlink::DownlinkConfig {
+                consumer: ctx.instance.clone(),
+                publish_timeout: self.command_timeout,
+            },
+            names: self.names.clone(),
+            redis_url: self.redis_url.clone(),
+            producer,
+            dependencies,
+            readiness: ctx.readiness.clone(),
+        };
+        let (connection, consumer) = downlink.tasks(
+            down_client,
+            down_loop,
+            ctx.shutdown.clone(),
+            ctx.abort.clone(),
+        );
+        running.spawn(connection);
+        running.spawn(consumer);
+        Ok(running)
+    }
 }

@@ -8,6 +8,7 @@
 //! polling, and the broker keeps the rest for the persistent session. Nothing is acknowledged
 //! before it is written; a crash at any point means redelivery, never loss.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use aurora_core::bus::Producer;
 use aurora_core::model::{to_bytes, DeadLetter};
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::ops::Readiness;
+use aurora_core::retry::Backoff;
 use aurora_core::Names;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -22,22 +24,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::acks::AckQueue;
-use crate::backoff::Backoff;
 use crate::decode::{decode, DeviceDoc};
+use crate::health::{MQTT_UPLINK, REDIS};
 use crate::link::{Link, LinkError, LinkOptions};
 use crate::seen::SeenTracker;
-use crate::{metrics_names as m, SERVICE};
-
-/// Readiness component of the uplink MQTT connection.
-pub const MQTT_COMPONENT: &str = "mqtt-uplink";
-/// Readiness component of the Redis writes.
-pub const REDIS_COMPONENT: &str = "redis";
+use crate::telemetry::{self as t, BrokerLink};
+use crate::SERVICE;
 
 /// How the uplink runs.
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
-    /// Stable per replica: the broker keeps the session (and queues for it) under this id.
-    pub client_id: String,
     /// `$share/<group>/...`: replicas with the same group split the traffic.
     pub share_group: String,
     pub max_payload: usize,
@@ -56,45 +52,59 @@ struct Received {
     epoch: u64,
 }
 
-/// Runs the uplink until `shutdown`, then drains: what is queued is written and acknowledged,
-/// unless `abort` (the drain deadline) comes first.
-pub async fn run(
-    cfg: UplinkConfig,
-    link: LinkOptions,
-    names: Names,
-    producer: Producer,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-    abort: CancellationToken,
-) {
-    readiness.register(MQTT_COMPONENT);
-    let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
-    let acks = AckQueue::new();
-    let writer_done = CancellationToken::new();
-    let filters = names_filters(&names, &cfg.share_group);
-    let connection = tokio::spawn(drive_connection(
-        link,
-        filters,
-        tx,
-        acks.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-        writer_done.clone(),
-    ));
-    let writer = Writer {
-        streams: Streams::new(&names),
-        names,
-        producer,
-        acks,
-        readiness,
-        seen: SeenTracker::new(cfg.seen_capacity, cfg.seen_interval),
-        cfg,
-        abort,
-    };
-    writer.run(rx).await;
-    writer_done.cancel();
-    if let Err(e) = connection.await {
-        tracing::error!(error = %e, "uplink connection task failed");
+/// The uplink, ready to run.
+pub struct Uplink {
+    pub cfg: UplinkConfig,
+    /// The connection; its client id is stable per replica, so the broker keeps the session
+    /// (and queues for it) under this id.
+    pub link: LinkOptions,
+    pub names: Names,
+    pub producer: Producer,
+    pub readiness: Readiness,
+}
+
+impl Uplink {
+    /// The two tasks of the uplink: the connection (reads publishes, writes the acks) and
+    /// the writer. At `shutdown` the connection stops taking messages and the writer drains
+    /// what is queued: written and acknowledged, unless `abort` (the drain deadline) comes
+    /// first. The connection closes (DISCONNECT) once the writer is done.
+    pub fn tasks(
+        self,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+    ) -> (
+        impl Future<Output = ()> + Send + 'static,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        let (tx, rx) = mpsc::channel(self.cfg.queue_capacity.max(1));
+        let acks = AckQueue::new();
+        let writer_done = CancellationToken::new();
+        let filters = names_filters(&self.names, &self.cfg.share_group);
+        let connection = drive_connection(
+            self.link,
+            filters,
+            tx,
+            acks.clone(),
+            self.readiness.clone(),
+            shutdown,
+            writer_done.clone(),
+        );
+        let writer = Writer {
+            streams: Streams::new(&self.names),
+            names: self.names,
+            producer: self.producer,
+            acks,
+            readiness: self.readiness,
+            seen: SeenTracker::new(self.cfg.seen_capacity, self.cfg.seen_interval),
+            cfg: self.cfg,
+            abort,
+        };
+        let writer = async move {
+            // Done even if the writer panics: the connection closes either way.
+            let _done = writer_done.drop_guard();
+            writer.run(rx).await;
+        };
+        (connection, writer)
     }
 }
 
@@ -122,17 +132,22 @@ async fn drive_connection(
     writer_done: CancellationToken,
 ) {
     let mut tx = Some(tx);
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = Backoff::default();
     while !writer_done.is_cancelled() {
         let connected = tokio::select! {
             c = Link::connect(&link) => c,
             _ = writer_done.cancelled() => break,
+            // Not connected at shutdown: nothing more is taken, the writer drains its queue.
+            _ = shutdown.cancelled(), if tx.is_some() => {
+                tx = None;
+                continue;
+            }
         };
         let error = match connected {
             Ok(session) => {
                 backoff.reset();
                 let epoch = acks.connected();
-                metrics::counter!(m::CONNECTIONS, "link" => "uplink").increment(1);
+                t::connected(BrokerLink::Uplink);
                 tracing::info!(
                     session_present = session.session_present,
                     "uplink connected to the broker"
@@ -158,13 +173,14 @@ async fn drive_connection(
             Err(e) => e,
         };
         acks.disconnected();
-        metrics::counter!(m::CONNECTION_ERRORS, "link" => "uplink").increment(1);
-        readiness.set_not_ready(MQTT_COMPONENT, format!("broker connection: {error}"));
+        t::connection_error(BrokerLink::Uplink);
+        readiness.set_not_ready(MQTT_UPLINK, format!("broker connection: {error}"));
         let delay = backoff.next_delay();
         tracing::warn!(error = %error, retry_in = ?delay, "uplink connection to the broker lost; reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = writer_done.cancelled() => break,
+            _ = shutdown.cancelled(), if tx.is_some() => tx = None,
         }
     }
 }
@@ -225,11 +241,11 @@ impl Connection<'_> {
                                 .any(|c| !matches!(c, SubscribeReasonCode::Success(_)));
                             if refused {
                                 self.readiness.set_not_ready(
-                                    MQTT_COMPONENT,
+                                    MQTT_UPLINK,
                                     "the broker refused a subscription (ACL?)",
                                 );
                             } else {
-                                self.readiness.set_ready(MQTT_COMPONENT);
+                                self.readiness.set_ready(MQTT_UPLINK);
                             }
                         }
                         Packet::PingResp(_) => {}
@@ -267,9 +283,9 @@ impl Connection<'_> {
         }
         self.link.write_acks(pkids).await?;
         let n = pkids.len() as u64;
-        metrics::counter!(m::ACKS_SENT).increment(n);
+        t::acks_sent(n);
         self.unacked = self.unacked.saturating_sub(n);
-        metrics::gauge!(m::UNACKED).set(self.unacked as f64);
+        t::unacked(self.unacked);
         Ok(())
     }
 
@@ -329,10 +345,15 @@ impl Writer {
         let mut batch = Vec::with_capacity(self.cfg.batch_size);
         loop {
             batch.clear();
-            if !self.next_batch(&mut rx, &mut batch).await {
+            let more = tokio::select! {
+                more = self.next_batch(&mut rx, &mut batch) => more,
+                // The drain deadline passed while the queue was still open.
+                _ = self.abort.cancelled() => false,
+            };
+            if !more {
                 break;
             }
-            metrics::gauge!(m::QUEUE_DEPTH).set(rx.len() as f64);
+            t::queue_depth(rx.len());
             let prepared = self.prepare(&batch);
             if !self.write(&prepared).await {
                 tracing::warn!(
@@ -420,14 +441,14 @@ impl Writer {
             let started = Instant::now();
             match self.producer.publish_batch(&prepared.items).await {
                 Ok(_) => {
-                    metrics::histogram!(m::WRITE_SECONDS).record(started.elapsed().as_secs_f64());
-                    self.readiness.set_ready(REDIS_COMPONENT);
+                    t::write_seconds(started.elapsed());
+                    self.readiness.set_ready(REDIS);
                     return true;
                 }
                 Err(e) => {
-                    metrics::counter!(m::WRITE_RETRIES).increment(1);
+                    t::write_retry();
                     self.readiness
-                        .set_not_ready(REDIS_COMPONENT, format!("stream write failed: {e}"));
+                        .set_not_ready(REDIS, format!("stream write failed: {e}"));
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, entries = prepared.items.len(), "stream write failed; nothing acknowledged, retrying");
                     tokio::select! {
@@ -441,17 +462,14 @@ impl Writer {
 
     fn count(&self, prepared: &Prepared, received: usize) {
         for kind in DeviceTopicKind::ALL {
-            let n = prepared.messages[kind_index(kind)];
-            if n > 0 {
-                metrics::counter!(m::MESSAGES, "type" => kind.as_str()).increment(n);
-            }
+            t::messages(kind, prepared.messages[kind_index(kind)]);
         }
-        for reason in &prepared.dead {
-            metrics::counter!(m::DEAD_LETTERS, "reason" => *reason).increment(1);
+        for &reason in &prepared.dead {
+            t::dead_letter(reason);
         }
-        metrics::counter!(m::DEVICES_SEEN).increment(prepared.seen);
-        metrics::histogram!(m::BATCH_MESSAGES).record(received as f64);
-        metrics::gauge!(m::SEEN_DEVICES).set(self.seen.len() as f64);
+        t::devices_seen(prepared.seen);
+        t::batch_messages(received);
+        t::seen_cache_devices(self.seen.len());
     }
 
     /// Acknowledges the batch in order (queued compactly, never waiting). A publish that came
@@ -463,9 +481,7 @@ impl Writer {
                 .iter()
                 .map(|r| (r.epoch, r.publish.pkid, r.publish.qos)),
         );
-        if skipped > 0 {
-            metrics::counter!(m::ACKS_SKIPPED).increment(skipped);
-        }
+        t::acks_skipped(skipped);
     }
 }
 

@@ -35,7 +35,7 @@ async fn commands_are_sent_expired_or_dead_lettered_and_each_outcome_recorded() 
     let names = aurora_testkit::names();
     let cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
     let client_id = cfg.uplink_client_id();
-    let bridge = Bridge::start(cfg);
+    let bridge = Bridge::start(cfg).await;
     bridge.ready().await;
     let mut redis = redis(REDIS_URL).await;
 

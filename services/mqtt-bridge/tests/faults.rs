@@ -87,7 +87,7 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     let mut own_redis =
         RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let names = aurora_testkit::names();
-    let bridge = Bridge::start(config(&names, broker.port(), &own_redis.url(), "a"));
+    let bridge = Bridge::start(config(&names, broker.port(), &own_redis.url(), "a")).await;
     bridge.ready().await;
     let conn = redis(&own_redis.url()).await;
 
@@ -137,7 +137,7 @@ async fn the_broker_restarted_the_bridge_reconnects_resubscribes_and_resumes() {
     let mut broker = MosquittoServer::start();
     let names = aurora_testkit::names();
     let conn = redis(REDIS_URL).await;
-    let bridge = Bridge::start(config(&names, broker.port(), REDIS_URL, "a"));
+    let bridge = Bridge::start(config(&names, broker.port(), REDIS_URL, "a")).await;
     bridge.ready().await;
 
     publish_seqs(&names, broker.port(), 0..200, "before").await;
@@ -151,7 +151,7 @@ async fn the_broker_restarted_the_bridge_reconnects_resubscribes_and_resumes() {
         || {
             let r = r.clone();
             async move {
-                (r.report()["components"][mqtt_bridge::uplink::MQTT_COMPONENT]["ready"] == false)
+                (r.report()["components"][mqtt_bridge::health::MQTT_UPLINK]["ready"] == false)
                     .then_some(())
             }
         },

@@ -17,7 +17,7 @@ async fn a_flood_is_written_entirely_without_stalling() {
     );
     let names = aurora_testkit::names();
     let mut redis = redis(REDIS_URL).await;
-    let bridge = Bridge::start(config(&names, broker.port(), REDIS_URL, "a"));
+    let bridge = Bridge::start(config(&names, broker.port(), REDIS_URL, "a")).await;
     bridge.ready().await;
 
     let (connections, per) = (4u64, 25_000u64);

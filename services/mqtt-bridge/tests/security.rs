@@ -81,7 +81,7 @@ async fn a_device_cannot_publish_as_another_or_read_its_commands() {
     let mut cfg = config(&names, broker.port(), &own_redis.url(), "sec");
     cfg.mqtt.username = Some("aurora-bridge".into());
     cfg.mqtt.password = Some("bridge-pw".into());
-    let bridge = Bridge::start(cfg);
+    let bridge = Bridge::start(cfg).await;
     bridge.ready().await;
     let mut redis = redis(&own_redis.url()).await;
 

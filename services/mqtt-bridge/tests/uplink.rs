@@ -16,7 +16,7 @@ async fn every_message_type_reaches_its_stream_in_order_with_one_device_seen() {
     let names = aurora_testkit::names();
     let cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
     let client_id = cfg.uplink_client_id();
-    let bridge = Bridge::start(cfg);
+    let bridge = Bridge::start(cfg).await;
     bridge.ready().await;
     let mut redis = redis(REDIS_URL).await;
 
@@ -99,7 +99,7 @@ async fn bad_input_is_dead_lettered_with_reason_and_raw_bytes() {
     let mut cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
     cfg.max_payload = 1024;
     let client_id = cfg.uplink_client_id();
-    let bridge = Bridge::start(cfg);
+    let bridge = Bridge::start(cfg).await;
     bridge.ready().await;
     let mut redis = redis(REDIS_URL).await;
     let mut dev = Device::connect(MQTT_PORT, &format!("{}-dev", names.namespace()), None).await;

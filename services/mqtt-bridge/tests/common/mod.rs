@@ -2,13 +2,15 @@
 //! devices, and reading what the bridge wrote.
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aurora_core::bus::{self, Conn, Entry};
 use aurora_core::ops::Readiness;
+use aurora_core::service::{launch, LaunchOptions, Stopped};
 use aurora_core::Names;
-use mqtt_bridge::{BridgeConfig, MqttSettings};
+use mqtt_bridge::{MqttBridge, MqttSettings};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -18,16 +20,23 @@ pub const LONG: Duration = Duration::from_secs(30);
 pub struct Bridge {
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), mqtt_bridge::BridgeError>>,
+    pub task: tokio::task::JoinHandle<Stopped>,
 }
 
 impl Bridge {
-    pub fn start(cfg: BridgeConfig) -> Self {
+    /// Launches the bridge (returns once it is connected to Redis; the broker links come up
+    /// by themselves: [`Bridge::ready`]).
+    pub async fn start(cfg: Config) -> Self {
         aurora_core::ops::metrics_handle();
-        let readiness = Readiness::new();
-        mqtt_bridge::register_components(&readiness);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(mqtt_bridge::run(cfg, readiness.clone(), shutdown.clone()));
+        let mut options = LaunchOptions::local(&cfg.instance);
+        options.drain_deadline = Duration::from_secs(5);
+        let launched = tokio::time::timeout(LONG, launch(cfg.bridge, options, shutdown.clone()))
+            .await
+            .expect("bridge started in time")
+            .expect("bridge started");
+        let readiness = launched.readiness.clone();
+        let task = tokio::spawn(launched.stopped());
         Self {
             readiness,
             shutdown,
@@ -47,25 +56,52 @@ impl Bridge {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(LONG, self.task)
+        let stopped = tokio::time::timeout(LONG, self.task)
             .await
             .expect("bridge drained in time")
-            .expect("bridge task")
-            .expect("bridge ran");
+            .expect("bridge task");
+        assert_ne!(stopped, Stopped::Failed, "bridge ran");
+    }
+}
+
+/// A bridge's settings in a test and the replica name it runs as.
+pub struct Config {
+    pub bridge: MqttBridge,
+    pub instance: String,
+}
+
+impl Config {
+    /// The uplink's client id (its persistent session on the broker).
+    pub fn uplink_client_id(&self) -> String {
+        mqtt_bridge::uplink_client_id(&self.instance)
+    }
+}
+
+impl Deref for Config {
+    type Target = MqttBridge;
+    fn deref(&self) -> &MqttBridge {
+        &self.bridge
+    }
+}
+
+impl DerefMut for Config {
+    fn deref_mut(&mut self) -> &mut MqttBridge {
+        &mut self.bridge
     }
 }
 
 /// A config on the given broker port and Redis, instance named after the namespace.
-pub fn config(names: &Names, mqtt_port: u16, redis_url: &str, instance: &str) -> BridgeConfig {
-    let mut cfg = BridgeConfig::new(
+pub fn config(names: &Names, mqtt_port: u16, redis_url: &str, instance: &str) -> Config {
+    let mut bridge = MqttBridge::new(
         names.clone(),
-        &format!("{}-{instance}", names.namespace()),
         MqttSettings::plain("127.0.0.1", mqtt_port),
         redis_url,
     );
-    cfg.share_group = format!("g{}", names.namespace());
-    cfg.shutdown_timeout = Duration::from_secs(5);
-    cfg
+    bridge.share_group = format!("g{}", names.namespace());
+    Config {
+        bridge,
+        instance: format!("{}-{instance}", names.namespace()),
+    }
 }
 
 /// The built bridge binary as a child process (killed when dropped).
@@ -82,7 +118,7 @@ impl BridgeProcess {
             ("AURORA_NAMESPACE".into(), names.namespace().to_string()),
             ("AURORA_REDIS_URL".into(), redis_url.to_string()),
             (
-                "AURORA_MQTT_URL".into(),
+                "AURORA_MQTT_BRIDGE_MQTT_URL".into(),
                 format!("mqtt://127.0.0.1:{mqtt_port}"),
             ),
             (
@@ -91,7 +127,7 @@ impl BridgeProcess {
             ),
             ("AURORA_OPS_ADDR".into(), format!("127.0.0.1:{ops_port}")),
             (
-                "AURORA_MQTT_SHARE_GROUP".into(),
+                "AURORA_MQTT_BRIDGE_SHARE_GROUP".into(),
                 format!("g{}", names.namespace()),
             ),
             ("AURORA_SHUTDOWN_TIMEOUT".into(), "5s".into()),

@@ -1,0 +1,248 @@
+//! The flags of the bridge. The shared ones keep their `AURORA_*` variables; each of the
+//! bridge's own reads `AURORA_MQTT_BRIDGE_<FLAG>` (the rule of `aurora_core::config`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aurora_core::config::{parse_duration, CommonArgs};
+use aurora_core::service::Flags;
+use clap::Parser;
+
+use crate::error::ConfigError;
+use crate::mqtt::MqttSettings;
+use crate::{MqttBridge, SERVICE};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = SERVICE,
+    version,
+    about = "Sensor devices (MQTT) to the Redis Streams bus, and device commands back"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The MQTT broker: mqtt://host:port, or mqtts://host:port for TLS.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    pub mqtt_url: String,
+    /// The bridge's user name on the broker (e.g. aurora-bridge).
+    #[arg(long)]
+    pub mqtt_username: Option<String>,
+    /// The bridge's password on the broker (with --mqtt-username).
+    #[arg(long, hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+    /// CA certificate (PEM) to verify the broker (mqtts://); default: the system's roots.
+    #[arg(long)]
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with --mqtt-client-key.
+    #[arg(long, requires = "mqtt_client_key")]
+    pub mqtt_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate, with --mqtt-client-cert.
+    #[arg(long, requires = "mqtt_client_cert")]
+    pub mqtt_client_key: Option<PathBuf>,
+    /// MQTT keep-alive.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub mqtt_keep_alive: Duration,
+
+    /// Shared-subscription group: replicas in one group split the devices' traffic.
+    #[arg(long, default_value = SERVICE)]
+    pub share_group: String,
+    /// Largest device payload accepted (bytes); larger ones are dead-lettered.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub max_payload: usize,
+    /// A device is announced (device.seen) at most once per this interval.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub seen_interval: Duration,
+    /// Device ids remembered for device.seen (an LRU: bounds memory whatever the fleet).
+    #[arg(long, default_value_t = 100_000)]
+    pub seen_capacity: usize,
+    /// Most messages written in one pipelined round trip.
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
+    /// Wait this long for more messages before writing a partial batch (0: never wait).
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    pub batch_linger: Duration,
+    /// Messages received and not yet written; when full, the bridge stops reading the broker.
+    #[arg(long, default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// How long to wait for the broker's PUBACK of a command before sending it again.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub command_timeout: Duration,
+}
+
+/// The variables the bridge read before they followed `AURORA_MQTT_BRIDGE_<FLAG>`.
+pub const RENAMED_ENV: &[(&str, &str)] = &[
+    ("AURORA_MQTT_URL", "AURORA_MQTT_BRIDGE_MQTT_URL"),
+    ("AURORA_MQTT_USERNAME", "AURORA_MQTT_BRIDGE_MQTT_USERNAME"),
+    ("AURORA_MQTT_PASSWORD", "AURORA_MQTT_BRIDGE_MQTT_PASSWORD"),
+    ("AURORA_MQTT_CA_FILE", "AURORA_MQTT_BRIDGE_MQTT_CA_FILE"),
+    (
+        "AURORA_MQTT_CLIENT_CERT",
+        "AURORA_MQTT_BRIDGE_MQTT_CLIENT_CERT",
+    ),
+    (
+        "AURORA_MQTT_CLIENT_KEY",
+        "AURORA_MQTT_BRIDGE_MQTT_CLIENT_KEY",
+    ),
+    (
+        "AURORA_MQTT_KEEP_ALIVE",
+        "AURORA_MQTT_BRIDGE_MQTT_KEEP_ALIVE",
+    ),
+    ("AURORA_MQTT_SHARE_GROUP", "AURORA_MQTT_BRIDGE_SHARE_GROUP"),
+    ("AURORA_MQTT_MAX_PAYLOAD", "AURORA_MQTT_BRIDGE_MAX_PAYLOAD"),
+    (
+        "AURORA_MQTT_SEEN_INTERVAL",
+        "AURORA_MQTT_BRIDGE_SEEN_INTERVAL",
+    ),
+    (
+        "AURORA_MQTT_SEEN_CAPACITY",
+        "AURORA_MQTT_BRIDGE_SEEN_CAPACITY",
+    ),
+    ("AURORA_MQTT_BATCH_SIZE", "AURORA_MQTT_BRIDGE_BATCH_SIZE"),
+    (
+        "AURORA_MQTT_BATCH_LINGER",
+        "AURORA_MQTT_BRIDGE_BATCH_LINGER",
+    ),
+    (
+        "AURORA_MQTT_QUEUE_CAPACITY",
+        "AURORA_MQTT_BRIDGE_QUEUE_CAPACITY",
+    ),
+    (
+        "AURORA_MQTT_COMMAND_TIMEOUT",
+        "AURORA_MQTT_BRIDGE_COMMAND_TIMEOUT",
+    ),
+];
+
+impl Flags for Args {
+    type Service = MqttBridge;
+    const RENAMED_ENV: &'static [(&'static str, &'static str)] = RENAMED_ENV;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn into_service(self) -> anyhow::Result<MqttBridge> {
+        Ok(self.bridge()?)
+    }
+}
+
+impl Args {
+    /// Checks the flags and builds the bridge.
+    pub fn bridge(&self) -> Result<MqttBridge, ConfigError> {
+        let names = self
+            .common
+            .names()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.batch_size == 0 || self.queue_capacity == 0 || self.seen_capacity == 0 {
+            return Err(ConfigError::Invalid(
+                "--batch-size, --queue-capacity and --seen-capacity must be at least 1".into(),
+            ));
+        }
+        if self.share_group.is_empty() || self.share_group.contains(['/', '+', '#']) {
+            return Err(ConfigError::Invalid(
+                "--share-group must be non-empty without '/', '+' or '#'".into(),
+            ));
+        }
+        let mqtt = MqttSettings {
+            url: self.mqtt_url.clone(),
+            username: self.mqtt_username.clone(),
+            password: self.mqtt_password.clone(),
+            ca_file: self.mqtt_ca_file.clone(),
+            client_cert: self.mqtt_client_cert.clone(),
+            client_key: self.mqtt_client_key.clone(),
+            keep_alive: self.mqtt_keep_alive,
+        };
+        let mut bridge = MqttBridge::new(names, mqtt, &self.common.redis_url);
+        bridge.stream_maxlen = self.common.stream_maxlen;
+        bridge.share_group = self.share_group.clone();
+        bridge.max_payload = self.max_payload;
+        bridge.batch_size = self.batch_size;
+        bridge.batch_linger = self.batch_linger;
+        bridge.queue_capacity = self.queue_capacity;
+        bridge.seen_capacity = self.seen_capacity;
+        bridge.seen_interval = self.seen_interval;
+        bridge.command_timeout = self.command_timeout;
+        // The broker settings are checked now (URL, credentials, TLS files), not at the first
+        // connection.
+        bridge.check_broker_settings()?;
+        Ok(bridge)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aurora_core::config::{command, parse_from, undocumented_flags};
+
+    fn parse(args: &[&str]) -> Args {
+        let argv = std::iter::once(SERVICE).chain(args.iter().copied());
+        parse_from::<Args, _, _>(SERVICE, RENAMED_ENV, argv).expect("parse")
+    }
+
+    #[test]
+    fn defaults_run_out_of_the_box() {
+        let args = parse(&["--instance-id", "r1"]);
+        let bridge = args.bridge().expect("config");
+        assert_eq!(bridge.mqtt.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(bridge.max_payload, 262_144);
+        assert_eq!(bridge.seen_interval, Duration::from_secs(60));
+        assert_eq!(bridge.share_group, "mqtt-bridge");
+        assert_eq!(args.common.instance(), "r1");
+        assert_eq!(
+            crate::uplink_client_id(&args.common.instance()),
+            "mqtt-bridge-r1-up"
+        );
+        assert_eq!(args.common.ops_addr_or(crate::OPS_PORT).port(), 9101);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let args = parse(&["--share-group", "a/b"]);
+        assert!(args.bridge().is_err());
+        let args = parse(&["--batch-size", "0"]);
+        assert!(args.bridge().is_err());
+        let args = parse(&["--mqtt-url", "http://broker"]);
+        assert!(matches!(args.bridge(), Err(ConfigError::Url { .. })));
+        let args = parse(&["--mqtt-password", "pw"]);
+        assert!(args.bridge().is_err(), "a password needs a user name");
+    }
+
+    #[test]
+    fn every_flag_is_documented_and_reads_its_service_variable() {
+        let cmd = command::<Args>(SERVICE);
+        assert!(
+            undocumented_flags(&cmd).is_empty(),
+            "{:?}",
+            undocumented_flags(&cmd)
+        );
+        let env_of = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            env_of("mqtt_url").as_deref(),
+            Some("AURORA_MQTT_BRIDGE_MQTT_URL")
+        );
+        assert_eq!(
+            env_of("share_group").as_deref(),
+            Some("AURORA_MQTT_BRIDGE_SHARE_GROUP")
+        );
+        assert_eq!(env_of("redis_url").as_deref(), Some("AURORA_REDIS_URL"));
+        // Every renamed variable names the variable its flag reads now.
+        for (old, new) in RENAMED_ENV {
+            assert!(
+                cmd.get_arguments()
+                    .any(|a| a.get_env().and_then(|e| e.to_str()) == Some(*new)),
+                "{old} -> {new}: no flag reads {new}"
+            );
+        }
+        let secret = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "mqtt_password")
+            .expect("--mqtt-password");
+        assert!(secret.is_hide_env_values_set(), "the password is not shown");
+    }
+}
