@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +20,6 @@ use aurora_core::auth::{Minter, Permission};
 use aurora_core::bus::{self, Producer};
 use aurora_core::names::Channel;
 use aurora_core::Names;
-use clap::Parser;
 use futures::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,6 +35,8 @@ const CLIENT_READ_BUFFER: usize = 16 * 1024;
 const TARGET_DELIVERIES: f64 = 300_000.0;
 const TARGET_P99_MS: f64 = 50.0;
 const TARGET_KIB_PER_CONN: f64 = 30.0;
+/// Set (to `gateway`) in the child process: it runs the gateway instead of the benchmark.
+const ROLE_VARIABLE: &str = "AURORA_BENCH_WS_ROLE";
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -82,32 +83,26 @@ struct Shared {
     received: [AtomicU64; 3],
 }
 
-fn main() -> anyhow::Result<()> {
-    let mut argv = std::env::args();
-    let _ = argv.next();
-    if argv.next().as_deref() == Some("--gateway") {
-        return run_gateway();
+fn main() -> ExitCode {
+    // The child: the gateway binary itself, configured by the variables the parent sets.
+    if std::env::var(ROLE_VARIABLE).as_deref() == Ok("gateway") {
+        return aurora_core::service::run_main::<ws_gateway::config::Args>();
     }
+    match run_bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-ws: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_bench() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(bench())
-}
-
-/// The child: the gateway itself, configured by the AURORA_* variables the parent sets.
-fn run_gateway() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let args = ws_gateway::Args::parse_from(["ws-gateway"]);
-        let _telemetry = aurora_core::ops::init_telemetry("ws-gateway", args.common.log_format);
-        let shutdown = aurora_core::ops::shutdown_token();
-        let gateway = ws_gateway::start(args, shutdown).await?;
-        gateway.wait().await;
-        Ok(())
-    })
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -170,7 +165,11 @@ fn cpu_secs(pid: u32) -> f64 {
 
 /// The Redis server on the bench's URL's port, if it runs on this machine.
 fn redis_pid(redis_url: &str) -> Option<u32> {
-    let port = url::Url::parse(redis_url).ok()?.port().unwrap_or(6379);
+    // `redis://[user:password@]host[:port][/db]`: the port is after the last colon, if any.
+    let port = redis_url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next()?.parse::<u16>().ok())
+        .unwrap_or(6379);
     let needle = format!(":{port}");
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
@@ -258,15 +257,15 @@ async fn bench() -> anyhow::Result<()> {
     let ops = free_addr()?;
     println!("bench-ws: namespace {namespace}, gateway on {http} (release child process)");
     let child = Command::new(std::env::current_exe()?)
-        .arg("--gateway")
+        .env(ROLE_VARIABLE, "gateway")
         .env("AURORA_NAMESPACE", &namespace)
         .env("AURORA_REDIS_URL", &redis_url)
         .env("AURORA_JWT_SECRET", SECRET)
-        .env("AURORA_HTTP_ADDR", http.to_string())
+        .env("AURORA_WS_GATEWAY_HTTP_ADDR", http.to_string())
         .env("AURORA_OPS_ADDR", ops.to_string())
-        .env("AURORA_MAX_CONNECTIONS_PER_CHANNEL", "500")
-        .env("AURORA_CLIENT_QUEUE", "16384")
-        .env("AURORA_DRAIN_GRACE", "0s")
+        .env("AURORA_WS_GATEWAY_MAX_CONNECTIONS_PER_CHANNEL", "500")
+        .env("AURORA_WS_GATEWAY_CLIENT_QUEUE", "16384")
+        .env("AURORA_WS_GATEWAY_DRAIN_GRACE", "0s")
         .env("AURORA_INSTANCE_ID", "bench-ws")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -504,7 +503,7 @@ async fn bench() -> anyhow::Result<()> {
         "met": met,
         "details": {
             "machine": "2 cores shared by the gateway, the 1,500 benchmark clients and Redis (and other engineers' builds): figures are a floor",
-            "gateway_fanout_linger": std::env::var("AURORA_FANOUT_LINGER").unwrap_or_else(|_| "10ms (default)".into()),
+            "gateway_fanout_linger": std::env::var("AURORA_WS_GATEWAY_FANOUT_LINGER").unwrap_or_else(|_| "10ms (default)".into()),
             "clients_per_channel": CLIENTS_PER_CHANNEL,
             "channels": 3,
             "message_bytes": 200,
