@@ -10,7 +10,8 @@
 //!   gateway on this machine, printed and recorded beside the ceiling).
 //!
 //! Writes bench/results/federation.json. Environment: BENCH_FEDERATION_M (default 50000),
-//! AURORA_NATS_URL, AURORA_REDIS_URL (a server; databases 3 and 4 are used).
+//! AURORA_NATS_URL, AURORA_REDIS_URL (a server; databases 3 and 4 are used),
+//! BENCH_FEDERATION_GATEWAY_ARGS (extra gateway flags, e.g. `--publish-window 512`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,9 +21,8 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use aurora_core::bus::{self, Conn, Producer};
 use aurora_core::jetstream::federation_stream_config;
 use aurora_core::names::Names;
-use aurora_core::ops::Readiness;
-use clap::Parser;
-use federation_gateway::{Args, ORIGIN_SITE_HEADER};
+use aurora_core::service::{launch, Flags, LaunchOptions, Stopped};
+use federation_gateway::{Args, ORIGIN_SITE_HEADER, SERVICE};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -218,7 +218,11 @@ fn gateway_args(names: &Names, site: &str, redis: &str, nats: &str) -> anyhow::R
         .iter()
         .map(|s| s.to_string())
         .chain(extra.split_whitespace().map(str::to_string));
-    Ok(Args::try_parse_from(argv)?)
+    Ok(aurora_core::config::parse_from::<Args, _, _>(
+        SERVICE,
+        Args::RENAMED_ENV,
+        argv,
+    )?)
 }
 
 /// What arrived at B: id → (arrivals, latency of the first in µs).
@@ -329,12 +333,13 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
     let names = fresh_names("benchg")?;
     let (url_a, url_b) = (db_url(redis_base, 3), db_url(redis_base, 4));
     let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
+    let mut gateways = Vec::new();
     for (site, url) in [("site-a", &url_a), ("site-b", &url_b)] {
-        let gw =
-            federation_gateway::start(gateway_args(&names, site, url, nats_url)?, Readiness::new())
-                .await?;
-        tasks.push(tokio::spawn(gw.run(shutdown.clone())));
+        let args = gateway_args(&names, site, url, nats_url)?;
+        let mut options = LaunchOptions::local(&args.common.instance());
+        options.drain_deadline = args.common.shutdown_timeout;
+        let launched = launch(args.into_service()?, options, shutdown.clone()).await?;
+        gateways.push(tokio::spawn(launched.stopped()));
     }
     let producer = Producer::new(bus::connect(&url_a).await?, 1_000_000);
     let mut reader = bus::connect_blocking(&url_b, Duration::from_millis(200)).await?;
@@ -439,8 +444,10 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
     let duplicated = arrivals.total - arrivals.seen.len();
 
     shutdown.cancel();
-    for t in tasks {
-        t.await??;
+    for gateway in gateways {
+        if gateway.await? == Stopped::Failed {
+            bail!("a gateway failed");
+        }
     }
     cleanup(&names, &[&url_a, &url_b], nats_url).await?;
     Ok(GatewayRun {

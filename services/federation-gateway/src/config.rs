@@ -1,19 +1,23 @@
-//! The gateway's flags. Every flag has an `AURORA_*` environment variable.
+//! The gateway's flags. The shared ones keep their `AURORA_<FLAG>` variables; each of the
+//! gateway's own reads `AURORA_FEDERATION_GATEWAY_<FLAG>` (the rule of
+//! `aurora_core::config::env_name`). Every kind and direction is on unless switched off with
+//! a `--no-...` switch.
 
 use std::time::Duration;
 
+use anyhow::bail;
 use aurora_core::config::{parse_duration, CommonArgs, NatsArgs};
 use aurora_core::model::Severity;
 use aurora_core::names::FederatedKind;
-use clap::{ArgAction, Parser};
+use aurora_core::service::Flags;
+use clap::Parser;
 
-/// The ops port of this service unless `--ops-addr` says otherwise.
-pub const DEFAULT_OPS_PORT: u16 = 9104;
+use crate::{FederationGateway, SERVICE};
 
 /// federation-gateway: shares alerts, IOCs, agent results and audit between sites through
 /// NATS JetStream.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "federation-gateway", version)]
+#[command(name = SERVICE, version)]
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -21,105 +25,220 @@ pub struct Args {
     #[command(flatten)]
     pub nats: NatsArgs,
 
-    /// Export anything at all (off: this site only imports).
-    #[arg(long, env = "AURORA_FEDERATION_EXPORT", default_value_t = true, action = ArgAction::Set)]
-    pub export: bool,
+    /// Export nothing at all: this site only imports.
+    #[arg(long)]
+    pub no_export: bool,
 
-    /// Export local alerts to other sites.
-    #[arg(long, env = "AURORA_FEDERATION_EXPORT_ALERTS", default_value_t = true, action = ArgAction::Set)]
-    pub export_alerts: bool,
+    /// Keep local alerts home (they are exported unless this is set).
+    #[arg(long)]
+    pub no_export_alerts: bool,
 
-    /// Export local IOCs to other sites (TLP:RED ones never leave).
-    #[arg(long, env = "AURORA_FEDERATION_EXPORT_IOCS", default_value_t = true, action = ArgAction::Set)]
-    pub export_iocs: bool,
+    /// Keep local IOCs home (TLP:RED ones never leave anyway).
+    #[arg(long)]
+    pub no_export_iocs: bool,
 
-    /// Export local agent results to other sites.
-    #[arg(long, env = "AURORA_FEDERATION_EXPORT_AGENT_RESULTS", default_value_t = true, action = ArgAction::Set)]
-    pub export_agent_results: bool,
+    /// Keep local agent results home.
+    #[arg(long)]
+    pub no_export_agent_results: bool,
 
-    /// Export the local audit stream to other sites.
-    #[arg(long, env = "AURORA_FEDERATION_EXPORT_AUDIT", default_value_t = true, action = ArgAction::Set)]
-    pub export_audit: bool,
+    /// Keep the local audit stream home.
+    #[arg(long)]
+    pub no_export_audit: bool,
 
     /// Alerts below this severity stay home (info, low, medium, high, critical).
-    #[arg(
-        long,
-        env = "AURORA_FEDERATION_MIN_ALERT_SEVERITY",
-        default_value = "info"
-    )]
+    #[arg(long, default_value = "info")]
     pub min_alert_severity: Severity,
 
-    /// Import what other sites publish (off: this site only exports).
-    #[arg(long, env = "AURORA_FEDERATION_IMPORT", default_value_t = true, action = ArgAction::Set)]
-    pub import: bool,
+    /// Import nothing: this site only exports.
+    #[arg(long)]
+    pub no_import: bool,
 
     /// Most JetStream publish acks outstanding per exported stream.
-    #[arg(long, env = "AURORA_FEDERATION_PUBLISH_WINDOW", default_value_t = 256,
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub publish_window: u32,
 
     /// How long to wait for a JetStream publish ack before publishing again.
-    #[arg(long, env = "AURORA_FEDERATION_PUBLISH_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub publish_timeout: Duration,
 
     /// Entries read from a local stream at a time.
-    #[arg(long, env = "AURORA_FEDERATION_EXPORT_BATCH", default_value_t = 256,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub export_batch: u32,
 
     /// A local entry pending this long on a replica is taken over by another.
-    #[arg(long, env = "AURORA_FEDERATION_EXPORT_CLAIM_IDLE", value_parser = parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub export_claim_idle: Duration,
 
     /// A local entry read this many times without being exported is dead-lettered.
-    #[arg(
-        long,
-        env = "AURORA_FEDERATION_EXPORT_MAX_DELIVERIES",
-        default_value_t = 50
-    )]
+    #[arg(long, default_value_t = 50)]
     pub export_max_deliveries: u64,
 
     /// How long JetStream waits for this site's ack before delivering a message again.
-    #[arg(long, env = "AURORA_FEDERATION_ACK_WAIT", value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub ack_wait: Duration,
 
     /// Deliveries of one message before it goes to the dead-letter stream.
-    #[arg(long, env = "AURORA_FEDERATION_MAX_DELIVER", default_value_t = 5,
-          value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_deliver: i64,
 
     /// Delay of a redelivery after a failed import.
-    #[arg(long, env = "AURORA_FEDERATION_NAK_DELAY", value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub nak_delay: Duration,
 
     /// Most messages delivered to this site and not yet acknowledged.
-    #[arg(long, env = "AURORA_FEDERATION_MAX_ACK_PENDING", default_value_t = 1024,
-          value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_ack_pending: i64,
 
     /// Messages pulled from JetStream and written to Redis at a time.
-    #[arg(long, env = "AURORA_FEDERATION_IMPORT_BATCH", default_value_t = 256,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub import_batch: u32,
 
     /// How often the consumer's lag is measured.
-    #[arg(long, env = "AURORA_FEDERATION_LAG_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub lag_interval: Duration,
 
     /// Warn when the lag reaches this fraction of the stream's limits (messages or age).
-    #[arg(long, env = "AURORA_FEDERATION_LAG_WARN_RATIO", default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8)]
     pub lag_warn_ratio: f64,
 }
 
 impl Args {
-    /// Whether this kind may leave the site.
+    /// Whether this kind may leave the site (when the site exports at all).
     pub fn exports(&self, kind: FederatedKind) -> bool {
-        match kind {
-            FederatedKind::Alerts => self.export_alerts,
-            FederatedKind::Iocs => self.export_iocs,
-            FederatedKind::AgentResults => self.export_agent_results,
-            FederatedKind::Audit => self.export_audit,
+        !match kind {
+            FederatedKind::Alerts => self.no_export_alerts,
+            FederatedKind::Iocs => self.no_export_iocs,
+            FederatedKind::AgentResults => self.no_export_agent_results,
+            FederatedKind::Audit => self.no_export_audit,
         }
+    }
+
+    /// Whether the site exports at all.
+    pub fn exporting(&self) -> bool {
+        !self.no_export
+    }
+
+    /// Whether the site imports at all.
+    pub fn importing(&self) -> bool {
+        !self.no_import
+    }
+
+    /// The checks clap cannot make.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let site = &self.common.site_id;
+        if !valid_site_id(site) {
+            bail!(
+                "invalid --site-id {site:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"
+            );
+        }
+        if !(self.lag_warn_ratio.is_finite() && self.lag_warn_ratio > 0.0) {
+            bail!(
+                "invalid --lag-warn-ratio {}: a fraction above 0 (0.8 warns at 80% of the stream's limits)",
+                self.lag_warn_ratio
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A site id is part of message ids, headers and the consumer's name: keep it plain, so two
+/// sites never map to one consumer.
+pub fn valid_site_id(site: &str) -> bool {
+    (1..=64).contains(&site.len())
+        && site
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Flags for Args {
+    type Service = FederationGateway;
+
+    const RENAMED_ENV: &'static [(&'static str, &'static str)] = &[
+        // The on/off flags became `--no-...` switches: the new variable says the opposite.
+        (
+            "AURORA_FEDERATION_EXPORT",
+            "AURORA_FEDERATION_GATEWAY_NO_EXPORT",
+        ),
+        (
+            "AURORA_FEDERATION_EXPORT_ALERTS",
+            "AURORA_FEDERATION_GATEWAY_NO_EXPORT_ALERTS",
+        ),
+        (
+            "AURORA_FEDERATION_EXPORT_IOCS",
+            "AURORA_FEDERATION_GATEWAY_NO_EXPORT_IOCS",
+        ),
+        (
+            "AURORA_FEDERATION_EXPORT_AGENT_RESULTS",
+            "AURORA_FEDERATION_GATEWAY_NO_EXPORT_AGENT_RESULTS",
+        ),
+        (
+            "AURORA_FEDERATION_EXPORT_AUDIT",
+            "AURORA_FEDERATION_GATEWAY_NO_EXPORT_AUDIT",
+        ),
+        (
+            "AURORA_FEDERATION_IMPORT",
+            "AURORA_FEDERATION_GATEWAY_NO_IMPORT",
+        ),
+        (
+            "AURORA_FEDERATION_MIN_ALERT_SEVERITY",
+            "AURORA_FEDERATION_GATEWAY_MIN_ALERT_SEVERITY",
+        ),
+        (
+            "AURORA_FEDERATION_PUBLISH_WINDOW",
+            "AURORA_FEDERATION_GATEWAY_PUBLISH_WINDOW",
+        ),
+        (
+            "AURORA_FEDERATION_PUBLISH_TIMEOUT",
+            "AURORA_FEDERATION_GATEWAY_PUBLISH_TIMEOUT",
+        ),
+        (
+            "AURORA_FEDERATION_EXPORT_BATCH",
+            "AURORA_FEDERATION_GATEWAY_EXPORT_BATCH",
+        ),
+        (
+            "AURORA_FEDERATION_EXPORT_CLAIM_IDLE",
+            "AURORA_FEDERATION_GATEWAY_EXPORT_CLAIM_IDLE",
+        ),
+        (
+            "AURORA_FEDERATION_EXPORT_MAX_DELIVERIES",
+            "AURORA_FEDERATION_GATEWAY_EXPORT_MAX_DELIVERIES",
+        ),
+        (
+            "AURORA_FEDERATION_ACK_WAIT",
+            "AURORA_FEDERATION_GATEWAY_ACK_WAIT",
+        ),
+        (
+            "AURORA_FEDERATION_MAX_DELIVER",
+            "AURORA_FEDERATION_GATEWAY_MAX_DELIVER",
+        ),
+        (
+            "AURORA_FEDERATION_NAK_DELAY",
+            "AURORA_FEDERATION_GATEWAY_NAK_DELAY",
+        ),
+        (
+            "AURORA_FEDERATION_MAX_ACK_PENDING",
+            "AURORA_FEDERATION_GATEWAY_MAX_ACK_PENDING",
+        ),
+        (
+            "AURORA_FEDERATION_IMPORT_BATCH",
+            "AURORA_FEDERATION_GATEWAY_IMPORT_BATCH",
+        ),
+        (
+            "AURORA_FEDERATION_LAG_INTERVAL",
+            "AURORA_FEDERATION_GATEWAY_LAG_INTERVAL",
+        ),
+        (
+            "AURORA_FEDERATION_LAG_WARN_RATIO",
+            "AURORA_FEDERATION_GATEWAY_LAG_WARN_RATIO",
+        ),
+    ];
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn into_service(self) -> anyhow::Result<FederationGateway> {
+        FederationGateway::new(self)
     }
 }
 
@@ -127,25 +246,89 @@ impl Args {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use aurora_core::config::{command, env_name, parse_from, undocumented_flags};
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        parse_from::<Args, _, _>(
+            SERVICE,
+            Args::RENAMED_ENV,
+            std::iter::once(SERVICE).chain(argv.iter().copied()),
+        )
+    }
 
     #[test]
     fn defaults_and_policy_flags() {
-        let args = Args::try_parse_from(["federation-gateway"]).unwrap();
+        let args = parse(&[]).unwrap();
         assert!(FederatedKind::ALL.iter().all(|k| args.exports(*k)));
+        assert!(args.exporting() && args.importing());
         assert_eq!(args.publish_window, 256);
         assert_eq!(args.nak_delay, Duration::from_secs(5));
         assert_eq!(args.min_alert_severity, Severity::Info);
-        let args = Args::try_parse_from([
-            "federation-gateway",
-            "--export-audit",
-            "false",
-            "--min-alert-severity",
-            "HIGH",
-        ])
-        .unwrap();
+        let args = parse(&["--no-export-audit", "--min-alert-severity", "HIGH"]).unwrap();
         assert!(!args.exports(FederatedKind::Audit));
         assert!(args.exports(FederatedKind::Alerts));
         assert_eq!(args.min_alert_severity, Severity::High);
-        assert!(Args::try_parse_from(["x", "--publish-window", "0"]).is_err());
+        assert!(parse(&["--publish-window", "0"]).is_err());
+        let args = parse(&["--no-export", "--no-import"]).unwrap();
+        assert!(!args.exporting() && !args.importing());
+        assert!(
+            parse(&["--no-export", "false"]).is_err(),
+            "a switch takes no value"
+        );
+    }
+
+    #[test]
+    fn every_flag_is_documented_and_reads_the_service_variable() {
+        let cmd = command::<Args>(SERVICE);
+        assert!(
+            undocumented_flags(&cmd).is_empty(),
+            "{:?}",
+            undocumented_flags(&cmd)
+        );
+        let var = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            var("no_export").as_deref(),
+            Some("AURORA_FEDERATION_GATEWAY_NO_EXPORT")
+        );
+        assert_eq!(var("site_id").as_deref(), Some("AURORA_SITE_ID"));
+        // Every renamed variable points at a variable that is read now.
+        let read: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_env().and_then(|e| e.to_str()).map(str::to_string))
+            .collect();
+        for (old, new) in Args::RENAMED_ENV {
+            assert!(read.iter().any(|r| r == new), "{old} -> {new} is not read");
+            assert!(!read.iter().any(|r| r == old), "{old} is still read");
+        }
+        // And every flag of the gateway's own had an old variable.
+        for arg in cmd.get_arguments() {
+            let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                continue;
+            };
+            if let Some(long) = arg.get_long() {
+                if env == env_name(SERVICE, long) {
+                    assert!(
+                        Args::RENAMED_ENV.iter().any(|(_, new)| *new == env),
+                        "{env} has no old name listed"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn checks_refuse_what_clap_cannot() {
+        let ok = parse(&["--site-id", "site-a"]).unwrap();
+        assert!(ok.check().is_ok());
+        let bad = parse(&["--site-id", "site a"]).unwrap();
+        assert!(bad.check().is_err());
+        let bad = parse(&["--lag-warn-ratio", "0"]).unwrap();
+        assert!(bad.check().is_err());
     }
 }

@@ -1,8 +1,9 @@
 //! Export: one local stream to its JetStream subject.
 //!
-//! A reader takes entries through the consumer group `federation-gateway`, applies the
-//! [`Policy`](crate::policy::Policy) and publishes what may leave with a deterministic
-//! `Nats-Msg-Id` and the origin site. Publishes are pipelined: up to `window` acks are
+//! A reader takes entries through the consumer group `federation-gateway` (the shared
+//! [`Consumer`] loop: a failed read waits until Redis and NATS answer, then reads again),
+//! applies the [`Policy`](crate::policy::Policy) and publishes what may leave with a
+//! deterministic `Nats-Msg-Id` and the origin site. Publishes are pipelined: up to `window` acks are
 //! outstanding. A collector awaits the acks in order (publishing again when one fails) and
 //! XACKs entries only once JetStream has stored them, in batches. An entry stays "in flight"
 //! from its publish to its XACK; a re-read of it (own pending entries after a restart, a
@@ -13,25 +14,30 @@
 //! after the other, each a full timeout after the previous one, while the window stays full.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, publish::PublishAck};
-use aurora_core::bus::{self, BusError, Entry, GroupAcker, GroupConfig, GroupReader, Producer};
+use aurora_core::bus::{self, Entry, GroupAcker, GroupConfig, GroupReader, Producer};
+use aurora_core::consumer::{BatchHandler, Consumer};
+use aurora_core::health::Dependencies;
 use aurora_core::names::{FederatedKind, Names};
+use aurora_core::ops::Readiness;
 use bytes::Bytes;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{Decision, Policy};
+use crate::error::{ExportError, ReadError};
+use crate::policy::{Decision, Policy, ORIGIN_SITE_HEADER};
 use crate::telemetry::{self, Direction};
-use crate::{ORIGIN_SITE_HEADER, SERVICE};
+use crate::{retry, SERVICE};
 
 /// The consumer group of every exporter on every local stream.
-pub const GROUP: &str = "federation-gateway";
+pub const GROUP: &str = SERVICE;
 
 /// XACK at least every this many settled entries while busy.
 const FLUSH_AT: usize = 128;
@@ -49,15 +55,6 @@ pub struct ExportSettings {
     pub max_deliveries: u64,
     /// How long after a publish its ack may take before the message is published again.
     pub publish_timeout: Duration,
-}
-
-/// An exporter could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot start the exporter of {stream}: {source}")]
-pub struct ExportError {
-    pub stream: String,
-    #[source]
-    pub source: BusError,
 }
 
 /// An entry between its read and its XACK.
@@ -101,16 +98,6 @@ impl Shared {
             .message_id(msg_id)
             .header(ORIGIN_SITE_HEADER, self.site_id.as_str());
         self.js.send_publish(self.subject.clone(), publish).await
-    }
-
-    /// Sleeps, or returns `false` at once when told to give up.
-    async fn backoff(&self, delay: &mut Duration) -> bool {
-        tokio::select! {
-            _ = self.abort.cancelled() => return false,
-            _ = tokio::time::sleep(*delay) => {}
-        }
-        *delay = (*delay * 2).min(Duration::from_secs(2));
-        true
     }
 }
 
@@ -170,66 +157,103 @@ impl Exporter {
         })
     }
 
-    /// Runs until `shutdown`, then settles what is in flight (until `abort`).
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let window = Arc::new(Semaphore::new(self.window));
-        let (tx, rx) = mpsc::channel(self.window);
+    /// The exporter's two tasks. The first reads until `shutdown` and publishes what may
+    /// leave; the second settles what was published, in order, and XACKs it. Once the first
+    /// returns, the second settles what is in flight and returns too (or gives up on `abort`).
+    pub fn into_tasks(
+        self,
+        dependencies: Dependencies,
+        readiness: Readiness,
+        shutdown: CancellationToken,
+    ) -> (
+        impl Future<Output = ()> + Send + 'static,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        let Self {
+            shared,
+            reader,
+            policy,
+            window,
+        } = self;
+        let (tx, rx) = mpsc::channel(window);
         // XACKs through the shared connection, not the reader's blocking one.
-        let collector = tokio::spawn(collect(rx, self.reader.acker(), self.shared.clone()));
-        let kind = self.shared.kind;
-        tracing::info!(stream = %self.reader.config().stream, subject = %self.shared.subject, "exporting");
-        while !shutdown.is_cancelled() && !self.shared.abort.is_cancelled() {
-            let batch = match self.reader.next_batch().await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(error = %e, subject = kind.subject_token(), "cannot read the local stream; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            let read = batch.len();
-            let mut fresh = 0;
-            for entry in batch {
-                if self.shared.in_flight().contains(&entry.id) {
-                    continue;
-                }
-                fresh += 1;
-                let Some(item) = self.prepare(entry, &window).await else {
-                    continue;
-                };
-                if tx.send(item).await.is_err() {
-                    return; // the collector gave up (abort)
-                }
-            }
-            if read > 0 && fresh == 0 {
-                // Everything read is still in flight: wait for acks rather than spin.
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(200),
-                    self.shared.progress.notified(),
-                )
-                .await;
-            }
-        }
-        drop(tx);
-        let _ = collector.await;
+        let collecting = collect(rx, reader.acker(), shared.clone());
+        tracing::info!(stream = %reader.config().stream, subject = %shared.subject, "exporting");
+        let consumer = Consumer {
+            reader,
+            handler: Publisher {
+                shared,
+                policy,
+                window: Arc::new(Semaphore::new(window)),
+                tx,
+            },
+            dependencies,
+            readiness,
+        };
+        // The publisher's end of the channel goes with the consumer: the collector sees the
+        // channel close when the reading stops.
+        (consumer.run(shutdown), collecting)
+    }
+}
+
+/// Judges and publishes the entries the reader hands out.
+struct Publisher {
+    shared: Shared,
+    policy: Arc<Policy>,
+    window: Arc<Semaphore>,
+    tx: mpsc::Sender<InFlight>,
+}
+
+impl BatchHandler for Publisher {
+    type Error = ReadError;
+
+    fn part(&self) -> &'static str {
+        "export"
     }
 
+    async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), ReadError> {
+        let read = entries.len();
+        let mut fresh = 0;
+        for entry in entries {
+            if self.shared.abort.is_cancelled() {
+                return Ok(());
+            }
+            if self.shared.in_flight().contains(&entry.id) {
+                continue;
+            }
+            fresh += 1;
+            let Some(item) = self.prepare(reader, entry).await else {
+                continue;
+            };
+            if self.tx.send(item).await.is_err() {
+                return Ok(()); // the collector gave up (abort)
+            }
+        }
+        if read > 0 && fresh == 0 {
+            // Everything read is still in flight: wait for acks rather than spin.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), self.shared.progress.notified())
+                    .await;
+        }
+        Ok(())
+    }
+}
+
+impl Publisher {
     /// Decides about one entry; publishes it when it may leave. `None` when there is nothing
     /// left to do with it (dead-lettered) or when told to give up.
-    async fn prepare(&self, entry: Entry, window: &Arc<Semaphore>) -> Option<InFlight> {
+    async fn prepare(&self, reader: &GroupReader, entry: Entry) -> Option<InFlight> {
         let data = entry.data.as_deref().unwrap_or_default();
         let kind = self.shared.kind;
         let decision = self.policy.decide(kind, data);
         let (payload, msg_id) = match decision {
             Decision::Reject(reason) => {
-                self.reject(&entry, &reason).await;
+                reject(reader, &entry, &reason).await;
                 return None;
             }
             Decision::Withhold(why) => {
                 telemetry::withheld(kind, why.as_str());
-                let permit = window.clone().acquire_owned().await.ok()?;
+                let permit = self.window.clone().acquire_owned().await.ok()?;
                 self.shared.in_flight().insert(entry.id.clone());
                 return Some(InFlight {
                     entry_id: entry.id,
@@ -248,20 +272,19 @@ impl Exporter {
                 (payload, msg_id)
             }
         };
-        let permit = window.clone().acquire_owned().await.ok()?;
-        let mut delay = Duration::from_millis(100);
+        let permit = self.window.clone().acquire_owned().await.ok()?;
+        let mut backoff = retry();
         let ack = loop {
             match self.shared.send(&msg_id, payload.clone()).await {
                 Ok(ack) => break ack,
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    self.reject(&entry, &format!("too large for NATS: {e}"))
-                        .await;
+                    reject(reader, &entry, &format!("too large for NATS: {e}")).await;
                     return None;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, subject = %self.shared.subject, "publish failed; retrying");
                     telemetry::publish_retry();
-                    if !self.shared.backoff(&mut delay).await {
+                    if !backoff.wait(&self.shared.abort).await {
                         return None;
                     }
                 }
@@ -279,14 +302,14 @@ impl Exporter {
             }),
         })
     }
+}
 
-    /// Dead-letters an entry that cannot be exported; left pending (and retried) when even
-    /// that fails.
-    async fn reject(&self, entry: &Entry, reason: &str) {
-        telemetry::dead_letter(Direction::Export, "invalid_document");
-        if let Err(e) = self.reader.dead_letter(entry, reason).await {
-            tracing::error!(error = %e, entry = %entry.id, "cannot dead-letter; the entry stays pending");
-        }
+/// Dead-letters an entry that cannot be exported; left pending (and retried) when even that
+/// fails.
+async fn reject(reader: &GroupReader, entry: &Entry, reason: &str) {
+    telemetry::dead_letter(Direction::Export, "invalid_document");
+    if let Err(e) = reader.dead_letter(entry, reason).await {
+        tracing::error!(error = %e, entry = %entry.id, "cannot dead-letter; the entry stays pending");
     }
 }
 
@@ -333,7 +356,7 @@ async fn settle(shared: &Shared, out: Outgoing) -> bool {
         sent,
     } = out;
     let mut published = sent;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = retry();
     loop {
         // The ack future's own timeout starts when it is first polled, and the collector gets
         // to it only after the acks before it: bound the wait from the publish instead.
@@ -365,7 +388,7 @@ async fn settle(shared: &Shared, out: Outgoing) -> bool {
         // (no stream, connection gone) backs off first.
         let mut wait = !timed_out;
         ack = loop {
-            if wait && !shared.backoff(&mut delay).await {
+            if wait && !backoff.wait(&shared.abort).await {
                 return false;
             }
             wait = true;
@@ -386,10 +409,10 @@ async fn flush(acker: &GroupAcker, shared: &Shared, settled: &mut Vec<InFlight>)
         return true;
     }
     let ids: Vec<&str> = settled.iter().map(|i| i.entry_id.as_str()).collect();
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = retry();
     while let Err(e) = acker.ack(&ids).await {
         tracing::warn!(error = %e, "XACK failed; retrying");
-        if !shared.backoff(&mut delay).await {
+        if !backoff.wait(&shared.abort).await {
             return false;
         }
     }

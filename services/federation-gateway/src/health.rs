@@ -1,47 +1,39 @@
-//! What `/readyz` and the lag metrics say: Redis and NATS reachable, and how far this site's
-//! consumer is behind the federation stream. The stream drops its oldest messages past its
-//! limits (count and age), so a site far enough behind loses messages: warn before that.
+//! What `/readyz` and the lag metrics say: Redis and NATS reachable ([`dependencies`]), and
+//! how far this site's consumer is behind the federation stream ([`watch_lag`]). The stream
+//! drops its oldest messages past its limits (count and age), so a site far enough behind
+//! loses messages: warn before that.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
-use aurora_core::bus::{self, Conn};
+use aurora_core::bus::Conn;
+use aurora_core::health::{Dependencies, Dependency, NATS};
 use aurora_core::ops::Readiness;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry;
 
-pub const REDIS: &str = "redis";
-pub const NATS: &str = "nats";
+/// The `/readyz` warning of a consumer falling behind.
 pub const LAG: &str = "consumer_lag";
 
-/// Keeps the `redis` and `nats` parts of readiness current.
-pub async fn watch_connections(
-    mut redis: Conn,
-    nats: async_nats::Client,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match tokio::time::timeout(Duration::from_secs(2), bus::ping(&mut redis)).await {
-            Ok(Ok(())) => readiness.set_ready(REDIS),
-            Ok(Err(e)) => readiness.set_not_ready(REDIS, e.to_string()),
-            Err(_) => readiness.set_not_ready(REDIS, "PING timed out"),
-        }
-        let up = nats.connection_state() == async_nats::connection::State::Connected;
-        telemetry::connected(up);
-        if up {
-            readiness.set_ready(NATS);
-        } else {
-            readiness.set_not_ready(NATS, "disconnected from NATS");
-        }
-    }
+/// How often Redis and NATS are looked at.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The gateway's dependencies: the site's Redis and NATS (whose state is also the
+/// `aurora_federation_gateway_connected` gauge). Watched by one
+/// [`Dependencies::watch`]; an exporter whose read failed waits on them too.
+pub fn dependencies(redis: Conn, nats: async_nats::Client) -> Dependencies {
+    let nats = Dependency::nats(nats);
+    Dependencies::new()
+        .with(Dependency::redis(redis))
+        .with(Dependency::new(NATS, move || {
+            let nats = nats.clone();
+            async move {
+                let state = nats.check().await;
+                telemetry::connected(state.is_ok());
+                state
+            }
+        }))
 }
 
 /// The numbers a lag check reads.

@@ -15,15 +15,20 @@ use async_nats::jetstream::{self, AckKind, Message};
 use aurora_core::bus::Producer;
 use aurora_core::model::DeadLetter;
 use aurora_core::names::{FederatedKind, Names};
+use aurora_core::retry::Backoff;
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::landing::{LandError, Landed, Lander, Landing};
-use crate::policy::ORIGIN_SITE_FIELD;
+use crate::error::{ConsumerError, LandError};
+use crate::landing::{Landed, Lander, Landing};
+use crate::policy::{ORIGIN_SITE_FIELD, ORIGIN_SITE_HEADER};
 use crate::telemetry::{self, Direction};
-use crate::{ORIGIN_SITE_HEADER, SERVICE};
+use crate::{retry, SERVICE};
+
+/// The longest wait between two attempts to pull again.
+const PULL_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// How the importer consumes.
 #[derive(Debug, Clone)]
@@ -33,16 +38,6 @@ pub struct ImportSettings {
     pub nak_delay: Duration,
     pub max_ack_pending: i64,
     pub batch: usize,
-}
-
-/// The site's durable consumer could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot set up the durable consumer {consumer} on stream {stream}: {source}")]
-pub struct ConsumerError {
-    pub stream: String,
-    pub consumer: String,
-    #[source]
-    pub source: async_nats::jetstream::stream::ConsumerError,
 }
 
 /// The consumer of one site: its own (the seed shared one name between sites, which split the
@@ -98,9 +93,18 @@ pub struct Importer {
 
 impl Importer {
     /// Pulls and imports until `shutdown`; finishes the batch at hand unless `abort`.
+    ///
+    /// Not the shared stream consumer loop: that one reads a Redis stream through a group;
+    /// this one pulls from a JetStream consumer, whose acks, naks and redeliveries do what
+    /// the group's pending list does there.
     pub async fn run(self, shutdown: CancellationToken, abort: CancellationToken) {
         let stream_name = self.names.nats_stream();
-        let mut backoff = Duration::from_millis(200);
+        let consumer_name = self
+            .consumer_config
+            .durable_name
+            .clone()
+            .unwrap_or_default();
+        let mut backoff = Backoff::new(Duration::from_millis(200), PULL_BACKOFF_MAX);
         while !shutdown.is_cancelled() {
             let consumer =
                 match ensure_consumer(&self.stream, &stream_name, self.consumer_config.clone())
@@ -109,7 +113,7 @@ impl Importer {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot reach the site's consumer; retrying");
-                        if !sleep_or(&shutdown, &mut backoff).await {
+                        if !backoff.wait(&shutdown).await {
                             break;
                         }
                         continue;
@@ -126,13 +130,13 @@ impl Importer {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot pull from the site's consumer; retrying");
-                    if !sleep_or(&shutdown, &mut backoff).await {
+                    if !backoff.wait(&shutdown).await {
                         break;
                     }
                     continue;
                 }
             };
-            tracing::info!(consumer = ?self.consumer_config.durable_name, "importing");
+            tracing::info!(consumer = %consumer_name, "importing");
             let mut chunks = messages.ready_chunks(self.settings.batch);
             loop {
                 let chunk = tokio::select! {
@@ -154,9 +158,9 @@ impl Importer {
                     tracing::warn!(error = %e, "pull interrupted; pulling again");
                     break;
                 }
-                backoff = Duration::from_millis(200);
+                backoff.reset();
             }
-            if !sleep_or(&shutdown, &mut backoff).await {
+            if !backoff.wait(&shutdown).await {
                 break;
             }
         }
@@ -187,7 +191,7 @@ impl Importer {
             return;
         }
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = retry();
         let results = loop {
             match self.lander.land_batch(&landings).await {
                 Ok(results) => break results,
@@ -196,7 +200,7 @@ impl Importer {
                     for (msg, _) in &waiting {
                         ack(msg, AckKind::Progress).await;
                     }
-                    if !sleep_or(abort, &mut delay).await {
+                    if !backoff.wait(abort).await {
                         return; // unacked: redelivered after the ack wait
                     }
                 }
@@ -232,7 +236,7 @@ impl Importer {
         landing: &Landing,
         abort: &CancellationToken,
     ) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = retry();
         let refused: LandError = loop {
             match self.lander.land(landing).await {
                 Ok(landed) => {
@@ -242,7 +246,7 @@ impl Importer {
                 }
                 Err(e) if e.is_connection() => {
                     ack(msg, AckKind::Progress).await;
-                    if !sleep_or(abort, &mut delay).await {
+                    if !backoff.wait(abort).await {
                         return;
                     }
                 }
@@ -324,11 +328,11 @@ impl Importer {
         record.deliveries = info.as_ref().map(|i| i.delivered.max(0) as u64);
         tracing::warn!(subject = %msg.subject, reason, "dead-lettered a federation message");
         let stream = self.names.federation_deadletter();
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = retry();
         while let Err(e) = self.producer.dead_letter(&stream, &record).await {
             tracing::warn!(error = %e, "cannot write the dead letter; retrying");
             ack(msg, AckKind::Progress).await;
-            if !sleep_or(abort, &mut delay).await {
+            if !backoff.wait(abort).await {
                 return;
             }
         }
@@ -409,16 +413,6 @@ async fn ack(msg: &Message, kind: AckKind) {
         // Not fatal: an ack that did not arrive means a redelivery, which lands as a duplicate.
         tracing::warn!(error = %e, subject = %msg.subject, "cannot ack");
     }
-}
-
-/// Sleeps with a doubling delay (at most 2 s); `false` when `stop` came first.
-async fn sleep_or(stop: &CancellationToken, delay: &mut Duration) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => return false,
-        _ = tokio::time::sleep(*delay) => {}
-    }
-    *delay = (*delay * 2).min(Duration::from_secs(2));
-    true
 }
 
 #[cfg(test)]

@@ -8,22 +8,9 @@
 
 use std::time::Duration;
 
-use aurora_core::bus::{BusError, Conn, OnceWrite, Producer};
+use aurora_core::bus::{Conn, OnceWrite, Producer};
 
-/// A write to the local bus failed.
-#[derive(Debug, thiserror::Error)]
-#[error("writing imported messages to Redis failed: {source}")]
-pub struct LandError {
-    #[source]
-    pub source: BusError,
-}
-
-impl LandError {
-    /// Redis could not be reached: worth retrying in place, not a fault of the message.
-    pub fn is_connection(&self) -> bool {
-        self.source.is_connection()
-    }
-}
+use crate::error::LandError;
 
 /// One document to land.
 #[derive(Debug, Clone)]

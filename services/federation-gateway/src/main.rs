@@ -1,17 +1,5 @@
-//! The federation-gateway binary: parses its configuration and runs the library.
+//! The federation-gateway binary: the shared lifecycle around [`federation_gateway`].
 
-use anyhow::Context;
-use aurora_core::ops::{self, Readiness};
-use clap::Parser;
-use federation_gateway::{Args, SERVICE};
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let _telemetry = ops::init_telemetry(SERVICE, args.common.log_format);
-    let shutdown = ops::shutdown_token();
-    let _metrics = ops::metrics_handle();
-    federation_gateway::run(args, Readiness::new(), shutdown)
-        .await
-        .context("federation-gateway failed")
+fn main() -> std::process::ExitCode {
+    aurora_core::service::run_main::<federation_gateway::config::Args>()
 }

@@ -8,6 +8,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+/// The header that carries the site a message was published by.
+pub const ORIGIN_SITE_HEADER: &str = "Aurora-Origin-Site";
+
 /// The document field an imported document carries its origin site in.
 pub const ORIGIN_SITE_FIELD: &str = "origin_site";
 

@@ -13,11 +13,10 @@ use aurora_core::jetstream::{federation_stream_config, StreamChange};
 use aurora_core::model::DeadLetter;
 use aurora_core::names::Names;
 use aurora_core::ops::Readiness;
+use aurora_core::service::{launch, Flags, LaunchOptions, Launched, Stopped};
 use aurora_testkit::{wait_until, NatsServer};
-use clap::Parser;
-use federation_gateway::{Args, GatewayError, ORIGIN_SITE_HEADER};
+use federation_gateway::{Args, FederationGateway, ORIGIN_SITE_HEADER, SERVICE};
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const SITE_A_REDIS: &str = "redis://127.0.0.1:6379/1";
@@ -48,34 +47,32 @@ fn args(names: &Names, site: &str, redis: &str, nats: &str, extra: &[&str]) -> A
         "5s",
     ];
     argv.extend_from_slice(extra);
-    Args::try_parse_from(argv).unwrap()
+    aurora_core::config::parse_from::<Args, _, _>(SERVICE, Args::RENAMED_ENV, argv).unwrap()
 }
 
 /// A gateway running in-process.
 struct Site {
     readiness: Readiness,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), GatewayError>>,
+    launched: Launched,
 }
 
 impl Site {
     async fn start(args: Args) -> Self {
-        let readiness = Readiness::new();
-        let gateway = federation_gateway::start(args, readiness.clone())
+        let mut options = LaunchOptions::local(&args.common.instance());
+        options.drain_deadline = args.common.shutdown_timeout;
+        let service = args.into_service().expect("valid flags");
+        let launched = launch(service, options, CancellationToken::new())
             .await
             .expect("gateway starts");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gateway.run(shutdown.clone()));
         Self {
-            readiness,
-            shutdown,
-            task,
+            readiness: launched.readiness.clone(),
+            launched,
         }
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
+        self.launched.shutdown();
+        assert_eq!(self.launched.stopped().await, Stopped::Drained);
     }
 }
 
@@ -237,14 +234,7 @@ async fn an_alert_crosses_once_with_its_origin_and_red_iocs_stay_home() {
 async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() {
     let names = aurora_testkit::names();
     let nats = aurora_testkit::NATS_URL;
-    let extra = [
-        "--export",
-        "false",
-        "--max-deliver",
-        "3",
-        "--nak-delay",
-        "100ms",
-    ];
+    let extra = ["--no-export", "--max-deliver", "3", "--nak-delay", "100ms"];
     let b = Site::start(args(&names, "site-b", SITE_B_REDIS, nats, &extra)).await;
     let rb = redis(SITE_B_REDIS).await;
     // The audit stream's key holds a string: every write of an audit entry is refused.
@@ -345,12 +335,11 @@ async fn stream_config_drift_is_corrected_and_reported() {
     drifted.max_messages = 10;
     js.create_stream(drifted).await.unwrap();
 
-    let gateway = federation_gateway::start(
-        args(&names, "site-a", SITE_A_REDIS, nats, &[]),
-        Readiness::new(),
-    )
-    .await
-    .unwrap();
+    let gateway = FederationGateway::new(args(&names, "site-a", SITE_A_REDIS, nats, &[]))
+        .unwrap()
+        .connect(&Readiness::new(), "site-a-1")
+        .await
+        .unwrap();
     match gateway.stream_change() {
         StreamChange::Updated(changes) => assert_eq!(
             changes,
@@ -364,12 +353,11 @@ async fn stream_config_drift_is_corrected_and_reported() {
     drop(gateway);
 
     // Started again, it finds nothing to change.
-    let again = federation_gateway::start(
-        args(&names, "site-a", SITE_A_REDIS, nats, &[]),
-        Readiness::new(),
-    )
-    .await
-    .unwrap();
+    let again = FederationGateway::new(args(&names, "site-a", SITE_A_REDIS, nats, &[]))
+        .unwrap()
+        .connect(&Readiness::new(), "site-a-1")
+        .await
+        .unwrap();
     assert_eq!(again.stream_change(), &StreamChange::Unchanged);
     drop(again);
     cleanup(&names, &[SITE_A_REDIS], &js).await;
