@@ -145,7 +145,9 @@ impl MqttBridge {
                     }
                     tracing::warn!(error = %e, "Redis unavailable at start; retrying");
                     if !backoff.wait(&ctx.shutdown).await {
-                        anyhow::bail!("stopped while connecting to Redis at {url}");
+                        // Stopped while starting: the launch ends on the shutdown itself (an
+                        // error here would read as a failed start).
+                        return std::future::pending().await;
                     }
                 }
             }

@@ -128,3 +128,100 @@ async fn commands_are_sent_expired_or_dead_lettered_and_each_outcome_recorded() 
     forget_session(MQTT_PORT, &client_id).await;
     cleanup(&mut redis, &names).await;
 }
+
+/// The sum of a metric's series in this process.
+fn metric(name: &str) -> f64 {
+    aurora_core::ops::metrics_handle()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_before_its_outcome_could_be_recorded_is_not_sent_again() {
+    let names = aurora_testkit::names();
+    let cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
+    let client_id = cfg.uplink_client_id();
+    let bridge = Bridge::start(cfg).await;
+    bridge.ready().await;
+    let mut redis = redis(REDIS_URL).await;
+
+    let mut device =
+        Device::connect(MQTT_PORT, &format!("{}-dev-1", names.namespace()), None).await;
+    device.subscribe(&names.mqtt_command_topic("dev-1")).await;
+    device.wait_subacked(1).await;
+
+    // The status stream is a key of another type: the outcome cannot be recorded.
+    let status_stream = names.cps_command_status();
+    let _: () = redis::cmd("SET")
+        .arg(&status_stream)
+        .arg("in the way")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let errors_before = metric("aurora_mqtt_bridge_command_errors_total");
+    let cmd = command("dev-1", None);
+    let producer = Producer::new(redis.clone(), 10_000);
+    producer
+        .publish(&names.cps_commands(), cmd.to_string().as_bytes())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(LONG, device.received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+    assert_eq!(got, cmd);
+    // The batch failed (at least) twice and was read again: then the way is cleared.
+    aurora_testkit::wait_until(LONG, "the outcome failed to be recorded twice", || async {
+        (metric("aurora_mqtt_bridge_command_errors_total") >= errors_before + 2.0).then_some(())
+    })
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&status_stream)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    wait_len(&redis, &status_stream, 1, LONG).await;
+    let statuses: Vec<CommandStatus> = read_all(&mut redis, &status_stream)
+        .await
+        .into_iter()
+        .map(|e| aurora_core::model::parse(&e.data.unwrap()).unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(
+        statuses[0].command_id.to_string(),
+        cmd["id"].as_str().unwrap()
+    );
+    assert_eq!(statuses[0].status, CommandOutcome::Sent);
+    aurora_testkit::wait_until(LONG, "no pending commands", || {
+        let mut c = redis.clone();
+        let stream = names.cps_commands();
+        async move {
+            let summary: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(mqtt_bridge::downlink::GROUP)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            (summary.count() == 0).then_some(())
+        }
+    })
+    .await;
+    let again = tokio::time::timeout(Duration::from_millis(500), device.received.recv()).await;
+    assert!(again.is_err(), "the command was sent once: {again:?}");
+    assert!(
+        read_all(&mut redis, &names.cps_deadletter())
+            .await
+            .is_empty(),
+        "nothing dead-lettered"
+    );
+
+    device.disconnect().await;
+    bridge.stop().await;
+    forget_session(MQTT_PORT, &client_id).await;
+    cleanup(&mut redis, &names).await;
+}
