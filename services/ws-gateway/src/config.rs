@@ -39,7 +39,7 @@ pub const RENAMED_ENV: &[(&str, &str)] = &[
 
 #[derive(Debug, Clone, Parser)]
 #[command(
-    name = "ws-gateway",
+    name = crate::SERVICE,
     version,
     about = "Live alerts, agent thoughts and approvals over WebSocket, and the approval decision API"
 )]
@@ -150,7 +150,7 @@ mod tests {
     use aurora_core::config;
 
     fn parse(extra: &[&str]) -> Args {
-        let argv = std::iter::once("ws-gateway").chain(extra.iter().copied());
+        let argv = std::iter::once(SERVICE).chain(extra.iter().copied());
         config::parse_from::<Args, _, _>(SERVICE, RENAMED_ENV, argv).unwrap()
     }
 

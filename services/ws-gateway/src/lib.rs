@@ -204,7 +204,7 @@ impl Service for Gateway {
             abort: ctx.abort.clone(),
         };
         running.spawn_fallible(http::serve(listener, state, drain));
-        tracing::info!(%http_addr, ops_addr = %ctx.ops_addr, namespace = names.namespace(), "ws-gateway listening");
+        tracing::info!(service = SERVICE, %http_addr, ops_addr = %ctx.ops_addr, namespace = names.namespace(), "listening");
         Ok(running)
     }
 }

@@ -212,6 +212,28 @@ async fn the_decision_api_refuses_what_it_must() {
     assert_eq!(post(&gw, &sid, Some("garbage"), ok).await.0, 401);
     let alerts_only = token(&[Permission::WsAlerts]);
     assert_eq!(post(&gw, &sid, Some(&alerts_only), ok).await.0, 403);
+    // The refusals of every service's API: a JSON error, and the scheme to use on a 401.
+    let (_, forbidden) = post(&gw, &sid, Some(&alerts_only), ok).await;
+    assert!(forbidden["error"].is_string(), "{forbidden}");
+    let unauthenticated = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/v1/approvals/{sid}/decision",
+            gw.http
+        ))
+        .body(ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status().as_u16(), 401);
+    assert_eq!(
+        unauthenticated
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+    let body: Value = unauthenticated.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
     let t = token(&[Permission::ApprovalsManage]);
     for bad in [
         "",
