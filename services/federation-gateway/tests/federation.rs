@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -327,6 +328,49 @@ async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_what_start_up_waits_for() {
+    let names = aurora_testkit::names();
+    let mut server = NatsServer::not_started();
+    let (nats, nats_port) = (server.url(), server.port());
+    let service = args(&names, "site-a", SITE_A_REDIS, &nats, &[])
+        .into_service()
+        .unwrap();
+    let mut options = LaunchOptions::local("site-a-1");
+    options.ops_addr = SocketAddr::from(([127, 0, 0, 1], aurora_testkit::free_port()));
+    let ops = options.ops_addr;
+    let launching = tokio::spawn(launch(service, options, CancellationToken::new()));
+
+    let (status, report) = wait_until(LONG, "/readyz naming the NATS it waits for", || async {
+        let answer = aurora_testkit::ops::get(ops, "/readyz", Duration::from_secs(2))
+            .await
+            .ok()?;
+        let report = answer.json();
+        let detail = report["components"]["nats"]["detail"].as_str()?;
+        let waiting = format!(
+            "setting up stream {} on nats://127.0.0.1:{nats_port}",
+            names.nats_stream()
+        );
+        (detail == waiting).then_some((answer.status, report))
+    })
+    .await;
+    assert_eq!(status, 503, "{report}");
+    assert_eq!(report["components"]["start-up"]["ready"], false, "{report}");
+    assert_eq!(report["components"]["redis"]["ready"], true, "{report}");
+
+    server.start_again();
+    let launched = launching.await.unwrap().expect("starts once NATS is up");
+    assert_eq!(launched.ops_addr, ops);
+    wait_until(LONG, "ready once NATS is up", || async {
+        launched.readiness.is_ready().then_some(())
+    })
+    .await;
+    launched.shutdown();
+    assert_eq!(launched.stopped().await, Stopped::Drained);
+    let js = jetstream_ctx(&nats).await;
+    cleanup(&names, &[SITE_A_REDIS], &js).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_config_drift_is_corrected_and_reported() {
     let names = aurora_testkit::names();
     let nats = aurora_testkit::NATS_URL;
@@ -436,6 +480,57 @@ async fn nats_restarted_mid_stream_loses_nothing() {
     b.stop().await;
     let js = jetstream_ctx(&nats).await;
     cleanup(&names, &[SITE_A_REDIS, SITE_B_REDIS], &js).await;
+}
+
+/// Entries of `stream` read by the gateway's group and not acknowledged.
+async fn xpending(conn: &Conn, stream: &str) -> u64 {
+    let mut conn = conn.clone();
+    let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("federation-gateway")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    reply.count() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_past_its_deadline_gives_up_what_it_holds() {
+    let mut server = NatsServer::start();
+    let nats = server.url();
+    let names = aurora_testkit::names();
+    let service = args(&names, "site-a", SITE_A_REDIS, &nats, &["--no-import"])
+        .into_service()
+        .unwrap();
+    let mut options = LaunchOptions::local("site-a-1");
+    options.drain_deadline = Duration::from_millis(500);
+    let launched = launch(service, options, CancellationToken::new())
+        .await
+        .expect("gateway starts");
+    let ra = redis(SITE_A_REDIS).await;
+    // No NATS: what the exporter reads, it publishes and then holds, waiting for acks.
+    server.kill();
+    raise_many(&ra, &names, 0..100).await;
+    wait_until(LONG, "alerts read and held", || async {
+        (xpending(&ra, &names.alerts()).await > 0).then_some(())
+    })
+    .await;
+
+    launched.shutdown();
+    let asked = std::time::Instant::now();
+    assert_eq!(launched.stopped().await, Stopped::DeadlinePassed);
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "gave up only after {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        xpending(&ra, &names.alerts()).await > 0,
+        "what was given up stays pending, to be read again"
+    );
+    server.start_again();
+    let js = jetstream_ctx(&nats).await;
+    cleanup(&names, &[SITE_A_REDIS], &js).await;
 }
 
 fn spawn_binary(names: &Names, site: &str, redis: &str, nats: &str) -> Child {
