@@ -34,9 +34,11 @@ use std::time::Duration;
 
 use aurora_core::bus;
 use aurora_core::config::NatsArgs;
+use aurora_core::health::Dependencies;
 use aurora_core::jetstream::{ensure_stream, suricata_stream_config, StreamChange};
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Processor, Stop};
 use crate::health::{INPUT, NATS, REDIS};
@@ -186,11 +188,26 @@ impl Service for EveIngest {
         let conn = bus::connect(&settings.redis_url)
             .await
             .map_err(IngestError::from)?;
+        readiness.set_ready(REDIS);
+        // The client connects in the background (and reconnects for ever): start-up waits
+        // until it is connected, `/readyz` naming the server meanwhile.
         let client = settings
             .nats
             .connect(&format!("{SERVICE}-{}", ctx.instance))
             .await
             .map_err(IngestError::from)?;
+        let nats_up = Dependencies::new().with(health::nats_connecting(
+            client.clone(),
+            settings.nats.nats_url.clone(),
+        ));
+        // Not given the shutdown token: a shutdown during start-up drops this future (see
+        // `aurora_core::service::launch`).
+        if !nats_up
+            .wait_up(&readiness, &CancellationToken::new())
+            .await
+        {
+            anyhow::bail!("stopped while connecting to NATS");
+        }
         let publisher = publish::EventPublisher::new(
             client.clone(),
             settings.names.clone(),
