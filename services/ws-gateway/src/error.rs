@@ -38,6 +38,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Redis(#[from] BusError),
     #[error("stopped while connecting to Redis")]
     StoppedWhileConnecting,
 }

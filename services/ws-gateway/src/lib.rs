@@ -95,7 +95,7 @@ impl Gateway {
 }
 
 /// Connects to Redis, retrying (backing off) until it answers or the gateway is stopped;
-/// `/readyz` says what start-up waits for meanwhile.
+/// `/readyz` says what start-up waits for meanwhile. An invalid URL ends the start.
 async fn connect_redis(ctx: &Context, url: &str) -> Result<Conn, StartError> {
     health::connecting(&ctx.readiness, url);
     let mut backoff = Backoff::default();
@@ -105,6 +105,8 @@ async fn connect_redis(ctx: &Context, url: &str) -> Result<Conn, StartError> {
                 ctx.readiness.set_ready(aurora_core::health::REDIS);
                 return Ok(conn);
             }
+            // A URL that cannot be used will not become usable: stop.
+            Err(e @ bus::BusError::Url { .. }) => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot connect to Redis yet: retrying");
                 ctx.readiness
