@@ -3,11 +3,11 @@
 //! A reader takes entries through the consumer group `federation-gateway` (the shared
 //! [`Consumer`] loop: a failed read waits until Redis and NATS answer, then reads again),
 //! applies the [`Policy`](crate::policy::Policy) and publishes what may leave with a
-//! deterministic `Nats-Msg-Id` and the origin site. Publishes are pipelined: up to `window` acks are
-//! outstanding. A collector awaits the acks in order (publishing again when one fails) and
-//! XACKs entries only once JetStream has stored them, in batches. An entry stays "in flight"
-//! from its publish to its XACK; a re-read of it (own pending entries after a restart, a
-//! takeover) is skipped meanwhile instead of being published twice.
+//! deterministic `Nats-Msg-Id` and the origin site. Publishes are pipelined: up to `window`
+//! acks are outstanding. A collector (a task of its own) awaits the acks in order (publishing
+//! again when one fails) and XACKs entries only once JetStream has stored them, in batches.
+//! An entry stays "in flight" from its publish to its XACK; a re-read of it (own pending
+//! entries after a restart, a takeover) is skipped meanwhile instead of being published twice.
 //!
 //! The publish timeout counts from the publish, not from when the collector gets to the ack:
 //! acks lost with a connection (a NATS restart) then all run out together, instead of one

@@ -74,10 +74,6 @@ impl FederationGateway {
         Ok(Self { args, names })
     }
 
-    pub fn names(&self) -> &Names {
-        &self.names
-    }
-
     /// Start-up, in order: Redis, NATS, the federation stream (created or corrected), the
     /// site's consumer. `/readyz` names the step it waits for.
     pub async fn connect(
@@ -198,7 +194,7 @@ impl Connected {
         &self.stream_change
     }
 
-    pub fn names(&self) -> &Names {
+    fn names(&self) -> &Names {
         &self.gateway.names
     }
 
