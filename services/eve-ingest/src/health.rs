@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use aurora_core::bus::Conn;
+use aurora_core::bus::{redacted_url, Conn};
 use aurora_core::health::{Dependencies, Dependency};
 
 pub use aurora_core::health::{NATS, REDIS};
@@ -15,8 +15,17 @@ pub const INPUT: &str = "input";
 /// How often Redis is pinged and the NATS connection looked at.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Server URLs (comma separated) as `/readyz` and logs show them: without passwords.
+pub fn shown_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| redacted_url(url.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// NATS while start-up waits for its first connection: not ready, naming the server(s).
-pub fn nats_connecting(client: async_nats::Client, url: String) -> Dependency {
+pub fn nats_connecting(client: async_nats::Client, urls: &str) -> Dependency {
+    let url = shown_urls(urls);
     Dependency::new(NATS, move || {
         let state = client.connection_state();
         let url = url.clone();
@@ -34,4 +43,21 @@ pub fn dependencies(redis: Conn, nats: async_nats::Client) -> Dependencies {
     Dependencies::new()
         .with(Dependency::redis(redis))
         .with(Dependency::nats(nats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_urls_keep_no_password() {
+        assert_eq!(
+            shown_urls("nats://a:secret@n1:4222, nats://n2:4222"),
+            "nats://a:***@n1:4222,nats://n2:4222"
+        );
+        assert_eq!(
+            shown_urls("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
 }

@@ -180,9 +180,15 @@ impl Service for EveIngest {
         }
         readiness.set_not_ready(
             REDIS,
-            format!("connecting to {}", bus::redacted_url(&settings.redis_url)),
+            format!("connecting to {}", health::shown_urls(&settings.redis_url)),
         );
-        readiness.set_not_ready(NATS, format!("connecting to {}", settings.nats.nats_url));
+        readiness.set_not_ready(
+            NATS,
+            format!(
+                "connecting to {}",
+                health::shown_urls(&settings.nats.nats_url)
+            ),
+        );
         readiness.set_not_ready(INPUT, "waiting for Redis and NATS");
 
         let conn = bus::connect(&settings.redis_url)
@@ -198,14 +204,11 @@ impl Service for EveIngest {
             .map_err(IngestError::from)?;
         let nats_up = Dependencies::new().with(health::nats_connecting(
             client.clone(),
-            settings.nats.nats_url.clone(),
+            &settings.nats.nats_url,
         ));
         // Not given the shutdown token: a shutdown during start-up drops this future (see
         // `aurora_core::service::launch`).
-        if !nats_up
-            .wait_up(&readiness, &CancellationToken::new())
-            .await
-        {
+        if !nats_up.wait_up(&readiness, &CancellationToken::new()).await {
             anyhow::bail!("stopped while connecting to NATS");
         }
         let publisher = publish::EventPublisher::new(
