@@ -322,9 +322,11 @@ impl Names {
     pub fn suricata_subjects(&self) -> String {
         format!("{}.*", self.suricata_subject_prefix())
     }
-    /// The durable consumer of one site on the federation stream.
+    /// The durable consumer of one site on the federation stream: the site id itself (`site-a`
+    /// gets `site-a`). A site id is already `[A-Za-z0-9_-]{1,64}`, which is a valid durable
+    /// name and keeps two sites apart; anything else is made one with [`subject_token`].
     pub fn federation_consumer(&self, site_id: &str) -> String {
-        format!("site-{}", subject_token(site_id))
+        subject_token(site_id)
     }
 }
 
@@ -422,6 +424,37 @@ mod tests {
             None,
             "a device id never holds a slash"
         );
+    }
+
+    #[test]
+    fn a_site_consumer_is_named_after_the_site() {
+        let n = Names::default();
+        assert_eq!(n.federation_consumer("site-a"), "site-a");
+        assert_eq!(n.federation_consumer("eu_1"), "eu_1");
+        assert_ne!(
+            n.federation_consumer("a"),
+            n.federation_consumer("site-a"),
+            "two sites never share a consumer"
+        );
+        assert_eq!(
+            Names::new("t1")
+                .expect("valid")
+                .federation_consumer("site-b"),
+            "site-b",
+            "the stream is the namespace's, the consumer is the site's"
+        );
+        // Durable names must not hold `.`, `*`, `>`, white space or path separators.
+        let long = "x".repeat(80);
+        for raw in ["a.b", "a*b>c", "a b", "a/b\\c", "", long.as_str()] {
+            let name = n.federation_consumer(raw);
+            assert!(
+                (1..=64).contains(&name.len())
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                "{raw:?} -> {name:?}"
+            );
+        }
     }
 
     #[test]
