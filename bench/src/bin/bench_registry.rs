@@ -10,10 +10,11 @@ use aurora_core::auth::Verifier;
 use aurora_core::bus::{self, Producer};
 use aurora_core::model::{to_bytes, AttestationReport, DeviceCommand, DeviceSeen, Extra};
 use aurora_core::names::DeviceTopicKind;
+use aurora_core::service::{launch, LaunchOptions, Launched};
 use aurora_core::Names;
 use base64::Engine;
 use chrono::Utc;
-use device_registry::{db, Config, Service};
+use device_registry::{db, Config, DeviceRegistry};
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::json;
 use sqlx::Connection;
@@ -70,8 +71,7 @@ async fn main() -> anyhow::Result<()> {
         .execute(&mut admin)
         .await?;
     let report = result?;
-    let path =
-        aurora_bench::result_path("registry");
+    let path = aurora_bench::result_path("registry");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -103,6 +103,28 @@ fn config(names: &Names, redis_url: &str, db_url: &str, batch: usize) -> anyhow:
     cfg.resend_after = Duration::from_secs(120);
     cfg.attestation_timeout = Duration::from_secs(3600);
     Ok(cfg)
+}
+
+/// The service launched in-process (ops endpoints on an ephemeral loopback port).
+async fn start(cfg: Config) -> anyhow::Result<(Launched, CancellationToken)> {
+    let shutdown = CancellationToken::new();
+    let launched = launch(
+        DeviceRegistry::new(cfg),
+        LaunchOptions::local("bench"),
+        shutdown.clone(),
+    )
+    .await?;
+    Ok((launched, shutdown))
+}
+
+/// Asks the service to stop and waits for its drain.
+async fn stop((launched, shutdown): (Launched, CancellationToken)) -> anyhow::Result<()> {
+    shutdown.cancel();
+    let stopped = launched.stopped().await;
+    if stopped != aurora_core::service::Stopped::Drained {
+        bail!("the service did not drain: {stopped:?}");
+    }
+    Ok(())
 }
 
 async fn wait_count(
@@ -271,10 +293,8 @@ async fn run(
     }
 
     // ---- registration through the service.
-    let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let service =
-        Service::start(config(names, redis_url, db_url, batch)?, shutdown.clone()).await?;
+    let service = start(config(names, redis_url, db_url, batch)?).await?;
     let mut rwait = redis.clone();
     let reg_elapsed = wait_streams(
         &mut rwait,
@@ -303,8 +323,7 @@ async fn run(
         .as_secs_f64()
         .max(reg_elapsed.as_secs_f64());
     let reg_rate = n as f64 / reg_secs;
-    shutdown.cancel();
-    service.wait().await;
+    stop(service).await?;
     println!("registration: {reg_rate:.0} new devices/s ({n} in {reg_secs:.2} s, challenge and device.registered record each)");
 
     // ---- every device answers its challenge.
@@ -349,10 +368,8 @@ async fn run(
     }
 
     // ---- attestation through the service.
-    let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let service =
-        Service::start(config(names, redis_url, db_url, batch)?, shutdown.clone()).await?;
+    let service = start(config(names, redis_url, db_url, batch)?).await?;
     wait_group_done(
         &mut rwait,
         &names.cps_attestation(),
@@ -362,8 +379,7 @@ async fn run(
     .await?;
     let att_secs = started.elapsed().as_secs_f64();
     let att_rate = n as f64 / att_secs;
-    shutdown.cancel();
-    service.wait().await;
+    stop(service).await?;
     let untrusted: i64 =
         sqlx::query_scalar("SELECT count(*) FROM devices WHERE status <> 'trusted'")
             .fetch_one(&pool)

@@ -1,4 +1,4 @@
-//! The REST API (axum, JWT of SPEC.md).
+//! The REST API (axum; JWT as in docs/contract.md).
 //!
 //! | route | permission |
 //! |---|---|
@@ -8,18 +8,18 @@
 //! | `GET /api/v1/openapi.json` | none |
 //!
 //! `{id}` is the device's UUID or its device id. Errors are `{"error": "..."}` with 401
-//! (no valid token), 403 (missing permission), 400 (invalid input), 404 (unknown device),
-//! 503 (PostgreSQL or Redis unavailable). The router is built from [`routes`] only, so the
+//! (no valid token) or 403 (missing permission) from `aurora_core::auth::http::Authorized`,
+//! and 400 (invalid input), 404 (unknown device), 503 (PostgreSQL or Redis unavailable) from
+//! [`ApiError`]. The router is built from [`routes`] only, so the
 //! test that compares [`routes`] with the OpenAPI document covers every route.
 
-use std::marker::PhantomData;
-
-use aurora_core::auth::{token_from_request, AuthError, Claims, Permission};
+use aurora_core::auth::http::{Authorized, DevicesRead, DevicesWrite, FirmwareManage};
+use aurora_core::auth::Verifier;
 use aurora_core::model::{is_valid_device_id, to_bytes};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
-use axum::http::{header, request::Parts, Method, StatusCode};
+use axum::extract::{FromRef, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
@@ -30,10 +30,13 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::attestation;
 use crate::db::{self, status, DeviceFilter, DeviceRef};
+pub use crate::error::ApiError;
 use crate::records;
 use crate::registration::decode_public_key;
-use crate::{attestation, telemetry, BatchError, Context};
+use crate::shared::Shared;
+use crate::telemetry::{self, Trigger};
 
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -41,14 +44,21 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 const MAX_PAGE: i64 = 1000;
 const DEFAULT_PAGE: i64 = 100;
 
+/// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    ctx: Context,
+    shared: Shared,
 }
 
 impl AppState {
-    pub fn new(ctx: Context) -> Self {
-        Self { ctx }
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.shared.cfg.verifier.clone()
     }
 }
 
@@ -127,109 +137,11 @@ async fn count(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".to_string());
     let method = req.method().as_str().to_string();
     let response = next.run(req).await;
-    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "method" => method,
-        "status" => response.status().as_u16().to_string())
-    .increment(1);
+    telemetry::http_request(route, method, response.status().as_u16());
     response
 }
 
-// ---------------------------------------------------------------- errors and auth
-
-/// Why a request failed; rendered as `{"error": "..."}`.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("temporarily unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        tracing::warn!(error = %e, "database error in the API");
-        Self::Unavailable("database".into())
-    }
-}
-
-impl From<BatchError> for ApiError {
-    fn from(e: BatchError) -> Self {
-        tracing::warn!(error = %e, "dependency error in the API");
-        Self::Unavailable(e.to_string())
-    }
-}
-
-impl From<aurora_core::bus::BusError> for ApiError {
-    fn from(e: aurora_core::bus::BusError) -> Self {
-        BatchError::Bus(e).into()
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        Self::BadRequest(format!("invalid query string: {}", e.body_text()))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Self::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
-            Self::Auth(_) => StatusCode::FORBIDDEN,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        let body = Json(json!({ "error": self.to_string() }));
-        if status == StatusCode::UNAUTHORIZED {
-            (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
-        } else {
-            (status, body).into_response()
-        }
-    }
-}
-
-/// A permission a route needs.
-pub trait Needs: Send + Sync + 'static {
-    const PERMISSION: Permission;
-}
-pub struct DevicesRead;
-pub struct DevicesWrite;
-pub struct FirmwareManage;
-impl Needs for DevicesRead {
-    const PERMISSION: Permission = Permission::DevicesRead;
-}
-impl Needs for DevicesWrite {
-    const PERMISSION: Permission = Permission::DevicesWrite;
-}
-impl Needs for FirmwareManage {
-    const PERMISSION: Permission = Permission::FirmwareManage;
-}
-
-/// The claims of a request whose token is valid and grants `P` (else 401 or 403). First in
-/// every handler's arguments, so identity is checked before input.
-pub struct Authorized<P: Needs>(pub Claims, PhantomData<P>);
-
-impl<P: Needs> FromRequestParts<AppState> for Authorized<P> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let authorization = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = token_from_request(authorization, parts.uri.query());
-        let claims = state
-            .ctx
-            .cfg
-            .verifier
-            .authorize(token.as_deref(), P::PERMISSION)?;
-        Ok(Self(claims, PhantomData))
-    }
-}
+// ---------------------------------------------------------------- input
 
 fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
@@ -250,7 +162,7 @@ fn device_ref(id: &str) -> Result<DeviceRef, ApiError> {
 
 async fn existing_device(state: &AppState, id: &str) -> Result<db::Device, ApiError> {
     let r = device_ref(id)?;
-    db::get_device(&state.ctx.pool, &r)
+    db::get_device(&state.shared.pool, &r)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("unknown device {id:?}")))
 }
@@ -330,7 +242,7 @@ async fn list_devices(
         after: p.cursor.as_deref().map(decode_cursor).transpose()?,
         limit: limit + 1,
     };
-    let mut devices = db::list_devices(&state.ctx.pool, &filter).await?;
+    let mut devices = db::list_devices(&state.shared.pool, &filter).await?;
     let next_cursor = if devices.len() as i64 > limit {
         devices.truncate(limit as usize);
         devices.last().map(|d| encode_cursor(&d.device_id))
@@ -357,7 +269,7 @@ struct QuarantineBody {
 }
 
 async fn quarantine(
-    Authorized(claims, _): Authorized<DevicesWrite>,
+    auth: Authorized<DevicesWrite>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
@@ -371,13 +283,13 @@ async fn quarantine(
     let reason = b
         .reason
         .filter(|r| !r.trim().is_empty())
-        .unwrap_or_else(|| format!("quarantined by {}", claims.sub));
+        .unwrap_or_else(|| format!("quarantined by {}", auth.0.sub));
     if reason.len() > 1000 {
         return Err(ApiError::BadRequest(
             "reason must be at most 1000 characters".into(),
         ));
     }
-    let mut tx = state.ctx.pool.begin().await?;
+    let mut tx = state.shared.pool.begin().await?;
     let device = db::quarantine(&mut tx, &r, &reason)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("unknown device {id:?}")))?;
@@ -388,12 +300,12 @@ async fn quarantine(
         None,
     );
     state
-        .ctx
+        .shared
         .producer
-        .publish(&state.ctx.cfg.names.cps_commands(), &to_bytes(&cmd))
+        .publish(&state.shared.cfg.names.cps_commands(), &to_bytes(&cmd))
         .await?;
     tx.commit().await?;
-    tracing::warn!(device = %device.device_id, by = %claims.sub, %reason, "device quarantined");
+    tracing::warn!(device = %device.device_id, by = %auth.0.sub, %reason, "device quarantined");
     Ok(Json(json!({ "device": device, "command_id": cmd.id })))
 }
 
@@ -415,7 +327,7 @@ fn valid_action(a: &str) -> bool {
 }
 
 async fn send_command(
-    Authorized(claims, _): Authorized<DevicesWrite>,
+    auth: Authorized<DevicesWrite>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
@@ -449,11 +361,11 @@ async fn send_command(
     let device = existing_device(&state, &id).await?;
     let cmd = records::command(&device.device_id, &b.action, b.params, expires_at);
     state
-        .ctx
+        .shared
         .producer
-        .publish(&state.ctx.cfg.names.cps_commands(), &to_bytes(&cmd))
+        .publish(&state.shared.cfg.names.cps_commands(), &to_bytes(&cmd))
         .await?;
-    tracing::info!(device = %device.device_id, action = %cmd.action, by = %claims.sub, "command queued");
+    tracing::info!(device = %device.device_id, action = %cmd.action, by = %auth.0.sub, "command queued");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "command_id": cmd.id, "device_id": device.device_id, "action": cmd.action })),
@@ -466,8 +378,12 @@ async fn attest(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let device = existing_device(&state, &id).await?;
-    let challenges =
-        attestation::challenge(&state.ctx, std::slice::from_ref(&device.device_id), "api").await?;
+    let challenges = attestation::challenge(
+        &state.shared,
+        std::slice::from_ref(&device.device_id),
+        Trigger::Api,
+    )
+    .await?;
     let c = challenges
         .first()
         .ok_or_else(|| ApiError::Unavailable("the challenge was not stored".into()))?;
@@ -494,7 +410,7 @@ async fn put_key(
     let r = device_ref(&id)?;
     let b: KeyBody = json_body(&body)?;
     let key = decode_public_key(&b.public_key).map_err(ApiError::BadRequest)?;
-    db::set_public_key(&state.ctx.pool, &r, &key)
+    db::set_public_key(&state.shared.pool, &r, &key)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("unknown device {id:?}")))
@@ -513,7 +429,7 @@ async fn list_firmware(
     q: Result<Query<FirmwareQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q?;
-    let firmware = db::list_firmware(&state.ctx.pool, q.model.as_deref()).await?;
+    let firmware = db::list_firmware(&state.shared.pool, q.model.as_deref()).await?;
     Ok(Json(json!({ "firmware": firmware })))
 }
 
@@ -543,17 +459,17 @@ impl FirmwareEntry {
 }
 
 async fn add_firmware(
-    Authorized(claims, _): Authorized<FirmwareManage>,
+    auth: Authorized<FirmwareManage>,
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let f = json_body::<FirmwareEntry>(&body)?.validated()?;
     let created = db::add_firmware(
-        &state.ctx.pool,
+        &state.shared.pool,
         &f.model,
         &f.version,
         &f.sha256,
-        &claims.sub,
+        &auth.0.sub,
     )
     .await?;
     let status = if created {
@@ -593,7 +509,7 @@ async fn delete_firmware(
         sha256,
     }
     .validated()?;
-    if db::delete_firmware(&state.ctx.pool, &f.model, &f.version, &f.sha256).await? {
+    if db::delete_firmware(&state.shared.pool, &f.model, &f.version, &f.sha256).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(

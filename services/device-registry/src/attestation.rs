@@ -11,50 +11,49 @@
 
 use std::collections::HashMap;
 
-use aurora_core::bus::{Entry, GroupReader};
+use aurora_core::bus::{BusError, Entry, GroupReader};
+use aurora_core::consumer::BatchHandler;
 use aurora_core::model::{parse, to_bytes, AttestationReport};
 use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
 
-use crate::consumer::{self, BatchHandler};
 use crate::db::{self, status, AttestationContext, Challenge, ReportKey, Verdict};
+use crate::error::BatchError;
 use crate::records::{attest_command, attestation_failed_alert, FailedAttestation};
-use crate::{telemetry, BatchError, Context};
+use crate::shared::Shared;
+use crate::streams;
+use crate::telemetry::{self, AlertKind, Trigger};
 
-/// The reader of attestation worker `worker` of this replica.
+/// The reader of attestation worker `worker` of replica `instance`.
 pub async fn reader(
-    ctx: &Context,
+    shared: &Shared,
+    instance: &str,
     worker: usize,
-) -> Result<GroupReader, aurora_core::bus::BusError> {
+) -> Result<GroupReader, BusError> {
     let name = if worker == 0 {
-        format!("{}-attestation", ctx.cfg.instance)
+        format!("{instance}-attestation")
     } else {
-        format!("{}-attestation-{worker}", ctx.cfg.instance)
+        format!("{instance}-attestation-{worker}")
     };
-    let cfg = consumer::group_config(ctx, &ctx.cfg.names.cps_attestation(), &name);
-    consumer::reader(ctx, cfg).await
-}
-
-pub async fn run(ctx: Context, reader: GroupReader, shutdown: tokio_util::sync::CancellationToken) {
-    consumer::run(ctx, reader, Attestation, shutdown).await
+    streams::reader(shared, &shared.cfg.names.cps_attestation(), &name).await
 }
 
 /// Issues and sends one challenge per device (on demand or on schedule).
 pub async fn challenge(
-    ctx: &Context,
+    shared: &Shared,
     device_ids: &[String],
-    trigger: &'static str,
+    trigger: Trigger,
 ) -> Result<Vec<Challenge>, BatchError> {
     if device_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = shared.pool.begin().await?;
     let challenges =
-        db::insert_challenges(&mut tx, device_ids, ctx.cfg.attestation_timeout, true).await?;
+        db::insert_challenges(&mut tx, device_ids, shared.cfg.attestation_timeout, true).await?;
     tx.commit().await?;
-    send_challenges(ctx, &challenges).await?;
+    send_challenges(shared, &challenges).await?;
     db::mark_sent(
-        &ctx.pool,
+        &shared.pool,
         &challenges
             .iter()
             .map(|c| c.nonce.clone())
@@ -62,19 +61,18 @@ pub async fn challenge(
         &[],
     )
     .await?;
-    metrics::counter!(telemetry::CHALLENGES, "trigger" => trigger)
-        .increment(challenges.len() as u64);
+    telemetry::challenges_issued(trigger, challenges.len());
     Ok(challenges)
 }
 
 /// Puts the `attest` commands of these challenges on the bus.
-pub async fn send_challenges(ctx: &Context, challenges: &[Challenge]) -> Result<(), BatchError> {
-    let stream = ctx.cfg.names.cps_commands();
+pub async fn send_challenges(shared: &Shared, challenges: &[Challenge]) -> Result<(), BatchError> {
+    let stream = shared.cfg.names.cps_commands();
     let docs: Vec<(&str, Vec<u8>)> = challenges
         .iter()
         .map(|c| (stream.as_str(), to_bytes(&attest_command(c))))
         .collect();
-    ctx.producer.publish_batch(&docs).await?;
+    shared.producer.publish_batch(&docs).await?;
     Ok(())
 }
 
@@ -167,7 +165,8 @@ pub fn signature_valid(public_key: &[u8], report: &AttestationReport) -> bool {
     key.verify_strict(&msg, &sig).is_ok()
 }
 
-pub struct Attestation;
+/// Checks each batch of attestation answers.
+pub struct Attestation(pub Shared);
 
 struct Checked {
     entry_id: String,
@@ -177,19 +176,19 @@ struct Checked {
 }
 
 impl BatchHandler for Attestation {
-    const PART: &'static str = "attestation";
+    type Error = BatchError;
 
-    async fn handle(
-        &self,
-        ctx: &Context,
-        reader: &GroupReader,
-        entries: Vec<Entry>,
-    ) -> Result<(), BatchError> {
+    fn part(&self) -> &'static str {
+        "attestation"
+    }
+
+    async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), BatchError> {
+        let shared = &self.0;
         let mut parsed: Vec<(Entry, AttestationReport)> = Vec::with_capacity(entries.len());
         for entry in entries {
             match parse::<AttestationReport>(entry.data.as_deref().unwrap_or_default()) {
                 Ok(r) => parsed.push((entry, r)),
-                Err(e) => consumer::reject(reader, &entry, &e.to_string()).await?,
+                Err(e) => streams::reject(reader, &entry, &e.to_string()).await?,
             }
         }
         if parsed.is_empty() {
@@ -205,7 +204,7 @@ impl BatchHandler for Attestation {
             })
             .collect();
         // A read-only transaction, so the lookup can be planned as key lookups.
-        let mut tx = ctx.pool.begin().await?;
+        let mut tx = shared.pool.begin().await?;
         db::plan_key_lookups(&mut tx).await?;
         let mut contexts: HashMap<i32, AttestationContext> =
             db::attestation_context(&mut *tx, &keys)
@@ -227,7 +226,7 @@ impl BatchHandler for Attestation {
                     "attestation report from unknown device {:?}",
                     report.device_id
                 );
-                consumer::reject(reader, &entry, &reason).await?;
+                streams::reject(reader, &entry, &reason).await?;
                 continue;
             }
             handled.push(entry.id.clone());
@@ -236,9 +235,13 @@ impl BatchHandler for Attestation {
         // Signatures are CPU work: off the async threads, in as many chunks as there are
         // cores, so one batch's signatures are checked in parallel.
         let mut checked = check_all(to_check).await?;
-        settle(ctx, &mut checked).await?;
+        settle(shared, &mut checked).await?;
         reader.ack(&handled).await?;
         Ok(())
+    }
+
+    fn failed(&self, _error: &BatchError) {
+        telemetry::batch_failed(self.part());
     }
 }
 
@@ -278,8 +281,8 @@ async fn check_all(
 }
 
 /// Consumes the nonces, applies the verdicts, raises the alerts, in one transaction.
-async fn settle(ctx: &Context, checked: &mut [Checked]) -> Result<(), BatchError> {
-    let mut tx = ctx.pool.begin().await?;
+async fn settle(shared: &Shared, checked: &mut [Checked]) -> Result<(), BatchError> {
+    let mut tx = shared.pool.begin().await?;
     db::plan_key_lookups(&mut tx).await?;
     let consumable: Vec<&Checked> = checked
         .iter()
@@ -336,8 +339,7 @@ async fn settle(ctx: &Context, checked: &mut [Checked]) -> Result<(), BatchError
                     reason: &reason,
                     entry_id: &c.entry_id,
                 }));
-                metrics::counter!(telemetry::ATTESTATION_FAILURES, "reason" => f.label())
-                    .increment(1);
+                telemetry::attestation_failed(f.label());
                 Verdict {
                     device_id: c.report.device_id.clone(),
                     status: status::UNTRUSTED,
@@ -346,12 +348,7 @@ async fn settle(ctx: &Context, checked: &mut [Checked]) -> Result<(), BatchError
                 }
             }
         };
-        let result = if verdict.status == status::TRUSTED {
-            "pass"
-        } else {
-            "fail"
-        };
-        metrics::counter!(telemetry::ATTESTATIONS, "result" => result).increment(1);
+        telemetry::attestation_checked(verdict.status == status::TRUSTED);
         match verdicts.get(c.report.device_id.as_str()) {
             Some(v) if v.status == status::UNTRUSTED => {}
             _ => {
@@ -363,14 +360,13 @@ async fn settle(ctx: &Context, checked: &mut [Checked]) -> Result<(), BatchError
     verdicts.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     db::apply_verdicts(&mut tx, &verdicts).await?;
     if !alerts.is_empty() {
-        let stream = ctx.cfg.names.alerts();
+        let stream = shared.cfg.names.alerts();
         let docs: Vec<(&str, Vec<u8>)> = alerts
             .iter()
             .map(|a| (stream.as_str(), to_bytes(a)))
             .collect();
-        ctx.producer.publish_batch(&docs).await?;
-        metrics::counter!(telemetry::ALERTS, "kind" => "attestation")
-            .increment(alerts.len() as u64);
+        shared.producer.publish_batch(&docs).await?;
+        telemetry::alerts(AlertKind::Attestation, alerts.len());
         for a in &alerts {
             tracing::warn!(alert = %a.id, title = %a.title, "device failed attestation");
         }

@@ -5,47 +5,47 @@
 
 use std::collections::HashMap;
 
-use aurora_core::bus::{Entry, GroupReader};
+use aurora_core::bus::{BusError, Entry, GroupReader};
+use aurora_core::consumer::BatchHandler;
 use aurora_core::model::{
     is_mitre_technique, parse, to_bytes, Alert, AlertStatus, DeviceMessage, Extra, Ioc, Severity,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::consumer::{self, BatchHandler};
 use crate::db::{self, status, Device};
+use crate::error::BatchError;
 use crate::records::stable_id;
-use crate::{telemetry, BatchError, Context};
+use crate::shared::Shared;
+use crate::streams;
+use crate::telemetry::{self, AlertKind};
 
 /// The `source` of enriched device alerts.
 pub const SOURCE: &str = "cps";
 
-pub async fn reader(ctx: &Context) -> Result<GroupReader, aurora_core::bus::BusError> {
-    let name = format!("{}-cps-alerts", ctx.cfg.instance);
-    let cfg = consumer::group_config(ctx, &ctx.cfg.names.cps_alerts(), &name);
-    consumer::reader(ctx, cfg).await
+/// The reader of device alerts of replica `instance`.
+pub async fn reader(shared: &Shared, instance: &str) -> Result<GroupReader, BusError> {
+    let name = format!("{instance}-cps-alerts");
+    streams::reader(shared, &shared.cfg.names.cps_alerts(), &name).await
 }
 
-pub async fn run(ctx: Context, reader: GroupReader, shutdown: tokio_util::sync::CancellationToken) {
-    consumer::run(ctx, reader, CpsAlerts, shutdown).await
-}
-
-pub struct CpsAlerts;
+/// Enriches each batch of device alerts.
+pub struct CpsAlerts(pub Shared);
 
 impl BatchHandler for CpsAlerts {
-    const PART: &'static str = "cps_alerts";
+    type Error = BatchError;
 
-    async fn handle(
-        &self,
-        ctx: &Context,
-        reader: &GroupReader,
-        entries: Vec<Entry>,
-    ) -> Result<(), BatchError> {
+    fn part(&self) -> &'static str {
+        "cps_alerts"
+    }
+
+    async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), BatchError> {
+        let shared = &self.0;
         let mut messages = Vec::with_capacity(entries.len());
         for entry in entries {
             match parse::<DeviceMessage>(entry.data.as_deref().unwrap_or_default()) {
                 Ok(m) => messages.push((entry, m)),
-                Err(e) => consumer::reject(reader, &entry, &e.to_string()).await?,
+                Err(e) => streams::reject(reader, &entry, &e.to_string()).await?,
             }
         }
         if messages.is_empty() {
@@ -54,12 +54,12 @@ impl BatchHandler for CpsAlerts {
         let mut ids: Vec<String> = messages.iter().map(|(_, m)| m.device_id.clone()).collect();
         ids.sort();
         ids.dedup();
-        let devices: HashMap<String, Device> = db::devices_by_id(&ctx.pool, &ids)
+        let devices: HashMap<String, Device> = db::devices_by_id(&shared.pool, &ids)
             .await?
             .into_iter()
             .map(|d| (d.device_id.clone(), d))
             .collect();
-        let stream = ctx.cfg.names.alerts();
+        let stream = shared.cfg.names.alerts();
         let docs: Vec<(&str, Vec<u8>)> = messages
             .iter()
             .map(|(entry, m)| {
@@ -69,11 +69,15 @@ impl BatchHandler for CpsAlerts {
                 )
             })
             .collect();
-        ctx.producer.publish_batch(&docs).await?;
-        metrics::counter!(telemetry::ALERTS, "kind" => "cps").increment(docs.len() as u64);
+        shared.producer.publish_batch(&docs).await?;
+        telemetry::alerts(AlertKind::Cps, docs.len());
         let acked: Vec<&str> = messages.iter().map(|(e, _)| e.id.as_str()).collect();
         reader.ack(&acked).await?;
         Ok(())
+    }
+
+    fn failed(&self, _error: &BatchError) {
+        telemetry::batch_failed(self.part());
     }
 }
 

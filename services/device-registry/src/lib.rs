@@ -11,287 +11,225 @@
 //! - [`cps_alerts`]: device alerts enriched with the device's identity and trust.
 //! - [`api`]: the REST API (JWT).
 //!
-//! [`Service::start`] wires them; `main.rs` only parses flags.
+//! The plumbing: [`config`] (flags, [`Config`]), [`health`] (PostgreSQL and Redis on
+//! `/readyz`), [`streams`] (the consumer group), [`shared`] (what the parts share), [`db`]
+//! (every statement), [`records`] (what goes on the bus), [`error`], [`telemetry`] (every
+//! metric). [`DeviceRegistry`] is the service: its [`Service::start`] connects and spawns the
+//! parts; `main.rs` only runs `aurora_core::service::run_main`.
 
 pub mod api;
 pub mod attestation;
-pub mod consumer;
+pub mod config;
 pub mod cps_alerts;
 pub mod db;
+pub mod error;
+pub mod health;
 pub mod records;
 pub mod registration;
+pub mod shared;
+pub mod streams;
 pub mod sweeper;
 pub mod telemetry;
 
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
-use aurora_core::auth::Verifier;
-use aurora_core::bus::{self, BusError, Producer};
-use aurora_core::ops::{self, Readiness};
-use aurora_core::Names;
-use tokio::task::JoinSet;
+use aurora_core::bus::{self, GroupReader, Producer};
+use aurora_core::consumer::{BatchHandler, Consumer};
+use aurora_core::health::{Dependencies, REDIS};
+use aurora_core::service::{Context, Running, Service};
 use tokio_util::sync::CancellationToken;
 
-/// The service name in logs, dead letters and consumer groups.
+pub use crate::config::Config;
+use crate::error::StartError;
+use crate::health::POSTGRES;
+use crate::shared::Shared;
+
+/// The service's name: logs, consumer group, dead letters, `AURORA_DEVICE_REGISTRY_*`.
 pub const SERVICE: &str = "device-registry";
 
-/// Everything the service needs, already parsed.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub names: Names,
-    pub redis_url: String,
-    pub database_url: String,
-    /// This replica's name (consumer names).
-    pub instance: String,
-    pub http_addr: SocketAddr,
-    pub ops_addr: SocketAddr,
-    pub verifier: Verifier,
-    /// Take a device's public key from its first message (`public_key`, base64).
-    pub trust_on_first_use: bool,
-    /// How long a challenge stays answerable.
-    pub attestation_timeout: Duration,
-    /// Re-attest every device this often; `None` turns scheduled re-attestation off.
-    pub reattest_interval: Option<Duration>,
-    /// How often the sweeper looks for expired challenges, due re-attestations and unsent records.
-    pub sweep_interval: Duration,
-    /// A committed record not on the bus after this long is sent again by the sweeper.
-    pub resend_after: Duration,
-    /// Stream entries read per batch.
-    pub batch_size: usize,
-    /// Registration consumers in this replica (each its own consumer in the group).
-    pub registration_workers: usize,
-    /// Attestation consumers in this replica (default 1). More overlap batches like more
-    /// replicas do, but then two answers of one device may be settled out of stream order.
-    pub attestation_workers: usize,
-    pub stream_maxlen: usize,
-    pub db_max_connections: u32,
-    /// An entry pending this long with another consumer is taken over.
-    pub claim_idle: Duration,
+/// The ops port (`/healthz`, `/readyz`, `/metrics`) when `--ops-addr` is not given.
+pub const OPS_PORT: u16 = 9102;
+
+/// The service: a [`Config`] to start from, and where its API ends up listening.
+pub struct DeviceRegistry {
+    config: Config,
+    api_addr: ApiAddr,
 }
 
-impl Config {
-    /// Defaults for a test or a tool: everything on loopback, ephemeral ports.
-    pub fn local(names: Names, redis_url: &str, database_url: &str, verifier: Verifier) -> Self {
+impl DeviceRegistry {
+    pub fn new(config: Config) -> Self {
         Self {
-            names,
-            redis_url: redis_url.to_string(),
-            database_url: database_url.to_string(),
-            instance: "local".to_string(),
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ops_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            verifier,
-            trust_on_first_use: false,
-            attestation_timeout: Duration::from_secs(300),
-            reattest_interval: None,
-            sweep_interval: Duration::from_secs(5),
-            resend_after: Duration::from_secs(30),
-            batch_size: 1000,
-            registration_workers: 2,
-            attestation_workers: 1,
-            stream_maxlen: 1_000_000,
-            db_max_connections: 10,
-            claim_idle: Duration::from_secs(30),
+            config,
+            api_addr: ApiAddr::default(),
         }
+    }
+
+    /// Where the REST API listens, known once the service has started (with port 0 in
+    /// `--http-addr`, the port it was given).
+    pub fn api_addr(&self) -> ApiAddr {
+        self.api_addr.clone()
     }
 }
 
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Database(#[source] sqlx::Error),
-    #[error("cannot apply the database migrations: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    #[error("cannot bind {what} on {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+/// The bound address of the REST API, set by [`Service::start`].
+#[derive(Debug, Clone, Default)]
+pub struct ApiAddr(Arc<OnceLock<SocketAddr>>);
+
+impl ApiAddr {
+    pub fn get(&self) -> Option<SocketAddr> {
+        self.0.get().copied()
+    }
 }
 
-/// What the loops share.
-#[derive(Clone)]
-pub struct Context {
-    pub cfg: Config,
-    pub pool: sqlx::PgPool,
-    pub producer: Producer,
-    pub readiness: Readiness,
-}
+impl Service for DeviceRegistry {
+    const NAME: &'static str = SERVICE;
+    const OPS_PORT: u16 = OPS_PORT;
 
-/// A running service.
-pub struct Service {
-    pub http_addr: SocketAddr,
-    pub ops_addr: SocketAddr,
-    pub readiness: Readiness,
-    pub pool: sqlx::PgPool,
-    tasks: JoinSet<()>,
-}
-
-impl Service {
-    /// Starts in order: PostgreSQL (and migrations), Redis, the consumers and the sweeper, the
-    /// API, the ops endpoints. Everything stops when `shutdown` is cancelled.
-    pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
-        let readiness = Readiness::new();
-        readiness.register("postgres");
-        readiness.register("redis");
+    /// In order: PostgreSQL (and the migrations), Redis, the consumers, the sweeper and the
+    /// dependency watcher, the API.
+    async fn start(self, ctx: Context) -> anyhow::Result<Running> {
+        let Self {
+            config: cfg,
+            api_addr,
+        } = self;
+        let readiness = &ctx.readiness;
+        readiness.register(POSTGRES);
+        readiness.set_not_ready(
+            POSTGRES,
+            format!("connecting to {}", bus::redacted_url(&cfg.database_url)),
+        );
+        readiness.register(REDIS);
+        readiness.set_not_ready(
+            REDIS,
+            format!("connecting to {}", bus::redacted_url(&cfg.redis_url)),
+        );
 
         let pool = db::connect(&cfg.database_url, cfg.db_max_connections)
             .await
             .map_err(StartError::Database)?;
         db::migrate(&pool).await.map_err(StartError::Migrate)?;
-        readiness.set_ready("postgres");
+        readiness.set_ready(POSTGRES);
+        let conn = bus::connect(&cfg.redis_url)
+            .await
+            .map_err(StartError::Bus)?;
+        readiness.set_ready(REDIS);
 
-        let conn = bus::connect(&cfg.redis_url).await?;
-        readiness.set_ready("redis");
-        let producer = Producer::new(conn, cfg.stream_maxlen);
-
-        let ctx = Context {
-            cfg: cfg.clone(),
+        let dependencies = health::dependencies(pool.clone(), conn.clone());
+        let shared = Shared {
+            producer: Producer::new(conn, cfg.stream_maxlen),
             pool: pool.clone(),
-            producer,
-            readiness: readiness.clone(),
+            cfg,
         };
 
-        let mut tasks = JoinSet::new();
-        for worker in 0..cfg.registration_workers.max(1) {
-            let reader = registration::reader(&ctx, worker).await?;
-            tasks.spawn(registration::run(ctx.clone(), reader, shutdown.clone()));
+        let mut running = Running::new(&ctx);
+        for worker in 0..shared.cfg.registration_workers.max(1) {
+            let reader = registration::reader(&shared, &ctx.instance, worker)
+                .await
+                .map_err(StartError::Bus)?;
+            let handler = registration::Registration(shared.clone());
+            running.spawn(consume(&ctx, reader, handler, &dependencies));
         }
-        for worker in 0..cfg.attestation_workers.max(1) {
-            let reader = attestation::reader(&ctx, worker).await?;
-            tasks.spawn(attestation::run(ctx.clone(), reader, shutdown.clone()));
+        for worker in 0..shared.cfg.attestation_workers.max(1) {
+            let reader = attestation::reader(&shared, &ctx.instance, worker)
+                .await
+                .map_err(StartError::Bus)?;
+            let handler = attestation::Attestation(shared.clone());
+            running.spawn(consume(&ctx, reader, handler, &dependencies));
         }
-        let reader = cps_alerts::reader(&ctx).await?;
-        tasks.spawn(cps_alerts::run(ctx.clone(), reader, shutdown.clone()));
-        tasks.spawn(sweeper::run(ctx.clone(), shutdown.clone()));
-        tasks.spawn(watch_dependencies(ctx.clone(), shutdown.clone()));
-
-        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        let reader = cps_alerts::reader(&shared, &ctx.instance)
             .await
-            .map_err(|source| StartError::Bind {
-                what: "the API",
-                addr: cfg.http_addr,
-                source,
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            .map_err(StartError::Bus)?;
+        running.spawn(consume(
+            &ctx,
+            reader,
+            cps_alerts::CpsAlerts(shared.clone()),
+            &dependencies,
+        ));
+        running.spawn(until_aborted(
+            &ctx,
+            sweeper::run(shared.clone(), ctx.readiness.clone(), ctx.shutdown.clone()),
+        ));
+        running.spawn(dependencies.watch(
+            ctx.readiness.clone(),
+            health::WATCH_INTERVAL,
+            ctx.shutdown.clone(),
+        ));
+
+        let http_addr = shared.cfg.http_addr;
+        let bind_error = |source| StartError::Bind {
             what: "the API",
-            addr: cfg.http_addr,
+            addr: http_addr,
             source,
-        })?;
-        let app = api::router(api::AppState::new(ctx.clone()));
-        let http_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "API server failed");
-            }
-        });
-        tracing::info!(%http_addr, "device API listening");
-
-        let (ops_addr, ops_task) = ops::serve(cfg.ops_addr, readiness.clone(), shutdown.clone())
+        };
+        let listener = tokio::net::TcpListener::bind(http_addr)
             .await
-            .map_err(|source| StartError::Bind {
-                what: "the ops endpoints",
-                addr: cfg.ops_addr,
-                source,
-            })?;
-        tasks.spawn(async move {
-            let _ = ops_task.await;
-        });
+            .map_err(bind_error)?;
+        let bound = listener.local_addr().map_err(bind_error)?;
+        // Set once: `start` takes the service by value.
+        let _ = api_addr.0.set(bound);
+        let app = api::router(api::AppState::new(shared));
+        running.spawn_fallible(serve_api(
+            listener,
+            app,
+            ctx.shutdown.clone(),
+            ctx.abort.clone(),
+        ));
+        tracing::info!(%bound, "device API listening");
 
-        let drain_readiness = readiness.clone();
-        let drain_signal = shutdown.clone();
-        tasks.spawn(async move {
-            drain_signal.cancelled().await;
-            drain_readiness.start_draining();
-        });
-
-        Ok(Self {
-            http_addr,
-            ops_addr,
-            readiness,
-            pool,
-            tasks,
-        })
-    }
-
-    /// Waits until every part has stopped (after the shutdown token is cancelled), then
-    /// closes the database pool.
-    pub async fn wait(mut self) {
-        while let Some(res) = self.tasks.join_next().await {
-            if let Err(e) = res {
-                tracing::error!(error = %e, "a task of the service panicked");
-            }
-        }
-        self.pool.close().await;
+        running.after(async move { pool.close().await });
+        Ok(running)
     }
 }
 
-/// Keeps `/readyz` true to the state of PostgreSQL and Redis.
-async fn watch_dependencies(ctx: Context, shutdown: CancellationToken) {
-    let mut conn = ctx.producer.conn();
-    loop {
-        match db::ping(&ctx.pool).await {
-            Ok(()) => ctx.readiness.set_ready("postgres"),
-            Err(e) => ctx.readiness.set_not_ready("postgres", e.to_string()),
-        }
-        match bus::ping(&mut conn).await {
-            Ok(()) => ctx.readiness.set_ready("redis"),
-            Err(e) => ctx.readiness.set_not_ready("redis", e.to_string()),
-        }
+/// A consumer of the service that reads until shutdown, finishes the batch it holds, and
+/// gives it up (it stays pending) when the drain deadline passes.
+fn consume<H: BatchHandler>(
+    ctx: &Context,
+    reader: GroupReader,
+    handler: H,
+    dependencies: &Dependencies,
+) -> impl Future<Output = ()> + Send + 'static {
+    let consumer = Consumer {
+        reader,
+        handler,
+        dependencies: dependencies.clone(),
+        readiness: ctx.readiness.clone(),
+    };
+    until_aborted(ctx, consumer.run(ctx.shutdown.clone()))
+}
+
+/// `work`, dropped where it is when the drain deadline passes.
+fn until_aborted<F>(ctx: &Context, work: F) -> impl Future<Output = ()> + Send + 'static
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let abort = ctx.abort.clone();
+    async move {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = work => {}
+            _ = abort.cancelled() => {}
         }
     }
 }
 
-/// Why a batch could not be handled; its entries stay pending and come again.
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    #[error("internal: {0}")]
-    Internal(String),
-}
-
-impl BatchError {
-    /// The readiness component a failure says is down.
-    fn component(&self) -> Option<&'static str> {
-        match self {
-            Self::Database(_) => Some("postgres"),
-            Self::Bus(_) => Some("redis"),
-            Self::Internal(_) => None,
-        }
-    }
-}
-
-/// Waits before retrying after a failed batch: 100 ms doubling to 5 s. Returns false when
-/// shutting down.
-async fn back_off(attempt: &mut u32, shutdown: &CancellationToken) -> bool {
-    let delay = Duration::from_millis(100u64.saturating_mul(1 << (*attempt).min(6)))
-        .min(Duration::from_secs(5));
-    *attempt = attempt.saturating_add(1);
+/// Serves the API until shutdown, lets the requests in flight finish, and closes what is
+/// still open when the drain deadline passes.
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) -> std::io::Result<()> {
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .into_future();
     tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
-    }
-}
-
-/// Reports a failed step of a loop: log, metric, readiness.
-fn report_failure(ctx: &Context, part: &'static str, err: &BatchError) {
-    tracing::warn!(part, error = %err, "batch failed; its entries will be delivered again");
-    metrics::counter!(telemetry::BATCH_ERRORS, "part" => part).increment(1);
-    if let Some(component) = err.component() {
-        ctx.readiness.set_not_ready(component, err.to_string());
+        served = served => served,
+        _ = abort.cancelled() => {
+            tracing::warn!("API requests still open at the drain deadline: closing them");
+            Ok(())
+        }
     }
 }

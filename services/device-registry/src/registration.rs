@@ -10,41 +10,41 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use aurora_core::bus::{Entry, GroupReader};
+use aurora_core::bus::{BusError, Entry, GroupReader};
+use aurora_core::consumer::BatchHandler;
 use aurora_core::model::{parse, to_bytes, DeviceSeen};
 use base64::Engine;
 use serde_json::Value;
 
-use crate::consumer::{self, BatchHandler};
 use crate::db::{self, Sighting};
+use crate::error::BatchError;
 use crate::records::{attest_command, DeviceRegistered};
-use crate::{telemetry, BatchError, Context};
+use crate::shared::Shared;
+use crate::streams;
+use crate::telemetry::{self, Trigger};
 
-/// The reader of registration worker `worker` of this replica.
+/// The reader of registration worker `worker` of replica `instance`.
 pub async fn reader(
-    ctx: &Context,
+    shared: &Shared,
+    instance: &str,
     worker: usize,
-) -> Result<GroupReader, aurora_core::bus::BusError> {
-    let name = format!("{}-registration-{worker}", ctx.cfg.instance);
-    let cfg = consumer::group_config(ctx, &ctx.cfg.names.cps_registrations(), &name);
-    consumer::reader(ctx, cfg).await
+) -> Result<GroupReader, BusError> {
+    let name = format!("{instance}-registration-{worker}");
+    streams::reader(shared, &shared.cfg.names.cps_registrations(), &name).await
 }
 
-pub async fn run(ctx: Context, reader: GroupReader, shutdown: tokio_util::sync::CancellationToken) {
-    consumer::run(ctx, reader, Registration, shutdown).await
-}
-
-pub struct Registration;
+/// Registers the devices of each batch of `device.seen` records.
+pub struct Registration(pub Shared);
 
 impl BatchHandler for Registration {
-    const PART: &'static str = "registration";
+    type Error = BatchError;
 
-    async fn handle(
-        &self,
-        ctx: &Context,
-        reader: &GroupReader,
-        entries: Vec<Entry>,
-    ) -> Result<(), BatchError> {
+    fn part(&self) -> &'static str {
+        "registration"
+    }
+
+    async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), BatchError> {
+        let shared = &self.0;
         let started = Instant::now();
         let mut handled = Vec::with_capacity(entries.len());
         let mut devices: BTreeMap<String, Sighting> = BTreeMap::new();
@@ -52,22 +52,25 @@ impl BatchHandler for Registration {
             let seen = match parse::<DeviceSeen>(entry.data.as_deref().unwrap_or_default()) {
                 Ok(seen) => seen,
                 Err(e) => {
-                    consumer::reject(reader, entry, &e.to_string()).await?;
+                    streams::reject(reader, entry, &e.to_string()).await?;
                     continue;
                 }
             };
-            fold(&mut devices, seen, ctx.cfg.trust_on_first_use);
+            fold(&mut devices, seen, shared.cfg.trust_on_first_use);
             handled.push(entry.id.clone());
         }
-        metrics::counter!(telemetry::SIGHTINGS).increment(handled.len() as u64);
+        telemetry::sightings(handled.len());
         let sightings: Vec<Sighting> = devices.into_values().collect();
         if !sightings.is_empty() {
-            register(ctx, &sightings).await?;
+            register(shared, &sightings).await?;
         }
         reader.ack(&handled).await?;
-        metrics::histogram!(telemetry::REGISTRATION_BATCH_SECONDS)
-            .record(started.elapsed().as_secs_f64());
+        telemetry::registration_batch(started.elapsed());
         Ok(())
+    }
+
+    fn failed(&self, _error: &BatchError) {
+        telemetry::batch_failed(self.part());
     }
 }
 
@@ -77,9 +80,15 @@ impl BatchHandler for Registration {
 /// per new device and one outbox row for the batch; then one XADD pipeline puts the
 /// `device.registered` records and `attest` commands on the bus; then the outbox row goes
 /// (a non-critical write: if it is lost, the sweeper sends the records again).
-pub async fn register(ctx: &Context, sightings: &[Sighting]) -> Result<usize, BatchError> {
+pub async fn register(shared: &Shared, sightings: &[Sighting]) -> Result<usize, BatchError> {
     let outbox = uuid::Uuid::new_v4();
-    let new = db::register_batch(&ctx.pool, sightings, ctx.cfg.attestation_timeout, outbox).await?;
+    let new = db::register_batch(
+        &shared.pool,
+        sightings,
+        shared.cfg.attestation_timeout,
+        outbox,
+    )
+    .await?;
     if new.is_empty() {
         return Ok(0);
     }
@@ -88,8 +97,8 @@ pub async fn register(ctx: &Context, sightings: &[Sighting]) -> Result<usize, Ba
         .iter()
         .map(|s| (s.device_id.as_str(), s))
         .collect();
-    let devices_stream = ctx.cfg.names.cps_devices();
-    let commands_stream = ctx.cfg.names.cps_commands();
+    let devices_stream = shared.cfg.names.cps_devices();
+    let commands_stream = shared.cfg.names.cps_commands();
     let mut docs: Vec<(&str, Vec<u8>)> = Vec::with_capacity(2 * new.len());
     for row in &new {
         if let Some(s) = by_id.get(row.device_id.as_str()) {
@@ -110,15 +119,14 @@ pub async fn register(ctx: &Context, sightings: &[Sighting]) -> Result<usize, Ba
             to_bytes(&attest_command(&row.challenge())),
         ));
     }
-    ctx.producer.publish_batch(&docs).await?;
-    if let Err(e) = db::outbox_done(&ctx.pool, outbox).await {
+    shared.producer.publish_batch(&docs).await?;
+    if let Err(e) = db::outbox_done(&shared.pool, outbox).await {
         // The records are on the bus; the sweeper will send them once more.
         tracing::warn!(error = %e, %outbox, "could not clear the outbox row of a sent batch");
     }
 
-    metrics::counter!(telemetry::REGISTERED).increment(new.len() as u64);
-    metrics::counter!(telemetry::CHALLENGES, "trigger" => "registration")
-        .increment(new.len() as u64);
+    telemetry::registered(new.len());
+    telemetry::challenges_issued(Trigger::Registration, new.len());
     tracing::debug!(count = new.len(), "registered new devices");
     Ok(new.len())
 }

@@ -6,29 +6,43 @@
 //!    bus (a crash or a Redis outage between the two) are sent again;
 //! 3. scheduled re-attestation (`--reattest-interval`).
 
+use aurora_core::consumer::BatchFailure;
 use aurora_core::model::to_bytes;
+use aurora_core::ops::Readiness;
+use aurora_core::retry::Backoff;
 use tokio_util::sync::CancellationToken;
 
-use crate::records::{attestation_timeout_alert, DeviceRegistered};
-use crate::{attestation, back_off, db, report_failure, telemetry, BatchError, Context};
+use crate::error::BatchError;
+use crate::records::{attest_command, attestation_timeout_alert, DeviceRegistered};
+use crate::shared::Shared;
+use crate::telemetry::{self, AlertKind, Resent, Trigger};
+use crate::{attestation, db};
 
 /// Rows handled per step and round.
 const LIMIT: i64 = 1000;
 /// Registration outbox rows (batches) handled per round.
 const OUTBOX_BATCHES: i64 = 10;
+/// The `part` of a failed sweep in logs and metrics.
+const PART: &str = "sweeper";
 
-pub async fn run(ctx: Context, shutdown: CancellationToken) {
-    let mut attempt = 0u32;
+/// A round every `--sweep-interval` until `shutdown`; a failed round is logged, marks the
+/// dependency it names not ready, and is followed by a back-off.
+pub async fn run(shared: Shared, readiness: Readiness, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(ctx.cfg.sweep_interval) => {}
+            _ = tokio::time::sleep(shared.cfg.sweep_interval) => {}
         }
-        match sweep(&ctx).await {
-            Ok(_) => attempt = 0,
+        match sweep(&shared).await {
+            Ok(_) => backoff.reset(),
             Err(e) => {
-                report_failure(&ctx, "sweeper", &e);
-                if !back_off(&mut attempt, &shutdown).await {
+                tracing::warn!(part = PART, error = %e, "sweep failed; it is retried");
+                telemetry::batch_failed(PART);
+                if let Some(dependency) = e.dependency() {
+                    readiness.set_not_ready(dependency, e.to_string());
+                }
+                if !backoff.wait(&shutdown).await {
                     return;
                 }
             }
@@ -48,13 +62,13 @@ pub struct Swept {
 }
 
 /// One round of every step.
-pub async fn sweep(ctx: &Context) -> Result<Swept, BatchError> {
+pub async fn sweep(shared: &Shared) -> Result<Swept, BatchError> {
     let swept = Swept {
-        timed_out: expire(ctx).await?,
-        challenges_resent: resend_challenges(ctx).await?,
-        devices_announced: resend_announcements(ctx).await?,
-        registrations_resent: resend_registrations(ctx).await?,
-        reattested: reattest(ctx).await?,
+        timed_out: expire(shared).await?,
+        challenges_resent: resend_challenges(shared).await?,
+        devices_announced: resend_announcements(shared).await?,
+        registrations_resent: resend_registrations(shared).await?,
+        reattested: reattest(shared).await?,
     };
     if swept != Swept::default() {
         tracing::info!(?swept, "sweep");
@@ -62,10 +76,10 @@ pub async fn sweep(ctx: &Context) -> Result<Swept, BatchError> {
     Ok(swept)
 }
 
-async fn expire(ctx: &Context) -> Result<usize, BatchError> {
-    let mut tx = ctx.pool.begin().await?;
+async fn expire(shared: &Shared) -> Result<usize, BatchError> {
+    let mut tx = shared.pool.begin().await?;
     let timed_out = db::expire_challenges(&mut tx, LIMIT).await?;
-    let stream = ctx.cfg.names.alerts();
+    let stream = shared.cfg.names.alerts();
     let docs: Vec<(&str, Vec<u8>)> = timed_out
         .iter()
         .map(|t| {
@@ -74,57 +88,57 @@ async fn expire(ctx: &Context) -> Result<usize, BatchError> {
             (stream.as_str(), to_bytes(&alert))
         })
         .collect();
-    ctx.producer.publish_batch(&docs).await?;
+    shared.producer.publish_batch(&docs).await?;
     tx.commit().await?;
-    metrics::counter!(telemetry::ATTESTATION_TIMEOUTS).increment(timed_out.len() as u64);
-    metrics::counter!(telemetry::ALERTS, "kind" => "timeout").increment(timed_out.len() as u64);
+    telemetry::attestation_timeouts(timed_out.len());
+    telemetry::alerts(AlertKind::Timeout, timed_out.len());
     Ok(timed_out.len())
 }
 
-async fn resend_challenges(ctx: &Context) -> Result<usize, BatchError> {
-    let mut tx = ctx.pool.begin().await?;
+async fn resend_challenges(shared: &Shared) -> Result<usize, BatchError> {
+    let mut tx = shared.pool.begin().await?;
     let unsent = db::unsent_challenges(
         &mut tx,
-        ctx.cfg.resend_after,
-        ctx.cfg.attestation_timeout,
+        shared.cfg.resend_after,
+        shared.cfg.attestation_timeout,
         LIMIT,
     )
     .await?;
-    attestation::send_challenges(ctx, &unsent).await?;
+    attestation::send_challenges(shared, &unsent).await?;
     tx.commit().await?;
-    metrics::counter!(telemetry::RESENT, "kind" => "challenge").increment(unsent.len() as u64);
+    telemetry::resent(Resent::Challenge, unsent.len());
     Ok(unsent.len())
 }
 
-async fn resend_announcements(ctx: &Context) -> Result<usize, BatchError> {
-    let mut tx = ctx.pool.begin().await?;
-    let devices = db::unannounced_devices(&mut tx, ctx.cfg.resend_after, LIMIT).await?;
-    let stream = ctx.cfg.names.cps_devices();
+async fn resend_announcements(shared: &Shared) -> Result<usize, BatchError> {
+    let mut tx = shared.pool.begin().await?;
+    let devices = db::unannounced_devices(&mut tx, shared.cfg.resend_after, LIMIT).await?;
+    let stream = shared.cfg.names.cps_devices();
     let docs: Vec<(&str, Vec<u8>)> = devices
         .iter()
         .map(|d| (stream.as_str(), to_bytes(&DeviceRegistered::from_device(d))))
         .collect();
-    ctx.producer.publish_batch(&docs).await?;
+    shared.producer.publish_batch(&docs).await?;
     tx.commit().await?;
-    metrics::counter!(telemetry::RESENT, "kind" => "registered").increment(devices.len() as u64);
+    telemetry::resent(Resent::Registered, devices.len());
     Ok(devices.len())
 }
 
 /// Registration batches committed but (maybe) not on the bus: their `device.registered`
 /// records and `attest` commands are sent again; the outbox rows go in the same transaction.
-async fn resend_registrations(ctx: &Context) -> Result<usize, BatchError> {
-    let mut tx = ctx.pool.begin().await?;
+async fn resend_registrations(shared: &Shared) -> Result<usize, BatchError> {
+    let mut tx = shared.pool.begin().await?;
     let (devices, challenges) = db::take_outbox(
         &mut tx,
-        ctx.cfg.resend_after,
-        ctx.cfg.attestation_timeout,
+        shared.cfg.resend_after,
+        shared.cfg.attestation_timeout,
         OUTBOX_BATCHES,
     )
     .await?;
     if devices.is_empty() && challenges.is_empty() {
         return Ok(0);
     }
-    let devices_stream = ctx.cfg.names.cps_devices();
+    let devices_stream = shared.cfg.names.cps_devices();
     let mut docs: Vec<(&str, Vec<u8>)> = devices
         .iter()
         .map(|d| {
@@ -134,38 +148,36 @@ async fn resend_registrations(ctx: &Context) -> Result<usize, BatchError> {
             )
         })
         .collect();
-    let commands_stream = ctx.cfg.names.cps_commands();
-    docs.extend(challenges.iter().map(|c| {
-        (
-            commands_stream.as_str(),
-            to_bytes(&crate::records::attest_command(c)),
-        )
-    }));
-    ctx.producer.publish_batch(&docs).await?;
+    let commands_stream = shared.cfg.names.cps_commands();
+    docs.extend(
+        challenges
+            .iter()
+            .map(|c| (commands_stream.as_str(), to_bytes(&attest_command(c)))),
+    );
+    shared.producer.publish_batch(&docs).await?;
     tx.commit().await?;
-    metrics::counter!(telemetry::RESENT, "kind" => "registered").increment(devices.len() as u64);
-    metrics::counter!(telemetry::RESENT, "kind" => "challenge").increment(challenges.len() as u64);
+    telemetry::resent(Resent::Registered, devices.len());
+    telemetry::resent(Resent::Challenge, challenges.len());
     Ok(devices.len())
 }
 
-async fn reattest(ctx: &Context) -> Result<usize, BatchError> {
-    let Some(interval) = ctx.cfg.reattest_interval else {
+async fn reattest(shared: &Shared) -> Result<usize, BatchError> {
+    let Some(interval) = shared.cfg.reattest_interval else {
         return Ok(0);
     };
     // Issued inside the locking transaction, so two replicas never challenge one device twice
     // in a round; sent after the commit (the outbox covers a failure in between).
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = shared.pool.begin().await?;
     let due = db::due_for_reattestation(&mut tx, interval, LIMIT).await?;
     if due.is_empty() {
         return Ok(0);
     }
     let challenges =
-        db::insert_challenges(&mut tx, &due, ctx.cfg.attestation_timeout, true).await?;
+        db::insert_challenges(&mut tx, &due, shared.cfg.attestation_timeout, true).await?;
     tx.commit().await?;
-    attestation::send_challenges(ctx, &challenges).await?;
+    attestation::send_challenges(shared, &challenges).await?;
     let nonces: Vec<String> = challenges.iter().map(|c| c.nonce.clone()).collect();
-    db::mark_sent(&ctx.pool, &nonces, &[]).await?;
-    metrics::counter!(telemetry::CHALLENGES, "trigger" => "schedule")
-        .increment(challenges.len() as u64);
+    db::mark_sent(&shared.pool, &nonces, &[]).await?;
+    telemetry::challenges_issued(Trigger::Schedule, challenges.len());
     Ok(challenges.len())
 }

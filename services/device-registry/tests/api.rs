@@ -413,7 +413,7 @@ async fn every_route_checks_identity_permission_input_and_existence() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
     // Ops endpoints.
-    let ops = format!("http://{}", svc.service.as_ref().unwrap().ops_addr);
+    let ops = svc.ops.clone();
     let r = api
         .client
         .get(format!("{ops}/readyz"))

@@ -112,12 +112,13 @@ async fn two_replicas_starting_together_upsert_without_duplicates_or_lost_last_s
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let mut c1 = config(&names, &db);
-    c1.instance = "replica-1".into();
     c1.batch_size = 50;
-    let mut c2 = c1.clone();
-    c2.instance = "replica-2".into();
+    let c2 = c1.clone();
     // Both apply the migrations at once: the advisory lock makes that safe.
-    let (r1, r2) = tokio::join!(Running::start(c1), Running::start(c2));
+    let (r1, r2) = tokio::join!(
+        Running::start_as(c1, "replica-1"),
+        Running::start_as(c2, "replica-2")
+    );
     let pool = db.pool().await;
     let conn = redis().await;
     let stream = names.cps_registrations();
@@ -261,7 +262,8 @@ async fn sightings_wait_out_a_database_outage_and_are_not_lost() {
 /// `attest` commands, then clears the row.
 #[tokio::test]
 async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
-    use device_registry::{db, sweeper, Context};
+    use device_registry::shared::Shared;
+    use device_registry::{db, sweeper};
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let mut cfg = config(&names, &db);
@@ -269,11 +271,10 @@ async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
     let pool = db::connect(&cfg.database_url, 2).await.unwrap();
     db::migrate(&pool).await.unwrap();
     let conn = redis().await;
-    let ctx = Context {
+    let shared = Shared {
         cfg: cfg.clone(),
         pool: pool.clone(),
         producer: aurora_core::bus::Producer::new(conn.clone(), 100_000),
-        readiness: aurora_core::ops::Readiness::new(),
     };
 
     let now = Utc::now();
@@ -316,7 +317,7 @@ async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
     assert_eq!(outbox, 1);
     assert!(docs(&conn, &names.cps_devices()).await.is_empty());
 
-    let swept = sweeper::sweep(&ctx).await.unwrap();
+    let swept = sweeper::sweep(&shared).await.unwrap();
     assert_eq!(swept.registrations_resent, 2, "{swept:?}");
     let registered = docs(&conn, &names.cps_devices()).await;
     let mut ids: Vec<&str> = registered
@@ -340,6 +341,9 @@ async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
         .unwrap();
     assert_eq!(outbox, 0);
     // Nothing left to send.
-    assert_eq!(sweeper::sweep(&ctx).await.unwrap().registrations_resent, 0);
+    assert_eq!(
+        sweeper::sweep(&shared).await.unwrap().registrations_resent,
+        0
+    );
     pool.close().await;
 }

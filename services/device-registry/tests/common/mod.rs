@@ -8,11 +8,12 @@ use aurora_core::auth::{Minter, Permission, Verifier};
 use aurora_core::bus::{self, Conn, Entry};
 use aurora_core::model::{to_bytes, AttestationReport, DeviceCommand, DeviceSeen, Extra};
 use aurora_core::names::DeviceTopicKind;
+use aurora_core::service::{launch, LaunchOptions, Launched, Stopped};
 use aurora_core::Names;
 use aurora_testkit::{wait_until, DATABASE_URL, REDIS_URL};
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use device_registry::{Config, Service};
+use device_registry::{Config, DeviceRegistry};
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -88,29 +89,44 @@ pub fn config(names: &Names, db: &TestDb) -> Config {
 
 /// A service running in-process; stopped (and waited for) by [`Running::stop`].
 pub struct Running {
-    pub service: Option<Service>,
+    pub launched: Option<Launched>,
     pub shutdown: CancellationToken,
+    /// The REST API, `http://127.0.0.1:<port>`.
     pub base: String,
+    /// The ops endpoints, `http://127.0.0.1:<port>`.
+    pub ops: String,
 }
 
 impl Running {
     pub async fn start(cfg: Config) -> Self {
+        Self::start_as(cfg, "local").await
+    }
+
+    /// Started as replica `instance` (its consumer names).
+    pub async fn start_as(cfg: Config, instance: &str) -> Self {
         let shutdown = CancellationToken::new();
-        let service = Service::start(cfg, shutdown.clone()).await.unwrap();
-        let base = format!("http://{}", service.http_addr);
+        let registry = DeviceRegistry::new(cfg);
+        let api = registry.api_addr();
+        let launched = launch(registry, LaunchOptions::local(instance), shutdown.clone())
+            .await
+            .unwrap();
+        let base = format!("http://{}", api.get().unwrap());
+        let ops = format!("http://{}", launched.ops_addr);
         Self {
-            service: Some(service),
+            launched: Some(launched),
             shutdown,
             base,
+            ops,
         }
     }
 
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        if let Some(s) = self.service.take() {
-            tokio::time::timeout(LONG, s.wait())
+        if let Some(launched) = self.launched.take() {
+            let stopped = tokio::time::timeout(LONG, launched.stopped())
                 .await
                 .expect("service drains in time");
+            assert_eq!(stopped, Stopped::Drained);
         }
     }
 }

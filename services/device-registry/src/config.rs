@@ -1,0 +1,278 @@
+//! The flags of the binary ([`Args`]) and what the service is built from ([`Config`]).
+//!
+//! The service's own flags read `AURORA_DEVICE_REGISTRY_<FLAG>` (the rule of
+//! `aurora_core::config::env_name`); the shared ones keep their `AURORA_<FLAG>`. The variables
+//! this service read before under other names are refused at start with the new name
+//! ([`RENAMED_ENV`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aurora_core::auth::Verifier;
+use aurora_core::config::{parse_duration, CommonArgs, JwtArgs};
+use aurora_core::service::Flags;
+use aurora_core::Names;
+use clap::Parser;
+
+use crate::DeviceRegistry;
+
+/// Registers, attests and exposes the CPS devices of an Aurora site.
+#[derive(Debug, Parser)]
+#[command(name = "device-registry", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    /// PostgreSQL.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Address of the REST API.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub http_addr: SocketAddr,
+    /// Take a new device's Ed25519 public key from its first message (`public_key`).
+    #[arg(long)]
+    pub trust_on_first_use: bool,
+    /// How long a device has to answer an attestation challenge.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub attestation_timeout: Duration,
+    /// Re-attest every device this often (0 turns it off).
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    pub reattest_interval: Duration,
+    /// How often to look for expired challenges, due re-attestations and unsent records.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub sweep_interval: Duration,
+    /// A record committed in PostgreSQL but not on the bus after this long is sent again.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub resend_after: Duration,
+    /// Stream entries per batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Registration consumers in this replica.
+    #[arg(long, default_value_t = 2)]
+    pub registration_workers: usize,
+    /// Attestation consumers in this replica.
+    #[arg(long, default_value_t = 1)]
+    pub attestation_workers: usize,
+    /// PostgreSQL connections at most.
+    #[arg(long, default_value_t = 10)]
+    pub db_max_connections: u32,
+    /// A stream entry pending this long with another (dead) consumer is taken over.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub claim_idle: Duration,
+}
+
+/// The variables read before under another name (old, new).
+pub const RENAMED_ENV: &[(&str, &str)] = &[
+    ("AURORA_DATABASE_URL", "AURORA_DEVICE_REGISTRY_DATABASE_URL"),
+    ("AURORA_HTTP_ADDR", "AURORA_DEVICE_REGISTRY_HTTP_ADDR"),
+    (
+        "AURORA_TRUST_ON_FIRST_USE",
+        "AURORA_DEVICE_REGISTRY_TRUST_ON_FIRST_USE",
+    ),
+    (
+        "AURORA_ATTESTATION_TIMEOUT",
+        "AURORA_DEVICE_REGISTRY_ATTESTATION_TIMEOUT",
+    ),
+    (
+        "AURORA_REATTEST_INTERVAL",
+        "AURORA_DEVICE_REGISTRY_REATTEST_INTERVAL",
+    ),
+    (
+        "AURORA_SWEEP_INTERVAL",
+        "AURORA_DEVICE_REGISTRY_SWEEP_INTERVAL",
+    ),
+    ("AURORA_RESEND_AFTER", "AURORA_DEVICE_REGISTRY_RESEND_AFTER"),
+    ("AURORA_BATCH_SIZE", "AURORA_DEVICE_REGISTRY_BATCH_SIZE"),
+    (
+        "AURORA_REGISTRATION_WORKERS",
+        "AURORA_DEVICE_REGISTRY_REGISTRATION_WORKERS",
+    ),
+    (
+        "AURORA_ATTESTATION_WORKERS",
+        "AURORA_DEVICE_REGISTRY_ATTESTATION_WORKERS",
+    ),
+    (
+        "AURORA_DB_MAX_CONNECTIONS",
+        "AURORA_DEVICE_REGISTRY_DB_MAX_CONNECTIONS",
+    ),
+    ("AURORA_CLAIM_IDLE", "AURORA_DEVICE_REGISTRY_CLAIM_IDLE"),
+];
+
+impl Flags for Args {
+    type Service = DeviceRegistry;
+    const RENAMED_ENV: &'static [(&'static str, &'static str)] = RENAMED_ENV;
+
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+
+    fn into_service(self) -> anyhow::Result<DeviceRegistry> {
+        Ok(DeviceRegistry::new(self.into_config()?))
+    }
+}
+
+impl Args {
+    /// Checks the flags: a valid namespace and a JWT key (or the development flag).
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let names = self.common.names().context("--namespace")?;
+        let verifier = self.jwt.verifier()?;
+        Ok(Config {
+            names,
+            redis_url: self.common.redis_url,
+            database_url: self.database_url,
+            http_addr: self.http_addr,
+            verifier,
+            trust_on_first_use: self.trust_on_first_use,
+            attestation_timeout: self.attestation_timeout,
+            reattest_interval: Some(self.reattest_interval).filter(|d| !d.is_zero()),
+            sweep_interval: self.sweep_interval,
+            resend_after: self.resend_after,
+            batch_size: self.batch_size,
+            registration_workers: self.registration_workers,
+            attestation_workers: self.attestation_workers,
+            stream_maxlen: self.common.stream_maxlen,
+            db_max_connections: self.db_max_connections,
+            claim_idle: self.claim_idle,
+        })
+    }
+}
+
+/// Everything the service needs, already parsed and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub names: Names,
+    pub redis_url: String,
+    pub database_url: String,
+    /// Where the REST API listens (port 0: any free port, see `DeviceRegistry::api_addr`).
+    pub http_addr: SocketAddr,
+    pub verifier: Verifier,
+    /// Take a device's public key from its first message (`public_key`, base64).
+    pub trust_on_first_use: bool,
+    /// How long a challenge stays answerable.
+    pub attestation_timeout: Duration,
+    /// Re-attest every device this often; `None` turns scheduled re-attestation off.
+    pub reattest_interval: Option<Duration>,
+    /// How often the sweeper looks for expired challenges, due re-attestations and unsent records.
+    pub sweep_interval: Duration,
+    /// A committed record not on the bus after this long is sent again by the sweeper.
+    pub resend_after: Duration,
+    /// Stream entries read per batch.
+    pub batch_size: usize,
+    /// Registration consumers in this replica (each its own consumer in the group).
+    pub registration_workers: usize,
+    /// Attestation consumers in this replica (default 1). More overlap batches like more
+    /// replicas do, but then two answers of one device may be settled out of stream order.
+    pub attestation_workers: usize,
+    pub stream_maxlen: usize,
+    pub db_max_connections: u32,
+    /// An entry pending this long with another consumer is taken over.
+    pub claim_idle: Duration,
+}
+
+impl Config {
+    /// Defaults for a test or a tool: everything on loopback, an ephemeral API port.
+    pub fn local(names: Names, redis_url: &str, database_url: &str, verifier: Verifier) -> Self {
+        Self {
+            names,
+            redis_url: redis_url.to_string(),
+            database_url: database_url.to_string(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            verifier,
+            trust_on_first_use: false,
+            attestation_timeout: Duration::from_secs(300),
+            reattest_interval: None,
+            sweep_interval: Duration::from_secs(5),
+            resend_after: Duration::from_secs(30),
+            batch_size: 1000,
+            registration_workers: 2,
+            attestation_workers: 1,
+            stream_maxlen: 1_000_000,
+            db_max_connections: 10,
+            claim_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use aurora_core::config::{command, env_name, parse_from, undocumented_flags};
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        parse_from::<Args, _, _>(
+            crate::SERVICE,
+            &[],
+            std::iter::once("device-registry").chain(args.iter().copied()),
+        )
+    }
+
+    #[test]
+    fn every_flag_says_what_it_does() {
+        let cmd = command::<Args>(crate::SERVICE);
+        assert!(
+            undocumented_flags(&cmd).is_empty(),
+            "{:?}",
+            undocumented_flags(&cmd)
+        );
+    }
+
+    #[test]
+    fn own_flags_read_the_service_variables_and_every_rename_is_listed() {
+        let cmd = command::<Args>(crate::SERVICE);
+        let var = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            var("database_url").as_deref(),
+            Some("AURORA_DEVICE_REGISTRY_DATABASE_URL")
+        );
+        assert_eq!(var("redis_url").as_deref(), Some("AURORA_REDIS_URL"));
+        for (old, new) in RENAMED_ENV {
+            let flag = new
+                .strip_prefix("AURORA_DEVICE_REGISTRY_")
+                .unwrap()
+                .to_ascii_lowercase()
+                .replace('_', "-");
+            assert_eq!(*new, env_name(crate::SERVICE, &flag));
+            assert_eq!(var(&flag.replace('-', "_")).as_deref(), Some(*new), "{old}");
+        }
+        assert_eq!(RENAMED_ENV.len(), 12);
+    }
+
+    #[test]
+    fn defaults_and_switches() {
+        let args = parse(&["--dev-insecure-auth"]).unwrap();
+        assert!(!args.trust_on_first_use);
+        let cfg = args.into_config().unwrap();
+        assert_eq!(cfg.http_addr.port(), 8081);
+        assert_eq!(cfg.reattest_interval, Some(Duration::from_secs(86_400)));
+        assert_eq!(cfg.batch_size, 1000);
+        let args = parse(&[
+            "--dev-insecure-auth",
+            "--trust-on-first-use",
+            "--reattest-interval",
+            "0",
+        ])
+        .unwrap();
+        assert!(args.trust_on_first_use);
+        assert_eq!(args.into_config().unwrap().reattest_interval, None);
+        assert!(parse(&["--trust-on-first-use", "false"]).is_err());
+    }
+
+    #[test]
+    fn no_jwt_key_is_a_configuration_error() {
+        let err = parse(&[]).unwrap().into_config().unwrap_err();
+        assert!(format!("{err:#}").contains("JWT"), "{err:#}");
+    }
+}

@@ -1,0 +1,40 @@
+//! The service's consumer group on its input streams, and bad input dead-lettered.
+
+use aurora_core::bus::{self, BusError, Entry, GroupConfig, GroupReader};
+
+use crate::error::BatchError;
+use crate::shared::Shared;
+use crate::{telemetry, SERVICE};
+
+/// The group of this service on `stream`, read as `consumer`.
+pub fn group_config(shared: &Shared, stream: &str, consumer: &str) -> GroupConfig {
+    let cfg = &shared.cfg;
+    let mut group = GroupConfig::new(
+        stream,
+        SERVICE,
+        consumer,
+        &cfg.names.deadletter(SERVICE),
+        SERVICE,
+    );
+    group.batch = cfg.batch_size.max(1);
+    group.claim_idle = cfg.claim_idle;
+    group
+}
+
+/// A reader of `stream` as `consumer`, with a connection of its own (it blocks).
+pub async fn reader(
+    shared: &Shared,
+    stream: &str,
+    consumer: &str,
+) -> Result<GroupReader, BusError> {
+    let group = group_config(shared, stream, consumer);
+    let conn = bus::connect_blocking(&shared.cfg.redis_url, group.block).await?;
+    GroupReader::new(group, conn, shared.producer.clone()).await
+}
+
+/// Counts and dead-letters an entry that is not valid input.
+pub async fn reject(reader: &GroupReader, entry: &Entry, reason: &str) -> Result<(), BatchError> {
+    telemetry::dead_letter(&reader.config().stream);
+    reader.dead_letter(entry, reason).await?;
+    Ok(())
+}
