@@ -148,73 +148,261 @@ async fn nats_status(ctx: &Ctx) -> Result<Value> {
     Ok(Value::Array(out))
 }
 
-fn print_redis(streams: &[Value]) {
-    println!(
-        "{:<36} {:>9}  groups (consumers / pending / lag)",
-        "REDIS STREAM", "LENGTH"
-    );
-    for s in streams {
-        let groups: Vec<String> = s["groups"]
-            .as_array()
-            .map(|gs| {
-                gs.iter()
-                    .map(|g| {
-                        format!(
-                            "{} ({} / {} / {})",
-                            g["group"].as_str().unwrap_or("?"),
-                            g["consumers"],
-                            g["pending"],
-                            g["lag"]
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        println!(
-            "{:<36} {:>9}  {}",
-            s["stream"].as_str().unwrap_or("?"),
-            s["length"],
-            groups.join(", ")
-        );
+/// A text table: each column as wide as its widest cell, two spaces between columns.
+struct Table {
+    header: Vec<String>,
+    /// Which columns are right-aligned (numbers).
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+/// The space between two columns.
+const GAP: &str = "  ";
+
+impl Table {
+    /// Columns named by `(header, right-aligned)`.
+    fn new(columns: &[(&str, bool)]) -> Self {
+        Self {
+            header: columns.iter().map(|(h, _)| h.to_string()).collect(),
+            right: columns.iter().map(|(_, r)| *r).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (width, right)) in widths.iter().zip(&self.right).enumerate() {
+                let cell = row.get(i).map(String::as_str).unwrap_or("");
+                if i > 0 {
+                    line.push_str(GAP);
+                }
+                let pad = width.saturating_sub(cell.chars().count());
+                if *right {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
     }
 }
 
-fn print_nats(streams: &Value) {
-    println!();
-    println!(
-        "{:<36} {:>9} {:>12}  consumers (pending / ack pending)",
-        "JETSTREAM STREAM", "MESSAGES", "BYTES"
-    );
+/// A JSON value as a cell: numbers and strings as they are, `-` for what is missing.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn redis_table(streams: &[Value]) -> String {
+    let mut table = Table::new(&[
+        ("REDIS STREAM", false),
+        ("LENGTH", true),
+        ("GROUPS (consumers / pending / lag)", false),
+    ]);
+    for s in streams {
+        let groups: Vec<String> = s["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                format!(
+                    "{} ({} / {} / {})",
+                    cell(&g["group"]),
+                    cell(&g["consumers"]),
+                    cell(&g["pending"]),
+                    cell(&g["lag"])
+                )
+            })
+            .collect();
+        table.row(vec![
+            cell(&s["stream"]),
+            cell(&s["length"]),
+            groups.join(", "),
+        ]);
+    }
+    table.render()
+}
+
+fn nats_table(streams: &Value) -> String {
+    let mut table = Table::new(&[
+        ("JETSTREAM STREAM", false),
+        ("MESSAGES", true),
+        ("BYTES", true),
+        ("CONSUMERS (pending / ack pending)", false),
+    ]);
     for s in streams.as_array().into_iter().flatten() {
         if s["exists"] == false {
-            println!(
-                "{:<36} {:>9}",
-                s["stream"].as_str().unwrap_or("?"),
-                "absent"
-            );
+            table.row(vec![cell(&s["stream"]), "absent".to_string()]);
             continue;
         }
         let consumers: Vec<String> = s["consumers"]
             .as_array()
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| {
-                        format!(
-                            "{} ({} / {})",
-                            c["consumer"].as_str().unwrap_or("?"),
-                            c["pending"],
-                            c["ack_pending"]
-                        )
-                    })
-                    .collect()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{} ({} / {})",
+                    cell(&c["consumer"]),
+                    cell(&c["pending"]),
+                    cell(&c["ack_pending"])
+                )
             })
-            .unwrap_or_default();
-        println!(
-            "{:<36} {:>9} {:>12}  {}",
-            s["stream"].as_str().unwrap_or("?"),
-            s["messages"],
-            s["bytes"],
-            consumers.join(", ")
+            .collect();
+        table.row(vec![
+            cell(&s["stream"]),
+            cell(&s["messages"]),
+            cell(&s["bytes"]),
+            consumers.join(", "),
+        ]);
+    }
+    table.render()
+}
+
+fn print_redis(streams: &[Value]) {
+    print!("{}", redis_table(streams));
+}
+
+fn print_nats(streams: &Value) {
+    println!();
+    print!("{}", nats_table(streams));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte offsets where the columns of a line start (after runs of two spaces or more).
+    fn column_starts(line: &str) -> Vec<usize> {
+        let mut starts = vec![0];
+        let bytes = line.as_bytes();
+        for i in 2..bytes.len() {
+            if bytes[i] != b' ' && bytes[i - 1] == b' ' && bytes[i - 2] == b' ' {
+                starts.push(i);
+            }
+        }
+        starts
+    }
+
+    #[test]
+    fn jetstream_columns_are_separated_and_aligned() {
+        let streams = json!([
+            {"stream": "AURORA", "exists": true, "messages": 13768, "bytes": 4677747,
+             "consumers": [{"consumer": "site-a", "pending": 0, "ack_pending": 12}]},
+            {"stream": "A_VERY_LONG_NAMESPACE_OF_FORTY_CHARACTERS_SURICATA", "exists": true,
+             "messages": 123456789012_u64, "bytes": 98765432109876_u64, "consumers": []},
+            {"stream": "suricata", "exists": false},
+        ]);
+        let text = nats_table(&streams);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(!text.contains("13768 4677747"), "{text}");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["AURORA", "13768", "4677747", "site-a", "(0", "/", "12)"],
+            "{text}"
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            [
+                "A_VERY_LONG_NAMESPACE_OF_FORTY_CHARACTERS_SURICATA",
+                "123456789012",
+                "98765432109876"
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            ["suricata", "absent"],
+            "{text}"
+        );
+        // Columns start where the header's do; numbers end where their header ends.
+        let header = column_starts(lines[0]);
+        assert_eq!(header.len(), 4, "{text}");
+        assert_eq!(column_starts(lines[1]).first(), Some(&0));
+        assert_eq!(lines[1].find("site-a"), Some(header[3]), "{text}");
+        for line in &lines[1..3] {
+            let end_of = |needle: &str, l: &str| l.find(needle).map(|i| i + needle.len());
+            let messages_end = end_of("MESSAGES", lines[0]);
+            let bytes_end = end_of("BYTES", lines[0]);
+            let numbers: Vec<&str> = line.split_whitespace().skip(1).take(2).collect();
+            assert_eq!(end_of(numbers[0], line), messages_end, "{text}");
+            assert_eq!(end_of(numbers[1], line), bytes_end, "{text}");
+        }
+        for line in &lines {
+            assert_eq!(line.trim_end(), *line, "no trailing spaces");
+        }
+    }
+
+    #[test]
+    fn redis_columns_are_separated_and_aligned() {
+        let streams = vec![
+            json!({"stream": "aurora:alerts", "length": 13768, "groups": [
+                {"group": "ws-gateway", "consumers": 2, "pending": 4677747, "lag": 0},
+                {"group": "federation-gateway", "consumers": 1, "pending": 0, "lag": null},
+            ]}),
+            json!({"stream": "a-long-namespace-for-a-test-run:cps:command_status", "length": 4677747, "groups": []}),
+        ];
+        let text = redis_table(&streams);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "aurora:alerts",
+                "13768",
+                "ws-gateway",
+                "(2",
+                "/",
+                "4677747",
+                "/",
+                "0),",
+                "federation-gateway",
+                "(1",
+                "/",
+                "0",
+                "/",
+                "-)"
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            [
+                "a-long-namespace-for-a-test-run:cps:command_status",
+                "4677747"
+            ],
+            "{text}"
+        );
+        let header = column_starts(lines[0]);
+        assert_eq!(header.len(), 3, "{text}");
+        assert_eq!(column_starts(lines[1]).len(), 3, "{text}");
+        assert_eq!(lines[1].find("ws-gateway"), Some(header[2]), "{text}");
+        let length_end = lines[0].find("LENGTH").map(|i| i + "LENGTH".len());
+        assert_eq!(lines[1].find("13768").map(|i| i + 5), length_end, "{text}");
+        assert_eq!(
+            lines[2].find("4677747").map(|i| i + 7),
+            length_end,
+            "{text}"
         );
     }
 }

@@ -203,3 +203,92 @@ fn status_reports_jetstream() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["jetstream"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn connection_flags_may_follow_the_subcommand() {
+    let port = aurora_testkit::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let out = aurora(&namespace(), &["status", "--nats-url", &url]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("NATS at {url}")),
+        "the NATS flag after the subcommand is the one used: {}",
+        stderr(&out)
+    );
+    let out = aurora(
+        &namespace(),
+        &[
+            "status",
+            "--no-nats",
+            "--redis-url",
+            &format!("redis://127.0.0.1:{port}"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot connect to Redis"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn status_tables_keep_their_columns_apart() {
+    let ns = namespace();
+    for _ in 0..3 {
+        let published = aurora(&ns, &["publish", "alert", "--title", "t"]);
+        assert!(published.status.success(), "{}", stderr(&published));
+    }
+    let out = aurora(&ns, &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("REDIS STREAM"))
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{ns}:alerts ")))
+        .unwrap();
+    let cells: Vec<&str> = line.split("  ").filter(|c| !c.is_empty()).collect();
+    assert_eq!(
+        cells.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+        [format!("{ns}:alerts"), "3".to_string()],
+        "{text}"
+    );
+    assert_eq!(
+        line.rfind('3').map(|i| i + 1),
+        header.find("LENGTH").map(|i| i + "LENGTH".len()),
+        "the length ends under its header: {text}"
+    );
+    let js = text
+        .lines()
+        .find(|l| l.starts_with("JETSTREAM STREAM"))
+        .unwrap();
+    for column in ["MESSAGES", "BYTES", "CONSUMERS"] {
+        assert!(js.contains(&format!("  {column}")), "{text}");
+    }
+}
+
+#[test]
+fn a_switch_variable_reads_as_a_boolean_as_in_the_services() {
+    for (value, ok) in [
+        ("1", true),
+        ("yes", true),
+        ("false", true),
+        ("maybe", false),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_aurora"))
+            .args(["status", "--no-nats", "--json"])
+            .env("AURORA_NAMESPACE", namespace())
+            .env("AURORA_NATS_TLS", value)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "AURORA_NATS_TLS={value}: {}",
+            stderr(&out)
+        );
+    }
+}
