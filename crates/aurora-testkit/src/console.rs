@@ -98,12 +98,25 @@ impl Console {
 /// Reads until the server closes: the close code (None when the connection ended without a
 /// close frame). Fails after `timeout`.
 pub async fn close_code(ws: &mut Socket, timeout: Duration) -> Option<u16> {
+    close_frame(ws, timeout).await.0.map(|(code, _)| code)
+}
+
+/// Reads until the server closes: its close code and reason (None when the connection ended
+/// without a close frame), and how many text frames came before. Fails after `timeout`.
+pub async fn close_frame(ws: &mut Socket, timeout: Duration) -> (Option<(u16, String)>, usize) {
+    let mut texts = 0;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => panic!("no close within {timeout:?}"),
-            Ok(None) | Ok(Some(Err(_))) => return None,
-            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(None) | Ok(Some(Err(_))) => return (None, texts),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return (
+                    frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    texts,
+                )
+            }
+            Ok(Some(Ok(Message::Text(_)))) => texts += 1,
             Ok(Some(Ok(_))) => {}
         }
     }

@@ -31,6 +31,18 @@ pub async fn jetstream_messages(nats_url: &str, stream: &str) -> Vec<(String, St
     out
 }
 
+/// How many messages a JetStream stream holds (0 when it does not exist).
+pub async fn stream_len(nats_url: &str, stream: &str) -> u64 {
+    let Ok(client) = async_nats::connect(nats_url).await else {
+        return 0;
+    };
+    let js = async_nats::jetstream::new(client);
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
 /// Deletes the namespace's JetStream streams (`NS`, `NS_SURICATA`); errors are ignored.
 pub async fn delete_streams(nats_url: &str, names: &Names) {
     if let Ok(client) = async_nats::connect(nats_url).await {

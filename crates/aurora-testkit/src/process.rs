@@ -178,8 +178,12 @@ fn parse_help(text: &str) -> HashMap<String, Option<String>> {
     let mut flags = HashMap::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('-') {
+        let first = line.split_whitespace().next().unwrap_or("");
+        // `--flag <VALUE>` or `-f, --flag`; not a `- value:` line of possible values.
+        let header = first.starts_with("--")
+            || (first.len() == 3 && first.starts_with('-') && first.ends_with(','));
+        if header {
+            let trimmed = line.trim_start();
             current = trimmed
                 .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '<')
                 .find_map(|t| t.strip_prefix("--"))
@@ -201,6 +205,11 @@ fn parse_help(text: &str) -> HashMap<String, Option<String>> {
         }
     }
     flags
+}
+
+/// The flags of `svc`'s binary as built (its `--help`): flag -> the variable it reads.
+pub fn binary_flags(svc: Svc) -> HashMap<String, Option<String>> {
+    help_flags(&binary(svc.name()))
 }
 
 /// Fails the test when `program` (of `svc`) has no flag `flag` or reads it from another
@@ -835,12 +844,14 @@ mod tests {
 
     #[test]
     fn reads_the_flags_and_variables_of_a_help_page() {
-        let help = "Options:\n      --namespace <NAMESPACE>\n          The namespace\n          \n          [env: AURORA_NAMESPACE=]\n          [default: aurora]\n\n      --jwt-secret <JWT_SECRET>\n          [env: AURORA_JWT_SECRET]\n\n  -b, --batch <BATCH>\n          Lines per batch [env: AURORA_EVE_INGEST_BATCH=] [default: 500]\n      --no-stream-setup\n          Do not create\n  -h, --help\n          Print help\n";
+        let help = "Options:\n      --namespace <NAMESPACE>\n          The namespace\n          \n          [env: AURORA_NAMESPACE=]\n          [default: aurora]\n\n      --jwt-secret <JWT_SECRET>\n          [env: AURORA_JWT_SECRET]\n\n  -b, --batch <BATCH>\n          Lines per batch [env: AURORA_EVE_INGEST_BATCH=] [default: 500]\n      --log-format <LOG_FORMAT>\n          Log format\n\n          Possible values:\n          - json:   One JSON object per line\n          - pretty: Human-readable lines\n          \n          [env: AURORA_LOG_FORMAT=]\n      --no-stream-setup\n          Do not create\n  -h, --help\n          Print help\n";
         let flags = parse_help(help);
         assert_eq!(flags["namespace"].as_deref(), Some("AURORA_NAMESPACE"));
         assert_eq!(flags["jwt-secret"].as_deref(), Some("AURORA_JWT_SECRET"));
         assert_eq!(flags["batch"].as_deref(), Some("AURORA_EVE_INGEST_BATCH"));
         assert_eq!(flags["no-stream-setup"], None);
+        assert_eq!(flags["log-format"].as_deref(), Some("AURORA_LOG_FORMAT"));
+        assert!(!flags.contains_key("json:"));
         assert!(flags.contains_key("help"));
     }
 }

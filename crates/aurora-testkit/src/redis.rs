@@ -53,6 +53,18 @@ pub async fn wait_stream_docs(
     .await
 }
 
+/// Waits (up to [`WAIT`]) until `stream` holds at least `n` entries; its length.
+pub async fn wait_xlen(conn: &Conn, stream: &str, n: u64, what: &str) -> u64 {
+    wait_until(WAIT, what, || {
+        let mut conn = conn.clone();
+        async move {
+            let len = xlen(&mut conn, stream).await;
+            (len >= n).then_some(len)
+        }
+    })
+    .await
+}
+
 /// The records of a dead-letter stream, oldest first.
 pub async fn dead_letters(conn: &mut Conn, stream: &str) -> Vec<DeadLetter> {
     stream_docs(conn, stream)
