@@ -31,7 +31,7 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 const FIRST_HEALTHZ_WITHIN: Duration = Duration::from_secs(1);
 /// From the ops port's closing (the last step of the drain) to the process being seen gone:
 /// the exit itself and this harness's 5 ms polling of it.
-const EXIT_AFTER_OPS_CLOSED: Duration = Duration::from_millis(250);
+const EXIT_AFTER_OPS_CLOSED: Duration = Duration::from_millis(100);
 
 /// One `/healthz` poll: when it started and ended, and the status or the error's kind.
 #[derive(Debug, Clone)]
@@ -215,8 +215,8 @@ async fn terminate_and_check(mut watched: Watched) -> (ExitStatus, usize) {
             ),
         }
     }
-    if let Some(closed) = closed_at {
-        let gap = exited.saturating_duration_since(closed);
+    let closed_before_exit = closed_at.map(|closed| exited.saturating_duration_since(closed));
+    if let (Some(closed), Some(gap)) = (closed_at, closed_before_exit) {
         assert!(
             gap <= EXIT_AFTER_OPS_CLOSED,
             "{}",
@@ -231,9 +231,10 @@ async fn terminate_and_check(mut watched: Watched) -> (ExitStatus, usize) {
         .filter(|s| s.start >= sigterm && s.end <= exited && s.outcome == Ok(200))
         .count();
     eprintln!(
-        "{instance}: /healthz 200 from {first_at:?} after the spawn; {} polls; drain took {:?} with {during_drain} polls answered 200 during it; exit {status}",
+        "{instance}: /healthz 200 from {first_at:?} after the spawn; {} polls; drain took {:?} with {during_drain} polls answered 200 during it; first refusal {:?} before the exit was seen; exit {status}",
         samples.len(),
-        exited - sigterm
+        exited - sigterm,
+        closed_before_exit,
     );
     (status, during_drain)
 }
