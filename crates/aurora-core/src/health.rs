@@ -152,10 +152,95 @@ impl Dependencies {
     }
 }
 
+/// Connects to a dependency at start-up, trying again (backing off) until it answers or the
+/// service is stopped; meanwhile `/readyz` names the dependency, where it is looked for
+/// (`target`, without credentials) and the last error. An error `fatal` says will not go
+/// away by waiting (an unusable URL) ends the start at once.
+pub async fn connect_at_start<T, E, F, Fut>(
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+    name: &'static str,
+    target: &str,
+    fatal: fn(&E) -> bool,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display + Into<anyhow::Error>,
+{
+    readiness.register(name);
+    readiness.set_not_ready(name, format!("connecting to {target}"));
+    let mut backoff = Backoff::default();
+    loop {
+        match attempt().await {
+            Ok(connected) => {
+                readiness.set_ready(name);
+                return Ok(connected);
+            }
+            Err(e) if fatal(&e) => {
+                let e: anyhow::Error = e.into();
+                return Err(e.context(format!("cannot use {name} at {target}")));
+            }
+            Err(e) => {
+                tracing::warn!(dependency = name, %target, error = %e, "not reachable yet: retrying");
+                readiness.set_not_ready(name, format!("connecting to {target}: {e}"));
+            }
+        }
+        if !backoff.wait(shutdown).await {
+            anyhow::bail!("stopped while connecting to {name}");
+        }
+    }
+}
+
+/// The service's Redis at start-up: connected and answering `PING` ([`connect_at_start`]).
+pub async fn redis_at_start(
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+    url: &str,
+) -> anyhow::Result<crate::bus::Conn> {
+    let target = crate::bus::redacted_url(url);
+    connect_at_start(
+        readiness,
+        shutdown,
+        REDIS,
+        &target,
+        |e: &crate::bus::BusError| matches!(e, crate::bus::BusError::Url { .. }),
+        || async {
+            let mut conn = crate::bus::connect(url).await?;
+            crate::bus::ping(&mut conn).await?;
+            Ok(conn)
+        },
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn start_up_waits_for_redis_and_says_where_it_looks() {
+        let readiness = Readiness::new();
+        let shutdown = CancellationToken::new();
+        // Nothing listens on port 1: start-up keeps trying and says so, until stopped.
+        let waiting = redis_at_start(&readiness, &shutdown, "redis://:secret@127.0.0.1:1");
+        tokio::pin!(waiting);
+        let report = tokio::select! {
+            _ = &mut waiting => panic!("connected to nothing"),
+            _ = tokio::time::sleep(Duration::from_millis(400)) => readiness.report(),
+        };
+        let detail = report["components"][REDIS]["detail"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(detail.starts_with("connecting to redis://"), "{detail}");
+        assert!(!detail.contains("secret"), "credentials shown: {detail}");
+        shutdown.cancel();
+        assert!(waiting.await.is_err());
+        let bad = redis_at_start(&readiness, &CancellationToken::new(), "not a url").await;
+        assert!(bad.is_err(), "an unusable URL ends the start");
+    }
 
     #[tokio::test]
     async fn readiness_follows_the_checks_and_names_what_is_down() {

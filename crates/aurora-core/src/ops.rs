@@ -3,7 +3,6 @@
 //! shutdown token that SIGTERM and SIGINT cancel.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -304,30 +303,6 @@ fn build_tracer_provider(
         Err(e) => {
             eprintln!("OpenTelemetry export disabled: {e}");
             None
-        }
-    }
-}
-
-/// Runs `work` until it ends or `shutdown` is cancelled and `timeout` has passed since.
-/// Returns `false` when the deadline cut the drain short.
-pub async fn drain_within<F: Future<Output = ()>>(
-    work: F,
-    shutdown: CancellationToken,
-    timeout: std::time::Duration,
-) -> bool {
-    tokio::pin!(work);
-    tokio::select! {
-        _ = &mut work => return true,
-        _ = shutdown.cancelled() => {}
-    }
-    match tokio::time::timeout(timeout, work).await {
-        Ok(()) => true,
-        Err(_) => {
-            tracing::warn!(
-                ?timeout,
-                "drain deadline passed: exiting with work unfinished"
-            );
-            false
         }
     }
 }

@@ -240,15 +240,21 @@ pub async fn launch<S: Service>(
     };
     let abort = ctx.abort.clone();
     let started = tokio::select! {
-        started = service.start(ctx) => started,
+        biased;
         _ = shutdown.cancelled() => {
             ops_stop.cancel();
             let _ = ops_task.await;
             return Err(LaunchError::StoppedWhileStarting);
         }
+        started = service.start(ctx) => started,
     };
     let running = match started {
         Ok(running) => running,
+        Err(_) if shutdown.is_cancelled() => {
+            ops_stop.cancel();
+            let _ = ops_task.await;
+            return Err(LaunchError::StoppedWhileStarting);
+        }
         Err(source) => {
             ops_stop.cancel();
             let _ = ops_task.await;
