@@ -37,7 +37,7 @@ pub fn aurora_command(site: &Site) -> Command {
     cmd.env("AURORA_NAMESPACE", site.names.namespace())
         .env("AURORA_REDIS_URL", &site.redis_url)
         .env("AURORA_NATS_URL", &site.nats_url)
-        .env("AURORA_MQTT_URL", &site.mqtt_url)
+        .env("AURORA_SIMULATE_MQTT_URL", &site.mqtt_url)
         .env("AURORA_JWT_SECRET", SECRET);
     cmd
 }

@@ -1,7 +1,7 @@
 //! Every name of the product (Redis keys, MQTT topics, NATS streams and subjects), built from
 //! one namespace so that tenants and tests can share one Redis, one broker and one NATS.
 //!
-//! With the default namespace `aurora` the names are exactly those of SPEC.md. Any other
+//! With the default namespace `aurora` the names are exactly those of docs/contract.md#names. Any other
 //! namespace `ns` gives `ns:…` Redis keys, `ns/…` MQTT topics, the JetStream stream `NS` with
 //! subjects `NS.…`, and a Suricata stream `NS_SURICATA` with subjects `ns.suricata.…` (the
 //! default `suricata` / `suricata.*` cannot be shared by two namespaces on one NATS).
