@@ -304,6 +304,21 @@ impl Producer {
     }
 }
 
+/// Removes the consumers of group ARGV[1] on stream KEYS[1], other than ARGV[2], that hold no
+/// pending entry and have been idle for at least ARGV[3] ms; returns their names.
+const FORGET_GONE_CONSUMERS: &str = r#"
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed[#removed + 1] = f['name']
+  end
+end
+return removed
+"#;
+
 /// How a [`GroupReader`] reads.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
@@ -319,6 +334,10 @@ pub struct GroupConfig {
     pub claim_idle: Duration,
     /// How often to look for such entries.
     pub claim_every: Duration,
+    /// A consumer of the group that holds nothing and has not read for this long is gone (a
+    /// replica scaled down or replaced under a new name) and is removed from the group, so
+    /// the group's consumers stay bounded by the live replicas.
+    pub forget_idle: Duration,
     /// An entry delivered more times than this is dead-lettered.
     pub max_deliveries: u64,
     /// Where it goes, with the reason.
@@ -346,6 +365,7 @@ impl GroupConfig {
             block: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             claim_every: Duration::from_secs(5),
+            forget_idle: Duration::from_secs(300),
             max_deliveries: 5,
             dead_letter_stream: dead_letter_stream.to_string(),
             service: service.to_string(),
@@ -464,6 +484,7 @@ impl GroupReader {
             if !claimed.is_empty() {
                 return self.screen(claimed).await;
             }
+            self.forget_gone_consumers().await;
             self.last_claim = Some(Instant::now());
         }
         let fresh = self.read_group(">", Some(self.cfg.block)).await?;
@@ -531,6 +552,41 @@ impl GroupReader {
         metrics::gauge!("aurora_bus_pending_entries", &labels).set(group.pending as f64);
         if let Some(lag) = group.lag {
             metrics::gauge!("aurora_bus_consumer_lag", &labels).set(lag as f64);
+        }
+    }
+
+    /// Removes the group's consumers that hold nothing and have been idle past
+    /// `forget_idle` (checked and removed in one script, so a consumer that reads meanwhile
+    /// is never removed with entries pending). A removed consumer that was alive after all is
+    /// made again by its next read.
+    async fn forget_gone_consumers(&mut self) {
+        let script = redis::Script::new(FORGET_GONE_CONSUMERS);
+        let removed: redis::RedisResult<Vec<String>> = script
+            .key(&self.cfg.stream)
+            .arg(&self.cfg.group)
+            .arg(&self.cfg.consumer)
+            .arg(self.cfg.forget_idle.as_millis() as u64)
+            .invoke_async(&mut self.read_conn)
+            .await;
+        match removed {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    stream = %self.cfg.stream,
+                    group = %self.cfg.group,
+                    consumers = ?removed,
+                    "removed consumers that are gone and hold nothing"
+                );
+                metrics::counter!(
+                    "aurora_bus_consumers_removed_total",
+                    "service" => self.cfg.service.clone(),
+                    "stream" => self.cfg.stream.clone()
+                )
+                .increment(removed.len() as u64);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(stream = %self.cfg.stream, error = %e, "cannot look for gone consumers")
+            }
         }
     }
 

@@ -14,6 +14,7 @@ pub mod jetstream;
 pub mod model;
 pub mod names;
 pub mod ops;
+pub mod replicas;
 pub mod retry;
 pub mod service;
 

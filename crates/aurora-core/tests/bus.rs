@@ -377,3 +377,74 @@ async fn publish_once_spans_several_script_calls_and_streams() {
     }
     del.query_async::<()>(&mut conn).await.unwrap();
 }
+
+/// The consumer names of group `g`.
+async fn consumers_of(conn: &mut bus::Conn, stream: &str) -> Vec<String> {
+    let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg("g")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut names: Vec<String> = reply.consumers.into_iter().map(|c| c.name).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_gone_consumer_has_its_entries_taken_over_and_is_then_removed_from_the_group() {
+    let n = names();
+    let stream = n.cps_telemetry();
+    let dead = n.deadletter("bus-test");
+    let p = producer(REDIS_URL).await;
+    let mut conn = bus::connect(REDIS_URL).await.unwrap();
+    let mut cfg = group(&stream, "replaced", &dead);
+    cfg.forget_idle = Duration::from_millis(300);
+    // A replica read two entries and was replaced under a new name before acknowledging.
+    let mut gone = reader(REDIS_URL, cfg.clone()).await;
+    let ids = [
+        p.publish(&stream, b"{\"n\":1}").await.unwrap(),
+        p.publish(&stream, b"{\"n\":2}").await.unwrap(),
+    ];
+    assert_eq!(gone.next_batch().await.unwrap().len(), 2);
+    drop(gone);
+    // An idle consumer that holds nothing (a scaled-down replica) is gone too.
+    let mut idle_cfg = cfg.clone();
+    idle_cfg.consumer = "scaled-down".into();
+    let mut idle = reader(REDIS_URL, idle_cfg).await;
+    assert!(idle.next_batch().await.unwrap().is_empty());
+    drop(idle);
+    assert_eq!(
+        consumers_of(&mut conn, &stream).await,
+        vec!["replaced".to_string(), "scaled-down".to_string()]
+    );
+
+    let mut live_cfg = cfg.clone();
+    live_cfg.consumer = "new-pod".into();
+    let mut live = reader(REDIS_URL, live_cfg).await;
+    let mut taken = Vec::new();
+    for _ in 0..40 {
+        let batch = live.next_batch().await.unwrap();
+        let batch_ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        live.ack(&batch_ids).await.unwrap();
+        taken.extend(batch_ids);
+        if taken.len() == 2 && consumers_of(&mut conn, &stream).await == vec!["new-pod".to_string()]
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        taken,
+        ids.to_vec(),
+        "the gone consumer's entries were taken over"
+    );
+    assert_eq!(
+        consumers_of(&mut conn, &stream).await,
+        vec!["new-pod".to_string()],
+        "only the live consumer is left"
+    );
+    assert_eq!(pending_in_group(&mut conn, &stream).await, 0);
+    delete(&mut conn, &[&stream, &dead]).await;
+}
