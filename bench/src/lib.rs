@@ -1,8 +1,267 @@
-//! What the benchmarks share beyond the test harness ([`aurora_testkit`]): where results go.
+//! What the benchmarks share beyond the test harness.
+//!
+//! The harness ([`aurora_testkit`]) starts the servers of a benchmark's own, runs the service
+//! binaries as processes and waits for their readiness, reads the ops ports and Redis, and
+//! deletes what a namespace left. What only the benchmarks need is here: the release
+//! binaries, polling at a measurement's own resolution, services launched in this process,
+//! the arithmetic of the figures (percentiles, the median round, rounding), readings of
+//! `/proc`, and the results file.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::process::Command;
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use aurora_core::ops::Readiness;
+use aurora_core::service::{launch, LaunchOptions, Launched, Service, Stopped};
+use tokio_util::sync::CancellationToken;
+
+// ---- results ----------------------------------------------------------------------------
 
 /// `bench/results/<name>.json`, read by `scripts/bench_report.py` into BENCHMARKS.md.
 pub fn result_path(name: &str) -> PathBuf {
     aurora_testkit::workspace_path(&format!("bench/results/{name}.json"))
+}
+
+/// Writes `report` (pretty JSON) to [`result_path`] and says where.
+pub fn write_result(name: &str, report: &serde_json::Value) -> anyhow::Result<PathBuf> {
+    let path = result_path(name);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(path)
+}
+
+/// The `measured_at` of a result: now, UTC, to the second.
+pub fn measured_at() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The machine's cores, as the results record them.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
+}
+
+// ---- settings ---------------------------------------------------------------------------
+
+/// A benchmark setting from the environment (`BENCH_*`), else `default`; a value that does
+/// not parse is an error, not the default.
+pub fn env_or<T>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
+        Err(_) => Ok(default),
+    }
+}
+
+// ---- time -------------------------------------------------------------------------------
+
+/// Microseconds since the epoch: a send time carried in a message, compared with the time
+/// of its receipt.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Polls `check` every `every` until it holds, and returns when that was seen: the interval
+/// is the resolution of a timed phase that ends with it (the harness's
+/// [`aurora_testkit::wait_until`] polls every 20 ms and panics). An error of `check`, or
+/// `timeout` passing, is an error.
+pub async fn poll_until<F, Fut>(
+    every: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<Instant>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+// ---- figures ----------------------------------------------------------------------------
+
+/// The `q` quantile (0 to 1) of sorted samples, nearest rank (`(len - 1) * q`, rounded);
+/// NaN when there is none.
+pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)].into()
+}
+
+/// The median of `items` by `key` (of an even count, the upper one): the round a benchmark
+/// measured in rounds reports.
+pub fn median_by<T>(items: &[T], key: impl Fn(&T) -> f64) -> Option<&T> {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted.get(sorted.len() / 2).copied()
+}
+
+/// `x` rounded to `decimals` places.
+pub fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
+// ---- /proc ------------------------------------------------------------------------------
+
+/// A `kB` field of `/proc/<pid>/status` (`"VmRSS"`, `"VmHWM"`), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU time (user + system) a process has used, in seconds (`/proc/<pid>/stat`, clock ticks
+/// of 1/100 s, Linux's USER_HZ).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) start after the last ')';
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+// ---- the services -------------------------------------------------------------------------
+
+/// The release binary `name` of the workspace, beside this benchmark's own: built first
+/// (`cargo build --release -p <name>`) unless `AURORA_BENCH_SKIP_BUILD` is set (as `make
+/// bench-*` does after one workspace build).
+pub fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no directory for the bench binary")?;
+    let path = dir.join(name);
+    if std::env::var_os("AURORA_BENCH_SKIP_BUILD").is_none() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        println!("building {name} (release)...");
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", name, "--bin", name])
+            .status()
+            .context("cargo build")?;
+        if !status.success() {
+            bail!("building {name} failed");
+        }
+    }
+    if !path.is_file() {
+        bail!("{} not found: `make bench-build` builds it", path.display());
+    }
+    Ok(path)
+}
+
+/// A service launched in this process (its ops port on an ephemeral loopback port), for a
+/// benchmark that drives it without a process in between.
+pub struct InProcess {
+    launched: Launched,
+    shutdown: CancellationToken,
+}
+
+impl InProcess {
+    pub async fn launch<S: Service>(service: S, options: LaunchOptions) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let launched = launch(service, options, shutdown.clone()).await?;
+        Ok(Self { launched, shutdown })
+    }
+
+    pub fn readiness(&self) -> &Readiness {
+        &self.launched.readiness
+    }
+
+    /// Asks it to stop without waiting (several at once: then [`InProcess::stopped`]).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits for its drain after [`InProcess::shutdown`].
+    pub async fn stopped(self) -> Stopped {
+        self.launched.stopped().await
+    }
+
+    /// Asks it to stop and waits for its drain.
+    pub async fn stop(self) -> Stopped {
+        self.shutdown();
+        self.stopped().await
+    }
+}
+
+// ---- JetStream ----------------------------------------------------------------------------
+
+/// How many messages a JetStream stream holds (0 when it does not exist), on a connection
+/// the benchmark keeps (the harness's `nats::stream_len` connects each time, too costly for
+/// a poll inside a timed phase).
+pub async fn jetstream_len(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 51.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert!(percentile::<f64>(&[], 0.5).is_nan());
+        assert_eq!(percentile(&[7u32], 0.99), 7.0);
+    }
+
+    #[test]
+    fn the_median_round_is_the_middle_one_by_its_key() {
+        let rounds = [(1, 0.9), (2, 0.7), (3, 0.8)];
+        assert_eq!(median_by(&rounds, |r| r.1).map(|r| r.0), Some(3));
+        let two = [(1, 0.9), (2, 0.7)];
+        assert_eq!(median_by(&two, |r| r.1).map(|r| r.0), Some(1));
+        assert!(median_by(&[] as &[(i32, f64)], |r| r.1).is_none());
+    }
+
+    #[test]
+    fn rounds_to_places() {
+        assert_eq!(round_to(0.94567, 3), 0.946);
+        assert_eq!(round_to(23.34, 1), 23.3);
+        assert_eq!(round_to(97405.4, 0), 97405.0);
+    }
+
+    #[test]
+    fn reads_its_own_process() {
+        let pid = std::process::id();
+        assert!(proc_status_kib(pid, "VmRSS").is_some_and(|k| k > 0));
+        assert!(proc_status_kib(pid, "VmHWM").is_some());
+        assert!(proc_status_kib(pid, "NoSuchField").is_none());
+        assert!(cpu_secs(pid).is_some());
+    }
 }

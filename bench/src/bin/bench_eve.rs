@@ -24,34 +24,26 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use async_nats::jetstream::context::ContextBuilder;
 use async_nats::jetstream::message::PublishMessage;
+use aurora_bench::{env_or, jetstream_len, median_by, poll_until, round_to, InProcess};
 use aurora_core::jetstream::{ensure_stream, suricata_stream_config};
-use aurora_core::service::{launch, LaunchOptions};
+use aurora_core::service::LaunchOptions;
 use aurora_core::{bus, Names};
+use aurora_testkit::cleanup::Cleanup;
+use aurora_testkit::redis::xlen;
+use aurora_testkit::{workspace_path, NATS_URL, REDIS_URL};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use eve_ingest::{EveIngest, Settings, SERVICE};
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
-const NATS_URL: &str = "nats://127.0.0.1:4222";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn workspace() -> PathBuf {
-    aurora_testkit::workspace_path("")
-}
+/// How often a timed phase's end is polled for.
+const POLL: Duration = Duration::from_millis(10);
 
 /// The sample lines and where they came from.
 fn samples() -> anyhow::Result<(Vec<Vec<u8>>, Vec<String>)> {
-    let shared = workspace().join("../shared/data/suricata");
+    let shared = workspace_path("../shared/data/suricata");
     let (dir, files): (PathBuf, &[&str]) = if shared.join("eve-panther.jsonl").exists() {
         (
             shared,
@@ -65,7 +57,7 @@ fn samples() -> anyhow::Result<(Vec<Vec<u8>>, Vec<String>)> {
         )
     } else {
         (
-            aurora_testkit::workspace_path(&format!("services/{SERVICE}/tests/fixtures")),
+            workspace_path(&format!("services/{SERVICE}/tests/fixtures")),
             &[
                 "eve-surevego.jsonl",
                 "eve-suricata-verify.jsonl",
@@ -106,13 +98,6 @@ fn event_type(line: &[u8]) -> String {
         .ok()
         .and_then(|v| v["event_type"].as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64 {
-    match js.get_stream(name).await {
-        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-        Err(_) => 0,
-    }
 }
 
 /// The ceiling: publish-with-ack, `window` acks outstanding.
@@ -189,43 +174,6 @@ async fn release(conn: &mut bus::Conn, names: &Names) -> anyhow::Result<Instant>
     Ok(Instant::now())
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut done: F) -> anyhow::Result<Instant>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done().await {
-            return Ok(Instant::now());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn xlen(conn: &mut bus::Conn, key: &str) -> usize {
-    redis::cmd("XLEN")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .unwrap_or(0)
-}
-
-async fn cleanup(conn: &mut bus::Conn, js: &async_nats::jetstream::Context, names: &Names) {
-    let _ = js.delete_stream(names.suricata_stream()).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", names.namespace()))
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    for key in keys {
-        let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(conn).await;
-    }
-}
-
 /// What one run measured (rates per second; counts at the end).
 struct Round {
     ceiling_before: f64,
@@ -247,21 +195,21 @@ struct Measured {
     alert_ceiling: f64,
     alerts_per_s: f64,
     final_events: u64,
-    final_alerts: usize,
+    final_alerts: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n = env_usize("BENCH_EVE_EVENTS", 100_000);
-    let rounds = env_usize("BENCH_EVE_ROUNDS", 3).max(1);
-    let m = env_usize("BENCH_EVE_ALERTS", 50_000);
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let names = Names::new(&format!("bench{}", &suffix[..8]))?;
+    let n: usize = env_or("BENCH_EVE_EVENTS", 100_000)?;
+    let rounds = env_or("BENCH_EVE_ROUNDS", 3usize)?.max(1);
+    let m: usize = env_or("BENCH_EVE_ALERTS", 50_000)?;
+    let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
     let mut settings = Settings::new(names.clone(), REDIS_URL, NATS_URL);
     settings.block = Duration::from_millis(100);
-    settings.batch = env_usize("BENCH_EVE_BATCH", settings.batch);
-    settings.publish_window = env_usize("BENCH_EVE_WINDOW", settings.publish_window);
-    settings.inflight_batches = env_usize("BENCH_EVE_INFLIGHT", settings.inflight_batches);
+    settings.batch = env_or("BENCH_EVE_BATCH", settings.batch)?;
+    settings.publish_window = env_or("BENCH_EVE_WINDOW", settings.publish_window)?;
+    settings.inflight_batches = env_or("BENCH_EVE_INFLIGHT", settings.inflight_batches)?;
     let window = settings.publish_window;
 
     let (base, used) = samples()?;
@@ -300,17 +248,12 @@ async fn main() -> anyhow::Result<()> {
         // 2. The service, events, in rounds: ceiling, service, ceiling, service, ... Each
         // round's figure is compared with the mean of the ceilings just before and just after
         // it (the shared machine's load drifts within a run); the median round is reported.
-        let shutdown = CancellationToken::new();
-        let service = launch(
-            EveIngest::new(settings.clone()),
-            LaunchOptions::local("bench"),
-            shutdown.clone(),
-        )
-        .await?;
-        let readiness = service.readiness.clone();
-        wait_for("the service ready", Duration::from_secs(30), || {
-            let r = readiness.clone();
-            async move { r.is_ready() }
+        let service =
+            InProcess::launch(EveIngest::new(settings.clone()), LaunchOptions::local("bench"))
+                .await?;
+        let readiness = service.readiness();
+        poll_until(POLL, Duration::from_secs(30), "the service ready", || async move {
+            Ok(readiness.is_ready())
         })
         .await?;
         let stream = names.suricata_stream();
@@ -328,18 +271,20 @@ async fn main() -> anyhow::Result<()> {
             stage(&mut conn, &names, &lines).await?;
             let t0 = release(&mut conn, &names).await?;
             let stored = ((round + 1) * n) as u64;
-            let t1 = wait_for("all events in JetStream", Duration::from_secs(600), || {
-                let js = js.clone();
-                let stream = stream.clone();
-                async move { stream_messages(&js, &stream).await >= stored }
-            })
+            let (js_ref, stream_ref) = (&js, &stream);
+            let t1 = poll_until(
+                POLL,
+                Duration::from_secs(600),
+                "all events in JetStream",
+                || async move { Ok(jetstream_len(js_ref, stream_ref).await >= stored) },
+            )
             .await?;
             let events_per_s = n as f64 / (t1 - t0).as_secs_f64();
             let alerts_so_far = alerts_in_mix_total + mix;
-            let t1a = wait_for("all alerts of the mix", Duration::from_secs(60), || {
+            let t1a = poll_until(POLL, Duration::from_secs(60), "all alerts of the mix", || {
                 let mut c = conn.clone();
                 let k = alerts_key.clone();
-                async move { xlen(&mut c, &k).await >= alerts_so_far }
+                async move { Ok(xlen(&mut c, &k).await >= alerts_so_far as u64) }
             })
             .await?;
             alerts_in_mix_total = alerts_so_far;
@@ -370,10 +315,10 @@ async fn main() -> anyhow::Result<()> {
         // 3. The service, alerts only.
         stage(&mut conn, &names, &alert_events).await?;
         let t2 = release(&mut conn, &names).await?;
-        let t3 = wait_for("all alerts on the stream", Duration::from_secs(600), || {
+        let t3 = poll_until(POLL, Duration::from_secs(600), "all alerts on the stream", || {
             let mut c = conn.clone();
             let k = alerts_key.clone();
-            async move { xlen(&mut c, &k).await >= alerts_in_mix_total + m }
+            async move { Ok(xlen(&mut c, &k).await >= (alerts_in_mix_total + m) as u64) }
         })
         .await?;
         let alerts_per_s = m as f64 / (t3 - t2).as_secs_f64();
@@ -381,10 +326,9 @@ async fn main() -> anyhow::Result<()> {
             "{SERVICE} alerts -> {}: {alerts_per_s:.0} alerts/s",
             names.alerts()
         );
-        let final_events = stream_messages(&js, &stream).await;
+        let final_events = jetstream_len(&js, &stream).await;
         let final_alerts = xlen(&mut conn, &alerts_key).await;
-        shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), service.stopped()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), service.stop()).await;
         anyhow::Ok(Measured {
             rounds: measured_rounds,
             alert_ceiling,
@@ -394,7 +338,6 @@ async fn main() -> anyhow::Result<()> {
         })
     }
     .await;
-    cleanup(&mut conn, &js, &names).await;
     let Measured {
         rounds: measured_rounds,
         alert_ceiling,
@@ -402,18 +345,16 @@ async fn main() -> anyhow::Result<()> {
         final_events,
         final_alerts,
     } = result?;
-    let mut by_ratio: Vec<&Round> = measured_rounds.iter().collect();
-    by_ratio.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
-    let Some(median) = by_ratio.get(by_ratio.len() / 2) else {
-        bail!("no round measured");
-    };
-    let Round {
+    let Some(&Round {
         ceiling_before,
         ceiling_after,
         ceiling,
         events_per_s,
         mix_alerts_per_s,
-    } = **median;
+    }) = median_by(&measured_rounds, Round::ratio)
+    else {
+        bail!("no round measured");
+    };
     let ratio = events_per_s / ceiling;
     println!(
         "median of {} rounds: {events_per_s:.0} events/s, {:.1}% of its mean ceiling {ceiling:.0}",
@@ -430,7 +371,7 @@ async fn main() -> anyhow::Result<()> {
         "service": SERVICE,
         "figure": {"name": format!("events to JetStream through {SERVICE}"), "value": events_per_s.round(), "unit": "events/s"},
         "ceiling": {"name": "raw JetStream publish-with-ack of the same events, same window (mean of the runs just before and just after the service's; the median of the rounds)", "value": ceiling.round(), "unit": "events/s"},
-        "ratio": (ratio * 1000.0).round() / 1000.0,
+        "ratio": round_to(ratio, 3),
         "target": "events at least 80% of the raw JetStream publish rate in the same run, and at least 20,000 alerts per second, on a 2-core machine",
         "met": met,
         "details": {
@@ -439,7 +380,7 @@ async fn main() -> anyhow::Result<()> {
                 "events_per_s": r.events_per_s.round(),
                 "ceiling_before_per_s": r.ceiling_before.round(),
                 "ceiling_after_per_s": r.ceiling_after.round(),
-                "ratio": (r.ratio() * 1000.0).round() / 1000.0,
+                "ratio": round_to(r.ratio(), 3),
             })).collect::<Vec<_>>(),
             "figure_is": "the round with the median ratio",
             "ceiling_before_per_s": ceiling_before.round(),
@@ -450,7 +391,7 @@ async fn main() -> anyhow::Result<()> {
             "alerts_per_s": alerts_per_s.round(),
             "alerts_target_per_s": 20000,
             "raw_jetstream_publish_of_alert_events_per_s": alert_ceiling.round(),
-            "alerts_vs_raw_publish_of_alert_events": ((alerts_per_s / alert_ceiling) * 1000.0).round() / 1000.0,
+            "alerts_vs_raw_publish_of_alert_events": round_to(alerts_per_s / alert_ceiling, 3),
             "events_target_ratio": 0.8,
             "publish_window": window,
             "batch": settings.batch,
@@ -463,11 +404,8 @@ async fn main() -> anyhow::Result<()> {
             "machine": "2 cores shared with the Redis and NATS servers and the benchmark itself",
         },
         "command": "make bench-eve",
-        "measured_at": chrono::Utc::now().to_rfc3339(),
+        "measured_at": aurora_bench::measured_at(),
     });
-    let out = workspace().join("bench/results");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("eve.json"), serde_json::to_vec_pretty(&report)?)?;
-    println!("wrote {}", out.join("eve.json").display());
+    aurora_bench::write_result("eve", &report)?;
     Ok(())
 }

@@ -9,48 +9,29 @@
 //!   durable consumers and acked by each, with no gateway and no Redis (a bound on any
 //!   gateway on this machine, printed and recorded beside the ceiling).
 //!
-//! Writes bench/results/federation.json. Environment: BENCH_FEDERATION_M (default 50000),
-//! AURORA_NATS_URL, AURORA_REDIS_URL (a server; databases 3 and 4 are used),
-//! BENCH_FEDERATION_GATEWAY_ARGS (extra gateway flags, e.g. `--publish-window 512`).
+//! Writes bench/results/federation.json. On the shared NATS and Redis (databases 3 and 4).
+//! Environment: BENCH_FEDERATION_M (default 50000), BENCH_FEDERATION_GATEWAY_ARGS (extra
+//! gateway flags, e.g. `--publish-window 512`).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use async_nats::jetstream::{self, message::PublishMessage};
+use aurora_bench::{cpu_secs, jetstream_len, now_us, percentile, poll_until, round_to, InProcess};
 use aurora_core::bus::{self, Conn, Producer};
 use aurora_core::jetstream::federation_stream_config;
 use aurora_core::names::Names;
-use aurora_core::service::{launch, Flags, LaunchOptions, Stopped};
+use aurora_core::service::{Flags, LaunchOptions, Stopped};
+use aurora_testkit::cleanup::cleanup;
+use aurora_testkit::process::REDIS_BASE;
+use aurora_testkit::{names as fresh_names, NATS_URL};
 use federation_gateway::{Args, ORIGIN_SITE_HEADER, SERVICE};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 const WINDOW: usize = 256;
 const PACED_RATE: usize = 2_000;
 const PACED_SECS: usize = 2;
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
-}
-
-/// CPU seconds (user + system) this process used so far; `None` off Linux.
-fn process_cpu_secs() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after_name = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-fn fresh_names(prefix: &str) -> anyhow::Result<Names> {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    Ok(Names::new(&format!("{prefix}{}", &id[..10]))?)
-}
 
 /// Alert ids are UUIDs (an Alert's id must be one): the first group names the phase, the
 /// last one counts, so `alert_id(FLOOD, 7)` is `0000000f-0000-4000-8000-000000000007`.
@@ -87,8 +68,8 @@ struct Arrived {
     raised_at_us: Option<u64>,
 }
 
-fn db_url(base: &str, db: u8) -> String {
-    format!("{}/{db}", base.trim_end_matches('/'))
+fn db_url(db: u8) -> String {
+    format!("{REDIS_BASE}/{db}")
 }
 
 /// Publishes `m` alerts of the site `site-a` to the federation subject with `WINDOW` acks in
@@ -125,9 +106,9 @@ async fn publish_alerts(
 }
 
 /// Raw JetStream publish-with-ack, `WINDOW` acks in flight, as the gateway publishes.
-async fn ceiling(nats_url: &str, m: usize) -> anyhow::Result<f64> {
-    let names = fresh_names("benchc")?;
-    let client = async_nats::connect(nats_url).await?;
+async fn ceiling(m: usize) -> anyhow::Result<f64> {
+    let names = fresh_names();
+    let client = async_nats::connect(NATS_URL).await?;
     let js = jetstream::new(client);
     js.create_stream(federation_stream_config(&names)).await?;
     let started = publish_alerts(&js, &names, m, "c").await?;
@@ -140,14 +121,14 @@ async fn ceiling(nats_url: &str, m: usize) -> anyhow::Result<f64> {
 /// flight, each message delivered to the durable consumers of both sites (the gateway's
 /// consumer config and pull batch) and acked by each. No Redis, no gateway: the rate NATS
 /// itself allows for a carry from one site to another on this machine.
-async fn nats_carry(nats_url: &str, m: usize) -> anyhow::Result<f64> {
+async fn nats_carry(m: usize) -> anyhow::Result<f64> {
     use async_nats::jetstream::consumer::pull;
     use futures::StreamExt;
-    let names = fresh_names("benchn")?;
-    let client = async_nats::connect(nats_url).await?;
+    let names = fresh_names();
+    let client = async_nats::connect(NATS_URL).await?;
     let js = jetstream::new(client);
     let stream = js.create_stream(federation_stream_config(&names)).await?;
-    let args = gateway_args(&names, "site-a", "redis://127.0.0.1", nats_url)?;
+    let args = gateway_args(&names, "site-a", REDIS_BASE)?;
     let mut consumers = Vec::new();
     for site in ["site-a", "site-b"] {
         let config = pull::Config {
@@ -195,7 +176,7 @@ async fn nats_carry(nats_url: &str, m: usize) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-fn gateway_args(names: &Names, site: &str, redis: &str, nats: &str) -> anyhow::Result<Args> {
+fn gateway_args(names: &Names, site: &str, redis: &str) -> anyhow::Result<Args> {
     let extra = std::env::var("BENCH_FEDERATION_GATEWAY_ARGS").unwrap_or_default();
     let base = [
         "federation-gateway",
@@ -208,7 +189,7 @@ fn gateway_args(names: &Names, site: &str, redis: &str, nats: &str) -> anyhow::R
         "--redis-url",
         redis,
         "--nats-url",
-        nats,
+        NATS_URL,
         "--ops-addr",
         "127.0.0.1:0",
         "--shutdown-timeout",
@@ -266,14 +247,6 @@ impl Arrivals {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 /// Reads B's alert stream until `until` says stop.
 async fn read_until(
     conn: &mut Conn,
@@ -329,17 +302,15 @@ struct GatewayRun {
     paced_p99: f64,
 }
 
-async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<GatewayRun> {
-    let names = fresh_names("benchg")?;
-    let (url_a, url_b) = (db_url(redis_base, 3), db_url(redis_base, 4));
-    let shutdown = CancellationToken::new();
+async fn gateway(m: usize) -> anyhow::Result<GatewayRun> {
+    let names = fresh_names();
+    let (url_a, url_b) = (db_url(3), db_url(4));
     let mut gateways = Vec::new();
     for (site, url) in [("site-a", &url_a), ("site-b", &url_b)] {
-        let args = gateway_args(&names, site, url, nats_url)?;
+        let args = gateway_args(&names, site, url)?;
         let mut options = LaunchOptions::local(&args.common.instance());
         options.drain_deadline = args.common.shutdown_timeout;
-        let launched = launch(args.into_service()?, options, shutdown.clone()).await?;
-        gateways.push(tokio::spawn(launched.stopped()));
+        gateways.push(InProcess::launch(args.into_service()?, options).await?);
     }
     let producer = Producer::new(bus::connect(&url_a).await?, 1_000_000);
     let mut reader = bus::connect_blocking(&url_b, Duration::from_millis(200)).await?;
@@ -349,25 +320,23 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
 
     // Flood: M alerts as fast as Redis takes them, read at B concurrently.
     let ids: Vec<String> = (0..m).map(|i| alert_id(FLOOD, i)).collect();
-    let cpu_before = process_cpu_secs();
+    let cpu_before = cpu_secs(std::process::id());
     let started = Instant::now();
     // When the export half is done: every alert stored in JetStream.
     let exported = {
-        let js = jetstream::new(async_nats::connect(nats_url).await?);
+        let js = jetstream::new(async_nats::connect(NATS_URL).await?);
         let name = names.nats_stream();
         tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(180);
-            while Instant::now() < deadline {
-                if let Ok(mut stream) = js.get_stream(&name).await {
-                    if let Ok(info) = stream.info().await {
-                        if info.state.messages >= m as u64 {
-                            return Some(started.elapsed().as_secs_f64());
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            None
+            let (js, name) = (&js, &name);
+            poll_until(
+                Duration::from_millis(20),
+                Duration::from_secs(180),
+                "every alert in JetStream",
+                || async move { Ok(jetstream_len(js, name).await >= m as u64) },
+            )
+            .await
+            .ok()
+            .map(|at| (at - started).as_secs_f64())
         })
     };
     let raise = {
@@ -392,7 +361,7 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_us_per_msg = cpu_before
-        .zip(process_cpu_secs())
+        .zip(cpu_secs(std::process::id()))
         .map(|(b, a)| (a - b) * 1e6 / m as f64);
     let raise_elapsed = raise.await??;
     println!("  raising {m} alerts at A took {raise_elapsed:.2} s");
@@ -443,13 +412,15 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
     let paced_lat = arrivals.latencies_ms(PACED);
     let duplicated = arrivals.total - arrivals.seen.len();
 
-    shutdown.cancel();
+    for gateway in &gateways {
+        gateway.shutdown();
+    }
     for gateway in gateways {
-        if gateway.await? == Stopped::Failed {
+        if gateway.stopped().await == Stopped::Failed {
             bail!("a gateway failed");
         }
     }
-    cleanup(&names, &[&url_a, &url_b], nats_url).await?;
+    cleanup(&names, NATS_URL, &[&url_a, &url_b]).await;
     Ok(GatewayRun {
         rate: got as f64 / elapsed,
         elapsed,
@@ -466,58 +437,19 @@ async fn gateway(nats_url: &str, redis_base: &str, m: usize) -> anyhow::Result<G
     })
 }
 
-async fn cleanup(names: &Names, redis_urls: &[&str], nats_url: &str) -> anyhow::Result<()> {
-    let js = jetstream::new(async_nats::connect(nats_url).await?);
-    js.delete_stream(names.nats_stream()).await?;
-    for url in redis_urls {
-        let mut conn = bus::connect(url).await?;
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", names.namespace()))
-                .arg("COUNT")
-                .arg(5_000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let _: () = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let m: usize = std::env::var("BENCH_FEDERATION_M")
-        .ok()
-        .map(|s| s.parse())
-        .transpose()
-        .context("BENCH_FEDERATION_M")?
-        .unwrap_or(50_000);
+    let m: usize = aurora_bench::env_or("BENCH_FEDERATION_M", 50_000)?;
     if m == 0 || m > 90_000 {
         bail!("BENCH_FEDERATION_M must be 1..=90000 (the stream keeps 100,000 messages)");
     }
-    let nats_url =
-        std::env::var("AURORA_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let redis_base =
-        std::env::var("AURORA_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
 
     println!("bench-federation: {m} alerts, site A -> JetStream -> site B");
-    let ceiling_before = ceiling(&nats_url, m).await?;
+    let ceiling_before = ceiling(m).await?;
     println!("  ceiling (raw publish-with-ack, {WINDOW} in flight): {ceiling_before:.0} msg/s");
-    let carry = nats_carry(&nats_url, m).await?;
+    let carry = nats_carry(m).await?;
     println!("  NATS alone carrying to both sites' consumers (publish, 2 deliveries, 2 acks): {carry:.0} msg/s");
-    let run = gateway(&nats_url, &redis_base, m).await?;
+    let run = gateway(m).await?;
     println!(
         "  gateway A->B: {:.0} msg/s ({m} in {:.2} s), lost {}, duplicated {}, latency under flood p50 {:.1} ms p99 {:.1} ms",
         run.rate, run.elapsed, run.lost, run.duplicated, run.flood_p50, run.flood_p99
@@ -531,7 +463,7 @@ async fn main() -> anyhow::Result<()> {
         "  paced {PACED_RATE} msg/s for {PACED_SECS} s: latency p50 {:.1} ms p99 {:.1} ms, lost {}",
         run.paced_p50, run.paced_p99, run.paced_lost
     );
-    let ceiling_after = ceiling(&nats_url, m).await?;
+    let ceiling_after = ceiling(m).await?;
     println!("  ceiling again: {ceiling_after:.0} msg/s");
     let ceiling = ceiling_before.max(ceiling_after);
     let ratio = run.rate / ceiling;
@@ -547,12 +479,12 @@ async fn main() -> anyhow::Result<()> {
         "service": "federation-gateway",
         "figure": {"name": "alerts carried from site A's stream to site B's stream", "value": run.rate.round(), "unit": "msg/s"},
         "ceiling": {"name": "raw JetStream publish-with-ack, 256 acks in flight (async-nats, same stream config, payload and headers)", "value": ceiling.round(), "unit": "msg/s"},
-        "ratio": (ratio * 1000.0).round() / 1000.0,
+        "ratio": round_to(ratio, 3),
         "target": "at least 80% of the raw JetStream publish-with-ack rate measured in the same run, zero lost, zero duplicated",
         "met": met,
         "details": {
             "alerts": m,
-            "gateway_elapsed_s": (run.elapsed * 1000.0).round() / 1000.0,
+            "gateway_elapsed_s": round_to(run.elapsed, 3),
             "export_half_msg_s": (m as f64 / run.export_elapsed).round(),
             "gateways_cpu_us_per_alert": run.cpu_us_per_msg.map(|c| c.round()),
             "load_average_1m_at_end": std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_string)),
@@ -567,21 +499,16 @@ async fn main() -> anyhow::Result<()> {
             "paced_latency_p99_ms": run.paced_p99,
             "ceiling_before_msg_s": ceiling_before.round(),
             "nats_alone_carry_to_both_sites_msg_s": carry.round(),
-            "nats_alone_carry_vs_ceiling": (carry / ceiling * 1000.0).round() / 1000.0,
-            "gateway_vs_nats_alone_carry": (run.rate / carry * 1000.0).round() / 1000.0,
+            "nats_alone_carry_vs_ceiling": round_to(carry / ceiling, 3),
+            "gateway_vs_nats_alone_carry": round_to(run.rate / carry, 3),
             "ceiling_after_msg_s": ceiling_after.round(),
             "publish_window": WINDOW,
             "setup": "both gateways in one process (export and import on each), sites A and B = Redis databases 3 and 4 of one Redis, one NATS 2.9 with file storage, all on loopback; the machine is shared with other builds",
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cores": aurora_bench::cores(),
         },
         "command": "make bench-federation",
-        "measured_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "measured_at": aurora_bench::measured_at(),
     });
-    let path = aurora_bench::result_path("federation");
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")?;
-    println!("  wrote {}", path.display());
+    aurora_bench::write_result("federation", &result)?;
     Ok(())
 }

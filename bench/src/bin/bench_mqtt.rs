@@ -15,16 +15,19 @@
 //! Peak memory of the bridge is VmHWM from /proc. Its own Mosquitto (queue limits in the
 //! JSON), the shared Redis under a namespace of its own, deleted at the end.
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use aurora_bench::{median_by, now_us, percentile, poll_until, round_to};
 use aurora_core::bus::{self, Conn, Producer};
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::Names;
+use aurora_testkit::cleanup::Cleanup;
+use aurora_testkit::process::{Service, Site, Svc};
+use aurora_testkit::redis::{stream_docs, xlen};
+use aurora_testkit::{MosquittoServer, NATS_URL, REDIS_URL};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
@@ -35,62 +38,54 @@ const CEILING_MESSAGES: u64 = 300_000;
 const REDIS_MESSAGES: u64 = 500_000;
 const LATENCY_RATE: u64 = 10_000;
 const LATENCY_SECONDS: u64 = 6;
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The bridge's receive maximum with its default flags (`--queue-capacity` 1024).
 const RECEIVE_MAX: u16 = 1024;
+/// The broker's configuration besides its listener (the harness adds it); `persistence
+/// false` overrides the harness's `persistence true`.
 const BROKER_CONFIG: &str = "allow_anonymous true\nmax_queued_messages 1000000\nmax_queued_bytes 0\nmax_inflight_messages 100\nmax_packet_size 262144\npersistence false\n";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let bridge_bin = build_bridge()?;
-    let broker = Broker::start()?;
-    let names = Names::new(&format!("bench{}", std::process::id()))?;
+    let bridge_bin = aurora_bench::release_binary(Svc::MqttBridge.name())?;
+    let broker = MosquittoServer::start_with_config(BROKER_CONFIG);
+    let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
+    let mut site = Site::new(&names, "site-a", 0).with_binary(Svc::MqttBridge, bridge_bin);
+    site.mqtt_url = broker.url();
+    site.log_filter = std::env::var("AURORA_BENCH_BRIDGE_LOG").unwrap_or_else(|_| "warn".into());
     let mut redis = bus::connect(REDIS_URL).await?;
-    let result = run(&bridge_bin, &broker, &names, &mut redis).await;
-    cleanup(&mut redis, &names).await;
-    drop(broker);
-    let report = result?;
-    let path = aurora_bench::result_path("mqtt");
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("wrote {}", path.display());
+    let report = run(&site, &broker, &names, &mut redis).await?;
+    aurora_bench::write_result("mqtt", &report)?;
     Ok(())
 }
 
 async fn run(
-    bridge_bin: &std::path::Path,
-    broker: &Broker,
+    site: &Site,
+    broker: &MosquittoServer,
     names: &Names,
     redis: &mut Conn,
 ) -> anyhow::Result<serde_json::Value> {
     println!("ceiling A: broker QoS 1 to one subscriber, {PUBLISHERS} publishers, {CEILING_MESSAGES} messages");
-    let first_ceiling = broker_ceiling(broker.port).await?;
+    let first_ceiling = broker_ceiling(broker.port()).await?;
     println!("  {first_ceiling:.0} msg/s");
     println!("ceiling B: Redis pipelined XADD, {REDIS_MESSAGES} entries in batches of 512");
     let redis_rate = redis_ceiling(redis, names).await?;
     println!("  {redis_rate:.0} msg/s");
 
-    let mut bridge = BridgeChild::spawn(bridge_bin, broker.port, names)?;
-    bridge.wait_ready().await?;
+    let mut bridge = site.start(Svc::MqttBridge, &[]).await;
     let stream = names.cps_telemetry();
     // Rounds of bridge and ceiling in turn: each round against the mean of the broker
     // ceilings just before and just after it (the shared machine's load drifts within a
     // run); the round with the median ratio is the figure. Every round has devices of its
     // own, so each sees 100,000 new devices, as the first did.
-    let rounds = std::env::var("BENCH_MQTT_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds = aurora_bench::env_or("BENCH_MQTT_ROUNDS", 3usize)?.max(1);
     let mut measured: Vec<(Throughput, f64, f64)> = Vec::with_capacity(rounds);
     let mut before = first_ceiling;
     for round in 0..rounds {
         let _: () = redis::cmd("DEL").arg(&stream).query_async(redis).await?;
         println!("bridge, round {}: {THROUGHPUT_MESSAGES} messages from {DEVICES} distinct devices, as fast as possible", round + 1);
-        let tp = throughput(broker.port, names, redis, &stream, round).await?;
-        let after = broker_ceiling(broker.port).await?;
+        let tp = throughput(broker.port(), names, redis, &stream, round).await?;
+        let after = broker_ceiling(broker.port()).await?;
         println!(
             "  {:.0} msg/s end to end, lost {}, duplicated {}; ceiling after {after:.0} msg/s: {:.1}% of the mean",
             tp.rate,
@@ -107,23 +102,23 @@ async fn run(
     let rounds_json: Vec<serde_json::Value> = measured
         .iter()
         .map(|m| {
-            json!({"msg_s": round(m.0.rate), "ceiling_before_msg_s": round(m.1),
-                   "ceiling_after_msg_s": round(m.2), "ratio": (ratio_of(m) * 1000.0).round() / 1000.0,
+            json!({"msg_s": m.0.rate.round(), "ceiling_before_msg_s": m.1.round(),
+                   "ceiling_after_msg_s": m.2.round(), "ratio": round_to(ratio_of(m), 3),
                    "lost": m.0.lost, "duplicated": m.0.duplicated})
         })
         .collect();
-    measured.sort_by(|x, y| ratio_of(x).total_cmp(&ratio_of(y)));
-    let median = measured.swap_remove(measured.len() / 2);
-    let broker_rate = (median.1 + median.2) / 2.0;
-    let tp = median.0;
+    let (tp, before, after) = median_by(&measured, ratio_of).context("no round measured")?;
+    let broker_rate = (before + after) / 2.0;
     println!("latency at a fixed {LATENCY_RATE} msg/s for {LATENCY_SECONDS} s");
-    let lat = latency(broker.port, names, redis, &stream).await?;
+    let lat = latency(broker.port(), names, redis, &stream).await?;
     println!(
         "  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, lost {}",
         lat.p50_ms, lat.p99_ms, lat.max_ms, lat.lost
     );
-    let (hwm_kib, rss_kib) = bridge.memory()?;
-    bridge.stop();
+    let pid = bridge.pid().context("the bridge is running")?;
+    let memory = |field| aurora_bench::proc_status_kib(pid, field).context("the bridge's memory");
+    let (hwm_kib, rss_kib) = (memory("VmHWM")?, memory("VmRSS")?);
+    stop(&mut bridge).await;
     let peak_mib = hwm_kib as f64 / 1024.0;
     println!("bridge peak memory (VmHWM) {peak_mib:.1} MiB");
 
@@ -148,22 +143,22 @@ async fn run(
     Ok(json!({
         "bench": "mqtt",
         "service": "mqtt-bridge",
-        "figure": {"name": "end-to-end QoS 1 throughput, publish to stream entry", "value": round(tp.rate), "unit": "msg/s"},
-        "ceiling": {"name": ceiling_name, "value": round(ceiling), "unit": "msg/s"},
-        "ratio": (ratio * 1000.0).round() / 1000.0,
+        "figure": {"name": "end-to-end QoS 1 throughput, publish to stream entry", "value": tp.rate.round(), "unit": "msg/s"},
+        "ceiling": {"name": ceiling_name, "value": ceiling.round(), "unit": "msg/s"},
+        "ratio": round_to(ratio, 3),
         "target": "at least 90% of the broker's own QoS 1 ceiling measured in the same run, zero lost, zero duplicated; p99 latency under 20 ms at a fixed 10,000 msg/s; peak memory under 64 MiB with 100,000 distinct devices",
         "met": met,
         "details": {
-            "broker_qos1_ceiling_msg_s": round(broker_rate),
+            "broker_qos1_ceiling_msg_s": broker_rate.round(),
             "broker_qos1_ceiling_is": "mean of the broker ceilings just before and just after the median round",
             "throughput_rounds": rounds_json,
             "throughput_lost_all_rounds": all_lost,
             "throughput_duplicated_all_rounds": all_duplicated,
-            "redis_pipelined_xadd_ceiling_msg_s": round(redis_rate),
+            "redis_pipelined_xadd_ceiling_msg_s": redis_rate.round(),
             "throughput_messages": THROUGHPUT_MESSAGES,
             "throughput_lost": tp.lost,
             "throughput_duplicated": tp.duplicated,
-            "throughput_seconds": (tp.seconds * 1000.0).round() / 1000.0,
+            "throughput_seconds": round_to(tp.seconds, 3),
             "distinct_devices": DEVICES,
             "publishing_connections": PUBLISHERS,
             "payload_bytes": payload(0, 0).len(),
@@ -173,27 +168,16 @@ async fn run(
             "latency_p50_ms": lat.p50_ms,
             "latency_p99_ms": lat.p99_ms,
             "latency_max_ms": lat.max_ms,
-            "bridge_peak_rss_mib": (peak_mib * 10.0).round() / 10.0,
-            "bridge_rss_at_end_mib": ((rss_kib as f64 / 1024.0) * 10.0).round() / 10.0,
+            "bridge_peak_rss_mib": round_to(peak_mib, 1),
+            "bridge_rss_at_end_mib": round_to(rss_kib as f64 / 1024.0, 1),
             "bridge_flags": "defaults (--batch-size 512, --batch-linger 0ms, --queue-capacity 1024, --seen-capacity 100000)",
             "broker": "own Mosquitto 2.0: max_queued_messages 1000000, max_queued_bytes 0 (no limit), max_inflight_messages 100 (as deploy/mosquitto), persistence off",
             "redis": "shared Redis 7 on loopback, no persistence",
-            "machine_cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "machine_cores": aurora_bench::cores(),
         },
         "command": "make bench-mqtt",
-        "measured_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "measured_at": aurora_bench::measured_at(),
     }))
-}
-
-fn round(x: f64) -> f64 {
-    x.round()
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// About 200 bytes of telemetry, carrying its sequence number and send time.
@@ -213,173 +197,21 @@ fn payload(seq: u64, ts: u64) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-// ---- processes -----------------------------------------------------------------------------
+// ---- the bridge's process ------------------------------------------------------------------
 
-fn build_bridge() -> anyhow::Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no directory for the bench binary")?;
-    if std::env::var_os("AURORA_BENCH_SKIP_BUILD").is_some() {
-        return Ok(dir.join("mqtt-bridge"));
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("building the bridge (release)...");
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "mqtt-bridge",
-            "--bin",
-            "mqtt-bridge",
-        ])
-        .status()
-        .context("cargo build")?;
-    if !status.success() {
-        bail!("building mqtt-bridge failed");
-    }
-    Ok(dir.join("mqtt-bridge"))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_port(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\n{BROKER_CONFIG}"))?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting mosquitto (make services installs it)")?;
-        if !wait_port(port) {
-            bail!("mosquitto did not listen on {port}");
-        }
-        Ok(Self {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct BridgeChild {
-    child: Child,
-    ops_port: u16,
-}
-
-impl BridgeChild {
-    fn spawn(bin: &std::path::Path, mqtt_port: u16, names: &Names) -> anyhow::Result<Self> {
-        let ops_port = free_port()?;
-        let mut command = Command::new(bin);
-        // A variable the bridge no longer reads stops it: none is passed on from this shell.
-        for (old, _) in mqtt_bridge::config::RENAMED_ENV {
-            command.env_remove(old);
-        }
-        let child = command
-            .env("AURORA_NAMESPACE", names.namespace())
-            .env("AURORA_REDIS_URL", REDIS_URL)
-            .env(
-                "AURORA_MQTT_BRIDGE_MQTT_URL",
-                format!("mqtt://127.0.0.1:{mqtt_port}"),
-            )
-            .env("AURORA_INSTANCE_ID", format!("{}-bench", names.namespace()))
-            .env("AURORA_OPS_ADDR", format!("127.0.0.1:{ops_port}"))
-            .env(
-                "RUST_LOG",
-                std::env::var("AURORA_BENCH_BRIDGE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self { child, ops_port })
-    }
-
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.ops_port)).await {
-                let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await;
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out).await;
-                if out.starts_with("HTTP/1.0 200") {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the bridge did not become ready")
-    }
-
-    /// (VmHWM, VmRSS) in KiB.
-    fn memory(&self) -> anyhow::Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("VmHWM:"), field("VmRSS:")))
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for BridgeChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// SIGTERM, and up to 10 s for the bridge to drain and exit (it is killed when dropped).
+async fn stop(bridge: &mut Service) {
+    bridge.sigterm();
+    let _ = poll_until(
+        Duration::from_millis(50),
+        Duration::from_secs(10),
+        "the bridge's exit",
+        || {
+            let exited = bridge.exited().is_some();
+            async move { Ok(exited) }
+        },
+    )
+    .await;
 }
 
 // ---- MQTT clients --------------------------------------------------------------------------
@@ -437,13 +269,14 @@ impl Publisher {
     }
 
     async fn wait_acked(&self, n: u64) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.acked.load(Ordering::Relaxed) < n {
-            if Instant::now() > deadline {
-                bail!("the broker did not acknowledge every publish");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let acked = &self.acked;
+        poll_until(
+            Duration::from_millis(5),
+            Duration::from_secs(120),
+            "the broker's acknowledgement of every publish",
+            || async move { Ok(acked.load(Ordering::Relaxed) >= n) },
+        )
+        .await?;
         Ok(())
     }
 
@@ -470,12 +303,7 @@ async fn blast(
                 let seq = p * per + i;
                 publisher
                     .client
-                    .publish(
-                        topic(seq),
-                        QoS::AtLeastOnce,
-                        false,
-                        payload(seq, now_micros()),
-                    )
+                    .publish(topic(seq), QoS::AtLeastOnce, false, payload(seq, now_us()))
                     .await?;
             }
             publisher.wait_acked(per).await?;
@@ -560,16 +388,14 @@ async fn broker_ceiling(port: u16) -> anyhow::Result<f64> {
         Arc::new(|seq| format!("bench/ceiling/d{}", seq % 1000)),
     )
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while received.load(Ordering::Relaxed) < total {
-        if Instant::now() > deadline {
-            bail!(
-                "the ceiling subscriber got {} of {total}",
-                received.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let received = &received;
+    poll_until(
+        Duration::from_millis(2),
+        Duration::from_secs(60),
+        "every message at the ceiling subscriber",
+        || async move { Ok(received.load(Ordering::Relaxed) >= total) },
+    )
+    .await?;
     let rate = total as f64 / started.elapsed().as_secs_f64();
     stop.notify_one();
     let _ = tokio::time::timeout(Duration::from_secs(5), sub).await;
@@ -580,7 +406,7 @@ async fn redis_ceiling(redis: &Conn, names: &Names) -> anyhow::Result<f64> {
     let producer = Producer::new(redis.clone(), 1_000_000);
     let stream = names.state_key("bench", "xadd-ceiling");
     let batch: Vec<(String, Vec<u8>)> = (0..512)
-        .map(|i| (stream.clone(), payload(i, now_micros())))
+        .map(|i| (stream.clone(), payload(i, now_us())))
         .collect();
     let batches = REDIS_MESSAGES / 512;
     let started = Instant::now();
@@ -597,14 +423,6 @@ struct Throughput {
     seconds: f64,
     lost: u64,
     duplicated: u64,
-}
-
-async fn xlen(redis: &mut Conn, stream: &str) -> u64 {
-    redis::cmd("XLEN")
-        .arg(stream)
-        .query_async(redis)
-        .await
-        .unwrap_or(0)
 }
 
 async fn throughput(
@@ -645,8 +463,7 @@ async fn throughput(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     load.await??;
-    let seqs = read_seqs(redis, stream, "0-0").await?;
-    let (lost, duplicated) = lost_and_duplicated(&seqs, total);
+    let (lost, duplicated) = lost_and_duplicated(redis, stream, total).await;
     Ok(Throughput {
         rate: total.saturating_sub(lost) as f64 / finished.as_secs_f64(),
         seconds: finished.as_secs_f64(),
@@ -655,38 +472,20 @@ async fn throughput(
     })
 }
 
-async fn read_seqs(redis: &mut Conn, stream: &str, after: &str) -> anyhow::Result<Vec<u64>> {
-    let mut out = Vec::new();
-    let mut after = after.to_string();
-    loop {
-        let batch = bus::range(redis, stream, &after, 5000).await?;
-        let Some(last) = batch.last() else {
-            return Ok(out);
-        };
-        after = last.id.clone();
-        for e in batch {
-            let v: serde_json::Value =
-                serde_json::from_slice(e.data.as_deref().unwrap_or_default())?;
-            if let Some(s) = v["seq"].as_u64() {
-                out.push(s);
-            }
-        }
-    }
-}
-
-fn lost_and_duplicated(seqs: &[u64], total: u64) -> (u64, u64) {
-    let mut seen = vec![0u32; total as usize];
-    let mut duplicated = 0;
-    for &s in seqs {
-        if let Some(c) = seen.get_mut(s as usize) {
-            *c += 1;
-            if *c > 1 {
-                duplicated += 1;
-            }
-        }
-    }
-    let lost = seen.iter().filter(|c| **c == 0).count() as u64;
-    (lost, duplicated)
+/// Of the sequence numbers `0..total`, how many the stream lacks and how many it holds more
+/// than once.
+async fn lost_and_duplicated(redis: &mut Conn, stream: &str, total: u64) -> (u64, u64) {
+    let seqs = aurora_testkit::tally(
+        stream_docs(redis, stream)
+            .await
+            .into_iter()
+            .filter_map(|(_, doc)| doc["seq"].as_u64())
+            .map(|seq| seq.to_string()),
+    );
+    let lost = (0..total)
+        .filter(|seq| !seqs.contains_key(&seq.to_string()))
+        .count() as u64;
+    (lost, aurora_testkit::duplicates(&seqs) as u64)
 }
 
 struct Latency {
@@ -721,13 +520,13 @@ async fn latency(
                 Some(Duration::from_millis(200)),
             )
             .await?;
-            let now = now_micros();
+            let now = now_us();
             for e in entries {
                 cursor = e.id.clone();
                 let v: serde_json::Value =
                     serde_json::from_slice(e.data.as_deref().unwrap_or_default())?;
                 if let Some(ts) = v["ts"].as_u64() {
-                    ages.push(now.saturating_sub(ts));
+                    ages.push(now.saturating_sub(ts) as f64);
                 }
             }
         }
@@ -763,7 +562,7 @@ async fn latency(
                     );
                     publisher
                         .client
-                        .publish(topic, QoS::AtLeastOnce, false, payload(seq, now_micros()))
+                        .publish(topic, QoS::AtLeastOnce, false, payload(seq, now_us()))
                         .await?;
                     sent += 1;
                 }
@@ -778,14 +577,9 @@ async fn latency(
     }
     let mut ages = reader.await??;
     let messages = ages.len() as u64;
-    ages.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if ages.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((ages.len() as f64 - 1.0) * q).round() as usize;
-        (ages[i.min(ages.len() - 1)] as f64 / 10.0).round() / 100.0
-    };
+    ages.sort_by(f64::total_cmp);
+    // Microseconds, reported in milliseconds to two places.
+    let pct = |q: f64| round_to(percentile(&ages, q) / 1000.0, 2);
     Ok(Latency {
         messages,
         lost: total.saturating_sub(messages),
@@ -793,16 +587,4 @@ async fn latency(
         p99_ms: pct(0.99),
         max_ms: pct(1.0),
     })
-}
-
-async fn cleanup(redis: &mut Conn, names: &Names) {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", names.namespace()))
-        .query_async(redis)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(redis).await;
-    }
-    let _ = std::io::stdout().flush();
 }

@@ -5,20 +5,23 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
+use aurora_bench::{env_or, poll_until, InProcess};
 use aurora_core::auth::Verifier;
 use aurora_core::bus::{self, Producer};
 use aurora_core::model::{to_bytes, AttestationReport, DeviceCommand, DeviceSeen, Extra};
 use aurora_core::names::DeviceTopicKind;
-use aurora_core::service::{launch, LaunchOptions, Launched};
+use aurora_core::service::{LaunchOptions, Stopped};
 use aurora_core::Names;
+use aurora_testkit::cleanup::Cleanup;
+use aurora_testkit::db::TestDb;
+use aurora_testkit::redis::xlen;
+use aurora_testkit::{NATS_URL, REDIS_URL};
 use base64::Engine;
 use chrono::Utc;
 use device_registry::{db, Config, DeviceRegistry};
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::json;
-use sqlx::Connection;
-use tokio_util::sync::CancellationToken;
 
 const MODEL: &str = "bench-model";
 const VERSION: &str = "2.0.0";
@@ -26,79 +29,34 @@ const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00
 const TARGET_DEVICES: f64 = 20_000.0;
 const TARGET_ATTESTATIONS: f64 = 5_000.0;
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
+/// How often a wait inside a timed phase polls (Redis's XLEN and XINFO are cheap; a
+/// `count(*)` over the devices every 20 ms took a real share of the two cores away from the
+/// service it measures, so PostgreSQL is asked only once the streams say done).
+const POLL: Duration = Duration::from_millis(20);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = env_or("BENCH_N", "100000").parse().context("BENCH_N")?;
-    let batch: usize = env_or("BENCH_BATCH", "1000")
-        .parse()
-        .context("BENCH_BATCH")?;
-    let redis_url = env_or("AURORA_REDIS_URL", "redis://127.0.0.1:6379");
-    let admin_url = env_or(
-        "AURORA_DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    );
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
-    let names = Names::new(&format!("bench{suffix}"))?;
-    let db_name = format!("bench_reg_{suffix}");
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or("postgres://postgres@127.0.0.1:5432");
-    let db_url = format!("{base}/{db_name}");
-
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE {db_name}"))
-        .execute(&mut admin)
-        .await?;
-    let result = run(n, batch, &names, &redis_url, &db_url).await;
-    // Clean up whatever happened.
-    let mut conn = bus::connect(&redis_url).await?;
-    let keys = [
-        names.cps_registrations(),
-        names.cps_attestation(),
-        names.cps_commands(),
-        names.cps_devices(),
-        names.cps_alerts(),
-        names.alerts(),
-        names.deadletter(device_registry::SERVICE),
-    ];
-    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    let report = result?;
-    let path = aurora_bench::result_path("registry");
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("wrote {}", path.display());
+    let n: usize = env_or("BENCH_N", 100_000)?;
+    let batch: usize = env_or("BENCH_BATCH", 1000)?;
+    let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
+    let db = TestDb::create().await;
+    let report = run(n, batch, &names, &db.url).await?;
+    aurora_bench::write_result("registry", &report)?;
     Ok(())
 }
 
-/// A worker count from the environment, else the service's default.
-fn workers(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn config(names: &Names, redis_url: &str, db_url: &str, batch: usize) -> anyhow::Result<Config> {
+fn config(names: &Names, db_url: &str, batch: usize) -> anyhow::Result<Config> {
     let mut cfg = Config::local(
         names.clone(),
-        redis_url,
+        REDIS_URL,
         db_url,
         Verifier::hs256(b"bench-secret")?,
     );
     cfg.trust_on_first_use = true;
     cfg.batch_size = batch;
-    cfg.registration_workers = workers("BENCH_REGISTRATION_WORKERS", cfg.registration_workers);
-    cfg.attestation_workers = workers("BENCH_ATTESTATION_WORKERS", cfg.attestation_workers);
+    cfg.registration_workers = env_or("BENCH_REGISTRATION_WORKERS", cfg.registration_workers)?;
+    cfg.attestation_workers = env_or("BENCH_ATTESTATION_WORKERS", cfg.attestation_workers)?;
     cfg.sweep_interval = Duration::from_secs(1);
     cfg.resend_after = Duration::from_secs(120);
     cfg.attestation_timeout = Duration::from_secs(3600);
@@ -106,114 +64,80 @@ fn config(names: &Names, redis_url: &str, db_url: &str, batch: usize) -> anyhow:
 }
 
 /// The service launched in-process (ops endpoints on an ephemeral loopback port).
-async fn start(cfg: Config) -> anyhow::Result<(Launched, CancellationToken)> {
-    let shutdown = CancellationToken::new();
-    let launched = launch(
-        DeviceRegistry::new(cfg),
-        LaunchOptions::local("bench"),
-        shutdown.clone(),
-    )
-    .await?;
-    Ok((launched, shutdown))
+async fn start(cfg: Config) -> anyhow::Result<InProcess> {
+    InProcess::launch(DeviceRegistry::new(cfg), LaunchOptions::local("bench")).await
 }
 
 /// Asks the service to stop and waits for its drain.
-async fn stop((launched, shutdown): (Launched, CancellationToken)) -> anyhow::Result<()> {
-    shutdown.cancel();
-    let stopped = launched.stopped().await;
-    if stopped != aurora_core::service::Stopped::Drained {
+async fn stop(service: InProcess) -> anyhow::Result<()> {
+    let stopped = service.stop().await;
+    if stopped != Stopped::Drained {
         bail!("the service did not drain: {stopped:?}");
     }
     Ok(())
 }
 
-async fn wait_count(
-    pool: &sqlx::PgPool,
-    sql: &str,
-    n: usize,
-    deadline: Duration,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let c: i64 = sqlx::query_scalar(sql).fetch_one(pool).await?;
-        if c as usize >= n {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > deadline {
-            bail!("timed out: {c} of {n} after {deadline:?} ({sql})");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until `streams` each hold at least `n` entries. Polls Redis (XLEN is O(1)), not
-/// PostgreSQL: a `count(*)` over the devices every 20 ms took a real share of the two cores
-/// away from the service it measures.
+/// Until `streams` each hold at least `n` entries.
 async fn wait_streams(
-    conn: &mut bus::Conn,
+    conn: &bus::Conn,
     streams: &[String],
     n: usize,
-    deadline: Duration,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let mut done = true;
-        for s in streams {
-            let len: usize = redis::cmd("XLEN").arg(s).query_async(conn).await?;
-            if len < n {
-                done = false;
-                break;
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    poll_until(
+        POLL,
+        timeout,
+        &format!("{n} entries in {streams:?}"),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                for s in streams {
+                    if xlen(&mut conn, s).await < n as u64 {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
             }
-        }
-        if done {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > deadline {
-            bail!("timed out waiting for {n} entries in {streams:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        },
+    )
+    .await
 }
 
-/// Waits until the service's group on `stream` has read every entry and has none pending
-/// (each acknowledged after its durable write). XINFO GROUPS is cheap for Redis.
+/// Until the service's group on `stream` has read every entry and has none pending (each
+/// acknowledged after its durable write). XINFO GROUPS is cheap for Redis.
 async fn wait_group_done(
-    conn: &mut bus::Conn,
+    conn: &bus::Conn,
     stream: &str,
     n: usize,
-    deadline: Duration,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(conn)
-            .await?;
-        let int = |g: &std::collections::HashMap<String, redis::Value>, k: &str| match g.get(k) {
-            Some(redis::Value::Int(i)) => Some(*i),
-            _ => None,
-        };
-        let done = groups.iter().any(|g| {
-            matches!(g.get("name"), Some(redis::Value::BulkString(b)) if b == device_registry::SERVICE.as_bytes())
-                && int(g, "pending") == Some(0)
-                && (int(g, "lag") == Some(0) || int(g, "entries-read") >= Some(n as i64))
-        });
-        if done {
-            return Ok(started.elapsed());
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    type Group = std::collections::HashMap<String, redis::Value>;
+    let int = |g: &Group, k: &str| match g.get(k) {
+        Some(redis::Value::Int(i)) => Some(*i),
+        _ => None,
+    };
+    poll_until(POLL, timeout, &format!("the group on {stream} to finish"), || {
+        let mut conn = conn.clone();
+        async move {
+            let groups: Vec<Group> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query_async(&mut conn)
+                .await?;
+            Ok(groups.iter().any(|g| {
+                matches!(g.get("name"), Some(redis::Value::BulkString(b)) if b == device_registry::SERVICE.as_bytes())
+                    && int(g, "pending") == Some(0)
+                    && (int(g, "lag") == Some(0) || int(g, "entries-read") >= Some(n as i64))
+            }))
         }
-        if started.elapsed() > deadline {
-            bail!("timed out waiting for the group on {stream} to finish");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 async fn run(
     n: usize,
     batch: usize,
     names: &Names,
-    redis_url: &str,
     db_url: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let pool = db::connect(db_url, 4).await?;
@@ -262,7 +186,7 @@ async fn run(
             SigningKey::from_bytes(&seed)
         })
         .collect();
-    let redis = bus::connect(redis_url).await?;
+    let redis = bus::connect(REDIS_URL).await?;
     let producer = Producer::new(redis.clone(), 10_000_000);
     let reg_stream = names.cps_registrations();
     for (c, chunk) in keys.chunks(5000).enumerate() {
@@ -294,10 +218,12 @@ async fn run(
 
     // ---- registration through the service.
     let started = Instant::now();
-    let service = start(config(names, redis_url, db_url, batch)?).await?;
-    let mut rwait = redis.clone();
-    let reg_elapsed = wait_streams(
-        &mut rwait,
+    let cfg = config(names, db_url, batch)?;
+    let (registration_workers, attestation_workers) =
+        (cfg.registration_workers, cfg.attestation_workers);
+    let service = start(cfg).await?;
+    wait_streams(
+        &redis,
         &[names.cps_devices(), names.cps_commands()],
         n,
         Duration::from_secs(600),
@@ -305,23 +231,22 @@ async fn run(
     .await?;
     // Every batch acknowledged (after its durable commit) and its outbox row cleared.
     wait_group_done(
-        &mut rwait,
+        &redis,
         &names.cps_registrations(),
         n,
         Duration::from_secs(60),
     )
     .await?;
-    wait_count(
-        &pool,
-        "SELECT count(*) FROM devices d WHERE NOT EXISTS (SELECT 1 FROM registration_outbox)",
-        n,
-        Duration::from_secs(60),
-    )
+    let sql = "SELECT count(*) FROM devices d WHERE NOT EXISTS (SELECT 1 FROM registration_outbox)";
+    poll_until(POLL, Duration::from_secs(60), sql, || {
+        let pool = &pool;
+        async move {
+            let c: i64 = sqlx::query_scalar(sql).fetch_one(pool).await?;
+            Ok(c as usize >= n)
+        }
+    })
     .await?;
-    let reg_secs = started
-        .elapsed()
-        .as_secs_f64()
-        .max(reg_elapsed.as_secs_f64());
+    let reg_secs = started.elapsed().as_secs_f64();
     let reg_rate = n as f64 / reg_secs;
     stop(service).await?;
     println!("registration: {reg_rate:.0} new devices/s ({n} in {reg_secs:.2} s, challenge and device.registered record each)");
@@ -369,9 +294,9 @@ async fn run(
 
     // ---- attestation through the service.
     let started = Instant::now();
-    let service = start(config(names, redis_url, db_url, batch)?).await?;
+    let service = start(config(names, db_url, batch)?).await?;
     wait_group_done(
-        &mut rwait,
+        &redis,
         &names.cps_attestation(),
         n,
         Duration::from_secs(600),
@@ -417,8 +342,8 @@ async fn run(
         "details": {
             "devices": n,
             "batch_size": batch,
-            "registration_workers": workers("BENCH_REGISTRATION_WORKERS", 2),
-            "attestation_workers": workers("BENCH_ATTESTATION_WORKERS", 1),
+            "registration_workers": registration_workers,
+            "attestation_workers": attestation_workers,
             "attestation_verify": "signatures of a batch checked in parallel on every core (spawn_blocking chunks)",
             "completion_detected_by": "XLEN of the devices and commands streams and XINFO GROUPS (pending 0, lag 0), polled every 20 ms; PostgreSQL checked after (every device trusted, outbox empty)",
             "registration_seconds": reg_secs,
@@ -432,6 +357,6 @@ async fn run(
             "machine": "2 cores shared with other builds; PostgreSQL 15 and Redis 7 on loopback",
         },
         "command": "make bench-registry",
-        "measured_at": Utc::now().to_rfc3339(),
+        "measured_at": aurora_bench::measured_at(),
     }))
 }

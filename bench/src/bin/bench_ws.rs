@@ -8,28 +8,28 @@
 //! The clients, Redis and the gateway share the machine's cores: the figures are a floor.
 //! Writes bench/results/ws.json.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use aurora_core::auth::{Minter, Permission};
+use anyhow::Context;
+use aurora_bench::{cpu_secs, now_us, percentile, poll_until, proc_status_kib};
+use aurora_core::auth::Permission;
 use aurora_core::bus::{self, Producer};
 use aurora_core::names::Channel;
-use aurora_core::Names;
+use aurora_testkit::cleanup::Cleanup;
+use aurora_testkit::ops::Ops;
+use aurora_testkit::process::{service_env, Service, Site, Svc};
+use aurora_testkit::{free_port, NATS_URL, REDIS_URL};
 use futures::StreamExt;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS_PER_CHANNEL: usize = 500;
 const RATE_PER_CHANNEL: u64 = 200;
 const FIXED_SECONDS: u64 = 10;
 const BURST_PER_CHANNEL: u64 = 3_000;
-const SECRET: &str = "bench-ws-secret";
 /// Each bench client's read buffer.
 const CLIENT_READ_BUFFER: usize = 16 * 1024;
 const TARGET_DELIVERIES: f64 = 300_000.0;
@@ -37,13 +37,6 @@ const TARGET_P99_MS: f64 = 50.0;
 const TARGET_KIB_PER_CONN: f64 = 30.0;
 /// Set (to `gateway`) in the child process: it runs the gateway instead of the benchmark.
 const ROLE_VARIABLE: &str = "AURORA_BENCH_WS_ROLE";
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 struct Probe {
     phase: u8,
@@ -105,62 +98,13 @@ fn run_bench() -> anyhow::Result<()> {
     runtime.block_on(bench())
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    Some(out)
-}
-
-async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    http_get(addr, path)
-        .await?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-async fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
-    let out = http_get(addr, path).await?;
-    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
-}
-
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
+    proc_status_kib(pid, "VmRSS").context("no VmRSS")
 }
 
-/// CPU time (user + system) a process has used, in seconds (`/proc/<pid>/stat`, clock ticks
-/// of 1/100 s, Linux's USER_HZ).
-fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // The fields after the command name (which may hold spaces) start after the last ')'.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the ')'.
-    (tick(11) + tick(12)) / 100.0
+/// CPU seconds of a process, NaN when unreadable.
+fn cpu(pid: u32) -> f64 {
+    cpu_secs(pid).unwrap_or(f64::NAN)
 }
 
 /// The Redis server on the bench's URL's port, if it runs on this machine.
@@ -190,9 +134,9 @@ struct CpuSample {
 impl CpuSample {
     fn take(gateway: u32, redis: Option<u32>) -> Self {
         Self {
-            gateway: cpu_secs(gateway),
-            clients: cpu_secs(std::process::id()),
-            redis: redis.map(cpu_secs).unwrap_or(f64::NAN),
+            gateway: cpu(gateway),
+            clients: cpu(std::process::id()),
+            redis: redis.map(cpu).unwrap_or(f64::NAN),
             at: Instant::now(),
         }
     }
@@ -212,9 +156,10 @@ impl CpuSample {
 
 /// The gateway's fan-out delay histogram (all channels), from its `/metrics`:
 /// upper bound (seconds) -> entries handed out within it.
-async fn fanout_delay_buckets(ops: SocketAddr) -> serde_json::Map<String, serde_json::Value> {
+async fn fanout_delay_buckets(ops: Ops) -> serde_json::Map<String, serde_json::Value> {
     let mut buckets: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
-    if let Some(body) = http_body(ops, "/metrics").await {
+    {
+        let body = ops.metrics().await;
         for line in body.lines() {
             let Some(rest) = line.strip_prefix("aurora_ws_gateway_fanout_delay_seconds_bucket{")
             else {
@@ -240,59 +185,56 @@ async fn fanout_delay_buckets(ops: SocketAddr) -> serde_json::Map<String, serde_
         .collect()
 }
 
-struct GatewayProcess(Child);
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// The gateway: this very binary as a child process of the harness, running the gateway
+/// (chosen by [`ROLE_VARIABLE`]) with the variables a site gives it, on the shared Redis.
+async fn start_gateway(site: &Site) -> anyhow::Result<Service> {
+    let mut flags = vec![
+        ("max-connections-per-channel", "500".to_string()),
+        ("client-queue", "16384".to_string()),
+        ("drain-grace", "0s".to_string()),
+    ];
+    // The child gets none of this shell's AURORA_* variables: a linger to try is passed on.
+    let linger_var = service_env(Svc::WsGateway, "fanout-linger");
+    if let Ok(linger) = std::env::var(&linger_var) {
+        flags.push(("fanout-linger", linger));
     }
+    let flags: Vec<(&str, &str)> = flags.iter().map(|(f, v)| (*f, v.as_str())).collect();
+    let (ops, http) = (free_port(), free_port());
+    let mut env = site.env(Svc::WsGateway, "bench-ws", ops, http, &flags);
+    env.push((ROLE_VARIABLE.to_string(), "gateway".to_string()));
+    let exe = std::env::current_exe()?;
+    let mut gateway = Service::spawn(Svc::WsGateway, exe, "bench-ws", env, ops, http);
+    gateway
+        .try_ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("the gateway did not become ready: {e}"))?;
+    Ok(gateway)
 }
 
 async fn bench() -> anyhow::Result<()> {
-    let redis_url = std::env::var("AURORA_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
-    let namespace = format!("benchws{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let names = Names::new(&namespace)?;
-    let http = free_addr()?;
-    let ops = free_addr()?;
-    println!("bench-ws: namespace {namespace}, gateway on {http} (release child process)");
-    let child = Command::new(std::env::current_exe()?)
-        .env(ROLE_VARIABLE, "gateway")
-        .env("AURORA_NAMESPACE", &namespace)
-        .env("AURORA_REDIS_URL", &redis_url)
-        .env("AURORA_JWT_SECRET", SECRET)
-        .env("AURORA_WS_GATEWAY_HTTP_ADDR", http.to_string())
-        .env("AURORA_OPS_ADDR", ops.to_string())
-        .env("AURORA_WS_GATEWAY_MAX_CONNECTIONS_PER_CHANNEL", "500")
-        .env("AURORA_WS_GATEWAY_CLIENT_QUEUE", "16384")
-        .env("AURORA_WS_GATEWAY_DRAIN_GRACE", "0s")
-        .env("AURORA_INSTANCE_ID", "bench-ws")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("cannot start the gateway")?;
-    let gateway = GatewayProcess(child);
-    let pid = gateway.0.id();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_status(ops, "/readyz").await != Some(200) {
-        if Instant::now() > deadline {
-            bail!("the gateway did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
+    let mut site = Site::new(&names, "site-a", 0);
+    site.log_filter = "warn".into();
+    let mut gateway = start_gateway(&site).await?;
+    let pid = gateway.pid().context("the gateway is running")?;
+    let http = format!("127.0.0.1:{}", gateway.http_port);
+    let ops = gateway.ops();
+    println!(
+        "bench-ws: namespace {}, gateway on {http} (release child process)",
+        names.namespace()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib(pid)?;
 
     // ---- 1,500 idle connections ----
-    let token = Minter::hs256(SECRET.as_bytes()).token(
+    let token = aurora_testkit::auth::token_for(
         "bench",
         &[
             Permission::WsAlerts,
             Permission::WsAgentThoughts,
             Permission::ApprovalsManage,
         ],
-        Duration::from_secs(3600),
     );
     let shared = Arc::new(Shared {
         last_receipt: Default::default(),
@@ -323,7 +265,7 @@ async fn bench() -> anyhow::Result<()> {
         "idle: RSS {rss_before} KiB -> {rss_after} KiB with {conns} connections: {kib_per_conn:.1} KiB per connection (connected in {connect_secs:.1} s)"
     );
 
-    let producer = Producer::new(bus::connect(&redis_url).await?, 1_000_000);
+    let producer = Producer::new(bus::connect(REDIS_URL).await?, 1_000_000);
     let streams: Vec<String> = Channel::ALL
         .into_iter()
         .map(|c| names.channel_stream(c))
@@ -334,17 +276,17 @@ async fn bench() -> anyhow::Result<()> {
     // The publisher runs on a thread and runtime of its own, so the 1,500 client tasks of
     // this process do not delay its ticks.
     let fixed_total = RATE_PER_CHANNEL * FIXED_SECONDS;
-    let redis_pid = redis_pid(&redis_url);
+    let redis_pid = redis_pid(REDIS_URL);
     let cpu_fixed_start = CpuSample::take(pid, redis_pid);
     let fixed_start_us = now_us();
     let publisher = {
-        let (redis_url, streams, pad) = (redis_url.clone(), streams.clone(), pad.clone());
+        let (streams, pad) = (streams.clone(), pad.clone());
         std::thread::spawn(move || -> anyhow::Result<u64> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let producer = Producer::new(bus::connect(&redis_url).await?, 1_000_000);
+                let producer = Producer::new(bus::connect(REDIS_URL).await?, 1_000_000);
                 let mut ticker =
                     tokio::time::interval(Duration::from_micros(1_000_000 / RATE_PER_CHANNEL));
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -411,13 +353,7 @@ async fn bench() -> anyhow::Result<()> {
     );
 
     // ---- drain: SIGTERM, every client should get 1001 ----
-    let term = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    if term.map(|s| !s.success()).unwrap_or(true) {
-        eprintln!("could not send SIGTERM to the gateway");
-    }
+    gateway.sigterm();
     let mut reports = Vec::new();
     for c in clients {
         if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(30), c).await {
@@ -429,13 +365,7 @@ async fn bench() -> anyhow::Result<()> {
         .flat_map(|r| std::mem::take(&mut r.latencies_us))
         .collect();
     latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies[i] as f64 / 1000.0
-    };
+    let pct = |p: f64| percentile(&latencies, p) / 1000.0;
     let (p50, p99, max) = (pct(0.50), pct(0.99), pct(1.0));
     let missed_fixed = reports
         .iter()
@@ -466,27 +396,18 @@ async fn bench() -> anyhow::Result<()> {
         "latency XADD -> client (fixed rate): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; clients that missed anything: {missed_fixed} (fixed), {missed_burst} (burst); closed 1001 on SIGTERM: {closed_1001}/{}",
         reports.len()
     );
-    let gateway_exit = {
-        let mut g = gateway;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = g.0.try_wait()? {
-                break Some(status.code());
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-
-    // Clean up the namespace's streams.
-    let mut conn = bus::connect(&redis_url).await?;
-    let mut del = redis::cmd("DEL");
-    for s in &streams {
-        del.arg(s);
-    }
-    let _: redis::RedisResult<i64> = del.query_async(&mut conn).await;
+    let mut gateway_exit = None;
+    let _ = poll_until(
+        Duration::from_millis(50),
+        Duration::from_secs(30),
+        "the gateway's exit",
+        || {
+            gateway_exit = gateway.exited().map(|status| status.code());
+            let exited = gateway_exit.is_some();
+            async move { Ok(exited) }
+        },
+    )
+    .await;
 
     let met = missed_fixed == 0
         && p99 < TARGET_P99_MS
@@ -546,19 +467,11 @@ async fn bench() -> anyhow::Result<()> {
             "connect_seconds_1500": connect_secs,
         },
         "command": "make bench-ws",
-        "measured_at": chrono::Utc::now().to_rfc3339(),
+        "measured_at": aurora_bench::measured_at(),
     });
-    let path = results_path();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")?;
-    println!("target met: {met}; wrote {}", path.display());
+    println!("target met: {met}");
+    aurora_bench::write_result("ws", &result)?;
     Ok(())
-}
-
-fn results_path() -> PathBuf {
-    aurora_bench::result_path("ws")
 }
 
 async fn wait_for(shared: &Shared, phase: usize, expected: u64, patience: Duration) {
