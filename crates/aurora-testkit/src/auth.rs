@@ -17,7 +17,13 @@ pub fn token(permissions: &[Permission]) -> String {
 
 /// A token signed with [`SECRET`] for `sub`, valid 10 minutes.
 pub fn token_for(sub: &str, permissions: &[Permission]) -> String {
-    Minter::hs256(SECRET.as_bytes()).token(sub, permissions, Duration::from_secs(600))
+    token_valid_for(sub, permissions, Duration::from_secs(600))
+}
+
+/// A token signed with [`SECRET`] for `sub`, valid for `ttl` (a short one expires while a
+/// test watches).
+pub fn token_valid_for(sub: &str, permissions: &[Permission], ttl: Duration) -> String {
+    Minter::hs256(SECRET.as_bytes()).token(sub, permissions, ttl)
 }
 
 /// A token with `alg: none` (no signature) granting everything.

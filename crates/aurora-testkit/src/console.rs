@@ -95,6 +95,37 @@ impl Console {
     }
 }
 
+/// The next text frame of `ws` as JSON, other frames skipped; fails on a close, an error,
+/// a frame that is not JSON, or after `timeout`.
+pub async fn next_json(ws: &mut Socket, timeout: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("no frame within {timeout:?}"),
+            Ok(None) => panic!("connection ended while waiting for a frame"),
+            Ok(Some(Err(e))) => panic!("socket error while waiting for a frame: {e}"),
+            Ok(Some(Ok(Message::Close(f)))) => panic!("closed while waiting for a frame: {f:?}"),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                return serde_json::from_str(t.as_str())
+                    .unwrap_or_else(|e| panic!("not a JSON frame ({e}): {t}"))
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Sends a normal close (1000) and reads until the server's close: its code and reason.
+pub async fn close_normally(ws: &mut Socket, timeout: Duration) -> Option<(u16, String)> {
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap_or_else(|e| panic!("send a close frame: {e}"));
+    close_frame(ws, timeout).await.0
+}
+
 /// Reads until the server closes: the close code (None when the connection ended without a
 /// close frame). Fails after `timeout`.
 pub async fn close_code(ws: &mut Socket, timeout: Duration) -> Option<u16> {

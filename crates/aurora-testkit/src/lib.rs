@@ -12,7 +12,8 @@
 //! - [`redis`]: stream and list readers and writers, dead letters, a namespace's keys deleted.
 //! - [`nats`]: JetStream messages with their `Nats-Msg-Id`, a namespace's streams deleted.
 //! - [`cleanup`]: [`cleanup::Cleanup`], what a namespace left deleted also when a test fails.
-//! - [`mqtt`]: a device publishing QoS 1 ([`mqtt::MqttDevice`]).
+//! - [`mqtt`]: a device publishing QoS 1, subscribing, with credentials or not
+//!   ([`mqtt::MqttDevice`]); a broker session forgotten.
 //! - [`console`]: an analyst's WebSocket console ([`console::Console`]).
 //! - [`auth`]: test tokens, good and bad. [`http`]: an HTTP client and JSON answers.
 //! - [`random`]: seeded random input (the seed is printed; `E2E_SEED` replays it).
@@ -100,17 +101,21 @@ pub fn workspace_path(relative: &str) -> PathBuf {
 
 /// What most tests use, in one import.
 pub mod prelude {
-    pub use crate::auth::{alg_none_token, expired_token, forged_token, token, token_for, SECRET};
+    pub use crate::auth::{
+        alg_none_token, expired_token, forged_token, token, token_for, token_valid_for, SECRET,
+    };
     pub use crate::cleanup::Cleanup;
-    pub use crate::console::{close_code, Console, Socket};
+    pub use crate::console::{close_code, close_frame, close_normally, next_json, Console, Socket};
     pub use crate::db::TestDb;
     pub use crate::http::{http, json_response};
-    pub use crate::mqtt::MqttDevice;
-    pub use crate::nats::jetstream_messages;
+    pub use crate::mqtt::{forget_session, MqttDevice};
+    pub use crate::nats::{jetstream_messages, stream_len};
     pub use crate::ops::{metric_sum, Ops};
     pub use crate::process::{service_env, Service, Site, Svc};
     pub use crate::redis::{
-        dead_letters, list_docs, llen, lpush, redis, stream_docs, wait_stream_docs, xadd, xlen,
+        dead_letters, delete_namespace, list_docs, llen, lpush, pending, redis, stream_docs,
+        stream_records, stream_values, wait_matching, wait_no_pending, wait_stream_docs, wait_xlen,
+        xadd, xadd_json, xlen,
     };
     pub use crate::{
         duplicates, free_port, names, tally, wait_until, workspace_path, MosquittoServer,

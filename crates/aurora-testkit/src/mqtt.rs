@@ -1,5 +1,5 @@
 //! A device on an MQTT broker: publishes QoS 1 and knows which publishes the broker
-//! acknowledged.
+//! acknowledged; subscribes and receives (a device's commands); logs in with credentials.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,9 +12,11 @@ use crate::{wait_until, MQTT_HOST, MQTT_PORT, WAIT};
 pub struct MqttDevice {
     pub client: rumqttc::AsyncClient,
     acked: Arc<AtomicU64>,
+    subacked: Arc<AtomicU64>,
     connected: Arc<AtomicU64>,
     events: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>,
-    task: tokio::task::JoinHandle<()>,
+    received: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What the event loop of an [`MqttDevice`] saw, for [`MqttDevice::publish_acked`].
@@ -26,16 +28,33 @@ enum LinkEvent {
 }
 
 impl MqttDevice {
+    /// Anonymous; returns at once (the connection comes up in the background:
+    /// [`MqttDevice::wait_connected`]).
     pub fn connect(host: &str, port: u16, client_id: &str) -> Self {
+        Self::connect_with(host, port, client_id, None)
+    }
+
+    /// Logged in as `(username, password)` when given; returns at once.
+    pub fn connect_with(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Self {
         let mut opts = rumqttc::MqttOptions::new(client_id, host, port);
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_max_packet_size(4 << 20, 4 << 20);
         opts.set_inflight(100);
+        if let Some((user, password)) = credentials {
+            opts.set_credentials(user, password);
+        }
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
         let acked = Arc::new(AtomicU64::new(0));
+        let subacked = Arc::new(AtomicU64::new(0));
         let connected = Arc::new(AtomicU64::new(0));
-        let (a, c) = (acked.clone(), connected.clone());
+        let (a, s, c) = (acked.clone(), subacked.clone(), connected.clone());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (pub_tx, pub_rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             use rumqttc::{Event, Outgoing, Packet};
             loop {
@@ -50,6 +69,14 @@ impl MqttDevice {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         c.fetch_add(1, Ordering::SeqCst);
                     }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        s.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = pub_tx.send(p);
+                    }
+                    // Asked by [`MqttDevice::disconnect`]: the device is done.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(_) => {
                         let _ = tx.send(LinkEvent::Down);
@@ -61,10 +88,24 @@ impl MqttDevice {
         Self {
             client,
             acked,
+            subacked,
             connected,
             events: tokio::sync::Mutex::new(rx),
-            task,
+            received: tokio::sync::Mutex::new(pub_rx),
+            task: Some(task),
         }
+    }
+
+    /// Connected (CONNACK received, up to [`WAIT`]), logged in as `credentials` when given.
+    pub async fn online(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Self {
+        let device = Self::connect_with(host, port, client_id, credentials);
+        device.wait_connected().await;
+        device
     }
 
     /// On the shared broker.
@@ -114,18 +155,81 @@ impl MqttDevice {
         self.acked.load(Ordering::SeqCst)
     }
 
-    pub async fn wait_connected(&self) {
-        let c = self.connected.clone();
-        wait_until(WAIT, "MQTT CONNACK", || {
-            let n = c.load(Ordering::SeqCst);
-            async move { (n > 0).then_some(()) }
-        })
-        .await;
+    /// Waits (up to [`WAIT`]) until the broker acknowledged `n` publishes in all.
+    pub async fn wait_acked(&self, n: u64) {
+        wait_count(&self.acked, n, "the broker's PUBACKs").await;
     }
+
+    /// Subscribes QoS 1 to `filter` (the broker's answer: [`MqttDevice::wait_subacked`]).
+    pub async fn subscribe(&self, filter: &str) {
+        self.client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("the MQTT client's request queue is open");
+    }
+
+    /// Waits (up to [`WAIT`]) until the broker answered `n` SUBSCRIBEs in all.
+    pub async fn wait_subacked(&self, n: u64) {
+        wait_count(&self.subacked, n, "the broker's SUBACKs").await;
+    }
+
+    /// The next message delivered on a subscription, or None when none comes within
+    /// `timeout`.
+    pub async fn next_message(&self, timeout: Duration) -> Option<rumqttc::Publish> {
+        let mut received = self.received.lock().await;
+        tokio::time::timeout(timeout, received.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Sends DISCONNECT (a clean goodbye, no will) and waits (up to 5 s) for the event loop
+    /// to end.
+    pub async fn disconnect(mut self) {
+        let _ = self.client.disconnect().await;
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    pub async fn wait_connected(&self) {
+        wait_count(&self.connected, 1, "MQTT CONNACK").await;
+    }
+}
+
+async fn wait_count(counter: &AtomicU64, n: u64, what: &str) {
+    wait_until(WAIT, &format!("{n} {what}"), || {
+        let seen = counter.load(Ordering::SeqCst);
+        async move { (seen >= n).then_some(()) }
+    })
+    .await;
 }
 
 impl Drop for MqttDevice {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
+}
+
+/// Forgets the persistent session of `client_id` on a broker (a clean-session connect and
+/// a DISCONNECT), so that a test leaves nothing queued behind; errors are ignored.
+pub async fn forget_session(host: &str, port: u16, client_id: &str) {
+    use rumqttc::{Event, Outgoing, Packet};
+    let mut opts = rumqttc::MqttOptions::new(client_id, host, port);
+    opts.set_clean_session(true);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_disconnect();
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }

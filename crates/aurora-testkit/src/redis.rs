@@ -2,7 +2,7 @@
 //! records, and a namespace's keys deleted.
 
 use aurora_core::bus::{self, Conn};
-use aurora_core::model::DeadLetter;
+use aurora_core::model::{parse, DeadLetter, Message};
 use aurora_core::Names;
 use serde_json::Value;
 
@@ -18,22 +18,15 @@ pub async fn redis(url: &str) -> Conn {
 /// Every entry of a stream, oldest first: (entry id, document). An entry whose `data` is not
 /// JSON is returned as a JSON string of its lossy text.
 pub async fn stream_docs(conn: &mut Conn, stream: &str) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    let mut after = "0-0".to_string();
-    loop {
-        let batch = bus::range(conn, stream, &after, 1000)
-            .await
-            .expect("XRANGE");
-        let Some(last) = batch.last() else { break };
-        after = last.id.clone();
-        for e in batch {
-            let data = e.data.unwrap_or_default();
+    stream_entries(conn, stream)
+        .await
+        .into_iter()
+        .map(|(id, data)| {
             let doc = serde_json::from_slice(&data)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&data).into_owned()));
-            out.push((e.id, doc));
-        }
-    }
-    out
+            (id, doc)
+        })
+        .collect()
 }
 
 /// Waits (up to [`WAIT`]) until `stream` holds at least `n` entries; returns them all.
@@ -53,9 +46,82 @@ pub async fn wait_stream_docs(
     .await
 }
 
+/// The documents of a stream, oldest first, without their entry ids (see [`stream_docs`]).
+pub async fn stream_values(conn: &Conn, stream: &str) -> Vec<Value> {
+    stream_docs(&mut conn.clone(), stream)
+        .await
+        .into_iter()
+        .map(|(_, doc)| doc)
+        .collect()
+}
+
+/// Every entry of a stream, oldest first: (entry id, its `data` bytes).
+pub async fn stream_entries(conn: &mut Conn, stream: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut after = "0-0".to_string();
+    loop {
+        let batch = bus::range(conn, stream, &after, 1000)
+            .await
+            .expect("XRANGE");
+        let Some(last) = batch.last() else { break };
+        after = last.id.clone();
+        out.extend(
+            batch
+                .into_iter()
+                .map(|e| (e.id, e.data.unwrap_or_default())),
+        );
+    }
+    out
+}
+
+/// The documents of a stream parsed (and validated) as messages of type `T`, oldest first;
+/// fails the test on one that is not a valid `T`.
+pub async fn stream_records<T: Message>(conn: &Conn, stream: &str) -> Vec<T> {
+    stream_entries(&mut conn.clone(), stream)
+        .await
+        .into_iter()
+        .map(|(id, data)| {
+            parse(&data).unwrap_or_else(|e| {
+                panic!("{stream} {id}: {e}: {}", String::from_utf8_lossy(&data))
+            })
+        })
+        .collect()
+}
+
+/// Waits (up to [`WAIT`]) until `stream` holds at least `n` documents for which `pred`
+/// holds; returns those documents, oldest first.
+pub async fn wait_matching(
+    conn: &Conn,
+    stream: &str,
+    n: usize,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    wait_until(WAIT, what, || async {
+        let found: Vec<Value> = stream_values(conn, stream)
+            .await
+            .into_iter()
+            .filter(|d| pred(d))
+            .collect();
+        (found.len() >= n).then_some(found)
+    })
+    .await
+}
+
 /// Waits (up to [`WAIT`]) until `stream` holds at least `n` entries; its length.
 pub async fn wait_xlen(conn: &Conn, stream: &str, n: u64, what: &str) -> u64 {
-    wait_until(WAIT, what, || {
+    wait_xlen_within(conn, stream, n, WAIT, what).await
+}
+
+/// [`wait_xlen`] with a deadline of the test's choosing (a flood takes longer).
+pub async fn wait_xlen_within(
+    conn: &Conn,
+    stream: &str,
+    n: u64,
+    timeout: std::time::Duration,
+    what: &str,
+) -> u64 {
+    wait_until(timeout, what, || {
         let mut conn = conn.clone();
         async move {
             let len = xlen(&mut conn, stream).await;
@@ -112,6 +178,28 @@ pub async fn list_docs(conn: &mut Conn, key: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Entries of `stream` that `group` read and did not acknowledge (XPENDING); 0 when the
+/// stream or the group does not exist (yet).
+pub async fn pending(conn: &Conn, stream: &str, group: &str) -> u64 {
+    ::redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async::<::redis::streams::StreamPendingReply>(&mut conn.clone())
+        .await
+        .map(|r| r.count() as u64)
+        .unwrap_or(0)
+}
+
+/// Waits (up to [`WAIT`]) until `group` holds nothing unacknowledged of `stream`.
+pub async fn wait_no_pending(conn: &Conn, stream: &str, group: &str) {
+    wait_until(
+        WAIT,
+        &format!("nothing pending in {stream} for {group}"),
+        || async { (pending(conn, stream, group).await == 0).then_some(()) },
+    )
+    .await
+}
+
 /// LPUSH, as Suricata's redis output does.
 pub async fn lpush(conn: &mut Conn, key: &str, items: &[Vec<u8>]) {
     if items.is_empty() {
@@ -135,6 +223,11 @@ pub async fn xadd(conn: &mut Conn, stream: &str, doc: &[u8]) -> String {
         .query_async(conn)
         .await
         .expect("XADD")
+}
+
+/// XADD one JSON document (`data` field); its entry id.
+pub async fn xadd_json(conn: &Conn, stream: &str, doc: &Value) -> String {
+    xadd(&mut conn.clone(), stream, doc.to_string().as_bytes()).await
 }
 
 /// Deletes every key of the namespace (`<namespace>:*`, found with SCAN) on this connection's

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use aurora_core::bus::Producer;
 use aurora_core::model::{CommandOutcome, CommandStatus, DeviceCommand};
-use aurora_testkit::{MQTT_PORT, REDIS_URL};
 use common::*;
 use serde_json::json;
 
@@ -33,26 +32,26 @@ fn command(device: &str, expires_in: Option<i64>) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_sent_expired_or_dead_lettered_and_each_outcome_recorded() {
     let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
     let cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
     let client_id = cfg.uplink_client_id();
     let bridge = Bridge::start(cfg).await;
     bridge.ready().await;
-    let mut redis = redis(REDIS_URL).await;
+    let redis = redis(REDIS_URL).await;
 
-    let mut device =
-        Device::connect(MQTT_PORT, &format!("{}-dev-1", names.namespace()), None).await;
+    let device = device_on(MQTT_PORT, &format!("{}-dev-1", names.namespace())).await;
     device.subscribe(&names.mqtt_command_topic("dev-1")).await;
     device.subscribe(&names.mqtt_command_topic("dev-2")).await;
     device.wait_subacked(2).await;
     // The subscription delivers: a probe on it comes back.
-    let probe = Device::connect(MQTT_PORT, &format!("{}-probe", names.namespace()), None).await;
+    let probe = device_on(MQTT_PORT, &format!("{}-probe", names.namespace())).await;
     probe
         .publish(&names.mqtt_command_topic("dev-1"), "probe")
         .await;
-    let first = tokio::time::timeout(LONG, device.received.recv())
+    let first = device
+        .next_message(LONG)
         .await
-        .unwrap()
-        .unwrap();
+        .expect("the probe delivered");
     assert_eq!(&first.payload[..], b"probe");
     probe.disconnect().await;
 
@@ -72,10 +71,10 @@ async fn commands_are_sent_expired_or_dead_lettered_and_each_outcome_recorded() 
 
     // The device gets exactly the two live commands, in order, as they were written.
     for want in [&sent_later, &sent_forever] {
-        let p = tokio::time::timeout(LONG, device.received.recv())
+        let p = device
+            .next_message(LONG)
             .await
-            .unwrap()
-            .unwrap();
+            .expect("a command delivered");
         assert_eq!(p.topic, names.mqtt_command_topic("dev-1"));
         let got: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
         assert_eq!(&got, want, "the command JSON, unknown fields included");
@@ -83,12 +82,8 @@ async fn commands_are_sent_expired_or_dead_lettered_and_each_outcome_recorded() 
         assert_eq!(parsed.action, "attest");
     }
 
-    wait_len(&redis, &names.cps_command_status(), 4, LONG).await;
-    let statuses: Vec<CommandStatus> = read_all(&mut redis, &names.cps_command_status())
-        .await
-        .into_iter()
-        .map(|e| aurora_core::model::parse(&e.data.unwrap()).unwrap())
-        .collect();
+    wait_xlen(&redis, &names.cps_command_status(), 4, "4 outcomes").await;
+    let statuses: Vec<CommandStatus> = stream_records(&redis, &names.cps_command_status()).await;
     let outcome = |id: &serde_json::Value| {
         statuses
             .iter()
@@ -100,56 +95,37 @@ async fn commands_are_sent_expired_or_dead_lettered_and_each_outcome_recorded() 
     assert_eq!(outcome(&expired["id"]), Some(CommandOutcome::Expired));
     assert_eq!(outcome(&bad_action["id"]), Some(CommandOutcome::Failed));
 
-    wait_len(&redis, &names.cps_deadletter(), 2, LONG).await;
-    let dead = docs(&mut redis, &names.cps_deadletter()).await;
+    wait_xlen(&redis, &names.cps_deadletter(), 2, "2 dead letters").await;
+    let dead = stream_values(&redis, &names.cps_deadletter()).await;
     assert!(dead.iter().all(|d| d["source"] == stream.as_str()));
 
     // Nothing left pending: every entry was acknowledged after its outcome was recorded.
-    aurora_testkit::wait_until(LONG, "no pending commands", || {
-        let mut c = redis.clone();
-        let stream = stream.clone();
-        async move {
-            let summary: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-                .arg(&stream)
-                .arg(mqtt_bridge::downlink::GROUP)
-                .query_async(&mut c)
-                .await
-                .ok()?;
-            (summary.count() == 0).then_some(())
-        }
-    })
-    .await;
+    wait_no_pending(&redis, &stream, mqtt_bridge::downlink::GROUP).await;
     // And the expired command never reached the device.
-    let extra = tokio::time::timeout(Duration::from_millis(300), device.received.recv()).await;
-    assert!(extra.is_err(), "nothing else delivered: {extra:?}");
+    let extra = device.next_message(Duration::from_millis(300)).await;
+    assert!(extra.is_none(), "nothing else delivered: {extra:?}");
 
     device.disconnect().await;
     bridge.stop().await;
-    forget_session(MQTT_PORT, &client_id).await;
-    cleanup(&mut redis, &names).await;
+    forget_session(MQTT_HOST, MQTT_PORT, &client_id).await;
 }
 
 /// The sum of a metric's series in this process.
 fn metric(name: &str) -> f64 {
-    aurora_core::ops::metrics_handle()
-        .render()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(&aurora_core::ops::metrics_handle().render(), name, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_sent_before_its_outcome_could_be_recorded_is_not_sent_again() {
     let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
     let cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
     let client_id = cfg.uplink_client_id();
     let bridge = Bridge::start(cfg).await;
     bridge.ready().await;
     let mut redis = redis(REDIS_URL).await;
 
-    let mut device =
-        Device::connect(MQTT_PORT, &format!("{}-dev-1", names.namespace()), None).await;
+    let device = device_on(MQTT_PORT, &format!("{}-dev-1", names.namespace())).await;
     device.subscribe(&names.mqtt_command_topic("dev-1")).await;
     device.wait_subacked(1).await;
 
@@ -168,10 +144,10 @@ async fn a_command_sent_before_its_outcome_could_be_recorded_is_not_sent_again()
         .publish(&names.cps_commands(), cmd.to_string().as_bytes())
         .await
         .unwrap();
-    let got = tokio::time::timeout(LONG, device.received.recv())
+    let got = device
+        .next_message(LONG)
         .await
-        .unwrap()
-        .unwrap();
+        .expect("the command delivered");
     let got: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
     assert_eq!(got, cmd);
     // The batch failed (at least) twice and was read again: then the way is cleared.
@@ -185,36 +161,19 @@ async fn a_command_sent_before_its_outcome_could_be_recorded_is_not_sent_again()
         .await
         .unwrap();
 
-    wait_len(&redis, &status_stream, 1, LONG).await;
-    let statuses: Vec<CommandStatus> = read_all(&mut redis, &status_stream)
-        .await
-        .into_iter()
-        .map(|e| aurora_core::model::parse(&e.data.unwrap()).unwrap())
-        .collect();
+    wait_xlen(&redis, &status_stream, 1, "the outcome").await;
+    let statuses: Vec<CommandStatus> = stream_records(&redis, &status_stream).await;
     assert_eq!(statuses.len(), 1);
     assert_eq!(
         statuses[0].command_id.to_string(),
         cmd["id"].as_str().unwrap()
     );
     assert_eq!(statuses[0].status, CommandOutcome::Sent);
-    aurora_testkit::wait_until(LONG, "no pending commands", || {
-        let mut c = redis.clone();
-        let stream = names.cps_commands();
-        async move {
-            let summary: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-                .arg(&stream)
-                .arg(mqtt_bridge::downlink::GROUP)
-                .query_async(&mut c)
-                .await
-                .ok()?;
-            (summary.count() == 0).then_some(())
-        }
-    })
-    .await;
-    let again = tokio::time::timeout(Duration::from_millis(500), device.received.recv()).await;
-    assert!(again.is_err(), "the command was sent once: {again:?}");
+    wait_no_pending(&redis, &names.cps_commands(), mqtt_bridge::downlink::GROUP).await;
+    let again = device.next_message(Duration::from_millis(500)).await;
+    assert!(again.is_none(), "the command was sent once: {again:?}");
     assert!(
-        read_all(&mut redis, &names.cps_deadletter())
+        stream_values(&redis, &names.cps_deadletter())
             .await
             .is_empty(),
         "nothing dead-lettered"
@@ -222,6 +181,5 @@ async fn a_command_sent_before_its_outcome_could_be_recorded_is_not_sent_again()
 
     device.disconnect().await;
     bridge.stop().await;
-    forget_session(MQTT_PORT, &client_id).await;
-    cleanup(&mut redis, &names).await;
+    forget_session(MQTT_HOST, MQTT_PORT, &client_id).await;
 }

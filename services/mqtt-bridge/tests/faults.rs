@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::Names;
-use aurora_testkit::{MosquittoServer, RedisServer, REDIS_URL};
 use common::*;
 use serde_json::json;
 
@@ -23,7 +22,7 @@ fn publish_stream(
 ) -> tokio::task::JoinHandle<()> {
     let names = names.clone();
     tokio::spawn(async move {
-        let mut dev = Device::connect(port, &format!("{}-load", names.namespace()), None).await;
+        let dev = device_on(port, &format!("{}-load", names.namespace())).await;
         for seq in 0..n {
             let device = format!("dev-{}", seq % 20);
             let topic = names.mqtt_sensor_topic(&device, DeviceTopicKind::Telemetry);
@@ -42,13 +41,9 @@ async fn wait_all_seqs(conn: &aurora_core::bus::Conn, stream: &str, n: u64) -> u
     let (distinct, dups) = aurora_testkit::wait_until(
         Duration::from_secs(60),
         "every message in the stream",
-        || {
-            let mut c = conn.clone();
-            async move {
-                let docs = docs(&mut c, stream).await;
-                let (counts, dups) = seq_counts(&docs);
-                (counts.len() as u64 >= n).then_some((counts.len() as u64, dups))
-            }
+        || async {
+            let (distinct, dups) = seq_counts(&stream_values(conn, stream).await);
+            (distinct >= n).then_some((distinct, dups))
         },
     )
     .await;
@@ -60,16 +55,17 @@ async fn wait_all_seqs(conn: &aurora_core::bus::Conn, stream: &str, n: u64) -> u
 async fn a_bridge_killed_mid_stream_and_restarted_loses_nothing() {
     let broker = MosquittoServer::start();
     let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
     let mut redis = redis(REDIS_URL).await;
-    let mut bridge = BridgeProcess::spawn(&names, broker.port(), REDIS_URL, "a");
-    bridge.wait_ready().await;
+    let mut bridge = start_bridge(&names, broker.port(), REDIS_URL).await;
 
     let n = 3000;
     let load = publish_stream(&names, broker.port(), n, Duration::from_millis(20));
-    wait_len(&redis, &names.cps_telemetry(), 500, LONG).await;
+    wait_xlen(&redis, &names.cps_telemetry(), 500, "500 entries").await;
     bridge.kill();
     let at_kill = xlen(&mut redis, &names.cps_telemetry()).await;
-    bridge.start();
+    // Started again (the same instance, so the same MQTT session), not waited for.
+    bridge.kill_and_spawn();
     load.await.unwrap();
 
     let dups = wait_all_seqs(&redis, &names.cps_telemetry(), n).await;
@@ -77,7 +73,6 @@ async fn a_bridge_killed_mid_stream_and_restarted_loses_nothing() {
     assert!(at_kill < n, "the kill happened mid-stream");
 
     bridge.kill();
-    cleanup(&mut redis, &names).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +89,9 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     let n = 2000;
     // About 4 s of traffic: Redis goes away early and messages keep coming.
     let load = publish_stream(&names, broker.port(), n, Duration::from_millis(100));
-    wait_len(&conn, &names.cps_telemetry(), 300, LONG).await;
+    wait_xlen(&conn, &names.cps_telemetry(), 300, "300 entries").await;
+    // What Redis held when it went away.
+    let at_outage = xlen(&mut conn.clone(), &names.cps_telemetry()).await;
     own_redis.kill();
     let r = bridge.readiness.clone();
     aurora_testkit::wait_until(LONG, "/readyz: redis not ready while it is down", || {
@@ -103,7 +100,6 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
     })
     .await;
     assert!(!r.is_ready());
-    let at_outage = xlen(&mut conn.clone(), &names.cps_telemetry()).await;
     // Keep Redis away while messages keep coming: the broker holds them for the session.
     tokio::time::sleep(Duration::from_secs(1)).await;
     own_redis.start_again();
@@ -120,7 +116,7 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
 /// Publishes telemetry with sequence numbers `seqs` from one new connection and waits for
 /// the broker's acks.
 async fn publish_seqs(names: &Names, port: u16, seqs: std::ops::Range<u64>, client: &str) {
-    let mut dev = Device::connect(port, &format!("{}-{client}", names.namespace()), None).await;
+    let dev = device_on(port, &format!("{}-{client}", names.namespace())).await;
     let n = seqs.end - seqs.start;
     for seq in seqs {
         let topic =
@@ -136,12 +132,13 @@ async fn publish_seqs(names: &Names, port: u16, seqs: std::ops::Range<u64>, clie
 async fn the_broker_restarted_the_bridge_reconnects_resubscribes_and_resumes() {
     let mut broker = MosquittoServer::start();
     let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
     let conn = redis(REDIS_URL).await;
     let bridge = Bridge::start(config(&names, broker.port(), REDIS_URL, "a")).await;
     bridge.ready().await;
 
     publish_seqs(&names, broker.port(), 0..200, "before").await;
-    wait_len(&conn, &names.cps_telemetry(), 200, LONG).await;
+    wait_xlen(&conn, &names.cps_telemetry(), 200, "the first 200 entries").await;
 
     broker.terminate();
     let r = bridge.readiness.clone();
@@ -164,5 +161,4 @@ async fn the_broker_restarted_the_bridge_reconnects_resubscribes_and_resumes() {
     let dups = wait_all_seqs(&conn, &names.cps_telemetry(), 400).await;
     eprintln!("broker restarted: all 400 arrived, {dups} duplicates");
     bridge.stop().await;
-    cleanup(&mut conn.clone(), &names).await;
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use aurora_core::names::DeviceTopicKind;
-use aurora_testkit::{MosquittoServer, REDIS_URL};
+use aurora_testkit::redis::wait_xlen_within;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,7 +16,8 @@ async fn a_flood_is_written_entirely_without_stalling() {
         "allow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 100\n",
     );
     let names = aurora_testkit::names();
-    let mut redis = redis(REDIS_URL).await;
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
+    let redis = redis(REDIS_URL).await;
     let bridge = Bridge::start(config(&names, broker.port(), REDIS_URL, "a")).await;
     bridge.ready().await;
 
@@ -26,8 +27,7 @@ async fn a_flood_is_written_entirely_without_stalling() {
         let names = names.clone();
         let port = broker.port();
         load.push(tokio::spawn(async move {
-            let mut dev =
-                Device::connect(port, &format!("{}-load{c}", names.namespace()), None).await;
+            let dev = device_on(port, &format!("{}-load{c}", names.namespace())).await;
             for i in 0..per {
                 let seq = c * per + i;
                 let topic = names
@@ -42,17 +42,17 @@ async fn a_flood_is_written_entirely_without_stalling() {
         l.await.unwrap();
     }
     let n = connections * per;
-    wait_len(
+    wait_xlen_within(
         &redis,
         &names.cps_telemetry(),
         n,
         std::time::Duration::from_secs(60),
+        "every message in the stream",
     )
     .await;
-    let (counts, dups) = seq_counts(&docs(&mut redis, &names.cps_telemetry()).await);
-    assert_eq!(counts.len() as u64, n);
+    let (distinct, dups) = seq_counts(&stream_values(&redis, &names.cps_telemetry()).await);
+    assert_eq!(distinct, n);
     assert_eq!(dups, 0);
 
     bridge.stop().await;
-    cleanup(&mut redis, &names).await;
 }

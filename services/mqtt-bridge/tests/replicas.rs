@@ -5,7 +5,6 @@
 mod common;
 
 use aurora_core::names::DeviceTopicKind;
-use aurora_testkit::{MosquittoServer, REDIS_URL};
 use common::*;
 use serde_json::json;
 
@@ -13,33 +12,37 @@ use serde_json::json;
 async fn two_replicas_split_the_load_with_nothing_lost_or_doubled() {
     let broker = MosquittoServer::start();
     let names = aurora_testkit::names();
-    let mut redis = redis(REDIS_URL).await;
-    let a = BridgeProcess::spawn(&names, broker.port(), REDIS_URL, "a");
-    let b = BridgeProcess::spawn(&names, broker.port(), REDIS_URL, "b");
-    a.wait_ready().await;
-    b.wait_ready().await;
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
+    let redis = redis(REDIS_URL).await;
+    let a = start_bridge(&names, broker.port(), REDIS_URL).await;
+    let b = start_bridge(&names, broker.port(), REDIS_URL).await;
 
     let n = 2000u64;
-    let mut dev =
-        Device::connect(broker.port(), &format!("{}-load", names.namespace()), None).await;
+    let dev = device_on(broker.port(), &format!("{}-load", names.namespace())).await;
     for seq in 0..n {
         let topic =
             names.mqtt_sensor_topic(&format!("dev-{}", seq % 50), DeviceTopicKind::Telemetry);
         dev.publish(&topic, json!({"seq": seq}).to_string()).await;
     }
     dev.wait_acked(n).await;
-    wait_len(&redis, &names.cps_telemetry(), n, LONG).await;
+    wait_xlen(
+        &redis,
+        &names.cps_telemetry(),
+        n,
+        "every message in the stream",
+    )
+    .await;
 
-    let docs = docs(&mut redis, &names.cps_telemetry()).await;
-    let (counts, dups) = seq_counts(&docs);
-    assert_eq!(counts.len() as u64, n, "nothing lost");
+    let docs = stream_values(&redis, &names.cps_telemetry()).await;
+    let (distinct, dups) = seq_counts(&docs);
+    assert_eq!(distinct, n, "nothing lost");
     assert_eq!(dups, 0, "nothing doubled");
     assert_eq!(docs.len() as u64, n);
 
     let metric = "aurora_mqtt_bridge_messages_total";
     let (wa, wb) =
         aurora_testkit::wait_until(LONG, "both replicas report their counts", || async {
-            let (wa, wb) = (a.counter(metric).await, b.counter(metric).await);
+            let (wa, wb) = (a.metric(metric, &[]).await, b.metric(metric, &[]).await);
             (wa + wb == n as f64).then_some((wa, wb))
         })
         .await;
@@ -50,5 +53,4 @@ async fn two_replicas_split_the_load_with_nothing_lost_or_doubled() {
     );
 
     dev.disconnect().await;
-    cleanup(&mut redis, &names).await;
 }

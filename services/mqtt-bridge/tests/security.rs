@@ -10,7 +10,6 @@ mod common;
 use aurora_core::bus::Producer;
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::Names;
-use aurora_testkit::{workspace_path, MosquittoServer, RedisServer};
 use common::*;
 use serde_json::json;
 
@@ -83,7 +82,7 @@ async fn a_device_cannot_publish_as_another_or_read_its_commands() {
     cfg.mqtt.password = Some("bridge-pw".into());
     let bridge = Bridge::start(cfg).await;
     bridge.ready().await;
-    let mut redis = redis(&own_redis.url()).await;
+    let redis = redis(&own_redis.url()).await;
 
     assert!(
         anonymous_is_refused(broker.port()).await,
@@ -91,7 +90,8 @@ async fn a_device_cannot_publish_as_another_or_read_its_commands() {
     );
 
     // Uplink: dev-a's own message arrives; its message on dev-b's topic does not.
-    let mut dev_a = Device::connect(broker.port(), "dev-a", Some(("dev-a", "pw-a"))).await;
+    let dev_a =
+        MqttDevice::online(MQTT_HOST, broker.port(), "dev-a", Some(("dev-a", "pw-a"))).await;
     let own = names.mqtt_sensor_topic("dev-a", DeviceTopicKind::Alerts);
     let forged = names.mqtt_sensor_topic("dev-b", DeviceTopicKind::Alerts);
     dev_a.publish(&own, json!({"seq": 1}).to_string()).await;
@@ -100,8 +100,8 @@ async fn a_device_cannot_publish_as_another_or_read_its_commands() {
         .await;
     dev_a.publish(&own, json!({"seq": 3}).to_string()).await;
     dev_a.wait_acked(3).await;
-    wait_len(&redis, &names.cps_alerts(), 2, LONG).await;
-    let alerts = docs(&mut redis, &names.cps_alerts()).await;
+    wait_xlen(&redis, &names.cps_alerts(), 2, "dev-a's two alerts").await;
+    let alerts = stream_values(&redis, &names.cps_alerts()).await;
     let seqs: Vec<_> = alerts.iter().map(|d| d["seq"].as_u64().unwrap()).collect();
     assert_eq!(
         seqs,
@@ -113,7 +113,8 @@ async fn a_device_cannot_publish_as_another_or_read_its_commands() {
     // Downlink: dev-a listens on its own and on dev-b's command topics; dev-b on its own.
     dev_a.subscribe(&names.mqtt_command_topic("dev-b")).await;
     dev_a.subscribe(&names.mqtt_command_topic("dev-a")).await;
-    let mut dev_b = Device::connect(broker.port(), "dev-b", Some(("dev-b", "pw-b"))).await;
+    let dev_b =
+        MqttDevice::online(MQTT_HOST, broker.port(), "dev-b", Some(("dev-b", "pw-b"))).await;
     dev_b.subscribe(&names.mqtt_command_topic("dev-b")).await;
     // A device cannot send commands either: dev-a's fake command for dev-b goes nowhere.
     dev_a
@@ -132,10 +133,7 @@ async fn a_device_cannot_publish_as_another_or_read_its_commands() {
             .await
             .unwrap();
     }
-    let for_b = tokio::time::timeout(LONG, dev_b.received.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let for_b = dev_b.next_message(LONG).await.expect("dev-b's command");
     assert_eq!(for_b.topic, names.mqtt_command_topic("dev-b"));
     assert!(
         for_b.payload.starts_with(b"{"),
@@ -143,10 +141,7 @@ async fn a_device_cannot_publish_as_another_or_read_its_commands() {
     );
     // dev-b's command went out first; dev-a's first delivery is its own command, so dev-b's
     // never reached it.
-    let for_a = tokio::time::timeout(LONG, dev_a.received.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let for_a = dev_a.next_message(LONG).await.expect("dev-a's command");
     assert_eq!(
         for_a.topic,
         names.mqtt_command_topic("dev-a"),

@@ -10,25 +10,22 @@ use common::*;
 async fn readyz_names_what_start_up_waits_for() {
     let names = aurora_testkit::names();
     // Nothing listens on port 1: the bridge keeps trying Redis.
-    let mut bridge = BridgeProcess::spawn(&names, 1883, "redis://127.0.0.1:1", "startup");
+    let mut bridge = spawn_bridge(&names, 1883, "redis://127.0.0.1:1");
+    let ops = bridge.ops();
     let health = aurora_testkit::wait_until(LONG, "/healthz answers", || async {
-        bridge
-            .get("/healthz")
-            .await
-            .filter(|r| r.starts_with("HTTP/1.0 200"))
+        ops.get("/healthz").await.ok().filter(|a| a.status == 200)
     })
     .await;
-    assert!(health.ends_with("ok"), "{health}");
+    assert!(health.body.ends_with("ok"), "{health:?}");
     let readyz = aurora_testkit::wait_until(LONG, "/readyz names Redis", || async {
-        bridge
-            .get("/readyz")
+        ops.get("/readyz")
             .await
-            .filter(|r| r.contains("connecting to redis://127.0.0.1:1"))
+            .ok()
+            .filter(|a| a.body.contains("connecting to redis://127.0.0.1:1"))
     })
     .await;
-    assert!(readyz.starts_with("HTTP/1.0 503"), "{readyz}");
-    let body: serde_json::Value =
-        serde_json::from_str(readyz.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(readyz.status, 503, "{readyz:?}");
+    let body = readyz.json();
     let parts = &body["components"];
     for part in [
         "start-up",
@@ -46,5 +43,8 @@ async fn readyz_names_what_start_up_waits_for() {
             .contains("connecting to mqtt://127.0.0.1:1883"),
         "{body}"
     );
-    assert!(bridge.terminate(), "exits 0 on SIGTERM while starting");
+    assert!(
+        bridge.terminate().await.success(),
+        "exits 0 on SIGTERM while starting"
+    );
 }

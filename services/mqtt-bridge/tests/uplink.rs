@@ -7,20 +7,20 @@ mod common;
 
 use aurora_core::model::{DeadLetter, DeviceSeen};
 use aurora_core::names::DeviceTopicKind;
-use aurora_testkit::{MQTT_PORT, REDIS_URL};
 use common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_type_reaches_its_stream_in_order_with_one_device_seen() {
     let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
     let cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
     let client_id = cfg.uplink_client_id();
     let bridge = Bridge::start(cfg).await;
     bridge.ready().await;
-    let mut redis = redis(REDIS_URL).await;
+    let redis = redis(REDIS_URL).await;
 
-    let mut dev = Device::connect(MQTT_PORT, &format!("{}-dev", names.namespace()), None).await;
+    let dev = device_on(MQTT_PORT, &format!("{}-dev", names.namespace())).await;
     let per_kind = 20u64;
     for seq in 0..per_kind {
         for kind in DeviceTopicKind::ALL {
@@ -33,11 +33,11 @@ async fn every_message_type_reaches_its_stream_in_order_with_one_device_seen() {
     }
     dev.wait_acked(per_kind * 6).await;
     for kind in DeviceTopicKind::ALL {
-        wait_len(&redis, &names.cps_stream(kind), per_kind * 2, LONG).await;
+        wait_xlen(&redis, &names.cps_stream(kind), per_kind * 2, kind.as_str()).await;
     }
 
     for kind in DeviceTopicKind::ALL {
-        let docs = docs(&mut redis, &names.cps_stream(kind)).await;
+        let docs = stream_values(&redis, &names.cps_stream(kind)).await;
         assert_eq!(
             docs.len() as u64,
             per_kind * 2,
@@ -69,11 +69,7 @@ async fn every_message_type_reaches_its_stream_in_order_with_one_device_seen() {
         );
     }
 
-    let seen: Vec<DeviceSeen> = read_all(&mut redis, &names.cps_registrations())
-        .await
-        .into_iter()
-        .map(|e| aurora_core::model::parse(&e.data.unwrap()).unwrap())
-        .collect();
+    let seen: Vec<DeviceSeen> = stream_records(&redis, &names.cps_registrations()).await;
     let mut devices: Vec<&str> = seen.iter().map(|s| s.device_id.as_str()).collect();
     devices.sort();
     assert_eq!(
@@ -89,20 +85,20 @@ async fn every_message_type_reaches_its_stream_in_order_with_one_device_seen() {
 
     dev.disconnect().await;
     bridge.stop().await;
-    forget_session(MQTT_PORT, &client_id).await;
-    cleanup(&mut redis, &names).await;
+    forget_session(MQTT_HOST, MQTT_PORT, &client_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_dead_lettered_with_reason_and_raw_bytes() {
     let names = aurora_testkit::names();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
     let mut cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
     cfg.max_payload = 1024;
     let client_id = cfg.uplink_client_id();
     let bridge = Bridge::start(cfg).await;
     bridge.ready().await;
-    let mut redis = redis(REDIS_URL).await;
-    let mut dev = Device::connect(MQTT_PORT, &format!("{}-dev", names.namespace()), None).await;
+    let redis = redis(REDIS_URL).await;
+    let dev = device_on(MQTT_PORT, &format!("{}-dev", names.namespace())).await;
 
     let topic = names.mqtt_sensor_topic("dev-ok", DeviceTopicKind::Telemetry);
     let bad_device = format!(
@@ -126,14 +122,11 @@ async fn bad_input_is_dead_lettered_with_reason_and_raw_bytes() {
     // A good message after the bad ones: the bridge is still working.
     dev.publish(&topic, json!({"ok": true}).to_string()).await;
     dev.wait_acked(cases.len() as u64 + 1).await;
-    wait_len(&redis, &names.cps_telemetry(), 1, LONG).await;
-    wait_len(&redis, &names.cps_deadletter(), cases.len() as u64, LONG).await;
+    wait_xlen(&redis, &names.cps_telemetry(), 1, "the good message").await;
+    let n_dead = cases.len() as u64;
+    wait_xlen(&redis, &names.cps_deadletter(), n_dead, "every dead letter").await;
 
-    let dead: Vec<DeadLetter> = read_all(&mut redis, &names.cps_deadletter())
-        .await
-        .into_iter()
-        .map(|e| aurora_core::model::parse(&e.data.unwrap()).unwrap())
-        .collect();
+    let dead: Vec<DeadLetter> = stream_records(&redis, &names.cps_deadletter()).await;
     assert_eq!(dead.len(), cases.len());
     for (record, (t, payload, reason)) in dead.iter().zip(&cases) {
         assert_eq!(&record.source, t);
@@ -149,7 +142,7 @@ async fn bad_input_is_dead_lettered_with_reason_and_raw_bytes() {
             "raw bytes kept"
         );
     }
-    let good = docs(&mut redis, &names.cps_telemetry()).await;
+    let good = stream_values(&redis, &names.cps_telemetry()).await;
     assert_eq!(good.len(), 1);
     assert_eq!(good[0]["ok"], true);
     let metrics = aurora_core::ops::metrics_handle().render();
@@ -160,6 +153,5 @@ async fn bad_input_is_dead_lettered_with_reason_and_raw_bytes() {
 
     dev.disconnect().await;
     bridge.stop().await;
-    forget_session(MQTT_PORT, &client_id).await;
-    cleanup(&mut redis, &names).await;
+    forget_session(MQTT_HOST, MQTT_PORT, &client_id).await;
 }
