@@ -62,8 +62,8 @@ async fn every_route_checks_identity_permission_input_and_existence() {
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let svc = Running::start(config(&names, &db)).await;
-    let pool = db.pool().await;
-    let conn = redis().await;
+    let pool = db.pool_with(3).await;
+    let conn = redis(REDIS_URL).await;
     let api = Api {
         client: reqwest::Client::new(),
         base: svc.base.clone(),
@@ -71,7 +71,7 @@ async fn every_route_checks_identity_permission_input_and_existence() {
 
     let devices: Vec<SimDevice> = (0..5).map(|_| SimDevice::new("api")).collect();
     for d in &devices {
-        publish(&conn, &names.cps_registrations(), &d.seen(Utc::now())).await;
+        xadd_json(&conn, &names.cps_registrations(), &d.seen(Utc::now())).await;
     }
     aurora_testkit::wait_until(LONG, "5 devices", || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM devices")
@@ -325,7 +325,7 @@ async fn every_route_checks_identity_permission_input_and_existence() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(by_uuid["device_id"], dev.as_str());
-    let commands = docs(&conn, &names.cps_commands()).await;
+    let commands = stream_values(&conn, &names.cps_commands()).await;
     let actions: Vec<&str> = commands
         .iter()
         .filter(|c| c["device_id"] == dev.as_str())
@@ -413,23 +413,8 @@ async fn every_route_checks_identity_permission_input_and_existence() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
     // Ops endpoints.
-    let ops = svc.ops.clone();
-    let r = api
-        .client
-        .get(format!("{ops}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let metrics = api
-        .client
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(svc.ops.readyz().await, Some(200));
+    let metrics = svc.ops.metrics().await;
     assert!(metrics.contains("aurora_device_registry_http_requests_total"));
     svc.stop().await;
 }

@@ -26,11 +26,11 @@ async fn flow(tune: impl FnOnce(&mut device_registry::Config)) -> (Flow, SimDevi
     let mut cfg = config(&names, &db);
     tune(&mut cfg);
     let svc = Running::start(cfg).await;
-    let pool = db.pool().await;
+    let pool = db.pool_with(3).await;
     allow_firmware(&pool).await;
-    let conn = redis().await;
+    let conn = redis(REDIS_URL).await;
     let dev = SimDevice::new("att");
-    publish(&conn, &names.cps_registrations(), &dev.seen(Utc::now())).await;
+    xadd_json(&conn, &names.cps_registrations(), &dev.seen(Utc::now())).await;
     let nonce = wait_challenge(&conn, &names, &dev.id, 1).await;
     (
         Flow {
@@ -46,7 +46,7 @@ async fn flow(tune: impl FnOnce(&mut device_registry::Config)) -> (Flow, SimDevi
 }
 
 async fn alerts_for(f: &Flow, device_id: &str, n: usize) -> Vec<Value> {
-    wait_docs(&f.conn, &f.names.alerts(), n, "attestation alert", |a| {
+    wait_matching(&f.conn, &f.names.alerts(), n, "attestation alert", |a| {
         a["device_id"] == device_id
     })
     .await
@@ -55,7 +55,7 @@ async fn alerts_for(f: &Flow, device_id: &str, n: usize) -> Vec<Value> {
 #[tokio::test]
 async fn a_genuine_answer_makes_the_device_trusted_and_raises_nothing() {
     let (f, dev, nonce) = flow(|_| {}).await;
-    publish(
+    xadd_json(
         &f.conn,
         &f.names.cps_attestation(),
         &dev.answer(&nonce, GOOD_SHA),
@@ -70,11 +70,11 @@ async fn a_genuine_answer_makes_the_device_trusted_and_raises_nothing() {
             .unwrap();
     assert!(attested.is_some());
     aurora_testkit::wait_until(LONG, "answer acknowledged", || async {
-        (pending(&f.conn, &f.names.cps_attestation()).await == 0).then_some(())
+        (pending(&f.conn, &f.names.cps_attestation(), GROUP).await == 0).then_some(())
     })
     .await;
     assert!(
-        docs(&f.conn, &f.names.alerts()).await.is_empty(),
+        stream_values(&f.conn, &f.names.alerts()).await.is_empty(),
         "no alert for a genuine device"
     );
     f.svc.stop().await;
@@ -83,7 +83,7 @@ async fn a_genuine_answer_makes_the_device_trusted_and_raises_nothing() {
 #[tokio::test]
 async fn a_firmware_hash_off_the_allow_list_makes_the_device_untrusted_with_an_alert() {
     let (f, dev, nonce) = flow(|_| {}).await;
-    publish(
+    xadd_json(
         &f.conn,
         &f.names.cps_attestation(),
         &dev.answer(&nonce, BAD_SHA),
@@ -106,7 +106,7 @@ async fn a_firmware_hash_off_the_allow_list_makes_the_device_untrusted_with_an_a
 async fn a_bad_signature_makes_the_device_untrusted_with_an_alert() {
     let (f, dev, nonce) = flow(|_| {}).await;
     let forger = SigningKey::from_bytes(&rand::random());
-    publish(
+    xadd_json(
         &f.conn,
         &f.names.cps_attestation(),
         &dev.answer_with(&forger, &nonce, VERSION, GOOD_SHA),
@@ -122,15 +122,15 @@ async fn a_bad_signature_makes_the_device_untrusted_with_an_alert() {
 async fn a_replayed_answer_fails_and_a_redelivery_does_not() {
     let (f, dev, nonce) = flow(|_| {}).await;
     let answer = dev.answer(&nonce, GOOD_SHA);
-    publish(&f.conn, &f.names.cps_attestation(), &answer).await;
+    xadd_json(&f.conn, &f.names.cps_attestation(), &answer).await;
     wait_status(&f.pool, &dev.id, "trusted").await;
     // The same signed answer again, as an attacker on the network would send it.
-    publish(&f.conn, &f.names.cps_attestation(), &answer).await;
+    xadd_json(&f.conn, &f.names.cps_attestation(), &answer).await;
     wait_status(&f.pool, &dev.id, "untrusted").await;
     let alerts = alerts_for(&f, &dev.id, 1).await;
     assert_eq!(alerts[0]["reason"], "replayed nonce");
     // An unknown nonce fails too.
-    publish(
+    xadd_json(
         &f.conn,
         &f.names.cps_attestation(),
         &dev.answer(&"ab".repeat(32), GOOD_SHA),
@@ -158,7 +158,7 @@ async fn an_unanswered_challenge_times_out_with_an_alert_and_is_retried_on_sched
         .contains("did not answer"));
     // Re-attestation on schedule sends a fresh challenge; answering it restores trust.
     let second = wait_challenge(&f.conn, &f.names, &dev.id, 2).await;
-    publish(
+    xadd_json(
         &f.conn,
         &f.names.cps_attestation(),
         &dev.answer(&second, GOOD_SHA),
@@ -166,7 +166,7 @@ async fn an_unanswered_challenge_times_out_with_an_alert_and_is_retried_on_sched
     .await;
     wait_status(&f.pool, &dev.id, "trusted").await;
     // One timeout alert for the one expired challenge, whatever the number of sweeps.
-    let timeouts: Vec<Value> = docs(&f.conn, &f.names.alerts())
+    let timeouts: Vec<Value> = stream_values(&f.conn, &f.names.alerts())
         .await
         .into_iter()
         .filter(|a| {

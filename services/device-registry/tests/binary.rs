@@ -5,9 +5,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use aurora_testkit::free_port;
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_device-registry");
@@ -64,50 +62,20 @@ async fn a_renamed_variable_stops_the_start_and_names_its_replacement() {
 #[tokio::test]
 async fn becomes_ready_and_drains_on_sigterm() {
     let db = TestDb::create().await;
-    let ops = free_port();
-    let http = free_port();
-    let mut child = base_command(&db, &aurora_testkit::namespace())
-        .env("AURORA_JWT_SECRET", SECRET)
-        .env(
-            "AURORA_DEVICE_REGISTRY_HTTP_ADDR",
-            format!("127.0.0.1:{http}"),
-        )
-        .env("AURORA_OPS_ADDR", format!("127.0.0.1:{ops}"))
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    aurora_testkit::wait_until(LONG, "/readyz 200", || {
-        let client = client.clone();
-        async move {
-            let r = client
-                .get(format!("http://127.0.0.1:{ops}/readyz"))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 200).then_some(())
-        }
-    })
-    .await;
-    let r = client
-        .get(format!("http://127.0.0.1:{http}/api/v1/devices"))
+    let names = aurora_testkit::names();
+    // Started as the harness starts every service: ready (`/readyz` 200) before it returns.
+    let mut svc = Site::new(&names, "site-a", 0)
+        .with_database(&db)
+        .with_binary(Svc::DeviceRegistry, BIN)
+        .start(Svc::DeviceRegistry, &[])
+        .await;
+    let r = http()
+        .get(svc.http_url("/api/v1/devices"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + LONG;
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = svc.terminate().await;
     assert!(exit.success(), "exit status {exit:?}");
 }

@@ -13,40 +13,40 @@ async fn device_alerts_are_enriched_and_untrusted_devices_are_flagged() {
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let svc = Running::start(config(&names, &db)).await;
-    let pool = db.pool().await;
+    let pool = db.pool_with(3).await;
     allow_firmware(&pool).await;
-    let conn = redis().await;
+    let conn = redis(REDIS_URL).await;
 
     let good = SimDevice::new("good");
     let bad = SimDevice::new("bad");
     for d in [&good, &bad] {
-        publish(&conn, &names.cps_registrations(), &d.seen(Utc::now())).await;
+        xadd_json(&conn, &names.cps_registrations(), &d.seen(Utc::now())).await;
     }
     let n1 = wait_challenge(&conn, &names, &good.id, 1).await;
     let n2 = wait_challenge(&conn, &names, &bad.id, 1).await;
-    publish(&conn, &names.cps_attestation(), &good.answer(&n1, GOOD_SHA)).await;
-    publish(&conn, &names.cps_attestation(), &bad.answer(&n2, BAD_SHA)).await;
+    xadd_json(&conn, &names.cps_attestation(), &good.answer(&n1, GOOD_SHA)).await;
+    xadd_json(&conn, &names.cps_attestation(), &bad.answer(&n2, BAD_SHA)).await;
     wait_status(&pool, &good.id, "trusted").await;
     wait_status(&pool, &bad.id, "untrusted").await;
-    let attestation_alerts = docs(&conn, &names.alerts()).await.len();
+    let attestation_alerts = stream_values(&conn, &names.alerts()).await.len();
 
     let msg = |d: &SimDevice, id: &str| {
         json!({"device_id": d.id, "message_type": "alerts", "id": id, "title": "Tamper switch opened",
                "severity": "critical", "mitre_techniques": ["T1200", "bogus"], "battery": 0.71})
     };
-    publish(&conn, &names.cps_alerts(), &msg(&good, "m-1")).await;
-    publish(&conn, &names.cps_alerts(), &msg(&bad, "m-1")).await;
+    xadd_json(&conn, &names.cps_alerts(), &msg(&good, "m-1")).await;
+    xadd_json(&conn, &names.cps_alerts(), &msg(&bad, "m-1")).await;
     // A redelivered/duplicated device message keeps its alert id.
-    publish(&conn, &names.cps_alerts(), &msg(&good, "m-1")).await;
-    publish(
+    xadd_json(&conn, &names.cps_alerts(), &msg(&good, "m-1")).await;
+    xadd_json(
         &conn,
         &names.cps_alerts(),
         &json!({"device_id": "never-registered", "message_type": "alerts"}),
     )
     .await;
-    publish(&conn, &names.cps_alerts(), &json!({"no_device": true})).await;
+    xadd_json(&conn, &names.cps_alerts(), &json!({"no_device": true})).await;
 
-    let alerts = wait_docs(
+    let alerts = wait_matching(
         &conn,
         &names.alerts(),
         attestation_alerts + 4,
@@ -102,7 +102,7 @@ async fn device_alerts_are_enriched_and_untrusted_devices_are_flagged() {
         .unwrap()
         .starts_with("[UNVERIFIED DEVICE]"));
 
-    let dead = wait_docs(
+    let dead = wait_matching(
         &conn,
         &names.deadletter("device-registry"),
         1,

@@ -15,17 +15,17 @@ async fn new_devices_are_registered_challenged_and_announced() {
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let svc = Running::start(config(&names, &db)).await;
-    let pool = db.pool().await;
-    let conn = redis().await;
+    let pool = db.pool_with(3).await;
+    let conn = redis(REDIS_URL).await;
     let stream = names.cps_registrations();
 
     let a = SimDevice::new("reg-a");
     let b = SimDevice::new("reg-b");
     let t0 = Utc::now() - ChronoDuration::seconds(60);
-    publish(&conn, &stream, &a.seen(t0)).await;
-    publish(&conn, &stream, &a.seen(t0 + ChronoDuration::seconds(30))).await;
-    publish(&conn, &stream, &b.seen(t0)).await;
-    publish(&conn, &stream, &json!({"event": "device.seen", "device_id": "bad/id", "message_type": "telemetry", "seen_at": t0})).await;
+    xadd_json(&conn, &stream, &a.seen(t0)).await;
+    xadd_json(&conn, &stream, &a.seen(t0 + ChronoDuration::seconds(30))).await;
+    xadd_json(&conn, &stream, &b.seen(t0)).await;
+    xadd_json(&conn, &stream, &json!({"event": "device.seen", "device_id": "bad/id", "message_type": "telemetry", "seen_at": t0})).await;
 
     wait_until(LONG, "two devices", || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM devices")
@@ -63,7 +63,7 @@ async fn new_devices_are_registered_challenged_and_announced() {
     );
     assert!(has_key, "trust on first use took the key");
 
-    let registered = wait_docs(
+    let registered = wait_matching(
         &conn,
         &names.cps_devices(),
         2,
@@ -83,7 +83,7 @@ async fn new_devices_are_registered_challenged_and_announced() {
         assert!(nonce.bytes().all(|c| c.is_ascii_hexdigit()));
     }
     // The bad entry is dead-lettered with the reason, and nothing stays pending.
-    let dead = wait_docs(
+    let dead = wait_matching(
         &conn,
         &names.deadletter("device-registry"),
         1,
@@ -97,12 +97,12 @@ async fn new_devices_are_registered_challenged_and_announced() {
         dead[0]
     );
     wait_until(LONG, "all acknowledged", || async {
-        (pending(&conn, &stream).await == 0).then_some(())
+        (pending(&conn, &stream, GROUP).await == 0).then_some(())
     })
     .await;
     // Exactly one record and one challenge each, even after the sweeper ran a few rounds.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    assert_eq!(docs(&conn, &names.cps_devices()).await.len(), 2);
+    assert_eq!(stream_values(&conn, &names.cps_devices()).await.len(), 2);
     assert_eq!(challenges_for(&conn, &names, &a.id).await.len(), 1);
     svc.stop().await;
 }
@@ -119,8 +119,8 @@ async fn two_replicas_starting_together_upsert_without_duplicates_or_lost_last_s
         Running::start_as(c1, "replica-1"),
         Running::start_as(c2, "replica-2")
     );
-    let pool = db.pool().await;
-    let conn = redis().await;
+    let pool = db.pool_with(3).await;
+    let conn = redis(REDIS_URL).await;
     let stream = names.cps_registrations();
 
     let devices: Vec<SimDevice> = (0..100).map(|_| SimDevice::new("fleet")).collect();
@@ -147,7 +147,7 @@ async fn two_replicas_starting_together_upsert_without_duplicates_or_lost_last_s
             .fetch_one(&pool)
             .await
             .unwrap();
-        let pend = pending(&conn, &stream).await;
+        let pend = pending(&conn, &stream, GROUP).await;
         let lag: Option<i64> = None;
         let _ = lag;
         (n == 100 && pend == 0).then_some(())
@@ -164,7 +164,7 @@ async fn two_replicas_starting_together_upsert_without_duplicates_or_lost_last_s
             .unwrap();
         let text = format!("{info:?}");
         let last = aurora_core::bus::last_id(&mut c, &stream).await.unwrap();
-        (text.contains(&last) && pending(&conn, &stream).await == 0).then_some(())
+        (text.contains(&last) && pending(&conn, &stream, GROUP).await == 0).then_some(())
     })
     .await;
     let rows: Vec<(String, chrono::DateTime<Utc>)> =
@@ -180,9 +180,9 @@ async fn two_replicas_starting_together_upsert_without_duplicates_or_lost_last_s
             "last_seen of {id} went backwards"
         );
     }
-    let registered = docs(&conn, &names.cps_devices()).await;
+    let registered = stream_values(&conn, &names.cps_devices()).await;
     assert_eq!(registered.len(), 100, "one device.registered per device");
-    let commands = docs(&conn, &names.cps_commands()).await;
+    let commands = stream_values(&conn, &names.cps_commands()).await;
     assert_eq!(commands.len(), 100, "one challenge per device");
     let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&pool)
@@ -202,8 +202,8 @@ async fn sightings_wait_out_a_database_outage_and_are_not_lost() {
     let names = aurora_testkit::names();
     let db = TestDb::create().await;
     let svc = Running::start(config(&names, &db)).await;
-    let pool = db.pool().await;
-    let conn = redis().await;
+    let pool = db.pool_with(3).await;
+    let conn = redis(REDIS_URL).await;
     let stream = names.cps_registrations();
 
     // Cut the service off its database: refuse new connections and end the open ones.
@@ -228,14 +228,14 @@ async fn sightings_wait_out_a_database_outage_and_are_not_lost() {
         .unwrap();
 
     let d = SimDevice::new("outage");
-    publish(&conn, &stream, &d.seen(Utc::now())).await;
+    xadd_json(&conn, &stream, &d.seen(Utc::now())).await;
     wait_until(LONG, "the batch to fail and stay pending", || async {
-        (pending(&conn, &stream).await == 1).then_some(())
+        (pending(&conn, &stream, GROUP).await == 1).then_some(())
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
-        pending(&conn, &stream).await,
+        pending(&conn, &stream, GROUP).await,
         1,
         "not acknowledged while the database is down"
     );
@@ -247,11 +247,11 @@ async fn sightings_wait_out_a_database_outage_and_are_not_lost() {
     .execute(&mut admin)
     .await
     .unwrap();
-    let pool = db.pool().await;
+    let pool = db.pool_with(3).await;
     wait_status(&pool, &d.id, "pending_attestation").await;
     wait_challenge(&conn, &names, &d.id, 1).await;
     wait_until(LONG, "acknowledged after recovery", || async {
-        (pending(&conn, &stream).await == 0).then_some(())
+        (pending(&conn, &stream, GROUP).await == 0).then_some(())
     })
     .await;
     svc.stop().await;
@@ -270,7 +270,7 @@ async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
     cfg.resend_after = std::time::Duration::ZERO;
     let pool = db::connect(&cfg.database_url, 2).await.unwrap();
     db::migrate(&pool).await.unwrap();
-    let conn = redis().await;
+    let conn = redis(REDIS_URL).await;
     let shared = Shared {
         cfg: cfg.clone(),
         pool: pool.clone(),
@@ -315,18 +315,18 @@ async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
         .await
         .unwrap();
     assert_eq!(outbox, 1);
-    assert!(docs(&conn, &names.cps_devices()).await.is_empty());
+    assert!(stream_values(&conn, &names.cps_devices()).await.is_empty());
 
     let swept = sweeper::sweep(&shared).await.unwrap();
     assert_eq!(swept.registrations_resent, 2, "{swept:?}");
-    let registered = docs(&conn, &names.cps_devices()).await;
+    let registered = stream_values(&conn, &names.cps_devices()).await;
     let mut ids: Vec<&str> = registered
         .iter()
         .filter_map(|d| d["device_id"].as_str())
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, ["ob-a", "ob-b"]);
-    let commands = docs(&conn, &names.cps_commands()).await;
+    let commands = stream_values(&conn, &names.cps_commands()).await;
     let mut nonces: Vec<&str> = commands
         .iter()
         .filter_map(|c| c["params"]["nonce"].as_str())

@@ -1,16 +1,16 @@
-//! What the tests of device-registry share: a database of each test's own, the service
-//! started in-process in a namespace of its own, a simulated device, and stream helpers.
+//! What the tests of device-registry share: the service started in-process in a namespace
+//! of its own, a simulated device, and the registry's tables and commands as a test reads
+//! them. Databases, Redis, tokens: aurora-testkit's.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::time::Duration;
 
-use aurora_core::auth::{Minter, Permission, Verifier};
-use aurora_core::bus::{self, Conn, Entry};
-use aurora_core::model::{to_bytes, AttestationReport, DeviceCommand, DeviceSeen, Extra};
+use aurora_core::auth::Verifier;
+use aurora_core::bus::Conn;
+use aurora_core::model::{AttestationReport, DeviceCommand, DeviceSeen, Extra};
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::service::{launch, LaunchOptions, Launched, Stopped};
 use aurora_core::Names;
-use aurora_testkit::{wait_until, DATABASE_URL, REDIS_URL};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use device_registry::{Config, DeviceRegistry};
@@ -18,67 +18,19 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-pub const SECRET: &str = "device-registry-test-secret";
+pub use aurora_testkit::prelude::*;
+
 pub const LONG: Duration = Duration::from_secs(25);
 
-/// A PostgreSQL database of the test's own, dropped at the end.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn create() -> Self {
-        let name = format!("reg_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-        let mut admin = admin().await;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        Self { name, url }
-    }
-
-    pub async fn pool(&self) -> sqlx::PgPool {
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(3)
-            .connect(&self.url)
-            .await
-            .unwrap()
-    }
-}
-
-async fn admin() -> sqlx::PgConnection {
-    use sqlx::Connection;
-    sqlx::PgConnection::connect(DATABASE_URL).await.unwrap()
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut admin = admin().await;
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await;
-            });
-        })
-        .join();
-    }
-}
+/// The consumer group of the service on every stream it reads.
+pub const GROUP: &str = device_registry::SERVICE;
 
 pub fn config(names: &Names, db: &TestDb) -> Config {
     let mut cfg = Config::local(
         names.clone(),
         REDIS_URL,
         &db.url,
-        Verifier::hs256(SECRET.as_bytes()).unwrap(),
+        Verifier::hs256(SECRET.as_bytes()).expect("an HS256 verifier"),
     );
     cfg.trust_on_first_use = true;
     cfg.sweep_interval = Duration::from_millis(200);
@@ -93,8 +45,8 @@ pub struct Running {
     pub shutdown: CancellationToken,
     /// The REST API, `http://127.0.0.1:<port>`.
     pub base: String,
-    /// The ops endpoints, `http://127.0.0.1:<port>`.
-    pub ops: String,
+    /// The ops endpoints.
+    pub ops: Ops,
 }
 
 impl Running {
@@ -111,7 +63,7 @@ impl Running {
             .await
             .unwrap();
         let base = format!("http://{}", api.get().unwrap());
-        let ops = format!("http://{}", launched.ops_addr);
+        let ops = Ops::new(launched.ops_addr);
         Self {
             launched: Some(launched),
             shutdown,
@@ -137,67 +89,6 @@ impl Drop for Running {
     }
 }
 
-pub async fn redis() -> Conn {
-    bus::connect(REDIS_URL).await.unwrap()
-}
-
-pub async fn publish(conn: &Conn, stream: &str, doc: &Value) -> String {
-    bus::Producer::new(conn.clone(), 100_000)
-        .publish(stream, &to_bytes(doc))
-        .await
-        .unwrap()
-}
-
-pub async fn entries(conn: &Conn, stream: &str) -> Vec<Entry> {
-    let mut c = conn.clone();
-    bus::range(&mut c, stream, "0-0", 100_000).await.unwrap()
-}
-
-pub async fn docs(conn: &Conn, stream: &str) -> Vec<Value> {
-    entries(conn, stream)
-        .await
-        .into_iter()
-        .map(|e| serde_json::from_slice(&e.data.unwrap()).unwrap())
-        .collect()
-}
-
-/// Waits until `stream` holds at least `n` documents matching `pred`; returns them.
-pub async fn wait_docs(
-    conn: &Conn,
-    stream: &str,
-    n: usize,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Vec<Value> {
-    wait_until(LONG, what, || async {
-        let found: Vec<Value> = docs(conn, stream)
-            .await
-            .into_iter()
-            .filter(|d| pred(d))
-            .collect();
-        (found.len() >= n).then_some(found)
-    })
-    .await
-}
-
-/// Entries of the group still unacknowledged.
-pub async fn pending(conn: &Conn, stream: &str) -> u64 {
-    let mut c = conn.clone();
-    let reply: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg("device-registry")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    match reply {
-        redis::Value::Array(v) => match v.first() {
-            Some(redis::Value::Int(n)) => *n as u64,
-            _ => 0,
-        },
-        _ => 0,
-    }
-}
-
 pub async fn device_status(pool: &sqlx::PgPool, device_id: &str) -> Option<String> {
     sqlx::query_scalar("SELECT status FROM devices WHERE device_id = $1")
         .bind(device_id)
@@ -211,10 +102,6 @@ pub async fn wait_status(pool: &sqlx::PgPool, device_id: &str, status: &str) {
         (device_status(pool, device_id).await.as_deref() == Some(status)).then_some(())
     })
     .await
-}
-
-pub fn token(perms: &[Permission]) -> String {
-    Minter::hs256(SECRET.as_bytes()).token("tester", perms, Duration::from_secs(600))
 }
 
 pub const MODEL: &str = "nrf52840-sensor";
@@ -283,7 +170,7 @@ impl SimDevice {
 
 /// The `attest` commands sent to a device, oldest first.
 pub async fn challenges_for(conn: &Conn, names: &Names, device_id: &str) -> Vec<DeviceCommand> {
-    docs(conn, &names.cps_commands())
+    stream_values(conn, &names.cps_commands())
         .await
         .into_iter()
         .filter_map(|d| serde_json::from_value::<DeviceCommand>(d).ok())
