@@ -91,11 +91,10 @@ async fn the_file_is_followed_through_partial_lines_rename_and_truncation() {
     let total: usize = distinct_by_type(&lines).values().sum();
     assert_eq!(messages.len(), total, "every line once");
     assert_eq!(
-        env.llen(&env.names.eve_deadletter()).await,
+        llen(&mut env.conn(), &env.names.eve_deadletter()).await,
         0,
         "no line was cut"
     );
-    env.cleanup().await;
 }
 
 /// A restart starts where the last run stopped: it neither skips nor repeats. The stream is
@@ -143,6 +142,6 @@ async fn a_restart_neither_skips_nor_repeats_lines() {
         for (_, _, payload) in &messages {
             assert!(second.contains(payload));
         }
-        env.cleanup().await;
+        env.clear().await;
     }
 }

@@ -38,7 +38,7 @@ async fn every_sample_event_reaches_its_subject_and_every_alert_matches_its_even
     assert_eq!(messages.len(), total);
     let mut by_subject: BTreeMap<String, usize> = BTreeMap::new();
     let mut events: HashMap<String, Value> = HashMap::new();
-    for (subject, id, payload) in &messages {
+    for (id, subject, payload) in &messages {
         let ty = event_type(payload);
         assert_eq!(subject, &env.names.suricata_subject(&ty));
         assert_eq!(
@@ -110,11 +110,10 @@ async fn every_sample_event_reaches_its_subject_and_every_alert_matches_its_even
                 .any(|i| i.ioc_type == "domain" && i.value == "deb.debian.org"));
         }
     }
-    assert_eq!(env.llen(&env.names.suricata_list()).await, 0);
+    assert_eq!(llen(&mut env.conn(), &env.names.suricata_list()).await, 0);
     assert_eq!(env.held("r1").await, 0);
-    assert_eq!(env.llen(&env.names.eve_deadletter()).await, 0);
+    assert_eq!(llen(&mut env.conn(), &env.names.eve_deadletter()).await, 0);
     svc.stop().await.unwrap();
-    env.cleanup().await;
 }
 
 /// The blog's example: a pull consumer filtered on `suricata.dns` gets the DNS events only.
@@ -158,7 +157,6 @@ async fn a_pull_consumer_on_the_dns_subject_receives_only_dns_events() {
     }
     assert_eq!(got, dns);
     svc.stop().await.unwrap();
-    env.cleanup().await;
 }
 
 /// Lines that are not events go to the dead-letter list with the reason and their exact
@@ -186,14 +184,15 @@ async fn bad_lines_are_dead_lettered_with_the_reason_and_counted() {
     // The last "bad" one is an alert event with an odd body: it is an event, not a dead letter.
     env.wait_stream_len(good.len() as u64 + 1).await;
     aurora_testkit::wait_until(LONG, "dead letters", || async {
-        (env.llen(&env.names.eve_deadletter()).await >= bad.len() - 1).then_some(())
+        (llen(&mut env.conn(), &env.names.eve_deadletter()).await >= bad.len() as u64 - 1)
+            .then_some(())
     })
     .await;
     let records: Vec<Vec<u8>> = redis::cmd("LRANGE")
         .arg(env.names.eve_deadletter())
         .arg(0)
         .arg(-1)
-        .query_async(&mut env.redis.clone())
+        .query_async(&mut env.conn())
         .await
         .unwrap();
     assert_eq!(records.len(), bad.len() - 1);
@@ -226,7 +225,6 @@ async fn bad_lines_are_dead_lettered_with_the_reason_and_counted() {
     })
     .await;
     svc.stop().await.unwrap();
-    env.cleanup().await;
 }
 
 /// The service dies after a batch is published and its alerts written, before the lines
@@ -261,7 +259,7 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
         "two batches and the crashed one went out: {published}"
     );
     assert!(left >= 40, "the crashed batch is still held: {left}");
-    let alerts_before = env.xlen(&env.names.alerts()).await;
+    let alerts_before = xlen(&mut env.conn(), &env.names.alerts()).await;
     assert!(alerts_before > 0);
 
     // Dies again during recovery, after republishing what it found.
@@ -285,7 +283,7 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
         "the republished batch was deduplicated"
     );
     assert_eq!(
-        env.xlen(&env.names.alerts()).await,
+        xlen(&mut env.conn(), &env.names.alerts()).await,
         alerts_before,
         "no alert twice"
     );
@@ -301,7 +299,7 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
 
     let messages = env.messages().await;
     assert_eq!(messages.len(), total, "nothing lost, nothing doubled");
-    let ids: HashSet<&String> = messages.iter().map(|(_, id, _)| id).collect();
+    let ids: HashSet<&String> = messages.iter().map(|(id, _, _)| id).collect();
     assert_eq!(ids.len(), total);
     let alerts = env.alerts().await;
     assert_eq!(alerts.len(), expected["alert"]);
@@ -310,7 +308,6 @@ async fn a_crash_between_publish_and_removal_loses_nothing_and_doubles_nothing()
         .map(|a| parse::<Alert>(a).unwrap().id)
         .collect();
     assert_eq!(alert_ids.len(), alerts.len());
-    env.cleanup().await;
 }
 
 /// Two replicas share the list and each event goes out once; a third adopts the processing
@@ -349,7 +346,7 @@ async fn replicas_share_the_list_and_a_gone_replicas_lines_are_adopted() {
     let r1 = start(s1, "r1", Hooks::default()).await;
     let r2 = start(s2, "r2", Hooks::default()).await;
     aurora_testkit::wait_until(LONG, "the shared list drained", || async {
-        (env.llen(&env.names.suricata_list()).await == 0
+        (llen(&mut env.conn(), &env.names.suricata_list()).await == 0
             && env.held("r1").await == 0
             && env.held("r2").await == 0)
             .then_some(())
@@ -367,7 +364,6 @@ async fn replicas_share_the_list_and_a_gone_replicas_lines_are_adopted() {
     }
     let messages = env.messages().await;
     assert_eq!(messages.len(), total);
-    env.cleanup().await;
 }
 
 /// Redis (a server of the test's own) is killed while the service waits on the list, and
@@ -402,7 +398,7 @@ async fn redis_killed_and_restarted_mid_stream_loses_nothing_and_doubles_nothing
     own_redis.start_again();
     aurora_testkit::wait_until(LONG, "Redis answers again", || async {
         let pong: redis::RedisResult<String> =
-            redis::cmd("PING").query_async(&mut env.redis.clone()).await;
+            redis::cmd("PING").query_async(&mut env.conn()).await;
         pong.ok()
     })
     .await;
@@ -411,7 +407,8 @@ async fn redis_killed_and_restarted_mid_stream_loses_nothing_and_doubles_nothing
     env.wait_stream_len(total as u64).await;
     env.wait_alerts(expected["alert"]).await;
     aurora_testkit::wait_until(LONG, "nothing held", || async {
-        (env.held("r1").await == 0 && env.llen(&env.names.suricata_list()).await == 0).then_some(())
+        (env.held("r1").await == 0 && llen(&mut env.conn(), &env.names.suricata_list()).await == 0)
+            .then_some(())
     })
     .await;
     svc.stop().await.unwrap();
@@ -420,5 +417,4 @@ async fn redis_killed_and_restarted_mid_stream_loses_nothing_and_doubles_nothing
     assert_eq!(messages.len(), total, "nothing lost, nothing doubled");
     let alerts = env.alerts().await;
     assert_eq!(alerts.len(), expected["alert"]);
-    env.cleanup().await;
 }

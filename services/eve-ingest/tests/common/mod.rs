@@ -1,5 +1,5 @@
-//! What the integration tests share: the fixtures, a service run in-process, and readers of
-//! what it wrote (JetStream messages, alerts, dead letters).
+//! What the integration tests share: the fixtures, a service run in-process, and the test's
+//! namespace with what the service wrote there (read with aurora-testkit).
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::collections::BTreeMap;
@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use aurora_core::bus::{self, Conn};
+use aurora_core::bus::Conn;
 use aurora_core::ops::Readiness;
 use aurora_core::service::{launch, LaunchOptions, Launched, Stopped};
 use aurora_core::Names;
-use aurora_testkit::{NATS_URL, REDIS_URL};
+use aurora_testkit::redis::stream_entries;
 use eve_ingest::{EveIngest, Hooks, IngestError, Settings};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
+
+pub use aurora_testkit::prelude::*;
 
 pub const LONG: Duration = Duration::from_secs(30);
 
@@ -55,11 +57,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// A test's namespace on the shared NATS and a Redis, deleted at the end (also when the test
+/// fails).
 pub struct Env {
     pub names: Names,
     pub redis: Conn,
     pub js: jetstream::Context,
     pub redis_url: String,
+    _cleanup: Cleanup,
 }
 
 impl Env {
@@ -72,11 +77,13 @@ impl Env {
         // The process-wide recorder, installed before anything is counted.
         let _ = aurora_core::ops::metrics_handle();
         let names = aurora_testkit::names();
-        let redis = bus::connect(redis_url).await.unwrap();
-        let client = async_nats::connect(NATS_URL).await.unwrap();
+        let client = async_nats::connect(NATS_URL)
+            .await
+            .expect("NATS on 127.0.0.1:4222");
         Self {
+            _cleanup: Cleanup::new(&names, NATS_URL, &[redis_url]),
             names,
-            redis,
+            redis: redis(redis_url).await,
             js: jetstream::new(client),
             redis_url: redis_url.to_string(),
         }
@@ -88,26 +95,14 @@ impl Env {
         s
     }
 
-    /// Pushes lines as Suricata does (LPUSH, one at a time in order).
-    pub async fn push(&self, lines: &[Vec<u8>]) {
-        let mut pipe = redis::pipe();
-        for line in lines {
-            pipe.cmd("LPUSH")
-                .arg(self.names.suricata_list())
-                .arg(line)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut self.redis.clone())
-            .await
-            .unwrap();
+    /// A connection to the test's Redis.
+    pub fn conn(&self) -> Conn {
+        self.redis.clone()
     }
 
-    pub async fn llen(&self, key: &str) -> usize {
-        redis::cmd("LLEN")
-            .arg(key)
-            .query_async(&mut self.redis.clone())
-            .await
-            .unwrap()
+    /// Pushes lines as Suricata does (LPUSH, in order).
+    pub async fn push(&self, lines: &[Vec<u8>]) {
+        lpush(&mut self.conn(), &self.names.suricata_list(), lines).await;
     }
 
     /// Lines a replica holds: its processing list and every chunk its index names (and the
@@ -119,73 +114,33 @@ impl Env {
             .arg(&index)
             .arg(0)
             .arg(-1)
-            .query_async(&mut self.redis.clone())
+            .query_async(&mut self.conn())
             .await
             .unwrap();
-        let mut held = self.llen(&processing).await + chunks.len();
+        let mut held = llen(&mut self.conn(), &processing).await as usize + chunks.len();
         for chunk in &chunks {
-            held += self.llen(chunk).await;
+            held += llen(&mut self.conn(), chunk).await as usize;
         }
         held
     }
 
-    pub async fn xlen(&self, key: &str) -> usize {
-        redis::cmd("XLEN")
-            .arg(key)
-            .query_async(&mut self.redis.clone())
-            .await
-            .unwrap()
-    }
-
     /// Messages in the test's Suricata stream (0 when it does not exist yet).
     pub async fn stream_len(&self) -> u64 {
-        match self.js.get_stream(self.names.suricata_stream()).await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        }
+        stream_len(NATS_URL, &self.names.suricata_stream()).await
     }
 
-    /// Every message of the stream: (subject, Nats-Msg-Id, payload).
+    /// Every message of the Suricata stream: (Nats-Msg-Id, subject, payload).
     pub async fn messages(&self) -> Vec<(String, String, Vec<u8>)> {
-        let mut stream = self
-            .js
-            .get_stream(self.names.suricata_stream())
-            .await
-            .unwrap();
-        let state = stream.info().await.unwrap().state.clone();
-        let mut out = Vec::new();
-        if state.messages == 0 {
-            return out;
-        }
-        for seq in state.first_sequence..=state.last_sequence {
-            let Ok(m) = stream.get_raw_message(seq).await else {
-                continue;
-            };
-            let id = m
-                .headers
-                .get("Nats-Msg-Id")
-                .map(|v| v.as_str().to_string())
-                .unwrap_or_default();
-            out.push((m.subject.to_string(), id, m.payload.to_vec()));
-        }
-        out
+        jetstream_messages(NATS_URL, &self.names.suricata_stream()).await
     }
 
     /// The `data` of every entry of the alerts stream.
     pub async fn alerts(&self) -> Vec<Vec<u8>> {
-        let mut conn = self.redis.clone();
-        let mut out = Vec::new();
-        let mut after = "0-0".to_string();
-        loop {
-            let entries = bus::range(&mut conn, &self.names.alerts(), &after, 1000)
-                .await
-                .unwrap();
-            if entries.is_empty() {
-                return out;
-            }
-            after = entries.last().unwrap().id.clone();
-            out.extend(entries.into_iter().filter_map(|e| e.data));
-        }
+        stream_entries(&mut self.conn(), &self.names.alerts())
+            .await
+            .into_iter()
+            .map(|(_, data)| data)
+            .collect()
     }
 
     pub async fn wait_stream_len(&self, n: u64) {
@@ -195,25 +150,13 @@ impl Env {
         .await;
     }
 
-    pub async fn wait_alerts(&self, n: usize) {
-        aurora_testkit::wait_until(LONG, &format!("{n} alerts"), || async {
-            (self.xlen(&self.names.alerts()).await >= n).then_some(())
-        })
-        .await;
+    /// Deletes the test's streams and keys now (the end of the test deletes them too).
+    pub async fn clear(&self) {
+        aurora_testkit::cleanup::cleanup(&self.names, NATS_URL, &[&self.redis_url]).await;
     }
 
-    /// Deletes the test's stream and keys.
-    pub async fn cleanup(&self) {
-        let _ = self.js.delete_stream(self.names.suricata_stream()).await;
-        let mut conn = self.redis.clone();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.names.namespace()))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        for key in keys {
-            let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
-        }
+    pub async fn wait_alerts(&self, n: usize) {
+        wait_xlen(&self.redis, &self.names.alerts(), n as u64, "alerts").await;
     }
 }
 
