@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use aurora_core::auth::Permission;
-use aurora_core::bus;
 use aurora_core::names::Channel;
 use aurora_core::Names;
 use chrono::Utc;
@@ -31,7 +30,7 @@ fn approval(id: Uuid, expires_in: chrono::Duration) -> Value {
 }
 
 async fn state(names: &Names, id: Uuid) -> Option<String> {
-    let mut conn = bus::connect(aurora_testkit::REDIS_URL).await.unwrap();
+    let mut conn = redis(REDIS_URL).await;
     redis::cmd("HGET")
         .arg(names.state_key("ws-gateway", &format!("approval:{id}")))
         .arg("status")
@@ -49,18 +48,15 @@ async fn wait_state(names: &Names, id: Uuid, want: &str) {
 
 /// The documents of the approvals stream about this approval, oldest first.
 async fn history(names: &Names, id: Uuid) -> Vec<Value> {
-    let mut conn = bus::connect(aurora_testkit::REDIS_URL).await.unwrap();
-    bus::range(&mut conn, &names.approvals(), "0-0", 10_000)
+    stream_values(&redis(REDIS_URL).await, &names.approvals())
         .await
-        .unwrap()
         .into_iter()
-        .filter_map(|e| serde_json::from_slice::<Value>(&e.data?).ok())
         .filter(|d| d["id"] == id.to_string())
         .collect()
 }
 
 async fn post(gw: &TestGateway, id: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = http()
         .post(format!("http://{}/api/v1/approvals/{id}/decision", gw.http))
         .header("content-type", "application/json")
         .body(body.to_string());
@@ -80,24 +76,24 @@ async fn two_analysts_on_two_replicas_decide_at_once_and_exactly_one_wins() {
     let t = token(&[Permission::ApprovalsManage]);
     let mut watcher = b.connect(Channel::Approvals, &t).await;
 
-    let p = producer(aurora_testkit::REDIS_URL).await;
+    let p = redis(REDIS_URL).await;
     for round in 0..5 {
         let id = Uuid::new_v4();
-        publish(
+        xadd_json(
             &p,
             &names.approvals(),
             &approval(id, chrono::Duration::hours(4)),
         )
         .await;
-        assert_eq!(next_doc(&mut watcher).await["status"], "pending");
+        assert_eq!(next_json(&mut watcher, WAIT).await["status"], "pending");
         wait_state(&names, id, "pending").await;
 
-        let alice = token_for(
+        let alice = token_valid_for(
             "alice",
             &[Permission::ApprovalsManage],
             Duration::from_secs(60),
         );
-        let bob = token_for(
+        let bob = token_valid_for(
             "bob",
             &[Permission::ApprovalsManage],
             Duration::from_secs(60),
@@ -125,7 +121,7 @@ async fn two_analysts_on_two_replicas_decide_at_once_and_exactly_one_wins() {
         assert_eq!(doc["x_custom"], "kept", "unknown fields survive");
 
         // One decided document in the stream, and every approvals client sees it.
-        let decided = next_doc(&mut watcher).await;
+        let decided = next_json(&mut watcher, WAIT).await;
         assert_eq!(decided["id"], sid);
         assert_eq!(decided["decided_by"], winner);
         let docs = history(&names, id).await;
@@ -144,9 +140,9 @@ async fn an_approval_past_its_expiry_is_expired_once_by_the_replicas() {
     let fast = |a: &mut ws_gateway::Args| a.expiry_sweep_interval = Duration::from_millis(100);
     let a = TestGateway::start_in(&names, aurora_testkit::REDIS_URL, fast).await;
     let _b = TestGateway::start_in(&names, aurora_testkit::REDIS_URL, fast).await;
-    let p = producer(aurora_testkit::REDIS_URL).await;
+    let p = redis(REDIS_URL).await;
     let id = Uuid::new_v4();
-    publish(
+    xadd_json(
         &p,
         &names.approvals(),
         &approval(id, chrono::Duration::seconds(1)),
@@ -172,9 +168,9 @@ async fn an_approval_past_its_expiry_is_expired_once_by_the_replicas() {
 #[tokio::test]
 async fn an_approval_written_while_no_gateway_ran_can_be_decided() {
     let names = aurora_testkit::names();
-    let p = producer(aurora_testkit::REDIS_URL).await;
+    let p = redis(REDIS_URL).await;
     let id = Uuid::new_v4();
-    publish(
+    xadd_json(
         &p,
         &names.approvals(),
         &approval(id, chrono::Duration::hours(1)),
@@ -196,9 +192,9 @@ async fn an_approval_written_while_no_gateway_ran_can_be_decided() {
 #[tokio::test]
 async fn the_decision_api_refuses_what_it_must() {
     let gw = TestGateway::start(|_| {}).await;
-    let p = producer(aurora_testkit::REDIS_URL).await;
+    let p = redis(REDIS_URL).await;
     let id = Uuid::new_v4();
-    publish(
+    xadd_json(
         &p,
         &gw.names.approvals(),
         &approval(id, chrono::Duration::hours(1)),
@@ -215,7 +211,7 @@ async fn the_decision_api_refuses_what_it_must() {
     // The refusals of every service's API: a JSON error, and the scheme to use on a 401.
     let (_, forbidden) = post(&gw, &sid, Some(&alerts_only), ok).await;
     assert!(forbidden["error"].is_string(), "{forbidden}");
-    let unauthenticated = reqwest::Client::new()
+    let unauthenticated = http()
         .post(format!(
             "http://{}/api/v1/approvals/{sid}/decision",
             gw.http

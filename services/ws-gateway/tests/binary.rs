@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 
 use aurora_core::auth::Permission;
@@ -15,73 +14,27 @@ use common::*;
 #[tokio::test]
 async fn the_binary_logs_no_token_and_drains_on_sigterm() {
     let names = aurora_testkit::names();
-    let http = aurora_testkit::free_port();
-    let ops = aurora_testkit::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ws-gateway"))
-        .env("AURORA_NAMESPACE", names.namespace())
-        .env("AURORA_REDIS_URL", aurora_testkit::REDIS_URL)
-        .env("AURORA_JWT_SECRET", SECRET)
-        .env("AURORA_WS_GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("AURORA_OPS_ADDR", format!("127.0.0.1:{ops}"))
-        .env("AURORA_WS_GATEWAY_DRAIN_GRACE", "500ms")
-        .env("AURORA_SHUTDOWN_TIMEOUT", "10s")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ops_addr: std::net::SocketAddr = format!("127.0.0.1:{ops}").parse().unwrap();
-    aurora_testkit::wait_until(WAIT, "binary ready", || async {
-        let ok = reqwest::get(format!("http://{ops_addr}/readyz"))
-            .await
-            .ok()
-            .map(|r| r.status().as_u16() == 200);
-        (ok == Some(true)).then_some(())
-    })
-    .await;
+    // Started as the harness starts every service: ready (`/readyz` 200) before it returns.
+    let mut svc = Site::new(&names, "site-a", 0)
+        .with_binary(Svc::WsGateway, env!("CARGO_BIN_EXE_ws-gateway"))
+        .start(Svc::WsGateway, &[("drain-grace", "500ms")])
+        .await;
 
     let good = token(&[Permission::WsAlerts]);
     let wrong = token(&[Permission::DevicesRead]);
-    let url = |t: &str| {
-        format!(
-            "ws://127.0.0.1:{http}{}?token={t}&since=0-0",
-            Channel::Alerts.path()
-        )
-    };
-    let (mut client, _) = tokio_tungstenite::connect_async(url(&good)).await.unwrap();
-    let (mut refused, _) = tokio_tungstenite::connect_async(url(&wrong)).await.unwrap();
-    assert_eq!(until_close(&mut refused, WAIT).await.0.unwrap().0, 1008);
+    let url = |t: &str| svc.ws_url(Channel::Alerts, &format!("token={t}&since=0-0"));
+    let mut client = Console::connect(&url(&good)).await.ws;
+    let mut refused = Console::connect(&url(&wrong)).await.ws;
+    assert_eq!(close_frame(&mut refused, WAIT).await.0.unwrap().0, 1008);
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (close, _) = until_close(&mut client, WAIT).await;
+    svc.sigterm();
+    let (close, _) = close_frame(&mut client, WAIT).await;
     assert_eq!(close.unwrap().0, 1001);
 
-    let status = aurora_testkit::wait_until(WAIT, "the binary to exit", || {
-        let s = child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let (status, _) = svc.wait_exit(WAIT).await;
     assert!(status.success(), "exit status {status}");
 
-    let mut logs = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
+    let logs = svc.log();
     assert!(
         logs.contains("connection refused"),
         "refusal not logged: {logs}"

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use aurora_core::auth::{Claims, Minter, Permission};
+use aurora_core::auth::Permission;
 use aurora_core::names::Channel;
 use common::*;
 use futures::StreamExt;
@@ -14,14 +14,7 @@ use futures::StreamExt;
 #[tokio::test]
 async fn bad_missing_expired_and_forged_tokens_are_closed_with_1008() {
     let gw = TestGateway::start(|_| {}).await;
-    let mut expired = Claims::new("bob", &[Permission::WsAlerts], Duration::ZERO);
-    expired.exp -= 120;
-    let expired = Minter::hs256(SECRET.as_bytes()).mint(&expired);
-    let forged = Minter::hs256(b"not-our-secret").token(
-        "eve",
-        &[Permission::WsAlerts],
-        Duration::from_secs(60),
-    );
+    let (expired, forged) = (expired_token(), forged_token());
     for (query, why) in [
         (String::new(), "no token given"),
         ("token=garbage".to_string(), "invalid token"),
@@ -29,7 +22,7 @@ async fn bad_missing_expired_and_forged_tokens_are_closed_with_1008() {
         (format!("token={forged}"), "bad signature"),
     ] {
         let mut ws = gw.connect_query(Channel::Alerts, &query).await;
-        let (close, texts) = until_close(&mut ws, WAIT).await;
+        let (close, texts) = close_frame(&mut ws, WAIT).await;
         let (code, reason) = close.expect("a close frame");
         assert_eq!(code, 1008, "{why}");
         assert!(reason.contains(why), "reason {reason:?} should say {why:?}");
@@ -45,7 +38,7 @@ async fn each_channel_needs_its_own_permission() {
         (Channel::AgentThoughts, Permission::WsAgentThoughts),
         (Channel::Approvals, Permission::ApprovalsManage),
     ];
-    let p = producer(aurora_testkit::REDIS_URL).await;
+    let p = redis(REDIS_URL).await;
     for (channel, needed) in cases {
         // Every permission but the one needed: refused.
         let others: Vec<Permission> = Permission::ALL
@@ -53,7 +46,7 @@ async fn each_channel_needs_its_own_permission() {
             .filter(|p| *p != needed)
             .collect();
         let mut ws = gw.connect(channel, &token(&others)).await;
-        let (close, _) = until_close(&mut ws, WAIT).await;
+        let (close, _) = close_frame(&mut ws, WAIT).await;
         let (code, reason) = close.unwrap();
         assert_eq!(code, 1008);
         assert!(reason.contains(needed.as_str()), "{reason}");
@@ -61,11 +54,11 @@ async fn each_channel_needs_its_own_permission() {
         // Only the one needed: accepted, and it receives the channel's stream.
         let mut ws = gw.connect(channel, &token(&[needed])).await;
         let stream = gw.names.channel_stream(channel);
-        let id = publish(&p, &stream, &serde_json::json!({"probe": channel.as_str()})).await;
-        let doc = next_doc(&mut ws).await;
+        let id = xadd_json(&p, &stream, &serde_json::json!({"probe": channel.as_str()})).await;
+        let doc = next_json(&mut ws, WAIT).await;
         assert_eq!(doc["probe"], channel.as_str());
         assert_eq!(doc["stream_id"], id);
-        assert_eq!(close_normally(&mut ws).await.map(|c| c.0), Some(1000));
+        assert_eq!(close_normally(&mut ws, WAIT).await.map(|c| c.0), Some(1000));
     }
 }
 
@@ -81,9 +74,9 @@ async fn the_token_is_also_accepted_as_a_bearer_header() {
             .unwrap(),
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let p = producer(aurora_testkit::REDIS_URL).await;
-    publish(&p, &gw.names.alerts(), &alert(1)).await;
-    assert_eq!(next_doc(&mut ws).await["title"], "alert 1");
+    let p = redis(REDIS_URL).await;
+    xadd_json(&p, &gw.names.alerts(), &alert(1)).await;
+    assert_eq!(next_json(&mut ws, WAIT).await["title"], "alert 1");
 }
 
 #[tokio::test]
@@ -95,21 +88,21 @@ async fn the_client_over_the_limit_is_closed_with_1013_and_a_freed_slot_is_reuse
         open.push(gw.connect(Channel::Alerts, &t).await);
     }
     let mut sixth = gw.connect(Channel::Alerts, &t).await;
-    let (close, _) = until_close(&mut sixth, WAIT).await;
+    let (close, _) = close_frame(&mut sixth, WAIT).await;
     assert_eq!(close.unwrap().0, 1013);
 
     // The limit is per channel: another channel still has room.
     let mut other = gw.connect(Channel::AgentThoughts, &t).await;
-    let p = producer(aurora_testkit::REDIS_URL).await;
-    publish(&p, &gw.names.audit(), &serde_json::json!({"agent": "a"})).await;
-    assert_eq!(next_doc(&mut other).await["agent"], "a");
+    let p = redis(REDIS_URL).await;
+    xadd_json(&p, &gw.names.audit(), &serde_json::json!({"agent": "a"})).await;
+    assert_eq!(next_json(&mut other, WAIT).await["agent"], "a");
 
     // One leaves: a new client gets its slot.
     let mut first = open.remove(0);
-    close_normally(&mut first).await;
+    close_normally(&mut first, WAIT).await;
     let mut again = gw.connect(Channel::Alerts, &t).await;
-    publish(&p, &gw.names.alerts(), &alert(7)).await;
-    assert_eq!(next_doc(&mut again).await["title"], "alert 7");
+    xadd_json(&p, &gw.names.alerts(), &alert(7)).await;
+    assert_eq!(next_json(&mut again, WAIT).await["title"], "alert 7");
 }
 
 #[tokio::test]
@@ -121,26 +114,26 @@ async fn the_501st_client_at_the_default_limit_is_closed_with_1013() {
         open.push(gw.connect(Channel::Alerts, &t).await);
     }
     let mut over = gw.connect(Channel::Alerts, &t).await;
-    let (close, _) = until_close(&mut over, WAIT).await;
+    let (close, _) = close_frame(&mut over, WAIT).await;
     assert_eq!(close.unwrap().0, 1013);
     // The 500 are all served.
-    let p = producer(aurora_testkit::REDIS_URL).await;
-    publish(&p, &gw.names.alerts(), &alert(1)).await;
+    let p = redis(REDIS_URL).await;
+    xadd_json(&p, &gw.names.alerts(), &alert(1)).await;
     for ws in open.iter_mut() {
-        assert_eq!(next_doc(ws).await["title"], "alert 1");
+        assert_eq!(next_json(ws, WAIT).await["title"], "alert 1");
     }
 }
 
 #[tokio::test]
 async fn a_token_that_expires_while_connected_closes_the_connection_with_1008() {
     let gw = TestGateway::start(|_| {}).await;
-    let t = token_for("short", &[Permission::WsAlerts], Duration::from_secs(2));
+    let t = token_valid_for("short", &[Permission::WsAlerts], Duration::from_secs(2));
     let mut ws = gw.connect(Channel::Alerts, &t).await;
     // Served while valid.
-    let p = producer(aurora_testkit::REDIS_URL).await;
-    publish(&p, &gw.names.alerts(), &alert(1)).await;
-    assert_eq!(next_doc(&mut ws).await["title"], "alert 1");
-    let (close, _) = until_close(&mut ws, Duration::from_secs(15)).await;
+    let p = redis(REDIS_URL).await;
+    xadd_json(&p, &gw.names.alerts(), &alert(1)).await;
+    assert_eq!(next_json(&mut ws, WAIT).await["title"], "alert 1");
+    let (close, _) = close_frame(&mut ws, Duration::from_secs(15)).await;
     let (code, reason) = close.unwrap();
     assert_eq!(code, 1008);
     assert_eq!(reason, "token expired");
@@ -189,11 +182,11 @@ async fn a_server_error_closes_with_1011() {
             &format!("token={}&since=0-0", token(&[Permission::WsAlerts])),
         )
         .await;
-    let (close, _) = until_close(&mut ws, Duration::from_secs(30)).await;
+    let (close, _) = close_frame(&mut ws, Duration::from_secs(30)).await;
     assert_eq!(close.unwrap().0, 1011);
     // And /readyz says the gateway cannot do its work.
     aurora_testkit::wait_until(WAIT, "readyz failing", || async {
-        (http_get(gw.ops, "/readyz").await.0 == 503).then_some(())
+        (gw.ops.readyz().await == Some(503)).then_some(())
     })
     .await;
 }

@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aurora_core::auth::Permission;
-use aurora_core::bus;
 use chrono::Utc;
 use common::*;
 use futures::{SinkExt, StreamExt};
@@ -33,7 +32,7 @@ impl Drop for Browser {
 
 /// A DevTools session on one page.
 struct Page {
-    ws: Client,
+    ws: Socket,
     next_id: u64,
 }
 
@@ -138,7 +137,7 @@ async fn launch() -> (Browser, Page) {
 async fn the_console_shows_live_alerts_and_approves_with_a_click() {
     let gw = TestGateway::start(|_| {}).await;
     let (_browser, mut page) = launch().await;
-    let token = token_for(
+    let token = token_valid_for(
         "analyst-console",
         &[
             Permission::WsAlerts,
@@ -171,12 +170,12 @@ async fn the_console_shows_live_alerts_and_approves_with_a_click() {
     .await;
 
     // An alert written to the stream appears, in its severity's colour.
-    let p = producer(aurora_testkit::REDIS_URL).await;
+    let p = redis(REDIS_URL).await;
     let title = format!("C2 beacon {}", uuid::Uuid::new_v4());
     let mut doc = alert(1);
     doc["title"] = json!(title);
     doc["severity"] = json!("critical");
-    publish(&p, &gw.names.alerts(), &doc).await;
+    xadd_json(&p, &gw.names.alerts(), &doc).await;
     page.wait_true(
         "the alert on the page",
         &format!(
@@ -193,7 +192,7 @@ async fn the_console_shows_live_alerts_and_approves_with_a_click() {
         "requested_by": "incident_responder", "requested_at": Utc::now(),
         "expires_at": Utc::now() + chrono::Duration::hours(1),
     });
-    publish(&p, &gw.names.approvals(), &approval).await;
+    xadd_json(&p, &gw.names.approvals(), &approval).await;
     let button =
         format!("document.querySelector('#approvals li[data-id=\"{id}\"] button.approve')");
     page.wait_true("the approve button", &format!("!!{button}"))
@@ -201,7 +200,7 @@ async fn the_console_shows_live_alerts_and_approves_with_a_click() {
     page.eval(&format!("{button}.click(); true")).await;
 
     let key = gw.names.state_key("ws-gateway", &format!("approval:{id}"));
-    let mut conn = bus::connect(aurora_testkit::REDIS_URL).await.unwrap();
+    let mut conn = redis(REDIS_URL).await;
     let doc = aurora_testkit::wait_until(WAIT, "the approval approved in Redis", || {
         let mut conn = conn.clone();
         let key = key.clone();

@@ -35,27 +35,21 @@ async fn start_up_waits_for_redis_and_readyz_names_it() {
     let launching = tokio::spawn(launch(gateway, options(ops), shutdown.clone()));
 
     let port = redis.port().to_string();
+    let ops = Ops::new(ops);
     aurora_testkit::wait_until(WAIT, "/readyz naming Redis", || {
         let port = port.clone();
         async move {
-            let res = reqwest::get(format!("http://{ops}/readyz")).await.ok()?;
-            if res.status().as_u16() != 503 {
-                return None;
-            }
-            let report: serde_json::Value = res.json().await.ok()?;
+            let (status, report) = ops.readyz_report().await?;
             let parts = &report["components"];
-            (parts["redis"]["ready"] == false
+            (status == 503
+                && parts["redis"]["ready"] == false
                 && parts["redis"]["detail"].as_str()?.contains(&port)
                 && parts["start-up"]["ready"] == false)
                 .then_some(())
         }
     })
     .await;
-    assert_eq!(
-        http_get(ops, "/healthz").await.0,
-        200,
-        "alive while starting"
-    );
+    assert_eq!(ops.healthz().await, Some(200), "alive while starting");
 
     redis.start_again();
     let launched = launching.await.unwrap().unwrap();
@@ -68,7 +62,12 @@ async fn start_up_waits_for_redis_and_readyz_names_it() {
     let report = readiness.report();
     assert!(report["components"].get("start-up").is_none(), "{report}");
     assert_eq!(report["components"]["redis"]["ready"], true);
-    assert_eq!(http_get(http, "/").await.0, 200);
+    let console = aurora_testkit::http::http()
+        .get(format!("http://{http}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(console.status().as_u16(), 200);
     let stopped = tokio::spawn(launched.stopped());
     shutdown.cancel();
     assert_eq!(stopped.await.unwrap(), Stopped::Drained);

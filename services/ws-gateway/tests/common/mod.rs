@@ -1,28 +1,17 @@
-//! What the gateway's tests share: a gateway of the test's own namespace, tokens, and a real
-//! WebSocket client.
+//! What the gateway's tests share: a gateway of the test's own namespace and the documents
+//! it serves. Tokens, WebSocket clients, Redis and the ops port: aurora-testkit's.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::time::Duration;
-
-use aurora_core::auth::{Minter, Permission};
-use aurora_core::bus::{self, Producer};
+use aurora_core::auth::Permission;
 use aurora_core::names::Channel;
 use aurora_core::ops::Readiness;
 use aurora_core::service::{launch, Flags, LaunchOptions, Stopped};
 use aurora_core::Names;
-use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use ws_gateway::{Args, SERVICE};
 
-pub const SECRET: &str = "test-secret-of-ws-gateway";
-pub const WAIT: Duration = Duration::from_secs(20);
-
-pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub use aurora_testkit::prelude::*;
 
 pub struct TestGateway {
     pub names: Names,
@@ -31,7 +20,7 @@ pub struct TestGateway {
     pub shutdown: CancellationToken,
     pub readiness: Readiness,
     pub http: std::net::SocketAddr,
-    pub ops: std::net::SocketAddr,
+    pub ops: Ops,
 }
 
 /// The flags of a test's gateway: its namespace and Redis, the test secret, ephemeral ports,
@@ -81,7 +70,7 @@ impl TestGateway {
         let http = gateway.bind_http().unwrap();
         let shutdown = CancellationToken::new();
         let launched = launch(gateway, options, shutdown.clone()).await.unwrap();
-        let ops = launched.ops_addr;
+        let ops = Ops::new(launched.ops_addr);
         let readiness = launched.readiness.clone();
         let stopped = tokio::spawn(launched.stopped());
         aurora_testkit::wait_until(WAIT, "gateway ready", || {
@@ -103,15 +92,12 @@ impl TestGateway {
         format!("ws://{}{}?{}", self.http, channel.path(), query)
     }
 
-    pub async fn connect(&self, channel: Channel, token: &str) -> Client {
+    pub async fn connect(&self, channel: Channel, token: &str) -> Socket {
         self.connect_query(channel, &format!("token={token}")).await
     }
 
-    pub async fn connect_query(&self, channel: Channel, query: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(self.url(channel, query))
-            .await
-            .unwrap();
-        ws
+    pub async fn connect_query(&self, channel: Channel, query: &str) -> Socket {
+        Console::connect(&self.url(channel, query)).await.ws
     }
 
     /// Stops the gateway and waits for its drain; `true` when every client was closed
@@ -131,74 +117,12 @@ impl Drop for TestGateway {
     }
 }
 
-pub fn token(perms: &[Permission]) -> String {
-    Minter::hs256(SECRET.as_bytes()).token("analyst-1", perms, Duration::from_secs(600))
-}
-
-pub fn token_for(sub: &str, perms: &[Permission], ttl: Duration) -> String {
-    Minter::hs256(SECRET.as_bytes()).token(sub, perms, ttl)
-}
-
 pub fn all_token() -> String {
     token(&[
         Permission::WsAlerts,
         Permission::WsAgentThoughts,
         Permission::ApprovalsManage,
     ])
-}
-
-pub async fn producer(redis_url: &str) -> Producer {
-    Producer::new(bus::connect(redis_url).await.unwrap(), 100_000)
-}
-
-/// The next text frame as JSON, skipping pings; panics on close or timeout.
-pub async fn next_doc(ws: &mut Client) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("timed out waiting for a message")
-            .expect("connection ended")
-            .expect("socket error");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(f) => panic!("closed while waiting for a message: {f:?}"),
-            _ => {}
-        }
-    }
-}
-
-/// Reads until the server closes; returns the close code and reason (None when the
-/// connection ended without a close frame). Text frames before it are returned too.
-pub async fn until_close(ws: &mut Client, timeout: Duration) -> (Option<(u16, String)>, usize) {
-    let mut texts = 0;
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => panic!("no close within {timeout:?}"),
-            Ok(None) | Ok(Some(Err(_))) => return (None, texts),
-            Ok(Some(Ok(Message::Close(frame)))) => {
-                return (
-                    frame.map(|f| (u16::from(f.code), f.reason.to_string())),
-                    texts,
-                )
-            }
-            Ok(Some(Ok(Message::Text(_)))) => texts += 1,
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-}
-
-pub async fn close_normally(ws: &mut Client) -> Option<(u16, String)> {
-    ws.send(Message::Close(Some(
-        tokio_tungstenite::tungstenite::protocol::CloseFrame {
-            code: CloseCode::Normal,
-            reason: "bye".into(),
-        },
-    )))
-    .await
-    .unwrap();
-    until_close(ws, WAIT).await.0
 }
 
 /// A JSON alert document.
@@ -212,15 +136,4 @@ pub fn alert(n: usize) -> serde_json::Value {
         "n": n,
         "timestamp": chrono::Utc::now(),
     })
-}
-
-pub async fn publish(p: &Producer, stream: &str, doc: &serde_json::Value) -> String {
-    p.publish(stream, doc.to_string().as_bytes()).await.unwrap()
-}
-
-/// A plain HTTP GET, returning the status code and body.
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let res = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
-    let status = res.status().as_u16();
-    (status, res.text().await.unwrap_or_default())
 }
