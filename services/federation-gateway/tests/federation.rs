@@ -5,17 +5,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use aurora_core::bus::{self, Conn, Producer};
+use aurora_core::bus::{Conn, Producer};
 use aurora_core::jetstream::{federation_stream_config, StreamChange};
 use aurora_core::model::DeadLetter;
 use aurora_core::names::Names;
 use aurora_core::ops::Readiness;
 use aurora_core::service::{launch, Flags, LaunchOptions, Launched, Stopped};
-use aurora_testkit::{wait_until, NatsServer};
+use aurora_testkit::cleanup::cleanup;
+use aurora_testkit::nats::stream_len;
+use aurora_testkit::prelude::*;
 use federation_gateway::{Args, FederationGateway, ORIGIN_SITE_HEADER, SERVICE};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 const SITE_A_REDIS: &str = "redis://127.0.0.1:6379/1";
 const SITE_B_REDIS: &str = "redis://127.0.0.1:6379/2";
 const LONG: Duration = Duration::from_secs(30);
+/// The consumer group of the gateway on the streams it exports.
+const GROUP: &str = federation_gateway::SERVICE;
 
 fn args(names: &Names, site: &str, redis: &str, nats: &str, extra: &[&str]) -> Args {
     let instance = format!("{site}-1");
@@ -52,12 +55,12 @@ fn args(names: &Names, site: &str, redis: &str, nats: &str, extra: &[&str]) -> A
 }
 
 /// A gateway running in-process.
-struct Site {
+struct Gateway {
     readiness: Readiness,
     launched: Launched,
 }
 
-impl Site {
+impl Gateway {
     async fn start(args: Args) -> Self {
         let mut options = LaunchOptions::local(&args.common.instance());
         options.drain_deadline = args.common.shutdown_timeout;
@@ -77,27 +80,6 @@ impl Site {
     }
 }
 
-async fn redis(url: &str) -> Conn {
-    bus::connect(url).await.unwrap()
-}
-
-async fn raise(conn: &Conn, stream: &str, doc: &Value) -> String {
-    Producer::new(conn.clone(), 100_000)
-        .publish(stream, &serde_json::to_vec(doc).unwrap())
-        .await
-        .unwrap()
-}
-
-async fn docs(conn: &Conn, stream: &str) -> Vec<Value> {
-    let mut conn = conn.clone();
-    bus::range(&mut conn, stream, "0-0", 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| serde_json::from_slice(&e.data.unwrap_or_default()).unwrap())
-        .collect()
-}
-
 /// The alert id of a test label: alerts carry UUIDs.
 fn uid(label: &str) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, label.as_bytes()).to_string()
@@ -113,31 +95,6 @@ async fn jetstream_ctx(url: &str) -> jetstream::Context {
     jetstream::new(async_nats::connect(url).await.unwrap())
 }
 
-async fn stream_messages(js: &jetstream::Context, names: &Names) -> u64 {
-    let mut stream = js.get_stream(names.nats_stream()).await.unwrap();
-    stream.info().await.unwrap().state.messages
-}
-
-/// Removes what a test left on the shared servers.
-async fn cleanup(names: &Names, redis_urls: &[&str], js: &jetstream::Context) {
-    let _ = js.delete_stream(names.nats_stream()).await;
-    for url in redis_urls {
-        let mut conn = redis(url).await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", names.namespace()))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        for chunk in keys.chunks(500) {
-            let _: () = redis::cmd("DEL")
-                .arg(chunk)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
-}
-
 fn ids(docs: &[Value]) -> Vec<String> {
     docs.iter()
         .map(|d| d["id"].as_str().unwrap_or_default().to_string())
@@ -148,18 +105,18 @@ fn ids(docs: &[Value]) -> Vec<String> {
 async fn an_alert_crosses_once_with_its_origin_and_red_iocs_stay_home() {
     let names = aurora_testkit::names();
     let nats = aurora_testkit::NATS_URL;
-    let a = Site::start(args(&names, "site-a", SITE_A_REDIS, nats, &[])).await;
-    let b = Site::start(args(&names, "site-b", SITE_B_REDIS, nats, &[])).await;
+    let a = Gateway::start(args(&names, "site-a", SITE_A_REDIS, nats, &[])).await;
+    let b = Gateway::start(args(&names, "site-b", SITE_B_REDIS, nats, &[])).await;
     let (ra, rb) = (redis(SITE_A_REDIS).await, redis(SITE_B_REDIS).await);
 
-    raise(&ra, &names.alerts(), &alert("a-1", "high")).await;
-    raise(
+    xadd_json(&ra, &names.alerts(), &alert("a-1", "high")).await;
+    xadd_json(
         &ra,
         &names.iocs(),
         &json!({"id": "ioc-red", "type": "domain", "value": "secret.example", "tlp": "TLP:RED"}),
     )
     .await;
-    raise(
+    xadd_json(
         &ra,
         &names.iocs(),
         &json!({"id": "ioc-green", "type": "domain", "value": "shared.example", "tlp": "TLP:GREEN"}),
@@ -167,8 +124,8 @@ async fn an_alert_crosses_once_with_its_origin_and_red_iocs_stay_home() {
     .await;
 
     let at_b = wait_until(LONG, "the alert and the green IOC at site B", || async {
-        let alerts = docs(&rb, &names.alerts()).await;
-        let iocs = docs(&rb, &names.iocs()).await;
+        let alerts = stream_values(&rb, &names.alerts()).await;
+        let iocs = stream_values(&rb, &names.iocs()).await;
         (!alerts.is_empty() && !iocs.is_empty()).then_some((alerts, iocs))
     })
     .await;
@@ -181,54 +138,43 @@ async fn an_alert_crosses_once_with_its_origin_and_red_iocs_stay_home() {
     assert_eq!(at_b.1[0]["id"], "ioc-green");
 
     // A sentinel from B: once it is at A, B has had its chance to echo A's alert back.
-    raise(&rb, &names.alerts(), &alert("b-1", "critical")).await;
+    xadd_json(&rb, &names.alerts(), &alert("b-1", "critical")).await;
     wait_until(LONG, "B's alert at site A", || async {
-        let alerts = docs(&ra, &names.alerts()).await;
+        let alerts = stream_values(&ra, &names.alerts()).await;
         (alerts.len() >= 2).then_some(())
     })
     .await;
-    let js = jetstream_ctx(nats).await;
     // Wait for both exporters to settle their streams (B also read A's alert, and withheld it).
-    let pending = |conn: Conn, stream: String| async move {
-        let mut conn = conn;
-        let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-            .arg(&stream)
-            .arg("federation-gateway")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        reply.count()
-    };
     wait_until(LONG, "every entry settled on both sites", || async {
         let mut total = 0;
         for conn in [&ra, &rb] {
-            total += pending(conn.clone(), names.alerts()).await;
-            total += pending(conn.clone(), names.iocs()).await;
+            total += pending(conn, &names.alerts(), GROUP).await;
+            total += pending(conn, &names.iocs(), GROUP).await;
         }
         (total == 0).then_some(())
     })
     .await;
 
     // On the wire: A's alert, A's green IOC, B's alert. No red IOC, no echo.
-    assert_eq!(stream_messages(&js, &names).await, 3);
-    let at_a = docs(&ra, &names.alerts()).await;
+    assert_eq!(stream_len(nats, &names.nats_stream()).await, 3);
+    let at_a = stream_values(&ra, &names.alerts()).await;
     assert_eq!(ids(&at_a), vec![uid("a-1"), uid("b-1")]);
     assert!(at_a[0].get("origin_site").is_none());
     assert_eq!(at_a[1]["origin_site"], "site-b");
-    let at_b = docs(&rb, &names.alerts()).await;
+    let at_b = stream_values(&rb, &names.alerts()).await;
     assert_eq!(ids(&at_b), vec![uid("a-1"), uid("b-1")]);
     assert_eq!(
         at_b[1].get("origin_site"),
         None,
         "B's own alert carries no origin"
     );
-    let iocs_b = docs(&rb, &names.iocs()).await;
+    let iocs_b = stream_values(&rb, &names.iocs()).await;
     assert_eq!(ids(&iocs_b), vec!["ioc-green"]);
     assert!(a.readiness.is_ready(), "{}", a.readiness.report());
 
     a.stop().await;
     b.stop().await;
-    cleanup(&names, &[SITE_A_REDIS, SITE_B_REDIS], &js).await;
+    cleanup(&names, nats, &[SITE_A_REDIS, SITE_B_REDIS]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +182,7 @@ async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() 
     let names = aurora_testkit::names();
     let nats = aurora_testkit::NATS_URL;
     let extra = ["--no-export", "--max-deliver", "3", "--nak-delay", "100ms"];
-    let b = Site::start(args(&names, "site-b", SITE_B_REDIS, nats, &extra)).await;
+    let b = Gateway::start(args(&names, "site-b", SITE_B_REDIS, nats, &extra)).await;
     let rb = redis(SITE_B_REDIS).await;
     // The audit stream's key holds a string: every write of an audit entry is refused.
     let mut conn = rb.clone();
@@ -278,7 +224,7 @@ async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() 
     .await;
 
     let dead = wait_until(LONG, "two dead letters", || async {
-        let dead = docs(&rb, &names.federation_deadletter()).await;
+        let dead = stream_values(&rb, &names.federation_deadletter()).await;
         (dead.len() >= 2).then_some(dead)
     })
     .await;
@@ -310,7 +256,7 @@ async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() 
         names.nats_subject(aurora_core::names::FederatedKind::Audit)
     );
     // The healthy message went through beside them.
-    let alerts = docs(&rb, &names.alerts()).await;
+    let alerts = stream_values(&rb, &names.alerts()).await;
     assert_eq!(ids(&alerts), vec!["6f1c0a9e-3b5d-4c6e-9f2a-1b2c3d4e5f60"]);
     assert_eq!(alerts[0]["origin_site"], "site-x");
     // Terminated: nothing left for this site's consumer.
@@ -324,7 +270,7 @@ async fn a_poison_message_ends_in_the_dead_letter_stream_after_max_deliveries() 
     })
     .await;
     b.stop().await;
-    cleanup(&names, &[SITE_B_REDIS], &js).await;
+    cleanup(&names, nats, &[SITE_B_REDIS]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,8 +312,7 @@ async fn readyz_names_what_start_up_waits_for() {
     .await;
     launched.shutdown();
     assert_eq!(launched.stopped().await, Stopped::Drained);
-    let js = jetstream_ctx(&nats).await;
-    cleanup(&names, &[SITE_A_REDIS], &js).await;
+    cleanup(&names, &nats, &[SITE_A_REDIS]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,7 +349,7 @@ async fn stream_config_drift_is_corrected_and_reported() {
         .unwrap();
     assert_eq!(again.stream_change(), &StreamChange::Unchanged);
     drop(again);
-    cleanup(&names, &[SITE_A_REDIS], &js).await;
+    cleanup(&names, nats, &[SITE_A_REDIS]).await;
 }
 
 /// Raises `n` alerts `a-<from>`… at a site, in batches.
@@ -427,13 +372,13 @@ async fn wait_all_at_b(rb: &Conn, names: &Names, n: usize, what: &str) {
     // A deadline, not a speed target (it takes seconds). Past it something stalls: publish
     // acks lost in a NATS restart used to time out one after the other, 2 s each, for minutes.
     let got = wait_until(Duration::from_secs(60), what, || async {
-        let at_b = ids(&docs(rb, &names.alerts()).await);
+        let at_b = ids(&stream_values(rb, &names.alerts()).await);
         (at_b.len() >= n).then_some(at_b)
     })
     .await;
     // Give a late duplicate the time to show up before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let got_after = ids(&docs(rb, &names.alerts()).await);
+    let got_after = ids(&stream_values(rb, &names.alerts()).await);
     assert_eq!(got_after.len(), got.len());
     let distinct: HashSet<&String> = got_after.iter().collect();
     assert_eq!(distinct.len(), got_after.len(), "duplicates at B");
@@ -451,13 +396,13 @@ async fn nats_restarted_mid_stream_loses_nothing() {
     let nats = server.url();
     let names = aurora_testkit::names();
     let extra = ["--publish-timeout", "2s", "--ack-wait", "3s"];
-    let a = Site::start(args(&names, "site-a", SITE_A_REDIS, &nats, &extra)).await;
-    let b = Site::start(args(&names, "site-b", SITE_B_REDIS, &nats, &extra)).await;
+    let a = Gateway::start(args(&names, "site-a", SITE_A_REDIS, &nats, &extra)).await;
+    let b = Gateway::start(args(&names, "site-b", SITE_B_REDIS, &nats, &extra)).await;
     let (ra, rb) = (redis(SITE_A_REDIS).await, redis(SITE_B_REDIS).await);
 
     raise_many(&ra, &names, 0..300).await;
     wait_until(LONG, "the first alerts at B", || async {
-        (docs(&rb, &names.alerts()).await.len() >= 50).then_some(())
+        (stream_values(&rb, &names.alerts()).await.len() >= 50).then_some(())
     })
     .await;
     server.kill();
@@ -478,20 +423,7 @@ async fn nats_restarted_mid_stream_loses_nothing() {
 
     a.stop().await;
     b.stop().await;
-    let js = jetstream_ctx(&nats).await;
-    cleanup(&names, &[SITE_A_REDIS, SITE_B_REDIS], &js).await;
-}
-
-/// Entries of `stream` read by the gateway's group and not acknowledged.
-async fn xpending(conn: &Conn, stream: &str) -> u64 {
-    let mut conn = conn.clone();
-    let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg("federation-gateway")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    reply.count() as u64
+    cleanup(&names, &nats, &[SITE_A_REDIS, SITE_B_REDIS]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,7 +444,7 @@ async fn a_drain_past_its_deadline_gives_up_what_it_holds() {
     server.kill();
     raise_many(&ra, &names, 0..100).await;
     wait_until(LONG, "alerts read and held", || async {
-        (xpending(&ra, &names.alerts()).await > 0).then_some(())
+        (pending(&ra, &names.alerts(), GROUP).await > 0).then_some(())
     })
     .await;
 
@@ -525,64 +457,44 @@ async fn a_drain_past_its_deadline_gives_up_what_it_holds() {
         asked.elapsed()
     );
     assert!(
-        xpending(&ra, &names.alerts()).await > 0,
+        pending(&ra, &names.alerts(), GROUP).await > 0,
         "what was given up stays pending, to be read again"
     );
     server.start_again();
-    let js = jetstream_ctx(&nats).await;
-    cleanup(&names, &[SITE_A_REDIS], &js).await;
-}
-
-fn spawn_binary(names: &Names, site: &str, redis: &str, nats: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_federation-gateway"))
-        .env("AURORA_NAMESPACE", names.namespace())
-        .env("AURORA_SITE_ID", site)
-        .env("AURORA_REDIS_URL", redis)
-        .env("AURORA_NATS_URL", nats)
-        .env("AURORA_OPS_ADDR", "127.0.0.1:0")
-        .env("AURORA_INSTANCE_ID", format!("{site}-1"))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+    cleanup(&names, &nats, &[SITE_A_REDIS]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_between_publish_and_xack_loses_and_duplicates_nothing() {
     let names = aurora_testkit::names();
     let nats = aurora_testkit::NATS_URL;
-    let b = Site::start(args(&names, "site-b", SITE_B_REDIS, nats, &[])).await;
+    let b = Gateway::start(args(&names, "site-b", SITE_B_REDIS, nats, &[])).await;
     let (ra, rb) = (redis(SITE_A_REDIS).await, redis(SITE_B_REDIS).await);
     let n = 3000;
     raise_many(&ra, &names, 0..n).await;
 
-    let mut gateway_a = spawn_binary(&names, "site-a", SITE_A_REDIS, nats);
+    // The built binary, as the harness runs it at site A (Redis database 1).
+    let site_a = Site::new(&names, "site-a", 1).with_binary(
+        Svc::FederationGateway,
+        env!("CARGO_BIN_EXE_federation-gateway"),
+    );
+    let mut gateway_a = site_a.spawn(Svc::FederationGateway, &[]);
     // Kill it while it holds entries it read but has not acknowledged.
     wait_until(LONG, "site A exporting with entries in flight", || async {
-        let mut conn = ra.clone();
-        let reply: Result<redis::streams::StreamPendingReply, _> = redis::cmd("XPENDING")
-            .arg(names.alerts())
-            .arg("federation-gateway")
-            .query_async(&mut conn)
-            .await;
-        let in_flight = reply.map(|r| r.count()).unwrap_or(0);
-        let at_b = docs(&rb, &names.alerts()).await.len();
+        let in_flight = pending(&ra, &names.alerts(), GROUP).await;
+        let at_b = stream_values(&rb, &names.alerts()).await.len();
         (in_flight > 0 && at_b > 0 && at_b < n).then_some(())
     })
     .await;
-    gateway_a.kill().unwrap(); // SIGKILL
-    gateway_a.wait().unwrap();
-    let at_kill = docs(&rb, &names.alerts()).await.len();
+    gateway_a.kill(); // SIGKILL
+    let at_kill = stream_values(&rb, &names.alerts()).await.len();
     assert!(at_kill < n, "the kill came too late to mean anything");
 
-    let mut restarted = spawn_binary(&names, "site-a", SITE_A_REDIS, nats);
+    // Started again as the same replica (same instance id, same consumer).
+    gateway_a.kill_and_spawn();
     wait_all_at_b(&rb, &names, n, "every alert at B after the restart").await;
-    restarted.kill().unwrap();
-    restarted.wait().unwrap();
+    gateway_a.kill();
 
     b.stop().await;
-    let js = jetstream_ctx(nats).await;
-    cleanup(&names, &[SITE_A_REDIS, SITE_B_REDIS], &js).await;
+    cleanup(&names, nats, &[SITE_A_REDIS, SITE_B_REDIS]).await;
 }
