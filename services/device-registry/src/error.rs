@@ -16,8 +16,6 @@ use crate::health::POSTGRES;
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Database(#[source] sqlx::Error),
     #[error("cannot apply the database migrations: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error(transparent)]

@@ -37,7 +37,7 @@ use std::sync::{Arc, OnceLock};
 
 use aurora_core::bus::{self, GroupReader, Producer};
 use aurora_core::consumer::{BatchHandler, Consumer};
-use aurora_core::health::{Dependencies, REDIS};
+use aurora_core::health::{connect_at_start, redis_at_start, Dependencies, REDIS};
 use aurora_core::service::{Context, Running, Service};
 use tokio_util::sync::CancellationToken;
 
@@ -96,25 +96,20 @@ impl Service for DeviceRegistry {
         } = self;
         let readiness = &ctx.readiness;
         readiness.register(POSTGRES);
-        readiness.set_not_ready(
-            POSTGRES,
-            format!("connecting to {}", bus::redacted_url(&cfg.database_url)),
-        );
         readiness.register(REDIS);
-        readiness.set_not_ready(
-            REDIS,
-            format!("connecting to {}", bus::redacted_url(&cfg.redis_url)),
-        );
-
-        let pool = db::connect(&cfg.database_url, cfg.db_max_connections)
-            .await
-            .map_err(StartError::Database)?;
+        let pool = connect_at_start(
+            readiness,
+            &ctx.shutdown,
+            POSTGRES,
+            &bus::redacted_url(&cfg.database_url),
+            |e: &sqlx::Error| matches!(e, sqlx::Error::Configuration(_)),
+            || db::connect(&cfg.database_url, cfg.db_max_connections),
+        )
+        .await?;
+        readiness.set_not_ready(POSTGRES, "applying the migrations");
         db::migrate(&pool).await.map_err(StartError::Migrate)?;
         readiness.set_ready(POSTGRES);
-        let conn = bus::connect(&cfg.redis_url)
-            .await
-            .map_err(StartError::Bus)?;
-        readiness.set_ready(REDIS);
+        let conn = redis_at_start(readiness, &ctx.shutdown, &cfg.redis_url).await?;
 
         let dependencies = health::dependencies(pool.clone(), conn.clone());
         let shared = Shared {

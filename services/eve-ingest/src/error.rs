@@ -14,8 +14,6 @@ pub enum IngestError {
         #[source]
         source: redis::RedisError,
     },
-    #[error("cannot connect to NATS: {0}")]
-    NatsConnect(#[from] async_nats::ConnectError),
     #[error(transparent)]
     StreamSetup(#[from] StreamSetupError),
     #[error("eve file {path}: {source}")]

@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use aurora_core::bus::{redacted_url, Conn};
-use aurora_core::health::{Dependencies, Dependency};
+use aurora_core::config::NatsArgs;
+use aurora_core::health::{connect_at_start, Dependencies, Dependency};
+use aurora_core::ops::Readiness;
+use tokio_util::sync::CancellationToken;
 
 pub use aurora_core::health::{NATS, REDIS};
 
@@ -23,19 +27,25 @@ pub fn shown_urls(urls: &str) -> String {
         .join(",")
 }
 
-/// NATS while start-up waits for its first connection: not ready, naming the server(s).
-pub fn nats_connecting(client: async_nats::Client, urls: &str) -> Dependency {
-    let url = shown_urls(urls);
-    Dependency::new(NATS, move || {
-        let state = client.connection_state();
-        let url = url.clone();
-        async move {
-            match state {
-                async_nats::connection::State::Connected => Ok(()),
-                other => Err(format!("connecting to {url} ({other})")),
-            }
-        }
-    })
+/// NATS at start-up ([`connect_at_start`]): the client once connected (it connects in the
+/// background); settings it cannot use (URL, credentials) end the start.
+pub async fn nats_at_start(
+    ready: &Readiness,
+    stop: &CancellationToken,
+    nats: &NatsArgs,
+    name: &str,
+) -> anyhow::Result<async_nats::Client> {
+    let (at, client) = (shown_urls(&nats.nats_url), nats.connect(name).await);
+    let client = client.with_context(|| format!("cannot use {NATS} at {at}"))?;
+    let up = || async {
+        Dependency::nats(client.clone())
+            .check()
+            .await
+            .map_err(anyhow::Error::msg)
+    };
+    connect_at_start(ready, stop, NATS, &at, |_| false, up)
+        .await
+        .map(|()| client)
 }
 
 /// Redis (a `PING`) and NATS (the client's connection state).

@@ -34,11 +34,9 @@ use std::time::Duration;
 
 use aurora_core::bus;
 use aurora_core::config::NatsArgs;
-use aurora_core::health::Dependencies;
 use aurora_core::jetstream::{ensure_stream, suricata_stream_config, StreamChange};
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
-use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Processor, Stop};
 use crate::health::{INPUT, NATS, REDIS};
@@ -178,39 +176,14 @@ impl Service for EveIngest {
         for part in [REDIS, NATS, INPUT] {
             readiness.register(part);
         }
-        readiness.set_not_ready(
-            REDIS,
-            format!("connecting to {}", health::shown_urls(&settings.redis_url)),
-        );
-        readiness.set_not_ready(
-            NATS,
-            format!(
-                "connecting to {}",
-                health::shown_urls(&settings.nats.nats_url)
-            ),
-        );
         readiness.set_not_ready(INPUT, "waiting for Redis and NATS");
 
-        let conn = bus::connect(&settings.redis_url)
-            .await
-            .map_err(IngestError::from)?;
-        readiness.set_ready(REDIS);
-        // The client connects in the background (and reconnects for ever): start-up waits
-        // until it is connected, `/readyz` naming the server meanwhile.
-        let client = settings
-            .nats
-            .connect(&format!("{SERVICE}-{}", ctx.instance))
-            .await
-            .map_err(IngestError::from)?;
-        let nats_up = Dependencies::new().with(health::nats_connecting(
-            client.clone(),
-            &settings.nats.nats_url,
-        ));
-        // Not given the shutdown token: a shutdown during start-up drops this future (see
-        // `aurora_core::service::launch`).
-        if !nats_up.wait_up(&readiness, &CancellationToken::new()).await {
-            anyhow::bail!("stopped while connecting to NATS");
-        }
+        let conn =
+            aurora_core::health::redis_at_start(&readiness, &ctx.shutdown, &settings.redis_url)
+                .await?;
+        let client_name = format!("{SERVICE}-{}", ctx.instance);
+        let client =
+            health::nats_at_start(&readiness, &ctx.shutdown, &settings.nats, &client_name).await?;
         let publisher = publish::EventPublisher::new(
             client.clone(),
             settings.names.clone(),

@@ -12,10 +12,10 @@ use aurora_core::names::InvalidNamespace;
 pub enum GatewayError {
     #[error(transparent)]
     Namespace(#[from] InvalidNamespace),
+    /// A dependency cannot be used (an unusable URL), or the start was stopped while
+    /// waiting for it.
     #[error(transparent)]
-    Redis(#[from] BusError),
-    #[error("cannot connect to NATS: {0}")]
-    Nats(#[from] async_nats::ConnectError),
+    Connect(anyhow::Error),
     #[error(transparent)]
     Stream(#[from] StreamSetupError),
     #[error("cannot open stream {name}: {source}")]

@@ -8,7 +8,7 @@
 //! - [`health`]: the dependencies (Redis, NATS) and the consumer's lag.
 //! - [`telemetry`]: every metric; [`error`]: what goes wrong.
 //!
-//! [`FederationGateway`] is the service: [`FederationGateway::connect`] runs the start-up
+//! [`FederationGateway`] is the service: [`FederationGateway::connect_until`] runs the start-up
 //! steps in order (Redis, NATS, the stream, the consumer) and [`Connected::spawn`] puts the
 //! work on the shared lifecycle's [`Running`], which drains it (see docs/contract.md).
 
@@ -25,13 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream::Stream as JsStream};
-use aurora_core::bus::{self, redacted_url, Conn, Producer};
-use aurora_core::health::{NATS, REDIS};
+use aurora_core::bus::{Conn, Producer};
+use aurora_core::health::{redis_at_start, NATS, REDIS};
 use aurora_core::jetstream::{ensure_stream, federation_stream_config, StreamChange};
 use aurora_core::names::{FederatedKind, Names};
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
 use aurora_core::service::{Context, Running, Service};
+use tokio_util::sync::CancellationToken;
 
 pub use config::Args;
 pub use error::GatewayError;
@@ -74,29 +75,37 @@ impl FederationGateway {
         Ok(Self { args, names })
     }
 
-    /// Start-up, in order: Redis, NATS, the federation stream (created or corrected), the
-    /// site's consumer. `/readyz` names the step it waits for.
+    /// [`FederationGateway::connect_until`] without a stop of its own: drop the future to
+    /// stop it (tests, tools).
     pub async fn connect(
         self,
         readiness: &Readiness,
         instance: &str,
     ) -> Result<Connected, GatewayError> {
-        let redis_url = &self.args.common.redis_url;
+        self.connect_until(readiness, &CancellationToken::new(), instance)
+            .await
+    }
+
+    /// Start-up, in order: Redis, NATS (each waited for until it answers or `shutdown`), the
+    /// federation stream (created or corrected), the site's consumer. `/readyz` names the step
+    /// it waits for.
+    pub async fn connect_until(
+        self,
+        readiness: &Readiness,
+        shutdown: &CancellationToken,
+        instance: &str,
+    ) -> Result<Connected, GatewayError> {
         readiness.register(REDIS);
-        readiness.set_not_ready(REDIS, format!("connecting to {}", redacted_url(redis_url)));
-        let nats_at = nats_urls(&self.args.nats.nats_url);
         readiness.register(NATS);
-        readiness.set_not_ready(NATS, format!("connecting to {nats_at}"));
-
-        let redis = bus::connect(redis_url).await?;
-        readiness.set_ready(REDIS);
+        let redis = redis_at_start(readiness, shutdown, &self.args.common.redis_url)
+            .await
+            .map_err(GatewayError::Connect)?;
         let producer = Producer::new(redis.clone(), self.args.common.stream_maxlen);
-
-        let nats = self
-            .args
-            .nats
-            .connect(&format!("{SERVICE}-{instance}"))
-            .await?;
+        let client_name = format!("{SERVICE}-{instance}");
+        let nats = health::nats_at_start(readiness, shutdown, &self.args.nats, &client_name)
+            .await
+            .map_err(GatewayError::Connect)?;
+        let nats_at = health::shown_urls(&self.args.nats.nats_url);
         let window = self.args.publish_window as usize;
         let js = jetstream::ContextBuilder::new()
             .timeout(self.args.publish_timeout)
@@ -105,7 +114,6 @@ impl FederationGateway {
             .build(nats.clone());
 
         let desired = federation_stream_config(&self.names);
-        // The client connects in the background: the stream is set up once it has.
         readiness.set_not_ready(
             NATS,
             format!("setting up stream {} on {nats_at}", desired.name),
@@ -158,20 +166,14 @@ impl FederationGateway {
     }
 }
 
-/// The NATS servers, without passwords, for `/readyz`.
-fn nats_urls(urls: &str) -> String {
-    urls.split(',')
-        .map(|u| redacted_url(u.trim()))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 impl Service for FederationGateway {
     const NAME: &'static str = SERVICE;
     const OPS_PORT: u16 = OPS_PORT;
 
     async fn start(self, ctx: Context) -> anyhow::Result<Running> {
-        let connected = self.connect(&ctx.readiness, &ctx.instance).await?;
+        let connected = self
+            .connect_until(&ctx.readiness, &ctx.shutdown, &ctx.instance)
+            .await?;
         Ok(connected.spawn(&ctx).await?)
     }
 }

@@ -28,8 +28,7 @@ pub mod uplink;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aurora_core::bus::{self, BusError, Producer};
-use aurora_core::retry::Backoff;
+use aurora_core::bus::{self, Producer};
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
 use rumqttc::AsyncClient;
@@ -124,35 +123,6 @@ impl MqttBridge {
         self.downlink_options("check")?;
         Ok(())
     }
-
-    /// Connects to Redis, trying again until it answers (the bridge acknowledges nothing it
-    /// cannot write, so nothing starts before).
-    async fn connect_redis(&self, ctx: &Context) -> anyhow::Result<Producer> {
-        let url = bus::redacted_url(&self.redis_url);
-        let mut backoff = Backoff::default();
-        loop {
-            let attempt = async {
-                let mut conn = bus::connect(&self.redis_url).await?;
-                bus::ping(&mut conn).await?;
-                Ok::<_, BusError>(conn)
-            };
-            match attempt.await {
-                Ok(conn) => return Ok(Producer::new(conn, self.stream_maxlen)),
-                Err(e) => {
-                    for part in [health::REDIS, health::COMMANDS] {
-                        ctx.readiness
-                            .set_not_ready(part, format!("connecting to {url}: {e}"));
-                    }
-                    tracing::warn!(error = %e, "Redis unavailable at start; retrying");
-                    if !backoff.wait(&ctx.shutdown).await {
-                        // Stopped while starting: the launch ends on the shutdown itself (an
-                        // error here would read as a failed start).
-                        return std::future::pending().await;
-                    }
-                }
-            }
-        }
-    }
 }
 
 impl Service for MqttBridge {
@@ -176,11 +146,14 @@ impl Service for MqttBridge {
             ctx.readiness
                 .set_not_ready(part, format!("connecting to {}", self.mqtt.url));
         }
-        for part in [health::REDIS, health::COMMANDS] {
-            ctx.readiness
-                .set_not_ready(part, format!("connecting to {redis}"));
-        }
-        let producer = self.connect_redis(&ctx).await?;
+        // The commands stream is read from Redis: not ready until Redis answers.
+        ctx.readiness
+            .set_not_ready(health::COMMANDS, format!("connecting to {redis}"));
+        // The bridge acknowledges nothing it cannot write, so nothing starts before Redis.
+        let conn =
+            aurora_core::health::redis_at_start(&ctx.readiness, &ctx.shutdown, &self.redis_url)
+                .await?;
+        let producer = Producer::new(conn, self.stream_maxlen);
         let commands = self.names.cps_commands();
         let dependencies = health::dependencies(producer.conn(), &commands);
         dependencies.check(&ctx.readiness).await;

@@ -38,10 +38,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Redis(#[from] BusError),
-    #[error("stopped while connecting to Redis")]
-    StoppedWhileConnecting,
 }
 
 /// A Redis command of the approval store failed.

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use aurora_core::bus::{self, Conn};
-use aurora_core::health::{Dependencies, Dependency, REDIS};
+use aurora_core::bus::Conn;
+use aurora_core::health::{Dependencies, Dependency};
 use aurora_core::names::Channel;
-use aurora_core::ops::Readiness;
 
 /// How often the dependency watcher pings Redis.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -15,15 +14,6 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// The gateway's dependencies: the site's Redis.
 pub fn dependencies(conn: Conn) -> Dependencies {
     Dependencies::new().with(Dependency::redis(conn))
-}
-
-/// Registers Redis as not ready, naming where start-up is connecting to.
-pub fn connecting(readiness: &Readiness, redis_url: &str) {
-    readiness.register(REDIS);
-    readiness.set_not_ready(
-        REDIS,
-        format!("connecting to {}", bus::redacted_url(redis_url)),
-    );
 }
 
 /// The readiness part of a channel's stream reader.

@@ -28,9 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aurora_core::auth::Verifier;
-use aurora_core::bus::{self, Conn};
 use aurora_core::names::Channel;
-use aurora_core::retry::Backoff;
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
 use tokio_util::sync::CancellationToken;
@@ -94,31 +92,6 @@ impl Gateway {
     }
 }
 
-/// Connects to Redis, retrying (backing off) until it answers or the gateway is stopped;
-/// `/readyz` says what start-up waits for meanwhile. An invalid URL ends the start.
-async fn connect_redis(ctx: &Context, url: &str) -> Result<Conn, StartError> {
-    health::connecting(&ctx.readiness, url);
-    let mut backoff = Backoff::default();
-    loop {
-        match bus::connect(url).await {
-            Ok(conn) => {
-                ctx.readiness.set_ready(aurora_core::health::REDIS);
-                return Ok(conn);
-            }
-            // A URL that cannot be used will not become usable: stop.
-            Err(e @ bus::BusError::Url { .. }) => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot connect to Redis yet: retrying");
-                ctx.readiness
-                    .set_not_ready(aurora_core::health::REDIS, e.to_string());
-            }
-        }
-        if !backoff.wait(&ctx.shutdown).await {
-            return Err(StartError::StoppedWhileConnecting);
-        }
-    }
-}
-
 impl Service for Gateway {
     const NAME: &'static str = SERVICE;
     const OPS_PORT: u16 = OPS_PORT;
@@ -128,7 +101,13 @@ impl Service for Gateway {
             // Registered before anything runs, so the gateway is not ready until each reads.
             ctx.readiness.register(&health::stream_part(channel));
         }
-        let conn = connect_redis(&ctx, &self.args.common.redis_url).await?;
+        // Retried until Redis answers or the gateway is stopped; an unusable URL ends the start.
+        let conn = aurora_core::health::redis_at_start(
+            &ctx.readiness,
+            &ctx.shutdown,
+            &self.args.common.redis_url,
+        )
+        .await?;
         let listener = self.listener().await?;
         let http_addr = listener.local_addr()?;
         let Gateway {
