@@ -37,23 +37,11 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let (names, nats_url) = (self.names.clone(), self.nats_url.clone());
         let urls = std::mem::take(&mut self.redis_urls);
-        // Drop runs inside the test's runtime: a thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
+        crate::block_on_own_runtime(async move {
             let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
-            rt.block_on(async {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(15),
-                    cleanup(&names, &nats_url, &refs),
-                )
-                .await;
-            });
-        })
-        .join();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(15), cleanup(&names, &nats_url, &refs))
+                    .await;
+        });
     }
 }

@@ -78,6 +78,46 @@ where
     }
 }
 
+/// Waits (up to `timeout`) for an in-process launch that was asked to stop during start-up,
+/// and fails unless it ended with [`aurora_core::service::LaunchError::StoppedWhileStarting`].
+pub async fn assert_stopped_while_starting(
+    launching: tokio::task::JoinHandle<
+        Result<aurora_core::service::Launched, aurora_core::service::LaunchError>,
+    >,
+    timeout: Duration,
+) {
+    let launched = tokio::time::timeout(timeout, launching)
+        .await
+        .unwrap_or_else(|_| panic!("the launch did not end within {timeout:?}"))
+        .expect("the launch task");
+    assert!(
+        matches!(
+            launched,
+            Err(aurora_core::service::LaunchError::StoppedWhileStarting)
+        ),
+        "{:?}",
+        launched.err()
+    );
+}
+
+/// Runs `work` to its end on a runtime of its own in a thread of its own, from anywhere
+/// (a `Drop` inside the test's runtime cannot block on it): clean-ups at the end of a test.
+pub(crate) fn block_on_own_runtime<F>(work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(work);
+    })
+    .join();
+}
+
 /// How many times each key occurs.
 pub fn tally<I: IntoIterator<Item = String>>(keys: I) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -118,7 +158,8 @@ pub mod prelude {
         xadd, xadd_json, xlen,
     };
     pub use crate::{
-        duplicates, free_port, names, tally, wait_until, workspace_path, MosquittoServer,
-        NatsServer, RedisServer, DATABASE_URL, MQTT_HOST, MQTT_PORT, NATS_URL, REDIS_URL, WAIT,
+        assert_stopped_while_starting, duplicates, free_port, names, tally, wait_until,
+        workspace_path, MosquittoServer, NatsServer, RedisServer, DATABASE_URL, MQTT_HOST,
+        MQTT_PORT, NATS_URL, REDIS_URL, WAIT,
     };
 }

@@ -59,11 +59,7 @@ impl Api {
 
 #[tokio::test]
 async fn every_route_checks_identity_permission_input_and_existence() {
-    let names = aurora_testkit::names();
-    let db = TestDb::create().await;
-    let svc = Running::start(config(&names, &db)).await;
-    let pool = db.pool_with(3).await;
-    let conn = redis(REDIS_URL).await;
+    let (_db, names, svc, pool, conn) = Registry::start(|_| {}).await.parts();
     let api = Api {
         client: reqwest::Client::new(),
         base: svc.base.clone(),

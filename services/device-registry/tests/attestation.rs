@@ -11,41 +11,17 @@ use common::*;
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 
-struct Flow {
-    names: aurora_core::Names,
-    _db: TestDb,
-    pool: sqlx::PgPool,
-    conn: aurora_core::bus::Conn,
-    svc: Running,
-}
-
 /// A service with the allow-list set and one registered device; returns its first nonce.
-async fn flow(tune: impl FnOnce(&mut device_registry::Config)) -> (Flow, SimDevice, String) {
-    let names = aurora_testkit::names();
-    let db = TestDb::create().await;
-    let mut cfg = config(&names, &db);
-    tune(&mut cfg);
-    let svc = Running::start(cfg).await;
-    let pool = db.pool_with(3).await;
-    allow_firmware(&pool).await;
-    let conn = redis(REDIS_URL).await;
+async fn flow(tune: impl FnOnce(&mut device_registry::Config)) -> (Registry, SimDevice, String) {
+    let f = Registry::start(tune).await;
+    allow_firmware(&f.pool).await;
     let dev = SimDevice::new("att");
-    xadd_json(&conn, &names.cps_registrations(), &dev.seen(Utc::now())).await;
-    let nonce = wait_challenge(&conn, &names, &dev.id, 1).await;
-    (
-        Flow {
-            names,
-            _db: db,
-            pool,
-            conn,
-            svc,
-        },
-        dev,
-        nonce,
-    )
+    xadd_json(&f.conn, &f.names.cps_registrations(), &dev.seen(Utc::now())).await;
+    let nonce = wait_challenge(&f.conn, &f.names, &dev.id, 1).await;
+    (f, dev, nonce)
 }
 
-async fn alerts_for(f: &Flow, device_id: &str, n: usize) -> Vec<Value> {
+async fn alerts_for(f: &Registry, device_id: &str, n: usize) -> Vec<Value> {
     wait_matching(&f.conn, &f.names.alerts(), n, "attestation alert", |a| {
         a["device_id"] == device_id
     })
@@ -69,10 +45,7 @@ async fn a_genuine_answer_makes_the_device_trusted_and_raises_nothing() {
             .await
             .unwrap();
     assert!(attested.is_some());
-    aurora_testkit::wait_until(LONG, "answer acknowledged", || async {
-        (pending(&f.conn, &f.names.cps_attestation(), GROUP).await == 0).then_some(())
-    })
-    .await;
+    wait_no_pending(&f.conn, &f.names.cps_attestation(), GROUP).await;
     assert!(
         stream_values(&f.conn, &f.names.alerts()).await.is_empty(),
         "no alert for a genuine device"

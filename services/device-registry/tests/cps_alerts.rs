@@ -10,12 +10,8 @@ use serde_json::json;
 
 #[tokio::test]
 async fn device_alerts_are_enriched_and_untrusted_devices_are_flagged() {
-    let names = aurora_testkit::names();
-    let db = TestDb::create().await;
-    let svc = Running::start(config(&names, &db)).await;
-    let pool = db.pool_with(3).await;
+    let (_db, names, svc, pool, conn) = Registry::start(|_| {}).await.parts();
     allow_firmware(&pool).await;
-    let conn = redis(REDIS_URL).await;
 
     let good = SimDevice::new("good");
     let bad = SimDevice::new("bad");
@@ -102,14 +98,6 @@ async fn device_alerts_are_enriched_and_untrusted_devices_are_flagged() {
         .unwrap()
         .starts_with("[UNVERIFIED DEVICE]"));
 
-    let dead = wait_matching(
-        &conn,
-        &names.deadletter("device-registry"),
-        1,
-        "dead letter",
-        |_| true,
-    )
-    .await;
-    assert!(dead[0]["reason"].as_str().unwrap().contains("device_id"));
+    assert_dead_letter_names(&conn, &names, "device_id").await;
     svc.stop().await;
 }

@@ -12,11 +12,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn new_devices_are_registered_challenged_and_announced() {
-    let names = aurora_testkit::names();
-    let db = TestDb::create().await;
-    let svc = Running::start(config(&names, &db)).await;
-    let pool = db.pool_with(3).await;
-    let conn = redis(REDIS_URL).await;
+    let (_db, names, svc, pool, conn) = Registry::start(|_| {}).await.parts();
     let stream = names.cps_registrations();
 
     let a = SimDevice::new("reg-a");
@@ -83,23 +79,8 @@ async fn new_devices_are_registered_challenged_and_announced() {
         assert!(nonce.bytes().all(|c| c.is_ascii_hexdigit()));
     }
     // The bad entry is dead-lettered with the reason, and nothing stays pending.
-    let dead = wait_matching(
-        &conn,
-        &names.deadletter("device-registry"),
-        1,
-        "dead letter",
-        |_| true,
-    )
-    .await;
-    assert!(
-        dead[0]["reason"].as_str().unwrap().contains("device_id"),
-        "{}",
-        dead[0]
-    );
-    wait_until(LONG, "all acknowledged", || async {
-        (pending(&conn, &stream, GROUP).await == 0).then_some(())
-    })
-    .await;
+    assert_dead_letter_names(&conn, &names, "device_id").await;
+    wait_no_pending(&conn, &stream, GROUP).await;
     // Exactly one record and one challenge each, even after the sweeper ran a few rounds.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(stream_values(&conn, &names.cps_devices()).await.len(), 2);
@@ -199,11 +180,7 @@ async fn two_replicas_starting_together_upsert_without_duplicates_or_lost_last_s
 
 #[tokio::test]
 async fn sightings_wait_out_a_database_outage_and_are_not_lost() {
-    let names = aurora_testkit::names();
-    let db = TestDb::create().await;
-    let svc = Running::start(config(&names, &db)).await;
-    let pool = db.pool_with(3).await;
-    let conn = redis(REDIS_URL).await;
+    let (db, names, svc, pool, conn) = Registry::start(|_| {}).await.parts();
     let stream = names.cps_registrations();
 
     // Cut the service off its database: refuse new connections and end the open ones.
@@ -250,10 +227,7 @@ async fn sightings_wait_out_a_database_outage_and_are_not_lost() {
     let pool = db.pool_with(3).await;
     wait_status(&pool, &d.id, "pending_attestation").await;
     wait_challenge(&conn, &names, &d.id, 1).await;
-    wait_until(LONG, "acknowledged after recovery", || async {
-        (pending(&conn, &stream, GROUP).await == 0).then_some(())
-    })
-    .await;
+    wait_no_pending(&conn, &stream, GROUP).await;
     svc.stop().await;
 }
 

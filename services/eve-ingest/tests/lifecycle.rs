@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use aurora_core::service::{launch, LaunchError, LaunchOptions, Stopped};
+use aurora_core::service::{launch, LaunchOptions, Stopped};
 use common::*;
 use eve_ingest::{EveIngest, Hooks, Settings};
 use tokio_util::sync::CancellationToken;
@@ -40,15 +40,7 @@ async fn readyz_names_the_dependency_start_up_waits_for() {
     assert_eq!(body["components"]["start-up"]["ready"], false, "{body}");
     assert_eq!(ops.healthz().await, Some(200));
     shutdown.cancel();
-    let launched = tokio::time::timeout(LONG, launching)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(launched, Err(LaunchError::StoppedWhileStarting)),
-        "{:?}",
-        launched.err()
-    );
+    assert_stopped_while_starting(launching, LONG).await;
 }
 
 /// No stream takes the events (stream setup is off), so the taken batch retries its publish

@@ -31,20 +31,16 @@ fn command(device: &str, expires_in: Option<i64>) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_sent_expired_or_dead_lettered_and_each_outcome_recorded() {
-    let names = aurora_testkit::names();
-    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
-    let cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
-    let client_id = cfg.uplink_client_id();
-    let bridge = Bridge::start(cfg).await;
-    bridge.ready().await;
-    let redis = redis(REDIS_URL).await;
+    let run = SharedRun::start(|_| {}).await;
+    let names = run.names.clone();
+    let redis = run.redis.clone();
 
-    let device = device_on(MQTT_PORT, &format!("{}-dev-1", names.namespace())).await;
+    let device = run.device("dev-1").await;
     device.subscribe(&names.mqtt_command_topic("dev-1")).await;
     device.subscribe(&names.mqtt_command_topic("dev-2")).await;
     device.wait_subacked(2).await;
     // The subscription delivers: a probe on it comes back.
-    let probe = device_on(MQTT_PORT, &format!("{}-probe", names.namespace())).await;
+    let probe = run.device("probe").await;
     probe
         .publish(&names.mqtt_command_topic("dev-1"), "probe")
         .await;
@@ -106,8 +102,7 @@ async fn commands_are_sent_expired_or_dead_lettered_and_each_outcome_recorded() 
     assert!(extra.is_none(), "nothing else delivered: {extra:?}");
 
     device.disconnect().await;
-    bridge.stop().await;
-    forget_session(MQTT_HOST, MQTT_PORT, &client_id).await;
+    run.stop().await;
 }
 
 /// The sum of a metric's series in this process.
@@ -117,15 +112,11 @@ fn metric(name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_sent_before_its_outcome_could_be_recorded_is_not_sent_again() {
-    let names = aurora_testkit::names();
-    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
-    let cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
-    let client_id = cfg.uplink_client_id();
-    let bridge = Bridge::start(cfg).await;
-    bridge.ready().await;
-    let mut redis = redis(REDIS_URL).await;
+    let run = SharedRun::start(|_| {}).await;
+    let names = run.names.clone();
+    let mut redis = run.redis.clone();
 
-    let device = device_on(MQTT_PORT, &format!("{}-dev-1", names.namespace())).await;
+    let device = run.device("dev-1").await;
     device.subscribe(&names.mqtt_command_topic("dev-1")).await;
     device.wait_subacked(1).await;
 
@@ -180,6 +171,5 @@ async fn a_command_sent_before_its_outcome_could_be_recorded_is_not_sent_again()
     );
 
     device.disconnect().await;
-    bridge.stop().await;
-    forget_session(MQTT_HOST, MQTT_PORT, &client_id).await;
+    run.stop().await;
 }

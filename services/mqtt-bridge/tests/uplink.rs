@@ -12,15 +12,11 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_type_reaches_its_stream_in_order_with_one_device_seen() {
-    let names = aurora_testkit::names();
-    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
-    let cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
-    let client_id = cfg.uplink_client_id();
-    let bridge = Bridge::start(cfg).await;
-    bridge.ready().await;
-    let redis = redis(REDIS_URL).await;
+    let run = SharedRun::start(|_| {}).await;
+    let names = run.names.clone();
+    let redis = run.redis.clone();
 
-    let dev = device_on(MQTT_PORT, &format!("{}-dev", names.namespace())).await;
+    let dev = run.device("dev").await;
     let per_kind = 20u64;
     for seq in 0..per_kind {
         for kind in DeviceTopicKind::ALL {
@@ -84,21 +80,15 @@ async fn every_message_type_reaches_its_stream_in_order_with_one_device_seen() {
     );
 
     dev.disconnect().await;
-    bridge.stop().await;
-    forget_session(MQTT_HOST, MQTT_PORT, &client_id).await;
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_dead_lettered_with_reason_and_raw_bytes() {
-    let names = aurora_testkit::names();
-    let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
-    let mut cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
-    cfg.max_payload = 1024;
-    let client_id = cfg.uplink_client_id();
-    let bridge = Bridge::start(cfg).await;
-    bridge.ready().await;
-    let redis = redis(REDIS_URL).await;
-    let dev = device_on(MQTT_PORT, &format!("{}-dev", names.namespace())).await;
+    let run = SharedRun::start(|cfg| cfg.max_payload = 1024).await;
+    let names = run.names.clone();
+    let redis = run.redis.clone();
+    let dev = run.device("dev").await;
 
     let topic = names.mqtt_sensor_topic("dev-ok", DeviceTopicKind::Telemetry);
     let bad_device = format!(
@@ -152,6 +142,5 @@ async fn bad_input_is_dead_lettered_with_reason_and_raw_bytes() {
     );
 
     dev.disconnect().await;
-    bridge.stop().await;
-    forget_session(MQTT_HOST, MQTT_PORT, &client_id).await;
+    run.stop().await;
 }

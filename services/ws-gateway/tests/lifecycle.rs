@@ -84,15 +84,7 @@ async fn a_stop_while_waiting_for_redis_ends_the_launch() {
     let launching = tokio::spawn(launch(gateway, options(free_addr()), shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     shutdown.cancel();
-    let launched = tokio::time::timeout(WAIT, launching)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(launched, Err(LaunchError::StoppedWhileStarting)),
-        "{:?}",
-        launched.err()
-    );
+    assert_stopped_while_starting(launching, WAIT).await;
 }
 
 #[tokio::test]

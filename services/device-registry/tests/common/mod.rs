@@ -39,6 +39,40 @@ pub fn config(names: &Names, db: &TestDb) -> Config {
     cfg
 }
 
+/// The service in-process in a fresh namespace with a database of its own, and the test's
+/// connections to both. (The database is dropped last: keep `db` bound to the end.)
+pub struct Registry {
+    pub db: TestDb,
+    pub names: Names,
+    pub svc: Running,
+    pub pool: sqlx::PgPool,
+    pub conn: Conn,
+}
+
+impl Registry {
+    /// Started with `tune` applied to the test configuration ([`config`]).
+    pub async fn start(tune: impl FnOnce(&mut Config)) -> Self {
+        let names = aurora_testkit::names();
+        let db = TestDb::create().await;
+        let mut cfg = config(&names, &db);
+        tune(&mut cfg);
+        let svc = Running::start(cfg).await;
+        Self {
+            pool: db.pool_with(3).await,
+            conn: redis(REDIS_URL).await,
+            db,
+            names,
+            svc,
+        }
+    }
+
+    /// Its parts, to bind at once (`let (_db, names, svc, pool, conn) = ...`: the database
+    /// is dropped last).
+    pub fn parts(self) -> (TestDb, Names, Running, sqlx::PgPool, Conn) {
+        (self.db, self.names, self.svc, self.pool, self.conn)
+    }
+}
+
 /// A service running in-process; stopped (and waited for) by [`Running::stop`].
 pub struct Running {
     pub launched: Option<Launched>,
@@ -87,6 +121,13 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Waits for the service's first dead letter; fails unless its reason names `field`.
+pub async fn assert_dead_letter_names(conn: &Conn, names: &Names, field: &str) {
+    let dead = wait_matching(conn, &names.deadletter(GROUP), 1, "a dead letter", |_| true).await;
+    let reason = dead[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(field), "{}", dead[0]);
 }
 
 pub async fn device_status(pool: &sqlx::PgPool, device_id: &str) -> Option<String> {

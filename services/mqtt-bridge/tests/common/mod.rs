@@ -104,6 +104,47 @@ pub fn config(names: &Names, mqtt_port: u16, redis_url: &str, instance: &str) ->
     }
 }
 
+/// A bridge in-process on the shared broker and Redis, in a fresh namespace that is deleted
+/// at the end of the test (also when it fails).
+pub struct SharedRun {
+    pub names: Names,
+    pub redis: aurora_core::bus::Conn,
+    pub bridge: Bridge,
+    client_id: String,
+    _cleanup: Cleanup,
+}
+
+impl SharedRun {
+    /// Started with `tune` applied to its settings, and ready.
+    pub async fn start(tune: impl FnOnce(&mut Config)) -> Self {
+        let names = aurora_testkit::names();
+        let cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
+        let mut cfg = config(&names, MQTT_PORT, REDIS_URL, "a");
+        tune(&mut cfg);
+        let client_id = cfg.uplink_client_id();
+        let bridge = Bridge::start(cfg).await;
+        bridge.ready().await;
+        Self {
+            redis: redis(REDIS_URL).await,
+            names,
+            bridge,
+            client_id,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// A device of the test on the shared broker, connected.
+    pub async fn device(&self, name: &str) -> MqttDevice {
+        device_on(MQTT_PORT, &format!("{}-{name}", self.names.namespace())).await
+    }
+
+    /// Stops the bridge and forgets its broker session (nothing is left queued for it).
+    pub async fn stop(self) {
+        self.bridge.stop().await;
+        forget_session(MQTT_HOST, MQTT_PORT, &self.client_id).await;
+    }
+}
+
 /// The shared-subscription group of a test's bridges (in-process and binaries alike).
 pub fn share_group(names: &Names) -> String {
     format!("g{}", names.namespace())
