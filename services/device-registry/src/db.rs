@@ -6,19 +6,23 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection as _, PgConnection, PgPool};
 use uuid::Uuid;
 
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A pool on `url`; waits up to 10 s for the first connection.
+/// A pool on `url`. One plain connection is made first, so an unreachable server fails at
+/// once with its cause (the pool would retry it for its whole acquire timeout and only say it
+/// timed out); a URL that does not parse is a `sqlx::Error::Configuration`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let opts: PgConnectOptions = url.parse()?;
+    let opts = opts.application_name(crate::SERVICE);
+    PgConnection::connect_with(&opts).await?.close().await?;
     PgPoolOptions::new()
         .max_connections(max_connections.max(2))
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts.application_name(crate::SERVICE))
+        .connect_with(opts)
         .await
 }
 
