@@ -6,8 +6,8 @@
 //! spawn: 200 within 1 s of the spawn and at every poll after. Meanwhile `/readyz` is 503 and
 //! its report names the dependency. Then the server starts, the service becomes ready, is
 //! given work, and gets SIGTERM while it holds it: `/healthz` still answers 200 until the
-//! process has exited (the ops port is the last thing to close; only "connection refused"
-//! once the process is gone), and the exit status is 0.
+//! process exits (the ops port is the last thing to close, as the process exits; a poll caught
+//! at that instant may be reset), and the exit status is 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io;
@@ -201,8 +201,16 @@ async fn terminate_and_check(mut watched: Watched) -> (ExitStatus, usize) {
                     s.start - spawned
                 ))
             ),
-            Err(io::ErrorKind::ConnectionRefused) => {
-                closed_at.get_or_insert(s.end);
+            // The ops port closes as the process exits: a poll caught at that instant is
+            // reset or cut short; after it, connections are refused. Either way the port has
+            // closed, and the check below bounds how long before the exit that was.
+            Err(
+                io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::InvalidData
+                | io::ErrorKind::UnexpectedEof,
+            ) => {
+                closed_at.get_or_insert(s.start);
             }
             ref other => panic!(
                 "{}",

@@ -56,7 +56,11 @@ enum What {
 #[derive(Args)]
 struct DevicesArgs {
     /// The MQTT broker.
-    #[arg(long, env = "AURORA_SIMULATE_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+    #[arg(
+        long,
+        env = "AURORA_SIMULATE_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
     mqtt_url: String,
     /// How many devices.
     #[arg(long, default_value_t = 20)]

@@ -215,6 +215,49 @@ pub async fn redis_at_start(
     .await
 }
 
+/// Server URLs (a comma-separated list) without their credentials, for readiness and logs.
+pub fn shown_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| crate::bus::redacted_url(url.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// NATS at start-up: the client once it is connected (it connects in the background and
+/// reconnects for ever); `/readyz` names the servers meanwhile. Settings the client cannot
+/// use (URL, credentials) end the start.
+pub async fn nats_at_start(
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+    nats: &crate::config::NatsArgs,
+    client_name: &str,
+) -> anyhow::Result<async_nats::Client> {
+    let target = shown_urls(&nats.nats_url);
+    readiness.register(NATS);
+    readiness.set_not_ready(NATS, format!("connecting to {target}"));
+    let client = nats
+        .connect(client_name)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot use {NATS} at {target}: {e}"))?;
+    let connected = Dependency::nats(client.clone());
+    // The state is local to the client: looking often costs nothing and ends the wait as
+    // soon as the connection is up.
+    let mut looks = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("stopped while connecting to {NATS}"),
+            _ = looks.tick() => {}
+        }
+        match connected.check().await {
+            Ok(()) => {
+                readiness.set_ready(NATS);
+                return Ok(client);
+            }
+            Err(why) => readiness.set_not_ready(NATS, format!("connecting to {target}: {why}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +283,14 @@ mod tests {
         assert!(waiting.await.is_err());
         let bad = redis_at_start(&readiness, &CancellationToken::new(), "not a url").await;
         assert!(bad.is_err(), "an unusable URL ends the start");
+    }
+
+    #[test]
+    fn shown_urls_keep_no_password() {
+        assert_eq!(
+            shown_urls("nats://a:secret@n1:4222, nats://n2:4222"),
+            "nats://a:***@n1:4222,nats://n2:4222"
+        );
     }
 
     #[tokio::test]

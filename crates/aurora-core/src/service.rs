@@ -288,8 +288,9 @@ impl Launched {
     }
 
     /// Runs until the service is asked to stop (or a part fails), then drains: readiness
-    /// first, the work within the deadline, then abort; the ops port last.
-    pub async fn stopped(mut self) -> Stopped {
+    /// first, the work within the deadline, then abort. The ops endpoints keep answering:
+    /// a binary returns from here and exits, which closes them last.
+    pub async fn drain(&mut self) -> Stopped {
         tokio::select! {
             _ = self.running.join() => {
                 if !self.shutdown.is_cancelled() {
@@ -322,9 +323,16 @@ impl Launched {
         if !self.running.failed.is_empty() {
             outcome = Stopped::Failed;
         }
-        self.ops_stop.cancel();
-        let _ = self.ops_task.await;
         tracing::info!(?outcome, "stopped");
+        outcome
+    }
+
+    /// [`Launched::drain`], then the ops endpoints stop too (a service launched inside a
+    /// test or a tool).
+    pub async fn stopped(mut self) -> Stopped {
+        let outcome = self.drain().await;
+        self.ops_stop.cancel();
+        let _ = (&mut self.ops_task).await;
         outcome
     }
 }
@@ -375,7 +383,9 @@ async fn main_async<F: Flags>(flags: F) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match launched.stopped().await {
+    let mut launched = launched;
+    // The ops endpoints answer until the process exits: nothing closes them before.
+    match launched.drain().await {
         Stopped::Failed => ExitCode::FAILURE,
         Stopped::Drained | Stopped::DeadlinePassed => ExitCode::SUCCESS,
     }

@@ -6,11 +6,9 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
-use aurora_core::bus::{redacted_url, Conn};
-use aurora_core::config::NatsArgs;
-use aurora_core::health::{connect_at_start, Dependencies, Dependency, NATS};
+use aurora_core::bus::Conn;
+use aurora_core::health::{Dependencies, Dependency, NATS};
 use aurora_core::ops::Readiness;
 use tokio_util::sync::CancellationToken;
 
@@ -39,34 +37,7 @@ pub fn dependencies(redis: Conn, nats: async_nats::Client) -> Dependencies {
         }))
 }
 
-/// Server URLs (comma separated) as `/readyz` and logs show them: without passwords.
-pub fn shown_urls(urls: &str) -> String {
-    urls.split(',')
-        .map(|url| redacted_url(url.trim()))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// NATS at start-up ([`connect_at_start`]): the client once connected (it connects in the
-/// background); settings it cannot use (URL, credentials) end the start.
-pub async fn nats_at_start(
-    ready: &Readiness,
-    stop: &CancellationToken,
-    nats: &NatsArgs,
-    name: &str,
-) -> anyhow::Result<async_nats::Client> {
-    let (at, client) = (shown_urls(&nats.nats_url), nats.connect(name).await);
-    let client = client.with_context(|| format!("cannot use {NATS} at {at}"))?;
-    let up = || async {
-        Dependency::nats(client.clone())
-            .check()
-            .await
-            .map_err(anyhow::Error::msg)
-    };
-    connect_at_start(ready, stop, NATS, &at, |_| false, up)
-        .await
-        .map(|()| client)
-}
+pub use aurora_core::health::{nats_at_start, shown_urls};
 
 /// The numbers a lag check reads.
 #[derive(Debug, Clone, Default, PartialEq)]
