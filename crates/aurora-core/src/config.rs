@@ -119,6 +119,71 @@ pub fn undocumented_flags(cmd: &clap::Command) -> Vec<String> {
         .collect()
 }
 
+/// A service's flags parsed from `argv` (without the program name) under the rule of
+/// [`command`], after the renamed-variable check: what a service's tests parse with.
+pub fn parse_args<F: crate::service::Flags>(argv: &[&str]) -> Result<F, clap::Error> {
+    let service = <F::Service as crate::service::Service>::NAME;
+    parse_from::<F, _, _>(
+        service,
+        F::RENAMED_ENV,
+        std::iter::once(service).chain(argv.iter().copied()),
+    )
+}
+
+/// The variable a flag (by its id, the field name) reads, if any.
+pub fn flag_env(cmd: &clap::Command, id: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_id() == id)
+        .and_then(|a| a.get_env())
+        .and_then(|e| e.to_str())
+        .map(str::to_string)
+}
+
+/// Every way a service's flags break the one configuration rule: a flag without help, an own
+/// flag whose variable is not `AURORA_<SERVICE>_<FLAG>`, a renamed variable that is still
+/// read or whose replacement is read by no flag. Empty when the flags keep the rule.
+pub fn rule_violations<F: crate::service::Flags>() -> Vec<String> {
+    let service = <F::Service as crate::service::Service>::NAME;
+    let cmd = command::<F>(service);
+    let shared: Vec<String> = [
+        CommonArgs::augment_args(clap::Command::new("shared")),
+        NatsArgs::augment_args(clap::Command::new("shared")),
+        JwtArgs::augment_args(clap::Command::new("shared")),
+    ]
+    .iter()
+    .flat_map(|c| c.get_arguments().map(|a| a.get_id().to_string()))
+    .collect();
+    let mut violations: Vec<String> = undocumented_flags(&cmd)
+        .into_iter()
+        .map(|id| format!("--{} has no help text", id.replace('_', "-")))
+        .collect();
+    let reads: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env().and_then(|e| e.to_str()).map(str::to_string))
+        .collect();
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if shared.iter().any(|id| id == arg.get_id().as_str()) {
+            continue;
+        }
+        let own = env_name(service, long);
+        match arg.get_env().and_then(|e| e.to_str()) {
+            Some(var) if var == own => {}
+            Some(var) => violations.push(format!("--{long} reads {var}, not {own}")),
+            None => violations.push(format!("--{long} reads no variable, not {own}")),
+        }
+    }
+    for (old, new) in F::RENAMED_ENV {
+        if reads.iter().any(|r| r == old) {
+            violations.push(format!("{old} is listed as renamed but still read"));
+        }
+        if !reads.iter().any(|r| r == new) {
+            violations.push(format!("{old} is renamed to {new}, which no flag reads"));
+        }
+    }
+    violations
+}
+
 /// Flags of every service.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {

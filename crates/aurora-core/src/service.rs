@@ -487,4 +487,88 @@ mod tests {
             .expect("launch");
         assert_eq!(launched.stopped().await, Stopped::Failed);
     }
+
+    /// Flags that keep the rule, and flags that break it in every way the check knows.
+    mod flags {
+        use super::*;
+        use crate::config::{parse_args, rule_violations, CommonArgs};
+
+        #[derive(clap::Parser)]
+        struct Good {
+            #[command(flatten)]
+            common: CommonArgs,
+            /// Entries per batch.
+            #[arg(long, default_value_t = 10)]
+            batch_size: usize,
+            /// Do less.
+            #[arg(long)]
+            quiet: bool,
+        }
+
+        impl Flags for Good {
+            type Service = Sleeper;
+            const RENAMED_ENV: &'static [(&'static str, &'static str)] =
+                &[("AURORA_BATCH_SIZE", "AURORA_SLEEPER_BATCH_SIZE")];
+            fn common(&self) -> &CommonArgs {
+                &self.common
+            }
+            fn into_service(self) -> anyhow::Result<Sleeper> {
+                Ok(sleeper(Duration::ZERO).0)
+            }
+        }
+
+        #[derive(clap::Parser)]
+        struct Bad {
+            #[command(flatten)]
+            common: CommonArgs,
+            #[arg(long, env = "AURORA_BATCH", default_value_t = 10)]
+            batch_size: usize,
+        }
+
+        impl Flags for Bad {
+            type Service = Sleeper;
+            const RENAMED_ENV: &'static [(&'static str, &'static str)] =
+                &[("AURORA_BATCH", "AURORA_SLEEPER_BATCH")];
+            fn common(&self) -> &CommonArgs {
+                &self.common
+            }
+            fn into_service(self) -> anyhow::Result<Sleeper> {
+                Ok(sleeper(Duration::ZERO).0)
+            }
+        }
+
+        #[test]
+        fn the_rule_is_checked() {
+            assert!(
+                rule_violations::<Good>().is_empty(),
+                "{:?}",
+                rule_violations::<Good>()
+            );
+            let bad = rule_violations::<Bad>();
+            assert!(
+                bad.iter().any(|v| v.contains("--batch-size has no help")),
+                "{bad:?}"
+            );
+            assert!(
+                bad.iter()
+                    .any(|v| v.contains("reads AURORA_BATCH, not AURORA_SLEEPER_BATCH_SIZE")),
+                "{bad:?}"
+            );
+            assert!(
+                bad.iter()
+                    .any(|v| v.contains("AURORA_BATCH is listed as renamed but still read")),
+                "{bad:?}"
+            );
+            assert!(
+                bad.iter().any(|v| v.contains("which no flag reads")),
+                "{bad:?}"
+            );
+            let good = parse_args::<Good>(&["--quiet", "--batch-size", "3"]).expect("parse");
+            assert!(good.quiet && good.batch_size == 3);
+            assert!(
+                parse_args::<Good>(&["--quiet", "false"]).is_err(),
+                "a switch takes no value"
+            );
+        }
+    }
 }
