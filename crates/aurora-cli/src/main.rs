@@ -50,7 +50,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Follow a stream.
     Tail(tail::TailArgs),
-    /// Streams, consumer groups, pending entries; JetStream streams and consumers.
+    /// Streams, consumer groups, each group consumer live or gone with its pending entries
+    /// and idle time, the services' replica registries; JetStream streams and consumers.
     Status(status::StatusArgs),
     /// Simulated traffic: a device fleet, the SOC's agents, Suricata events.
     Simulate(simulate::SimulateArgs),

@@ -5,6 +5,8 @@ use clap::Args;
 use futures::TryStreamExt;
 use serde_json::{json, Value};
 
+use aurora_core::bus::GroupConfig;
+use aurora_core::config::parse_duration;
 use aurora_core::names::{DeviceTopicKind, FederatedKind};
 
 use crate::Ctx;
@@ -17,6 +19,25 @@ pub struct StatusArgs {
     /// Only the Redis streams (skip JetStream).
     #[arg(long)]
     no_nats: bool,
+    /// A group consumer idle this long is shown as gone: the threshold after which the
+    /// services remove a consumer that holds nothing (default: theirs, 300s).
+    #[arg(long, value_parser = parse_duration)]
+    forget_idle: Option<Duration>,
+}
+
+/// The services, each of which may keep a replica registry (`<ns>:<service>:replicas`); a
+/// consumer group is named after the service that reads it.
+pub const SERVICES: [&str; 5] = [
+    "mqtt-bridge",
+    "eve-ingest",
+    "federation-gateway",
+    "ws-gateway",
+    "device-registry",
+];
+
+/// The services' own threshold (`GroupConfig::forget_idle`).
+fn default_forget_idle() -> Duration {
+    GroupConfig::new("", "", "", "", "").forget_idle
 }
 
 /// Every stream of the namespace.
@@ -40,7 +61,10 @@ fn streams(ctx: &Ctx) -> Vec<String> {
 }
 
 pub async fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
-    let redis = redis_status(ctx).await?;
+    let forget_idle = args.forget_idle.unwrap_or_else(default_forget_idle);
+    let mut conn = ctx.redis().await?;
+    let registries = replica_status(ctx, &mut conn).await?;
+    let redis = redis_status(ctx, &mut conn, &registries, forget_idle).await?;
     let nats = if args.no_nats {
         None
     } else {
@@ -54,10 +78,17 @@ pub async fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
         };
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"redis": redis, "jetstream": nats_json}))?
+            serde_json::to_string_pretty(&json!({
+                "redis": redis,
+                "replicas": registries,
+                "forget_idle_ms": millis(forget_idle),
+                "jetstream": nats_json,
+            }))?
         );
     } else {
         print_redis(&redis);
+        print_consumers(&redis, forget_idle);
+        print_replicas(&registries);
         if let Some(Ok(v)) = &nats {
             print_nats(v);
         }
@@ -68,35 +99,154 @@ pub async fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
     }
 }
 
-async fn redis_status(ctx: &Ctx) -> Result<Vec<Value>> {
-    let mut conn = ctx.redis().await?;
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The replica registry of every service: each member with its lease (`live` while the lease
+/// key exists, `gone` once it lapsed), the time left on it and who adopts it.
+async fn replica_status(ctx: &Ctx, conn: &mut aurora_core::bus::Conn) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for service in SERVICES {
+        let key = ctx.names.state_key(service, "replicas");
+        let mut members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .with_context(|| format!("SMEMBERS {key}"))?;
+        members.sort();
+        let mut replicas = Vec::with_capacity(members.len());
+        for instance in members {
+            let lease = ctx.names.state_key(service, &format!("replica:{instance}"));
+            let (ttl, adopter): (i64, Option<String>) = redis::pipe()
+                .cmd("PTTL")
+                .arg(&lease)
+                .cmd("GET")
+                .arg(format!("{lease}:adopter"))
+                .query_async(conn)
+                .await
+                .with_context(|| format!("PTTL {lease}"))?;
+            // -2: no such key (the lease lapsed); -1: a key without expiry (still a lease).
+            let live = ttl != -2;
+            replicas.push(json!({
+                "instance": instance,
+                "state": if live { "live" } else { "gone" },
+                "lease_ms": (ttl >= 0).then_some(ttl),
+                "adopter": adopter,
+            }));
+        }
+        out.push(json!({"service": service, "registry": key, "replicas": replicas}));
+    }
+    Ok(out)
+}
+
+/// Whether a group consumer is live or gone, and why it is gone. A consumer is gone when it
+/// has been idle for `forget_idle` or longer, or when the service it reads for (the group is
+/// named after it) keeps a replica registry and the consumer belongs to no replica of it with
+/// a lease. A consumer belongs to replica `r` when it is named `r` or `r-<anything>` (one
+/// service's replica may read a stream with several consumers, e.g. `r-registration-0`).
+fn consumer_state(
+    name: &str,
+    idle: Duration,
+    registry: Option<&Value>,
+    forget_idle: Duration,
+) -> (&'static str, Option<String>) {
+    if idle >= forget_idle {
+        return (
+            "gone",
+            Some(format!("idle {} (>= {})", human(idle), human(forget_idle))),
+        );
+    }
+    let Some(replicas) = registry.and_then(|r| r["replicas"].as_array()) else {
+        return ("live", None);
+    };
+    if replicas.is_empty() {
+        return ("live", None);
+    }
+    let owner = replicas
+        .iter()
+        .filter_map(|r| Some((r["instance"].as_str()?, r["state"] == "live")))
+        .filter(|(instance, _)| {
+            name == *instance
+                || name
+                    .strip_prefix(instance)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
+        // The longest matching name: `r1-a` before `r1` for the consumer `r1-a-x`.
+        .max_by_key(|(instance, _)| instance.len());
+    match owner {
+        Some((_, true)) => ("live", None),
+        Some((instance, false)) => ("gone", Some(format!("replica {instance}'s lease lapsed"))),
+        None => ("gone", Some("not a registered replica".to_string())),
+    }
+}
+
+/// A duration for people: `850 ms`, `42 s`, `7 min`.
+fn human(d: Duration) -> String {
+    let ms = millis(d);
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 120_000 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{} min", ms / 60_000)
+    }
+}
+
+async fn redis_status(
+    ctx: &Ctx,
+    conn: &mut aurora_core::bus::Conn,
+    registries: &[Value],
+    forget_idle: Duration,
+) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for key in streams(ctx) {
         let len: u64 = redis::cmd("XLEN")
             .arg(&key)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .with_context(|| format!("XLEN {key}"))?;
-        let groups: Vec<Value> = if len > 0 {
-            let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
-                redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await;
-            reply
-                .map(|r| {
-                    r.groups
-                        .into_iter()
-                        .map(|g| {
-                            json!({"group": g.name, "consumers": g.consumers, "pending": g.pending, "lag": g.lag})
-                        })
-                        .collect()
+        // A stream that does not exist has no groups (XINFO refuses it); an empty stream may.
+        let infos: Vec<redis::streams::StreamInfoGroup> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async::<redis::streams::StreamInfoGroupsReply>(conn)
+            .await
+            .map(|r| r.groups)
+            .unwrap_or_default();
+        let mut groups = Vec::with_capacity(infos.len());
+        for g in infos {
+            let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&key)
+                .arg(&g.name)
+                .query_async(conn)
+                .await
+                .with_context(|| format!("XINFO CONSUMERS {key} {}", g.name))?;
+            let registry = registries.iter().find(|r| r["service"] == g.name.as_str());
+            let members: Vec<Value> = reply
+                .consumers
+                .into_iter()
+                .map(|c| {
+                    let idle = Duration::from_millis(c.idle as u64);
+                    let (state, reason) = consumer_state(&c.name, idle, registry, forget_idle);
+                    json!({
+                        "consumer": c.name,
+                        "pending": c.pending,
+                        "idle_ms": c.idle,
+                        "state": state,
+                        "reason": reason,
+                    })
                 })
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+                .collect();
+            groups.push(json!({
+                "group": g.name,
+                "consumers": g.consumers,
+                "pending": g.pending,
+                "lag": g.lag,
+                "members": members,
+            }));
+        }
         out.push(json!({"stream": key, "length": len, "groups": groups}));
     }
     Ok(out)
@@ -278,8 +428,84 @@ fn nats_table(streams: &Value) -> String {
     table.render()
 }
 
+/// Every consumer of every group: pending entries, idle time, live or gone (and why).
+fn consumers_table(streams: &[Value], forget_idle: Duration) -> String {
+    let mut table = Table::new(&[
+        ("STREAM", false),
+        ("GROUP", false),
+        ("CONSUMER", false),
+        ("PENDING", true),
+        ("IDLE", true),
+        (
+            &format!("STATE (gone: idle >= {}, or no lease)", human(forget_idle)),
+            false,
+        ),
+    ]);
+    for s in streams {
+        for g in s["groups"].as_array().into_iter().flatten() {
+            for c in g["members"].as_array().into_iter().flatten() {
+                let idle = Duration::from_millis(c["idle_ms"].as_u64().unwrap_or(0));
+                let state = match c["reason"].as_str() {
+                    Some(why) => format!("{}: {why}", cell(&c["state"])),
+                    None => cell(&c["state"]),
+                };
+                table.row(vec![
+                    cell(&s["stream"]),
+                    cell(&g["group"]),
+                    cell(&c["consumer"]),
+                    cell(&c["pending"]),
+                    human(idle),
+                    state,
+                ]);
+            }
+        }
+    }
+    table.render()
+}
+
+/// Every service's replica registry.
+fn replicas_table(registries: &[Value]) -> String {
+    let mut table = Table::new(&[
+        ("SERVICE", false),
+        ("REPLICA", false),
+        ("STATE", false),
+        ("LEASE LEFT", true),
+        ("ADOPTED BY", false),
+    ]);
+    for r in registries {
+        let replicas = r["replicas"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        if replicas.is_empty() {
+            table.row(vec![cell(&r["service"]), "(no registry)".to_string()]);
+        }
+        for m in replicas {
+            let lease = m["lease_ms"]
+                .as_u64()
+                .map(|ms| human(Duration::from_millis(ms)))
+                .unwrap_or_else(|| "-".to_string());
+            table.row(vec![
+                cell(&r["service"]),
+                cell(&m["instance"]),
+                cell(&m["state"]),
+                lease,
+                cell(&m["adopter"]),
+            ]);
+        }
+    }
+    table.render()
+}
+
 fn print_redis(streams: &[Value]) {
     print!("{}", redis_table(streams));
+}
+
+fn print_consumers(streams: &[Value], forget_idle: Duration) {
+    println!();
+    print!("{}", consumers_table(streams, forget_idle));
+}
+
+fn print_replicas(registries: &[Value]) {
+    println!();
+    print!("{}", replicas_table(registries));
 }
 
 fn print_nats(streams: &Value) {
@@ -403,6 +629,117 @@ mod tests {
             lines[2].find("4677747").map(|i| i + 7),
             length_end,
             "{text}"
+        );
+    }
+
+    fn registry(members: &[(&str, bool)]) -> Value {
+        let replicas: Vec<Value> = members
+            .iter()
+            .map(|(i, live)| json!({"instance": i, "state": if *live { "live" } else { "gone" }}))
+            .collect();
+        json!({"service": "mqtt-bridge", "replicas": replicas})
+    }
+
+    #[test]
+    fn consumers_are_gone_when_idle_past_the_threshold_or_without_a_lease() {
+        let forget = Duration::from_secs(300);
+        let fresh = Duration::from_secs(2);
+        let reg = registry(&[("r1", true), ("r2", false), ("r1-a", false)]);
+        // No registry (or an empty one): only the idle time counts.
+        assert_eq!(consumer_state("x", fresh, None, forget), ("live", None));
+        assert_eq!(
+            consumer_state("x", fresh, Some(&registry(&[])), forget),
+            ("live", None)
+        );
+        let (state, why) = consumer_state("x", Duration::from_secs(300), None, forget);
+        assert_eq!(state, "gone");
+        assert_eq!(why.as_deref(), Some("idle 5 min (>= 5 min)"));
+        // With a registry: the consumer of a replica with a lease is live, its workers too.
+        assert_eq!(consumer_state("r1", fresh, Some(&reg), forget).0, "live");
+        assert_eq!(
+            consumer_state("r1-registration-0", fresh, Some(&reg), forget).0,
+            "live"
+        );
+        let (state, why) = consumer_state("r2", fresh, Some(&reg), forget);
+        assert_eq!(state, "gone");
+        assert_eq!(why.as_deref(), Some("replica r2's lease lapsed"));
+        // The longest matching replica name decides: `r1-a` lapsed, `r1` did not.
+        assert_eq!(
+            consumer_state("r1-a-x", fresh, Some(&reg), forget).0,
+            "gone"
+        );
+        // `r10` is not a consumer of `r1`.
+        let (state, why) = consumer_state("r10", fresh, Some(&reg), forget);
+        assert_eq!(state, "gone");
+        assert_eq!(why.as_deref(), Some("not a registered replica"));
+        // Idle past the threshold is gone even with a lease.
+        assert_eq!(
+            consumer_state("r1", Duration::from_secs(301), Some(&reg), forget).0,
+            "gone"
+        );
+    }
+
+    #[test]
+    fn the_default_threshold_is_the_services_own() {
+        assert_eq!(default_forget_idle(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn consumer_and_replica_tables_show_state_and_reason() {
+        let streams = vec![
+            json!({"stream": "aurora:cps:commands", "length": 3, "groups": [
+                {"group": "mqtt-bridge", "consumers": 2, "pending": 1, "lag": 0, "members": [
+                    {"consumer": "r1", "pending": 0, "idle_ms": 120, "state": "live", "reason": null},
+                    {"consumer": "r2", "pending": 1, "idle_ms": 42_000, "state": "gone",
+                     "reason": "replica r2's lease lapsed"},
+                ]},
+            ]}),
+        ];
+        let text = consumers_table(&streams, Duration::from_secs(300));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].contains("gone: idle >= 5 min, or no lease"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "aurora:cps:commands",
+                "mqtt-bridge",
+                "r1",
+                "0",
+                "120",
+                "ms",
+                "live"
+            ],
+            "{text}"
+        );
+        assert!(
+            lines[2].ends_with("42 s  gone: replica r2's lease lapsed"),
+            "{text}"
+        );
+        let registries = vec![
+            json!({"service": "mqtt-bridge", "replicas": [
+                {"instance": "r1", "state": "live", "lease_ms": 8000, "adopter": null},
+                {"instance": "r2", "state": "gone", "lease_ms": null, "adopter": "r1"},
+            ]}),
+            json!({"service": "ws-gateway", "replicas": []}),
+        ];
+        let text = replicas_table(&registries);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["mqtt-bridge", "r1", "live", "8", "s", "-"]
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["mqtt-bridge", "r2", "gone", "-", "r1"]
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            ["ws-gateway", "(no", "registry)"]
         );
     }
 }

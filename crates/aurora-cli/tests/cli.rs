@@ -292,3 +292,236 @@ fn a_switch_variable_reads_as_a_boolean_as_in_the_services() {
         );
     }
 }
+
+/// `XREADGROUP` of one entry as `consumer` (which creates the consumer, holding what it read).
+async fn read_one(conn: &mut aurora_core::bus::Conn, stream: &str, group: &str, consumer: &str) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// The group consumers of `stream`/`group` in `aurora status --json`, by name.
+fn members(
+    status: &serde_json::Value,
+    stream: &str,
+    group: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    status["redis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == stream)
+        .unwrap()["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == group)
+        .unwrap_or_else(|| panic!("no group {group} on {stream}: {status:#}"))["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["consumer"].as_str().unwrap().to_string(), m.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn status_shows_live_and_gone_consumers_and_replicas() {
+    use aurora_core::replicas::Lease;
+
+    let names = aurora_testkit::names();
+    let ns = names.namespace().to_string();
+    let mut conn = aurora_testkit::redis::redis(aurora_testkit::REDIS_URL).await;
+    let commands = names.cps_commands();
+    let registrations = names.cps_registrations();
+    for (stream, group) in [
+        (&commands, "mqtt-bridge"),
+        (&registrations, "device-registry"),
+    ] {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        aurora_testkit::redis::xadd(&mut conn, &commands, format!("{{\"n\":{i}}}").as_bytes())
+            .await;
+    }
+    // `old` read and acknowledged long ago: it holds nothing and is idle past the threshold.
+    read_one(&mut conn, &commands, "mqtt-bridge", "old").await;
+    let (old_id, _) = aurora_testkit::redis::stream_entries(&mut conn, &commands)
+        .await
+        .into_iter()
+        .next()
+        .unwrap();
+    let _: u64 = redis::cmd("XACK")
+        .arg(&commands)
+        .arg("mqtt-bridge")
+        .arg(&old_id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The bridge's registry: r1 holds its lease, r2's lapses.
+    let r1 = Lease::new(
+        conn.clone(),
+        &names,
+        "mqtt-bridge",
+        "r1",
+        Duration::from_secs(60),
+    );
+    r1.renew().await.unwrap();
+    let r2 = Lease::new(
+        conn.clone(),
+        &names,
+        "mqtt-bridge",
+        "r2",
+        Duration::from_millis(100),
+    );
+    r2.renew().await.unwrap();
+    let forget_idle = Duration::from_secs(3);
+    tokio::time::sleep(forget_idle + Duration::from_millis(500)).await;
+    read_one(&mut conn, &commands, "mqtt-bridge", "r1").await;
+    read_one(&mut conn, &commands, "mqtt-bridge", "r2").await;
+    // `stranger` holds nothing and is in no registry.
+    let _: u64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&commands)
+        .arg("mqtt-bridge")
+        .arg("stranger")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // device-registry keeps no registry: its worker's consumer is live while it reads.
+    aurora_testkit::redis::xadd(&mut conn, &registrations, b"{}").await;
+    read_one(
+        &mut conn,
+        &registrations,
+        "device-registry",
+        "dr1-registration-0",
+    )
+    .await;
+
+    let redis_url = aurora_testkit::REDIS_URL;
+    let run = |json: bool| {
+        let mut args = vec!["status", "--no-nats", "--forget-idle", "3s"];
+        if json {
+            args.push("--json");
+        }
+        Command::new(env!("CARGO_BIN_EXE_aurora"))
+            .args(&args)
+            .env("AURORA_NAMESPACE", &ns)
+            .env("AURORA_REDIS_URL", redis_url)
+            .output()
+            .unwrap()
+    };
+    let out = run(true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["forget_idle_ms"], 3000);
+    let m = members(&v, &commands, "mqtt-bridge");
+    assert_eq!(
+        m.keys().collect::<Vec<_>>(),
+        ["old", "r1", "r2", "stranger"],
+        "{v:#}"
+    );
+    let state = |name: &str| {
+        (
+            m[name]["state"].as_str().unwrap().to_string(),
+            m[name]["reason"].as_str().unwrap_or("").to_string(),
+            m[name]["pending"].as_u64().unwrap(),
+        )
+    };
+    let (s, why, pending) = state("old");
+    assert_eq!((s.as_str(), pending), ("gone", 0), "{v:#}");
+    assert!(why.starts_with("idle "), "{why}");
+    assert!(m["old"]["idle_ms"].as_u64().unwrap() >= 3000, "{v:#}");
+    assert_eq!(state("r1"), ("live".into(), String::new(), 1), "{v:#}");
+    assert_eq!(
+        state("r2"),
+        ("gone".into(), "replica r2's lease lapsed".into(), 1),
+        "{v:#}"
+    );
+    assert_eq!(
+        state("stranger"),
+        ("gone".into(), "not a registered replica".into(), 0),
+        "{v:#}"
+    );
+    let dr = members(&v, &registrations, "device-registry");
+    assert_eq!(dr["dr1-registration-0"]["state"], "live", "{v:#}");
+
+    let registries = v["replicas"].as_array().unwrap();
+    assert_eq!(registries.len(), 5, "{v:#}");
+    let bridge = registries
+        .iter()
+        .find(|r| r["service"] == "mqtt-bridge")
+        .unwrap();
+    assert_eq!(bridge["registry"], format!("{ns}:mqtt-bridge:replicas"));
+    let replicas = bridge["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 2, "{v:#}");
+    assert_eq!(replicas[0]["instance"], "r1");
+    assert_eq!(replicas[0]["state"], "live");
+    let left = replicas[0]["lease_ms"].as_u64().unwrap();
+    assert!(left > 0 && left <= 60_000, "{left}");
+    assert_eq!(replicas[1]["instance"], "r2");
+    assert_eq!(replicas[1]["state"], "gone");
+    assert!(replicas[1]["lease_ms"].is_null());
+    for r in registries.iter().filter(|r| r["service"] != "mqtt-bridge") {
+        assert_eq!(r["replicas"].as_array().unwrap().len(), 0, "{v:#}");
+    }
+
+    // The same as tables.
+    let out = run(false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let row = |first: &str, name: &str| {
+        text.lines()
+            .find(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.first() == Some(&first) && cells.get(2) == Some(&name)
+                    || cells.first() == Some(&first) && cells.get(1) == Some(&name)
+            })
+            .unwrap_or_else(|| panic!("no row {first} {name}:\n{text}"))
+            .to_string()
+    };
+    assert!(
+        row(&commands, "r2").ends_with("gone: replica r2's lease lapsed"),
+        "{text}"
+    );
+    assert!(row(&commands, "r1").ends_with("live"), "{text}");
+    assert!(
+        row(&commands, "stranger").ends_with("gone: not a registered replica"),
+        "{text}"
+    );
+    assert!(row(&commands, "old").contains("gone: idle "), "{text}");
+    assert_eq!(
+        row("mqtt-bridge", "r2")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["mqtt-bridge", "r2", "gone", "-", "-"],
+        "{text}"
+    );
+    assert_eq!(
+        row("mqtt-bridge", "r1").split_whitespace().nth(2),
+        Some("live"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["ws-gateway", "(no", "registry)"]),
+        "{text}"
+    );
+    aurora_testkit::redis::delete_namespace(&mut conn, &names).await;
+}
