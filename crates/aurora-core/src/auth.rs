@@ -2,8 +2,12 @@
 //!
 //! HS256 with a shared secret by default; RS256 or ES256 with a PEM public key as an option.
 //! Only the configured algorithm is accepted, so `alg: none` and algorithm-confusion tokens
-//! (an HS256 token signed with the public key) fail. `exp` and `sub` are required, `nbf` is
-//! checked when present, `iss`/`aud` when configured.
+//! (an HS256 token signed with the public key) fail. `exp` and a non-empty `sub` are
+//! required, `nbf` is checked when present, `iss`/`aud` when configured. `exp`, `nbf` and
+//! `iat` are RFC 7519 NumericDates: integers or fractions of seconds (`time.time() + 3600`).
+//!
+//! A refused token gets a short, stable reason ([`AuthError`]); what the parser said is
+//! logged, never sent to the client.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -17,6 +21,10 @@ pub const DEV_SECRET: &str = "aurora-dev-secret-do-not-use-in-production";
 
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 5;
+
+/// The shortest HS256 secret accepted at start (RFC 7518 section 3.2: a key of at least the
+/// hash's size, 256 bits), unless a development flag allows a shorter one.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
 /// The permissions of the contract (docs/contract.md#permissions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,11 +81,22 @@ pub enum Audience {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
-    /// Expiry, seconds since the epoch.
+    /// Expiry, seconds since the epoch (a fraction in the token is rounded down).
+    #[serde(deserialize_with = "numeric_date::required")]
     pub exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not before, seconds since the epoch (a fraction in the token is rounded up).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date::optional_up"
+    )]
     pub nbf: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Issued at, seconds since the epoch (a fraction in the token is rounded down).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date::optional"
+    )]
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
@@ -123,6 +142,44 @@ impl Claims {
     }
 }
 
+/// RFC 7519 NumericDate: a JSON number of seconds since the epoch, integer or not.
+mod numeric_date {
+    use serde::{de, Deserialize, Deserializer};
+
+    fn seconds<E: de::Error>(value: f64, up: bool) -> Result<u64, E> {
+        if !value.is_finite() || value < 0.0 || value > u64::MAX as f64 {
+            return Err(E::custom("a NumericDate must be a non-negative number of seconds"));
+        }
+        Ok(if up { value.ceil() } else { value.floor() } as u64)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(u64),
+        Float(f64),
+    }
+
+    fn parse<'de, D: Deserializer<'de>>(d: D, up: bool) -> Result<u64, D::Error> {
+        match Number::deserialize(d)? {
+            Number::Int(n) => Ok(n),
+            Number::Float(f) => seconds(f, up),
+        }
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        parse(d, false)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        parse(d, false).map(Some)
+    }
+
+    pub fn optional_up<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        parse(d, true).map(Some)
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -158,6 +215,8 @@ pub enum KeyError {
     Pem(String),
     #[error("the JWT secret is empty")]
     EmptySecret,
+    #[error("the JWT secret is {len} bytes: an HS256 secret must have at least {MIN_HS256_SECRET_BYTES} (e.g. `head -c 32 /dev/urandom | base64`); --jwt-allow-weak-secret accepts it on a developer machine")]
+    WeakSecret { len: usize },
     #[error("no JWT key configured: set AURORA_JWT_SECRET or AURORA_JWT_PUBLIC_KEY, or pass --dev-insecure-auth on a developer machine")]
     NotConfigured,
 }
@@ -211,8 +270,11 @@ impl Verifier {
 
     fn with(key: DecodingKey, alg: Algorithm) -> Self {
         let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.validate_nbf = true;
+        // `exp` and `nbf` are checked by `verify` on the decoded claims: the library reads
+        // them as integers only, and RFC 7519 allows fractions.
+        validation.set_required_spec_claims(&["sub"]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.leeway = LEEWAY_SECS;
         Self { key, validation }
@@ -238,26 +300,53 @@ impl Verifier {
         self.validation.algorithms[0]
     }
 
-    /// Verifies a token and returns its claims.
+    /// Verifies a token and returns its claims. The error is one of a few stable reasons;
+    /// the parser's detail is logged (at debug), never returned.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        decode::<Claims>(token, &self.key, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted".into()),
-                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
-                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::Invalid(format!("missing claim {c}"))
-                }
-                _ => AuthError::Invalid(e.to_string()),
-            })
+        let raw = decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &self.key,
+            &self.validation,
+        )
+        .map_err(|e| {
+            let reason = match e.kind() {
+                ErrorKind::ExpiredSignature => return AuthError::Expired,
+                ErrorKind::ImmatureSignature => return AuthError::NotYetValid,
+                ErrorKind::InvalidSignature => "bad signature",
+                ErrorKind::InvalidAlgorithm => "algorithm not accepted",
+                ErrorKind::InvalidIssuer => "wrong issuer",
+                ErrorKind::InvalidAudience => "wrong audience",
+                ErrorKind::MissingRequiredClaim(c) if c == "sub" => "missing claim sub",
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => "missing claim iss",
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => "missing claim aud",
+                _ => MALFORMED,
+            };
+            tracing::debug!(reason, detail = %e, "token refused");
+            AuthError::Invalid(reason.into())
+        })?
+        .claims;
+        if !raw.contains_key("exp") {
+            return Err(AuthError::Invalid("missing claim exp".into()));
+        }
+        let claims: Claims = serde_json::from_value(serde_json::Value::Object(raw)).map_err(|e| {
+            tracing::debug!(detail = %e, "token refused: claims of the wrong type");
+            AuthError::Invalid(MALFORMED.into())
+        })?;
+        if claims.sub.trim().is_empty() {
+            return Err(AuthError::Invalid("empty subject".into()));
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        if claims.exp.saturating_add(LEEWAY_SECS) < now {
+            return Err(AuthError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(claims)
     }
 
     /// Verifies and requires a permission.
@@ -271,6 +360,9 @@ impl Verifier {
         Ok(claims)
     }
 }
+
+/// What a client is told for a token that cannot be read (the detail is only logged).
+const MALFORMED: &str = "malformed token";
 
 /// Makes tokens: for the CLI, the simulator and tests.
 #[derive(Clone)]
@@ -335,11 +427,21 @@ pub fn token_from_request<'a>(
     })
 }
 
-/// The query string with every `token` value replaced, for logs and traces.
+/// The query string for logs and traces: the value of `token` and `access_token`, and of
+/// every parameter whatever its name whose value looks like a JWT ([`looks_like_jwt`]), is
+/// replaced by `REDACTED`. Pairs are separated by `&` or `;`.
 pub fn redact_query(query: &str) -> String {
-    url::form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| {
-            if k.eq_ignore_ascii_case("token") || k.eq_ignore_ascii_case("access_token") {
+    query
+        .split(['&', ';'])
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = decode_component(k);
+            let v = decode_component(v);
+            let named = k.eq_ignore_ascii_case("token") || k.eq_ignore_ascii_case("access_token");
+            if looks_like_jwt(&k) {
+                "REDACTED".to_string()
+            } else if named || contains_jwt(&v) {
                 format!("{k}=REDACTED")
             } else {
                 format!("{k}={v}")
@@ -347,6 +449,34 @@ pub fn redact_query(query: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+fn decode_component(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// A value that is, or has a word that is, a JWT (`Bearer <jwt>` too).
+fn contains_jwt(value: &str) -> bool {
+    value
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .any(looks_like_jwt)
+}
+
+/// Three base64url parts separated by dots, the first two not empty (an unsigned token has
+/// an empty third part).
+pub fn looks_like_jwt(s: &str) -> bool {
+    let b64url = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+    };
+    let parts: Vec<&str> = s.trim().split('.').collect();
+    parts.len() == 3
+        && !parts[0].is_empty()
+        && !parts[1].is_empty()
+        && parts.iter().all(|p| b64url(p))
 }
 
 /// Parses `ws:alerts,approvals:manage`; the error names the unknown permission.
@@ -470,6 +600,84 @@ mod tests {
             redact_query("since=1-0&token=secret"),
             "since=1-0&token=REDACTED"
         );
+    }
+
+    #[test]
+    fn every_jwt_looking_value_is_redacted_whatever_its_name_and_separator() {
+        let jwt = Minter::hs256(b"s3cret").token("alice", &[], Duration::from_secs(60));
+        for query in [
+            format!("jwt={jwt}"),
+            format!("since=1-0;auth={jwt}"),
+            format!("since=1-0&x=1;access_token={jwt}"),
+            format!("a=Bearer%20{jwt}"),
+            format!("{jwt}"),
+            format!("Token=abc;since=1-0"),
+        ] {
+            let redacted = redact_query(&query);
+            assert!(!redacted.contains(&jwt), "{query} -> {redacted}");
+            assert!(redacted.contains("REDACTED"), "{query} -> {redacted}");
+            assert!(!redacted.contains("abc"), "{query} -> {redacted}");
+        }
+        assert_eq!(redact_query("since=1-0;limit=5"), "since=1-0&limit=5");
+        assert!(looks_like_jwt("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."));
+        assert!(!looks_like_jwt("1700000000000-0"));
+    }
+
+    #[test]
+    fn numeric_dates_may_be_fractions() {
+        let v = Verifier::hs256(b"k").expect("key");
+        let now = jsonwebtoken::get_current_timestamp() as f64 + 0.25;
+        let token = |claims: serde_json::Value| {
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"k"),
+            )
+            .expect("encode")
+        };
+        let claims = v
+            .verify(&token(serde_json::json!({
+                "sub": "py", "exp": now + 3600.0, "iat": now, "nbf": now - 1.5
+            })))
+            .expect("fractional NumericDates are valid");
+        assert_eq!(claims.exp, (now + 3600.0).floor() as u64);
+        assert_eq!(
+            v.verify(&token(
+                serde_json::json!({"sub": "py", "exp": now - 3600.0})
+            )),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            v.verify(&token(
+                serde_json::json!({"sub": "py", "exp": now + 600.0, "nbf": now + 300.0})
+            )),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            v.verify(&token(serde_json::json!({"sub": "py"}))),
+            Err(AuthError::Invalid("missing claim exp".into()))
+        );
+        assert_eq!(
+            v.verify(&token(serde_json::json!({"sub": "py", "exp": "soon"}))),
+            Err(AuthError::Invalid("malformed token".into()))
+        );
+    }
+
+    #[test]
+    fn an_empty_subject_is_refused_and_parser_detail_stays_in_the_logs() {
+        let v = Verifier::hs256(b"k").expect("key");
+        let m = Minter::hs256(b"k");
+        for sub in ["", "   "] {
+            let t = m.token(sub, &Permission::ALL, Duration::from_secs(60));
+            assert_eq!(v.verify(&t), Err(AuthError::Invalid("empty subject".into())));
+        }
+        for garbage in ["garbage", "a.b.c", "eyJ.eyJ.x", "%%%.###.!!!"] {
+            assert_eq!(
+                v.verify(garbage),
+                Err(AuthError::Invalid("malformed token".into())),
+                "{garbage}"
+            );
+        }
     }
 
     #[test]

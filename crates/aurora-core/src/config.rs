@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::auth::{KeyError, Verifier, DEV_SECRET};
+use crate::auth::{KeyError, Verifier, DEV_SECRET, MIN_HS256_SECRET_BYTES};
+use crate::listener::Limits;
 use crate::names::{InvalidNamespace, Names};
 
 /// How logs are written.
@@ -52,11 +53,24 @@ pub fn env_name(service: &str, flag: &str) -> String {
         .to_ascii_uppercase()
 }
 
+/// A flag whose value may be a secret: a password, secret, token, NKey, credentials, or a URL
+/// (which may carry `user:password@`). Its variable's value is never shown by `--help`.
+pub fn is_secret_flag(long: &str) -> bool {
+    const SECRET: &[&str] = &["password", "secret", "token", "nkey", "credential"];
+    let long = long.to_ascii_lowercase();
+    SECRET.iter().any(|s| long.contains(s)) || long.ends_with("url") || long.ends_with("urls")
+}
+
 /// The command of a service's flags with the one variable rule applied: every flag without a
-/// variable of its own gets [`env_name`], and every switch reads its variable as a boolean
-/// (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`; anything else is an error).
+/// variable of its own gets [`env_name`], every switch reads its variable as a boolean
+/// (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`; anything else is an error), and no
+/// secret flag ([`is_secret_flag`]) shows its variable's value in `--help`.
 pub fn command<P: clap::CommandFactory>(service: &str) -> clap::Command {
     P::command().mut_args(|arg| {
+        let arg = match arg.get_long() {
+            Some(long) if is_secret_flag(long) => arg.hide_env_values(true),
+            _ => arg,
+        };
         let arg = if arg.get_env().is_none() && !arg.is_positional() {
             match arg.get_long() {
                 Some(long) => {
@@ -199,7 +213,8 @@ pub struct CommonArgs {
     #[arg(
         long,
         env = "AURORA_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     pub redis_url: String,
 
@@ -255,7 +270,12 @@ impl CommonArgs {
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
     /// NATS server(s), comma separated.
-    #[arg(long, env = "AURORA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "AURORA_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
     /// User name (with --nats-password).
     #[arg(long, env = "AURORA_NATS_USER")]
@@ -363,13 +383,26 @@ pub struct JwtArgs {
     /// Never in production.
     #[arg(long, env = "AURORA_DEV_INSECURE_AUTH", default_value_t = false)]
     pub dev_insecure_auth: bool,
+    /// Accept an HS256 secret shorter than 32 bytes (refused at start otherwise). Never in
+    /// production.
+    #[arg(long, env = "AURORA_JWT_ALLOW_WEAK_SECRET", default_value_t = false)]
+    pub jwt_allow_weak_secret: bool,
 }
 
 impl JwtArgs {
     /// The verifier, or an error when no key is configured and the dev flag is off.
     pub fn verifier(&self) -> Result<Verifier, KeyError> {
         let verifier = match (&self.jwt_secret, &self.jwt_public_key) {
-            (Some(secret), _) => Verifier::hs256(secret.as_bytes())?,
+            (Some(secret), _) => {
+                let len = secret.len();
+                if len < MIN_HS256_SECRET_BYTES && len > 0 {
+                    if !self.jwt_allow_weak_secret {
+                        return Err(KeyError::WeakSecret { len });
+                    }
+                    tracing::warn!(len, "accepting an HS256 secret shorter than {MIN_HS256_SECRET_BYTES} bytes (--jwt-allow-weak-secret): never in production");
+                }
+                Verifier::hs256(secret.as_bytes())?
+            }
             (None, Some(path)) => Verifier::from_public_pem_file(path)?,
             (None, None) if self.dev_insecure_auth => {
                 tracing::warn!("no JWT key configured: accepting tokens signed with the development secret (--dev-insecure-auth)");
@@ -385,6 +418,68 @@ impl JwtArgs {
             Some(aud) => verifier.with_audience(aud),
             None => verifier,
         })
+    }
+}
+
+/// The limits of a service's API listener (see [`crate::listener`]); flatten it into the
+/// service's flags (they read `AURORA_<SERVICE>_<FLAG>`).
+#[derive(Debug, Clone, Args)]
+pub struct ListenerArgs {
+    /// Time a client has, from the first byte of a request (a WebSocket upgrade too), to send
+    /// its whole head; a slower one is disconnected.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub header_timeout: Duration,
+    /// A connection with no request in flight and no authenticated session (one that sends
+    /// nothing, idles between requests, or was refused) is closed after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub idle_timeout: Duration,
+    /// Open connections on the listener at most; more are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Open connections from one client address at most; more are closed at once (raise it
+    /// behind a proxy that connects from one address).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections_per_address: usize,
+}
+
+impl Default for ListenerArgs {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_connections: limits.max_connections,
+            max_connections_per_address: limits.max_per_address,
+        }
+    }
+}
+
+impl ListenerArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections_per_address,
+        }
+    }
+
+    /// Refuses zero limits, naming the flag.
+    pub fn check(&self) -> Result<(), String> {
+        for (flag, zero) in [
+            ("header-timeout", self.header_timeout.is_zero()),
+            ("idle-timeout", self.idle_timeout.is_zero()),
+            ("max-connections", self.max_connections == 0),
+            (
+                "max-connections-per-address",
+                self.max_connections_per_address == 0,
+            ),
+        ] {
+            if zero {
+                return Err(format!("--{flag} must be more than 0"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -443,5 +538,41 @@ mod tests {
         assert!(matches!(cli.jwt.verifier(), Err(KeyError::NotConfigured)));
         let cli = Cli::try_parse_from(["x", "--dev-insecure-auth"]).expect("parse");
         assert!(cli.jwt.verifier().is_ok());
+    }
+
+    #[test]
+    fn a_short_hs256_secret_is_refused_at_start_unless_allowed() {
+        let cli = Cli::try_parse_from(["x", "--jwt-secret", "k"]).expect("parse");
+        assert!(matches!(
+            cli.jwt.verifier(),
+            Err(KeyError::WeakSecret { len: 1 })
+        ));
+        let short = "a".repeat(MIN_HS256_SECRET_BYTES - 1);
+        let cli = Cli::try_parse_from(["x", "--jwt-secret", &short]).expect("parse");
+        assert!(cli.jwt.verifier().is_err());
+        let cli = Cli::try_parse_from(["x", "--jwt-secret", "k", "--jwt-allow-weak-secret"])
+            .expect("parse");
+        assert!(cli.jwt.verifier().is_ok());
+        let long = "a".repeat(MIN_HS256_SECRET_BYTES);
+        let cli = Cli::try_parse_from(["x", "--jwt-secret", &long]).expect("parse");
+        assert!(cli.jwt.verifier().is_ok());
+        // The development secret is long enough.
+        assert!(DEV_SECRET.len() >= MIN_HS256_SECRET_BYTES);
+    }
+
+    #[test]
+    fn secret_flags_never_show_their_values() {
+        let cmd = command::<Cli>("test-svc");
+        for id in ["redis_url", "jwt_secret"] {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .expect("flag");
+            assert!(arg.is_hide_env_values_set(), "--{id} shows its value");
+        }
+        assert!(is_secret_flag("mqtt-url"));
+        assert!(is_secret_flag("mqtt-password"));
+        assert!(is_secret_flag("nats-nkey"));
+        assert!(!is_secret_flag("batch-size"));
     }
 }

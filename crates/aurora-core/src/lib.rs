@@ -1,6 +1,6 @@
 //! What the Aurora event-transport services share: the names of every stream, topic and
 //! subject ([`names`]), the messages ([`model`]), the Redis Streams bus ([`bus`]), JWT auth
-//! ([`auth`]), JetStream stream setup ([`jetstream`]), the ops endpoints and telemetry
+//! ([`auth`]), the guard of every listener ([`listener`]), JetStream stream setup ([`jetstream`]), the ops endpoints and telemetry
 //! ([`ops`]), the shared flags ([`config`]), and the one lifecycle of a service ([`service`]):
 //! start-up, dependency health ([`health`]), back-off ([`retry`]), the stream consumer
 //! ([`consumer`]) and the drain.
@@ -11,6 +11,7 @@ pub mod config;
 pub mod consumer;
 pub mod health;
 pub mod jetstream;
+pub mod listener;
 pub mod model;
 pub mod names;
 pub mod ops;

@@ -18,6 +18,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::listener::{self, GuardedListener, Limits};
 
 /// The state of one dependency or part of a service, as `/readyz` reports it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -178,16 +179,26 @@ async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
     (status, Json(report))
 }
 
-/// Serves the ops routes until `shutdown` is cancelled. Binds first, so a taken port is an
-/// error at start, not later.
+/// Serves the ops routes until `shutdown` is cancelled, under the ops port's limits
+/// ([`Limits::OPS`]). Binds first, so a taken port is an error at start, not later.
 pub async fn serve(
     addr: SocketAddr,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let app = router(readiness);
+    serve_with(addr, readiness, shutdown, Limits::OPS).await
+}
+
+/// [`serve`] with other limits (tests).
+pub async fn serve_with(
+    addr: SocketAddr,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    limits: Limits,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = GuardedListener::bind(addr, "ops", limits).await?;
+    let local = axum::serve::Listener::local_addr(&listener)?;
+    let app = listener::app(router(readiness));
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

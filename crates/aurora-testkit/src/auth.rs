@@ -7,8 +7,9 @@ use aurora_core::auth::{Claims, Minter, Permission};
 use base64::Engine;
 use serde_json::json;
 
-/// The HS256 secret every service of a [`crate::process::Site`] is given.
-pub const SECRET: &str = "aurora-e2e-test-secret";
+/// The HS256 secret every service of a [`crate::process::Site`] is given (at least 32 bytes:
+/// the services refuse a shorter one at start).
+pub const SECRET: &str = "aurora-e2e-test-secret-0123456789abcdef";
 
 /// A token signed with [`SECRET`] for `e2e-analyst`, valid 10 minutes.
 pub fn token(permissions: &[Permission]) -> String {
