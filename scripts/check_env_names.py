@@ -125,9 +125,9 @@ for rendered in sys.argv[1:]:
     docs = [d for d in yaml.safe_load_all(pathlib.Path(rendered).read_text()) if d]
     configmaps = {d["metadata"]["name"]: d.get("data") or {}
                   for d in docs if d.get("kind") == "ConfigMap"}
-    deployments = [d for d in docs if d.get("kind") == "Deployment"]
+    deployments = [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet")]
     if not deployments:
-        fail("%s: no Deployment rendered" % rendered)
+        fail("%s: no Deployment or StatefulSet rendered" % rendered)
     for cm, data in configmaps.items():
         for var in data:
             check_var("%s ConfigMap %s" % (rendered, cm), None, var)
@@ -135,7 +135,7 @@ for rendered in sys.argv[1:]:
         service = dep["metadata"]["labels"]["app.kubernetes.io/component"]
         for container in dep["spec"]["template"]["spec"]["containers"]:
             for item in container.get("env") or []:
-                check_var("%s Deployment %s" % (rendered, dep["metadata"]["name"]),
+                check_var("%s %s %s" % (rendered, dep["kind"], dep["metadata"]["name"]),
                           service, item["name"], item.get("value"))
 
 # --- scripts/run.sh ------------------------------------------------------------------------
