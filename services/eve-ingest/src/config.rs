@@ -85,6 +85,12 @@ pub struct Args {
     /// Do not create or update the JetStream stream at start (it is managed elsewhere).
     #[arg(long)]
     pub no_stream_setup: bool,
+
+    /// List input: this replica's lease in the replica registry lapses this long after its
+    /// last renewal (renewed every third of it); another replica adopts what a replica whose
+    /// lease lapsed holds.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub lease_ttl: Duration,
 }
 
 /// The variables read before the `AURORA_EVE_INGEST_` prefix (old -> new).
@@ -140,6 +146,11 @@ impl Args {
             .common
             .names()
             .map_err(|e| IngestError::Config(e.to_string()))?;
+        if self.lease_ttl < Duration::from_millis(300) {
+            return Err(IngestError::Config(
+                "--lease-ttl must be at least 300ms (it is renewed every third of it)".into(),
+            ));
+        }
         if self.batch == 0 || self.publish_window == 0 || self.inflight_batches == 0 {
             return Err(IngestError::Config(
                 "--batch, --publish-window and --inflight-batches must be at least 1".into(),
@@ -173,6 +184,7 @@ impl Args {
             max_line_bytes: self.max_line_bytes,
             poll_interval: self.poll_interval,
             stream_setup: !self.no_stream_setup,
+            lease_ttl: self.lease_ttl,
             names,
         })
     }
@@ -231,6 +243,13 @@ mod tests {
         assert!(parse(&["--file", "x", "--list-key", "y"]).is_err());
         assert!(parse(&["--batch", "0"]).unwrap().settings().is_err());
         assert!(parse(&["--batch", "0"]).unwrap().into_service().is_err());
+        assert_eq!(s.lease_ttl, Duration::from_secs(15));
+        let s = parse(&["--lease-ttl", "2s"]).unwrap().settings().unwrap();
+        assert_eq!(s.lease_ttl, Duration::from_secs(2));
+        assert!(parse(&["--lease-ttl", "100ms"])
+            .unwrap()
+            .settings()
+            .is_err());
     }
 
     #[test]
@@ -274,6 +293,17 @@ mod tests {
             );
         }
         assert_eq!(RENAMED_ENV.len(), own.len());
+        // Flags added after the rename: the service prefix, no old name.
+        for flag in ["lease-ttl"] {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("--{flag}"));
+            let var = env_name(SERVICE, flag);
+            assert!(var.starts_with("AURORA_EVE_INGEST_"), "{var}");
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var.as_str()));
+            assert!(RENAMED_ENV.iter().all(|(_, new)| *new != var), "{var}");
+        }
         for (_, new) in RENAMED_ENV {
             assert!(
                 cmd.get_arguments()

@@ -12,6 +12,8 @@
 //! [`telemetry`], its readiness parts [`health`]; it runs under the shared lifecycle of
 //! [`aurora_core::service`] (on shutdown nothing more is taken and the batches at hand are
 //! finished; at the drain deadline they are given up and stay held for the next start).
+//! Replicas reading the list hold leases; a live one adopts what a gone one held, and one
+//! that leaves cleanly hands back what it still holds ([`replica`]).
 
 pub mod alert;
 pub mod alert_sink;
@@ -25,11 +27,13 @@ pub mod health;
 pub mod hooks;
 pub mod list_source;
 pub mod publish;
+pub mod replica;
 pub mod telemetry;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aurora_core::bus;
@@ -37,6 +41,8 @@ use aurora_core::config::NatsArgs;
 use aurora_core::jetstream::{ensure_stream, suricata_stream_config, StreamChange};
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Processor, Stop};
 use crate::health::{INPUT, NATS, REDIS};
@@ -58,7 +64,8 @@ pub enum Input {
     /// Suricata's Redis list (`None`: `Names::suricata_list()`).
     List {
         key: Option<String>,
-        /// Instance ids of gone replicas whose processing lists are taken over at start.
+        /// Instance ids of gone replicas whose processing lists are taken over at start
+        /// (gone replicas are adopted without it once their lease lapses).
         recover_from: Vec<String>,
     },
     /// An eve.json file; its position in Redis unless `state_file` is set.
@@ -90,6 +97,9 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// Create or update the JetStream stream at start.
     pub stream_setup: bool,
+    /// List input: this replica's lease in the replica registry lapses this long after its
+    /// last renewal (renewed every third of it); a gone replica is adopted after it lapsed.
+    pub lease_ttl: Duration,
 }
 
 impl Settings {
@@ -118,6 +128,7 @@ impl Settings {
             max_line_bytes: 8 * 1024 * 1024,
             poll_interval: Duration::from_millis(200),
             stream_setup: true,
+            lease_ttl: Duration::from_secs(15),
         }
     }
 
@@ -225,8 +236,48 @@ impl Service for EveIngest {
             shutdown: ctx.shutdown.clone(),
             abort: ctx.abort.clone(),
         };
+        let mut running = Running::new(&ctx);
         let input: InputWork = match &settings.input {
             Input::List { recover_from, .. } => {
+                let replica = replica::Replica::new(
+                    conn.clone(),
+                    &settings.names,
+                    &ctx.instance,
+                    settings.lease_ttl,
+                    &settings.list_key(),
+                    settings.batch,
+                );
+                readiness.set_not_ready(INPUT, "joining the replicas");
+                if !replica.join(&readiness, &ctx.shutdown).await? {
+                    anyhow::bail!("stopped while joining the replicas");
+                }
+                // The lease is kept until the input has ended and what it held is handed
+                // back (or given up): a drain longer than the ttl does not let another
+                // replica adopt lines still being finished here.
+                let keep = CancellationToken::new();
+                let (kept, keeper_done) = oneshot::channel::<()>();
+                let keeper = replica.lease().clone().keep(keep.clone());
+                running.spawn(async move {
+                    keeper.await;
+                    drop(kept);
+                });
+                // (A start that fails from here on drops `running`, which ends its tasks.)
+                let recovered = replica.recover_from(recover_from).await?;
+                if recovered > 0 {
+                    tracing::info!(
+                        lines = recovered,
+                        "adopted the replicas given by --recover-from"
+                    );
+                }
+                // Gone replicas are looked for until shutdown.
+                let look_again = Arc::new(Notify::new());
+                let watching = ctx.shutdown.child_token();
+                let (watched, watcher_done) = oneshot::channel::<()>();
+                let watcher = replica.clone().watch(look_again.clone(), watching.clone());
+                running.spawn(async move {
+                    watcher.await;
+                    drop(watched);
+                });
                 let blocking = bus::connect_blocking(&settings.redis_url, settings.block)
                     .await
                     .map_err(IngestError::from)?;
@@ -234,11 +285,6 @@ impl Service for EveIngest {
                     list_source::ListConfig {
                         list: settings.list_key(),
                         processing: settings.processing_key(&ctx.instance),
-                        adopt: recover_from
-                            .iter()
-                            .filter(|id| **id != ctx.instance)
-                            .map(|id| settings.names.eve_processing_list(id))
-                            .collect(),
                         batch: settings.batch,
                         block: settings.block,
                         inflight_batches: settings.inflight_batches,
@@ -247,13 +293,33 @@ impl Service for EveIngest {
                     conn.clone(),
                 );
                 readiness.set_not_ready(INPUT, "looking at the lines this replica holds");
-                Box::pin(list_source::run(
-                    source,
-                    processor,
-                    readiness.clone(),
-                    hooks.clone(),
-                    stop,
-                ))
+                let abort = ctx.abort.clone();
+                let (readiness, hooks) = (readiness.clone(), hooks.clone());
+                Box::pin(async move {
+                    let ended = list_source::run(
+                        source,
+                        processor,
+                        readiness,
+                        hooks,
+                        stop,
+                        Some(look_again),
+                    )
+                    .await;
+                    // Nothing is adopted any more (an adoption under way ends first).
+                    watching.cancel();
+                    let _ = watcher_done.await;
+                    let leave =
+                        matches!(ended, Ok(list_source::Ended::Drained)) && !abort.is_cancelled();
+                    // No renewal after this point: the release below is the last word.
+                    keep.cancel();
+                    let _ = keeper_done.await;
+                    if leave {
+                        if let Err(e) = replica.leave().await {
+                            tracing::warn!(error = %e, "cannot hand back what this replica holds: it is adopted once its lease lapses");
+                        }
+                    }
+                    ended.map(|_| ())
+                })
             }
             Input::File { path, state_file } => {
                 let store = match state_file {
@@ -280,7 +346,6 @@ impl Service for EveIngest {
             }
         };
 
-        let mut running = Running::new(&ctx);
         running.spawn(health::dependencies(conn, client.clone()).watch(
             readiness,
             health::WATCH_INTERVAL,

@@ -17,14 +17,17 @@
 //!   list is forgotten with `LREM processing -1 line`.
 //!
 //! A replica that dies leaves its lines in its processing list and its chunks; at start a
-//! replica handles what its processing list holds, oldest first, then its chunks, and can
-//! adopt the processing lists and chunks of replicas that are gone (`--recover-from`). After a
-//! failed take (a lost reply can leave a line or a chunk taken but unknown), the replica lets
-//! its batches finish and looks at what it holds again, as at a start.
+//! replica handles what its processing list holds, oldest first, then its chunks. A live
+//! replica takes over what a gone one holds ([`take_over`], see [`crate::replica`]): the
+//! lines move into its processing list and the chunks into its index, and it is asked to
+//! *look again*. After a failed take (a lost reply can leave a line or a chunk taken but
+//! unknown) or when asked to look again, the replica lets its batches finish and looks at
+//! what it holds again, as at a start.
 //!
-//! On shutdown nothing more is taken and the batches at hand are finished; at the drain
-//! deadline (abort) they are given up, and what they held stays in the processing list and
-//! the chunks for the next start.
+//! On shutdown nothing more is taken and the batches at hand are finished ([`Ended::Drained`]:
+//! the replica then hands back what it still holds, [`hand_back`]); at the drain deadline
+//! (abort) they are given up ([`Ended::GaveUp`]), and what they held stays in the processing
+//! list and the chunks for the next start or for adoption.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -68,8 +71,6 @@ pub struct ListConfig {
     pub list: String,
     /// This replica's processing list.
     pub processing: String,
-    /// Processing lists of replicas that are gone, to take over at start.
-    pub adopt: Vec<String>,
     /// Lines taken at once.
     pub batch: usize,
     /// How long one blocking take waits for a line.
@@ -140,49 +141,6 @@ impl ListSource {
 
     pub fn config(&self) -> &ListConfig {
         &self.cfg
-    }
-
-    /// Takes over what gone replicas hold: every line of their processing lists into ours,
-    /// oldest first, and their chunks into our index. Returns the lines moved.
-    pub async fn adopt_orphans(&mut self) -> Result<u64, IngestError> {
-        let mut moved = 0;
-        for orphan in self.cfg.adopt.clone() {
-            loop {
-                let mut pipe = redis::pipe();
-                for _ in 0..self.cfg.batch.max(1) {
-                    pipe.cmd("LMOVE")
-                        .arg(&orphan)
-                        .arg(&self.cfg.processing)
-                        .arg("RIGHT")
-                        .arg("LEFT");
-                }
-                let got: Vec<Option<Vec<u8>>> = pipe
-                    .query_async(&mut self.conn)
-                    .await
-                    .map_err(IngestError::redis("LMOVE", &orphan))?;
-                let n = got.iter().filter(|g| g.is_some()).count();
-                moved += n as u64;
-                if n < got.len() || n == 0 {
-                    break;
-                }
-            }
-            let orphan_index = chunk_index(&orphan);
-            loop {
-                let chunk: Option<String> = redis::cmd("LMOVE")
-                    .arg(&orphan_index)
-                    .arg(&self.index)
-                    .arg("LEFT")
-                    .arg("RIGHT")
-                    .query_async(&mut self.conn)
-                    .await
-                    .map_err(IngestError::redis("LMOVE", &orphan_index))?;
-                if chunk.is_none() {
-                    break;
-                }
-            }
-            tracing::info!(orphan = %orphan, "adopted the processing list and chunks of a gone replica");
-        }
-        Ok(moved)
     }
 
     /// The oldest `n` lines of the processing list, oldest first.
@@ -353,28 +311,160 @@ impl ListSource {
     }
 }
 
-/// Runs the list input until shutdown: first what this replica (and the adopted ones) left
-/// in processing and in chunks, then new lines. After a failed take, the batches at hand
-/// finish and the replica looks at what it holds again before taking more.
+/// Moves everything `from` holds to `to`: every line of the processing list `from` into the
+/// processing list `to` (oldest first, at its new end), and every chunk of `from`'s index into
+/// `to`'s index. Each line and each chunk name moves by one atomic `LMOVE`, so a move cut
+/// short (a crash, a lost connection) leaves each line in exactly one of the two, and two
+/// replicas moving the same lists at once share them without losing or doubling one. Returns
+/// the lines moved out of the processing list and the chunks moved.
+pub async fn take_over(
+    conn: &Conn,
+    from: &str,
+    to: &str,
+    batch: usize,
+) -> Result<(u64, u64), IngestError> {
+    let mut conn = conn.clone();
+    let mut lines = 0;
+    loop {
+        let mut pipe = redis::pipe();
+        for _ in 0..batch.max(1) {
+            pipe.cmd("LMOVE").arg(from).arg(to).arg("RIGHT").arg("LEFT");
+        }
+        let got: Vec<Option<Vec<u8>>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(IngestError::redis("LMOVE", from))?;
+        let n = got.iter().filter(|g| g.is_some()).count();
+        lines += n as u64;
+        if n < got.len() || n == 0 {
+            break;
+        }
+    }
+    let (from_index, to_index) = (chunk_index(from), chunk_index(to));
+    let mut chunks = 0;
+    loop {
+        let chunk: Option<String> = redis::cmd("LMOVE")
+            .arg(&from_index)
+            .arg(&to_index)
+            .arg("LEFT")
+            .arg("RIGHT")
+            .query_async(&mut conn)
+            .await
+            .map_err(IngestError::redis("LMOVE", &from_index))?;
+        if chunk.is_none() {
+            break;
+        }
+        chunks += 1;
+    }
+    Ok((lines, chunks))
+}
+
+/// Gives everything `processing` holds back to the shared `list`, at its old end (the end
+/// the replicas take from), so that the replicas that stay take it next: the lines of each
+/// chunk (the newest chunk first), then the lines of the processing list, each by one atomic
+/// `LMOVE` (a hand-back cut short leaves each line in exactly one place); an emptied chunk
+/// is unregistered. Only once nothing of this replica takes or releases lines any more (its
+/// input has ended). Returns the lines handed back.
+pub async fn hand_back(
+    conn: &Conn,
+    list: &str,
+    processing: &str,
+    batch: usize,
+) -> Result<u64, IngestError> {
+    let mut conn = conn.clone();
+    let index = chunk_index(processing);
+    let mut moved = 0;
+    loop {
+        let chunk: Option<String> = redis::cmd("LINDEX")
+            .arg(&index)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(IngestError::redis("LINDEX", &index))?;
+        let Some(chunk) = chunk else { break };
+        moved += move_all_to_old_end(&mut conn, &chunk, list, batch).await?;
+        let _: () = redis::cmd("LREM")
+            .arg(&index)
+            .arg(0)
+            .arg(&chunk)
+            .query_async(&mut conn)
+            .await
+            .map_err(IngestError::redis("LREM", &index))?;
+    }
+    moved += move_all_to_old_end(&mut conn, processing, list, batch).await?;
+    Ok(moved)
+}
+
+/// Moves every line of `from` (a list whose old end is on the right) to the right end of
+/// `list`, newest first, so that `from`'s oldest line ends up the oldest of `list`.
+async fn move_all_to_old_end(
+    conn: &mut Conn,
+    from: &str,
+    list: &str,
+    batch: usize,
+) -> Result<u64, IngestError> {
+    let mut moved = 0;
+    loop {
+        let mut pipe = redis::pipe();
+        for _ in 0..batch.max(1) {
+            pipe.cmd("LMOVE")
+                .arg(from)
+                .arg(list)
+                .arg("LEFT")
+                .arg("RIGHT");
+        }
+        let got: Vec<Option<Vec<u8>>> = pipe
+            .query_async(conn)
+            .await
+            .map_err(IngestError::redis("LMOVE", from))?;
+        let n = got.iter().filter(|g| g.is_some()).count();
+        moved += n as u64;
+        if n < got.len() || n == 0 {
+            return Ok(moved);
+        }
+    }
+}
+
+/// How the list input ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shutdown, and every batch taken was finished: nothing of it is in flight, what the
+    /// replica still holds (not yet handed out) can be handed back.
+    Drained,
+    /// The drain deadline passed: batches were given up, their lines stay held.
+    GaveUp,
+}
+
+/// Runs the list input until shutdown: first what this replica left in processing and in
+/// chunks, then new lines. After a failed take, or when `look_again` is notified (lines or
+/// chunks were moved into what this replica holds), the batches at hand finish and the
+/// replica looks at what it holds again before taking more.
 pub async fn run(
     mut source: ListSource,
     processor: Processor,
     readiness: Readiness,
     hooks: Hooks,
     stop: Stop,
-) -> Result<(), IngestError> {
-    let adopted = source.adopt_orphans().await?;
+    look_again: Option<Arc<Notify>>,
+) -> Result<Ended, IngestError> {
     let hooks = Arc::new(hooks);
     let mut first = true;
     let mut backoff = Backoff::default();
+    let ended = |stop: &Stop| {
+        if stop.abort.is_cancelled() {
+            Ended::GaveUp
+        } else {
+            Ended::Drained
+        }
+    };
     loop {
         match recover(&mut source, &processor, &hooks, &stop).await {
             Ok(recovered) => {
-                if recovered + adopted > 0 && first {
+                if recovered > 0 {
                     tracing::info!(
                         recovered,
-                        adopted,
-                        "found lines left in processing and chunks"
+                        at_start = first,
+                        "found lines held in processing and chunks"
                     );
                 }
             }
@@ -384,22 +474,23 @@ pub async fn run(
                 tracing::warn!(error = %e, "cannot look at the lines this replica holds: retrying");
                 readiness.set_not_ready(REDIS, e.to_string());
                 if !backoff.wait(&stop.shutdown).await {
-                    return Ok(());
+                    return Ok(ended(&stop));
                 }
                 continue;
             }
         }
         first = false;
         if stop.shutdown.is_cancelled() {
-            return Ok(());
+            return Ok(ended(&stop));
         }
         readiness.set_ready(INPUT);
-        match pump(source, &processor, &readiness, &hooks, &stop).await? {
-            Pumped::Stopped => return Ok(()),
+        match pump(source, &processor, &readiness, &hooks, &stop, &look_again).await? {
+            Pumped::Stopped => return Ok(ended(&stop)),
+            Pumped::LookAgain(back) => source = back,
             Pumped::TakeFailed(back) => {
                 source = back;
                 if !backoff.wait(&stop.shutdown).await {
-                    return Ok(());
+                    return Ok(ended(&stop));
                 }
             }
         }
@@ -408,20 +499,32 @@ pub async fn run(
 
 /// Why [`pump`] ended (with every batch it started finished or given up).
 enum Pumped {
-    /// Shutdown, or a batch given up at the drain deadline.
+    /// Shutdown, or a batch given up at the drain deadline. After a drain (no abort), the
+    /// taker has returned too: no take is under way.
     Stopped,
     /// A take failed: what this replica holds must be looked at again.
     TakeFailed(ListSource),
+    /// Asked to look at what this replica holds again (something was adopted).
+    LookAgain(ListSource),
 }
 
-/// Takes batches and handles them, up to `inflight_batches` at a time, until shutdown or a
-/// failed take.
+/// Resolves when `notify` is notified (never without one).
+async fn asked(notify: &Option<Arc<Notify>>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Takes batches and handles them, up to `inflight_batches` at a time, until shutdown, a
+/// failed take, or a request to look again.
 async fn pump(
     source: ListSource,
     processor: &Processor,
     readiness: &Readiness,
     hooks: &Arc<Hooks>,
     stop: &Stop,
+    look_again: &Option<Arc<Notify>>,
 ) -> Result<Pumped, IngestError> {
     let cfg = source.config().clone();
     let release_conn = source.conn.clone();
@@ -433,6 +536,7 @@ async fn pump(
         readiness.clone(),
         stop_taking.clone(),
     )));
+    let mut looking = false;
     // Each batch is a task of its own: the parsing and alert mapping of one batch run on the
     // other core while another batch waits for its acks, and a batch busy with CPU work
     // never holds back the acks (and so the window permits) of the others.
@@ -455,9 +559,15 @@ async fn pump(
                     }
                 }
             }
+            _ = asked(look_again), if !looking => {
+                // Stop taking; the batches at hand (and one the taker still hands over)
+                // finish, then the taker's end closes the channel.
+                looking = true;
+                stop_taking.cancel();
+            }
             batch = rx.recv(), if running.len() < max_running => {
                 let Some(batch) = batch else {
-                    // The taker stopped: shutdown, or a failed take.
+                    // The taker stopped: shutdown, a failed take, or asked to look again.
                     take_failed = !stop.shutdown.is_cancelled();
                     break;
                 };
@@ -499,11 +609,23 @@ async fn pump(
     drop(rx);
     outcome?;
     if !take_failed {
+        if !stop.abort.is_cancelled() {
+            // A take under way (a blocking BLMOVE, the chunk script) still lands in what this
+            // replica holds: wait for it, so that nothing arrives after the hand-back.
+            let _ = (&mut taker).await;
+        }
         return Ok(Pumped::Stopped);
     }
-    match (&mut taker).await {
-        Ok(source) => Ok(Pumped::TakeFailed(source)),
-        Err(e) => Err(IngestError::BatchTask(e.to_string())),
+    let source = match (&mut taker).await {
+        Ok(source) => source,
+        Err(e) => return Err(IngestError::BatchTask(e.to_string())),
+    };
+    // Asked to look again and the takes ended cleanly: no back-off. (A take that failed
+    // meanwhile has marked Redis not ready; looking again finds out whether it answers.)
+    if looking {
+        Ok(Pumped::LookAgain(source))
+    } else {
+        Ok(Pumped::TakeFailed(source))
     }
 }
 

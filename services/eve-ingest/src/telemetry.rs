@@ -18,6 +18,15 @@ pub const RETRIES: &str = "aurora_eve_ingest_retries_total";
 /// Lines found held (processing list and chunks) at start (left by a crash) or after a
 /// failed take.
 pub const RECOVERED: &str = "aurora_eve_ingest_recovered_lines_total";
+/// Gone replicas adopted (their processing list and chunks taken over).
+pub const ADOPTED_REPLICAS: &str = "aurora_eve_ingest_adopted_replicas_total";
+/// Lines of gone replicas' processing lists taken over (their chunks' lines are counted by
+/// [`RECOVERED`] when found).
+pub const ADOPTED_LINES: &str = "aurora_eve_ingest_adopted_lines_total";
+/// Chunks of gone replicas taken over.
+pub const ADOPTED_CHUNKS: &str = "aurora_eve_ingest_adopted_chunks_total";
+/// Lines given back to the shared list by a replica leaving cleanly.
+pub const HANDED_BACK: &str = "aurora_eve_ingest_handed_back_lines_total";
 /// Lines read from the input (list or file).
 pub const LINES: &str = "aurora_eve_ingest_lines_total";
 /// Seconds from taking a batch to removing it from the processing list / saving the position.
@@ -143,4 +152,16 @@ pub fn file_rotation(kind: Rotation) {
 /// One blank line of the eve file skipped.
 pub fn blank_line() {
     metrics::counter!(BLANK_LINES).increment(1);
+}
+
+/// One gone replica adopted: `lines` of its processing list and `chunks` taken over.
+pub fn adopted(lines: u64, chunks: u64) {
+    metrics::counter!(ADOPTED_REPLICAS).increment(1);
+    metrics::counter!(ADOPTED_LINES).increment(lines);
+    metrics::counter!(ADOPTED_CHUNKS).increment(chunks);
+}
+
+/// `n` lines given back to the shared list on a clean leave.
+pub fn handed_back(n: u64) {
+    metrics::counter!(HANDED_BACK).increment(n);
 }
