@@ -14,6 +14,8 @@
 //! - [`cleanup`]: [`cleanup::Cleanup`], what a namespace left deleted also when a test fails.
 //! - [`mqtt`]: a device publishing QoS 1, subscribing, with credentials or not
 //!   ([`mqtt::MqttDevice`]); a broker session forgotten.
+//! - [`replicas`]: a binary started under an instance id the test chooses, a service's
+//!   replica registry, whether the broker holds an MQTT session for a client id.
 //! - [`console`]: an analyst's WebSocket console ([`console::Console`]).
 //! - [`auth`]: test tokens, good and bad. [`http`]: an HTTP client and JSON answers.
 //! - [`random`]: seeded random input (the seed is printed; `E2E_SEED` replays it).
@@ -33,6 +35,7 @@ pub mod ops;
 pub mod process;
 pub mod random;
 pub mod redis;
+pub mod replicas;
 pub mod servers;
 
 use std::collections::HashMap;

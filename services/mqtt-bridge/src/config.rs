@@ -68,6 +68,13 @@ pub struct Args {
     /// How long to wait for the broker's PUBACK of a command before sending it again.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub command_timeout: Duration,
+    /// This replica's lease in Redis lapses this long after its last renewal (renewed every
+    /// third of it); a replica whose lease lapsed is gone and its broker session is taken over.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub lease_ttl: Duration,
+    /// How often each replica looks for gone replicas to take over.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub adoption_interval: Duration,
 }
 
 /// The variables the bridge read before they followed `AURORA_MQTT_BRIDGE_<FLAG>`.
@@ -138,6 +145,11 @@ impl Args {
                 "--batch-size, --queue-capacity and --seen-capacity must be at least 1".into(),
             ));
         }
+        if self.lease_ttl < Duration::from_millis(300) || self.adoption_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--lease-ttl must be at least 300ms and --adoption-interval above 0".into(),
+            ));
+        }
         if self.share_group.is_empty() || self.share_group.contains(['/', '+', '#']) {
             return Err(ConfigError::Invalid(
                 "--share-group must be non-empty without '/', '+' or '#'".into(),
@@ -162,6 +174,8 @@ impl Args {
         bridge.seen_capacity = self.seen_capacity;
         bridge.seen_interval = self.seen_interval;
         bridge.command_timeout = self.command_timeout;
+        bridge.lease_ttl = self.lease_ttl;
+        bridge.adoption_interval = self.adoption_interval;
         // The broker settings are checked now (URL, credentials, TLS files), not at the first
         // connection.
         bridge.check_broker_settings()?;
@@ -187,6 +201,8 @@ mod tests {
         assert_eq!(bridge.max_payload, 262_144);
         assert_eq!(bridge.seen_interval, Duration::from_secs(60));
         assert_eq!(bridge.share_group, "mqtt-bridge");
+        assert_eq!(bridge.lease_ttl, Duration::from_secs(15));
+        assert_eq!(bridge.adoption_interval, Duration::from_secs(5));
         assert_eq!(args.common.instance(), "r1");
         assert_eq!(
             crate::uplink_client_id(&args.common.instance()),
@@ -203,6 +219,10 @@ mod tests {
         assert!(args.bridge().is_err());
         let args = parse(&["--mqtt-url", "http://broker"]);
         assert!(matches!(args.bridge(), Err(ConfigError::Url { .. })));
+        let args = parse(&["--lease-ttl", "0s"]);
+        assert!(args.bridge().is_err());
+        let args = parse(&["--adoption-interval", "0s"]);
+        assert!(args.bridge().is_err());
         let args = parse(&["--mqtt-password", "pw"]);
         assert!(args.bridge().is_err(), "a password needs a user name");
     }
@@ -229,6 +249,10 @@ mod tests {
         assert_eq!(
             env_of("share_group").as_deref(),
             Some("AURORA_MQTT_BRIDGE_SHARE_GROUP")
+        );
+        assert_eq!(
+            env_of("lease_ttl").as_deref(),
+            Some("AURORA_MQTT_BRIDGE_LEASE_TTL")
         );
         assert_eq!(env_of("redis_url").as_deref(), Some("AURORA_REDIS_URL"));
         // Every renamed variable names the variable its flag reads now.

@@ -6,6 +6,8 @@
 //! - [`decode`]: what a device message must be; everything else is dead-lettered.
 //! - [`seen`]: `device.seen` announcements with bounded memory.
 //! - [`downlink`]: commands from the bus to the devices, XACK after the broker's PUBACK.
+//! - [`replicas`]: a lease per replica; a leaving replica hands its session back, a live one
+//!   takes over the session of a replica gone without a word.
 //! - [`mqtt`]: broker URL, credentials, TLS.
 //! - [`config`]: the flags; [`health`]: the readiness parts and dependencies;
 //!   [`telemetry`]: every metric; [`error`]: what can go wrong.
@@ -21,6 +23,7 @@ pub mod error;
 pub mod health;
 pub mod link;
 pub mod mqtt;
+pub mod replicas;
 pub mod seen;
 pub mod telemetry;
 pub mod uplink;
@@ -29,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aurora_core::bus::{self, Producer};
+use aurora_core::replicas::Lease;
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
 use rumqttc::AsyncClient;
@@ -57,6 +61,10 @@ pub struct MqttBridge {
     pub seen_capacity: usize,
     pub seen_interval: Duration,
     pub command_timeout: Duration,
+    /// This replica's lease lapses this long after its last renewal.
+    pub lease_ttl: Duration,
+    /// How often to look for gone replicas.
+    pub adoption_interval: Duration,
 }
 
 /// The uplink's client id: stable per replica, so the broker keeps this replica's session.
@@ -88,6 +96,8 @@ impl MqttBridge {
             seen_capacity: 100_000,
             seen_interval: Duration::from_secs(60),
             command_timeout: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(15),
+            adoption_interval: Duration::from_secs(5),
         }
     }
 
@@ -171,24 +181,55 @@ impl Service for MqttBridge {
             ctx.shutdown.clone(),
         ));
 
+        // The lease: taken before the uplink connects (no replica adopts this one's session
+        // while it is alive), kept until the session was handed back.
+        let lease = Lease::new(
+            producer.conn(),
+            &self.names,
+            SERVICE,
+            &ctx.instance,
+            self.lease_ttl,
+        );
+        if let Err(e) = lease.renew().await {
+            tracing::warn!(error = %e, "cannot take the replica lease yet; retrying in the background");
+        }
+        let uplink_cfg = uplink::UplinkConfig {
+            share_group: self.share_group.clone(),
+            max_payload: self.max_payload,
+            batch_size: self.batch_size,
+            batch_linger: self.batch_linger,
+            queue_capacity: self.queue_capacity,
+            seen_capacity: self.seen_capacity,
+            seen_interval: self.seen_interval,
+        };
+        let adopter = replicas::Adopter {
+            lease: lease.clone(),
+            interval: self.adoption_interval,
+            cfg: uplink_cfg.clone(),
+            link: up_link.clone(),
+            names: self.names.clone(),
+            producer: producer.clone(),
+        };
         let uplink = uplink::Uplink {
-            cfg: uplink::UplinkConfig {
-                share_group: self.share_group.clone(),
-                max_payload: self.max_payload,
-                batch_size: self.batch_size,
-                batch_linger: self.batch_linger,
-                queue_capacity: self.queue_capacity,
-                seen_capacity: self.seen_capacity,
-                seen_interval: self.seen_interval,
-            },
+            cfg: uplink_cfg,
             link: up_link,
             names: self.names.clone(),
             producer: producer.clone(),
             readiness: ctx.readiness.clone(),
         };
-        let (connection, writer) = uplink.tasks(ctx.shutdown.clone(), ctx.abort.clone());
-        running.spawn(connection);
+        let (connection, writer) =
+            uplink.tasks(uplink::Role::Own, ctx.shutdown.clone(), ctx.abort.clone());
+        let (own_ended, own) = tokio::sync::oneshot::channel();
+        let (waiting_lease, readiness, shutdown) =
+            (lease.clone(), ctx.readiness.clone(), ctx.shutdown.clone());
+        running.spawn(async move {
+            // Coming back under a name that is being adopted: let the adoption end first.
+            replicas::wait_while_adopted(&waiting_lease, &readiness, &shutdown).await;
+            let _ = own_ended.send(connection.await);
+        });
         running.spawn(writer);
+        running.spawn(replicas::hold_lease(lease, own, ctx.abort.clone()));
+        running.spawn(adopter.run(ctx.shutdown.clone(), ctx.abort.clone()));
 
         let (down_client, down_loop) = AsyncClient::new(down_opts, 64);
         let downlink = downlink::Downlink {

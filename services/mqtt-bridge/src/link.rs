@@ -14,7 +14,8 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use rumqttc::v5::mqttbytes::v5::{
     Codec, ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
-    DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, Subscribe,
+    DisconnectProperties, DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, Subscribe,
+    Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::Error as CodecError;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -203,6 +204,18 @@ impl Link {
         Ok(())
     }
 
+    /// Sends one UNSUBSCRIBE with every filter (its UNSUBACK arrives through [`Link::next`]):
+    /// the broker assigns this session nothing new; what it queued for it still comes.
+    pub async fn unsubscribe(&mut self, filters: Vec<String>) -> Result<(), LinkError> {
+        let unsubscribe = Unsubscribe {
+            pkid: 2,
+            filters,
+            properties: None,
+        };
+        self.io.send(Packet::Unsubscribe(unsubscribe)).await?;
+        Ok(())
+    }
+
     pub async fn ping(&mut self) -> Result<(), LinkError> {
         self.io.send(Packet::PingReq(PingReq)).await?;
         Ok(())
@@ -214,6 +227,25 @@ impl Link {
             .send(Packet::Disconnect(Disconnect::new(
                 DisconnectReasonCode::NormalDisconnection,
             )))
+            .await?;
+        let _ = self.io.close().await;
+        Ok(())
+    }
+
+    /// A DISCONNECT that ends the session too (MQTT 5: session expiry 0 at disconnect): the
+    /// broker deletes it and everything it still held for it. Only once nothing is left in it.
+    pub async fn disconnect_ending_session(mut self) -> Result<(), LinkError> {
+        let properties = DisconnectProperties {
+            session_expiry_interval: Some(0),
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: None,
+        };
+        self.io
+            .send(Packet::Disconnect(Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+                properties: Some(properties),
+            }))
             .await?;
         let _ = self.io.close().await;
         Ok(())

@@ -39,11 +39,16 @@ pub const COMMAND_SECONDS: &str = "aurora_mqtt_bridge_command_publish_seconds";
 /// each is tried again.
 pub const COMMAND_ERRORS: &str = "aurora_mqtt_bridge_command_errors_total";
 
-/// Which of the bridge's two broker connections (the `link` label).
+/// Gone replicas' sessions taken over, by `outcome` (handed_back, returned, interrupted).
+pub const ADOPTIONS: &str = "aurora_mqtt_bridge_adoptions_total";
+
+/// Which of the bridge's broker connections (the `link` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerLink {
     Uplink,
     Downlink,
+    /// A gone replica's uplink session, taken over to hand it back.
+    Adoption,
 }
 
 impl BrokerLink {
@@ -51,6 +56,28 @@ impl BrokerLink {
         match self {
             Self::Uplink => "uplink",
             Self::Downlink => "downlink",
+            Self::Adoption => "adoption",
+        }
+    }
+}
+
+/// What became of an adoption (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptionOutcome {
+    /// The gone replica's session was handed back and ended, the replica forgotten.
+    HandedBack,
+    /// The replica came back and took its session again.
+    Returned,
+    /// Stopped with the session kept (connection lost, deadline): adopted again later.
+    Interrupted,
+}
+
+impl AdoptionOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::HandedBack => "handed_back",
+            Self::Returned => "returned",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -155,4 +182,9 @@ pub fn command_publish_seconds(took: Duration) {
 /// A read or write of the command streams failed, or a command got no PUBACK in time.
 pub fn command_error() {
     metrics::counter!(COMMAND_ERRORS).increment(1);
+}
+
+/// One adoption of a gone replica's session ended.
+pub fn adoption(outcome: AdoptionOutcome) {
+    metrics::counter!(ADOPTIONS, "outcome" => outcome.as_str()).increment(1);
 }

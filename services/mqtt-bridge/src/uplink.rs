@@ -18,7 +18,9 @@ use aurora_core::names::DeviceTopicKind;
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
 use aurora_core::Names;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{
+    DisconnectReasonCode, Filter, Packet, Publish, SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +54,46 @@ struct Received {
     epoch: u64,
 }
 
+/// Whose broker session an uplink serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// This replica's own: subscribed until `leave`, then handed back; reconnects when the
+    /// connection is lost.
+    Own,
+    /// A gone replica's, taken over with its client id: handed back at once, on one
+    /// connection (a lost connection ends the adoption; the session is kept for the next).
+    Adopted,
+}
+
+impl Role {
+    fn link(self) -> BrokerLink {
+        match self {
+            Self::Own => BrokerLink::Uplink,
+            Self::Adopted => BrokerLink::Adoption,
+        }
+    }
+}
+
+/// How an uplink's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Unsubscribed, everything the broker still delivered for the session written and
+    /// acknowledged until it was quiet, then the session ended (DISCONNECT with session
+    /// expiry 0): the broker holds nothing more for this client id.
+    HandedBack,
+    /// Stopped with the session kept (the drain deadline, a writer that ended, an adoption's
+    /// lost connection or deadline): what is unacknowledged stays in it, delivered again to
+    /// whoever connects with its client id next.
+    Kept,
+    /// Another connection took the session over (for an adoption: the replica came back).
+    TakenOver,
+}
+
+/// How long a leaving session must be quiet (unsubscribed, nothing unacknowledged, nothing
+/// delivered) before it is ended. The broker sends what it queued for the session as soon as
+/// the in-flight window has room, so a quiet second means nothing is left.
+pub const QUIET: Duration = Duration::from_secs(1);
+
 /// The uplink, ready to run.
 pub struct Uplink {
     pub cfg: UplinkConfig,
@@ -65,15 +107,22 @@ pub struct Uplink {
 
 impl Uplink {
     /// The two tasks of the uplink: the connection (reads publishes, writes the acks) and
-    /// the writer. At `shutdown` the connection stops taking messages and the writer drains
-    /// what is queued: written and acknowledged, unless `abort` (the drain deadline) comes
-    /// first. The connection closes (DISCONNECT) once the writer is done.
+    /// the writer.
+    ///
+    /// Once `leave` is cancelled (at once for [`Role::Adopted`], at shutdown for
+    /// [`Role::Own`]) the session is handed back: UNSUBSCRIBE (the broker assigns it nothing
+    /// new), then what the broker still delivers for it is written and acknowledged as
+    /// always, until it is [`QUIET`]; then DISCONNECT ending the session
+    /// ([`Ended::HandedBack`]). At `abort` (the drain deadline) the writer gives up and the
+    /// connection closes keeping the session ([`Ended::Kept`]): what is unacknowledged is
+    /// delivered again to whoever takes the session next.
     pub fn tasks(
         self,
-        shutdown: CancellationToken,
+        role: Role,
+        leave: CancellationToken,
         abort: CancellationToken,
     ) -> (
-        impl Future<Output = ()> + Send + 'static,
+        impl Future<Output = Ended> + Send + 'static,
         impl Future<Output = ()> + Send + 'static,
     ) {
         let (tx, rx) = mpsc::channel(self.cfg.queue_capacity.max(1));
@@ -81,13 +130,17 @@ impl Uplink {
         let writer_done = CancellationToken::new();
         let filters = names_filters(&self.names, &self.cfg.share_group);
         let connection = drive_connection(
-            self.link,
-            filters,
+            Driver {
+                link: self.link,
+                filters,
+                role,
+                acks: acks.clone(),
+                readiness: self.readiness.clone(),
+                leave,
+                abort: abort.clone(),
+                writer_done: writer_done.clone(),
+            },
             tx,
-            acks.clone(),
-            self.readiness.clone(),
-            shutdown,
-            writer_done.clone(),
         );
         let writer = Writer {
             streams: Streams::new(&self.names),
@@ -121,132 +174,192 @@ fn names_filters(names: &Names, group: &str) -> Vec<Filter> {
         .collect()
 }
 
-/// Keeps the uplink connected (reconnecting with backoff) until the writer is done.
-async fn drive_connection(
+/// What the connection task works with.
+struct Driver {
     link: LinkOptions,
     filters: Vec<Filter>,
-    tx: mpsc::Sender<Received>,
+    role: Role,
     acks: AckQueue,
     readiness: Readiness,
-    shutdown: CancellationToken,
+    leave: CancellationToken,
+    abort: CancellationToken,
     writer_done: CancellationToken,
-) {
+}
+
+/// Keeps the uplink connected (an own session reconnects with backoff) until its session was
+/// handed back, or the writer is done, or `abort`.
+async fn drive_connection(d: Driver, tx: mpsc::Sender<Received>) -> Ended {
     let mut tx = Some(tx);
     let mut backoff = Backoff::default();
-    while !writer_done.is_cancelled() {
+    let own = d.role == Role::Own;
+    loop {
         let connected = tokio::select! {
-            c = Link::connect(&link) => c,
-            _ = writer_done.cancelled() => break,
-            // Not connected at shutdown: nothing more is taken, the writer drains its queue.
-            _ = shutdown.cancelled(), if tx.is_some() => {
-                tx = None;
-                continue;
-            }
+            c = Link::connect(&d.link) => c,
+            _ = d.writer_done.cancelled() => return Ended::Kept,
+            _ = d.abort.cancelled() => return Ended::Kept,
         };
         let error = match connected {
             Ok(session) => {
                 backoff.reset();
-                let epoch = acks.connected();
-                t::connected(BrokerLink::Uplink);
+                let epoch = d.acks.connected();
+                t::connected(d.role.link());
                 tracing::info!(
+                    client_id = %d.link.client_id,
                     session_present = session.session_present,
+                    leaving = d.leave.is_cancelled(),
                     "uplink connected to the broker"
                 );
                 let mut conn = Connection {
                     link: session,
+                    role: d.role,
                     epoch,
-                    acks: &acks,
-                    readiness: &readiness,
-                    keep_alive: link.keep_alive.max(Duration::from_secs(1)),
+                    acks: &d.acks,
+                    readiness: &d.readiness,
+                    keep_alive: d.link.keep_alive.max(Duration::from_secs(1)),
                     unacked: 0,
+                    unsubscribed: false,
+                    received: 0,
                 };
-                match conn.run(&filters, &mut tx, &shutdown, &writer_done).await {
-                    Ok(()) => {
-                        // The writer is done: what it acknowledged goes out, then DISCONNECT,
-                        // so the broker keeps the session cleanly.
+                match conn.run(&d, &mut tx).await {
+                    Ok(Stop::Quiet) => {
+                        let received = conn.received;
+                        // Nothing is left in the session: end it, so that the broker assigns
+                        // and keeps nothing more for this client id.
+                        let ended =
+                            tokio::time::timeout(Duration::from_secs(5), conn.end_session()).await;
+                        return match ended {
+                            Ok(Ok(())) => {
+                                tracing::info!(
+                                    client_id = %d.link.client_id,
+                                    received_while_leaving = received,
+                                    "session handed back: unsubscribed, written, acknowledged, ended"
+                                );
+                                Ended::HandedBack
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, client_id = %d.link.client_id, "could not end the session; it is kept (and adopted once this replica's lease lapses)");
+                                Ended::Kept
+                            }
+                            Err(_) => Ended::Kept,
+                        };
+                    }
+                    Ok(Stop::Halted) => {
+                        // The writer is done (abort): what it acknowledged goes out, then
+                        // DISCONNECT keeping the session for whoever takes it next.
                         let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
-                        break;
+                        return Ended::Kept;
                     }
                     Err(e) => e,
                 }
             }
             Err(e) => e,
         };
-        acks.disconnected();
-        t::connection_error(BrokerLink::Uplink);
-        readiness.set_not_ready(MQTT_UPLINK, format!("broker connection: {error}"));
+        d.acks.disconnected();
+        t::connection_error(d.role.link());
+        let taken_over = matches!(
+            error,
+            LinkError::Disconnected(DisconnectReasonCode::SessionTakenOver)
+        );
+        if !own {
+            tracing::warn!(error = %error, client_id = %d.link.client_id, "adopted session's connection ended");
+            return if taken_over {
+                Ended::TakenOver
+            } else {
+                Ended::Kept
+            };
+        }
+        d.readiness
+            .set_not_ready(MQTT_UPLINK, format!("broker connection: {error}"));
         let delay = backoff.next_delay();
-        tracing::warn!(error = %error, retry_in = ?delay, "uplink connection to the broker lost; reconnecting");
+        if taken_over {
+            // Another client connected with this replica's client id: an adopter that found
+            // the lease lapsed (Redis unreachable too long) or a second replica under the same
+            // instance id. Connecting again takes the session back; an adopter then stops.
+            tracing::warn!(retry_in = ?delay, "uplink session taken over by another connection; taking it back");
+        } else {
+            tracing::warn!(error = %error, retry_in = ?delay, "uplink connection to the broker lost; reconnecting");
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = writer_done.cancelled() => break,
-            _ = shutdown.cancelled(), if tx.is_some() => tx = None,
+            _ = d.writer_done.cancelled() => return Ended::Kept,
+            _ = d.abort.cancelled() => return Ended::Kept,
         }
     }
+}
+
+/// Why a connection's run ended without an error.
+enum Stop {
+    /// Leaving, and nothing more is held: end the session.
+    Quiet,
+    /// The writer is done or `abort`: close, keeping the session.
+    Halted,
 }
 
 /// One connected session of the uplink.
 struct Connection<'a> {
     link: Link,
+    role: Role,
     epoch: u64,
     acks: &'a AckQueue,
     readiness: &'a Readiness,
     keep_alive: Duration,
     /// Messages handed to the writer whose PUBACK has not gone out yet.
     unacked: u64,
+    /// The broker answered our UNSUBSCRIBE (leaving).
+    unsubscribed: bool,
+    /// Publishes received on this connection since it started leaving.
+    received: u64,
 }
 
 impl Connection<'_> {
-    /// Subscribes, then hands publishes to the writer and writes the acks it queues, until
-    /// the connection fails (`Err`) or the writer is done (`Ok`).
+    /// Subscribes (or, leaving, unsubscribes), then hands publishes to the writer and writes
+    /// the acks it queues, until the connection fails (`Err`), the session is quiet after
+    /// leaving, or the writer is done.
     async fn run(
         &mut self,
-        filters: &[Filter],
+        d: &Driver,
         tx: &mut Option<mpsc::Sender<Received>>,
-        shutdown: &CancellationToken,
-        writer_done: &CancellationToken,
-    ) -> Result<(), LinkError> {
-        // Subscribing again with a session present is harmless and covers a changed group or
-        // namespace; without a session it is required.
-        self.link.subscribe(filters.to_vec()).await?;
+    ) -> Result<Stop, LinkError> {
+        let mut leaving = d.leave.is_cancelled();
+        if leaving {
+            self.start_leaving(&d.filters).await?;
+        } else {
+            // Subscribing again with a session present is harmless and covers a changed
+            // group or namespace; without a session it is required.
+            self.link.subscribe(d.filters.clone()).await?;
+        }
         let mut ping = tokio::time::interval(self.keep_alive);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
+        let mut quiet = tokio::time::interval(Duration::from_millis(100));
+        quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        let mut quiet_since = Instant::now();
         let mut pkids = Vec::new();
         loop {
             tokio::select! {
                 biased;
-                _ = writer_done.cancelled() => return Ok(()),
-                _ = shutdown.cancelled(), if tx.is_some() => {
-                    // Stop taking messages; the writer drains what it has. Whatever arrives
-                    // from now on is left unacknowledged, so the broker delivers it again.
-                    *tx = None;
+                _ = d.writer_done.cancelled() => return Ok(Stop::Halted),
+                _ = d.abort.cancelled() => return Ok(Stop::Halted),
+                _ = d.leave.cancelled(), if !leaving => {
+                    leaving = true;
+                    quiet_since = Instant::now();
+                    self.start_leaving(&d.filters).await?;
                 }
                 _ = self.acks.ready() => self.write_acks(&mut pkids).await?,
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > self.keep_alive * 2 {
-                        return Err(LinkError::Timeout(self.keep_alive * 2, "keep-alive"));
-                    }
-                    self.link.ping().await?;
-                }
                 packet = self.link.next() => {
                     last_heard = Instant::now();
                     match packet? {
-                        Packet::Publish(publish) => self.hand_over(publish, tx).await,
-                        Packet::SubAck(ack) => {
-                            let refused = ack
-                                .return_codes
-                                .iter()
-                                .any(|c| !matches!(c, SubscribeReasonCode::Success(_)));
-                            if refused {
-                                self.readiness.set_not_ready(
-                                    MQTT_UPLINK,
-                                    "the broker refused a subscription (ACL?)",
-                                );
-                            } else {
-                                self.readiness.set_ready(MQTT_UPLINK);
-                            }
+                        Packet::Publish(publish) => {
+                            quiet_since = Instant::now();
+                            self.received += 1;
+                            self.hand_over(publish, tx).await;
+                        }
+                        Packet::SubAck(ack) => self.subscribed(&ack.return_codes),
+                        Packet::UnsubAck(ack) => {
+                            quiet_since = Instant::now();
+                            self.unsubscribed = true;
+                            tracing::debug!(reasons = ?ack.reasons, "unsubscribed");
                         }
                         Packet::PingResp(_) => {}
                         Packet::ConnAck(_) => return Err(LinkError::Unexpected("second CONNACK")),
@@ -254,7 +367,45 @@ impl Connection<'_> {
                         other => tracing::debug!(packet = ?other, "ignored a packet from the broker"),
                     }
                 }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > self.keep_alive * 2 {
+                        return Err(LinkError::Timeout(self.keep_alive * 2, "keep-alive"));
+                    }
+                    self.link.ping().await?;
+                }
+                _ = quiet.tick(), if leaving => {
+                    if self.unsubscribed && self.unacked == 0 && quiet_since.elapsed() >= QUIET {
+                        return Ok(Stop::Quiet);
+                    }
+                }
             }
+        }
+    }
+
+    /// UNSUBSCRIBE: from its UNSUBACK on, the broker assigns this session nothing new.
+    async fn start_leaving(&mut self, filters: &[Filter]) -> Result<(), LinkError> {
+        self.received = 0;
+        tracing::info!(
+            unacked = self.unacked,
+            "leaving the shared subscription: reading what the broker still holds for this session"
+        );
+        self.link
+            .unsubscribe(filters.iter().map(|f| f.path.clone()).collect())
+            .await
+    }
+
+    fn subscribed(&self, codes: &[SubscribeReasonCode]) {
+        if self.role != Role::Own {
+            return;
+        }
+        let refused = codes
+            .iter()
+            .any(|c| !matches!(c, SubscribeReasonCode::Success(_)));
+        if refused {
+            self.readiness
+                .set_not_ready(MQTT_UPLINK, "the broker refused a subscription (ACL?)");
+        } else {
+            self.readiness.set_ready(MQTT_UPLINK);
         }
     }
 
@@ -285,16 +436,25 @@ impl Connection<'_> {
         let n = pkids.len() as u64;
         t::acks_sent(n);
         self.unacked = self.unacked.saturating_sub(n);
-        t::unacked(self.unacked);
+        if self.role == Role::Own {
+            t::unacked(self.unacked);
+        }
         Ok(())
     }
 
-    /// Sends the acks still queued, then DISCONNECT.
+    /// Sends the acks still queued, then DISCONNECT (the session is kept).
     async fn close(mut self) {
         let mut pkids = Vec::new();
         if self.write_acks(&mut pkids).await.is_ok() {
             let _ = self.link.disconnect().await;
         }
+    }
+
+    /// Sends the acks still queued (none when quiet), then DISCONNECT ending the session.
+    async fn end_session(mut self) -> Result<(), LinkError> {
+        let mut pkids = Vec::new();
+        self.write_acks(&mut pkids).await?;
+        self.link.disconnect_ending_session().await
     }
 }
 
