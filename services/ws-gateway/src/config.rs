@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aurora_core::config::{parse_duration, CommonArgs, JwtArgs};
+use aurora_core::config::{parse_duration, CommonArgs, JwtArgs, ListenerArgs};
 use aurora_core::service::Flags;
 use clap::Parser;
 
@@ -50,6 +50,9 @@ pub struct Args {
     #[command(flatten)]
     pub jwt: JwtArgs,
 
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+
     /// Address of the WebSocket and REST API and of the console.
     #[arg(long, default_value = "0.0.0.0:8000")]
     pub http_addr: SocketAddr,
@@ -57,6 +60,22 @@ pub struct Args {
     /// Connections one channel accepts on this replica; the next is closed with 1013.
     #[arg(long, default_value_t = 500)]
     pub max_connections_per_channel: usize,
+
+    /// Connections one token subject (`sub`) may hold on one channel of this replica; the next
+    /// is closed with 1013. 0: no limit but the channel's.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections_per_subject: usize,
+
+    /// Origins (`scheme://host[:port]`, comma separated) whose pages may open a WebSocket,
+    /// besides the gateway's own (an Origin whose host is the request's Host); `*` allows
+    /// every origin. A request without Origin (not from a browser) is always allowed.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// After the gateway sends a close frame, how long it waits for the client's reply
+    /// before dropping the connection (so a browser sees a clean close).
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub close_timeout: Duration,
 
     /// Messages a client may fall behind the live stream before it is closed with 1013.
     #[arg(long, default_value_t = 1024)]
@@ -112,6 +131,9 @@ impl Args {
                 flag: "client-queue",
             });
         }
+        self.listener
+            .check()
+            .map_err(|message| ConfigError::Listener { message })?;
         if self.pong_timeout <= self.ping_interval {
             return Err(ConfigError::PongBeforePing {
                 ping_interval: self.ping_interval,

@@ -10,6 +10,8 @@ use aurora_core::bus::BusError;
 pub enum ConfigError {
     #[error("--{flag} must be at least 1")]
     Zero { flag: &'static str },
+    #[error("{message}")]
+    Listener { message: String },
     #[error(
         "--pong-timeout ({pong_timeout:?}) must be longer than --ping-interval ({ping_interval:?}): \
          a client would be dropped before it could answer a ping"

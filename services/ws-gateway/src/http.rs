@@ -4,6 +4,11 @@
 //!
 //! No request logging layer: the token may be in the query string, so only
 //! [`aurora_core::auth::redact_query`]'s version of a path is ever logged.
+//!
+//! The listener is aurora-core's guarded one (idle and header timeouts, caps per listener
+//! and per address): an accepted session marks its connection established, so only the
+//! connections that never authenticate are cut by the idle timeout. A WebSocket upgrade from
+//! a page of another origin than the allowed ones ([`Origins`]) is refused with 403.
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -14,17 +19,17 @@ use anyhow::Context as _;
 use aurora_core::auth::http::{authorize, ApprovalsManage, Authorized};
 use aurora_core::auth::{self, Verifier};
 use aurora_core::bus;
+use aurora_core::listener::{self, Conn, GuardedListener};
 use aurora_core::names::Channel;
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{ConnectInfo, FromRef, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -55,6 +60,61 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Cancelled at the drain deadline: the sessions still open are dropped.
     pub abort: CancellationToken,
+    /// The pages that may open a WebSocket.
+    pub origins: Origins,
+}
+
+/// Which browser pages may open a WebSocket (`--allowed-origins`): the gateway's own (an
+/// `Origin` whose host is the request's `Host`), the listed ones, or all with `*`. A request
+/// without `Origin` is not from a browser page and is allowed (its token decides).
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    any: bool,
+    listed: Vec<String>,
+}
+
+impl Origins {
+    pub fn new(allowed: &[String]) -> Self {
+        let listed: Vec<String> = allowed
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
+        Self {
+            any: listed.iter().any(|o| o == "*"),
+            listed,
+        }
+    }
+
+    /// `Ok` when the request's Origin may connect; otherwise why not.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), String> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(());
+        };
+        if self.any {
+            return Ok(());
+        }
+        let origin = origin
+            .to_str()
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .map_err(|_| "origin not allowed".to_string())?;
+        if self.listed.iter().any(|o| *o == origin) {
+            return Ok(());
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.trim().to_ascii_lowercase());
+        let origin_host = origin
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or_default().to_string());
+        match (host, origin_host) {
+            (Some(host), Some(origin_host)) if host == origin_host => Ok(()),
+            _ => Err(format!(
+                "origin {origin:?} not allowed: only the gateway's own pages and --allowed-origins may connect"
+            )),
+        }
+    }
 }
 
 impl FromRef<AppState> for Verifier {
@@ -74,11 +134,11 @@ pub struct Drain {
 }
 
 /// Serves the API until the drain, then waits for every session to end (or for the abort).
-pub async fn serve(listener: TcpListener, state: AppState, drain: Drain) -> anyhow::Result<()> {
+pub async fn serve(listener: GuardedListener, state: AppState, drain: Drain) -> anyhow::Result<()> {
     let tracker = state.tracker.clone();
     // However this ends (a failed server too), the readers and the sessions are told to stop.
     let _closing = drain.closing.clone().drop_guard();
-    let server = axum::serve(listener, router(state))
+    let server = axum::serve(listener, listener::app(router(state)))
         .with_graceful_shutdown(drain.closing.clone().cancelled_owned())
         .into_future();
     tokio::pin!(server);
@@ -150,6 +210,11 @@ async fn connect(
     let Some(ctx) = state.sessions.get(channel.as_str()).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if let Err(reason) = state.origins.check(&parts.headers) {
+        crate::telemetry::origin_refused(channel);
+        tracing::info!(channel = channel.as_str(), reason = %reason, "WebSocket from another origin refused");
+        return (StatusCode::FORBIDDEN, Json(json!({ "error": reason }))).into_response();
+    }
     let since = query_param(uri, "since");
     if let Some(s) = &since {
         if bus::parse_id(s).is_none() {
@@ -171,6 +236,16 @@ async fn connect(
     }
     let tracker = state.tracker.clone();
     let abort = state.abort.clone();
+    // An accepted session has its own liveness checks (pings, token expiry): the listener's
+    // idle timeout is for the connections that never authenticate.
+    let conn: Option<Conn> = matches!(admission, Admission::Accepted { .. })
+        .then(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<Conn>>()
+                .map(|ConnectInfo(c)| c.clone())
+        })
+        .flatten();
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
@@ -180,6 +255,9 @@ async fn connect(
             tracing::info!(channel = channel.as_str(), error = %e, "WebSocket upgrade failed")
         })
         .on_upgrade(move |socket| async move {
+            if let Some(conn) = conn {
+                conn.establish();
+            }
             tracker
                 .track_future(async move {
                     // At the drain deadline the session is dropped with its socket.
@@ -215,12 +293,19 @@ fn admit(
             }
         }
     };
+    let Some(subject_slot) = ctx.subjects.try_take(&claims.sub) else {
+        return Admission::Refused {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: "too many connections for this subject on this server: try again later".into(),
+        };
+    };
     match ctx.hub.slots.clone().try_acquire_owned() {
         Ok(permit) => Admission::Accepted {
             token_valid_for: claims.remaining(),
             subject: claims.sub,
             since,
             permit,
+            subject_slot,
         },
         Err(_) => Admission::Refused {
             code: CLOSE_TRY_AGAIN_LATER,

@@ -37,9 +37,10 @@ use tokio_util::task::TaskTracker;
 pub use config::Args;
 
 use approvals::ApprovalStore;
+use aurora_core::listener::GuardedListener;
 use error::StartError;
 use fanout::{Hub, Reader};
-use session::{SessionConfig, SessionContext};
+use session::{SessionConfig, SessionContext, SubjectSlots};
 
 /// The service's name: logs, state keys, the `AURORA_WS_GATEWAY_` variables.
 pub const SERVICE: &str = "ws-gateway";
@@ -131,6 +132,7 @@ impl Service for Gateway {
             ping_interval: args.ping_interval,
             pong_timeout: args.pong_timeout,
             send_timeout: args.send_timeout,
+            close_timeout: args.close_timeout,
         };
 
         let mut running = Running::new(&ctx);
@@ -157,6 +159,7 @@ impl Service for Gateway {
                     hub,
                     conn: conn.clone(),
                     config: session_config.clone(),
+                    subjects: SubjectSlots::new(args.max_connections_per_subject),
                     shutdown: closing.clone(),
                 },
             );
@@ -177,6 +180,7 @@ impl Service for Gateway {
             approvals,
             tracker: TaskTracker::new(),
             abort: ctx.abort.clone(),
+            origins: http::Origins::new(&args.allowed_origins),
         };
         let drain = http::Drain {
             shutdown: ctx.shutdown.clone(),
@@ -184,6 +188,7 @@ impl Service for Gateway {
             closing,
             abort: ctx.abort.clone(),
         };
+        let listener = GuardedListener::new(listener, "ws", args.listener.limits());
         running.spawn_fallible(http::serve(listener, state, drain));
         tracing::info!(service = SERVICE, %http_addr, ops_addr = %ctx.ops_addr, namespace = names.namespace(), "listening");
         Ok(running)

@@ -9,7 +9,13 @@
 //! - 1011 on a server error,
 //! - no close at all when the socket accepts nothing for `send_timeout` or answers no ping
 //!   for `pong_timeout` (a dead peer cannot read a close frame).
+//!
+//! After a close frame the session waits (at most `close_timeout`) for the client's reply
+//! before the connection is dropped: the closing handshake completes, and a browser reports
+//! `wasClean: true` with the code.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aurora_core::bus::{self, Conn};
@@ -40,6 +46,71 @@ pub struct SessionConfig {
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub send_timeout: Duration,
+    /// How long a close frame waits for the client's reply.
+    pub close_timeout: Duration,
+}
+
+/// The connections each subject holds on one channel of this replica, under a limit
+/// (`--max-connections-per-subject`; 0: none).
+#[derive(Debug, Clone, Default)]
+pub struct SubjectSlots {
+    max: usize,
+    held: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl SubjectSlots {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            held: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        // Counters only: usable after a panic elsewhere.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for `subject`, or `None` when it holds the limit already.
+    pub fn try_take(&self, subject: &str) -> Option<SubjectSlot> {
+        if self.max == 0 {
+            return Some(SubjectSlot { slots: None });
+        }
+        let mut held = self.lock();
+        let n = held.entry(subject.to_string()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SubjectSlot {
+            slots: Some((self.clone(), subject.to_string())),
+        })
+    }
+
+    /// Connections `subject` holds now.
+    pub fn held(&self, subject: &str) -> usize {
+        self.lock().get(subject).copied().unwrap_or(0)
+    }
+}
+
+/// A subject's connection, given back when dropped.
+#[derive(Debug)]
+pub struct SubjectSlot {
+    slots: Option<(SubjectSlots, String)>,
+}
+
+impl Drop for SubjectSlot {
+    fn drop(&mut self) {
+        if let Some((slots, subject)) = self.slots.take() {
+            let mut held = slots.lock();
+            if let Some(n) = held.get_mut(&subject) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&subject);
+                }
+            }
+        }
+    }
 }
 
 /// What the handshake decided.
@@ -50,6 +121,7 @@ pub enum Admission {
         token_valid_for: Duration,
         since: Option<String>,
         permit: OwnedSemaphorePermit,
+        subject_slot: SubjectSlot,
     },
     /// Refused: closed at once with this code and reason (after the upgrade, so a browser
     /// sees the code).
@@ -62,6 +134,8 @@ pub struct SessionContext {
     pub hub: Hub,
     pub conn: Conn,
     pub config: SessionConfig,
+    /// The connections of each subject on this channel.
+    pub subjects: SubjectSlots,
     /// Cancelled when the replica drains: every session closes with 1001.
     pub shutdown: CancellationToken,
 }
@@ -86,13 +160,14 @@ where
     let channel = ctx.hub.channel;
     match admission {
         Admission::Refused { code, reason } => {
-            close(&mut socket, channel, code, &reason, ctx.config.send_timeout).await
+            close(&mut socket, channel, code, &reason, &ctx.config).await
         }
         Admission::Accepted {
             subject,
             token_valid_for,
             since,
             permit,
+            subject_slot,
         } => {
             let open = telemetry::connection_opened(channel);
             tracing::info!(channel = channel.as_str(), subject = %subject, since = ?since, "client connected");
@@ -100,6 +175,7 @@ where
             tracing::info!(channel = channel.as_str(), subject = %subject, end = ?end, "client gone");
             drop(open);
             drop(permit);
+            drop(subject_slot);
             end
         }
     }
@@ -138,10 +214,10 @@ where
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => {
-                return close(socket, channel, CLOSE_GOING_AWAY, "server shutting down: reconnect", cfg.send_timeout).await;
+                return close(socket, channel, CLOSE_GOING_AWAY, "server shutting down: reconnect", cfg).await;
             }
             _ = &mut expiry => {
-                return close(socket, channel, CLOSE_POLICY, "token expired", cfg.send_timeout).await;
+                return close(socket, channel, CLOSE_POLICY, "token expired", cfg).await;
             }
             incoming = socket.next() => match incoming {
                 Some(Ok(Message::Close(_))) => {
@@ -166,15 +242,15 @@ where
             received = live.recv() => {
                 match received {
                     Ok(frame) => batch.push(frame),
-                    Err(RecvError::Lagged(missed)) => return slow_client(socket, channel, missed, cfg.send_timeout).await,
+                    Err(RecvError::Lagged(missed)) => return slow_client(socket, channel, missed, cfg).await,
                     Err(RecvError::Closed) => {
-                        return close(socket, channel, CLOSE_SERVER_ERROR, "channel closed", cfg.send_timeout).await;
+                        return close(socket, channel, CLOSE_SERVER_ERROR, "channel closed", cfg).await;
                     }
                 }
                 while batch.len() < MAX_BATCH {
                     match live.try_recv() {
                         Ok(frame) => batch.push(frame),
-                        Err(TryRecvError::Lagged(missed)) => return slow_client(socket, channel, missed, cfg.send_timeout).await,
+                        Err(TryRecvError::Lagged(missed)) => return slow_client(socket, channel, missed, cfg).await,
                         Err(_) => break,
                     }
                 }
@@ -199,7 +275,7 @@ async fn replay<S>(
     since: &str,
 ) -> Result<Option<(u64, u64)>, End>
 where
-    S: Sink<Message, Error = WsError> + Unpin,
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let channel = ctx.hub.channel;
     let cfg = &ctx.config;
@@ -220,7 +296,7 @@ where
                 channel,
                 CLOSE_SERVER_ERROR,
                 "cannot read the stream",
-                cfg.send_timeout,
+                cfg,
             )
             .await);
         }
@@ -295,9 +371,9 @@ where
     }
 }
 
-async fn slow_client<S>(socket: &mut S, channel: Channel, missed: u64, timeout: Duration) -> End
+async fn slow_client<S>(socket: &mut S, channel: Channel, missed: u64, cfg: &SessionConfig) -> End
 where
-    S: Sink<Message, Error = WsError> + Unpin,
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
     telemetry::slow_client_closed(channel);
     tracing::warn!(
@@ -310,21 +386,23 @@ where
         channel,
         CLOSE_TRY_AGAIN_LATER,
         "too slow: fell behind the live stream; reconnect with since",
-        timeout,
+        cfg,
     )
     .await
 }
 
-/// Sends a close frame (best effort, within `timeout`) and counts it.
+/// Sends a close frame (best effort, within `send_timeout`), counts it, and waits (at most
+/// `close_timeout`) for the client's reply, so the closing handshake completes before the
+/// connection is dropped.
 pub async fn close<S>(
     socket: &mut S,
     channel: Channel,
     code: u16,
     reason: &str,
-    timeout: Duration,
+    cfg: &SessionConfig,
 ) -> End
 where
-    S: Sink<Message, Error = WsError> + Unpin,
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
     telemetry::closed(channel, code);
     // A close reason is at most 123 bytes.
@@ -333,10 +411,21 @@ where
         code,
         reason: Utf8Bytes::from(reason),
     }));
-    let _ = tokio::time::timeout(timeout, async {
+    let sent = tokio::time::timeout(cfg.send_timeout, async {
         socket.send(frame).await?;
         socket.flush().await
     })
     .await;
+    if matches!(sent, Ok(Ok(()))) {
+        // Frames still in flight to us are skipped; the reply (or the end) stops the wait.
+        let _ = tokio::time::timeout(cfg.close_timeout, async {
+            while let Some(Ok(message)) = socket.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     End::Closed(code)
 }

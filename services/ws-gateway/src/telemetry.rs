@@ -25,6 +25,8 @@ pub const READ_ERRORS_TOTAL: &str = "aurora_ws_gateway_read_errors_total";
 pub const APPROVAL_DECISIONS_TOTAL: &str = "aurora_ws_gateway_approval_decisions_total";
 /// Approval documents that could not be read as approvals.
 pub const INVALID_APPROVALS_TOTAL: &str = "aurora_ws_gateway_invalid_approvals_total";
+/// WebSocket upgrades refused for their Origin, by channel.
+pub const ORIGIN_REFUSED_TOTAL: &str = "aurora_ws_gateway_origin_refused_total";
 /// Seconds from an entry's id (its XADD time) to its hand-off to the clients.
 pub const FANOUT_DELAY_SECONDS: &str = "aurora_ws_gateway_fanout_delay_seconds";
 
@@ -58,6 +60,11 @@ impl Drop for OpenConnection {
 pub fn closed(channel: Channel, code: u16) {
     metrics::counter!(CLOSES_TOTAL, "channel" => channel_label(channel), "code" => code.to_string())
         .increment(1);
+}
+
+/// Counts an upgrade refused for its Origin.
+pub fn origin_refused(channel: Channel) {
+    metrics::counter!(ORIGIN_REFUSED_TOTAL, "channel" => channel_label(channel)).increment(1);
 }
 
 /// Counts a client closed for falling behind or for a socket that accepted nothing.
