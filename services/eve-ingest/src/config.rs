@@ -294,7 +294,8 @@ mod tests {
         }
         assert_eq!(RENAMED_ENV.len(), own.len());
         // Flags added after the rename: the service prefix, no old name.
-        for flag in ["lease-ttl"] {
+        let added = ["lease-ttl"];
+        for flag in added.iter().copied() {
             let arg = cmd
                 .get_arguments()
                 .find(|a| a.get_long() == Some(flag))

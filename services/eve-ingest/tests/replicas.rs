@@ -25,7 +25,7 @@ const PER_TICK: u64 = 15;
 
 /// Every tenth line is an alert; every line is distinct (its `seq`).
 fn line(run: &str, seq: u64) -> Vec<u8> {
-    if seq % 10 == 0 {
+    if seq.is_multiple_of(10) {
         format!(
             r#"{{"timestamp":"2024-01-15T10:30:00.000000+0000","event_type":"alert","src_ip":"10.0.0.1","src_port":5353,"dest_ip":"8.8.8.8","dest_port":53,"proto":"UDP","alert":{{"action":"allowed","gid":1,"signature_id":{seq},"rev":1,"signature":"replica test {run} {seq}","category":"test","severity":2}},"seq":{seq}}}"#
         )
@@ -87,7 +87,7 @@ impl Producer {
         let lines: Vec<Vec<u8>> = (first..first + n).map(|s| line(&self.run, s)).collect();
         lpush(&mut self.conn, &self.list, &lines).await;
         self.burst.0 += n;
-        self.burst.1 += (first..first + n).filter(|s| s % 10 == 0).count() as u64;
+        self.burst.1 += (first..first + n).filter(|s| s.is_multiple_of(10)).count() as u64;
     }
 
     fn pushed(&self) -> u64 {
@@ -146,16 +146,27 @@ impl<'a> Replicas<'a> {
 
     /// SIGTERM, a clean exit, and the replica is gone for good: it holds nothing and left
     /// the registry by itself.
-    async fn leave(&mut self, svc: &mut Service) {
+    async fn leave(&mut self, svc: &mut Service) -> u64 {
         self.duplicates_of_gone += duplicates_counted(svc).await;
         let exit = svc.terminate().await;
         assert!(exit.success(), "{} exit status {exit:?}", svc.instance);
+        let log = svc.log();
+        let handed_back = log
+            .lines()
+            .find(|l| l.contains("handed back what this replica held"))
+            .unwrap_or_else(|| panic!("{} handed back and left; log:\n{log}", svc.instance));
+        let lines = serde_json::from_str::<serde_json::Value>(handed_back)
+            .ok()
+            .and_then(|v| v["fields"]["lines"].as_u64().or(v["lines"].as_u64()));
+        let lines = lines.unwrap_or_else(|| panic!("lines handed back: {handed_back}"));
+        println!("{} left: handed back {lines} lines", svc.instance);
         assert_eq!(self.env.held(&svc.instance).await, 0, "{}", svc.instance);
         assert!(
             !members(self.env).await.contains(&svc.instance),
             "{} left the registry",
             svc.instance
         );
+        lines
     }
 }
 
@@ -257,27 +268,47 @@ async fn traffic(producer: &Producer, n: u64) {
 }
 
 /// Three replicas; one leaves with SIGTERM while lines keep coming and never returns: it
-/// hands back what it held and leaves the registry; the two others take everything.
+/// is stopped while it holds a backlog it took, hands back what it had not handed out, and
+/// leaves the registry; the two others take everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_a_replica_that_leaves_strands_nothing() {
     let env = Env::new().await;
     let mut replicas = Replicas::new(&env);
-    let producer = Producer::start(&env);
-    let r1 = replicas.start("sd-1").await;
-    let r2 = replicas.start("sd-2").await;
-    let mut r3 = replicas.start("sd-3").await;
+    let mut producer = Producer::start(&env);
+    let mut live = vec![
+        replicas.start("sd-1").await,
+        replicas.start("sd-2").await,
+        replicas.start("sd-3").await,
+    ];
     traffic(&producer, 3000).await;
-    replicas.leave(&mut r3).await;
+    producer.burst(4000).await;
+    let leaving = holding_a_backlog(&env, &live).await;
+    let mut leaving = live.remove(leaving);
+    let handed_back = replicas.leave(&mut leaving).await;
+    assert!(handed_back > 0, "stopped while holding a backlog");
     traffic(&producer, 3000).await;
     settle_and_count(
         "scale-down",
         &env,
         &mut replicas,
         producer,
-        vec![r1, r2],
-        &["sd-3"],
+        live,
+        &[&leaving.instance],
     )
     .await;
+}
+
+/// The index of a replica holding at least 200 lines (a backlog it took as a chunk).
+async fn holding_a_backlog(env: &Env, live: &[Service]) -> usize {
+    aurora_testkit::wait_until(LONG, "a replica holding the backlog", || async {
+        for (i, svc) in live.iter().enumerate() {
+            if env.held(&svc.instance).await >= 200 {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await
 }
 
 /// A pod replaced: a replica is stopped (SIGTERM) and a new one starts under a new name.
@@ -316,24 +347,14 @@ async fn a_replica_killed_while_holding_lines_is_adopted_within_the_lease() {
     traffic(&producer, 3000).await;
     // A backlog arrives; the replica that took it is killed while it holds it.
     producer.burst(4000).await;
-    let (victim, held) =
-        aurora_testkit::wait_until(LONG, "a replica holding the backlog", || async {
-            for (i, svc) in live.iter().enumerate() {
-                let held = env.held(&svc.instance).await;
-                if held >= 200 {
-                    return Some((i, held));
-                }
-            }
-            None
-        })
-        .await;
+    let victim = holding_a_backlog(&env, &live).await;
     let mut killed_svc = live.remove(victim);
     let name = killed_svc.instance.clone();
     replicas.duplicates_of_gone += duplicates_counted(&killed_svc).await;
     killed_svc.kill();
     let killed = Instant::now();
     let left = env.held(&name).await;
-    assert!(left > 0, "killed holding lines ({held} a moment before)");
+    assert!(left > 0, "killed holding lines");
     let adopted_after = aurora_testkit::wait_until(LONG, "the killed replica adopted", || async {
         (env.held(&name).await == 0 && !members(&env).await.contains(&name))
             .then(|| killed.elapsed())
@@ -393,4 +414,61 @@ async fn scale_up_from_one_to_three_under_load() {
         &[],
     )
     .await;
+}
+
+/// A replica that comes back under its name while another replica holds the adoption lock
+/// on that name waits (not ready, naming why) until the adoption is over, and only then
+/// handles what its name holds: the two never handle the same held lines at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_under_its_name_waits_for_its_adoption_to_end() {
+    let env = Env::new().await;
+    let lines: Vec<Vec<u8>> = (0..40).map(|s| line("back", s)).collect();
+    lpush(
+        &mut env.conn(),
+        &env.names.eve_processing_list("back"),
+        &lines,
+    )
+    .await;
+    // Another replica has taken the adoption lock on "back" (and is slow about it).
+    let hold = Duration::from_millis(1500);
+    let other = aurora_core::replicas::Lease::new(env.conn(), &env.names, SERVICE, "other", TTL);
+    assert!(other.try_adopt("back", hold).await.unwrap());
+    let locked = Instant::now();
+
+    let ops = Ops::port(free_port());
+    let mut options = aurora_core::service::LaunchOptions::local("back");
+    options.ops_addr = ops.addr;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let launching = tokio::spawn(aurora_core::service::launch(
+        eve_ingest::EveIngest::new(env.settings()),
+        options,
+        shutdown.clone(),
+    ));
+    let report = aurora_testkit::wait_until(LONG, "/readyz naming the adoption", || async {
+        ops.get("/readyz")
+            .await
+            .ok()
+            .filter(|r| r.body.contains("adopting"))
+    })
+    .await;
+    assert_eq!(report.status, 503, "{report:?}");
+    assert_eq!(env.held("back").await, lines.len(), "untouched meanwhile");
+    assert_eq!(env.stream_len().await, 0);
+
+    let launched = launching.await.unwrap().unwrap();
+    let waited = locked.elapsed();
+    println!("came back under its name: waited {waited:?} for the adoption lock ({hold:?})");
+    assert!(waited >= hold - Duration::from_millis(100), "{waited:?}");
+    env.wait_stream_len(lines.len() as u64).await;
+    aurora_testkit::wait_until(LONG, "nothing held", || async {
+        (env.held("back").await == 0).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(LONG, launched.stopped())
+        .await
+        .unwrap();
+    assert_eq!(stopped, aurora_core::service::Stopped::Drained);
+    assert!(members(&env).await.is_empty(), "left the registry");
+    assert_eq!(env.messages().await.len(), lines.len());
 }
