@@ -381,3 +381,57 @@ async fn scale_up_from_one_to_three_under_load_then_down_to_zero() {
     }
     fleet.assert_members(&[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_coming_back_under_its_name_while_being_adopted_owns_its_session_again() {
+    let fleet = Fleet::new().await;
+    let r1 = fleet.start("r1").await;
+    let mut r2 = fleet.start("r2").await;
+
+    let n = 3000;
+    let load = fleet.load(n, 400);
+    fleet.wait_written(n / 4, "a quarter of the messages").await;
+    r2.kill();
+    // r1 takes r2's session over: r2 comes back under its name while that is in progress.
+    let adoption = "aurora_mqtt_bridge_connections_total";
+    aurora_testkit::wait_until(Duration::from_secs(30), "r1 adopting r2", || async {
+        (r1.metric(adoption, &[("link", "adoption")]).await >= 1.0).then_some(())
+    })
+    .await;
+    r2.kill_and_spawn();
+    r2.wait_ready().await;
+    let waited = r2.log().contains("waiting for it");
+    load.await.unwrap();
+
+    let (_, dups) = fleet.wait_all(n).await;
+    let outcomes = [
+        r1.metric(
+            "aurora_mqtt_bridge_adoptions_total",
+            &[("outcome", "handed_back")],
+        )
+        .await,
+        r1.metric(
+            "aurora_mqtt_bridge_adoptions_total",
+            &[("outcome", "returned")],
+        )
+        .await,
+    ];
+    eprintln!(
+        "r2 came back while r1 adopted it (waited for the adoption: {waited}; r1's adoptions \
+         handed back / stopped by the return: {outcomes:?}): all {n} arrived, {dups} duplicates"
+    );
+    assert_eq!(
+        outcomes[0] + outcomes[1],
+        1.0,
+        "one adoption, ended either way"
+    );
+    assert!(dups <= 2 * RECEIVE_MAX, "{dups} duplicates");
+    // r2 is a live member again (its renewal adds it back after the adopter forgot it).
+    aurora_testkit::wait_until(
+        Duration::from_secs(10),
+        "r1 and r2 in the registry",
+        || async { (fleet.members().await == ["r1", "r2"]).then_some(()) },
+    )
+    .await;
+    drop(r1);
+}
