@@ -9,8 +9,9 @@
 //!
 //! `{id}` is the device's UUID or its device id. Errors are `{"error": "..."}` with 401
 //! (no valid token) or 403 (missing permission) from `aurora_core::auth::http::Authorized`,
-//! and 400 (invalid input), 404 (unknown device), 503 (PostgreSQL or Redis unavailable) from
-//! [`ApiError`]. The router is built from [`routes`] only, so the
+//! and 400 (invalid input, text with a NUL character anywhere: PostgreSQL cannot store it),
+//! 404 (unknown device), 413 (a command larger than the broker accepts), 503 (PostgreSQL or
+//! Redis unavailable) from [`ApiError`]. The router is built from [`routes`] only, so the
 //! test that compares [`routes`] with the OpenAPI document covers every route.
 
 use aurora_core::auth::http::{Authorized, DevicesRead, DevicesWrite, FirmwareManage};
@@ -124,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, handler);
     }
     router
+        .route_layer(axum::middleware::from_fn(refuse_nul))
         .route_layer(axum::middleware::from_fn(count))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
@@ -143,9 +145,48 @@ async fn count(req: Request, next: Next) -> Response {
 
 // ---------------------------------------------------------------- input
 
+/// What a client is told for text PostgreSQL cannot store.
+const NUL_REFUSED: &str = "text must not contain the NUL character (\\u0000)";
+
+/// Refuses a path or query string with a NUL (`%00`) before any handler sees it.
+async fn refuse_nul(req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    if percent_decoded_has_nul(uri.path()) || uri.query().is_some_and(percent_decoded_has_nul) {
+        return ApiError::BadRequest(NUL_REFUSED.into()).into_response();
+    }
+    next.run(req).await
+}
+
+/// A NUL byte, or `%00`, in a path or query string as sent.
+fn percent_decoded_has_nul(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.contains(&0)
+        || b.windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+}
+
+/// A string with a NUL anywhere in a JSON document (keys too).
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    let parsed = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")));
+    // Only a body that may hold an escaped NUL is read twice.
+    if body.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        let doc: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        if has_nul(&doc) {
+            return Err(ApiError::BadRequest(NUL_REFUSED.into()));
+        }
+    }
+    parsed
 }
 
 fn device_ref(id: &str) -> Result<DeviceRef, ApiError> {
@@ -360,6 +401,13 @@ async fn send_command(
     };
     let device = existing_device(&state, &id).await?;
     let cmd = records::command(&device.device_id, &b.action, b.params, expires_at);
+    let size = to_bytes(&cmd).len();
+    let max = state.shared.cfg.max_command_bytes;
+    if size > max {
+        return Err(ApiError::TooLarge(format!(
+            "the command is {size} bytes: devices accept at most {max} (the MQTT broker's limit)"
+        )));
+    }
     state
         .shared
         .producer

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aurora_core::auth::Verifier;
-use aurora_core::config::{parse_duration, CommonArgs, JwtArgs};
+use aurora_core::config::{parse_duration, CommonArgs, JwtArgs, ListenerArgs};
+use aurora_core::listener::Limits;
 use aurora_core::service::Flags;
 use aurora_core::Names;
 use clap::Parser;
@@ -25,6 +26,13 @@ pub struct Args {
     pub common: CommonArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+    /// Largest command (its JSON as it goes to the device, in bytes) the API accepts; a larger
+    /// one is refused with 413. The MQTT broker's maximum packet (262144 in deploy/mosquitto)
+    /// less room for the topic and the packet header.
+    #[arg(long, default_value_t = DEFAULT_MAX_COMMAND_BYTES)]
+    pub max_command_bytes: usize,
     /// PostgreSQL.
     #[arg(
         long,
@@ -66,6 +74,10 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub claim_idle: Duration,
 }
+
+/// `--max-command-bytes` by default: the broker's 256 KiB packet less 1 KiB for the topic and
+/// the MQTT header.
+pub const DEFAULT_MAX_COMMAND_BYTES: usize = 256 * 1024 - 1024;
 
 /// The variables read before under another name (old, new).
 pub const RENAMED_ENV: &[(&str, &str)] = &[
@@ -122,11 +134,17 @@ impl Args {
     pub fn into_config(self) -> anyhow::Result<Config> {
         let names = self.common.names().context("--namespace")?;
         let verifier = self.jwt.verifier()?;
+        self.listener.check().map_err(anyhow::Error::msg)?;
+        if self.max_command_bytes == 0 {
+            anyhow::bail!("--max-command-bytes must be more than 0");
+        }
         Ok(Config {
             names,
             redis_url: self.common.redis_url,
             database_url: self.database_url,
             http_addr: self.http_addr,
+            listener: self.listener.limits(),
+            max_command_bytes: self.max_command_bytes,
             verifier,
             trust_on_first_use: self.trust_on_first_use,
             attestation_timeout: self.attestation_timeout,
@@ -151,6 +169,10 @@ pub struct Config {
     pub database_url: String,
     /// Where the REST API listens (port 0: any free port, see `DeviceRegistry::api_addr`).
     pub http_addr: SocketAddr,
+    /// The API listener's timeouts and caps.
+    pub listener: Limits,
+    /// Largest command JSON the API accepts (bytes).
+    pub max_command_bytes: usize,
     pub verifier: Verifier,
     /// Take a device's public key from its first message (`public_key`, base64).
     pub trust_on_first_use: bool,
@@ -183,6 +205,8 @@ impl Config {
             redis_url: redis_url.to_string(),
             database_url: database_url.to_string(),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listener: Limits::default(),
+            max_command_bytes: DEFAULT_MAX_COMMAND_BYTES,
             verifier,
             trust_on_first_use: false,
             attestation_timeout: Duration::from_secs(300),

@@ -38,6 +38,7 @@ use std::sync::{Arc, OnceLock};
 use aurora_core::bus::{self, GroupReader, Producer};
 use aurora_core::consumer::{BatchHandler, Consumer};
 use aurora_core::health::{connect_at_start, redis_at_start, Dependencies, REDIS};
+use aurora_core::listener::GuardedListener;
 use aurora_core::service::{Context, Running, Service};
 use tokio_util::sync::CancellationToken;
 
@@ -158,10 +159,10 @@ impl Service for DeviceRegistry {
             addr: http_addr,
             source,
         };
-        let listener = tokio::net::TcpListener::bind(http_addr)
+        let listener = GuardedListener::bind(http_addr, "api", shared.cfg.listener)
             .await
             .map_err(bind_error)?;
-        let bound = listener.local_addr().map_err(bind_error)?;
+        let bound = axum::serve::Listener::local_addr(&listener).map_err(bind_error)?;
         // Set once: `start` takes the service by value.
         let _ = api_addr.0.set(bound);
         let app = api::router(api::AppState::new(shared));
@@ -210,14 +211,15 @@ where
 }
 
 /// Serves the API until shutdown, lets the requests in flight finish, and closes what is
-/// still open when the drain deadline passes.
+/// still open when the drain deadline passes. The listener is aurora-core's guarded one:
+/// idle and header timeouts, caps per listener and per client address.
 async fn serve_api(
-    listener: tokio::net::TcpListener,
+    listener: GuardedListener,
     app: axum::Router,
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) -> std::io::Result<()> {
-    let served = axum::serve(listener, app)
+    let served = axum::serve(listener, aurora_core::listener::app(app))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .into_future();
     tokio::select! {
