@@ -29,7 +29,8 @@ struct Cli {
     #[arg(
         long,
         env = "AURORA_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     redis_url: String,
 

@@ -59,7 +59,8 @@ struct DevicesArgs {
     #[arg(
         long,
         env = "AURORA_SIMULATE_MQTT_URL",
-        default_value = "mqtt://127.0.0.1:1883"
+        default_value = "mqtt://127.0.0.1:1883",
+        hide_env_values = true
     )]
     mqtt_url: String,
     /// How many devices.

@@ -525,3 +525,51 @@ async fn status_shows_live_and_gone_consumers_and_replicas() {
     );
     aurora_testkit::redis::delete_namespace(&mut conn, &names).await;
 }
+
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    let secrets = [
+        (
+            "AURORA_REDIS_URL",
+            "redis://:redis-password-value@127.0.0.1:6379/0",
+        ),
+        (
+            "AURORA_NATS_URL",
+            "nats://user:nats-url-password@127.0.0.1:4222",
+        ),
+        ("AURORA_NATS_PASSWORD", "nats-password-value"),
+        ("AURORA_NATS_TOKEN", "nats-token-value"),
+        ("AURORA_JWT_SECRET", "jwt-secret-value-0123456789abcdef0123"),
+        (
+            "AURORA_SIMULATE_MQTT_URL",
+            "mqtt://bridge:mqtt-password-value@127.0.0.1:1883",
+        ),
+    ];
+    for args in [
+        &["--help"][..],
+        &["token", "--help"],
+        &["tail", "--help"],
+        &["status", "--help"],
+        &["publish", "--help"],
+        &["simulate", "devices", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_aurora"))
+            .args(args)
+            .envs(secrets)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let help = stdout(&out);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        for (_, value) in secrets {
+            let secret = value
+                .split([':', '@'])
+                .find(|part| part.contains("value") || part.contains("password"))
+                .unwrap();
+            assert!(
+                !help.contains(secret),
+                "aurora {args:?} --help printed {secret}: {help}"
+            );
+        }
+    }
+}
