@@ -7,6 +7,11 @@
 //! same batch with backoff and acknowledges nothing: the queue fills, the connection task stops
 //! polling, and the broker keeps the rest for the persistent session. Nothing is acknowledged
 //! before it is written; a crash at any point means redelivery, never loss.
+//!
+//! A session is handed back rather than left behind: at shutdown (or at once, for a gone
+//! replica's session taken over by [`crate::replicas`]) the connection unsubscribes, goes on
+//! writing and acknowledging what the broker still delivers until the session is quiet, then
+//! ends the session (see [`Uplink::tasks`]).
 
 use std::future::Future;
 use std::sync::Arc;
