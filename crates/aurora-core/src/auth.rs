@@ -622,8 +622,8 @@ mod tests {
             format!("since=1-0;auth={jwt}"),
             format!("since=1-0&x=1;access_token={jwt}"),
             format!("a=Bearer%20{jwt}"),
-            format!("{jwt}"),
-            format!("Token=abc;since=1-0"),
+            jwt.clone(),
+            "Token=abc;since=1-0".to_string(),
         ] {
             let redacted = redact_query(&query);
             assert!(!redacted.contains(&jwt), "{query} -> {redacted}");

@@ -98,7 +98,7 @@ impl Origins {
             .to_str()
             .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
             .map_err(|_| "origin not allowed".to_string())?;
-        if self.listed.iter().any(|o| *o == origin) {
+        if self.listed.contains(&origin) {
             return Ok(());
         }
         let host = headers
