@@ -482,3 +482,60 @@ async fn five_thousand_idle_connections_are_closed_after_the_idle_timeout_while_
         "{metrics}"
     );
 }
+
+/// Every binary of the workspace (the five services and the `aurora` command), as built in
+/// `target/<profile>/`: its `--help` with secrets in the environment prints none of them.
+/// Build them first (`cargo build --bins -p <package>`); a missing one fails with that advice.
+#[test]
+fn no_binary_prints_a_secret_from_the_environment_in_help() {
+    let secrets = [
+        (
+            "AURORA_REDIS_URL",
+            "redis://:redis-pw-value@127.0.0.1:6379/0",
+        ),
+        (
+            "AURORA_NATS_URL",
+            "nats://user:nats-url-pw-value@127.0.0.1:4222",
+        ),
+        ("AURORA_NATS_PASSWORD", "nats-pw-value"),
+        ("AURORA_NATS_TOKEN", "nats-token-value"),
+        ("AURORA_NATS_NKEY", "nats-nkey-value"),
+        ("AURORA_JWT_SECRET", "jwt-secret-value"),
+        (
+            "AURORA_MQTT_BRIDGE_MQTT_URL",
+            "mqtt://u:mqtt-url-pw-value@127.0.0.1:1883",
+        ),
+        ("AURORA_MQTT_BRIDGE_MQTT_PASSWORD", "mqtt-pw-value"),
+        (
+            "AURORA_DEVICE_REGISTRY_DATABASE_URL",
+            "postgres://u:pg-pw-value@127.0.0.1/db",
+        ),
+    ];
+    let mut programs: Vec<std::path::PathBuf> = Svc::ALL
+        .iter()
+        .map(|svc| aurora_testkit::process::binary(svc.name()))
+        .collect();
+    programs.push(aurora_testkit::process::binary("aurora"));
+    for program in programs {
+        let out = Command::new(&program)
+            .arg("--help")
+            .envs(secrets)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", program.display());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("AURORA_REDIS_URL"), "{help}");
+        for (_, value) in secrets {
+            let secret = value
+                .split([':', '@'])
+                .find(|part| part.contains("value"))
+                .unwrap();
+            assert!(
+                !help.contains(secret),
+                "{} --help printed {secret}",
+                program.display()
+            );
+        }
+    }
+}
