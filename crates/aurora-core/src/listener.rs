@@ -61,7 +61,8 @@ pub struct Limits {
     /// From the first byte of a request to the end of its head.
     pub header_timeout: Duration,
     /// How long a connection may stay open with no request in flight and no established
-    /// session (from the accept, or from the end of the previous request).
+    /// session (from the accept, or from the end of the previous request's handler: writing
+    /// the response counts against it, so a client that does not read is cut too).
     pub idle_timeout: Duration,
     /// Open connections on the listener at most.
     pub max_connections: usize,
