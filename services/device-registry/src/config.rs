@@ -73,6 +73,15 @@ pub struct Args {
     /// A stream entry pending this long with another (dead) consumer is taken over.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub claim_idle: Duration,
+    /// Do not apply the database migrations at start: a separate step (`--migrate-only`,
+    /// e.g. the chart's migration Job) applies them. The service then refuses to start while
+    /// a migration it knows is missing from the database.
+    #[arg(long, conflicts_with = "migrate_only")]
+    pub skip_migrations: bool,
+    /// Apply the database migrations and exit (0 when they are applied); nothing else starts
+    /// (no Redis, no API), and no JWT key is needed.
+    #[arg(long)]
+    pub migrate_only: bool,
 }
 
 /// `--max-command-bytes` by default: the broker's 256 KiB packet less 1 KiB for the topic and
@@ -133,7 +142,14 @@ impl Args {
     /// Checks the flags: a valid namespace and a JWT key (or the development flag).
     pub fn into_config(self) -> anyhow::Result<Config> {
         let names = self.common.names().context("--namespace")?;
-        let verifier = self.jwt.verifier()?;
+        let no_key = self.jwt.jwt_secret.is_none() && self.jwt.jwt_public_key.is_none();
+        let verifier = if self.migrate_only && no_key {
+            // Only the migrations run and the API never starts: no token is ever verified,
+            // so a migration Job needs no JWT key. A random one stands in.
+            Verifier::hs256(uuid::Uuid::new_v4().as_bytes())?
+        } else {
+            self.jwt.verifier()?
+        };
         self.listener.check().map_err(anyhow::Error::msg)?;
         if self.max_command_bytes == 0 {
             anyhow::bail!("--max-command-bytes must be more than 0");
@@ -157,6 +173,13 @@ impl Args {
             stream_maxlen: self.common.stream_maxlen,
             db_max_connections: self.db_max_connections,
             claim_idle: self.claim_idle,
+            migrations: if self.migrate_only {
+                Migrations::Only
+            } else if self.skip_migrations {
+                Migrations::Skip
+            } else {
+                Migrations::Apply
+            },
         })
     }
 }
@@ -195,6 +218,20 @@ pub struct Config {
     pub db_max_connections: u32,
     /// An entry pending this long with another consumer is taken over.
     pub claim_idle: Duration,
+    /// What the start does with the database migrations.
+    pub migrations: Migrations,
+}
+
+/// What the start does with the database migrations (`--skip-migrations`, `--migrate-only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Migrations {
+    /// Apply them, then run (the default).
+    #[default]
+    Apply,
+    /// Apply none; refuse to start while one is missing from the database.
+    Skip,
+    /// Apply them and exit.
+    Only,
 }
 
 impl Config {
@@ -219,6 +256,7 @@ impl Config {
             stream_maxlen: 1_000_000,
             db_max_connections: 10,
             claim_idle: Duration::from_secs(30),
+            migrations: Migrations::Apply,
         }
     }
 }

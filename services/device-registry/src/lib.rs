@@ -107,8 +107,22 @@ impl Service for DeviceRegistry {
             || db::connect(&cfg.database_url, cfg.db_max_connections),
         )
         .await?;
-        readiness.set_not_ready(POSTGRES, "applying the migrations");
-        db::migrate(&pool).await.map_err(StartError::Migrate)?;
+        match cfg.migrations {
+            config::Migrations::Apply | config::Migrations::Only => {
+                readiness.set_not_ready(POSTGRES, "applying the migrations");
+                db::migrate(&pool).await.map_err(StartError::Migrate)?;
+            }
+            config::Migrations::Skip => {
+                readiness.set_not_ready(POSTGRES, "checking the migrations");
+                check_migrations(&pool).await?;
+            }
+        }
+        if cfg.migrations == config::Migrations::Only {
+            tracing::info!("--migrate-only: the migrations are applied, exiting");
+            pool.close().await;
+            // Nothing to run: the process drains at once and exits 0.
+            return Ok(Running::new(&ctx));
+        }
         readiness.set_ready(POSTGRES);
         let conn = redis_at_start(readiness, &ctx.shutdown, &cfg.redis_url).await?;
 
@@ -176,6 +190,37 @@ impl Service for DeviceRegistry {
 
         running.after(async move { pool.close().await });
         Ok(running)
+    }
+}
+
+/// With `--skip-migrations`: fails, naming them, while migrations this binary knows are not
+/// applied to the database (run `device-registry --migrate-only` first). Reads only.
+async fn check_migrations(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(pool)
+        .await
+        .context("cannot read the applied migrations")?;
+    let applied: Vec<i64> = match table {
+        Some(_) => sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .context("cannot read the applied migrations")?,
+        None => Vec::new(),
+    };
+    let missing: Vec<String> = db::MIGRATOR
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "--skip-migrations: the database lacks the migrations {}: apply them first \
+             (device-registry --migrate-only, or the chart's migration Job)",
+            missing.join(", ")
+        )
     }
 }
 
