@@ -437,8 +437,9 @@ pub struct ListenerArgs {
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
     /// Open connections from one client address at most; more are closed at once (raise it
-    /// behind a proxy that connects from one address).
-    #[arg(long, default_value_t = 1024)]
+    /// behind a proxy that connects from one address; the default lets one host hold the
+    /// gateway's three channels of 500).
+    #[arg(long, default_value_t = 2048)]
     pub max_connections_per_address: usize,
 }
 

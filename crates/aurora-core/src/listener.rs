@@ -86,7 +86,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_connections: 4096,
-            max_per_address: 1024,
+            max_per_address: 2048,
         }
     }
 }
