@@ -70,6 +70,19 @@ def service_flags(service):
             env = re.search(r'\benv\s*=\s*"([^"]+)"', body)
             if env and env.group(1) != rule(service, flag):
                 named.append("%s --%s names %s" % (service, flag, env.group(1)))
+    # Core flag groups without variables of their own (e.g. ListenerArgs) are the service's
+    # own flags under the rule when the service flattens them.
+    core = (ROOT / "crates/aurora-core/src/config.rs").read_text()
+    service_text = "".join(p.read_text() for p in (ROOT / "services" / service / "src").rglob("*.rs"))
+    for group in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", core, re.S):
+        if group.group(1) in ("CommonArgs", "NatsArgs", "JwtArgs"):
+            continue
+        if not re.search(r"\b%s\b" % group.group(1), service_text):
+            continue
+        for body, field, ty in arg_attributes(group.group(2)):
+            if re.search(r"\blong\b", body) and not re.search(r"\benv\s*=", body):
+                long = re.search(r'\blong\s*=\s*"([^"]+)"', body)
+                flags[long.group(1) if long else field.replace("_", "-")] = ty == "bool"
     return flags, named
 
 
@@ -162,10 +175,12 @@ for line in (ROOT / "docs/configuration.md").read_text().splitlines():
     if heading:
         section = heading.group(1) if heading.group(1) in SERVICES else None
         continue
-    row = re.match(r"\|\s*`--([a-z0-9-]+)`(?:[^|\\]|\\.)*\|\s*`([A-Z0-9_]+)`\s*\|\s*`([A-Z0-9_]+)`\s*\|", line)
+    # A flag added after the rename has no old variable: its old column is "—".
+    row = re.match(r"\|\s*`--([a-z0-9-]+)`(?:[^|\\]|\\.)*\|\s*(?:`([A-Z0-9_]+)`|—)\s*\|\s*`([A-Z0-9_]+)`\s*\|", line)
     if section and row:
         flag, old, new = row.groups()
-        table_old.add(old)
+        if old:
+            table_old.add(old)
         if flag not in FLAGS[section]:
             fail("docs/configuration.md: %s has no flag --%s (any more?)" % (section, flag))
         if new != rule(section, flag):
