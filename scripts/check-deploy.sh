@@ -132,7 +132,7 @@ printf 'tools: %s; %s; %s; %s; %s\n' \
 drop_crd_kinds() {
   "$VENV_BIN/python" -c '
 import sys, yaml
-crd = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+crd = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
 kept = [d for d in docs if (d.get("apiVersion"), d.get("kind")) not in crd]
 print("validating %d of %d documents (%d of CRD kinds skipped)" % (len(kept), len(docs), len(docs) - len(kept)), file=sys.stderr)
@@ -206,31 +206,12 @@ else
   echo "  skipped: npm is not installed"
 fi
 
-step "the Grafana dashboard"
-"$VENV_BIN/python" - deploy/grafana/aurora-dashboard.json <<'PY'
-import json, re, sys
-dash = json.load(open(sys.argv[1]))
-services = "mqtt_bridge|device_registry|ws_gateway|federation_gateway|eve_ingest|bus|ops"
-# Every metric a panel asks for must be one the code emits (histograms add _bucket/_sum/_count).
-emitted = set()
-for root in ("services", "crates/aurora-core/src"):
-    for path in __import__("pathlib").Path(root).rglob("*.rs"):
-        emitted.update(re.findall(r'"(aurora_[a-z0-9_]+)"', path.read_text()))
-name = re.compile(r"\baurora_[a-z0-9_]+")
-good = re.compile(r"^aurora_(%s)_[a-z0-9_]+$" % services)
-count = 0
-for panel in dash["panels"]:
-    for target in panel.get("targets", []):
-        count += 1
-        for metric in name.findall(target["expr"]):
-            if not good.match(metric):
-                sys.exit("panel %r: metric %s is not aurora_<service>_<what>_<unit>" % (panel["title"], metric))
-            if re.sub(r"_(bucket|sum|count)$", "", metric) not in emitted:
-                sys.exit("panel %r: metric %s is not emitted by any service" % (panel["title"], metric))
-if not count:
-    sys.exit("the dashboard has no queries")
-print("  %d panels, %d queries" % (len(dash["panels"]), count))
-PY
+# The metrics the code registers (telemetry modules, aurora-core) against the deploy README's
+# table, the dashboard's queries and the alert rules: names, kinds and labels.
+step "metrics: deploy/README.md, the Grafana dashboard and the alert rules against the code"
+"$VENV_BIN/python" scripts/check_metrics.py
+step "alert rules: promtool check, promtool test rules, the chart's PrometheusRule"
+HELM="$HELM" PYTHON="$VENV_BIN/python" bash scripts/check-monitoring.sh
 
 step "hadolint deploy/Dockerfile"
 hadolint deploy/Dockerfile

@@ -105,9 +105,18 @@ ensure_browser() {
   ensure_pkg chromium chromium || log "Chromium could not be installed: the console test will fail"
 }
 
+# promtool (`make test` tests the alert rules) and the Prometheus server the scrape test of
+# tests/tests/prometheus.rs starts on a free port: Debian's prometheus package. Its system
+# service is not started (policy-rc.d, or no systemd here); the tests start their own.
+ensure_prometheus() {
+  if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then return 0; fi
+  ensure_pkg promtool prometheus || log "prometheus could not be installed: the alert rule and scrape checks will fail"
+}
+
 start_redis
 start_nats
 start_mosquitto
 start_postgres
 ensure_browser
+ensure_prometheus
 log "all four servers are up"
