@@ -650,6 +650,30 @@ impl GroupReader {
         Ok(())
     }
 
+    /// The entries of `entries` this consumer still holds (not acknowledged or dead-lettered
+    /// meanwhile), in their order: what a failed attempt at a batch left to do.
+    pub async fn still_pending(&self, entries: Vec<Entry>) -> Result<Vec<Entry>, BusError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(entries);
+        };
+        let reply: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.cfg.stream)
+            .arg(&self.cfg.group)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(entries.len())
+            .arg(&self.cfg.consumer)
+            .query_async(&mut self.producer.conn())
+            .await
+            .map_err(BusError::command("XPENDING", &self.cfg.stream))?;
+        let pending: std::collections::HashSet<String> =
+            reply.ids.into_iter().map(|p| p.id).collect();
+        Ok(entries
+            .into_iter()
+            .filter(|e| pending.contains(&e.id))
+            .collect())
+    }
+
     /// Dead-letters what cannot be handled; returns the rest.
     async fn screen(&mut self, entries: Vec<Entry>) -> Result<Vec<Entry>, BusError> {
         let mut keep = Vec::with_capacity(entries.len());

@@ -3,6 +3,12 @@
 //! dependencies answer before reading the same entries again. An outage is not the entries'
 //! fault: re-reading them while PostgreSQL or Redis is down would spend their deliveries and
 //! dead-letter good entries.
+//!
+//! A batch that fails because of its input (a record a dependency refused: text PostgreSQL
+//! cannot store, a value out of range) is split in halves, each handled again, until the
+//! record that fails on its own is found; it is dead-lettered with the real reason and the
+//! good records go on (no head-of-line blocking, see docs/contract.md, Streams). A consumer
+//! whose batches keep failing for another reason is not ready (its part names the error).
 
 use std::future::Future;
 
@@ -17,6 +23,13 @@ use crate::retry::Backoff;
 pub trait BatchFailure: std::fmt::Display + From<BusError> + Send {
     /// The readiness part (dependency) the failure says is down, if it says one.
     fn dependency(&self) -> Option<&'static str>;
+
+    /// True when the batch failed because of a record in it (the dependency answered and
+    /// refused it), not because something is down: the consumer then splits the batch to
+    /// find that record and dead-letters it with this error as the reason.
+    fn is_input(&self) -> bool {
+        false
+    }
 }
 
 /// What a consumer does with a batch. It acknowledges (or dead-letters) each entry itself,
@@ -49,18 +62,23 @@ impl<H: BatchHandler> Consumer<H> {
     /// Runs until `shutdown`; a batch being handled is finished first.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
+        let mut stuck = false;
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 batch = self.reader.next_batch() => batch,
             };
             let result = match batch {
-                Ok(entries) if entries.is_empty() => continue,
-                Ok(entries) => self.handler.handle(&self.reader, entries).await,
+                Ok(entries) if entries.is_empty() => Ok(()),
+                Ok(entries) => handle_isolating(&self.handler, &self.reader, entries).await,
                 Err(e) => Err(H::Error::from(e)),
             };
             let Err(error) = result else {
                 backoff.reset();
+                if stuck {
+                    stuck = false;
+                    self.readiness.set_ready(self.handler.part());
+                }
                 continue;
             };
             tracing::warn!(
@@ -70,8 +88,17 @@ impl<H: BatchHandler> Consumer<H> {
                 "batch failed; its entries will be delivered again"
             );
             self.handler.failed(&error);
-            if let Some(dependency) = error.dependency() {
-                self.readiness.set_not_ready(dependency, error.to_string());
+            match error.dependency() {
+                Some(dependency) => self.readiness.set_not_ready(dependency, error.to_string()),
+                None => {
+                    // Nothing is down and no single record is to blame: the consumer is
+                    // stuck until this clears, and says so.
+                    stuck = true;
+                    self.readiness.set_not_ready(
+                        self.handler.part(),
+                        format!("batches of {} fail: {error}", self.reader.config().stream),
+                    );
+                }
             }
             if !backoff.wait(&shutdown).await
                 || !self.dependencies.wait_up(&self.readiness, &shutdown).await
@@ -83,4 +110,57 @@ impl<H: BatchHandler> Consumer<H> {
             self.reader.rewind();
         }
     }
+}
+
+/// Hands `entries` to `handler`; when that fails because of the input, splits them in
+/// halves and hands each again, until each record that fails on its own is alone: it is
+/// dead-lettered (and acknowledged) with the handler's error as the reason, and the others
+/// are handled. Re-handing a part reads nothing again, so it spends no delivery. Any other
+/// failure (a dependency down meanwhile) ends the search: what is not handled stays pending.
+pub async fn handle_isolating<H: BatchHandler>(
+    handler: &H,
+    reader: &GroupReader,
+    entries: Vec<Entry>,
+) -> Result<(), H::Error> {
+    // Parts still to hand over, last one first: entries keep their order. Each part is
+    // copied before it is handed over (the handler takes it), to split it if it fails.
+    let mut parts = vec![entries];
+    while let Some(part) = parts.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        let copy = part.clone();
+        let error = match handler.handle(reader, part).await {
+            Ok(()) => continue,
+            Err(e) if e.is_input() => e,
+            Err(e) => return Err(e),
+        };
+        // What the failed attempt acknowledged or dead-lettered itself is done.
+        let copy = reader.still_pending(copy).await?;
+        if let [entry] = copy.as_slice() {
+            tracing::warn!(
+                part = handler.part(),
+                stream = %reader.config().stream,
+                entry = %entry.id,
+                error = %error,
+                "a record fails on its own; dead-lettering it"
+            );
+            metrics::counter!(
+                "aurora_consumer_records_isolated_total",
+                "part" => handler.part(),
+                "stream" => reader.config().stream.clone()
+            )
+            .increment(1);
+            reader.dead_letter(entry, &error.to_string()).await?;
+            continue;
+        }
+        if copy.is_empty() {
+            continue;
+        }
+        let mut first = copy;
+        let second = first.split_off(first.len() / 2);
+        parts.push(second);
+        parts.push(first);
+    }
+    Ok(())
 }

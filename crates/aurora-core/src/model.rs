@@ -604,8 +604,18 @@ pub struct DeadLetter {
     /// Where it came from: an MQTT topic, a stream key, a subject, a file.
     pub source: String,
     pub reason: String,
-    /// The input exactly as received, base64.
+    /// The input exactly as received, base64; only its first [`DEAD_LETTER_RAW_MAX`] bytes
+    /// when it was larger (`raw_truncated`, with its size and SHA-256).
     pub raw_base64: String,
+    /// The size of the input in bytes, when only a prefix of it is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_size: Option<u64>,
+    /// The SHA-256 of the whole input (hex), when only a prefix of it is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_sha256: Option<String>,
+    /// True when `raw_base64` holds only a prefix of the input.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw_truncated: bool,
     pub received_at: DateTime<Utc>,
     /// Stream entry id or message id in its source, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -617,14 +627,37 @@ pub struct DeadLetter {
     pub extra: Extra,
 }
 
+/// The most of a record's bytes a dead letter keeps: a larger record is kept as this prefix
+/// with its size and SHA-256, so one oversized input cannot fill the dead-letter store.
+pub const DEAD_LETTER_RAW_MAX: usize = 64 * 1024;
+
 impl DeadLetter {
+    /// The record of `raw` given up for `reason`; an input over [`DEAD_LETTER_RAW_MAX`]
+    /// bytes keeps only its prefix, its size and its SHA-256.
     pub fn new(service: &str, source: &str, reason: impl Into<String>, raw: &[u8]) -> Self {
         use base64::Engine;
+        use sha2::Digest;
+        let truncated = raw.len() > DEAD_LETTER_RAW_MAX;
+        let kept = if truncated {
+            &raw[..DEAD_LETTER_RAW_MAX]
+        } else {
+            raw
+        };
+        let (raw_size, raw_sha256) = if truncated {
+            let digest = sha2::Sha256::digest(raw);
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            (Some(raw.len() as u64), Some(hex))
+        } else {
+            (None, None)
+        };
         Self {
             service: service.to_string(),
             source: source.to_string(),
             reason: reason.into(),
-            raw_base64: base64::engine::general_purpose::STANDARD.encode(raw),
+            raw_base64: base64::engine::general_purpose::STANDARD.encode(kept),
+            raw_size,
+            raw_sha256,
+            raw_truncated: truncated,
             received_at: Utc::now(),
             source_id: None,
             deliveries: None,
@@ -658,6 +691,25 @@ mod tests {
     use super::*;
 
     const ALERT: &str = r#"{"id":"550e8400-e29b-41d4-a716-446655440000","title":"Suspicious DNS Query to Known C2 Domain","severity":"high","status":"new","source":"suricata","iocs":[{"type":"domain","value":"t1.evil.com"}],"mitre_techniques":["T1071.004"],"timestamp":"2024-01-15T10:30:00Z","x_custom":{"a":1}}"#;
+
+    #[test]
+    fn dead_letters_keep_a_bounded_prefix_of_large_inputs() {
+        use sha2::Digest;
+        let small = DeadLetter::new("svc", "src", "bad", b"abc");
+        assert_eq!(small.raw().as_deref(), Some(&b"abc"[..]));
+        assert!(!small.raw_truncated && small.raw_size.is_none() && small.raw_sha256.is_none());
+        let big = vec![b'x'; DEAD_LETTER_RAW_MAX * 3 + 7];
+        let record = DeadLetter::new("svc", "src", "too big", &big);
+        assert!(record.raw_truncated);
+        assert_eq!(record.raw().map(|r| r.len()), Some(DEAD_LETTER_RAW_MAX));
+        assert_eq!(record.raw_size, Some(big.len() as u64));
+        let hex: String = sha2::Sha256::digest(&big)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(record.raw_sha256.as_deref(), Some(hex.as_str()));
+        assert!(to_bytes(&record).len() < DEAD_LETTER_RAW_MAX * 2);
+    }
 
     #[test]
     fn unknown_fields_survive_a_round_trip() {

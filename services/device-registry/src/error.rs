@@ -40,13 +40,31 @@ pub enum BatchError {
     Internal(String),
 }
 
+impl BatchError {
+    /// PostgreSQL answered and refused the data (SQLSTATE class 22, data exception: text it
+    /// cannot store such as NUL, a value out of range): a record's fault, not an outage.
+    fn refused_data(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => {
+                e.code().is_some_and(|code| code.starts_with("22"))
+            }
+            _ => false,
+        }
+    }
+}
+
 impl BatchFailure for BatchError {
     fn dependency(&self) -> Option<&'static str> {
         match self {
+            _ if self.refused_data() => None,
             Self::Database(_) => Some(POSTGRES),
             Self::Bus(_) => Some(REDIS),
             Self::Internal(_) => None,
         }
+    }
+
+    fn is_input(&self) -> bool {
+        self.refused_data()
     }
 }
 
