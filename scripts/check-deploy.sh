@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks everything under deploy/ and k8s/ offline: the Helm chart (lint, render with the
-# default and the all-on values, validate the manifests against the Kubernetes 1.30 schemas,
-# and make sure the values schema rejects bad values), the environment variable names against
+# default and the all-on values on every Kubernetes minor its kubeVersion claims, validate the
+# manifests against each minor's schemas, make sure the values schema rejects bad values and
+# that its namespace and site id patterns are the services' own rules, by running
+# federation-gateway: scripts/check-values-patterns.py), the environment variable names against
 # the AURORA_<SERVICE>_<FLAG> rule (scripts/check_env_names.py), YAML lint, the Dockerfile
 # (hadolint) and every shell script in the repository (shellcheck).
 #
@@ -11,8 +13,10 @@
 # virtualenv, shellcheck from apt when it is not installed yet.
 #
 # Usage: scripts/check-deploy.sh            (from anywhere inside the repository)
-# Environment: DEPLOY_TOOLS_DIR (tool cache), K8S_VERSION (default 1.30.0),
-#              SHELLCHECK_SEVERITY (default style: every finding fails the check).
+# Environment: DEPLOY_TOOLS_DIR (tool cache), K8S_VERSION (default 1.30.0: the render handed
+#              to the environment-variable check), SHELLCHECK_SEVERITY (default style: every
+#              finding fails the check), CARGO (default cargo: builds federation-gateway for the
+#              pattern check).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -147,6 +151,28 @@ step "helm lint $CHART"
 "$HELM" lint --strict "$CHART"
 "$HELM" lint --strict "$CHART" -f "$CHART/ci/all-on-values.yaml"
 
+# kubeVersion in Chart.yaml is a closed range of minors (">=1.A.0-0 <1.B.0-0"): the chart is
+# rendered and validated on every one of them, so every minor must have schemas in
+# kubernetes-validate, and Helm itself must refuse the minors just outside.
+KUBE_RANGE="$(sed -n 's/^kubeVersion: *"\(.*\)"$/\1/p' "$CHART/Chart.yaml")"
+read -r KUBE_MIN KUBE_END < <("$VENV_BIN/python" - "$KUBE_RANGE" <<'PY'
+import re, sys
+import kubernetes_validate.utils as kv
+m = re.fullmatch(r">=1\.(\d+)\.0-0 <1\.(\d+)\.0-0", sys.argv[1])
+if not m:
+    sys.exit("Chart.yaml kubeVersion %r: expected \">=1.A.0-0 <1.B.0-0\" (a range every minor of which is validated)" % sys.argv[1])
+lo, end = int(m.group(1)), int(m.group(2))
+known = {int(v.split(".")[1]) for v in kv.all_versions()}
+missing = [m for m in range(lo, end) if m not in known]
+if missing or end <= lo:
+    sys.exit("Chart.yaml kubeVersion %r claims minors kubernetes-validate has no schemas for: %s (it has 1.%d..1.%d)"
+             % (sys.argv[1], ", ".join("1.%d" % m for m in missing) or "none", min(known), max(known)))
+print(lo, end)
+PY
+)
+[[ -n "$KUBE_MIN" ]] || die "cannot read the Kubernetes range of $CHART/Chart.yaml"
+printf '\nkubeVersion %s: validating on 1.%s to 1.%s\n' "$KUBE_RANGE" "$KUBE_MIN" "$((KUBE_END - 1))"
+
 for values in default "$CHART/ci/all-on-values.yaml"; do
   args=()
   name="default"
@@ -154,11 +180,37 @@ for values in default "$CHART/ci/all-on-values.yaml"; do
     args=(-f "$values")
     name="$(basename "$values" .yaml)"
   fi
-  step "helm template ($name values) | kubernetes-validate --strict -k $K8S_VERSION"
-  "$HELM" template aurora "$CHART" --namespace aurora "${args[@]}" >"$RENDER/$name.yaml"
-  drop_crd_kinds <"$RENDER/$name.yaml" | kubernetes-validate --strict -k "$K8S_VERSION" --quiet - \
-    || die "rendered manifests ($name values) do not validate against Kubernetes $K8S_VERSION"
+  step "helm template ($name values) | kubernetes-validate --strict, Kubernetes 1.$KUBE_MIN to 1.$((KUBE_END - 1))"
+  for ((minor = KUBE_MIN; minor < KUBE_END; minor++)); do
+    version="1.$minor.0"
+    "$HELM" template aurora "$CHART" --namespace aurora --kube-version "$version" "${args[@]}" >"$RENDER/$name-$version.yaml" \
+      || die "helm template ($name values) failed for Kubernetes $version"
+    drop_crd_kinds <"$RENDER/$name-$version.yaml" 2>/dev/null | kubernetes-validate --strict -k "$version" --quiet - \
+      || die "rendered manifests ($name values) do not validate against Kubernetes $version"
+    printf '  %s: valid\n' "$version"
+  done
+  # What was left out of the validation (said once, the same for every minor).
+  drop_crd_kinds <"$RENDER/$name-1.$KUBE_MIN.0.yaml" >/dev/null
+  # The render the later checks read.
+  "$HELM" template aurora "$CHART" --namespace aurora --kube-version "$K8S_VERSION" "${args[@]}" >"$RENDER/$name.yaml"
 done
+
+step "helm refuses the Kubernetes minors outside kubeVersion ($KUBE_RANGE)"
+for version in "1.$((KUBE_MIN - 1)).0" "1.$KUBE_END.0"; do
+  if "$HELM" template aurora "$CHART" --kube-version "$version" >/dev/null 2>"$RENDER/kube.err"; then
+    die "helm template accepted Kubernetes $version, outside kubeVersion $KUBE_RANGE"
+  fi
+  grep -q 'kubeVersion' "$RENDER/kube.err" || { cat "$RENDER/kube.err" >&2; die "Kubernetes $version refused, but not for kubeVersion"; }
+  printf '  %s: refused\n' "$version"
+done
+
+# The namespace and site id patterns of the values schema are the services' own rules: the
+# built federation-gateway (Names::new and valid_site_id) answers for a few hundred values.
+step "the values schema's aurora.namespace and aurora.siteId patterns against federation-gateway"
+"${CARGO:-cargo}" build --quiet -p federation-gateway --bin federation-gateway \
+  || die "cargo build -p federation-gateway failed"
+TARGET_DIR="$("${CARGO:-cargo}" metadata --format-version 1 --no-deps | "$VENV_BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+"$VENV_BIN/python" scripts/check-values-patterns.py "$CHART/values.schema.json" "$TARGET_DIR/debug/federation-gateway"
 
 for bad in "$CHART"/ci/bad-*.yaml; do
   step "the values schema rejects $bad"
