@@ -68,6 +68,10 @@ pub struct Args {
     /// How long to wait for the broker's PUBACK of a command before sending it again.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub command_timeout: Duration,
+    /// Largest command packet sent to the broker (bytes) when the broker does not say its own
+    /// maximum (MQTT 5 CONNACK); a larger command is dead-lettered, never sent.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub command_max_packet: usize,
     /// This replica's lease in Redis lapses this long after its last renewal (renewed every
     /// third of it); a replica whose lease lapsed is gone and its broker session is taken over.
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
@@ -174,6 +178,7 @@ impl Args {
         bridge.seen_capacity = self.seen_capacity;
         bridge.seen_interval = self.seen_interval;
         bridge.command_timeout = self.command_timeout;
+        bridge.command_max_packet = self.command_max_packet;
         bridge.lease_ttl = self.lease_ttl;
         bridge.adoption_interval = self.adoption_interval;
         // The broker settings are checked now (URL, credentials, TLS files), not at the first

@@ -68,6 +68,8 @@ pub enum Rejection {
     InvalidJson,
     /// Valid JSON, but not an object.
     NotAnObject,
+    /// Holds a NUL character (`\u0000`), which PostgreSQL cannot store in text or JSON.
+    NulCharacter,
 }
 
 impl Rejection {
@@ -79,8 +81,27 @@ impl Rejection {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::InvalidJson => "invalid_json",
             Self::NotAnObject => "not_a_json_object",
+            Self::NulCharacter => "nul_character",
         }
     }
+}
+
+/// True when a JSON text holds the escape `\u0000` (a NUL in a string or key); an escaped
+/// backslash followed by `u0000` is text, not a NUL. (A raw NUL byte is not JSON at all.)
+pub fn has_escaped_nul(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(&b"0000"[..]) {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 /// A refused message: the label and a sentence for the dead-letter record.
@@ -136,6 +157,14 @@ pub fn decode(
         return Err(reject(
             Rejection::NotAnObject,
             format!("payload is JSON but not an object ({})", json_type(&value)),
+        ));
+    }
+    // Refused where it enters: downstream, PostgreSQL would refuse the record (and, before,
+    // the whole batch it came in).
+    if has_escaped_nul(trimmed) {
+        return Err(reject(
+            Rejection::NulCharacter,
+            "payload holds a NUL character (\\u0000), which cannot be stored",
         ));
     }
     // The usual message names neither field: its bytes are kept and the two fields spliced

@@ -3,7 +3,11 @@
 //! Reads `cps:commands` through a consumer group (the shared [`Consumer`]), publishes each
 //! command QoS 1 on the device's command topic over a connection of its own, waits for the
 //! broker's PUBACK, then writes the outcome to `cps:command_status` and only then XACKs. An
-//! expired command is not sent; an entry that is not a command is dead-lettered. A crash
+//! expired command is not sent, and one that expires while it is being sent again is given up
+//! (`expired`); a command whose packet is larger than the broker takes (its CONNACK's maximum
+//! packet size, else `--command-max-packet`) is dead-lettered, never sent (a broker drops the
+//! connection of a client that sends one, which would then send it again for ever, blocking
+//! every later command); an entry that is not a command is dead-lettered. A crash
 //! between PUBACK and XACK sends the command again (at least once; commands carry their id for
 //! the device to deduplicate). When Redis fails after commands of a batch were sent, their
 //! outcomes are kept and recorded when the batch is read again: they are not sent twice.
@@ -38,6 +42,43 @@ pub struct DownlinkConfig {
     pub consumer: String,
     /// How long to wait for a PUBACK before trying again.
     pub publish_timeout: Duration,
+    /// The largest packet sent when the broker said no maximum of its own.
+    pub max_packet: usize,
+    /// The broker's maximum packet size, as its CONNACK to the uplink said.
+    pub broker_limit: crate::link::BrokerLimit,
+}
+
+impl DownlinkConfig {
+    /// The largest packet the downlink may send now.
+    pub fn packet_limit(&self) -> usize {
+        match self.broker_limit.get() {
+            Some(broker) => (broker as usize).min(self.max_packet),
+            None => self.max_packet,
+        }
+    }
+}
+
+/// The size of the MQTT PUBLISH packet (QoS 1) of `payload` on `topic`: fixed header (type
+/// byte and remaining length), topic with its length, packet id, payload. (MQTT 3.1.1: no
+/// properties.)
+pub fn publish_packet_size(topic: &str, payload: &[u8]) -> usize {
+    let remaining = 2 + topic.len() + 2 + payload.len();
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
+/// How a publish ended.
+enum Published {
+    Acked,
+    /// Its `expires_at` passed while it was being sent again.
+    Expired,
+    /// Given up (drain deadline, shutdown): it stays pending.
+    GaveUp,
 }
 
 /// The downlink, ready to run.
@@ -299,8 +340,30 @@ impl Commands {
         }
         let started = Instant::now();
         let topic = self.names.mqtt_command_topic(&command.device_id);
-        if !self.publish(&topic, data).await {
-            return Ok(None);
+        let size = publish_packet_size(&topic, data);
+        let limit = self.cfg.packet_limit();
+        if size > limit {
+            let reason = format!(
+                "command packet of {size} bytes is larger than the broker's maximum packet size of {limit} bytes"
+            );
+            tracing::warn!(command = %command.id, device = %command.device_id, size, limit, "command too large for the broker; dead-lettered");
+            return self.invalid(reader, entry, &reason).await.map(Some);
+        }
+        match self.publish(&topic, data, command.expires_at).await {
+            Published::Acked => {}
+            Published::GaveUp => return Ok(None),
+            Published::Expired => {
+                t::command(t::CommandOutcome::Expired);
+                tracing::warn!(command = %command.id, device = %command.device_id, "command expired while it was being sent; given up");
+                return Ok(Some(Handled {
+                    entry_id: entry.id.clone(),
+                    status: Some(status(
+                        &command,
+                        CommandOutcome::Expired,
+                        Some("expired before the broker acknowledged it".into()),
+                    )),
+                }));
+            }
         }
         t::command_publish_seconds(started.elapsed());
         t::command(t::CommandOutcome::Sent);
@@ -326,26 +389,35 @@ impl Commands {
         })
     }
 
-    /// Publishes QoS 1 and waits for the PUBACK, sending again until it comes. False when it
-    /// is given up: at the drain deadline, or when no PUBACK came while draining.
-    async fn publish(&self, topic: &str, payload: &[u8]) -> bool {
+    /// Publishes QoS 1 and waits for the PUBACK, sending again until it comes or the command
+    /// expires. Given up at the drain deadline, or when no PUBACK came while draining.
+    async fn publish(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Published {
         let mut backoff = Backoff::default();
+        let expired = || expires_at.is_some_and(|at| at <= chrono::Utc::now());
         loop {
+            if expired() {
+                return Published::Expired;
+            }
             let (tx, rx) = oneshot::channel();
             lock(&self.acks).queued.push_back(tx);
             let sent = tokio::select! {
                 sent = self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()) => sent,
-                _ = self.abort.cancelled() => return false,
+                _ = self.abort.cancelled() => return Published::GaveUp,
             };
             if sent.is_err() {
-                return false; // the connection task is gone
+                return Published::GaveUp; // the connection task is gone
             }
             let acked = tokio::select! {
                 r = tokio::time::timeout(self.cfg.publish_timeout, rx) => matches!(r, Ok(Ok(()))),
-                _ = self.abort.cancelled() => return false,
+                _ = self.abort.cancelled() => return Published::GaveUp,
             };
             if acked {
-                return true;
+                return Published::Acked;
             }
             // No PUBACK: forget the waiters (the connection may be down) and send again.
             *lock(&self.acks) = PubAcks::default();
@@ -355,11 +427,11 @@ impl Commands {
                     topic,
                     "no PUBACK for a command while draining; it stays pending"
                 );
-                return false;
+                return Published::GaveUp;
             }
             tracing::warn!(topic, "no PUBACK for a command; sending it again");
             if !backoff.wait(&self.shutdown).await {
-                return false;
+                return Published::GaveUp;
             }
         }
     }

@@ -61,6 +61,8 @@ pub struct MqttBridge {
     pub seen_capacity: usize,
     pub seen_interval: Duration,
     pub command_timeout: Duration,
+    /// The largest command packet sent when the broker does not say its maximum.
+    pub command_max_packet: usize,
     /// This replica's lease lapses this long after its last renewal.
     pub lease_ttl: Duration,
     /// How often to look for gone replicas.
@@ -96,6 +98,7 @@ impl MqttBridge {
             seen_capacity: 100_000,
             seen_interval: Duration::from_secs(60),
             command_timeout: Duration::from_secs(10),
+            command_max_packet: 256 * 1024,
             lease_ttl: Duration::from_secs(15),
             adoption_interval: Duration::from_secs(5),
         }
@@ -217,6 +220,7 @@ impl Service for MqttBridge {
             producer: producer.clone(),
             readiness: ctx.readiness.clone(),
         };
+        let up_link_limit = uplink.link.broker_limit.clone();
         let (connection, writer) =
             uplink.tasks(uplink::Role::Own, ctx.shutdown.clone(), ctx.abort.clone());
         let (own_ended, own) = tokio::sync::oneshot::channel();
@@ -236,6 +240,8 @@ impl Service for MqttBridge {
             cfg: downlink::DownlinkConfig {
                 consumer: ctx.instance.clone(),
                 publish_timeout: self.command_timeout,
+                max_packet: self.command_max_packet.min(DOWNLINK_MAX_PACKET),
+                broker_limit: up_link_limit,
             },
             names: self.names.clone(),
             redis_url: self.redis_url.clone(),

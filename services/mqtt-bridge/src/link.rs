@@ -44,6 +44,29 @@ pub struct LinkOptions {
     pub max_packet: u32,
     /// How long the TCP, TLS and MQTT handshakes may take.
     pub connect_timeout: Duration,
+    /// Where the broker's maximum packet size (from its CONNACK) is kept for the downlink.
+    pub broker_limit: BrokerLimit,
+}
+
+/// The largest packet the broker takes, as its last CONNACK said (MQTT 5's Maximum Packet
+/// Size); shared by the uplink, which learns it, and the downlink, which must not send more
+/// (a broker drops the connection of a client that does). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerLimit(Arc<std::sync::atomic::AtomicU32>);
+
+impl BrokerLimit {
+    /// What the broker said; `None` before it said anything (or when it sets no limit).
+    pub fn get(&self) -> Option<u32> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    pub fn set(&self, limit: Option<u32>) {
+        self.0
+            .store(limit.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for LinkOptions {
@@ -127,11 +150,15 @@ impl Link {
                     code: ConnectReturnCode::Success,
                     session_present,
                     properties,
-                }))) => Ok(Self {
-                    io,
-                    session_present,
-                    broker_max_packet: properties.and_then(|p| p.max_packet_size),
-                }),
+                }))) => {
+                    let broker_max_packet = properties.and_then(|p| p.max_packet_size);
+                    opts.broker_limit.set(broker_max_packet);
+                    Ok(Self {
+                        io,
+                        session_present,
+                        broker_max_packet,
+                    })
+                }
                 Some(Ok(Packet::ConnAck(ack))) => Err(LinkError::Refused(ack.code)),
                 Some(Ok(_)) => Err(LinkError::Unexpected("packet before CONNACK")),
                 Some(Err(e)) => Err(e.into()),

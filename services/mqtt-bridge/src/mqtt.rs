@@ -94,6 +94,7 @@ impl MqttSettings {
             receive_max: receive_max.max(1),
             max_packet,
             connect_timeout: Duration::from_secs(10),
+            broker_limit: crate::link::BrokerLimit::default(),
         })
     }
 

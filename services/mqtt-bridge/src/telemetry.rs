@@ -39,6 +39,11 @@ pub const COMMAND_SECONDS: &str = "aurora_mqtt_bridge_command_publish_seconds";
 /// each is tried again.
 pub const COMMAND_ERRORS: &str = "aurora_mqtt_bridge_command_errors_total";
 
+/// Device messages acknowledged and not bridged, by `reason`: `retained_clear` (an empty
+/// payload: a device clearing its retained message), `retained_replay` (a retained message
+/// the broker sent again on subscribing, bridged when it was published).
+pub const IGNORED: &str = "aurora_mqtt_bridge_ignored_total";
+
 /// Gone replicas' sessions taken over, by `outcome` (handed_back, returned, interrupted).
 pub const ADOPTIONS: &str = "aurora_mqtt_bridge_adoptions_total";
 
@@ -110,6 +115,11 @@ pub fn messages(kind: DeviceTopicKind, n: u64) {
 /// One device message dead-lettered for `reason` (a [`crate::decode::Rejection`] label).
 pub fn dead_letter(reason: &'static str) {
     metrics::counter!(DEAD_LETTERS, "reason" => reason).increment(1);
+}
+
+/// One device message acknowledged without being bridged, for `reason`.
+pub fn ignored(reason: &'static str) {
+    metrics::counter!(IGNORED, "reason" => reason).increment(1);
 }
 
 /// `n` `device.seen` records written.

@@ -24,7 +24,7 @@ use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
 use aurora_core::Names;
 use rumqttc::v5::mqttbytes::v5::{
-    DisconnectReasonCode, Filter, Packet, Publish, SubscribeReasonCode,
+    DisconnectReasonCode, Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
@@ -166,17 +166,37 @@ impl Uplink {
     }
 }
 
-/// The three shared-subscription filters, QoS 1.
+/// The three shared-subscription filters, QoS 1, asking for no retained messages on
+/// subscribing (retain handling 2): a retained message was bridged when it was published, and
+/// is not bridged again on every restart. (What the broker sends live has its retain flag
+/// cleared: retain-as-published is off.)
 fn names_filters(names: &Names, group: &str) -> Vec<Filter> {
     DeviceTopicKind::ALL
         .into_iter()
         .map(|k| {
-            Filter::new(
+            let mut filter = Filter::new(
                 format!("$share/{group}/{}", names.mqtt_sensor_filter(k)),
                 QoS::AtLeastOnce,
-            )
+            );
+            filter.retain_forward_rule = RetainForwardRule::Never;
+            filter.preserve_retain = false;
+            filter
         })
         .collect()
+}
+
+/// Why a publish is acknowledged without being bridged, if it is: a retained message the
+/// broker sent because of the subscription (retain flag set: live messages arrive with it
+/// cleared), a broker that does not honour retain handling; an empty payload (a device clearing
+/// its retained message: nothing to bridge, and not bad input).
+fn ignored(publish: &Publish) -> Option<&'static str> {
+    if publish.retain {
+        Some("retained_replay")
+    } else if publish.payload.is_empty() {
+        Some("retained_clear")
+    } else {
+        None
+    }
 }
 
 /// What the connection task works with.
@@ -565,6 +585,11 @@ impl Writer {
         let now = Instant::now();
         for r in batch {
             let p = &r.publish;
+            if let Some(reason) = ignored(p) {
+                tracing::debug!(topic = %String::from_utf8_lossy(&p.topic), reason, "acknowledged a message without bridging it");
+                t::ignored(reason);
+                continue;
+            }
             // MQTT topics are UTF-8; a broker that let another through gets it dead-lettered
             // (the replacement characters fail the device id check).
             let topic = String::from_utf8_lossy(&p.topic);
