@@ -4,6 +4,8 @@
 //!
 //! - [`servers`]: a Redis, NATS or Mosquitto of the test's own on a free port (to stop, kill
 //!   or restart, or to start after the service that waits for it).
+//! - [`tls`]: a test CA with server and client certificates, and TLS-only Mosquitto, NATS
+//!   and Redis (and a NATS with a password) of the test's own.
 //! - [`process`]: the service binaries as built, run as processes: [`process::Site`] (what
 //!   one site's services are told), [`process::Service`] (spawn, SIGTERM, SIGKILL, restart,
 //!   its log), [`process::service_env`] (the variable of a service's flag).
@@ -37,6 +39,7 @@ pub mod random;
 pub mod redis;
 pub mod replicas;
 pub mod servers;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
