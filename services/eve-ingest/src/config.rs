@@ -78,6 +78,11 @@ pub struct Args {
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     pub max_line_bytes: usize,
 
+    /// List input: the bytes of lines one batch holds at most (a larger line is a batch of
+    /// its own); with --inflight-batches it bounds the memory of the lines in flight.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_batch_bytes: usize,
+
     /// File input: how often to look for new lines and rotation at the end of the file.
     #[arg(long, value_parser = parse_duration, default_value = "200ms")]
     pub poll_interval: Duration,
@@ -182,6 +187,7 @@ impl Args {
             stream_maxlen: self.common.stream_maxlen,
             deadletter_maxlen: self.deadletter_maxlen,
             max_line_bytes: self.max_line_bytes,
+            max_batch_bytes: self.max_batch_bytes,
             poll_interval: self.poll_interval,
             stream_setup: !self.no_stream_setup,
             lease_ttl: self.lease_ttl,

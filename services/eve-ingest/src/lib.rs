@@ -94,6 +94,8 @@ pub struct Settings {
     pub stream_maxlen: usize,
     pub deadletter_maxlen: usize,
     pub max_line_bytes: usize,
+    /// List input: the bytes of lines one batch holds at most.
+    pub max_batch_bytes: usize,
     pub poll_interval: Duration,
     /// Create or update the JetStream stream at start.
     pub stream_setup: bool,
@@ -126,6 +128,7 @@ impl Settings {
             stream_maxlen: 1_000_000,
             deadletter_maxlen: 100_000,
             max_line_bytes: 8 * 1024 * 1024,
+            max_batch_bytes: 16 * 1024 * 1024,
             poll_interval: Duration::from_millis(200),
             stream_setup: true,
             lease_ttl: Duration::from_secs(15),
@@ -288,6 +291,7 @@ impl Service for EveIngest {
                         batch: settings.batch,
                         block: settings.block,
                         inflight_batches: settings.inflight_batches,
+                        max_batch_bytes: settings.max_batch_bytes,
                     },
                     blocking,
                     conn.clone(),

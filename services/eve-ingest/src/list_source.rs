@@ -77,7 +77,20 @@ pub struct ListConfig {
     pub block: Duration,
     /// Batches handled at the same time (their publishes share one window).
     pub inflight_batches: usize,
+    /// The bytes of lines one batch holds at most (a single larger line is a batch of its
+    /// own): with `inflight_batches`, what bounds the memory of the lines in flight.
+    pub max_batch_bytes: usize,
 }
+
+/// The lengths of the elements ARGV[1]..ARGV[2] of list KEYS[1], in list order: how many of
+/// them fit a batch's byte budget is decided before any is read.
+const LINE_LENGTHS: &str = r#"
+local out = {}
+for i, line in ipairs(redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])) do
+  out[i] = #line
+end
+return out
+"#;
 
 /// Where the lines of a batch are held until they are out.
 #[derive(Debug, Clone, Default)]
@@ -195,8 +208,14 @@ impl ListSource {
         Ok(found)
     }
 
-    /// Hands out up to `room` of the oldest lines of the current chunk into `batch`.
-    async fn slice(&mut self, batch: &mut Batch, room: usize) -> Result<(), IngestError> {
+    /// Hands out up to `room` of the oldest lines of the current chunk into `batch`, as many
+    /// as fit in `budget` bytes (at least one line when the batch is empty).
+    async fn slice(
+        &mut self,
+        batch: &mut Batch,
+        room: usize,
+        budget: usize,
+    ) -> Result<(), IngestError> {
         let Some(chunk) = self.chunks.front_mut() else {
             return Ok(());
         };
@@ -204,6 +223,27 @@ impl ListSource {
         if n == 0 {
             return Ok(());
         }
+        // The oldest line is the last index: count from there while the budget holds.
+        let lengths: Vec<usize> = redis::Script::new(LINE_LENGTHS)
+            .key(&chunk.key)
+            .arg(chunk.left - n)
+            .arg(chunk.left - 1)
+            .invoke_async(&mut self.conn)
+            .await
+            .map_err(IngestError::redis("EVALSHA lengths", &chunk.key))?;
+        let mut bytes = 0usize;
+        let mut fit = 0usize;
+        for len in lengths.iter().rev() {
+            bytes = bytes.saturating_add(*len);
+            if bytes > budget && (fit > 0 || !batch.lines.is_empty()) {
+                break;
+            }
+            fit += 1;
+        }
+        if fit == 0 {
+            return Ok(());
+        }
+        let n = fit;
         let start = chunk.left - n;
         let mut lines: Vec<Value> = redis::cmd("LRANGE")
             .arg(&chunk.key)
@@ -232,8 +272,9 @@ impl ListSource {
             held: Held::default(),
             recovered: false,
         };
+        let budget = self.cfg.max_batch_bytes.max(1);
         if !self.chunks.is_empty() {
-            self.slice(&mut batch, batch_size).await?;
+            self.slice(&mut batch, batch_size, budget).await?;
             return Ok(Some(batch));
         }
         let first: Option<Vec<u8>> = redis::cmd("BLMOVE")
@@ -249,6 +290,7 @@ impl ListSource {
             return Ok(None);
         };
         let first = Bytes::from(first);
+        let first_len = first.len();
         batch.lines.push(first.clone());
         batch.held.lines.push(first);
         if batch_size > 1 {
@@ -270,7 +312,8 @@ impl ListSource {
                     left,
                     recovered: false,
                 });
-                self.slice(&mut batch, batch_size - 1).await?;
+                let left = budget.saturating_sub(first_len);
+                self.slice(&mut batch, batch_size - 1, left).await?;
             }
         }
         Ok(Some(batch))
