@@ -96,6 +96,8 @@ impl Readiness {
     /// Forgets a part (it no longer exists, e.g. start-up once it is over).
     pub fn remove(&self, name: &str) {
         self.lock().components.remove(name);
+        // A part that is gone holds nothing back: its gauge must not read "not ready" for ever.
+        metrics::gauge!("aurora_ops_component_ready", "component" => name.to_string()).set(1.0);
     }
 
     /// A warning shown in `/readyz` detail without making the service unready.
