@@ -330,6 +330,36 @@ impl NatsArgs {
         &self,
         client_name: &str,
     ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        self.options(client_name)
+            .await?
+            .retry_on_initial_connect()
+            .request_timeout(Some(Duration::from_secs(10)))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
+            })
+            .connect(self.nats_url.as_str())
+            .await
+    }
+
+    /// One attempt to connect with the same credentials and TLS, not retried, for what a
+    /// failure says: the client of [`NatsArgs::connect`] reports only the kind of its errors
+    /// ("IO error"), this one the reason (a certificate refused, a password wrong).
+    pub async fn probe(&self, client_name: &str) -> Result<(), async_nats::ConnectError> {
+        self.options(client_name)
+            .await?
+            .connect(self.nats_url.as_str())
+            .await
+            .map(drop)
+    }
+
+    async fn options(
+        &self,
+        client_name: &str,
+    ) -> Result<async_nats::ConnectOptions, async_nats::ConnectError> {
         let mut opts = match (&self.nats_creds, &self.nats_nkey, &self.nats_token) {
             (Some(creds), _, _) => async_nats::ConnectOptions::with_credentials_file(creds).await?,
             (None, Some(seed), _) => async_nats::ConnectOptions::with_nkey(seed.clone()),
@@ -348,19 +378,9 @@ impl NatsArgs {
         if self.nats_tls {
             opts = opts.require_tls(true);
         }
-        opts.name(client_name)
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(10)))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                    other => tracing::info!(event = %other, "NATS event"),
-                }
-            })
-            .connect(self.nats_url.as_str())
-            .await
+        Ok(opts
+            .name(client_name)
+            .connection_timeout(Duration::from_secs(5)))
     }
 }
 

@@ -243,6 +243,11 @@ pub async fn nats_at_start(
     // The state is local to the client: looking often costs nothing and ends the wait as
     // soon as the connection is up.
     let mut looks = tokio::time::interval(Duration::from_millis(100));
+    // The client's state says only that it is not connected: after a second, one attempt of
+    // our own now and then says why (a certificate refused, a password wrong).
+    let started = std::time::Instant::now();
+    let mut probed: Option<std::time::Instant> = None;
+    let mut reason: Option<String> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => anyhow::bail!("stopped while connecting to {NATS}"),
@@ -253,7 +258,28 @@ pub async fn nats_at_start(
                 readiness.set_ready(NATS);
                 return Ok(client);
             }
-            Err(why) => readiness.set_not_ready(NATS, format!("connecting to {target}: {why}")),
+            Err(why) => {
+                let due = match probed {
+                    None => started.elapsed() >= Duration::from_secs(1),
+                    Some(at) => at.elapsed() >= Duration::from_secs(5),
+                };
+                if due {
+                    probed = Some(std::time::Instant::now());
+                    let probe = tokio::select! {
+                        _ = shutdown.cancelled() => anyhow::bail!("stopped while connecting to {NATS}"),
+                        probe = nats.probe(client_name) => probe,
+                    };
+                    reason = probe.err().map(|e| e.to_string());
+                    if let Some(reason) = &reason {
+                        tracing::warn!(dependency = NATS, %target, error = %reason, "not reachable yet: retrying");
+                    }
+                }
+                let detail = match &reason {
+                    Some(reason) => format!("connecting to {target}: {why}: {reason}"),
+                    None => format!("connecting to {target}: {why}"),
+                };
+                readiness.set_not_ready(NATS, detail);
+            }
         }
     }
 }
