@@ -265,50 +265,16 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use aurora_core::config::{command, env_name, parse_from, undocumented_flags};
+    use aurora_core::config::{parse_args, rule_violations};
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
-        parse_from::<Args, _, _>(
-            crate::SERVICE,
-            &[],
-            std::iter::once("device-registry").chain(args.iter().copied()),
-        )
+        parse_args::<Args>(args)
     }
 
     #[test]
-    fn every_flag_says_what_it_does() {
-        let cmd = command::<Args>(crate::SERVICE);
-        assert!(
-            undocumented_flags(&cmd).is_empty(),
-            "{:?}",
-            undocumented_flags(&cmd)
-        );
-    }
-
-    #[test]
-    fn own_flags_read_the_service_variables_and_every_rename_is_listed() {
-        let cmd = command::<Args>(crate::SERVICE);
-        let var = |id: &str| {
-            cmd.get_arguments()
-                .find(|a| a.get_id() == id)
-                .and_then(|a| a.get_env())
-                .and_then(|e| e.to_str())
-                .map(str::to_string)
-        };
-        assert_eq!(
-            var("database_url").as_deref(),
-            Some("AURORA_DEVICE_REGISTRY_DATABASE_URL")
-        );
-        assert_eq!(var("redis_url").as_deref(), Some("AURORA_REDIS_URL"));
-        for (old, new) in RENAMED_ENV {
-            let flag = new
-                .strip_prefix("AURORA_DEVICE_REGISTRY_")
-                .unwrap()
-                .to_ascii_lowercase()
-                .replace('_', "-");
-            assert_eq!(*new, env_name(crate::SERVICE, &flag));
-            assert_eq!(var(&flag.replace('-', "_")).as_deref(), Some(*new), "{old}");
-        }
+    fn the_flags_keep_the_configuration_rule() {
+        let violations = rule_violations::<Args>();
+        assert!(violations.is_empty(), "{violations:?}");
         assert_eq!(RENAMED_ENV.len(), 12);
     }
 
