@@ -285,7 +285,7 @@ async fn eve_ingest_logs_in_to_nats_with_user_and_password() {
     );
 
     // A wrong password: not ready, and /readyz says the server refused it.
-    let mut refusing = site.spawn(
+    let refusing = site.spawn(
         Svc::EveIngest,
         &[("nats-user", "aurora"), ("nats-password", "wrong-pass")],
     );
