@@ -133,11 +133,11 @@ async fn run_case(kinds: Vec<Kind>, batch: usize) {
     let want_dead = records.len() - want_good.len();
     let mut redis = conn.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let letters: Vec<DeadLetter> = loop {
+    loop {
         let letters: Vec<DeadLetter> = aurora_testkit::redis::stream_records(&redis, &dead).await;
         let done = handled.lock().unwrap().len() >= want_good.len() && letters.len() >= want_dead;
         if done {
-            break letters;
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -146,7 +146,7 @@ async fn run_case(kinds: Vec<Kind>, batch: usize) {
             letters.len()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
     // Nothing more comes after a moment (no duplicate handling or dead letter).
     tokio::time::sleep(Duration::from_millis(150)).await;
     shutdown.cancel();
