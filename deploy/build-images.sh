@@ -4,21 +4,30 @@
 #
 #   deploy/build-images.sh                      all five services
 #   deploy/build-images.sh ws-gateway eve-ingest
+#   deploy/build-images.sh --list               print the image names and exit (no engine needed)
+#   deploy/build-images.sh --plan               print "<service> <image> <ops port> <http port>"
+#
+# Image names (deploy/README.md, "Image names"; scripts/check_image_names.py checks that this
+# script, deploy/compose.yaml, the Helm chart and the docs agree):
+#
+#   [IMAGE_REGISTRY/]aurora/<service>:IMAGE_TAG
 #
 # Environment:
-#   IMAGE_PREFIX   repository prefix, default "aurora/" (images are ${IMAGE_PREFIX}<service>)
-#   IMAGE_TAG      tag, default the short git commit (or "dev")
-#   PUSH=1         push each image after building it
-#   REQUIRE_ENGINE=1  fail (exit 1) instead of exiting 0 when no engine is available
+#   IMAGE_REGISTRY  registry (and path) the images are pushed to, e.g. ghcr.io/acme; default
+#                   none (a local name, aurora/<service>)
+#   IMAGE_TAG       tag, default the chart's appVersion (k8s/aurora/Chart.yaml), which is the
+#                   workspace version in Cargo.toml: the tag the chart pulls when none is set
+#   PUSH=1          push each image after building it
 #
-# With no container engine (or a docker client without a daemon) it says so and exits 0, so
-# `make images` is harmless on a machine that cannot build images.
+# Without a working container engine it says so and exits 1: nothing was built.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 ALL_SERVICES=(mqtt-bridge device-registry ws-gateway federation-gateway eve-ingest)
+
+die() { printf 'build-images: %s\n' "$*" >&2; exit 1; }
 
 ops_port() {
   case "$1" in
@@ -27,7 +36,7 @@ ops_port() {
     ws-gateway) echo 9103 ;;
     federation-gateway) echo 9104 ;;
     eve-ingest) echo 9105 ;;
-    *) echo "unknown service: $1 (one of: ${ALL_SERVICES[*]})" >&2; return 1 ;;
+    *) die "unknown service: $1 (one of: ${ALL_SERVICES[*]})" ;;
   esac
 }
 
@@ -38,6 +47,53 @@ http_port() {
     *) ops_port "$1" ;;
   esac
 }
+
+# The renamed variable: its value was a prefix ("ghcr.io/acme/aurora-"), which would now
+# silently name other images.
+if [[ -n "${IMAGE_PREFIX+set}" ]]; then
+  die "IMAGE_PREFIX is no longer read: set IMAGE_REGISTRY to the registry (e.g. ghcr.io/acme); images are <registry>/aurora/<service>:<tag>"
+fi
+
+# The tag the chart pulls by default.
+app_version() {
+  sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' k8s/aurora/Chart.yaml | head -n1
+}
+
+image_name() {
+  local registry="${IMAGE_REGISTRY:-}"
+  registry="${registry%/}"
+  printf '%saurora/%s:%s\n' "${registry:+$registry/}" "$1" "$TAG"
+}
+
+LIST=0
+SERVICES=()
+for arg in "$@"; do
+  case "$arg" in
+    --list) LIST=1 ;;
+    --plan) LIST=2 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -*) die "unknown option $arg" ;;
+    *) ops_port "$arg" >/dev/null; SERVICES+=("$arg") ;;
+  esac
+done
+if [[ ${#SERVICES[@]} -eq 0 ]]; then
+  SERVICES=("${ALL_SERVICES[@]}")
+fi
+
+VERSION="$(app_version)"
+[[ -n "$VERSION" ]] || die "no appVersion in k8s/aurora/Chart.yaml"
+TAG="${IMAGE_TAG:-$VERSION}"
+
+if [[ "$LIST" != 0 ]]; then
+  for svc in "${SERVICES[@]}"; do
+    if [[ "$LIST" == 1 ]]; then
+      image_name "$svc"
+    else
+      printf '%s %s %s %s\n' "$svc" "$(image_name "$svc")" "$(ops_port "$svc")" "$(http_port "$svc")"
+    fi
+  done
+  exit 0
+fi
 
 detect_engine() {
   if [[ -n "${AURORA_IMAGE_ENGINE:-}" ]]; then
@@ -55,38 +111,23 @@ detect_engine() {
 
 ENGINE="$(detect_engine)"
 if [[ -z "$ENGINE" ]]; then
-  msg="build-images: no container engine here (no working docker daemon, podman or buildah): no images built."
-  if [[ "${REQUIRE_ENGINE:-0}" == 1 ]]; then
-    echo "$msg" >&2
-    exit 1
-  fi
-  echo "$msg Install one of them to build; exiting 0."
-  exit 0
+  die "no container engine here (no docker with a running daemon, no podman, no buildah): no images built. Install one of them, or run \`make images-check\` (buildah, installed with apt)."
 fi
 
-if [[ $# -gt 0 ]]; then
-  SERVICES=("$@")
-else
-  SERVICES=("${ALL_SERVICES[@]}")
-fi
-
-PREFIX="${IMAGE_PREFIX:-aurora/}"
 REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-TAG="${IMAGE_TAG:-$(git rev-parse --short HEAD 2>/dev/null || echo dev)}"
-VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 echo "build-images: $ENGINE, tag $TAG, services: ${SERVICES[*]}"
 for svc in "${SERVICES[@]}"; do
   ops="$(ops_port "$svc")"
   http="$(http_port "$svc")"
-  image="${PREFIX}${svc}:${TAG}"
+  image="$(image_name "$svc")"
   args=(
     -f deploy/Dockerfile
     --build-arg "SERVICE=$svc"
     --build-arg "OPS_PORT=$ops"
     --build-arg "HTTP_PORT=$http"
-    --build-arg "VERSION=${VERSION:-0.1.0}"
+    --build-arg "VERSION=$VERSION"
     --build-arg "REVISION=$REVISION"
     --build-arg "CREATED=$CREATED"
     -t "$image"
@@ -100,7 +141,7 @@ for svc in "${SERVICES[@]}"; do
     docker) DOCKER_BUILDKIT=1 docker build "${args[@]}" . ;;
     podman) podman build --ignorefile deploy/Dockerfile.dockerignore "${args[@]}" . ;;
     buildah) buildah bud --layers --ignorefile deploy/Dockerfile.dockerignore "${args[@]}" . ;;
-    *) echo "build-images: unknown engine $ENGINE" >&2; exit 1 ;;
+    *) die "unknown engine $ENGINE (docker, podman or buildah)" ;;
   esac
   if [[ "${PUSH:-0}" == 1 ]]; then
     "$ENGINE" push "$image"

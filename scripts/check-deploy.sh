@@ -258,6 +258,13 @@ else
   echo "  skipped: npm is not installed"
 fi
 
+# One image naming scheme ([<registry>/]aurora/<service>:<tag>, deploy/README.md): the build
+# script, compose, the rendered chart (with and without registry and tag) and the docs.
+step "image names: build-images.sh, compose, the chart and the docs agree"
+"$VENV_BIN/python" scripts/check_image_names.py "$HELM"
+step "the compose stack's Prometheus scrapes every service; Grafana provisioned"
+"$VENV_BIN/python" scripts/check_compose_monitoring.py
+
 # The metrics the code registers (telemetry modules, aurora-core) against the deploy README's
 # table, the dashboard's queries and the alert rules: names, kinds and labels.
 step "metrics: deploy/README.md, the Grafana dashboard and the alert rules against the code"

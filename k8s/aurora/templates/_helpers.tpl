@@ -86,7 +86,8 @@ eve-ingest: [redis, nats]
 {{- end }}
 {{- end }}
 
-{{/* Image of one service. Call with (dict "root" $ "svc" $svc). */}}
+{{/* Image of one service: [<registry>/]aurora/<service>:<tag>, the scheme of deploy/README.md
+(Image names; scripts/check_image_names.py). Call with (dict "root" $ "svc" $svc). */}}
 {{- define "aurora.image" -}}
 {{- $tag := .svc.image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion }}
 {{- if .root.Values.image.registry }}
