@@ -63,6 +63,14 @@ struct DevicesArgs {
         hide_env_values = true
     )]
     mqtt_url: String,
+    /// The simulator's user name on the broker (one user publishes for the whole fleet, so its
+    /// ACL must allow every device's topics: deploy/mosquitto/acl, user aurora-simulator).
+    #[arg(long, env = "AURORA_SIMULATE_MQTT_USERNAME")]
+    mqtt_username: Option<String>,
+    /// The simulator's password on the broker (with --mqtt-username; prefer the variable,
+    /// as a command line is visible to every user of the machine).
+    #[arg(long, env = "AURORA_SIMULATE_MQTT_PASSWORD", hide_env_values = true)]
+    mqtt_password: Option<String>,
     /// How many devices.
     #[arg(long, default_value_t = 20)]
     devices: usize,
@@ -177,11 +185,36 @@ impl Device {
     }
 }
 
-/// `mqtt://host:port` (or `mqtts://`) to host and port.
+/// `mqtt://host:port` to host and port (the simulator speaks plain MQTT only).
 fn broker(url: &str) -> Result<(String, u16)> {
-    let u = url::Url::parse(url).with_context(|| format!("invalid MQTT URL {url:?}"))?;
+    // Parse errors can quote the URL: never print it, it may carry a password.
+    let u = url::Url::parse(url).map_err(|e| anyhow::anyhow!("invalid MQTT URL: {e}"))?;
+    if u.scheme() != "mqtt" {
+        bail!(
+            "the simulator speaks plain MQTT only: --mqtt-url must be mqtt://host:port, not {}://",
+            u.scheme()
+        );
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        bail!("put the MQTT credentials in --mqtt-username and --mqtt-password, not in --mqtt-url");
+    }
     let host = u.host_str().context("MQTT URL without host")?.to_string();
     Ok((host, u.port().unwrap_or(1883)))
+}
+
+/// The user name and password to log in with, as mqtt-bridge takes them: a password needs a
+/// user name; a user name alone logs in with an empty password.
+fn credentials(user: Option<&str>, password: Option<&str>) -> Result<Option<(String, String)>> {
+    match (user, password) {
+        (Some(user), password) => Ok(Some((
+            user.to_string(),
+            password.unwrap_or_default().to_string(),
+        ))),
+        (None, Some(_)) => {
+            bail!("an MQTT password needs a user name (--mqtt-username, AURORA_SIMULATE_MQTT_USERNAME)")
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 async fn devices(ctx: &Ctx, args: DevicesArgs) -> Result<()> {
@@ -194,13 +227,17 @@ async fn devices(ctx: &Ctx, args: DevicesArgs) -> Result<()> {
     }
     let names = ctx.names.clone();
     let (host, port) = broker(&args.mqtt_url)?;
+    let login = credentials(args.mqtt_username.as_deref(), args.mqtt_password.as_deref())?;
     let client_id = format!(
         "aurora-sim-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let mut opts = MqttOptions::new(client_id, host, port);
+    let mut opts = MqttOptions::new(client_id, host.clone(), port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some((user, password)) = login {
+        opts.set_credentials(user, password);
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
 
     let mut rng = rand::thread_rng();
@@ -272,6 +309,19 @@ async fn devices(ctx: &Ctx, args: DevicesArgs) -> Result<()> {
                     client.subscribe(&command_filter, QoS::AtLeastOnce).await?;
                 }
                 Ok(_) => {}
+                // A broker that refuses these credentials (or anonymous clients) refuses them
+                // again on every retry: stop and say why.
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                    bail!(
+                        "the MQTT broker at {host}:{port} refused the connection ({code:?}): {}",
+                        match (&args.mqtt_username, code) {
+                            (None, _) => "it needs a user name and password (--mqtt-username, --mqtt-password)",
+                            (Some(_), rumqttc::ConnectReturnCode::BadUserNamePassword | rumqttc::ConnectReturnCode::NotAuthorized) =>
+                                "check --mqtt-username and --mqtt-password",
+                            (Some(_), _) => "see the broker's log",
+                        }
+                    );
+                }
                 Err(e) => {
                     eprintln!("MQTT: {e}; reconnecting");
                     tokio::time::sleep(Duration::from_secs(1)).await;
