@@ -213,14 +213,10 @@ impl Flags for Args {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use aurora_core::config::{command, env_name, parse_from, undocumented_flags};
+    use aurora_core::config::{parse_args, rule_violations};
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
-        parse_from::<Args, _, _>(
-            SERVICE,
-            Args::RENAMED_ENV,
-            std::iter::once(SERVICE).chain(args.iter().copied()),
-        )
+        parse_args::<Args>(args)
     }
 
     #[test]
@@ -259,74 +255,14 @@ mod tests {
     }
 
     #[test]
-    fn every_flag_is_documented_and_the_own_ones_read_the_service_prefix() {
-        let cmd = command::<Args>(SERVICE);
-        assert!(
-            undocumented_flags(&cmd).is_empty(),
-            "{:?}",
-            undocumented_flags(&cmd)
-        );
-        let own = [
-            "list-key",
-            "file",
-            "state-file",
-            "recover-from",
-            "batch",
-            "block",
-            "publish-window",
-            "inflight-batches",
-            "publish-timeout",
-            "severity-1-critical",
-            "alert-dedup-ttl",
-            "deadletter-maxlen",
-            "max-line-bytes",
-            "poll-interval",
-            "no-stream-setup",
-        ];
-        for flag in own {
-            let arg = cmd
-                .get_arguments()
-                .find(|a| a.get_long() == Some(flag))
-                .unwrap_or_else(|| panic!("--{flag}"));
-            let var = env_name(SERVICE, flag);
-            assert!(var.starts_with("AURORA_EVE_INGEST_"), "{var}");
-            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var.as_str()));
-            // Each renamed variable names the variable of the same flag.
-            let old = var.replace("AURORA_EVE_INGEST_", "AURORA_EVE_");
-            assert!(
-                RENAMED_ENV.contains(&(old.as_str(), var.as_str())),
-                "{old} -> {var} is listed"
-            );
+    fn the_flags_keep_the_configuration_rule() {
+        let violations = rule_violations::<Args>();
+        assert!(violations.is_empty(), "{violations:?}");
+        // Every flag of the service's own before the rename had an AURORA_EVE_* variable.
+        assert_eq!(RENAMED_ENV.len(), 15);
+        for (old, new) in RENAMED_ENV {
+            assert_eq!(old.replace("AURORA_EVE_", "AURORA_EVE_INGEST_"), *new);
         }
-        assert_eq!(RENAMED_ENV.len(), own.len());
-        // Flags added after the rename: the service prefix, no old name.
-        let added = ["lease-ttl"];
-        for flag in added.iter().copied() {
-            let arg = cmd
-                .get_arguments()
-                .find(|a| a.get_long() == Some(flag))
-                .unwrap_or_else(|| panic!("--{flag}"));
-            let var = env_name(SERVICE, flag);
-            assert!(var.starts_with("AURORA_EVE_INGEST_"), "{var}");
-            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var.as_str()));
-            assert!(RENAMED_ENV.iter().all(|(_, new)| *new != var), "{var}");
-        }
-        for (_, new) in RENAMED_ENV {
-            assert!(
-                cmd.get_arguments()
-                    .any(|a| a.get_env().and_then(|e| e.to_str()) == Some(new)),
-                "{new} is read"
-            );
-        }
-        // The shared flags keep their names.
-        let redis = cmd
-            .get_arguments()
-            .find(|a| a.get_long() == Some("redis-url"))
-            .unwrap();
-        assert_eq!(
-            redis.get_env().and_then(|e| e.to_str()),
-            Some("AURORA_REDIS_URL")
-        );
     }
 
     #[test]
