@@ -18,3 +18,16 @@ pub async fn json_response(r: reqwest::Response) -> (u16, Value) {
     let text = r.text().await.unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// Sends a request carrying an oversized body and checks that it is refused: an answer of
+/// 400 or 413, or a send error when the server answered and closed before the client had
+/// written the whole body (the client then sees a broken pipe). `what` names the case.
+pub async fn assert_body_refused(request: reqwest::RequestBuilder, what: &str) {
+    match request.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            assert!(matches!(status, 400 | 413), "{what}: {status}");
+        }
+        Err(e) => assert!(e.is_request(), "{what}: {e}"),
+    }
+}

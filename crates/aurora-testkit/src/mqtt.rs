@@ -233,3 +233,30 @@ pub async fn forget_session(host: &str, port: u16, client_id: &str) {
     })
     .await;
 }
+
+/// Writes a Mosquitto password file `passwd` in `dir` with `users` (name, password), by
+/// `mosquitto_passwd` (Debian package mosquitto), and returns its path. Started as root,
+/// Mosquitto reads the file as the `mosquitto` user, so `dir` and the file are made readable.
+pub fn password_file(dir: &std::path::Path, users: &[(&str, &str)]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("passwd");
+    for (i, (user, pw)) in users.iter().enumerate() {
+        let mut cmd = std::process::Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let status = cmd
+            .arg("-b")
+            .arg(&path)
+            .arg(user)
+            .arg(pw)
+            .status()
+            .expect("mosquitto_passwd (Debian package mosquitto)");
+        assert!(status.success(), "mosquitto_passwd failed");
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .expect("password file's folder readable");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .expect("password file readable");
+    path
+}

@@ -125,6 +125,26 @@ impl Drop for Process {
     }
 }
 
+/// `redis-server` arguments: `listen` (the port options), bound to 127.0.0.1, nothing kept
+/// on disk, its files in `dir`, then `extra`.
+pub(crate) fn redis_args(listen: &[&str], dir: &Path, extra: &[&str]) -> Vec<String> {
+    listen
+        .iter()
+        .chain(&[
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            path_str(dir),
+        ])
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// A Redis of the test's own (nothing kept on disk: a restart starts empty, as the shared
 /// one does).
 pub struct RedisServer {
@@ -152,22 +172,7 @@ impl RedisServer {
     fn not_started_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            path_str(dir.path()),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = redis_args(&["--port", &port.to_string()], dir.path(), extra);
         let program = find_binary("redis-server", &["/usr/bin", "/usr/local/bin"]);
         Self {
             process: Process::new("redis-server", program, args, port),

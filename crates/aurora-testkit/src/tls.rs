@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::servers::{free_port, MosquittoServer};
+use crate::servers::{free_port, redis_args, MosquittoServer};
 
 /// The files of a test PKI. `ca` signed the server and client certificates; `wrong_ca` is
 /// another CA that signed nothing here.
@@ -253,31 +253,20 @@ impl TlsServer {
     pub fn redis_tls(certs: &TestCerts) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
-        let args: Vec<String> = [
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            path_str(dir.path()),
-            "--tls-cert-file",
-            path_str(&certs.server_cert),
-            "--tls-key-file",
-            path_str(&certs.server_key),
-            "--tls-ca-cert-file",
-            path_str(&certs.ca),
-            "--tls-auth-clients",
-            "no",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = redis_args(
+            &["--port", "0", "--tls-port", &port.to_string()],
+            dir.path(),
+            &[
+                "--tls-cert-file",
+                path_str(&certs.server_cert),
+                "--tls-key-file",
+                path_str(&certs.server_key),
+                "--tls-ca-cert-file",
+                path_str(&certs.ca),
+                "--tls-auth-clients",
+                "no",
+            ],
+        );
         Self::spawn("redis-server", "redis-server", &args, port, dir)
     }
 

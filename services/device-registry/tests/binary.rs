@@ -62,20 +62,5 @@ async fn a_renamed_variable_stops_the_start_and_names_its_replacement() {
 #[tokio::test]
 async fn becomes_ready_and_drains_on_sigterm() {
     let db = TestDb::create().await;
-    let names = aurora_testkit::names();
-    // Started as the harness starts every service: ready (`/readyz` 200) before it returns.
-    let mut svc = Site::new(&names, "site-a", 0)
-        .with_database(&db)
-        .with_binary(Svc::DeviceRegistry, BIN)
-        .start(Svc::DeviceRegistry, &[])
-        .await;
-    let r = http()
-        .get(svc.http_url("/api/v1/devices"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-
-    let exit = svc.terminate().await;
-    assert!(exit.success(), "exit status {exit:?}");
+    serves_and_drains(&db, &[]).await;
 }

@@ -16,7 +16,8 @@ use chrono::Utc;
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use aurora_testkit::tcp::closed_within;
 use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_device-registry");
@@ -193,19 +194,6 @@ async fn a_token_error_tells_the_client_no_parser_detail() {
     assert_eq!(body["error"], "invalid token: empty subject");
 }
 
-async fn ended_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 256];
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
 #[tokio::test]
 async fn idle_and_dripping_connections_are_cut_while_clients_are_served() {
     let idle = Duration::from_secs(2);
@@ -233,7 +221,7 @@ async fn idle_and_dripping_connections_are_cut_while_clients_are_served() {
         .iter()
         .enumerate()
     {
-        if cut_at.is_none() && (drip.write_all(&[*b]).await.is_err() || ended_within(&mut drip, Duration::from_millis(100)).await) {
+        if cut_at.is_none() && (drip.write_all(&[*b]).await.is_err() || closed_within(&mut drip, Duration::from_millis(100)).await) {
             cut_at = Some(started.elapsed());
         }
         if i % 5 == 0 {
@@ -251,7 +239,7 @@ async fn idle_and_dripping_connections_are_cut_while_clients_are_served() {
     let left = (idle + Duration::from_secs(3)).saturating_sub(started.elapsed());
     let mut open = 0;
     for c in idle_conns.iter_mut() {
-        if !ended_within(c, left.max(Duration::from_millis(10))).await {
+        if !closed_within(c, left.max(Duration::from_millis(10))).await {
             open += 1;
         }
     }

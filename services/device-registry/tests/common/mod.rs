@@ -239,3 +239,23 @@ pub async fn allow_firmware(pool: &sqlx::PgPool) {
     .await
     .unwrap();
 }
+
+/// Starts the binary as built, as the harness starts every service (ready, `/readyz` 200,
+/// before it returns), with `flags`; checks that it answers an unauthenticated API call
+/// with 401 and exits cleanly on SIGTERM.
+pub async fn serves_and_drains(db: &TestDb, flags: &[(&str, &str)]) {
+    let names = aurora_testkit::names();
+    let mut svc = Site::new(&names, "site-a", 0)
+        .with_database(db)
+        .with_binary(Svc::DeviceRegistry, env!("CARGO_BIN_EXE_device-registry"))
+        .start(Svc::DeviceRegistry, flags)
+        .await;
+    let r = http()
+        .get(svc.http_url("/api/v1/devices"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let exit = svc.terminate().await;
+    assert!(exit.success(), "exit status {exit:?}");
+}
