@@ -95,13 +95,7 @@ async fn oversized_lines_are_dead_lettered_bounded_and_memory_stays_bounded() {
     let kept = record.raw().unwrap();
     assert_eq!(kept.len(), DEAD_LETTER_RAW_MAX);
     assert_eq!(&kept[..], &line[..DEAD_LETTER_RAW_MAX]);
-    let stored: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg(env.names.eve_deadletter())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut env.conn())
-        .await
-        .unwrap();
+    let stored: Vec<Vec<u8>> = env.list(&env.names.eve_deadletter()).await;
     let largest = stored.iter().map(Vec::len).max().unwrap();
     assert!(
         largest < 2 * DEAD_LETTER_RAW_MAX,

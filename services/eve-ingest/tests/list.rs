@@ -188,13 +188,7 @@ async fn bad_lines_are_dead_lettered_with_the_reason_and_counted() {
             .then_some(())
     })
     .await;
-    let records: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg(env.names.eve_deadletter())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut env.conn())
-        .await
-        .unwrap();
+    let records: Vec<Vec<u8>> = env.list(&env.names.eve_deadletter()).await;
     assert_eq!(records.len(), bad.len() - 1);
     for (line, reason) in bad.iter().filter(|(_, r)| *r != "-") {
         let record = records

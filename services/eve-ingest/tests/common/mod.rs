@@ -100,6 +100,17 @@ impl Env {
         self.redis.clone()
     }
 
+    /// The whole Redis list `key` (LRANGE 0 -1), each entry as a `T`.
+    pub async fn list<T: redis::FromRedisValue>(&self, key: &str) -> Vec<T> {
+        redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn())
+            .await
+            .unwrap()
+    }
+
     /// Pushes lines as Suricata does (LPUSH, in order).
     pub async fn push(&self, lines: &[Vec<u8>]) {
         lpush(&mut self.conn(), &self.names.suricata_list(), lines).await;
@@ -110,13 +121,7 @@ impl Env {
     pub async fn held(&self, instance: &str) -> usize {
         let processing = self.names.eve_processing_list(instance);
         let index = eve_ingest::list_source::chunk_index(&processing);
-        let chunks: Vec<String> = redis::cmd("LRANGE")
-            .arg(&index)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut self.conn())
-            .await
-            .unwrap();
+        let chunks: Vec<String> = self.list(&index).await;
         let mut held = llen(&mut self.conn(), &processing).await as usize + chunks.len();
         for chunk in &chunks {
             held += llen(&mut self.conn(), chunk).await as usize;
