@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aurora_core::listener::Limits;
 use aurora_core::ops::{self, Readiness};
+use aurora_testkit::tcp::closed_within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
@@ -51,20 +52,6 @@ async fn healthz(addr: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(1), get).await,
         Ok(Ok(true))
     )
-}
-
-/// True when the server closed the connection (end of stream or reset) within `within`.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 256];
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use aurora_core::bus::Producer;
 use aurora_core::model::DeadLetter;
 use aurora_core::names::DeviceTopicKind;
+use aurora_testkit::mqtt::password_file;
 use common::*;
 use serde_json::json;
 
@@ -205,22 +206,6 @@ async fn a_retained_alert_is_bridged_once_across_a_restart_and_its_clear_is_igno
         &mqtt_bridge::uplink_client_id(&format!("{}-ret", names.namespace())),
     )
     .await;
-}
-
-fn password_file(dir: &std::path::Path, users: &[(&str, &str)]) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("passwd");
-    for (i, (user, pw)) in users.iter().enumerate() {
-        let mut cmd = std::process::Command::new("mosquitto_passwd");
-        if i == 0 {
-            cmd.arg("-c");
-        }
-        let status = cmd.arg("-b").arg(&path).arg(user).arg(pw).status().unwrap();
-        assert!(status.success(), "mosquitto_passwd failed");
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ mod common;
 use aurora_core::bus::Producer;
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::Names;
+use aurora_testkit::mqtt::password_file;
 use common::*;
 use serde_json::json;
 
@@ -33,23 +34,6 @@ fn deploy_config(passwd: &std::path::Path) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn password_file(dir: &std::path::Path, users: &[(&str, &str)]) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("passwd");
-    for (i, (user, pw)) in users.iter().enumerate() {
-        let mut cmd = std::process::Command::new("mosquitto_passwd");
-        if i == 0 {
-            cmd.arg("-c");
-        }
-        let status = cmd.arg("-b").arg(&path).arg(user).arg(pw).status().unwrap();
-        assert!(status.success(), "mosquitto_passwd failed");
-    }
-    // Started as root, Mosquitto reads the file as the `mosquitto` user.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    path
 }
 
 async fn anonymous_is_refused(port: u16) -> bool {
