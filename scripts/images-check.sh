@@ -91,11 +91,11 @@ debian_mirror() {
       /^$/ { if (u != "" && ok) { print u; exit } u = ""; ok = 0 }
       /^URIs:/ { u = $2 }
       /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == s) ok = 1 }
-      END { if (u != "" && ok) print u }' "$f" | head -n1)"
+      END { if (u != "" && ok) print u }' "$f" | sed -n 1p)"
     if [[ -n "$uri" ]]; then echo "$uri"; return; fi
   done
   uri="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-    | awk -v s="$SUITE" '$1 == "deb" && $0 ~ " " s " " { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' | head -n1)"
+    | awk -v s="$SUITE" '$1 == "deb" && $0 ~ " " s " " { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' | sed -n 1p)"
   [[ -n "$uri" ]] || die "no Debian mirror for $SUITE in /etc/apt: set DEBIAN_MIRROR"
   echo "$uri"
 }
@@ -163,7 +163,7 @@ for line in "${PLAN[@]}"; do
   read -r _ image _ _ <<<"$line"
   IMAGES+=("$image")
 done
-VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' k8s/aurora/Chart.yaml | head -n1)"
+VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' k8s/aurora/Chart.yaml | sed -n 1p)"
 REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
@@ -171,7 +171,10 @@ CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 cp target/release/aurora "$CONTEXT/prebuilt/bin/aurora"
 {
   printf 'images-check %s, %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(buildah --version)"
-  printf 'base %s (debootstrap --variant=minbase %s)\n' "$BASE_IMAGE" "$SUITE"
+  printf 'base %s (debootstrap --variant=minbase %s), %s\n' "$BASE_IMAGE" "$SUITE" \
+    "$("${BUILDAH[@]}" images --format '{{.Size}}' "$BASE_IMAGE" | sed -n 1p)"
+  printf 'binaries of %s%s\n' "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
+    "$([[ "${AURORA_IMAGES_SKIP_BUILD:-0}" == 1 ]] && echo ' (AURORA_IMAGES_SKIP_BUILD: as found in target/release)')"
 } >"$REPORT"
 
 for i in "${!SERVICES[@]}"; do
@@ -226,7 +229,7 @@ for i in "${!SERVICES[@]}"; do
   log "running $image"
   ctr="$("${BUILDAH[@]}" from --pull-never "$image")"
   CONTAINERS+=("$ctr")
-  size="$("${BUILDAH[@]}" images --format '{{.Size}}' "$image" | head -n1)"
+  size="$("${BUILDAH[@]}" images --format '{{.Size}}' "$image" | sed -n 1p)"
   entrypoint="$("${BUILDAH[@]}" inspect --type image --format '{{range .Docker.Config.Entrypoint}}{{.}} {{end}}' "$image")"
   health="$("${BUILDAH[@]}" inspect --type image --format '{{if .Docker.Config.Healthcheck}}{{range .Docker.Config.Healthcheck.Test}}{{.}} {{end}}{{end}}' "$image")"
   user="$("${BUILDAH[@]}" inspect --type image --format '{{.Docker.Config.User}}' "$image")"
@@ -283,7 +286,7 @@ for i in "${!SERVICES[@]}"; do
     ready="yes"
   fi
   # SIGTERM to the service (the deepest process under `buildah run`), as a container runtime sends it.
-  service_proc="$(descendants "$SERVICE_PID" | head -n1)"
+  service_proc="$(descendants "$SERVICE_PID" | sed -n 1p)"
   t0=$SECONDS
   if [[ -n "$service_proc" ]]; then kill -TERM "$service_proc" 2>/dev/null || true; fi
   exit_code=0
@@ -301,8 +304,10 @@ for i in "${!SERVICES[@]}"; do
     failures=$((failures + 1))
     tail -n 20 "$DIR/run-$svc.log" | sed 's/^/    /'
   fi
+  health_result="FAILED"
+  if [[ -n "$healthy" ]]; then health_result="passed $healthy"; fi
   printf '%s  %s  --help: "%s"; health check %s; /readyz %s; %s\n' \
-    "$image" "$size" "$help_line" "${healthy:+passed $healthy}${healthy:-FAILED}" "$ready" "$stopped" >>"$REPORT"
+    "$image" "$size" "$help_line" "$health_result" "$ready" "$stopped" >>"$REPORT"
 done
 
 log "summary ($REPORT)"
