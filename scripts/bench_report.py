@@ -55,6 +55,42 @@ def main():
                 r.get("measured_at", ""),
             )
         )
+    rounds = [(n, results[n]["details"]["scale_down_round"]) for n in names
+              if isinstance(results[n].get("details"), dict)
+              and isinstance(results[n]["details"].get("scale_down_round"), dict)]
+    if rounds:
+        out += [
+            "",
+            "Scale-down rounds (replicas of the service in one group; one leaves with SIGTERM",
+            "mid-round and never returns; ratio to the ceiling measured just before and just after):",
+            "",
+            "| bench | replicas | figure | ceiling (same run) | ratio | lost | duplicated | left at | leave took | session handed back | met | measured |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n, sd in rounds:
+            r = results[n]
+            before, after = sd.get("ceiling_before_msg_s"), sd.get("ceiling_after_msg_s")
+            ceiling = ((before + after) / 2
+                       if isinstance(before, (int, float)) and isinstance(after, (int, float))
+                       else None)
+            ratio = sd.get("ratio")
+            out.append(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                    f"`{r.get('command', 'make bench-' + n)}`",
+                    fmt(sd.get("replicas", "n/a")),
+                    f"{fmt(sd.get('msg_s'))} msg/s",
+                    f"{fmt(ceiling)} msg/s (mean of {fmt(before)} and {fmt(after)})"
+                    if ceiling is not None else "n/a",
+                    f"{ratio:.1%}" if isinstance(ratio, (int, float)) else "n/a",
+                    fmt(sd.get("lost", "n/a")),
+                    fmt(sd.get("duplicated", "n/a")),
+                    f"{fmt(sd.get('left_at_entries', 'n/a'))} of {fmt(r.get('details', {}).get('throughput_messages', 'n/a'))} entries",
+                    f"{fmt(sd.get('leave_seconds', 'n/a'))} s",
+                    {True: "yes", False: "**no**"}.get(sd.get("leave_session_handed_back"), "n/a"),
+                    {True: "yes", False: "**no**"}.get(sd.get("met"), "n/a"),
+                    r.get("measured_at", ""),
+                )
+            )
     missing = [n for n in ORDER if n not in results]
     if missing:
         out += ["", "Not measured yet: " + ", ".join(f"`make bench-{n}`" for n in missing) + "."]

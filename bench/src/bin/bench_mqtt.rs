@@ -11,10 +11,18 @@
 //!    rounds (`BENCH_MQTT_ROUNDS`, default 3), ceiling A measured again after each: each round
 //!    is compared with the mean of the ceilings around it, the median round is the figure.
 //! 4. Latency at a fixed 10,000 msg/s: publish to stream entry, p50/p99.
+//! 5. Scale-down (after the single bridge has left): 3 replicas of the bridge in one share
+//!    group take the same load as a round of 3; when a third of it is in the stream, one of
+//!    them is sent SIGTERM and never comes back (what a scale-down or a rollout does). Its
+//!    throughput against the mean of the broker ceilings just before and just after it, lost
+//!    and duplicated (zero of both: a replica that leaves hands its share back, see
+//!    services/mqtt-bridge/README.md, "Replicas come and go"), how long the leave took and
+//!    whether the broker still holds a session for the replica that left.
 //!
 //! Peak memory of the bridge is VmHWM from /proc. Its own Mosquitto (queue limits in the
 //! JSON), the shared Redis under a namespace of its own, deleted at the end.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +35,7 @@ use aurora_core::Names;
 use aurora_testkit::cleanup::Cleanup;
 use aurora_testkit::process::{Service, Site, Svc};
 use aurora_testkit::redis::{stream_docs, xlen};
+use aurora_testkit::replicas::{mqtt_session_present, registry_members, start_as};
 use aurora_testkit::{MosquittoServer, NATS_URL, REDIS_URL};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
@@ -43,6 +52,17 @@ const RECEIVE_MAX: u16 = 1024;
 /// The broker's configuration besides its listener (the harness adds it); `persistence
 /// false` overrides the harness's `persistence true`.
 const BROKER_CONFIG: &str = "allow_anonymous true\nmax_queued_messages 1000000\nmax_queued_bytes 0\nmax_inflight_messages 100\nmax_packet_size 262144\npersistence false\n";
+/// The scale-down round's replicas (instance ids, as Kubernetes names pods); the last leaves.
+const REPLICAS: [&str; 3] = ["bridge-a", "bridge-b", "bridge-c"];
+/// Their share group, apart from the single bridge's (the default, `mqtt-bridge`).
+const REPLICA_SHARE_GROUP: &str = "bench-replicas";
+/// Their drain deadline (`AURORA_SHUTDOWN_TIMEOUT`), the chart's default.
+const REPLICA_SHUTDOWN_TIMEOUT: &str = "20s";
+/// A round ends when nothing new came for this long: 15 s for the single bridge; for the
+/// scale-down round long enough for a takeover with the default lease (15 s ttl, a look
+/// every 5 s) should the leave be cut short by its deadline.
+const ROUND_STALL: Duration = Duration::from_secs(15);
+const SCALE_DOWN_STALL: Duration = Duration::from_secs(45);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -50,17 +70,18 @@ async fn main() -> anyhow::Result<()> {
     let broker = MosquittoServer::start_with_config(BROKER_CONFIG);
     let names = aurora_testkit::names();
     let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
-    let mut site = Site::new(&names, "site-a", 0).with_binary(Svc::MqttBridge, bridge_bin);
+    let mut site = Site::new(&names, "site-a", 0).with_binary(Svc::MqttBridge, &bridge_bin);
     site.mqtt_url = broker.url();
     site.log_filter = std::env::var("AURORA_BENCH_BRIDGE_LOG").unwrap_or_else(|_| "warn".into());
     let mut redis = bus::connect(REDIS_URL).await?;
-    let report = run(&site, &broker, &names, &mut redis).await?;
+    let report = run(&site, &bridge_bin, &broker, &names, &mut redis).await?;
     aurora_bench::write_result("mqtt", &report)?;
     Ok(())
 }
 
 async fn run(
     site: &Site,
+    bridge_bin: &Path,
     broker: &MosquittoServer,
     names: &Names,
     redis: &mut Conn,
@@ -122,6 +143,54 @@ async fn run(
     let peak_mib = hwm_kib as f64 / 1024.0;
     println!("bridge peak memory (VmHWM) {peak_mib:.1} MiB");
 
+    // The single bridge has left (and handed its session back): the replicas alone.
+    if mqtt_session_present(
+        "127.0.0.1",
+        broker.port(),
+        &mqtt_bridge::uplink_client_id(&bridge.instance),
+    )
+    .await
+    {
+        println!("  the single bridge left a session behind (now ended)");
+    }
+    println!(
+        "scale-down: {} replicas in share group {REPLICA_SHARE_GROUP}, {THROUGHPUT_MESSAGES} messages from {DEVICES} distinct devices; {} leaves (SIGTERM) at a third",
+        REPLICAS.len(),
+        REPLICAS[REPLICAS.len() - 1]
+    );
+    let sd = scale_down(site, bridge_bin, broker, names, redis, &stream).await?;
+    let sd_ratio = sd.tp.rate / ((sd.before + sd.after) / 2.0);
+    let sd_met = sd.tp.lost == 0
+        && sd.tp.duplicated == 0
+        && sd.exit_ok
+        && sd.handed_back
+        && !sd.session_left;
+    println!(
+        "  {:.0} msg/s end to end, lost {}, duplicated {}; ceilings {:.0} / {:.0} msg/s: {:.1}% of the mean",
+        sd.tp.rate,
+        sd.tp.lost,
+        sd.tp.duplicated,
+        sd.before,
+        sd.after,
+        100.0 * sd_ratio
+    );
+    println!(
+        "  {} left after {} of {THROUGHPUT_MESSAGES} entries, exit {} after {:.2} s, session handed back {} (received {:?} while leaving), session left on the broker {}; registry after {:?}; the others wrote {:?}",
+        REPLICAS[REPLICAS.len() - 1],
+        sd.at_leave,
+        if sd.exit_ok { "0" } else { "not 0" },
+        sd.leave_seconds,
+        sd.handed_back,
+        sd.received_while_leaving,
+        sd.session_left,
+        sd.members_after,
+        sd.survivors_wrote
+    );
+    println!(
+        "  scale-down target (zero lost, zero duplicated, session handed back) {}",
+        if sd_met { "met" } else { "NOT met" }
+    );
+
     let ceiling = broker_rate.min(redis_rate);
     let ceiling_name = if broker_rate <= redis_rate {
         "broker QoS 1 delivery to one subscriber (8 publishing connections)"
@@ -140,6 +209,29 @@ async fn run(
         ratio * 100.0,
         if met { "met" } else { "NOT met" }
     );
+    let scale_down_json = json!({
+        "what": format!("{} bridge replicas (separate processes, release binary, default flags) in one share group take {THROUGHPUT_MESSAGES} messages from {DEVICES} distinct devices as fast as possible; when a third is in the stream one replica gets SIGTERM and never returns", REPLICAS.len()),
+        "replicas": REPLICAS.len(),
+        "msg_s": sd.tp.rate.round(),
+        "seconds": round_to(sd.tp.seconds, 3),
+        "ceiling_before_msg_s": sd.before.round(),
+        "ceiling_after_msg_s": sd.after.round(),
+        "ratio": round_to(sd_ratio, 3),
+        "ratio_is": "msg/s against the mean of the broker QoS 1 ceilings (one subscriber) just before and just after the round",
+        "lost": sd.tp.lost,
+        "duplicated": sd.tp.duplicated,
+        "left_at_entries": sd.at_leave,
+        "leave_seconds": round_to(sd.leave_seconds, 3),
+        "leave_exit_ok": sd.exit_ok,
+        "leave_session_handed_back": sd.handed_back,
+        "received_while_leaving": sd.received_while_leaving,
+        "session_left_on_broker": sd.session_left,
+        "registry_after": sd.members_after,
+        "remaining_replicas_wrote": sd.survivors_wrote,
+        "shutdown_timeout": REPLICA_SHUTDOWN_TIMEOUT,
+        "target": "zero lost, zero duplicated (a SIGTERM'd replica costs none), its session handed back; the ratio is reported, without a target",
+        "met": sd_met,
+    });
     Ok(json!({
         "bench": "mqtt",
         "service": "mqtt-bridge",
@@ -174,6 +266,7 @@ async fn run(
             "broker": "own Mosquitto 2.0: max_queued_messages 1000000, max_queued_bytes 0 (no limit), max_inflight_messages 100 (as deploy/mosquitto), persistence off",
             "redis": "shared Redis 7 on loopback, no persistence",
             "machine_cores": aurora_bench::cores(),
+            "scale_down_round": scale_down_json,
         },
         "command": "make bench-mqtt",
         "measured_at": aurora_bench::measured_at(),
@@ -335,6 +428,7 @@ async fn broker_ceiling(port: u16) -> anyhow::Result<f64> {
         receive_max: RECEIVE_MAX,
         max_packet: 1 << 20,
         connect_timeout: Duration::from_secs(10),
+        broker_limit: mqtt_bridge::link::BrokerLimit::default(),
     };
     let mut link = Link::connect(&opts).await?;
     link.subscribe(vec![Filter::new(
@@ -432,6 +526,27 @@ async fn throughput(
     stream: &str,
     round: usize,
 ) -> anyhow::Result<Throughput> {
+    let devices = format!("r{round}-dev-");
+    throughput_of(port, names, redis, stream, devices, ROUND_STALL, None).await
+}
+
+/// Told once, mid-round, that the stream holds at least `at` entries (how many it holds).
+struct Midway {
+    at: u64,
+    tx: tokio::sync::oneshot::Sender<u64>,
+}
+
+/// A round: devices `<devices>0..DEVICES`; done when every message is in the stream or
+/// nothing new came for `stall`.
+async fn throughput_of(
+    port: u16,
+    names: &Names,
+    redis: &mut Conn,
+    stream: &str,
+    devices: String,
+    stall: Duration,
+    mut midway: Option<Midway>,
+) -> anyhow::Result<Throughput> {
     let per = THROUGHPUT_MESSAGES / PUBLISHERS as u64;
     let total = per * PUBLISHERS as u64;
     let topic_names = names.clone();
@@ -442,12 +557,12 @@ async fn throughput(
         per,
         Arc::new(move |seq| {
             topic_names.mqtt_sensor_topic(
-                &format!("r{round}-dev-{}", seq % DEVICES),
+                &format!("{devices}{}", seq % DEVICES),
                 DeviceTopicKind::Telemetry,
             )
         }),
     ));
-    // Done when every message is in the stream, or nothing new came for 15 s.
+    // Done when every message is in the stream, or nothing new came for `stall`.
     let (mut last_len, mut last_change) = (0, Instant::now());
     let mut finished = started.elapsed();
     loop {
@@ -457,7 +572,12 @@ async fn throughput(
             last_change = Instant::now();
             finished = started.elapsed();
         }
-        if len >= total || last_change.elapsed() > Duration::from_secs(15) {
+        if midway.as_ref().is_some_and(|m| len >= m.at) {
+            if let Some(m) = midway.take() {
+                let _ = m.tx.send(len);
+            }
+        }
+        if len >= total || last_change.elapsed() > stall {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -469,6 +589,114 @@ async fn throughput(
         seconds: finished.as_secs_f64(),
         lost,
         duplicated,
+    })
+}
+
+/// The scale-down round and what it left behind.
+struct ScaleDown {
+    tp: Throughput,
+    before: f64,
+    after: f64,
+    /// Entries in the stream when the SIGTERM went out.
+    at_leave: u64,
+    /// From the SIGTERM to the exit.
+    leave_seconds: f64,
+    exit_ok: bool,
+    /// The leaving replica logged its session handed back (unsubscribed, drained, ended).
+    handed_back: bool,
+    received_while_leaving: Option<u64>,
+    /// The broker still held a session for the replica that left.
+    session_left: bool,
+    members_after: Vec<String>,
+    survivors_wrote: Vec<f64>,
+}
+
+/// 3 replicas in one share group, the broker ceiling just before and just after; the last
+/// replica is sent SIGTERM when a third of the round is in the stream and is not replaced.
+async fn scale_down(
+    site: &Site,
+    bridge_bin: &Path,
+    broker: &MosquittoServer,
+    names: &Names,
+    redis: &mut Conn,
+    stream: &str,
+) -> anyhow::Result<ScaleDown> {
+    let mut site = site.clone();
+    site.shutdown_timeout = REPLICA_SHUTDOWN_TIMEOUT.into();
+    // The bridge logs at info when a session is handed back (once per replica).
+    site.log_filter = format!("{},mqtt_bridge=info", site.log_filter);
+    let flags = [("share-group", REPLICA_SHARE_GROUP)];
+    let mut replicas = Vec::with_capacity(REPLICAS.len());
+    for id in REPLICAS {
+        replicas.push(start_as(&site, Svc::MqttBridge, bridge_bin, id, &flags).await);
+    }
+    let mut leaver = replicas.pop().context("a replica to leave")?;
+    let _: () = redis::cmd("DEL").arg(stream).query_async(redis).await?;
+    let before = broker_ceiling(broker.port()).await?;
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let leave = tokio::spawn(async move {
+        let at_leave = rx.await.context("the round ended before a third was in")?;
+        let sent = Instant::now();
+        leaver.sigterm();
+        let (status, exited) = leaver.wait_exit(Duration::from_secs(60)).await;
+        anyhow::Ok((leaver, at_leave, status.success(), exited - sent))
+    });
+    let per = THROUGHPUT_MESSAGES / PUBLISHERS as u64;
+    let midway = Midway {
+        at: per * PUBLISHERS as u64 / 3,
+        tx,
+    };
+    let tp = throughput_of(
+        broker.port(),
+        names,
+        redis,
+        stream,
+        "sd-dev-".into(),
+        SCALE_DOWN_STALL,
+        Some(midway),
+    )
+    .await?;
+    let (leaver, at_leave, exit_ok, took) = leave.await??;
+    let after = broker_ceiling(broker.port()).await?;
+
+    let log = leaver.log();
+    let handed_back = log.contains("session handed back");
+    let received_while_leaving = log
+        .lines()
+        .filter(|l| l.contains("session handed back"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| {
+            v.pointer("/fields/received_while_leaving")
+                .or_else(|| v.get("received_while_leaving"))
+                .and_then(serde_json::Value::as_u64)
+        });
+    let session_left = mqtt_session_present(
+        "127.0.0.1",
+        broker.port(),
+        &mqtt_bridge::uplink_client_id(&leaver.instance),
+    )
+    .await;
+    let members_after = registry_members(redis, names, mqtt_bridge::SERVICE).await;
+    let mut survivors_wrote = Vec::with_capacity(replicas.len());
+    for r in &replicas {
+        survivors_wrote.push(r.metric("aurora_mqtt_bridge_messages_total", &[]).await);
+    }
+    for r in &mut replicas {
+        stop(r).await;
+    }
+    Ok(ScaleDown {
+        tp,
+        before,
+        after,
+        at_leave,
+        leave_seconds: took.as_secs_f64(),
+        exit_ok,
+        handed_back,
+        received_while_leaving,
+        session_left,
+        members_after,
+        survivors_wrote,
     })
 }
 
