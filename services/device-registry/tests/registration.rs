@@ -90,10 +90,7 @@ async fn new_devices_are_registered_challenged_and_announced() {
 
 #[tokio::test]
 async fn two_replicas_starting_together_upsert_without_duplicates_or_lost_last_seen() {
-    let names = aurora_testkit::names();
-    let db = TestDb::create().await;
-    let mut c1 = config(&names, &db);
-    c1.batch_size = 50;
+    let (db, names, c1) = fresh(|cfg| cfg.batch_size = 50).await;
     let c2 = c1.clone();
     // Both apply the migrations at once: the advisory lock makes that safe.
     let (r1, r2) = tokio::join!(
@@ -238,10 +235,7 @@ async fn sightings_wait_out_a_database_outage_and_are_not_lost() {
 async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
     use device_registry::shared::Shared;
     use device_registry::{db, sweeper};
-    let names = aurora_testkit::names();
-    let db = TestDb::create().await;
-    let mut cfg = config(&names, &db);
-    cfg.resend_after = std::time::Duration::ZERO;
+    let (_db, names, cfg) = fresh(|cfg| cfg.resend_after = std::time::Duration::ZERO).await;
     let pool = db::connect(&cfg.database_url, 2).await.unwrap();
     db::migrate(&pool).await.unwrap();
     let conn = redis(REDIS_URL).await;

@@ -39,6 +39,16 @@ pub fn config(names: &Names, db: &TestDb) -> Config {
     cfg
 }
 
+/// A fresh namespace, a database of its own, and the test configuration ([`config`]) for
+/// them with `tune` applied.
+pub async fn fresh(tune: impl FnOnce(&mut Config)) -> (TestDb, Names, Config) {
+    let names = aurora_testkit::names();
+    let db = TestDb::create().await;
+    let mut cfg = config(&names, &db);
+    tune(&mut cfg);
+    (db, names, cfg)
+}
+
 /// The service in-process in a fresh namespace with a database of its own, and the test's
 /// connections to both. (The database is dropped last: keep `db` bound to the end.)
 pub struct Registry {
@@ -52,10 +62,7 @@ pub struct Registry {
 impl Registry {
     /// Started with `tune` applied to the test configuration ([`config`]).
     pub async fn start(tune: impl FnOnce(&mut Config)) -> Self {
-        let names = aurora_testkit::names();
-        let db = TestDb::create().await;
-        let mut cfg = config(&names, &db);
-        tune(&mut cfg);
+        let (db, names, cfg) = fresh(tune).await;
         let svc = Running::start(cfg).await;
         Self {
             pool: db.pool_with(3).await,
