@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aurora_core::auth::Permission;
 use aurora_core::names::Channel;
+use aurora_core::Names;
 use aurora_e2e::{aurora_cli, aurora_command, suricata_alert_line, ChildGuard};
 use aurora_testkit::prelude::*;
 use serde_json::{json, Value};
@@ -78,15 +79,49 @@ async fn wait_status(pool: &sqlx::PgPool, device_id: &str, want: &str) {
     .await;
 }
 
+/// Site "site-a" with a database of its own, the MQTT bridge and the device registry
+/// running, the simulator's genuine firmware on the allow-list. The fields drop in their
+/// order: the services first, the database and the names last.
+struct DeviceSite {
+    registry: Service,
+    _bridge: Service,
+    _cleanup: Cleanup,
+    site: Site,
+    db: TestDb,
+    names: Names,
+}
+
+impl DeviceSite {
+    async fn start() -> Self {
+        let names = aurora_testkit::names();
+        let db = TestDb::create().await;
+        let site = Site::new(&names, "site-a", 5).with_database(&db);
+        let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
+        let _bridge = site.start(Svc::MqttBridge, &[]).await;
+        let registry = site.start(Svc::DeviceRegistry, &[]).await;
+        allow_firmware(&registry, &site).await;
+        Self {
+            registry,
+            _bridge,
+            _cleanup,
+            site,
+            db,
+            names,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_genuine_device_is_registered_attested_trusted_and_listed() {
-    let names = aurora_testkit::names();
-    let db = TestDb::create().await;
-    let site = Site::new(&names, "site-a", 5).with_database(&db);
-    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
-    let _bridge = site.start(Svc::MqttBridge, &[]).await;
-    let registry = site.start(Svc::DeviceRegistry, &[]).await;
-    allow_firmware(&registry, &site).await;
+    // Every part bound to the end of the test: the services keep running.
+    let DeviceSite {
+        registry,
+        _bridge,
+        _cleanup,
+        site,
+        db,
+        names,
+    } = DeviceSite::start().await;
 
     let prefix = format!("dev-{}", names.namespace());
     let device = format!("{prefix}-0000");
@@ -151,14 +186,16 @@ async fn a_genuine_device_is_registered_attested_trusted_and_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_device_is_untrusted_and_its_alert_reaches_the_console() {
-    let names = aurora_testkit::names();
-    let db = TestDb::create().await;
-    let site = Site::new(&names, "site-a", 5).with_database(&db);
-    let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
-    let _bridge = site.start(Svc::MqttBridge, &[]).await;
-    let registry = site.start(Svc::DeviceRegistry, &[]).await;
+    // Every part bound to the end of the test: the services keep running.
+    let DeviceSite {
+        registry: _registry,
+        _bridge,
+        _cleanup,
+        site,
+        db,
+        names,
+    } = DeviceSite::start().await;
     let gateway = site.start(Svc::WsGateway, &[]).await;
-    allow_firmware(&registry, &site).await;
     let mut console = Console::connect(&gateway.ws_url(
         Channel::Alerts,
         &format!("token={}", token(&[Permission::WsAlerts])),
