@@ -57,22 +57,15 @@ async fn device_registry_refuses_bad_tokens_and_bodies_and_dead_letters_bad_entr
         ),
         ("invalid UTF-8", vec![b'{', 0xff, b'}']),
     ];
-    for (what, body) in bodies {
-        let r = http()
-            .post(registry.http_url("/api/v1/firmware"))
-            .bearer_auth(&fw)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = json_response(r).await;
-        assert_eq!(status, 400, "{what}: {body}");
-        assert!(
-            body["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{what}: {body}"
-        );
-    }
+    assert_bodies_refused_with_400(
+        || {
+            http()
+                .post(registry.http_url("/api/v1/firmware"))
+                .bearer_auth(&fw)
+        },
+        bodies,
+    )
+    .await;
     // A huge body: refused (400 or 413), never taken in.
     let huge = json!({"model": "m".repeat(4 << 20), "version": "1", "sha256": "a".repeat(64)});
     // (An answer before the whole body was written shows as a broken pipe: also a refusal.)

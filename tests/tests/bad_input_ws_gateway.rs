@@ -116,22 +116,7 @@ async fn ws_gateway_refuses_bad_tokens_and_oversized_frames_and_keeps_serving() 
                 .into_bytes(),
         ),
     ];
-    for (what, body) in bodies {
-        let r = http()
-            .post(&url)
-            .bearer_auth(&manage)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = json_response(r).await;
-        assert_eq!(status, 400, "{what}: {body}");
-        assert!(
-            body["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{what}: {body}"
-        );
-    }
+    assert_bodies_refused_with_400(|| http().post(&url).bearer_auth(&manage), bodies).await;
     let huge = json!({"decision": "approve", "comment": "c".repeat(4 << 20)});
     // Refused with 400/413, or the server answers 413 and closes before the client has
     // written the whole body (the client then sees a broken pipe): both are a refusal.

@@ -113,19 +113,19 @@ impl DeviceSite {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_genuine_device_is_registered_attested_trusted_and_listed() {
-    // Every part bound to the end of the test: the services keep running.
+    // Held to the end of the test: the services keep running.
+    let device_site = DeviceSite::start().await;
     let DeviceSite {
         registry,
-        _bridge,
-        _cleanup,
         site,
         db,
         names,
-    } = DeviceSite::start().await;
+        ..
+    } = &device_site;
 
     let prefix = format!("dev-{}", names.namespace());
     let device = format!("{prefix}-0000");
-    let _fleet = simulate_devices(&site, &prefix, 1, 0);
+    let _fleet = simulate_devices(site, &prefix, 1, 0);
 
     let pool = db.pool().await;
     wait_status(&pool, &device, "trusted").await;
@@ -186,15 +186,11 @@ async fn a_genuine_device_is_registered_attested_trusted_and_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_device_is_untrusted_and_its_alert_reaches_the_console() {
-    // Every part bound to the end of the test: the services keep running.
+    // Held to the end of the test: the services keep running.
+    let device_site = DeviceSite::start().await;
     let DeviceSite {
-        registry: _registry,
-        _bridge,
-        _cleanup,
-        site,
-        db,
-        names,
-    } = DeviceSite::start().await;
+        site, db, names, ..
+    } = &device_site;
     let gateway = site.start(Svc::WsGateway, &[]).await;
     let mut console = Console::connect(&gateway.ws_url(
         Channel::Alerts,
@@ -204,7 +200,7 @@ async fn a_tampered_device_is_untrusted_and_its_alert_reaches_the_console() {
 
     let prefix = format!("imp-{}", names.namespace());
     let device = format!("{prefix}-0000");
-    let _fleet = simulate_devices(&site, &prefix, 1, 1);
+    let _fleet = simulate_devices(site, &prefix, 1, 1);
 
     let alert = console
         .wait_for(WAIT, "the attestation-failure alert", |v| {
@@ -219,7 +215,7 @@ async fn a_tampered_device_is_untrusted_and_its_alert_reaches_the_console() {
         reason.starts_with("firmware not on the allow-list"),
         "{alert}"
     );
-    let (_, _, genuine) = genuine_firmware(&site);
+    let (_, _, genuine) = genuine_firmware(site);
     let reported = alert["firmware_sha256"].as_str().unwrap_or("");
     assert!(reported.len() == 64 && reported != genuine, "{alert}");
     assert!(reason.contains(reported), "{alert}");

@@ -31,3 +31,25 @@ pub async fn assert_body_refused(request: reqwest::RequestBuilder, what: &str) {
         Err(e) => assert!(e.is_request(), "{what}: {e}"),
     }
 }
+
+/// Sends each body of `bodies` (what it is, its bytes) as JSON with the request `request`
+/// makes, and checks that each is refused with 400 and a non-empty `error`.
+pub async fn assert_bodies_refused_with_400(
+    request: impl Fn() -> reqwest::RequestBuilder,
+    bodies: Vec<(&str, Vec<u8>)>,
+) {
+    for (what, body) in bodies {
+        let r = request()
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (status, body) = json_response(r).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {body}"
+        );
+    }
+}

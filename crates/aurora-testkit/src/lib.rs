@@ -154,7 +154,9 @@ pub mod prelude {
     pub use crate::cleanup::Cleanup;
     pub use crate::console::{close_code, close_frame, close_normally, next_json, Console, Socket};
     pub use crate::db::TestDb;
-    pub use crate::http::{assert_body_refused, http, json_response};
+    pub use crate::http::{
+        assert_bodies_refused_with_400, assert_body_refused, http, json_response,
+    };
     pub use crate::mqtt::{forget_session, MqttDevice};
     pub use crate::nats::{jetstream_messages, stream_len};
     pub use crate::ops::{metric_sum, Ops};

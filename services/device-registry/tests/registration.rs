@@ -259,24 +259,18 @@ async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
         })
         .collect();
     // The commit happens; the XADD and the outbox delete never do.
-    let new = db::register_batch(
-        &pool,
-        &sightings,
-        cfg.attestation_timeout,
-        uuid::Uuid::new_v4(),
-    )
-    .await
-    .unwrap();
+    let register = || {
+        db::register_batch(
+            &pool,
+            &sightings,
+            cfg.attestation_timeout,
+            uuid::Uuid::new_v4(),
+        )
+    };
+    let new = register().await.unwrap();
     assert_eq!(new.len(), 2);
     // Seen again: known devices, no new challenge, no new outbox row.
-    let again = db::register_batch(
-        &pool,
-        &sightings,
-        cfg.attestation_timeout,
-        uuid::Uuid::new_v4(),
-    )
-    .await
-    .unwrap();
+    let again = register().await.unwrap();
     assert!(again.is_empty());
     let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM registration_outbox")
         .fetch_one(&pool)
