@@ -151,19 +151,17 @@ async fn a_genuine_device_is_registered_attested_trusted_and_listed() {
 
     // The registry's API lists it as trusted.
     let read = token(&[Permission::DevicesRead]);
-    let r = http()
-        .get(registry.http_url(&format!("/api/v1/devices/{device}")))
-        .bearer_auth(&read)
-        .send()
-        .await
-        .unwrap();
+    let get = |path: String| {
+        http()
+            .get(registry.http_url(&path))
+            .bearer_auth(&read)
+            .send()
+    };
+    let r = get(format!("/api/v1/devices/{device}")).await.unwrap();
     let (status, body) = json_response(r).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "trusted", "{body}");
-    let r = http()
-        .get(registry.http_url("/api/v1/devices?status=trusted"))
-        .bearer_auth(&read)
-        .send()
+    let r = get("/api/v1/devices?status=trusted".to_string())
         .await
         .unwrap();
     let (status, body) = json_response(r).await;

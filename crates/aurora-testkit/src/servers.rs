@@ -145,6 +145,48 @@ pub(crate) fn redis_args(listen: &[&str], dir: &Path, extra: &[&str]) -> Vec<Str
         .collect()
 }
 
+/// The controls of a server of the test's own, over its `process`: its port, its URL
+/// (`<scheme>://127.0.0.1:<port>`), SIGKILL, SIGTERM, restart and start (again).
+macro_rules! server_controls {
+    ($server:ty, $scheme:literal) => {
+        impl $server {
+            pub fn port(&self) -> u16 {
+                self.process.port
+            }
+
+            pub fn url(&self) -> String {
+                format!(concat!($scheme, "://127.0.0.1:{}"), self.port())
+            }
+
+            /// SIGKILL.
+            pub fn kill(&mut self) {
+                self.process.kill();
+            }
+
+            /// SIGTERM: a clean shutdown.
+            pub fn terminate(&mut self) {
+                self.process.terminate();
+            }
+
+            /// Starts again on the same port.
+            pub fn restart(&mut self) {
+                self.process.kill();
+                self.process.start();
+            }
+
+            /// Starts it (again) on its port: after a kill or terminate, or the first time
+            /// for one made `not_started`.
+            pub fn start_again(&mut self) {
+                self.process.start();
+            }
+        }
+    };
+}
+
+server_controls!(RedisServer, "redis");
+server_controls!(NatsServer, "nats");
+server_controls!(MosquittoServer, "mqtt");
+
 /// A Redis of the test's own (nothing kept on disk: a restart starts empty, as the shared
 /// one does).
 pub struct RedisServer {
@@ -178,36 +220,6 @@ impl RedisServer {
             process: Process::new("redis-server", program, args, port),
             _dir: dir,
         }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.process.port
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port())
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// SIGTERM: a clean shutdown.
-    pub fn terminate(&mut self) {
-        self.process.terminate();
-    }
-
-    /// Starts again on the same port.
-    pub fn restart(&mut self) {
-        self.process.kill();
-        self.process.start();
-    }
-
-    /// Starts it (again) on its port: after a kill or terminate, or the first time for one
-    /// made `not_started`.
-    pub fn start_again(&mut self) {
-        self.process.start();
     }
 }
 
@@ -243,35 +255,6 @@ impl NatsServer {
             process: Process::new("nats-server", program, args, port),
             _dir: dir,
         }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.process.port
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port())
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// SIGTERM: a clean shutdown.
-    pub fn terminate(&mut self) {
-        self.process.terminate();
-    }
-
-    pub fn restart(&mut self) {
-        self.process.kill();
-        self.process.start();
-    }
-
-    /// Starts it (again) on its port: after a kill or terminate, or the first time for one
-    /// made `not_started`.
-    pub fn start_again(&mut self) {
-        self.process.start();
     }
 }
 
@@ -327,35 +310,6 @@ impl MosquittoServer {
     /// The directory of its configuration (to put password and ACL files in).
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    pub fn port(&self) -> u16 {
-        self.process.port
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port())
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// SIGTERM: a clean shutdown.
-    pub fn terminate(&mut self) {
-        self.process.terminate();
-    }
-
-    pub fn restart(&mut self) {
-        self.process.kill();
-        self.process.start();
-    }
-
-    /// Starts it (again) on its port: after a kill or terminate, or the first time for one
-    /// made `not_started`.
-    pub fn start_again(&mut self) {
-        self.process.start();
     }
 }
 
