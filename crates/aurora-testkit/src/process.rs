@@ -756,41 +756,42 @@ mod tests {
 
     #[test]
     fn a_flag_s_variable_is_named_after_the_service_and_the_flag() {
-        assert_eq!(
-            service_env(Svc::DeviceRegistry, "database-url"),
-            "AURORA_DEVICE_REGISTRY_DATABASE_URL"
-        );
-        assert_eq!(
-            service_env(Svc::DeviceRegistry, "--http-addr"),
-            "AURORA_DEVICE_REGISTRY_HTTP_ADDR"
-        );
-        assert_eq!(
-            service_env(Svc::MqttBridge, "mqtt-url"),
-            "AURORA_MQTT_BRIDGE_MQTT_URL"
-        );
-        assert_eq!(
-            service_env(Svc::EveIngest, "batch"),
-            "AURORA_EVE_INGEST_BATCH"
-        );
-        assert_eq!(
-            service_env(Svc::FederationGateway, "ack-wait"),
-            "AURORA_FEDERATION_GATEWAY_ACK_WAIT"
-        );
-        assert_eq!(
-            service_env(Svc::WsGateway, "drain-grace"),
-            "AURORA_WS_GATEWAY_DRAIN_GRACE"
-        );
-        // The shared flags keep their names.
-        assert_eq!(service_env(Svc::EveIngest, "redis-url"), "AURORA_REDIS_URL");
-        assert_eq!(service_env(Svc::EveIngest, "nats-url"), "AURORA_NATS_URL");
-        assert_eq!(
-            service_env(Svc::WsGateway, "jwt-secret"),
-            "AURORA_JWT_SECRET"
-        );
-        assert_eq!(
-            service_env(Svc::MqttBridge, "shutdown-timeout"),
-            "AURORA_SHUTDOWN_TIMEOUT"
-        );
+        let cases = [
+            (
+                Svc::DeviceRegistry,
+                "database-url",
+                "AURORA_DEVICE_REGISTRY_DATABASE_URL",
+            ),
+            (
+                Svc::DeviceRegistry,
+                "--http-addr",
+                "AURORA_DEVICE_REGISTRY_HTTP_ADDR",
+            ),
+            (Svc::MqttBridge, "mqtt-url", "AURORA_MQTT_BRIDGE_MQTT_URL"),
+            (Svc::EveIngest, "batch", "AURORA_EVE_INGEST_BATCH"),
+            (
+                Svc::FederationGateway,
+                "ack-wait",
+                "AURORA_FEDERATION_GATEWAY_ACK_WAIT",
+            ),
+            (
+                Svc::WsGateway,
+                "drain-grace",
+                "AURORA_WS_GATEWAY_DRAIN_GRACE",
+            ),
+            // The shared flags keep their names.
+            (Svc::EveIngest, "redis-url", "AURORA_REDIS_URL"),
+            (Svc::EveIngest, "nats-url", "AURORA_NATS_URL"),
+            (Svc::WsGateway, "jwt-secret", "AURORA_JWT_SECRET"),
+            (
+                Svc::MqttBridge,
+                "shutdown-timeout",
+                "AURORA_SHUTDOWN_TIMEOUT",
+            ),
+        ];
+        for (svc, flag, var) in cases {
+            assert_eq!(service_env(svc, flag), var, "{flag}");
+        }
     }
 
     #[test]
