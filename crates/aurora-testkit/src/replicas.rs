@@ -12,21 +12,8 @@ use crate::free_port;
 use crate::process::{NotReady, Service, Site, Svc};
 
 /// Spawns `svc` from `program` as the replica `instance` of `site` (its flags as
-/// [`Site::env`] gives them), without waiting for it.
-pub fn spawn_as(
-    site: &Site,
-    svc: Svc,
-    program: &Path,
-    instance: &str,
-    flags: &[(&str, &str)],
-) -> Service {
-    let (ops, http) = (free_port(), free_port());
-    let env = site.env(svc, instance, ops, http, flags);
-    Service::spawn(svc, program.to_path_buf(), instance, env, ops, http)
-}
-
-/// [`spawn_as`], then waits until its `/readyz` is 200 (trying other ports when one found
-/// free was taken meanwhile).
+/// [`Site::env`] gives them), then waits until its `/readyz` is 200 (trying other ports when
+/// one found free was taken meanwhile).
 pub async fn start_as(
     site: &Site,
     svc: Svc,
@@ -35,7 +22,9 @@ pub async fn start_as(
     flags: &[(&str, &str)],
 ) -> Service {
     for _ in 0..3 {
-        let mut service = spawn_as(site, svc, program, instance, flags);
+        let (ops, http) = (free_port(), free_port());
+        let env = site.env(svc, instance, ops, http, flags);
+        let mut service = Service::spawn(svc, program.to_path_buf(), instance, env, ops, http);
         match service.try_ready().await {
             Ok(()) => return service,
             Err(NotReady::Exited(log)) if log.contains("in use") => {
