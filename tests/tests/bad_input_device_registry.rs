@@ -8,7 +8,8 @@
 use aurora_core::auth::Permission;
 use aurora_testkit::prelude::*;
 use aurora_testkit::random::{
-    path_segment, random_bytes, random_json, random_object, random_text, seeded_rng,
+    path_segment, random_bytes, random_json, random_object, random_text, randomize_fields,
+    seeded_rng,
 };
 use rand::Rng;
 use serde_json::{json, Value};
@@ -153,20 +154,22 @@ async fn device_registry_answers_random_requests_with_a_clear_4xx_never_a_5xx() 
             1 => random_json(&mut rng, 3).to_string().into_bytes(),
             _ => {
                 let mut o = random_object(&mut rng, 2);
-                for f in [
-                    "model",
-                    "version",
-                    "sha256",
-                    "public_key",
-                    "action",
-                    "params",
-                    "ttl_seconds",
-                    "reason",
-                ] {
-                    if rng.gen_bool(0.5) {
-                        o[f] = random_json(&mut rng, 1);
-                    }
-                }
+                randomize_fields(
+                    &mut rng,
+                    &mut o,
+                    &[
+                        "model",
+                        "version",
+                        "sha256",
+                        "public_key",
+                        "action",
+                        "params",
+                        "ttl_seconds",
+                        "reason",
+                    ],
+                    0.5,
+                    1,
+                );
                 o.to_string().into_bytes()
             }
         };

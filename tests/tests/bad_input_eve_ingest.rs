@@ -8,7 +8,9 @@
 use aurora_core::model::DeadLetter;
 use aurora_e2e::suricata_alert_line;
 use aurora_testkit::prelude::*;
-use aurora_testkit::random::{random_bytes, random_json, random_object, random_text, seeded_rng};
+use aurora_testkit::random::{
+    random_bytes, random_json, random_object, random_text, randomize_fields, seeded_rng,
+};
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -135,23 +137,27 @@ async fn eve_ingest_random_lines_are_all_published_or_dead_lettered_and_alerts_v
                 // Alert-shaped, every field hostile.
                 let mut o = random_object(&mut rng, 1);
                 o["event_type"] = json!("alert");
-                for field in ["timestamp", "src_ip", "dest_ip", "proto", "flow_id", "host"] {
-                    if rng.gen_bool(0.7) {
-                        o[field] = random_json(&mut rng, 1);
-                    }
-                }
+                randomize_fields(
+                    &mut rng,
+                    &mut o,
+                    &["timestamp", "src_ip", "dest_ip", "proto", "flow_id", "host"],
+                    0.7,
+                    1,
+                );
                 let mut alert = random_object(&mut rng, 2);
-                for field in [
-                    "signature",
-                    "signature_id",
-                    "severity",
-                    "category",
-                    "metadata",
-                ] {
-                    if rng.gen_bool(0.7) {
-                        alert[field] = random_json(&mut rng, 2);
-                    }
-                }
+                randomize_fields(
+                    &mut rng,
+                    &mut alert,
+                    &[
+                        "signature",
+                        "signature_id",
+                        "severity",
+                        "category",
+                        "metadata",
+                    ],
+                    0.7,
+                    2,
+                );
                 o["alert"] = alert;
                 for field in ["dns", "tls", "http", "fileinfo"] {
                     if rng.gen_bool(0.3) {

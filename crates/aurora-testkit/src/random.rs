@@ -68,3 +68,13 @@ pub fn path_segment(s: &str) -> String {
         })
         .collect()
 }
+
+/// Sets each of `fields` of the object `o`, with probability `p`, to random JSON nested up to
+/// `depth` (`rng` drawn in the order of `fields`: a seed gives the same object again).
+pub fn randomize_fields(rng: &mut StdRng, o: &mut Value, fields: &[&str], p: f64, depth: u32) {
+    for field in fields {
+        if rng.gen_bool(p) {
+            o[*field] = random_json(rng, depth);
+        }
+    }
+}
