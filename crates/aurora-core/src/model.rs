@@ -672,6 +672,23 @@ impl DeadLetter {
             .decode(&self.raw_base64)
             .ok()
     }
+
+    /// True when this record is the dead letter of `input`: its bytes whole, or, for an input
+    /// over [`DEAD_LETTER_RAW_MAX`], its prefix with the input's size and SHA-256.
+    pub fn describes(&self, input: &[u8]) -> bool {
+        let Some(raw) = self.raw() else { return false };
+        if !self.raw_truncated {
+            return raw == input;
+        }
+        use sha2::Digest;
+        let digest: String = sha2::Sha256::digest(input)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        input.starts_with(&raw)
+            && self.raw_size == Some(input.len() as u64)
+            && self.raw_sha256.as_deref() == Some(digest.as_str())
+    }
 }
 
 impl Message for DeadLetter {
@@ -701,6 +718,7 @@ mod tests {
         let big = vec![b'x'; DEAD_LETTER_RAW_MAX * 3 + 7];
         let record = DeadLetter::new("svc", "src", "too big", &big);
         assert!(record.raw_truncated);
+        assert!(record.describes(&big) && !record.describes(&big[..big.len() - 1]));
         assert_eq!(record.raw().map(|r| r.len()), Some(DEAD_LETTER_RAW_MAX));
         assert_eq!(record.raw_size, Some(big.len() as u64));
         let hex: String = sha2::Sha256::digest(&big)

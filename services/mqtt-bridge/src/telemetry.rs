@@ -40,8 +40,7 @@ pub const COMMAND_SECONDS: &str = "aurora_mqtt_bridge_command_publish_seconds";
 pub const COMMAND_ERRORS: &str = "aurora_mqtt_bridge_command_errors_total";
 
 /// Device messages acknowledged and not bridged, by `reason`: `retained_clear` (an empty
-/// payload: a device clearing its retained message), `retained_replay` (a retained message
-/// the broker sent again on subscribing, bridged when it was published).
+/// payload published with retain: a device clearing its retained message).
 pub const IGNORED: &str = "aurora_mqtt_bridge_ignored_total";
 
 /// Gone replicas' sessions taken over, by `outcome` (handed_back, returned, interrupted).

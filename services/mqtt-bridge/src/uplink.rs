@@ -168,8 +168,9 @@ impl Uplink {
 
 /// The three shared-subscription filters, QoS 1, asking for no retained messages on
 /// subscribing (retain handling 2): a retained message was bridged when it was published, and
-/// is not bridged again on every restart. (What the broker sends live has its retain flag
-/// cleared: retain-as-published is off.)
+/// is not bridged again on every restart. Retain-as-published is on, so a device clearing its
+/// retained message (an empty payload published with retain) can be told from an empty
+/// message, which is bad input.
 fn names_filters(names: &Names, group: &str) -> Vec<Filter> {
     DeviceTopicKind::ALL
         .into_iter()
@@ -179,24 +180,19 @@ fn names_filters(names: &Names, group: &str) -> Vec<Filter> {
                 QoS::AtLeastOnce,
             );
             filter.retain_forward_rule = RetainForwardRule::Never;
-            filter.preserve_retain = false;
+            filter.preserve_retain = true;
             filter
         })
         .collect()
 }
 
-/// Why a publish is acknowledged without being bridged, if it is: a retained message the
-/// broker sent because of the subscription (retain flag set: live messages arrive with it
-/// cleared), a broker that does not honour retain handling; an empty payload (a device clearing
-/// its retained message: nothing to bridge, and not bad input).
+/// Why a publish is acknowledged without being bridged, if it is: a device clearing its
+/// retained message (an empty payload published with retain: nothing to bridge, and not bad
+/// input). A retained publish with a payload is a live message (retain handling 2 keeps the
+/// broker from replaying stored ones on subscribing) and is bridged; an empty payload without
+/// retain is bad input and is dead-lettered like any other.
 fn ignored(publish: &Publish) -> Option<&'static str> {
-    if publish.retain {
-        Some("retained_replay")
-    } else if publish.payload.is_empty() {
-        Some("retained_clear")
-    } else {
-        None
-    }
+    (publish.retain && publish.payload.is_empty()).then_some("retained_clear")
 }
 
 /// What the connection task works with.
