@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use aurora_core::auth::Permission;
 use aurora_core::listener::Limits;
+use aurora_testkit::tcp::closed_within;
 use chrono::Utc;
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
-use aurora_testkit::tcp::closed_within;
 use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_device-registry");
