@@ -22,6 +22,8 @@ pub const COMMANDS: &str = "commands";
 pub const MQTT_UPLINK: &str = "mqtt-uplink";
 /// The downlink's MQTT connection.
 pub const MQTT_DOWNLINK: &str = "mqtt-downlink";
+/// The `/readyz` warning of a broker that keeps the bridge's session shorter than asked.
+pub const BROKER_SESSION: &str = "broker-session";
 
 /// Every part `/readyz` waits for.
 pub const PARTS: [&str; 4] = [REDIS, MQTT_UPLINK, MQTT_DOWNLINK, COMMANDS];

@@ -114,6 +114,9 @@ pub struct Link {
     pub session_present: bool,
     /// What the broker said it takes at most (it may lower ours).
     pub broker_max_packet: Option<u32>,
+    /// The session expiry the broker granted when it is shorter than the one asked for: the
+    /// broker forgets the session (and the messages queued for it) that much sooner.
+    pub granted_session_expiry: Option<u32>,
 }
 
 impl Link {
@@ -151,12 +154,17 @@ impl Link {
                     session_present,
                     properties,
                 }))) => {
-                    let broker_max_packet = properties.and_then(|p| p.max_packet_size);
+                    let broker_max_packet = properties.as_ref().and_then(|p| p.max_packet_size);
                     opts.broker_limit.set(broker_max_packet);
+                    let granted_session_expiry = properties
+                        .as_ref()
+                        .and_then(|p| p.session_expiry_interval)
+                        .filter(|granted| *granted < opts.session_expiry);
                     Ok(Self {
                         io,
                         session_present,
                         broker_max_packet,
+                        granted_session_expiry,
                     })
                 }
                 Some(Ok(Packet::ConnAck(ack))) => Err(LinkError::Refused(ack.code)),

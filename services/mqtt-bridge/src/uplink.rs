@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acks::AckQueue;
 use crate::decode::{decode, DeviceDoc};
-use crate::health::{MQTT_UPLINK, REDIS};
+use crate::health::{BROKER_SESSION, MQTT_UPLINK, REDIS};
 use crate::link::{Link, LinkError, LinkOptions};
 use crate::seen::SeenTracker;
 use crate::telemetry::{self as t, BrokerLink};
@@ -224,6 +224,19 @@ async fn drive_connection(d: Driver, tx: mpsc::Sender<Received>) -> Ended {
                 backoff.reset();
                 let epoch = d.acks.connected();
                 t::connected(d.role.link());
+                if own {
+                    d.readiness.warn(
+                        BROKER_SESSION,
+                        session.granted_session_expiry.map(|granted| {
+                            format!(
+                                "the broker keeps this bridge's session only {granted} s (asked {} s): \
+                                 messages queued for a bridge that is away longer are dropped; \
+                                 raise the broker's session expiry limit (deploy/mosquitto/README.md)",
+                                d.link.session_expiry
+                            )
+                        }),
+                    );
+                }
                 tracing::info!(
                     client_id = %d.link.client_id,
                     session_present = session.session_present,
