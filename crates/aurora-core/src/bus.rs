@@ -626,24 +626,8 @@ impl GroupReader {
 
     /// Reads the delivery counts of entries this consumer holds.
     async fn fill_deliveries(&mut self, entries: &mut [Entry]) -> Result<(), BusError> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return Ok(());
-        };
-        let reply: StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(&self.cfg.stream)
-            .arg(&self.cfg.group)
-            .arg(&first.id)
-            .arg(&last.id)
-            .arg(entries.len())
-            .arg(&self.cfg.consumer)
-            .query_async(&mut self.read_conn)
-            .await
-            .map_err(BusError::command("XPENDING", &self.cfg.stream))?;
-        let counts: std::collections::HashMap<String, u64> = reply
-            .ids
-            .into_iter()
-            .map(|p| (p.id, p.times_delivered as u64))
-            .collect();
+        let mut conn = self.read_conn.clone();
+        let counts = self.own_pending(&mut conn, entries).await?;
         for e in entries.iter_mut() {
             e.deliveries = counts.get(&e.id).copied().unwrap_or(1);
         }
@@ -653,8 +637,23 @@ impl GroupReader {
     /// The entries of `entries` this consumer still holds (not acknowledged or dead-lettered
     /// meanwhile), in their order: what a failed attempt at a batch left to do.
     pub async fn still_pending(&self, entries: Vec<Entry>) -> Result<Vec<Entry>, BusError> {
+        let pending = self
+            .own_pending(&mut self.producer.conn(), &entries)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| pending.contains_key(&e.id))
+            .collect())
+    }
+
+    /// Which of `entries` (in stream order) this consumer holds, with their delivery counts.
+    async fn own_pending(
+        &self,
+        conn: &mut Conn,
+        entries: &[Entry],
+    ) -> Result<std::collections::HashMap<String, u64>, BusError> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return Ok(entries);
+            return Ok(Default::default());
         };
         let reply: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(&self.cfg.stream)
@@ -663,14 +662,13 @@ impl GroupReader {
             .arg(&last.id)
             .arg(entries.len())
             .arg(&self.cfg.consumer)
-            .query_async(&mut self.producer.conn())
+            .query_async(conn)
             .await
             .map_err(BusError::command("XPENDING", &self.cfg.stream))?;
-        let pending: std::collections::HashSet<String> =
-            reply.ids.into_iter().map(|p| p.id).collect();
-        Ok(entries
+        Ok(reply
+            .ids
             .into_iter()
-            .filter(|e| pending.contains(&e.id))
+            .map(|p| (p.id, p.times_delivered as u64))
             .collect())
     }
 
