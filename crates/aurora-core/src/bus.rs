@@ -13,17 +13,14 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::Value;
 
 use crate::model::{to_bytes, DeadLetter};
+pub use crate::redis_link::{redacted_url, Conn, ReplicaWait};
 
 /// The field of a stream entry that holds the document.
 pub const DATA_FIELD: &str = "data";
-
-/// A connection that reconnects by itself.
-pub type Conn = ConnectionManager;
 
 /// What went wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +44,14 @@ pub enum BusError {
         #[source]
         source: redis::RedisError,
     },
+    #[error("only {acknowledged} of {wanted} Redis replicas acknowledged {command} on {key} within {timeout:?}")]
+    NotReplicated {
+        command: &'static str,
+        key: String,
+        wanted: u32,
+        acknowledged: i64,
+        timeout: Duration,
+    },
 }
 
 impl BusError {
@@ -66,33 +71,36 @@ impl BusError {
     pub fn is_connection(&self) -> bool {
         match self {
             Self::Url { .. } => false,
-            Self::Connect { .. } => true,
+            Self::Connect { .. } | Self::NotReplicated { .. } => true,
             Self::Command { source, .. } => is_connection_error(source),
         }
     }
 }
 
-/// True when Redis could not be reached or did not answer (worth retrying in place), as
-/// opposed to a command Redis refused.
+/// True when Redis could not be reached, did not answer, or cannot take the command now
+/// (a failover under way, a server loading its data): worth retrying in place, as opposed to
+/// a command Redis refused.
 pub fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    crate::redis_link::primary_may_have_moved(e)
+        || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "NOREPLICAS"))
 }
 
 async fn connect_with(url: &str, response_timeout: Duration) -> Result<Conn, BusError> {
-    let client = redis::Client::open(url).map_err(|source| BusError::Url {
-        url: redacted_url(url),
-        source,
-    })?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_max_delay(Duration::from_secs(2))
-        .set_number_of_retries(2);
-    ConnectionManager::new_with_config(client, config)
+    Conn::connect(url, response_timeout)
         .await
-        .map_err(|source| BusError::Connect {
-            url: redacted_url(url),
-            source,
+        .map_err(|e| match e {
+            crate::redis_link::ConnectError::Url(reason) => BusError::Url {
+                url: redacted_url(url),
+                source: redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "unusable Redis URL",
+                    reason,
+                )),
+            },
+            crate::redis_link::ConnectError::Unreachable(source) => BusError::Connect {
+                url: redacted_url(url),
+                source,
+            },
         })
 }
 
@@ -104,18 +112,6 @@ pub async fn connect(url: &str) -> Result<Conn, BusError> {
 /// A connection of its own for a reader that blocks up to `block`.
 pub async fn connect_blocking(url: &str, block: Duration) -> Result<Conn, BusError> {
     connect_with(url, block + Duration::from_secs(10)).await
-}
-
-/// The URL without its password, for logs and errors.
-pub fn redacted_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable url>".to_string(),
-    }
 }
 
 /// Pings Redis: the readiness check of every service.
@@ -241,10 +237,36 @@ impl Producer {
         for (stream, data) in items {
             self.xadd(&mut pipe, stream.as_ref(), data.as_ref());
         }
+        let key = items[0].0.as_ref();
+        let wait = self.wait_for_replicas(&mut pipe);
         let mut conn = self.conn.clone();
-        pipe.query_async::<Vec<String>>(&mut conn)
+        let mut replies: Vec<Value> = pipe
+            .query_async(&mut conn)
             .await
-            .map_err(BusError::command("XADD", items[0].0.as_ref()))
+            .map_err(BusError::command("XADD", key))?;
+        if let Some(wait) = wait {
+            if let Err(e) = check_replicated(wait, replies.pop(), "XADD", key) {
+                conn.check_primary().await;
+                return Err(e);
+            }
+        }
+        replies
+            .into_iter()
+            .map(|v| {
+                redis::from_redis_value(v)
+                    .map_err(|e| BusError::command("XADD", key)(redis::RedisError::from(e)))
+            })
+            .collect()
+    }
+
+    /// Ends a pipeline of writes that gate an acknowledgement outside Redis with `WAIT`, when
+    /// the connection asks for replicas (docs/contract.md#redis). Its reply is the last.
+    fn wait_for_replicas(&self, pipe: &mut redis::Pipeline) -> Option<ReplicaWait> {
+        let wait = self.conn.replica_wait()?;
+        pipe.cmd("WAIT")
+            .arg(wait.replicas)
+            .arg(wait.timeout.as_millis().max(1) as u64);
+        Some(wait)
     }
 
     /// Appends documents each at most once: an entry goes to its stream only when its
@@ -280,14 +302,25 @@ impl Producer {
         for inv in &invocations {
             pipe.invoke_script(inv);
         }
+        let key = items[0].stream;
+        let wait = self.wait_for_replicas(&mut pipe);
         let mut conn = self.conn.clone();
-        let replies: Vec<Vec<Value>> = pipe
+        let mut replies: Vec<Value> = pipe
             .query_async(&mut conn)
             .await
-            .map_err(BusError::command("XADD once", items[0].stream))?;
+            .map_err(BusError::command("XADD once", key))?;
+        if let Some(wait) = wait {
+            if let Err(e) = check_replicated(wait, replies.pop(), "XADD once", key) {
+                conn.check_primary().await;
+                return Err(e);
+            }
+        }
         let ids: Vec<Option<String>> = replies
             .into_iter()
-            .flatten()
+            .flat_map(|reply| match reply {
+                Value::Array(values) => values,
+                other => vec![other],
+            })
             .map(|v| match v {
                 Value::BulkString(id) => Some(String::from_utf8_lossy(&id).into_owned()),
                 Value::SimpleString(id) => Some(id),
@@ -302,6 +335,35 @@ impl Producer {
     pub async fn dead_letter(&self, stream: &str, record: &DeadLetter) -> Result<String, BusError> {
         self.publish_doc(stream, record).await
     }
+}
+
+/// Counts a move of the connection to a new Redis primary (a Sentinel failover followed).
+pub(crate) fn count_primary_move() {
+    metrics::counter!("aurora_bus_primary_moves_total").increment(1);
+}
+
+/// Checks the reply of a pipeline's closing `WAIT`.
+pub fn check_replicated(
+    wait: ReplicaWait,
+    reply: Option<Value>,
+    command: &'static str,
+    key: &str,
+) -> Result<(), BusError> {
+    let acknowledged = match reply {
+        Some(Value::Int(n)) => n,
+        _ => -1,
+    };
+    if acknowledged >= i64::from(wait.replicas) {
+        return Ok(());
+    }
+    metrics::counter!("aurora_bus_replica_wait_failures_total", "command" => command).increment(1);
+    Err(BusError::NotReplicated {
+        command,
+        key: key.to_string(),
+        wanted: wait.replicas,
+        acknowledged: acknowledged.max(0),
+        timeout: wait.timeout,
+    })
 }
 
 /// Removes the consumers of group ARGV[1] on stream KEYS[1], other than ARGV[2], that hold no

@@ -209,7 +209,9 @@ pub struct CommonArgs {
     #[arg(long, env = "AURORA_SITE_ID", default_value = "site-local")]
     pub site_id: String,
 
-    /// The site's Redis.
+    /// The site's Redis: `redis://` or `rediss://` for one server, or
+    /// `redis+sentinel://[user:pass@]host:port,host:port/<master>[/<db>]` (`rediss+sentinel://`
+    /// with TLS) to find the primary through Sentinel and follow its failovers.
     #[arg(
         long,
         env = "AURORA_REDIS_URL",
@@ -217,6 +219,18 @@ pub struct CommonArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// Redis replicas that must hold a write before the service acknowledges what it carries
+    /// (MQTT PUBACK, JetStream ack, a file's committed offset): `WAIT` after each batch.
+    /// 0 = do not wait (Redis replication is asynchronous: a failover can lose the last
+    /// acknowledged writes). See docs/contract.md#redis.
+    #[arg(long, env = "AURORA_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a batch waits for --redis-wait-replicas; fewer replicas in time = the batch
+    /// is not acknowledged and is tried again (counted duplicates, never loss).
+    #[arg(long, env = "AURORA_REDIS_WAIT_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
+    pub redis_wait_timeout: Duration,
 
     /// Address of /healthz, /readyz and /metrics (default: the service's own port).
     #[arg(long, env = "AURORA_OPS_ADDR")]
@@ -242,6 +256,14 @@ pub struct CommonArgs {
 impl CommonArgs {
     pub fn names(&self) -> Result<Names, InvalidNamespace> {
         Names::new(&self.namespace)
+    }
+
+    /// The replicas a gating write waits for (`--redis-wait-replicas`), if any.
+    pub fn replica_wait(&self) -> Option<crate::redis_link::ReplicaWait> {
+        (self.redis_wait_replicas > 0).then_some(crate::redis_link::ReplicaWait {
+            replicas: self.redis_wait_replicas,
+            timeout: self.redis_wait_timeout,
+        })
     }
 
     /// The ops address, or the service's default port on all interfaces.
@@ -304,6 +326,11 @@ pub struct NatsArgs {
     /// Require TLS even without a CA file.
     #[arg(long, env = "AURORA_NATS_TLS", default_value_t = false)]
     pub nats_tls: bool,
+    /// Replicas of the JetStream streams this service creates and keeps (1, or 3 on a NATS
+    /// cluster); a stream with another count is updated to it, like every stream setting.
+    #[arg(long, env = "AURORA_NATS_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_stream_replicas: u8,
 }
 
 impl Default for NatsArgs {
@@ -319,11 +346,21 @@ impl Default for NatsArgs {
             nats_tls_cert: None,
             nats_tls_key: None,
             nats_tls: false,
+            nats_stream_replicas: 1,
         }
     }
 }
 
 impl NatsArgs {
+    /// `config` with this install's stream replica count.
+    pub fn stream(
+        &self,
+        mut config: async_nats::jetstream::stream::Config,
+    ) -> async_nats::jetstream::stream::Config {
+        config.num_replicas = usize::from(self.nats_stream_replicas);
+        config
+    }
+
     /// Connects with the configured credentials and TLS. The client reconnects by itself
     /// for ever; the first connection is retried too.
     pub async fn connect(

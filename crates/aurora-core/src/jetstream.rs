@@ -120,6 +120,11 @@ pub fn config_diff(actual: &stream::Config, desired: &stream::Config) -> Vec<Str
         format!("{:?}", actual.duplicate_window),
         format!("{:?}", desired.duplicate_window),
     );
+    check(
+        "num_replicas",
+        actual.num_replicas.max(1).to_string(),
+        desired.num_replicas.max(1).to_string(),
+    );
     changes
 }
 
@@ -142,7 +147,7 @@ pub async fn ensure_stream(
             if changes.is_empty() {
                 return Ok(StreamChange::Unchanged);
             }
-            // Keep what an operator set that we do not manage (replicas, placement...).
+            // Keep what an operator set that we do not manage (placement, limits...).
             let mut updated = info.config.clone();
             updated.subjects = desired.subjects.clone();
             updated.retention = desired.retention;
@@ -150,6 +155,7 @@ pub async fn ensure_stream(
             updated.max_age = desired.max_age;
             updated.storage = desired.storage;
             updated.duplicate_window = desired.duplicate_window;
+            updated.num_replicas = desired.num_replicas;
             js.update_stream(&updated)
                 .await
                 .map_err(|source| StreamSetupError::Conflict {

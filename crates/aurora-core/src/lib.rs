@@ -15,6 +15,7 @@ pub mod listener;
 pub mod model;
 pub mod names;
 pub mod ops;
+pub mod redis_link;
 pub mod replicas;
 pub mod retry;
 pub mod service;

@@ -362,6 +362,7 @@ async fn main_async<F: Flags>(flags: F) -> ExitCode {
     let name = <F::Service as Service>::NAME;
     let _telemetry = ops::init_telemetry(name, flags.common().log_format);
     let options = LaunchOptions::from_common(flags.common(), <F::Service as Service>::OPS_PORT);
+    crate::redis_link::set_replica_wait(flags.common().replica_wait());
     let service = match flags.into_service() {
         Ok(service) => service,
         Err(e) => {

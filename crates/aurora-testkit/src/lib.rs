@@ -6,6 +6,8 @@
 //!   or restart, or to start after the service that waits for it).
 //! - [`tls`]: a test CA with server and client certificates, and TLS-only Mosquitto, NATS
 //!   and Redis (and a NATS with a password) of the test's own.
+//! - [`ha`]: a Redis primary with a replica and three Sentinels, and a three-node NATS
+//!   cluster with JetStream, to kill a node of under load.
 //! - [`process`]: the service binaries as built, run as processes: [`process::Site`] (what
 //!   one site's services are told), [`process::Service`] (spawn, SIGTERM, SIGKILL, restart,
 //!   its log), [`process::service_env`] (the variable of a service's flag).
@@ -30,6 +32,7 @@ pub mod auth;
 pub mod cleanup;
 pub mod console;
 pub mod db;
+pub mod ha;
 pub mod http;
 pub mod mqtt;
 pub mod nats;

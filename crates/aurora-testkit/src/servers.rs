@@ -39,7 +39,7 @@ fn wait_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-fn find_binary(name: &str, extra: &[&str]) -> PathBuf {
+pub(crate) fn find_binary(name: &str, extra: &[&str]) -> PathBuf {
     for dir in std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
@@ -54,7 +54,7 @@ fn find_binary(name: &str, extra: &[&str]) -> PathBuf {
 }
 
 /// A server process of the test's own. Killed (SIGKILL) when dropped.
-struct Process {
+pub(crate) struct Process {
     child: Option<Child>,
     program: PathBuf,
     args: Vec<String>,
@@ -64,7 +64,7 @@ struct Process {
 
 impl Process {
     /// Not started yet: nothing listens on `port` until [`Process::start`].
-    fn new(name: &'static str, program: PathBuf, args: Vec<String>, port: u16) -> Self {
+    pub(crate) fn new(name: &'static str, program: PathBuf, args: Vec<String>, port: u16) -> Self {
         Self {
             child: None,
             program,
@@ -74,7 +74,7 @@ impl Process {
         }
     }
 
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let child = Command::new(&self.program)
             .args(&self.args)
@@ -92,8 +92,12 @@ impl Process {
         );
     }
 
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// SIGTERM, and wait for the process to exit (a clean shutdown: the server saves its state).
-    fn terminate(&mut self) {
+    pub(crate) fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -104,7 +108,7 @@ impl Process {
         self.kill();
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -313,6 +317,6 @@ impl MosquittoServer {
     }
 }
 
-fn path_str(p: &Path) -> &str {
+pub(crate) fn path_str(p: &Path) -> &str {
     p.to_str().expect("a temporary path in UTF-8")
 }

@@ -205,7 +205,9 @@ impl Service for EveIngest {
             settings.publish_timeout,
         );
         if settings.stream_setup {
-            let config = suricata_stream_config(&settings.names);
+            let config = settings
+                .nats
+                .stream(suricata_stream_config(&settings.names));
             match ensure_stream(publisher.context(), &config)
                 .await
                 .map_err(IngestError::from)?

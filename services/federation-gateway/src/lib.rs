@@ -113,7 +113,7 @@ impl FederationGateway {
             .backpressure_on_inflight(true)
             .build(nats.clone());
 
-        let desired = federation_stream_config(&self.names);
+        let desired = self.args.nats.stream(federation_stream_config(&self.names));
         readiness.set_not_ready(
             NATS,
             format!("setting up stream {} on {nats_at}", desired.name),
