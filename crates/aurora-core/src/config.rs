@@ -378,7 +378,7 @@ impl NatsArgs {
                     other => tracing::info!(event = %other, "NATS event"),
                 }
             })
-            .connect(self.nats_url.as_str())
+            .connect(self.servers()?)
             .await
     }
 
@@ -388,9 +388,27 @@ impl NatsArgs {
     pub async fn probe(&self, client_name: &str) -> Result<(), async_nats::ConnectError> {
         self.options(client_name)
             .await?
-            .connect(self.nats_url.as_str())
+            .connect(self.servers()?)
             .await
             .map(drop)
+    }
+
+    /// The servers of `--nats-url`, a comma-separated list (one URL per server of a cluster;
+    /// the client also learns the others from the server it reaches).
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, async_nats::ConnectError> {
+        self.nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    async_nats::ConnectError::with_source(
+                        async_nats::ConnectErrorKind::ServerParse,
+                        e,
+                    )
+                })
+            })
+            .collect()
     }
 
     async fn options(

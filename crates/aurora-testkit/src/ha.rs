@@ -283,25 +283,27 @@ impl NatsCluster {
             .join(",")
     }
 
-    /// Waits until every running server answers a JetStream account request.
+    /// Waits until every running server knows the JetStream meta leader (its `/jsz`).
     pub async fn wait_jetstream(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let http = crate::http::http();
         for node in self.nodes.iter().filter(|n| n.process.is_running()) {
+            let url = format!("http://127.0.0.1:{}/jsz", node.monitor);
             loop {
-                let ok = match async_nats::connect(format!("nats://127.0.0.1:{}", node.port)).await
-                {
-                    Ok(client) => async_nats::jetstream::new(client)
-                        .query_account()
+                let leader = match http.get(&url).send().await {
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
                         .await
-                        .is_ok(),
-                    Err(_) => false,
+                        .ok()
+                        .and_then(|v| v["meta_cluster"]["leader"].as_str().map(str::to_string)),
+                    Err(_) => None,
                 };
-                if ok {
+                if leader.is_some_and(|l| !l.is_empty()) {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "JetStream did not answer on {} within {timeout:?}",
+                    "no JetStream meta leader seen by {} within {timeout:?}",
                     node.port
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;

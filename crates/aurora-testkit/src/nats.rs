@@ -4,7 +4,7 @@ use aurora_core::Names;
 
 /// Every message of a JetStream stream: (`Nats-Msg-Id` header or "", subject, payload).
 pub async fn jetstream_messages(nats_url: &str, stream: &str) -> Vec<(String, String, Vec<u8>)> {
-    let client = async_nats::connect(nats_url)
+    let client = async_nats::connect(servers(nats_url))
         .await
         .unwrap_or_else(|e| panic!("NATS at {nats_url}: {e}"));
     let js = async_nats::jetstream::new(client);
@@ -33,7 +33,7 @@ pub async fn jetstream_messages(nats_url: &str, stream: &str) -> Vec<(String, St
 
 /// How many messages a JetStream stream holds (0 when it does not exist).
 pub async fn stream_len(nats_url: &str, stream: &str) -> u64 {
-    let Ok(client) = async_nats::connect(nats_url).await else {
+    let Ok(client) = async_nats::connect(servers(nats_url)).await else {
         return 0;
     };
     let js = async_nats::jetstream::new(client);
@@ -45,9 +45,17 @@ pub async fn stream_len(nats_url: &str, stream: &str) -> u64 {
 
 /// Deletes the namespace's JetStream streams (`NS`, `NS_SURICATA`); errors are ignored.
 pub async fn delete_streams(nats_url: &str, names: &Names) {
-    if let Ok(client) = async_nats::connect(nats_url).await {
+    if let Ok(client) = async_nats::connect(servers(nats_url)).await {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(names.nats_stream()).await;
         let _ = js.delete_stream(names.suricata_stream()).await;
     }
+}
+
+/// The servers of a comma-separated list of NATS URLs (a cluster's).
+pub fn servers(nats_url: &str) -> Vec<async_nats::ServerAddr> {
+    nats_url
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
 }

@@ -122,6 +122,8 @@ fn is_shared_flag(flag: &str) -> bool {
         "namespace",
         "site-id",
         "redis-url",
+        "redis-wait-replicas",
+        "redis-wait-timeout",
         "ops-addr",
         "log-format",
         "stream-maxlen",
