@@ -135,3 +135,69 @@ async fn federation_gateway_does_not_import_an_invalid_alert() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].raw().as_deref(), Some(&not_an_alert[..]));
 }
+
+/// A message JetStream refuses for what it is (larger than the stream's maximum message size,
+/// set by an operator) is dead-lettered alone with JetStream's reason; the alerts before and
+/// after it are exported (no head-of-line blocking in the exporter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_jetstream_refuses_is_dead_lettered_alone_and_the_others_go_out() {
+    let names = aurora_testkit::names();
+    let a = Site::new(&names, "site-a", 9);
+    let _cleanup = Cleanup::new(&names, NATS_URL, &[&a.redis_url]);
+    let client = async_nats::connect(NATS_URL).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut config = aurora_core::jetstream::federation_stream_config(&names);
+    config.max_message_size = 4096;
+    js.create_stream(config).await.unwrap();
+    let fed_a = a.start(Svc::FederationGateway, &[]).await;
+    let mut conn_a = redis(&a.redis_url).await;
+
+    let alert = |title: String| {
+        let id = uuid::Uuid::new_v4().to_string();
+        let doc = json!({"id": id, "title": title, "severity": "high", "status": "new",
+            "source": "e2e", "timestamp": chrono::Utc::now()});
+        (id, doc.to_string())
+    };
+    let (first, first_doc) = alert("before".into());
+    let (big, big_doc) = alert("x".repeat(8_000));
+    let (last, last_doc) = alert("after".into());
+    for doc in [&first_doc, &big_doc, &last_doc] {
+        xadd(&mut conn_a, &names.alerts(), doc.as_bytes()).await;
+    }
+
+    let stream = names.nats_stream();
+    let exported = wait_until(WAIT, "the two other alerts in JetStream", || {
+        let stream = stream.clone();
+        async move {
+            let m = jetstream_messages(NATS_URL, &stream).await;
+            (m.len() >= 2).then_some(m)
+        }
+    })
+    .await;
+    let ids: Vec<String> = exported
+        .iter()
+        .filter_map(|(_, _, p)| serde_json::from_slice::<serde_json::Value>(p).ok())
+        .filter_map(|d| d["id"].as_str().map(str::to_string))
+        .collect();
+    assert!(ids.contains(&first) && ids.contains(&last), "{ids:?}");
+    assert!(!ids.contains(&big));
+    let dl = names.federation_deadletter();
+    let records = wait_until(WAIT, "the refused alert dead-lettered", || {
+        let mut conn = conn_a.clone();
+        let dl = dl.clone();
+        async move {
+            let r = dead_letters(&mut conn, &dl).await;
+            (!r.is_empty()).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert!(
+        records[0].reason.contains("refused by JetStream"),
+        "{}",
+        records[0].reason
+    );
+    assert_eq!(records[0].raw().as_deref(), Some(big_doc.as_bytes()));
+    // Nothing left pending: the exporter's group holds no entry.
+    assert_eq!(fed_a.readyz().await, Some(200));
+}

@@ -487,6 +487,8 @@ impl GroupReader {
         GroupAcker {
             stream: self.cfg.stream.clone(),
             group: self.cfg.group.clone(),
+            service: self.cfg.service.clone(),
+            dead_letter_stream: self.cfg.dead_letter_stream.clone(),
             producer: self.producer.clone(),
         }
     }
@@ -762,38 +764,7 @@ impl GroupReader {
     /// Moves an entry to the dead-letter stream with the reason, then acknowledges it, in one
     /// transaction: it is never both lost and acknowledged.
     pub async fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<(), BusError> {
-        let mut record = DeadLetter::new(
-            &self.cfg.service,
-            &self.cfg.stream,
-            reason,
-            entry.data.as_deref().unwrap_or_default(),
-        );
-        record.source_id = Some(entry.id.clone());
-        record.deliveries = Some(entry.deliveries);
-        tracing::warn!(
-            stream = %self.cfg.stream,
-            entry = %entry.id,
-            reason,
-            "dead-lettered a stream entry"
-        );
-        metrics::counter!(
-            "aurora_bus_dead_letters_total",
-            "service" => self.cfg.service.clone(),
-            "stream" => self.cfg.stream.clone()
-        )
-        .increment(1);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        self.producer
-            .xadd(&mut pipe, &self.cfg.dead_letter_stream, &to_bytes(&record));
-        pipe.cmd("XACK")
-            .arg(&self.cfg.stream)
-            .arg(&self.cfg.group)
-            .arg(&entry.id);
-        let mut conn = self.producer.conn();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(BusError::command("XADD+XACK", &self.cfg.dead_letter_stream))
+        self.acker().dead_letter(entry, reason).await
     }
 }
 
@@ -802,10 +773,49 @@ impl GroupReader {
 pub struct GroupAcker {
     stream: String,
     group: String,
+    service: String,
+    dead_letter_stream: String,
     producer: Producer,
 }
 
 impl GroupAcker {
+    /// Moves an entry to the dead-letter stream with the reason, then acknowledges it, in one
+    /// transaction: it is never both lost and acknowledged.
+    pub async fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<(), BusError> {
+        let mut record = DeadLetter::new(
+            &self.service,
+            &self.stream,
+            reason,
+            entry.data.as_deref().unwrap_or_default(),
+        );
+        record.source_id = Some(entry.id.clone());
+        record.deliveries = Some(entry.deliveries);
+        tracing::warn!(
+            stream = %self.stream,
+            entry = %entry.id,
+            reason,
+            "dead-lettered a stream entry"
+        );
+        metrics::counter!(
+            "aurora_bus_dead_letters_total",
+            "service" => self.service.clone(),
+            "stream" => self.stream.clone()
+        )
+        .increment(1);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.producer
+            .xadd(&mut pipe, &self.dead_letter_stream, &to_bytes(&record));
+        pipe.cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&entry.id);
+        let mut conn = self.producer.conn();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(BusError::command("XADD+XACK", &self.dead_letter_stream))
+    }
+
     /// Acknowledges handled entries (XACK).
     pub async fn ack<S: AsRef<str>>(&self, ids: &[S]) -> Result<(), BusError> {
         if ids.is_empty() {

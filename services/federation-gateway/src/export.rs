@@ -60,6 +60,8 @@ pub struct ExportSettings {
 /// An entry between its read and its XACK.
 struct InFlight {
     entry_id: String,
+    /// The entry, for a dead letter should JetStream refuse what was made of it.
+    entry: Option<Entry>,
     _permit: OwnedSemaphorePermit,
     /// `None` when the policy withheld it: only the XACK is left to do.
     publish: Option<Outgoing>,
@@ -257,6 +259,7 @@ impl Publisher {
                 self.shared.in_flight().insert(entry.id.clone());
                 return Some(InFlight {
                     entry_id: entry.id,
+                    entry: None,
                     _permit: permit,
                     publish: None,
                 });
@@ -292,7 +295,8 @@ impl Publisher {
         };
         self.shared.in_flight().insert(entry.id.clone());
         Some(InFlight {
-            entry_id: entry.id,
+            entry_id: entry.id.clone(),
+            entry: Some(entry),
             _permit: permit,
             publish: Some(Outgoing {
                 msg_id,
@@ -333,8 +337,25 @@ async fn collect(mut rx: mpsc::Receiver<InFlight>, acker: GroupAcker, shared: Sh
         };
         let Some(mut item) = next else { break };
         if let Some(out) = item.publish.take() {
-            if !settle(&shared, out).await {
-                return;
+            match settle(&shared, out).await {
+                Settled::Stored => {}
+                Settled::GaveUp => return,
+                Settled::Refused(reason) => {
+                    // Refused for what it is (one message): dead-lettered alone, the others
+                    // go on. The dead letter acknowledges it; only the in-flight mark is left.
+                    if let Some(entry) = item.entry.take() {
+                        telemetry::dead_letter(Direction::Export, "refused_by_jetstream");
+                        while let Err(e) = acker.dead_letter(&entry, &reason).await {
+                            tracing::warn!(error = %e, entry = %entry.id, "cannot dead-letter yet");
+                            if !retry().wait(&shared.abort).await {
+                                return;
+                            }
+                        }
+                    }
+                    shared.in_flight().remove(&item.entry_id);
+                    shared.progress.notify_waiters();
+                    continue;
+                }
             }
         }
         settled.push(item);
@@ -345,10 +366,37 @@ async fn collect(mut rx: mpsc::Receiver<InFlight>, acker: GroupAcker, shared: Sh
     flush(&acker, &shared, &mut settled).await;
 }
 
+/// How a publish ended.
+enum Settled {
+    Stored,
+    /// JetStream refused this message for what it is (too large for the stream, a header it
+    /// does not take): publishing it again would be refused again.
+    Refused(String),
+    /// Told to give up first.
+    GaveUp,
+}
+
+/// The reason when `e` is JetStream refusing one message for what it is, `None` when it is
+/// worth publishing again (no ack, no stream, connection gone).
+fn refusal(e: &PublishError) -> Option<String> {
+    use async_nats::jetstream::ErrorCode;
+    if e.kind() != PublishErrorKind::Other {
+        return None;
+    }
+    let api = std::error::Error::source(e)?.downcast_ref::<async_nats::jetstream::Error>()?;
+    let per_message = [
+        ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM,
+        ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM,
+        ErrorCode::MESSAGE_TTL_INVALID,
+    ];
+    per_message
+        .contains(&api.error_code())
+        .then(|| format!("refused by JetStream: {api}"))
+}
+
 /// Waits until JetStream stored the message, publishing it again when no ack came within
-/// the publish timeout of its publish, or when the publish failed. `false` when told to give
-/// up first.
-async fn settle(shared: &Shared, out: Outgoing) -> bool {
+/// the publish timeout of its publish, or when the publish failed.
+async fn settle(shared: &Shared, out: Outgoing) -> Settled {
     let Outgoing {
         msg_id,
         payload,
@@ -362,7 +410,7 @@ async fn settle(shared: &Shared, out: Outgoing) -> bool {
         // to it only after the acks before it: bound the wait from the publish instead.
         let deadline = tokio::time::Instant::from_std(published + shared.publish_timeout);
         let result: Result<PublishAck, PublishError> = tokio::select! {
-            _ = shared.abort.cancelled() => return false,
+            _ = shared.abort.cancelled() => return Settled::GaveUp,
             r = tokio::time::timeout_at(deadline, ack) => {
                 r.unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)))
             }
@@ -375,9 +423,12 @@ async fn settle(shared: &Shared, out: Outgoing) -> bool {
                     telemetry::messages(Direction::Export, shared.kind, 1);
                 }
                 telemetry::publish_latency(sent.elapsed());
-                return true;
+                return Settled::Stored;
             }
             Err(e) => {
+                if let Some(reason) = refusal(&e) {
+                    return Settled::Refused(reason);
+                }
                 tracing::warn!(error = %e, msg_id = %msg_id, "no JetStream ack; publishing again");
                 telemetry::publish_retry();
                 e.kind() == PublishErrorKind::TimedOut
@@ -389,7 +440,7 @@ async fn settle(shared: &Shared, out: Outgoing) -> bool {
         let mut wait = !timed_out;
         ack = loop {
             if wait && !backoff.wait(&shared.abort).await {
-                return false;
+                return Settled::GaveUp;
             }
             wait = true;
             match shared.send(&msg_id, payload.clone()).await {
