@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks everything under deploy/ and k8s/ offline: the Helm chart (lint, render with the
-# default and the all-on values on every Kubernetes minor its kubeVersion claims, validate the
-# manifests against each minor's schemas, make sure the values schema rejects bad values and
+# default, the all-on and the HA values on every Kubernetes minor its kubeVersion claims,
+# validate the manifests against each minor's schemas, make sure the values schema rejects bad values and
 # that its namespace and site id patterns are the services' own rules, by running
 # federation-gateway: scripts/check-values-patterns.py), the environment variable names against
 # the AURORA_<SERVICE>_<FLAG> rule (scripts/check_env_names.py), YAML lint, the Dockerfile
@@ -150,6 +150,7 @@ check-jsonschema --check-metaschema "$CHART/values.schema.json"
 step "helm lint $CHART"
 "$HELM" lint --strict "$CHART"
 "$HELM" lint --strict "$CHART" -f "$CHART/ci/all-on-values.yaml"
+"$HELM" lint --strict "$CHART" -f "$CHART/ci/ha-values.yaml"
 
 # kubeVersion in Chart.yaml is a closed range of minors (">=1.A.0-0 <1.B.0-0"): the chart is
 # rendered and validated on every one of them, so every minor must have schemas in
@@ -173,7 +174,7 @@ PY
 [[ -n "$KUBE_MIN" ]] || die "cannot read the Kubernetes range of $CHART/Chart.yaml"
 printf '\nkubeVersion %s: validating on 1.%s to 1.%s\n' "$KUBE_RANGE" "$KUBE_MIN" "$((KUBE_END - 1))"
 
-for values in default "$CHART/ci/all-on-values.yaml"; do
+for values in default "$CHART/ci/all-on-values.yaml" "$CHART/ci/ha-values.yaml"; do
   args=()
   name="default"
   if [[ "$values" != default ]]; then
@@ -224,10 +225,10 @@ for bad in "$CHART"/ci/bad-*.yaml; do
 done
 
 # Every variable set for a service is shared or AURORA_<SERVICE>_<FLAG> of one of its flags
-# (docs/configuration.md), in compose, the Dockerfile, both chart renders and run.sh; the
+# (docs/configuration.md), in compose, the Dockerfile, the chart's renders and run.sh; the
 # table in docs/configuration.md matches the flags in the code.
 step "environment variable names follow AURORA_<SERVICE>_<FLAG>"
-"$VENV_BIN/python" scripts/check_env_names.py "$RENDER/default.yaml" "$RENDER/all-on-values.yaml"
+"$VENV_BIN/python" scripts/check_env_names.py "$RENDER/default.yaml" "$RENDER/all-on-values.yaml" "$RENDER/ha-values.yaml"
 
 # --- YAML, Dockerfile, shell -------------------------------------------------------------
 

@@ -49,8 +49,8 @@
 {{- if and $tls.mqtt.enabled (not (regexMatch "^(mqtts|ssl)://" .Values.mqtt.url)) }}
 {{- fail (printf "tls.mqtt.enabled: mqtt.url must be mqtts://... (mqtt-bridge refuses TLS files with a plain URL), not %s" .Values.mqtt.url) }}
 {{- end }}
-{{- if and $tls.redis.enabled (not .Values.redis.existingSecret) (not (hasPrefix "rediss://" .Values.redis.url)) }}
-{{- fail (printf "tls.redis.enabled: redis.url must be rediss://..., not %s" .Values.redis.url) }}
+{{- if and $tls.redis.enabled (not .Values.redis.existingSecret) (not (regexMatch "^rediss(\\+sentinel)?://" .Values.redis.url)) }}
+{{- fail (printf "tls.redis.enabled: redis.url must be rediss://... or rediss+sentinel://..., not %s" .Values.redis.url) }}
 {{- end }}
 {{- end }}
 
