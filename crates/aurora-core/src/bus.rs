@@ -163,6 +163,9 @@ local out = {}
 for i = 1, #KEYS / 2 do
   local key, stream = KEYS[2 * i - 1], KEYS[2 * i]
   if redis.call('EXISTS', key) == 1 then
+    -- A write all the same (the key's time to live starts again): a WAIT after this call
+    -- then covers the first write of the document too, on a connection that did not make it.
+    redis.call('EXPIRE', key, ARGV[3])
     out[i] = false
   else
     local id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3 + i])
@@ -270,7 +273,8 @@ impl Producer {
     }
 
     /// Appends documents each at most once: an entry goes to its stream only when its
-    /// idempotency key is new, and the key is set (for `key_ttl`) in the same atomic script,
+    /// idempotency key is new (a key seen again has its `key_ttl` started again), and the key
+    /// is set (for `key_ttl`) in the same atomic script,
     /// after the append, so a failed append leaves no key that would hide the document on its
     /// next try. Up to [`ONCE_PER_CALL`] documents go in one script call and all calls in one
     /// pipelined round trip (the script is loaded in the same pipeline, so a Redis that

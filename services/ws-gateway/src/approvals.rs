@@ -294,11 +294,41 @@ impl ApprovalStore {
         match outcome.as_str() {
             "done" => {
                 tracing::info!(approval = %approval.id, status = status.as_str(), decided_by = ?approval.decided_by, entry = %detail, "approval decided");
+                self.replicated(&mut conn).await?;
                 Ok(approval)
             }
             "conflict" => Err(DecideError::Conflict(detail)),
             _ => Err(DecideError::NotFound),
         }
+    }
+
+    /// With `--redis-wait-replicas`, waits until the replicas hold the decision just written
+    /// on this connection before the analyst is answered; fewer in time is an error (503):
+    /// the decision stands on the primary, and a failover could lose it.
+    async fn replicated(&self, conn: &mut aurora_core::bus::Conn) -> Result<(), StoreError> {
+        let Some(wait) = conn.replica_wait() else {
+            return Ok(());
+        };
+        let acknowledged: i64 = redis::cmd("WAIT")
+            .arg(wait.replicas)
+            .arg(wait.timeout.as_millis().max(1) as u64)
+            .query_async(conn)
+            .await
+            .map_err(store_err("WAIT after an approval decision"))?;
+        if acknowledged >= i64::from(wait.replicas) {
+            return Ok(());
+        }
+        Err(StoreError {
+            what: "WAIT after an approval decision",
+            source: redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the decision is on the primary but not on enough replicas yet",
+                format!(
+                    "{acknowledged} of {} within {:?}",
+                    wait.replicas, wait.timeout
+                ),
+            )),
+        })
     }
 
     /// Ids of pending approvals past their `expires_at`.
