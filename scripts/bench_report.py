@@ -91,6 +91,49 @@ def main():
                     r.get("measured_at", ""),
                 )
             )
+    waits = []
+    for n in names:
+        d = results[n].get("details")
+        if not isinstance(d, dict):
+            continue
+        mqtt = d.get("replica_wait_rounds")
+        if isinstance(mqtt, dict):
+            for rw in mqtt.get("rounds", []):
+                waits.append((n, rw.get("redis_wait_replicas"), rw.get("msg_s"), "msg/s",
+                              rw.get("ceiling_before_msg_s"), rw.get("ceiling_after_msg_s"),
+                              rw.get("ratio"), rw.get("lost"), rw.get("duplicated")))
+        eve = d.get("replica_wait_round")
+        if isinstance(eve, dict):
+            waits.append((n, 1, eve.get("events_per_s"), "events/s",
+                          eve.get("ceiling_before_per_s"), eve.get("ceiling_after_per_s"),
+                          eve.get("ratio"), None, None))
+    if waits:
+        out += [
+            "",
+            "Replica wait (`--redis-wait-replicas`: every batch that gates an acknowledgement",
+            "waits for that many Redis replicas): the service against a Redis of its own with one",
+            "replica on loopback, between two measurements of the same ceiling as the row above:",
+            "",
+            "| bench | --redis-wait-replicas | figure | ceiling (same run) | ratio | lost | duplicated | measured |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n, wait, value, unit, before, after, ratio, lost, dup in waits:
+            ceiling = ((before + after) / 2
+                       if isinstance(before, (int, float)) and isinstance(after, (int, float))
+                       else None)
+            out.append(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                    f"`{results[n].get('command', 'make bench-' + n)}`",
+                    fmt(wait),
+                    f"{fmt(value)} {unit}",
+                    f"{fmt(ceiling)} {unit} (mean of {fmt(before)} and {fmt(after)})"
+                    if ceiling is not None else "n/a",
+                    f"{ratio:.1%}" if isinstance(ratio, (int, float)) else "n/a",
+                    fmt(lost) if lost is not None else "n/a",
+                    fmt(dup) if dup is not None else "n/a",
+                    results[n].get("measured_at", ""),
+                )
+            )
     missing = [n for n in ORDER if n not in results]
     if missing:
         out += ["", "Not measured yet: " + ", ".join(f"`make bench-{n}`" for n in missing) + "."]

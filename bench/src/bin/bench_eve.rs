@@ -30,7 +30,7 @@ use aurora_core::service::LaunchOptions;
 use aurora_core::{bus, Names};
 use aurora_testkit::cleanup::Cleanup;
 use aurora_testkit::redis::xlen;
-use aurora_testkit::{workspace_path, NATS_URL, REDIS_URL};
+use aurora_testkit::{workspace_path, RedisServer, NATS_URL, REDIS_URL};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
@@ -191,11 +191,116 @@ impl Round {
 }
 
 struct Measured {
+    replica_wait: serde_json::Value,
     rounds: Vec<Round>,
     alert_ceiling: f64,
     alerts_per_s: f64,
     final_events: u64,
     final_alerts: u64,
+}
+
+/// One round of `lines` through the service against a Redis of its own with one replica and
+/// the replica wait on, between raw-publish ceilings (the first is `ceiling_before`, the
+/// ceiling measured last).
+async fn replica_wait_round(
+    settings: &Settings,
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    names: &Names,
+    lines: Vec<Vec<u8>>,
+    ceiling_before: f64,
+) -> anyhow::Result<serde_json::Value> {
+    let primary = RedisServer::start();
+    let replica_of = primary.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]);
+    let mut conn = bus::connect(&primary.url()).await?;
+    let info_conn = conn.clone();
+    poll_until(POLL, Duration::from_secs(20), "the replica online", || {
+        let mut c = info_conn.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            Ok(info.contains("connected_slaves:1") && info.contains("state=online"))
+        }
+    })
+    .await?;
+    // Every connection made from now on in this process carries the wait.
+    aurora_core::redis_link::set_replica_wait(Some(aurora_core::bus::ReplicaWait {
+        replicas: 1,
+        timeout: Duration::from_secs(2),
+    }));
+    let rw_names = Names::new(&format!("{}rw", names.namespace()))?;
+    let mut rw = settings.clone();
+    rw.names = rw_names.clone();
+    rw.redis_url = primary.url();
+    let service = InProcess::launch(EveIngest::new(rw), LaunchOptions::local("bench-rw")).await?;
+    let readiness = service.readiness();
+    poll_until(
+        POLL,
+        Duration::from_secs(30),
+        "the service ready",
+        || async move { Ok(readiness.is_ready()) },
+    )
+    .await?;
+    let mix = lines.iter().filter(|l| event_type(l) == "alert").count();
+    stage(&mut conn, &rw_names, &lines).await?;
+    let t0 = release(&mut conn, &rw_names).await?;
+    let stream = rw_names.suricata_stream();
+    let n = lines.len() as u64;
+    let t1 = poll_until(
+        POLL,
+        Duration::from_secs(600),
+        "all events in JetStream",
+        || {
+            let (js, stream) = (js, &stream);
+            async move { Ok(jetstream_len(js, stream).await >= n) }
+        },
+    )
+    .await?;
+    let alerts_key = rw_names.alerts();
+    let t1a = poll_until(
+        POLL,
+        Duration::from_secs(60),
+        "all alerts of the mix",
+        || {
+            let mut c = conn.clone();
+            let k = alerts_key.clone();
+            async move { Ok(xlen(&mut c, &k).await >= mix as u64) }
+        },
+    )
+    .await?;
+    let _ = tokio::time::timeout(Duration::from_secs(30), service.stop()).await;
+    let _ = js.delete_stream(&stream).await;
+    let events_per_s = n as f64 / (t1 - t0).as_secs_f64();
+    let after_names = Names::new(&format!("{}rwa", names.namespace()))?;
+    ensure_stream(js, &suricata_stream_config(&after_names)).await?;
+    let ceiling_after = raw_publish(
+        client.clone(),
+        &after_names,
+        &lines,
+        settings.publish_window,
+    )
+    .await;
+    let _ = js.delete_stream(after_names.suricata_stream()).await;
+    let ceiling_after = ceiling_after?;
+    let ceiling = (ceiling_before + ceiling_after) / 2.0;
+    println!(
+        "replica wait (Redis with one replica, --redis-wait-replicas 1): {events_per_s:.0} events/s ({:.1}% of the mean ceiling {ceiling:.0}; ceiling after {ceiling_after:.0})",
+        100.0 * events_per_s / ceiling
+    );
+    drop(replica);
+    Ok(serde_json::json!({
+        "what": "the same kind of events (distinct ones) through a second eve-ingest against a Redis of its own with one replica on loopback, every alert write waiting for the replica (--redis-wait-replicas 1)",
+        "events": n,
+        "events_per_s": events_per_s.round(),
+        "alerts_in_mix_per_s": (mix as f64 / (t1a - t0).as_secs_f64()).round(),
+        "ceiling_before_per_s": ceiling_before.round(),
+        "ceiling_after_per_s": ceiling_after.round(),
+        "ratio": round_to(events_per_s / ceiling, 3),
+    }))
 }
 
 #[tokio::main]
@@ -329,16 +434,30 @@ async fn main() -> anyhow::Result<()> {
         let final_events = jetstream_len(&js, &stream).await;
         let final_alerts = xlen(&mut conn, &alerts_key).await;
         let _ = tokio::time::timeout(Duration::from_secs(30), service.stop()).await;
+
+        // 4. The replica wait: the same events against a Redis of its own with one replica,
+        // every alert write waiting for it (--redis-wait-replicas 1), between two ceilings.
+        let replica_wait = replica_wait_round(
+            &settings,
+            &client,
+            &js,
+            &names,
+            distinct(&base, n, n + m + (rounds + 1) * n),
+            ceiling_before,
+        )
+        .await?;
         anyhow::Ok(Measured {
             rounds: measured_rounds,
             alert_ceiling,
             alerts_per_s,
             final_events,
             final_alerts,
+            replica_wait,
         })
     }
     .await;
     let Measured {
+        replica_wait,
         rounds: measured_rounds,
         alert_ceiling,
         alerts_per_s,
@@ -401,6 +520,7 @@ async fn main() -> anyhow::Result<()> {
             "stored_events_at_end": final_events,
             "alerts_on_stream_at_end": final_alerts,
             "jetstream_storage": "file, duplicate window 2 minutes (the service's stream config)",
+            "replica_wait_round": replica_wait,
             "machine": "2 cores shared with the Redis and NATS servers and the benchmark itself",
         },
         "command": "make bench-eve",

@@ -36,7 +36,7 @@ use aurora_testkit::cleanup::Cleanup;
 use aurora_testkit::process::{Service, Site, Svc};
 use aurora_testkit::redis::{stream_docs, xlen};
 use aurora_testkit::replicas::{mqtt_session_present, registry_members, start_as};
-use aurora_testkit::{MosquittoServer, NATS_URL, REDIS_URL};
+use aurora_testkit::{MosquittoServer, RedisServer, NATS_URL, REDIS_URL};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
@@ -191,6 +191,9 @@ async fn run(
         if sd_met { "met" } else { "NOT met" }
     );
 
+    println!("replica wait: a Redis of its own with one replica; a round with --redis-wait-replicas 0, then with 1");
+    let rw = replica_wait_rounds(site, broker, names).await?;
+
     let ceiling = broker_rate.min(redis_rate);
     let ceiling_name = if broker_rate <= redis_rate {
         "broker QoS 1 delivery to one subscriber (8 publishing connections)"
@@ -267,6 +270,7 @@ async fn run(
             "redis": "shared Redis 7 on loopback, no persistence",
             "machine_cores": aurora_bench::cores(),
             "scale_down_round": scale_down_json,
+            "replica_wait_rounds": rw,
         },
         "command": "make bench-mqtt",
         "measured_at": aurora_bench::measured_at(),
@@ -698,6 +702,91 @@ async fn scale_down(
         members_after,
         survivors_wrote,
     })
+}
+
+/// The bridge against a Redis with one replica: a round without the replica wait, then one
+/// with `--redis-wait-replicas 1` (every batch waits for the replica before its PUBACKs), each
+/// against the broker ceilings just before and just after it.
+async fn replica_wait_rounds(
+    site: &Site,
+    broker: &MosquittoServer,
+    names: &Names,
+) -> anyhow::Result<serde_json::Value> {
+    let primary = RedisServer::start();
+    let replica_of = primary.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]);
+    let mut redis = bus::connect(&primary.url()).await?;
+    poll_until(
+        Duration::from_millis(50),
+        Duration::from_secs(20),
+        "the replica online",
+        || {
+            let mut conn = redis.clone();
+            async move {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                anyhow::Ok(info.contains("connected_slaves:1") && info.contains("state=online"))
+            }
+        },
+    )
+    .await?;
+    let mut site = site.clone();
+    site.redis_url = primary.url();
+    let stream = names.cps_telemetry();
+    let mut rounds = Vec::new();
+    for wait in ["0", "1"] {
+        let mut bridge = site
+            .start(Svc::MqttBridge, &[("redis-wait-replicas", wait)])
+            .await;
+        let _: () = redis::cmd("DEL")
+            .arg(&stream)
+            .query_async(&mut redis)
+            .await?;
+        let before = broker_ceiling(broker.port()).await?;
+        let tp = throughput_of(
+            broker.port(),
+            names,
+            &mut redis,
+            &stream,
+            format!("rw{wait}-dev-"),
+            ROUND_STALL,
+            None,
+        )
+        .await?;
+        let after = broker_ceiling(broker.port()).await?;
+        let waits = bridge
+            .metric("aurora_bus_replica_wait_failures_total", &[])
+            .await
+            .max(0.0);
+        stop(&mut bridge).await;
+        let ratio = tp.rate / ((before + after) / 2.0);
+        println!(
+            "  --redis-wait-replicas {wait}: {:.0} msg/s, lost {}, duplicated {}; ceilings {before:.0} / {after:.0} msg/s: {:.1}% of the mean; waits that timed out {waits}",
+            tp.rate,
+            tp.lost,
+            tp.duplicated,
+            100.0 * ratio
+        );
+        rounds.push(json!({
+            "redis_wait_replicas": wait.parse::<u32>().unwrap_or_default(),
+            "msg_s": tp.rate.round(),
+            "ceiling_before_msg_s": before.round(),
+            "ceiling_after_msg_s": after.round(),
+            "ratio": round_to(ratio, 3),
+            "lost": tp.lost,
+            "duplicated": tp.duplicated,
+            "replica_wait_failures": waits,
+        }));
+    }
+    drop(replica);
+    Ok(json!({
+        "what": format!("one bridge (release binary, default flags) against a Redis of its own with one replica on loopback, {THROUGHPUT_MESSAGES} messages from {DEVICES} distinct devices as fast as possible: a round with --redis-wait-replicas 0, then a round with 1 (WAIT 1 after every batch, before its PUBACKs)"),
+        "ratio_is": "msg/s against the mean of the broker QoS 1 ceilings (one subscriber) just before and just after the round",
+        "rounds": rounds,
+    }))
 }
 
 /// Of the sequence numbers `0..total`, how many the stream lacks and how many it holds more
