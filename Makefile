@@ -37,8 +37,10 @@ fmt:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# One build of the binaries and the tests together: built apart, the tests' dev-dependencies
+# change the features of shared crates and the second build compiles them again.
 unit:
-	$(CARGO) build $(NOT_BENCH) --bins
+	$(CARGO) build $(NOT_BENCH) --bins --tests
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run $(NOT_BENCH) --no-fail-fast; \
 	else \

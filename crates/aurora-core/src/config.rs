@@ -328,9 +328,10 @@ pub struct NatsArgs {
     pub nats_tls: bool,
     /// Replicas of the JetStream streams this service creates and keeps (1, or 3 on a NATS
     /// cluster); a stream with another count is updated to it, like every stream setting.
-    #[arg(long, env = "AURORA_NATS_STREAM_REPLICAS", default_value_t = 1,
+    /// Unset: a new stream gets the server's default (1) and an existing one keeps its count.
+    #[arg(long, env = "AURORA_NATS_STREAM_REPLICAS",
           value_parser = clap::value_parser!(u8).range(1..=5))]
-    pub nats_stream_replicas: u8,
+    pub nats_stream_replicas: Option<u8>,
 }
 
 impl Default for NatsArgs {
@@ -346,18 +347,18 @@ impl Default for NatsArgs {
             nats_tls_cert: None,
             nats_tls_key: None,
             nats_tls: false,
-            nats_stream_replicas: 1,
+            nats_stream_replicas: None,
         }
     }
 }
 
 impl NatsArgs {
-    /// `config` with this install's stream replica count.
+    /// `config` with this install's stream replica count (0, "not managed", when unset).
     pub fn stream(
         &self,
         mut config: async_nats::jetstream::stream::Config,
     ) -> async_nats::jetstream::stream::Config {
-        config.num_replicas = usize::from(self.nats_stream_replicas);
+        config.num_replicas = self.nats_stream_replicas.map(usize::from).unwrap_or(0);
         config
     }
 

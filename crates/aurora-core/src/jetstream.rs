@@ -120,11 +120,14 @@ pub fn config_diff(actual: &stream::Config, desired: &stream::Config) -> Vec<Str
         format!("{:?}", actual.duplicate_window),
         format!("{:?}", desired.duplicate_window),
     );
-    check(
-        "num_replicas",
-        actual.num_replicas.max(1).to_string(),
-        desired.num_replicas.max(1).to_string(),
-    );
+    // 0 in `desired`: the replica count is not managed (kept as it is).
+    if desired.num_replicas > 0 {
+        check(
+            "num_replicas",
+            actual.num_replicas.max(1).to_string(),
+            desired.num_replicas.to_string(),
+        );
+    }
     changes
 }
 
@@ -147,7 +150,8 @@ pub async fn ensure_stream(
             if changes.is_empty() {
                 return Ok(StreamChange::Unchanged);
             }
-            // Keep what an operator set that we do not manage (placement, limits...).
+            // Keep what an operator set that we do not manage (placement, limits, the replica
+            // count unless --nats-stream-replicas is set...).
             let mut updated = info.config.clone();
             updated.subjects = desired.subjects.clone();
             updated.retention = desired.retention;
@@ -155,7 +159,9 @@ pub async fn ensure_stream(
             updated.max_age = desired.max_age;
             updated.storage = desired.storage;
             updated.duplicate_window = desired.duplicate_window;
-            updated.num_replicas = desired.num_replicas;
+            if desired.num_replicas > 0 {
+                updated.num_replicas = desired.num_replicas;
+            }
             js.update_stream(&updated)
                 .await
                 .map_err(|source| StreamSetupError::Conflict {
