@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use aurora_core::names::DeviceTopicKind;
 use aurora_e2e::eve_lines;
 use aurora_testkit::ha::{NatsCluster, SentinelSet};
+use aurora_testkit::nats::try_jetstream_messages;
 use aurora_testkit::prelude::*;
 use serde_json::json;
 
@@ -280,12 +281,13 @@ async fn a_nats_node_lost_under_load_loses_and_repeats_nothing() {
 
     let nats_url = cluster.url();
     let stream = names.suricata_stream();
+    // Read while the cluster may still be settling: a read that fails is tried again.
+    let read_all = |nats_url: String, stream: String| async move {
+        try_jetstream_messages(&nats_url, &stream).await.ok()
+    };
     let events = wait_until(Duration::from_secs(90), "every event in JetStream", || {
-        let (nats_url, stream) = (nats_url.clone(), stream.clone());
-        async move {
-            let m = jetstream_messages(&nats_url, &stream).await;
-            (m.len() >= ALERTS).then_some(m)
-        }
+        let read = read_all(nats_url.clone(), stream.clone());
+        async move { read.await.filter(|m| m.len() >= ALERTS) }
     })
     .await;
     wait_until(Duration::from_secs(90), "every alert at B", || {
@@ -296,7 +298,10 @@ async fn a_nats_node_lost_under_load_loses_and_repeats_nothing() {
     .await;
     // Redeliveries would land now: give them time.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let events_after = jetstream_messages(&nats_url, &stream).await;
+    let events_after = wait_until(Duration::from_secs(30), "the events read again", || {
+        read_all(nats_url.clone(), stream.clone())
+    })
+    .await;
     let per_event = tally(events_after.iter().map(|(id, _, _)| id.clone()));
     assert_eq!(per_event.len(), ALERTS, "every event");
     assert_eq!(duplicates(&per_event), 0, "an event stored twice");
@@ -328,8 +333,14 @@ async fn a_nats_node_lost_under_load_loses_and_repeats_nothing() {
             .unwrap(),
     );
     for name in [names.nats_stream(), names.suricata_stream()] {
-        let mut stream = js.get_stream(&name).await.unwrap();
-        let info = stream.info().await.unwrap();
-        assert_eq!(info.config.num_replicas, 3, "{name} replicas");
+        let replicas = wait_until(Duration::from_secs(30), "the stream's info", || {
+            let (js, name) = (js.clone(), name.clone());
+            async move {
+                let mut stream = js.get_stream(&name).await.ok()?;
+                stream.info().await.ok().map(|i| i.config.num_replicas)
+            }
+        })
+        .await;
+        assert_eq!(replicas, 3, "{name} replicas");
     }
 }

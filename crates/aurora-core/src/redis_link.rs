@@ -244,7 +244,7 @@ struct Shared {
     target: Target,
     config: ConnectionManagerConfig,
     /// The generation (bumped on every move), the connection and the server's `host:port`.
-    current: RwLock<(u64, ConnectionManager, String)>,
+    current: RwLock<(u64, ConnectionManager, Arc<str>)>,
     /// Behind Sentinels: one lookup at a time, and when the last one was.
     lookup: Option<tokio::sync::Mutex<Option<Instant>>>,
     /// Set by an error a failover causes, cleared when the Sentinels name a primary that says
@@ -298,7 +298,7 @@ impl Conn {
         let shared = Arc::new(Shared {
             target,
             config,
-            current: RwLock::new((0, manager, addr)),
+            current: RwLock::new((0, manager, addr.into())),
             lookup: sentinel.then(|| tokio::sync::Mutex::new(None)),
             unsettled: std::sync::atomic::AtomicBool::new(false),
         });
@@ -318,7 +318,7 @@ impl Conn {
 
     /// The server this connection talks to now (`host:port`).
     pub fn server(&self) -> String {
-        self.shared.current().2
+        self.shared.current().2.to_string()
     }
 
     /// The replicas a gating write waits for, if any.
@@ -357,7 +357,7 @@ async fn watch_primary(shared: std::sync::Weak<Shared>) {
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Shared {
-    fn current(&self) -> (u64, ConnectionManager, String) {
+    fn current(&self) -> (u64, ConnectionManager, Arc<str>) {
         match self.current.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -412,7 +412,7 @@ impl Shared {
             }
         };
         let found = format!("{host}:{port}");
-        if found == addr {
+        if *found == *addr {
             self.unsettled.store(false, Ordering::Release);
             return;
         }
@@ -430,7 +430,7 @@ impl Shared {
                     Ok(c) => c,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                *current = (generation + 1, manager, found);
+                *current = (generation + 1, manager, found.into());
                 self.unsettled.store(false, Ordering::Release);
                 crate::bus::count_primary_move();
             }

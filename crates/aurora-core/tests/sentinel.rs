@@ -13,6 +13,7 @@ use std::time::Duration;
 use aurora_core::bus::{self, GroupConfig, GroupReader, Producer, ReplicaWait};
 use aurora_testkit::ha::SentinelSet;
 use aurora_testkit::names;
+use aurora_testkit::redis::stream_entries;
 
 const TOTAL: u64 = 6_000;
 const BATCH: u64 = 50;
@@ -20,18 +21,10 @@ const BATCH: u64 = 50;
 /// Numbers of the entries in `stream` on the node of `port`.
 async fn numbers_on(port: u16, stream: &str) -> Vec<u64> {
     let mut conn = bus::connect(&SentinelSet::node_url(port)).await.unwrap();
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
+    stream_entries(&mut conn, stream)
         .await
-        .unwrap();
-    reply
-        .ids
         .iter()
-        .filter_map(|e| e.get::<String>(bus::DATA_FIELD))
-        .filter_map(|d| d.parse().ok())
+        .filter_map(|(_, data)| std::str::from_utf8(data).ok()?.parse().ok())
         .collect()
 }
 
