@@ -437,16 +437,14 @@ async fn five_thousand_idle_connections_are_closed_after_the_idle_timeout_while_
         }
     }
     assert_eq!(idle_conns.len(), 5000);
-    assert!(
-        started.elapsed() < idle,
-        "opening took {:?}",
-        started.elapsed()
-    );
+    // Each is cut `idle` after its own opening; the last opened this long after the start (on a
+    // busy machine, more than `idle`: the first ones are cut while the last are opened).
+    let opened = started.elapsed();
 
     // Served throughout: a new analyst connects and gets an alert, again and again, until
     // well after the idle connections are cut.
     let mut n = 0;
-    while started.elapsed() < idle + Duration::from_secs(2) {
+    while started.elapsed() < opened + idle + Duration::from_secs(2) {
         n += 1;
         let mut ws = gw.connect(Channel::Alerts, &analyst()).await;
         xadd_json(&p, &stream, &alert(n)).await;
@@ -456,7 +454,7 @@ async fn five_thousand_idle_connections_are_closed_after_the_idle_timeout_while_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut waits = tokio::task::JoinSet::new();
-    let left = (idle + Duration::from_secs(4)).saturating_sub(started.elapsed());
+    let left = (opened + idle + Duration::from_secs(4)).saturating_sub(started.elapsed());
     for mut c in idle_conns {
         waits.spawn(async move { ended_within(&mut c, left).await });
     }
