@@ -208,9 +208,9 @@ done
 # The namespace and site id patterns of the values schema are the services' own rules: the
 # built federation-gateway (Names::new and valid_site_id) answers for a few hundred values.
 step "the values schema's aurora.namespace and aurora.siteId patterns against federation-gateway"
-# The same build as `make build` (a build of one package resolves the dependencies' features
-# apart from the workspace's and compiles them all again: over a minute on this machine).
-"${CARGO:-cargo}" build --quiet --workspace --exclude aurora-bench --bins \
+# The same build as `make unit` (under `make test`, already done: another set of packages or
+# targets resolves the dependencies' features apart and compiles them all again).
+"${CARGO:-cargo}" build --quiet --workspace --bins --tests \
   || die "cargo build of the services failed"
 TARGET_DIR="$("${CARGO:-cargo}" metadata --format-version 1 --no-deps | "$VENV_BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 "$VENV_BIN/python" scripts/check-values-patterns.py "$CHART/values.schema.json" "$TARGET_DIR/debug/federation-gateway"
