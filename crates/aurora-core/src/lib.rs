@@ -5,6 +5,7 @@
 //! start-up, dependency health ([`health`]), back-off ([`retry`]), the stream consumer
 //! ([`consumer`]) and the drain.
 
+pub mod approval;
 pub mod auth;
 pub mod bus;
 pub mod config;

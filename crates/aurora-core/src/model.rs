@@ -540,11 +540,16 @@ impl Message for DeviceCommand {
     }
 }
 
-/// What happened to a device command (`aurora:cps:command_status`).
+/// What happened to a device command (`aurora:cps:command_status`): `sent` (the broker
+/// acknowledged it for a device that is subscribed, or has a session that keeps it),
+/// `not_reached` (the broker had no subscriber for it: a device offline without a persistent
+/// session), `expired` (not sent before its `expires_at`), `failed` (refused: not a command, too
+/// large, a privileged action without a valid approval proof).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum CommandOutcome {
     Sent,
+    NotReached,
     Expired,
     Failed,
 }

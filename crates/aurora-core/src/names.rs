@@ -23,16 +23,24 @@ pub enum DeviceTopicKind {
     Telemetry,
     Alerts,
     Attestation,
+    /// A device's answer to a command: `{"command_id", "outcome": "done" | "failed", "detail"?}`.
+    Receipt,
 }
 
 impl DeviceTopicKind {
-    pub const ALL: [DeviceTopicKind; 3] = [Self::Telemetry, Self::Alerts, Self::Attestation];
+    pub const ALL: [DeviceTopicKind; 4] = [
+        Self::Telemetry,
+        Self::Alerts,
+        Self::Attestation,
+        Self::Receipt,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Telemetry => "telemetry",
             Self::Alerts => "alerts",
             Self::Attestation => "attestation",
+            Self::Receipt => "receipt",
         }
     }
 
@@ -206,6 +214,9 @@ impl Names {
     }
     pub fn cps_attestation(&self) -> String {
         self.cps_stream(DeviceTopicKind::Attestation)
+    }
+    pub fn cps_receipts(&self) -> String {
+        self.cps_stream(DeviceTopicKind::Receipt)
     }
     pub fn cps_registrations(&self) -> String {
         self.key("cps:registrations")

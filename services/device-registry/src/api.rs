@@ -2,8 +2,12 @@
 //!
 //! | route | permission |
 //! |---|---|
-//! | `GET /api/v1/devices`, `GET /api/v1/devices/{id}` | `devices:read` |
+//! | `GET /api/v1/devices`, `GET /api/v1/devices/{id}`, `GET .../commands`, `GET /api/v1/commands/{id}` | `devices:read` |
 //! | `POST /api/v1/devices/{id}/quarantine`, `.../commands`, `.../attest`, `PUT .../key` | `devices:write` |
+//!
+//! A privileged action (`--privileged-actions`: quarantine, a command such as `reboot`, a key
+//! change) is answered 202 `awaiting_approval` with its `approval_id`: it runs once another
+//! analyst approves it ([`crate::actions`]).
 //! | `GET/POST/DELETE /api/v1/firmware` | `firmware:manage` |
 //! | `GET /api/v1/openapi.json` | none |
 //!
@@ -31,6 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::actions;
 use crate::attestation;
 use crate::db::{self, status, DeviceFilter, DeviceRef};
 pub use crate::error::ApiError;
@@ -85,6 +90,16 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::POST,
             "/api/v1/devices/{id}/commands",
             axum::routing::post(send_command),
+        ),
+        (
+            Method::GET,
+            "/api/v1/devices/{id}/commands",
+            axum::routing::get(list_commands),
+        ),
+        (
+            Method::GET,
+            "/api/v1/commands/{id}",
+            axum::routing::get(get_command),
         ),
         (
             Method::POST,
@@ -314,7 +329,7 @@ async fn quarantine(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let r = device_ref(&id)?;
     let b: QuarantineBody = if body.iter().all(u8::is_ascii_whitespace) {
         QuarantineBody::default()
@@ -330,24 +345,50 @@ async fn quarantine(
             "reason must be at most 1000 characters".into(),
         ));
     }
-    let mut tx = state.shared.pool.begin().await?;
+    let shared = &state.shared;
+    if actions::is_privileged(shared, "quarantine") {
+        let device = existing_device(&state, &id).await?;
+        let requested = actions::request(
+            shared,
+            actions::Request {
+                device_id: &device.device_id,
+                action: "quarantine",
+                params: json!({ "reason": reason }),
+                reason: Some(reason.clone()),
+                requested_by: &auth.0.sub,
+                ttl: shared.cfg.command_ttl,
+            },
+        )
+        .await?;
+        tracing::warn!(device = %device.device_id, by = %auth.0.sub, %reason, approval = ?requested.approval_id, "quarantine requested: it waits for an approval");
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(requested.to_json(&device.device_id, "quarantine")),
+        )
+            .into_response());
+    }
+    let mut tx = shared.pool.begin().await?;
     let device = db::quarantine(&mut tx, &r, &reason)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("unknown device {id:?}")))?;
-    let cmd = records::command(
-        &device.device_id,
-        "quarantine",
-        json!({ "reason": reason }),
-        None,
-    );
-    state
-        .shared
-        .producer
-        .publish(&state.shared.cfg.names.cps_commands(), &to_bytes(&cmd))
-        .await?;
     tx.commit().await?;
+    let requested = actions::request(
+        shared,
+        actions::Request {
+            device_id: &device.device_id,
+            action: "quarantine",
+            params: json!({ "reason": reason }),
+            reason: Some(reason.clone()),
+            requested_by: &auth.0.sub,
+            ttl: shared.cfg.command_ttl,
+        },
+    )
+    .await?;
     tracing::warn!(device = %device.device_id, by = %auth.0.sub, %reason, "device quarantined");
-    Ok(Json(json!({ "device": device, "command_id": cmd.id })))
+    Ok(Json(
+        json!({ "device": device, "command_id": requested.command_id, "status": requested.status }),
+    )
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,25 +441,44 @@ async fn send_command(
         }
     };
     let device = existing_device(&state, &id).await?;
-    let cmd = records::command(&device.device_id, &b.action, b.params, expires_at);
-    let size = to_bytes(&cmd).len();
+    let params = if b.params.is_null() {
+        json!({})
+    } else {
+        b.params
+    };
+    let probe = records::command(&device.device_id, &b.action, params.clone(), expires_at);
+    let size = to_bytes(&probe).len() + PROOF_ROOM;
     let max = state.shared.cfg.max_command_bytes;
     if size > max {
         return Err(ApiError::TooLarge(format!(
             "the command is {size} bytes: devices accept at most {max} (the MQTT broker's limit)"
         )));
     }
-    state
-        .shared
-        .producer
-        .publish(&state.shared.cfg.names.cps_commands(), &to_bytes(&cmd))
-        .await?;
-    tracing::info!(device = %device.device_id, action = %cmd.action, by = %auth.0.sub, "command queued");
+    let shared = &state.shared;
+    let requested = actions::request(
+        shared,
+        actions::Request {
+            device_id: &device.device_id,
+            action: &b.action,
+            params,
+            reason: None,
+            requested_by: &auth.0.sub,
+            ttl: b
+                .ttl_seconds
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(shared.cfg.command_ttl),
+        },
+    )
+    .await?;
+    tracing::info!(device = %device.device_id, action = %b.action, by = %auth.0.sub, status = requested.status, "command requested");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "command_id": cmd.id, "device_id": device.device_id, "action": cmd.action })),
+        Json(requested.to_json(&device.device_id, &b.action)),
     ))
 }
+
+/// Room for the approval proof (and the expiry) a command may carry on its way to the device.
+const PROOF_ROOM: usize = 512;
 
 async fn attest(
     _auth: Authorized<DevicesWrite>,
@@ -450,18 +510,85 @@ struct KeyBody {
 }
 
 async fn put_key(
-    _auth: Authorized<DevicesWrite>,
+    auth: Authorized<DevicesWrite>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<db::Device>, ApiError> {
+) -> Result<Response, ApiError> {
     let r = device_ref(&id)?;
     let b: KeyBody = json_body(&body)?;
     let key = decode_public_key(&b.public_key).map_err(ApiError::BadRequest)?;
-    db::set_public_key(&state.shared.pool, &r, &key)
+    let shared = &state.shared;
+    if actions::is_privileged(shared, "key_change") {
+        let device = existing_device(&state, &id).await?;
+        let public_key = base64::engine::general_purpose::STANDARD.encode(&key);
+        let requested = actions::request(
+            shared,
+            actions::Request {
+                device_id: &device.device_id,
+                action: "key_change",
+                params: json!({ "public_key": public_key }),
+                reason: None,
+                requested_by: &auth.0.sub,
+                ttl: shared.cfg.command_ttl,
+            },
+        )
+        .await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(requested.to_json(&device.device_id, "key_change")),
+        )
+            .into_response());
+    }
+    db::set_public_key(&shared.pool, &r, &key)
         .await?
-        .map(Json)
+        .map(|d| Json(d).into_response())
         .ok_or_else(|| ApiError::NotFound(format!("unknown device {id:?}")))
+}
+
+// ---------------------------------------------------------------- commands
+
+#[derive(Debug, Deserialize)]
+pub struct CommandListParams {
+    limit: Option<String>,
+}
+
+async fn list_commands(
+    _auth: Authorized<DevicesRead>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<CommandListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params?;
+    let limit = match &p.limit {
+        None => DEFAULT_PAGE,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_PAGE}"))
+            })?,
+    };
+    let device = existing_device(&state, &id).await?;
+    let rows = db::commands_of_device(&state.shared.pool, &device.device_id, limit).await?;
+    Ok(Json(
+        json!({ "commands": rows.iter().map(db::CommandRow::to_json).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn get_command(
+    _auth: Authorized<DevicesRead>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let command_id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::BadRequest("a command id is a UUID".into()))?;
+    let mut conn = state.shared.pool.acquire().await?;
+    db::get_command(&mut conn, command_id, false)
+        .await?
+        .map(|row| Json(row.to_json()))
+        .ok_or_else(|| ApiError::NotFound(format!("unknown command {id:?}")))
 }
 
 // ---------------------------------------------------------------- firmware

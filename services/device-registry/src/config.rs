@@ -78,6 +78,25 @@ pub struct Args {
     /// a migration it knows is missing from the database.
     #[arg(long, conflicts_with = "migrate_only")]
     pub skip_migrations: bool,
+    /// Device actions that need an analyst's approval before they run (comma-separated; an
+    /// empty value: none). A request for one becomes an approval on the console; the action
+    /// runs once another analyst approves it.
+    #[arg(long, value_delimiter = ',', default_values_t = aurora_core::approval::DEFAULT_PRIVILEGED_ACTIONS.iter().map(|a| a.to_string()))]
+    pub privileged_actions: Vec<String>,
+    /// The approving service's Ed25519 public keys (base64, comma-separated; two during a key
+    /// rotation): an approved action runs only if its proof is signed by one of them.
+    #[arg(long, value_delimiter = ',')]
+    pub approval_public_keys: Vec<String>,
+    /// How long a request for a privileged action waits for its approval.
+    #[arg(long, value_parser = parse_duration, default_value = "15m")]
+    pub approval_timeout: Duration,
+    /// How long a command without `ttl_seconds` may wait for its device (its `expires_at`).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub command_ttl: Duration,
+    /// A command with no receipt from its device this long after its `expires_at` is
+    /// `unconfirmed`.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub receipt_grace: Duration,
     /// Apply the database migrations and exit (0 when they are applied); nothing else starts
     /// (no Redis, no API), and no JWT key is needed.
     #[arg(long)]
@@ -154,7 +173,29 @@ impl Args {
         if self.max_command_bytes == 0 {
             anyhow::bail!("--max-command-bytes must be more than 0");
         }
+        let approver_keys = aurora_core::approval::ApproverKeys::parse(&self.approval_public_keys)
+            .context("--approval-public-keys")?;
+        let privileged_actions: Vec<String> = self
+            .privileged_actions
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if !privileged_actions.is_empty() && approver_keys.is_empty() && !self.migrate_only {
+            tracing::warn!(
+                actions = %privileged_actions.join(","),
+                "no approver public key (--approval-public-keys): requests for privileged device actions are refused"
+            );
+        }
+        if self.command_ttl.is_zero() || self.approval_timeout.is_zero() {
+            anyhow::bail!("--command-ttl and --approval-timeout must be more than 0");
+        }
         Ok(Config {
+            privileged_actions,
+            approver_keys,
+            approval_timeout: self.approval_timeout,
+            command_ttl: self.command_ttl,
+            receipt_grace: self.receipt_grace,
             names,
             redis_url: self.common.redis_url,
             database_url: self.database_url,
@@ -187,6 +228,14 @@ impl Args {
 /// Everything the service needs, already parsed and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Device actions that need an approval.
+    pub privileged_actions: Vec<String>,
+    /// Who may approve them (the approving service's public keys).
+    pub approver_keys: aurora_core::approval::ApproverKeys,
+    pub approval_timeout: Duration,
+    /// The lifetime of a command without `ttl_seconds`.
+    pub command_ttl: Duration,
+    pub receipt_grace: Duration,
     pub names: Names,
     pub redis_url: String,
     pub database_url: String,
@@ -238,6 +287,14 @@ impl Config {
     /// Defaults for a test or a tool: everything on loopback, an ephemeral API port.
     pub fn local(names: Names, redis_url: &str, database_url: &str, verifier: Verifier) -> Self {
         Self {
+            privileged_actions: aurora_core::approval::DEFAULT_PRIVILEGED_ACTIONS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            approver_keys: Default::default(),
+            approval_timeout: Duration::from_secs(900),
+            command_ttl: Duration::from_secs(600),
+            receipt_grace: Duration::from_secs(30),
             names,
             redis_url: redis_url.to_string(),
             database_url: database_url.to_string(),

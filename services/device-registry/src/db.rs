@@ -819,3 +819,217 @@ pub async fn delete_firmware(
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+// ---------------------------------------------------------------- device commands
+
+/// The statuses of a device command (docs/contract.md#device-actions).
+pub mod command_status {
+    pub const AWAITING_APPROVAL: &str = "awaiting_approval";
+    pub const REJECTED: &str = "rejected";
+    pub const APPROVAL_EXPIRED: &str = "approval_expired";
+    /// Approved, but the approval's proof did not hold (forged, unknown key, too late).
+    pub const REFUSED: &str = "refused";
+    pub const QUEUED: &str = "queued";
+    pub const SENT: &str = "sent";
+    pub const NOT_REACHED: &str = "not_reached";
+    pub const EXPIRED: &str = "expired";
+    pub const FAILED: &str = "failed";
+    pub const DONE: &str = "done";
+    pub const UNCONFIRMED: &str = "unconfirmed";
+}
+
+const COMMAND_COLUMNS: &str = "c.id, c.device_id, c.action, c.params, c.privileged, c.status, \
+     c.status_reason, c.requested_by, c.approval_id, c.decided_by, c.expires_at, \
+     c.requested_at, c.updated_at";
+
+/// A device command as the API shows it (`params` is the canonical JSON text).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CommandRow {
+    pub id: Uuid,
+    pub device_id: String,
+    pub action: String,
+    pub params: String,
+    pub privileged: bool,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub requested_by: String,
+    pub approval_id: Option<Uuid>,
+    pub decided_by: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub requested_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl CommandRow {
+    /// The parameters as JSON.
+    pub fn params_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.params).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The row as the API shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "command_id": self.id,
+            "device_id": self.device_id,
+            "action": self.action,
+            "params": self.params_value(),
+            "privileged": self.privileged,
+            "status": self.status,
+            "status_reason": self.status_reason,
+            "requested_by": self.requested_by,
+            "approval_id": self.approval_id,
+            "decided_by": self.decided_by,
+            "expires_at": self.expires_at,
+            "requested_at": self.requested_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+/// A new command row.
+pub struct NewCommand<'a> {
+    pub id: Uuid,
+    pub device_id: &'a str,
+    pub action: &'a str,
+    pub params: &'a str,
+    pub privileged: bool,
+    pub status: &'a str,
+    pub requested_by: &'a str,
+    pub approval_id: Option<Uuid>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn insert_command(
+    conn: &mut PgConnection,
+    c: &NewCommand<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO device_commands
+           (id, device_id, action, params, privileged, status, requested_by, approval_id, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(c.id)
+    .bind(c.device_id)
+    .bind(c.action)
+    .bind(c.params)
+    .bind(c.privileged)
+    .bind(c.status)
+    .bind(c.requested_by)
+    .bind(c.approval_id)
+    .bind(c.expires_at)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+pub async fn get_command(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lock: bool,
+) -> Result<Option<CommandRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COMMAND_COLUMNS} FROM device_commands c WHERE c.id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query_as::<_, CommandRow>(&sql)
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The command an approval is about, locked for the transaction.
+pub async fn command_of_approval(
+    conn: &mut PgConnection,
+    approval_id: Uuid,
+) -> Result<Option<CommandRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COMMAND_COLUMNS} FROM device_commands c WHERE c.approval_id = $1 FOR UPDATE"
+    );
+    sqlx::query_as::<_, CommandRow>(&sql)
+        .bind(approval_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The newest commands of a device.
+pub async fn commands_of_device(
+    pool: &PgPool,
+    device_id: &str,
+    limit: i64,
+) -> Result<Vec<CommandRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COMMAND_COLUMNS} FROM device_commands c WHERE c.device_id = $1
+         ORDER BY c.requested_at DESC, c.id LIMIT $2"
+    );
+    sqlx::query_as::<_, CommandRow>(&sql)
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Moves a command to `status` (with the decider and the command's expiry when given).
+pub async fn set_command_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: &str,
+    reason: Option<&str>,
+    decided_by: Option<&str>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE device_commands SET status = $2, status_reason = $3,
+           decided_by = COALESCE($4, decided_by), expires_at = COALESCE($5, expires_at),
+           updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(reason)
+    .bind(decided_by)
+    .bind(expires_at)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Commands queued or sent whose expiry passed more than `grace` ago without a receipt,
+/// locked for the transaction (other replicas skip them).
+pub async fn unconfirmed_commands(
+    conn: &mut PgConnection,
+    grace: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<CommandRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COMMAND_COLUMNS} FROM device_commands c
+         WHERE c.status IN ('queued', 'sent') AND c.expires_at < now() - $1::interval
+         ORDER BY c.expires_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    );
+    sqlx::query_as::<_, CommandRow>(&sql)
+        .bind(format!("{} milliseconds", grace.as_millis()))
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
+/// Whether `command_id` is an attestation challenge's command.
+pub async fn is_challenge_command(pool: &PgPool, command_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM attestation_challenges WHERE command_id = $1)")
+        .bind(command_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// Sets a device's key inside a transaction (an approved key change).
+pub async fn set_public_key_in(
+    conn: &mut PgConnection,
+    device_id: &str,
+    key: &[u8],
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("UPDATE devices SET public_key = $2, updated_at = now() WHERE device_id = $1")
+        .bind(device_id)
+        .bind(key)
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected() > 0)
+}

@@ -8,6 +8,8 @@
 //!   device's Ed25519 key; failures raise high-severity alerts.
 //! - [`sweeper`]: expired challenges, re-attestation on schedule, and the outbox (records that
 //!   were committed in PostgreSQL but not yet on the bus are sent again).
+//! - [`actions`]: device commands from the request (an approval first for a privileged
+//!   action) to the device's receipt, every step an audit event.
 //! - [`cps_alerts`]: device alerts enriched with the device's identity and trust.
 //! - [`api`]: the REST API (JWT).
 //!
@@ -17,6 +19,7 @@
 //! metric). [`DeviceRegistry`] is the service: its [`Service::start`] connects and spawns the
 //! parts; `main.rs` only runs `aurora_core::service::run_main`.
 
+pub mod actions;
 pub mod api;
 pub mod attestation;
 pub mod config;
@@ -148,6 +151,33 @@ impl Service for DeviceRegistry {
             let handler = attestation::Attestation(shared.clone());
             running.spawn(consume(&ctx, reader, handler, &dependencies));
         }
+        let reader = actions::decisions_reader(&shared, &ctx.instance)
+            .await
+            .map_err(StartError::Bus)?;
+        running.spawn(consume(
+            &ctx,
+            reader,
+            actions::Decisions(shared.clone()),
+            &dependencies,
+        ));
+        let reader = actions::outcomes_reader(&shared, &ctx.instance)
+            .await
+            .map_err(StartError::Bus)?;
+        running.spawn(consume(
+            &ctx,
+            reader,
+            actions::Outcomes(shared.clone()),
+            &dependencies,
+        ));
+        let reader = actions::receipts_reader(&shared, &ctx.instance)
+            .await
+            .map_err(StartError::Bus)?;
+        running.spawn(consume(
+            &ctx,
+            reader,
+            actions::Receipts(shared.clone()),
+            &dependencies,
+        ));
         let reader = cps_alerts::reader(&shared, &ctx.instance)
             .await
             .map_err(StartError::Bus)?;

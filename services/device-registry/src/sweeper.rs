@@ -4,7 +4,8 @@
 //!    alert is raised (on the bus before the commit, with a stable id);
 //! 2. the outbox: challenges and `device.registered` records committed but never put on the
 //!    bus (a crash or a Redis outage between the two) are sent again;
-//! 3. scheduled re-attestation (`--reattest-interval`).
+//! 3. scheduled re-attestation (`--reattest-interval`);
+//! 4. device commands with no receipt by their expiry become `unconfirmed`.
 
 use aurora_core::consumer::BatchFailure;
 use aurora_core::model::to_bytes;
@@ -59,6 +60,7 @@ pub struct Swept {
     /// New devices whose registration batch was sent again from the outbox.
     pub registrations_resent: usize,
     pub reattested: usize,
+    pub unconfirmed: usize,
 }
 
 /// One round of every step.
@@ -69,6 +71,7 @@ pub async fn sweep(shared: &Shared) -> Result<Swept, BatchError> {
         devices_announced: resend_announcements(shared).await?,
         registrations_resent: resend_registrations(shared).await?,
         reattested: reattest(shared).await?,
+        unconfirmed: crate::actions::sweep_unconfirmed(shared).await?,
     };
     if swept != Swept::default() {
         tracing::info!(?swept, "sweep");

@@ -25,6 +25,8 @@ pub const DEAD_LETTERS: &str = "aurora_device_registry_dead_letters_total";
 pub const RESENT: &str = "aurora_device_registry_outbox_resent_total";
 /// Failed batches or sweeps, by `part` (retried).
 pub const BATCH_ERRORS: &str = "aurora_device_registry_batch_errors_total";
+/// Device commands of the API moved to a `status` (awaiting_approval, queued, sent, done, ...).
+pub const DEVICE_ACTIONS: &str = "aurora_device_registry_device_actions_total";
 /// API requests by `route`, `method` and `status`.
 pub const HTTP_REQUESTS: &str = "aurora_device_registry_http_requests_total";
 
@@ -94,6 +96,8 @@ pub enum AlertKind {
     Timeout,
     /// A device's own alert, enriched.
     Cps,
+    /// A privileged device action that did not end `done`.
+    Action,
 }
 
 impl AlertKind {
@@ -102,6 +106,7 @@ impl AlertKind {
             Self::Attestation => "attestation",
             Self::Timeout => "timeout",
             Self::Cps => "cps",
+            Self::Action => "action",
         }
     }
 }
@@ -109,6 +114,11 @@ impl AlertKind {
 /// `n` alerts written.
 pub fn alerts(kind: AlertKind, n: usize) {
     metrics::counter!(ALERTS, "kind" => kind.as_str()).increment(n as u64);
+}
+
+/// A device command moved to `status`.
+pub fn device_action(status: &str) {
+    metrics::counter!(DEVICE_ACTIONS, "status" => status.to_string()).increment(1);
 }
 
 /// One entry of `stream` dead-lettered for bad input.

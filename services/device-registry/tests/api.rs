@@ -59,7 +59,10 @@ impl Api {
 
 #[tokio::test]
 async fn every_route_checks_identity_permission_input_and_existence() {
-    let (_db, names, svc, pool, conn) = Registry::start(|_| {}).await.parts();
+    // No privileged actions: every route acts at once (tests/actions.rs has the approvals).
+    let (_db, names, svc, pool, conn) = Registry::start(|c| c.privileged_actions.clear())
+        .await
+        .parts();
     let api = Api {
         client: reqwest::Client::new(),
         base: svc.base.clone(),
@@ -93,6 +96,12 @@ async fn every_route_checks_identity_permission_input_and_existence() {
     let routes: Vec<(Method, String, &str, Option<Value>)> = vec![
         (Method::GET, "/api/v1/devices".into(), &read, None),
         (Method::GET, format!("/api/v1/devices/{dev}"), &read, None),
+        (
+            Method::GET,
+            format!("/api/v1/devices/{dev}/commands"),
+            &read,
+            None,
+        ),
         (
             Method::POST,
             format!("/api/v1/devices/{dev}/quarantine"),

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use aurora_core::approval::{DeviceAction, PROOF_FIELD};
 use aurora_core::bus::{self, Conn, Entry};
 use aurora_core::model::{self, Approval, ApprovalStatus};
 use aurora_core::Names;
@@ -90,6 +91,10 @@ pub struct ApprovalStore {
     conn: Conn,
     maxlen: usize,
     retention: Duration,
+    /// Signs approved device actions (`--approval-signing-key`).
+    signer: Option<aurora_core::approval::SigningKey>,
+    /// How long an approved device action stays valid.
+    action_ttl: Duration,
 }
 
 impl ApprovalStore {
@@ -99,7 +104,20 @@ impl ApprovalStore {
             conn,
             maxlen,
             retention,
+            signer: None,
+            action_ttl: Duration::from_secs(600),
         }
+    }
+
+    /// Signs approved device actions with `signer`, valid for `action_ttl`.
+    pub fn with_signer(
+        mut self,
+        signer: Option<aurora_core::approval::SigningKey>,
+        action_ttl: Duration,
+    ) -> Self {
+        self.signer = signer;
+        self.action_ttl = action_ttl;
+        self
     }
 
     /// The state hash of one approval.
@@ -207,7 +225,10 @@ impl ApprovalStore {
     }
 
     /// Moves a pending approval to the verdict's status, once. An approval already past its
-    /// `expires_at` is expired instead, and the caller gets a conflict.
+    /// `expires_at` is expired instead, and the caller gets a conflict. Its requester cannot
+    /// approve it (the token's `sub` against `requested_by`); an approved device action
+    /// carries this gateway's signature over what was approved
+    /// ([`aurora_core::approval`]), or is refused when the gateway has no key.
     pub async fn decide(
         &self,
         id: &Uuid,
@@ -222,6 +243,27 @@ impl ApprovalStore {
             return Err(DecideError::Conflict(
                 ApprovalStatus::Expired.as_str().into(),
             ));
+        }
+        let mut pending = pending;
+        // Only this gateway's own signature is ever carried.
+        pending.extra.remove(PROOF_FIELD);
+        if verdict == Verdict::Approve {
+            if pending.requested_by == decided_by {
+                telemetry::approval_decision("own_request");
+                return Err(DecideError::OwnRequest);
+            }
+            if let Some(action) = DeviceAction::from_context(&pending.context) {
+                let action = action.map_err(DecideError::BadAction)?;
+                let signer = self.signer.as_ref().ok_or(DecideError::NoSigningKey)?;
+                let not_after = Utc::now()
+                    + chrono::Duration::from_std(self.action_ttl)
+                        .unwrap_or(chrono::Duration::minutes(10));
+                let proof = signer.sign(&action, pending.id, decided_by, not_after);
+                pending.extra.insert(
+                    PROOF_FIELD.to_string(),
+                    serde_json::to_value(&proof).unwrap_or_default(),
+                );
+            }
         }
         self.transition(
             pending,
@@ -369,6 +411,10 @@ impl ApprovalStore {
                 Ok(_) => expired += 1,
                 // Another replica or a click was first: nothing to do.
                 Err(DecideError::Conflict(_)) => {}
+                // Expiry neither approves nor signs.
+                Err(DecideError::OwnRequest)
+                | Err(DecideError::NoSigningKey)
+                | Err(DecideError::BadAction(_)) => {}
                 Err(DecideError::NotFound) | Err(DecideError::Corrupt(_)) => {
                     self.forget_pending(&id).await?;
                 }

@@ -112,6 +112,18 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "7d")]
     pub approval_state_retention: Duration,
 
+    /// The Ed25519 key this gateway signs approved device actions with: a file holding the
+    /// 32-byte seed in base64 (`aurora approval-key` writes one). Without it, an approval of a
+    /// device action (a quarantine, a reboot...) is refused with 503: mqtt-bridge and
+    /// device-registry carry out only what such a key signed.
+    #[arg(long)]
+    pub approval_signing_key: Option<std::path::PathBuf>,
+
+    /// How long an approved device action stays valid: the command is not sent to its device
+    /// after this (its `expires_at`, and the proof's `not_after`).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub approval_action_ttl: Duration,
+
     /// On SIGTERM, time between `/readyz` failing and clients being closed with 1001, so the
     /// load balancer stops sending new connections first. Part of `--shutdown-timeout`.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]

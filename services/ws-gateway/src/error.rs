@@ -34,6 +34,8 @@ pub enum StartError {
     Namespace(#[from] aurora_core::names::InvalidNamespace),
     #[error(transparent)]
     Key(#[from] aurora_core::auth::KeyError),
+    #[error("--approval-signing-key: {0}")]
+    SigningKey(#[from] aurora_core::approval::KeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -70,6 +72,12 @@ pub enum DecideError {
     Conflict(String),
     #[error("the stored approval cannot be read: {0}")]
     Corrupt(String),
+    #[error("you requested this action: another analyst must approve it")]
+    OwnRequest,
+    #[error("this gateway has no approval signing key (--approval-signing-key): device actions cannot be approved here")]
+    NoSigningKey,
+    #[error("{0}")]
+    BadAction(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

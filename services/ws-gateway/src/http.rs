@@ -366,6 +366,9 @@ async fn decide(
             Json(json!({ "error": format!("the approval is already {status}"), "status": status })),
         )
             .into_response(),
+        Err(e @ DecideError::OwnRequest) => error(StatusCode::FORBIDDEN, e),
+        Err(e @ DecideError::NoSigningKey) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e @ DecideError::BadAction(_)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         Err(e @ DecideError::Corrupt(_)) => {
             tracing::error!(approval = %id, error = %e, "stored approval unreadable");
             error(StatusCode::INTERNAL_SERVER_ERROR, e)

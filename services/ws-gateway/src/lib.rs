@@ -53,6 +53,7 @@ pub struct Gateway {
     args: Args,
     names: Names,
     verifier: Arc<Verifier>,
+    signer: Option<aurora_core::approval::SigningKey>,
     listener: Option<std::net::TcpListener>,
 }
 
@@ -61,10 +62,24 @@ impl Gateway {
     pub fn new(args: Args) -> Result<Self, StartError> {
         let names = args.common.names()?;
         let verifier = Arc::new(args.jwt.verifier()?);
+        let signer = args
+            .approval_signing_key
+            .as_deref()
+            .map(aurora_core::approval::SigningKey::read)
+            .transpose()?;
+        match &signer {
+            Some(key) => {
+                tracing::info!(key_id = key.id(), "approved device actions are signed")
+            }
+            None => tracing::warn!(
+                "no --approval-signing-key: approvals of device actions are refused (503)"
+            ),
+        }
         Ok(Self {
             args,
             names,
             verifier,
+            signer,
             listener: None,
         })
     }
@@ -115,6 +130,7 @@ impl Service for Gateway {
             args,
             names,
             verifier,
+            signer,
             ..
         } = self;
         let dependencies = health::dependencies(conn.clone());
@@ -123,7 +139,8 @@ impl Service for Gateway {
             conn.clone(),
             args.common.stream_maxlen,
             args.approval_state_retention,
-        );
+        )
+        .with_signer(signer, args.approval_action_ttl);
         // Cancelled `--drain-grace` after the shutdown: the listener stops, every session
         // closes with 1001, the readers and the sweeper stop.
         let closing = CancellationToken::new();

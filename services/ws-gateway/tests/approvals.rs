@@ -250,3 +250,105 @@ async fn the_decision_api_refuses_what_it_must() {
     assert_eq!(state(&gw.names, id).await.as_deref(), Some("pending"));
     assert_eq!(post(&gw, &sid, Some(&t), ok).await.0, 200);
 }
+
+/// A pending approval of a device action, as device-registry writes it, asked by `by`.
+fn device_action(id: Uuid, by: &str) -> Value {
+    let action = aurora_core::approval::DeviceAction::new(
+        Uuid::new_v4(),
+        "dev-7",
+        "quarantine",
+        json!({"reason": "C2 beacon"}),
+    );
+    let mut doc = approval(id, chrono::Duration::hours(1));
+    doc["requested_by"] = json!(by);
+    doc["context"] = serde_json::to_value(action).unwrap();
+    // A proof written in by whoever wrote the pending document is never carried.
+    doc["approval"] = json!({"forged": true});
+    doc
+}
+
+#[tokio::test]
+async fn the_requester_cannot_approve_and_an_approved_device_action_carries_the_gateways_signature()
+{
+    let key = aurora_core::approval::SigningKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("approval.key");
+    std::fs::write(&key_file, key.to_base64()).unwrap();
+    let keyless = TestGateway::start(|_| {}).await;
+    let names = keyless.names.clone();
+    let gw = TestGateway::start_in(&names, REDIS_URL, |a| {
+        a.approval_signing_key = Some(key_file.clone());
+        a.approval_action_ttl = Duration::from_secs(120);
+    })
+    .await;
+    let p = redis(REDIS_URL).await;
+    let id = Uuid::new_v4();
+    xadd_json(&p, &names.approvals(), &device_action(id, "alice")).await;
+    wait_state(&names, id, "pending").await;
+    let sid = id.to_string();
+    let approve = r#"{"decision":"approve"}"#;
+
+    // Alice asked: she cannot approve it, on any replica.
+    let alice = token_for("alice", &[Permission::ApprovalsManage]);
+    for g in [&keyless, &gw] {
+        let (status, body) = post(g, &sid, Some(&alice), approve).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("another analyst"),
+            "{body}"
+        );
+    }
+    // Bob can, but not on a gateway without a signing key.
+    let bob = token_for("bob", &[Permission::ApprovalsManage]);
+    let (status, body) = post(&keyless, &sid, Some(&bob), approve).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("signing key"),
+        "{body}"
+    );
+    assert_eq!(state(&names, id).await.as_deref(), Some("pending"));
+    let (status, body) = post(&gw, &sid, Some(&bob), approve).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The decision on the stream carries a proof that verifies against the gateway's public
+    // key for exactly this action, and nothing else.
+    let decided: aurora_core::model::Approval = serde_json::from_value(
+        history(&names, id)
+            .await
+            .into_iter()
+            .find(|d| d["status"] == "approved")
+            .unwrap(),
+    )
+    .unwrap();
+    let proof: aurora_core::approval::ActionProof =
+        serde_json::from_value(decided.extra["approval"].clone()).unwrap();
+    assert_eq!(proof.approved_by, "bob");
+    assert_eq!(proof.approval_id, id);
+    let ttl = proof.not_after - Utc::now();
+    assert!(
+        ttl > chrono::Duration::seconds(100) && ttl <= chrono::Duration::seconds(120),
+        "{ttl}"
+    );
+    let keys = aurora_core::approval::ApproverKeys::parse(&[key.public_base64()]).unwrap();
+    let mut action = aurora_core::approval::DeviceAction::from_context(&decided.context)
+        .unwrap()
+        .unwrap();
+    assert_eq!(keys.verify(&action, &proof, Utc::now()), Ok(()));
+    action.device_id = "dev-8".into();
+    assert!(keys.verify(&action, &proof, Utc::now()).is_err());
+
+    // Rejecting one's own request is allowed (a withdrawal).
+    let other = Uuid::new_v4();
+    xadd_json(&p, &names.approvals(), &device_action(other, "alice")).await;
+    wait_state(&names, other, "pending").await;
+    let (status, body) = post(
+        &gw,
+        &other.to_string(),
+        Some(&alice),
+        r#"{"decision":"reject"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "rejected");
+    assert!(body.get("approval").is_none(), "{body}");
+}
