@@ -166,7 +166,7 @@ impl Uplink {
     }
 }
 
-/// The three shared-subscription filters, QoS 1, asking for no retained messages on
+/// The shared-subscription filters, one per kind of device message, QoS 1, asking for no retained messages on
 /// subscribing (retain handling 2): a retained message was bridged when it was published, and
 /// is not bridged again on every restart. Retain-as-published is on, so a device clearing its
 /// retained message (an empty payload published with retain) can be told from an empty
@@ -506,14 +506,14 @@ struct Writer {
 /// The streams the writer appends to, named once (a batch holds a cheap clone per entry).
 struct Streams {
     /// Indexed by [`kind_index`].
-    by_kind: [Arc<str>; 3],
+    by_kind: [Arc<str>; KINDS],
     registrations: Arc<str>,
     deadletter: Arc<str>,
 }
 
 impl Streams {
     fn new(names: &Names) -> Self {
-        let mut by_kind: [Arc<str>; 3] = Default::default();
+        let mut by_kind: [Arc<str>; KINDS] = Default::default();
         for kind in DeviceTopicKind::ALL {
             by_kind[kind_index(kind)] = names.cps_stream(kind).into();
         }
@@ -529,7 +529,7 @@ impl Streams {
 #[derive(Default)]
 struct Prepared {
     items: Vec<(Arc<str>, Vec<u8>)>,
-    messages: [u64; 3],
+    messages: [u64; KINDS],
     seen: u64,
     dead: Vec<&'static str>,
 }
@@ -684,10 +684,43 @@ impl Writer {
     }
 }
 
+/// How many kinds of device message there are (one stream, one subscription each).
+const KINDS: usize = DeviceTopicKind::ALL.len();
+
 fn kind_index(kind: DeviceTopicKind) -> usize {
     match kind {
         DeviceTopicKind::Telemetry => 0,
         DeviceTopicKind::Alerts => 1,
         DeviceTopicKind::Attestation => 2,
+        DeviceTopicKind::Receipt => 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_slot_and_its_subscription() {
+        for (i, kind) in DeviceTopicKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind_index(kind), i, "{kind:?}");
+        }
+        let names = Names::default();
+        let filters = names_filters(&names, "g");
+        let paths: Vec<&str> = filters.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "$share/g/aurora/sensors/+/telemetry",
+                "$share/g/aurora/sensors/+/alerts",
+                "$share/g/aurora/sensors/+/attestation",
+                "$share/g/aurora/sensors/+/receipt",
+            ]
+        );
+        let streams = Streams::new(&names);
+        assert_eq!(
+            &*streams.by_kind[kind_index(DeviceTopicKind::Receipt)],
+            names.cps_receipts()
+        );
     }
 }

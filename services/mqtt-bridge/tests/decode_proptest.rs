@@ -17,6 +17,7 @@ fn topic() -> impl Strategy<Value = String> {
                 Just("telemetry"),
                 Just("alerts"),
                 Just("attestation"),
+                Just("receipt"),
                 Just("x")
             ]
         )

@@ -27,7 +27,8 @@ async fn every_message_type_reaches_its_stream_in_order_with_one_device_seen() {
             }
         }
     }
-    dev.wait_acked(per_kind * 6).await;
+    dev.wait_acked(per_kind * 2 * DeviceTopicKind::ALL.len() as u64)
+        .await;
     for kind in DeviceTopicKind::ALL {
         wait_xlen(&redis, &names.cps_stream(kind), per_kind * 2, kind.as_str()).await;
     }
