@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use aurora_core::approval::{ApproverKeys, DEFAULT_PRIVILEGED_ACTIONS};
 use aurora_core::config::{parse_duration, CommonArgs};
 use aurora_core::service::Flags;
 use clap::Parser;
@@ -79,6 +80,19 @@ pub struct Args {
     /// How often each replica looks for gone replicas to take over.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub adoption_interval: Duration,
+
+    /// Device actions (comma separated) sent only with a valid, unused approval proof; any
+    /// other command is sent as it is. Empty: no action needs an approval.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = DEFAULT_PRIVILEGED_ACTIONS.iter().map(|a| a.to_string())
+    )]
+    pub privileged_actions: Vec<String>,
+    /// The approving service's Ed25519 public keys (base64, comma separated; two while one
+    /// replaces the other). None: every privileged command is refused.
+    #[arg(long, value_delimiter = ',')]
+    pub approval_public_keys: Vec<String>,
 }
 
 /// The variables the bridge read before they followed `AURORA_MQTT_BRIDGE_<FLAG>`.
@@ -168,7 +182,17 @@ impl Args {
             client_key: self.mqtt_client_key.clone(),
             keep_alive: self.mqtt_keep_alive,
         };
+        let approver_keys = ApproverKeys::parse(&self.approval_public_keys)
+            .map_err(|e| ConfigError::Invalid(format!("--approval-public-keys: {e}")))?;
         let mut bridge = MqttBridge::new(names, mqtt, &self.common.redis_url);
+        bridge.privileged_actions = self
+            .privileged_actions
+            .iter()
+            .map(|a| a.trim())
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        bridge.approver_keys = approver_keys;
         bridge.stream_maxlen = self.common.stream_maxlen;
         bridge.share_group = self.share_group.clone();
         bridge.max_payload = self.max_payload;
@@ -207,6 +231,8 @@ mod tests {
         assert_eq!(bridge.share_group, "mqtt-bridge");
         assert_eq!(bridge.lease_ttl, Duration::from_secs(15));
         assert_eq!(bridge.adoption_interval, Duration::from_secs(5));
+        assert_eq!(bridge.privileged_actions, DEFAULT_PRIVILEGED_ACTIONS);
+        assert!(bridge.approver_keys.is_empty());
         assert_eq!(args.common.instance(), "r1");
         assert_eq!(
             crate::uplink_client_id(&args.common.instance()),
@@ -229,6 +255,31 @@ mod tests {
         assert!(args.bridge().is_err());
         let args = parse(&["--mqtt-password", "pw"]);
         assert!(args.bridge().is_err(), "a password needs a user name");
+        let args = parse(&["--approval-public-keys", "not-a-key"]);
+        assert!(args.bridge().is_err(), "a key that is not one");
+    }
+
+    #[test]
+    fn privileged_actions_and_approver_keys_are_comma_lists() {
+        let old = aurora_core::approval::SigningKey::generate();
+        let new = aurora_core::approval::SigningKey::generate();
+        let keys = format!("{},{}", old.public_base64(), new.public_base64());
+        let args = parse(&[
+            "--privileged-actions",
+            "reboot, wipe",
+            "--approval-public-keys",
+            &keys,
+        ]);
+        let bridge = args.bridge().expect("config");
+        assert_eq!(bridge.privileged_actions, ["reboot", "wipe"]);
+        assert_eq!(
+            bridge.approver_keys.ids(),
+            [old.id().to_string(), new.id().to_string()]
+        );
+        let none = parse(&["--privileged-actions", ""])
+            .bridge()
+            .expect("config");
+        assert!(none.privileged_actions.is_empty());
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! Commands back to devices.
 //!
 //! Reads `cps:commands` through a consumer group (the shared [`Consumer`]), publishes each
-//! command QoS 1 on the device's command topic over a connection of its own, waits for the
-//! broker's PUBACK, then writes the outcome to `cps:command_status` and only then XACKs. An
-//! expired command is not sent, and one that expires while it is being sent again is given up
-//! (`expired`); a command whose packet is larger than the broker takes (its CONNACK's maximum
-//! packet size, else `--command-max-packet`) is dead-lettered, never sent (a broker drops the
-//! connection of a client that sends one, which would then send it again for ever, blocking
-//! every later command); an entry that is not a command is dead-lettered. A crash
-//! between PUBACK and XACK sends the command again (at least once; commands carry their id for
-//! the device to deduplicate). When Redis fails after commands of a batch were sent, their
-//! outcomes are kept and recorded when the batch is read again: they are not sent twice.
+//! command QoS 1 (MQTT 5) on the device's command topic over a connection of its own, waits
+//! for the broker's PUBACK, then writes the outcome to `cps:command_status` and only then
+//! XACKs. A command with an `expires_at` carries it as the MQTT 5 message expiry interval, so
+//! the broker drops it rather than hand it to a device that connects too late. The PUBACK's
+//! reason code decides the outcome: success is `sent`, "no matching subscribers" is
+//! `not_reached` (no device got it), any other code is `failed` and the entry is
+//! dead-lettered. An expired command is not sent, and one that expires while it is being sent
+//! again is given up (`expired`); a command whose packet is larger than the broker takes (its
+//! CONNACK's maximum packet size, else `--command-max-packet`) is dead-lettered, never sent (a
+//! broker drops the connection of a client that sends one, which would then send it again for
+//! ever, blocking every later command); an entry that is not a command is dead-lettered; a
+//! privileged action without a valid approval proof, or with one already used by another
+//! entry, is dead-lettered and never sent ([`crate::guard`]). A crash between PUBACK and XACK
+//! sends the command again (at least once; commands carry their id for the device to
+//! deduplicate). When Redis fails after commands of a batch were sent, their outcomes are kept
+//! and recorded when the batch is read again: they are not sent twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -24,11 +30,16 @@ use aurora_core::model::{self, to_bytes, CommandOutcome, CommandStatus, DeviceCo
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
 use aurora_core::Names;
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
+use chrono::{DateTime, Utc};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use rumqttc::Outgoing;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CommandError;
+use crate::guard::{Guard, Refusal, UsedApprovals};
 use crate::health::{COMMANDS, MQTT_DOWNLINK};
 use crate::telemetry::{self as t, BrokerLink};
 use crate::SERVICE;
@@ -44,8 +55,11 @@ pub struct DownlinkConfig {
     pub publish_timeout: Duration,
     /// The largest packet sent when the broker said no maximum of its own.
     pub max_packet: usize,
-    /// The broker's maximum packet size, as its CONNACK to the uplink said.
+    /// The broker's maximum packet size, as its last CONNACK (to the uplink or the
+    /// downlink) said.
     pub broker_limit: crate::link::BrokerLimit,
+    /// The privileged actions and the approvers' keys.
+    pub guard: Guard,
 }
 
 impl DownlinkConfig {
@@ -58,11 +72,13 @@ impl DownlinkConfig {
     }
 }
 
-/// The size of the MQTT PUBLISH packet (QoS 1) of `payload` on `topic`: fixed header (type
-/// byte and remaining length), topic with its length, packet id, payload. (MQTT 3.1.1: no
-/// properties.)
-pub fn publish_packet_size(topic: &str, payload: &[u8]) -> usize {
-    let remaining = 2 + topic.len() + 2 + payload.len();
+/// The size of the MQTT 5 PUBLISH packet (QoS 1) of `payload` on `topic`: fixed header (type
+/// byte and remaining length), topic with its length, packet id, properties (their length,
+/// and the message expiry interval when `with_expiry`), payload.
+pub fn publish_packet_size(topic: &str, payload: &[u8], with_expiry: bool) -> usize {
+    // Property length (one byte: at most 5) and the expiry property (identifier, u32).
+    let properties = 1 + if with_expiry { 1 + 4 } else { 0 };
+    let remaining = 2 + topic.len() + 2 + properties + payload.len();
     let length_bytes = match remaining {
         0..=127 => 1,
         128..=16_383 => 2,
@@ -72,9 +88,34 @@ pub fn publish_packet_size(topic: &str, payload: &[u8]) -> usize {
     1 + length_bytes + remaining
 }
 
+/// The MQTT 5 message expiry interval of a command that expires at `expires_at`: the
+/// seconds left, rounded up, at least 1 (a command that expires within the second is still
+/// sent with 1 s: it was checked unexpired just before).
+pub fn message_expiry(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
+    let millis = (expires_at - now).num_milliseconds().max(0);
+    let secs = (millis + 999) / 1000;
+    u32::try_from(secs).unwrap_or(u32::MAX).max(1)
+}
+
+/// An MQTT 5 PUBACK reason code as the protocol numbers it, for reasons people read.
+pub fn reason_code(reason: PubAckReason) -> u8 {
+    match reason {
+        PubAckReason::Success => 0x00,
+        PubAckReason::NoMatchingSubscribers => 0x10,
+        PubAckReason::UnspecifiedError => 0x80,
+        PubAckReason::ImplementationSpecificError => 0x83,
+        PubAckReason::NotAuthorized => 0x87,
+        PubAckReason::TopicNameInvalid => 0x90,
+        PubAckReason::PacketIdentifierInUse => 0x91,
+        PubAckReason::QuotaExceeded => 0x97,
+        PubAckReason::PayloadFormatInvalid => 0x99,
+    }
+}
+
 /// How a publish ended.
 enum Published {
-    Acked,
+    /// The broker's PUBACK, with its reason code.
+    Acked(PubAckReason),
     /// Its `expires_at` passed while it was being sent again.
     Expired,
     /// Given up (drain deadline, shutdown): it stays pending.
@@ -93,12 +134,12 @@ pub struct Downlink {
 }
 
 /// Which publish each PUBACK answers. Publishes leave rumqttc in the order they were
-/// requested (clean session: nothing is replayed), so `Outgoing::Publish(pkid)` events pair
+/// requested (clean start: nothing is replayed), so `Outgoing::Publish(pkid)` events pair
 /// with the waiters in order.
 #[derive(Default)]
 struct PubAcks {
-    queued: VecDeque<oneshot::Sender<()>>,
-    by_pkid: HashMap<u16, oneshot::Sender<()>>,
+    queued: VecDeque<oneshot::Sender<PubAckReason>>,
+    by_pkid: HashMap<u16, oneshot::Sender<PubAckReason>>,
 }
 
 type SharedAcks = Arc<Mutex<PubAcks>>;
@@ -130,6 +171,7 @@ impl Downlink {
             eventloop,
             acks.clone(),
             self.readiness.clone(),
+            self.cfg.broker_limit.clone(),
             done.clone(),
         );
         let consumer = async move {
@@ -139,6 +181,7 @@ impl Downlink {
                 let handler = Commands {
                     client: client.clone(),
                     acks,
+                    used: UsedApprovals::new(self.producer.conn(), self.names.clone()),
                     status_stream: self.names.cps_command_status(),
                     names: self.names,
                     cfg: self.cfg,
@@ -200,6 +243,7 @@ async fn poll_connection(
     mut eventloop: EventLoop,
     acks: SharedAcks,
     readiness: Readiness,
+    broker_limit: crate::link::BrokerLimit,
     done: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
@@ -209,7 +253,9 @@ async fn poll_connection(
             _ = done.cancelled() => return,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                // The same broker as the uplink's: what it takes, for the size check.
+                broker_limit.set(ack.properties.and_then(|p| p.max_packet_size));
                 backoff.reset();
                 t::connected(BrokerLink::Downlink);
                 readiness.set_ready(MQTT_DOWNLINK);
@@ -222,7 +268,7 @@ async fn poll_connection(
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(waiter) = lock(&acks).by_pkid.remove(&ack.pkid) {
-                    let _ = waiter.send(());
+                    let _ = waiter.send(ack.reason);
                 }
             }
             Ok(_) => {}
@@ -252,6 +298,8 @@ struct Commands {
     cfg: DownlinkConfig,
     client: AsyncClient,
     acks: SharedAcks,
+    /// Which entry used each approval.
+    used: UsedApprovals,
     names: Names,
     status_stream: String,
     producer: Producer,
@@ -325,22 +373,29 @@ impl Commands {
             Ok(c) => c,
             Err(e) => return self.invalid(reader, entry, &e.to_string()).await.map(Some),
         };
-        let now = chrono::Utc::now();
+        let now = Utc::now();
         if command.expires_at.is_some_and(|at| at <= now) {
             t::command(t::CommandOutcome::Expired);
             tracing::info!(command = %command.id, device = %command.device_id, "command expired before it could be sent");
-            return Ok(Some(Handled {
-                entry_id: entry.id.clone(),
-                status: Some(status(
-                    &command,
-                    CommandOutcome::Expired,
-                    Some("expired before it was sent".into()),
-                )),
-            }));
+            return Ok(Some(handled(
+                entry,
+                &command,
+                CommandOutcome::Expired,
+                Some("expired before it was sent".into()),
+            )));
         }
+        let proof = match self.cfg.guard.verify(&command, now) {
+            Ok(proof) => proof,
+            Err(refusal) => {
+                return self
+                    .refused(reader, entry, &command, refusal)
+                    .await
+                    .map(Some)
+            }
+        };
         let started = Instant::now();
         let topic = self.names.mqtt_command_topic(&command.device_id);
-        let size = publish_packet_size(&topic, data);
+        let size = publish_packet_size(&topic, data, command.expires_at.is_some());
         let limit = self.cfg.packet_limit();
         if size > limit {
             let reason = format!(
@@ -349,28 +404,71 @@ impl Commands {
             tracing::warn!(command = %command.id, device = %command.device_id, size, limit, "command too large for the broker; dead-lettered");
             return self.invalid(reader, entry, &reason).await.map(Some);
         }
-        match self.publish(&topic, data, command.expires_at).await {
-            Published::Acked => {}
+        // One use per approval, recorded before anything is sent.
+        if let Some(proof) = &proof {
+            if let Err(refusal) = self.used.claim(proof, &entry.id).await? {
+                return self
+                    .refused(reader, entry, &command, refusal)
+                    .await
+                    .map(Some);
+            }
+        }
+        let void_at = proof.as_ref().map(|p| p.not_after);
+        let reason = match self
+            .publish(&topic, data, command.expires_at, void_at)
+            .await
+        {
+            Published::Acked(reason) => reason,
             Published::GaveUp => return Ok(None),
             Published::Expired => {
                 t::command(t::CommandOutcome::Expired);
-                tracing::warn!(command = %command.id, device = %command.device_id, "command expired while it was being sent; given up");
-                return Ok(Some(Handled {
-                    entry_id: entry.id.clone(),
-                    status: Some(status(
-                        &command,
-                        CommandOutcome::Expired,
-                        Some("expired before the broker acknowledged it".into()),
-                    )),
-                }));
+                let why = if void_at.is_some_and(|at| at <= Utc::now()) {
+                    "the approval proof expired before the broker acknowledged the command"
+                } else {
+                    "expired before the broker acknowledged it"
+                };
+                tracing::warn!(command = %command.id, device = %command.device_id, why, "command given up");
+                return Ok(Some(handled(
+                    entry,
+                    &command,
+                    CommandOutcome::Expired,
+                    Some(why.into()),
+                )));
+            }
+        };
+        t::command_publish_seconds(started.elapsed());
+        match reason {
+            PubAckReason::Success => {
+                t::command(t::CommandOutcome::Sent);
+                Ok(Some(handled(entry, &command, CommandOutcome::Sent, None)))
+            }
+            PubAckReason::NoMatchingSubscribers => {
+                t::command(t::CommandOutcome::NotReached);
+                tracing::info!(command = %command.id, device = %command.device_id, "no device subscribed to the command's topic: not reached");
+                let why = format!("no subscriber on {topic}: the device is not connected");
+                Ok(Some(handled(
+                    entry,
+                    &command,
+                    CommandOutcome::NotReached,
+                    Some(why),
+                )))
+            }
+            refused => {
+                let why = format!(
+                    "the broker refused the command: {refused:?} (reason code 0x{:02x})",
+                    reason_code(refused)
+                );
+                tracing::warn!(command = %command.id, device = %command.device_id, reason = %why, "command refused by the broker; dead-lettered");
+                reader.dead_letter(entry, &why).await?;
+                t::command(t::CommandOutcome::Failed);
+                Ok(Some(handled(
+                    entry,
+                    &command,
+                    CommandOutcome::Failed,
+                    Some(why),
+                )))
             }
         }
-        t::command_publish_seconds(started.elapsed());
-        t::command(t::CommandOutcome::Sent);
-        Ok(Some(Handled {
-            entry_id: entry.id.clone(),
-            status: Some(status(&command, CommandOutcome::Sent, None)),
-        }))
     }
 
     /// Not a command: dead-lettered (and acknowledged) at once; a `failed` status too when
@@ -389,35 +487,68 @@ impl Commands {
         })
     }
 
+    /// A privileged action the bridge may not send: dead-lettered (and acknowledged) at once,
+    /// `failed` with the reason.
+    async fn refused(
+        &self,
+        reader: &GroupReader,
+        entry: &Entry,
+        command: &DeviceCommand,
+        refusal: Refusal,
+    ) -> Result<Handled, CommandError> {
+        let reason = refusal.to_string();
+        tracing::warn!(command = %command.id, device = %command.device_id, action = %command.action, %reason, "privileged command refused; dead-lettered, not sent");
+        reader.dead_letter(entry, &reason).await?;
+        t::command(t::CommandOutcome::Refused);
+        t::command_refused(refusal.label());
+        Ok(handled(
+            entry,
+            command,
+            CommandOutcome::Failed,
+            Some(reason),
+        ))
+    }
+
     /// Publishes QoS 1 and waits for the PUBACK, sending again until it comes or the command
-    /// expires. Given up at the drain deadline, or when no PUBACK came while draining.
+    /// expires (`expires_at`, or its approval proof's `void_at`). Each attempt carries the
+    /// message expiry interval left until `expires_at`. Given up at the drain deadline, or when
+    /// no PUBACK came while draining.
     async fn publish(
         &self,
         topic: &str,
         payload: &[u8],
-        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        expires_at: Option<DateTime<Utc>>,
+        void_at: Option<DateTime<Utc>>,
     ) -> Published {
         let mut backoff = Backoff::default();
-        let expired = || expires_at.is_some_and(|at| at <= chrono::Utc::now());
+        let deadline = match (expires_at, void_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         loop {
-            if expired() {
+            let now = Utc::now();
+            if deadline.is_some_and(|at| at <= now) {
                 return Published::Expired;
             }
+            let properties = PublishProperties {
+                message_expiry_interval: expires_at.map(|at| message_expiry(at, now)),
+                ..PublishProperties::default()
+            };
             let (tx, rx) = oneshot::channel();
             lock(&self.acks).queued.push_back(tx);
             let sent = tokio::select! {
-                sent = self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()) => sent,
+                sent = self.client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_vec(), properties) => sent,
                 _ = self.abort.cancelled() => return Published::GaveUp,
             };
             if sent.is_err() {
                 return Published::GaveUp; // the connection task is gone
             }
             let acked = tokio::select! {
-                r = tokio::time::timeout(self.cfg.publish_timeout, rx) => matches!(r, Ok(Ok(()))),
+                r = tokio::time::timeout(self.cfg.publish_timeout, rx) => r.ok().and_then(Result::ok),
                 _ = self.abort.cancelled() => return Published::GaveUp,
             };
-            if acked {
-                return Published::Acked;
+            if let Some(reason) = acked {
+                return Published::Acked(reason);
             }
             // No PUBACK: forget the waiters (the connection may be down) and send again.
             *lock(&self.acks) = PubAcks::default();
@@ -453,6 +584,19 @@ impl Commands {
     }
 }
 
+/// The outcome of a command read from `entry`.
+fn handled(
+    entry: &Entry,
+    command: &DeviceCommand,
+    outcome: CommandOutcome,
+    reason: Option<String>,
+) -> Handled {
+    Handled {
+        entry_id: entry.id.clone(),
+        status: Some(status(command, outcome, reason)),
+    }
+}
+
 fn status(
     command: &DeviceCommand,
     outcome: CommandOutcome,
@@ -463,7 +607,7 @@ fn status(
         device_id: command.device_id.clone(),
         status: outcome,
         reason,
-        at: chrono::Utc::now(),
+        at: Utc::now(),
         extra: Extra::new(),
     }
 }
@@ -479,7 +623,66 @@ fn failed_status(data: &[u8], reason: &str) -> Option<CommandStatus> {
         device_id: device_id.to_string(),
         status: CommandOutcome::Failed,
         reason: Some(reason.to_string()),
-        at: chrono::Utc::now(),
+        at: Utc::now(),
         extra: Extra::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::Publish;
+
+    /// The bytes rumqttc writes for the command's PUBLISH.
+    fn encoded(topic: &str, payload: &[u8], expiry: Option<u32>) -> usize {
+        let properties = expiry.map(|secs| PublishProperties {
+            message_expiry_interval: Some(secs),
+            ..PublishProperties::default()
+        });
+        let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec(), properties);
+        publish.pkid = 1;
+        let mut buffer = bytes::BytesMut::new();
+        publish.write(&mut buffer).expect("encodes");
+        buffer.len()
+    }
+
+    #[test]
+    fn the_packet_size_is_what_is_written_with_and_without_expiry() {
+        let topic = "aurora/command/dev-1/action";
+        for len in [0, 1, 100, 115, 116, 117, 120, 127, 16_360, 16_400, 300_000] {
+            let payload = vec![b'x'; len];
+            assert_eq!(
+                publish_packet_size(topic, &payload, false),
+                encoded(topic, &payload, None),
+                "{len} bytes, no expiry"
+            );
+            assert_eq!(
+                publish_packet_size(topic, &payload, true),
+                encoded(topic, &payload, Some(u32::MAX)),
+                "{len} bytes, with expiry"
+            );
+        }
+    }
+
+    #[test]
+    fn the_expiry_interval_is_the_seconds_left_rounded_up_at_least_one() {
+        let now = Utc::now();
+        let ms = chrono::Duration::milliseconds;
+        assert_eq!(message_expiry(now + ms(10_000), now), 10);
+        assert_eq!(message_expiry(now + ms(10_001), now), 11);
+        assert_eq!(message_expiry(now + ms(1), now), 1);
+        assert_eq!(message_expiry(now, now), 1);
+        assert_eq!(message_expiry(now - ms(5_000), now), 1);
+        assert_eq!(
+            message_expiry(now + chrono::Duration::days(365 * 200), now),
+            u32::MAX
+        );
+    }
+
+    #[test]
+    fn reason_codes_are_the_protocol_numbers() {
+        assert_eq!(reason_code(PubAckReason::NoMatchingSubscribers), 0x10);
+        assert_eq!(reason_code(PubAckReason::NotAuthorized), 0x87);
+        assert_eq!(reason_code(PubAckReason::Success), 0);
+    }
 }

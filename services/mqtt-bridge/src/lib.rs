@@ -5,7 +5,9 @@
 //!   PUBACKs waiting to go out.
 //! - [`decode`]: what a device message must be; everything else is dead-lettered.
 //! - [`seen`]: `device.seen` announcements with bounded memory.
-//! - [`downlink`]: commands from the bus to the devices, XACK after the broker's PUBACK.
+//! - [`downlink`]: commands from the bus to the devices (MQTT 5, with the command's expiry),
+//!   XACK after the broker's PUBACK; [`guard`] checks a privileged action's approval proof
+//!   and that the approval is used once before it is sent.
 //! - [`replicas`]: a lease per replica; a leaving replica hands its session back, a live one
 //!   takes over the session of a replica gone without a word.
 //! - [`mqtt`]: broker URL, credentials, TLS.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod decode;
 pub mod downlink;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod link;
 pub mod mqtt;
@@ -31,11 +34,12 @@ pub mod uplink;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use aurora_core::approval::{ApproverKeys, DEFAULT_PRIVILEGED_ACTIONS};
 use aurora_core::bus::{self, Producer};
 use aurora_core::replicas::Lease;
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
-use rumqttc::AsyncClient;
+use rumqttc::v5::AsyncClient;
 
 pub use error::{CommandError, ConfigError};
 pub use mqtt::MqttSettings;
@@ -67,6 +71,10 @@ pub struct MqttBridge {
     pub lease_ttl: Duration,
     /// How often to look for gone replicas.
     pub adoption_interval: Duration,
+    /// Device actions sent only with a valid approval proof.
+    pub privileged_actions: Vec<String>,
+    /// The approving service's public keys (none: every privileged action is refused).
+    pub approver_keys: ApproverKeys,
 }
 
 /// The uplink's client id: stable per replica, so the broker keeps this replica's session.
@@ -101,6 +109,11 @@ impl MqttBridge {
             command_max_packet: 256 * 1024,
             lease_ttl: Duration::from_secs(15),
             adoption_interval: Duration::from_secs(5),
+            privileged_actions: DEFAULT_PRIVILEGED_ACTIONS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            approver_keys: ApproverKeys::default(),
         }
     }
 
@@ -125,9 +138,27 @@ impl MqttBridge {
         )
     }
 
-    fn downlink_options(&self, instance: &str) -> Result<rumqttc::MqttOptions, ConfigError> {
+    fn downlink_options(&self, instance: &str) -> Result<rumqttc::v5::MqttOptions, ConfigError> {
         self.mqtt
             .options(&downlink_client_id(instance), true, DOWNLINK_MAX_PACKET)
+    }
+
+    /// Says which actions need an approval and which keys prove one; warns when none can.
+    fn log_guard(&self) {
+        if self.privileged_actions.is_empty() {
+            tracing::warn!("no privileged device actions (--privileged-actions is empty): every command is sent without an approval proof");
+        } else if self.approver_keys.is_empty() {
+            tracing::warn!(
+                privileged_actions = ?self.privileged_actions,
+                "no approver public key configured (--approval-public-keys): every privileged command is refused and dead-lettered"
+            );
+        } else {
+            tracing::info!(
+                privileged_actions = ?self.privileged_actions,
+                approver_keys = ?self.approver_keys.ids(),
+                "privileged commands are sent only with an approval proof signed by one of these keys"
+            );
+        }
     }
 
     /// Refuses broker settings that cannot work (URL, credentials, TLS files).
@@ -177,6 +208,7 @@ impl Service for MqttBridge {
             share_group = %self.share_group,
             "bridging devices and the bus"
         );
+        self.log_guard();
         let mut running = Running::new(&ctx);
         running.spawn(dependencies.clone().watch(
             ctx.readiness.clone(),
@@ -242,6 +274,10 @@ impl Service for MqttBridge {
                 publish_timeout: self.command_timeout,
                 max_packet: self.command_max_packet.min(DOWNLINK_MAX_PACKET),
                 broker_limit: up_link_limit,
+                guard: guard::Guard {
+                    privileged: self.privileged_actions.clone(),
+                    keys: self.approver_keys.clone(),
+                },
             },
             names: self.names.clone(),
             redis_url: self.redis_url.clone(),

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rumqttc::v5::MqttOptions;
+use rumqttc::{TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -15,6 +16,9 @@ use crate::link::LinkOptions;
 /// How long the broker keeps the uplink's session (and queues for it) while the bridge is
 /// away: 14 days, as `persistent_client_expiration` in deploy/mosquitto.
 pub const SESSION_EXPIRY_SECS: u32 = 14 * 24 * 3600;
+
+/// The shortest keep-alive rumqttc's MQTT 5 client takes (it panics below).
+const MIN_CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// Where the broker is and how to log in to it.
 #[derive(Debug, Clone)]
@@ -45,18 +49,20 @@ impl MqttSettings {
         }
     }
 
-    /// Options for one connection; `max_packet` bounds what it accepts from the broker.
+    /// MQTT 5 options for the downlink (rumqttc's client); `max_packet` bounds what it
+    /// accepts from the broker. rumqttc's MQTT 5 client refuses a keep-alive under 5 s, so a
+    /// shorter `--mqtt-keep-alive` gives this connection 5 s.
     pub fn options(
         &self,
         client_id: &str,
-        clean_session: bool,
+        clean_start: bool,
         max_packet: usize,
     ) -> Result<MqttOptions, ConfigError> {
         let endpoint = Endpoint::parse(&self.url)?;
         let mut opts = MqttOptions::new(client_id, endpoint.host, endpoint.port);
-        opts.set_clean_session(clean_session)
-            .set_keep_alive(self.keep_alive)
-            .set_max_packet_size(max_packet, max_packet);
+        opts.set_clean_start(clean_start)
+            .set_keep_alive(self.keep_alive.max(MIN_CLIENT_KEEP_ALIVE))
+            .set_max_packet_size(Some(u32::try_from(max_packet).unwrap_or(u32::MAX)));
         if let Some((user, pass)) = self.credentials()? {
             opts.set_credentials(user, pass);
         }
@@ -249,6 +255,16 @@ mod tests {
         for bad in ["http://x", "mqtt://", "mqtt://u:p@host", "nonsense"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn a_short_keep_alive_gives_the_downlink_the_clients_minimum() {
+        let mut s = MqttSettings::plain("127.0.0.1", 1883);
+        s.keep_alive = Duration::from_secs(1);
+        let opts = s.options("c", true, 1024).expect("options");
+        assert_eq!(opts.keep_alive(), MIN_CLIENT_KEEP_ALIVE);
+        s.keep_alive = Duration::ZERO;
+        assert!(s.options("c", true, 1024).is_ok());
     }
 
     #[test]

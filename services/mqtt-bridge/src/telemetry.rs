@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use aurora_core::names::DeviceTopicKind;
 
-/// Device messages written to their stream, by `type` (telemetry, alerts, attestation).
+/// Device messages written to their stream, by `type` (telemetry, alerts, attestation,
+/// receipt).
 pub const MESSAGES: &str = "aurora_mqtt_bridge_messages_total";
 /// Device messages dead-lettered, by `reason`.
 pub const DEAD_LETTERS: &str = "aurora_mqtt_bridge_dead_letters_total";
@@ -31,8 +32,12 @@ pub const ACKS_SKIPPED: &str = "aurora_mqtt_bridge_acks_skipped_total";
 pub const CONNECTIONS: &str = "aurora_mqtt_bridge_connections_total";
 /// Lost or refused broker connections, by `link`.
 pub const CONNECTION_ERRORS: &str = "aurora_mqtt_bridge_connection_errors_total";
-/// Device commands handled, by `outcome` (sent, expired, invalid).
+/// Device commands handled, by `outcome` (sent, not_reached, expired, invalid, refused,
+/// failed).
 pub const COMMANDS: &str = "aurora_mqtt_bridge_commands_total";
+/// Privileged commands refused before they were sent, by `reason` (the proof's fault:
+/// missing, malformed, unknown_key, bad_signature, expired, no_keys; or replayed).
+pub const COMMANDS_REFUSED: &str = "aurora_mqtt_bridge_commands_refused_total";
 /// Time from reading a command to the broker's PUBACK.
 pub const COMMAND_SECONDS: &str = "aurora_mqtt_bridge_command_publish_seconds";
 /// Failed reads or writes of the command streams, and commands without a PUBACK in time:
@@ -89,17 +94,28 @@ impl AdoptionOutcome {
 /// What became of a device command (the `outcome` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandOutcome {
+    /// The broker acknowledged it for a subscriber (or a session that keeps it).
     Sent,
+    /// The broker acknowledged it with "no matching subscribers": no device got it.
+    NotReached,
     Expired,
+    /// Not a command, or too large for the broker: dead-lettered.
     Invalid,
+    /// A privileged action without a valid, unused approval proof: dead-lettered, not sent.
+    Refused,
+    /// The broker refused it (a PUBACK reason code such as NotAuthorized): dead-lettered.
+    Failed,
 }
 
 impl CommandOutcome {
     fn as_str(self) -> &'static str {
         match self {
             Self::Sent => "sent",
+            Self::NotReached => "not_reached",
             Self::Expired => "expired",
             Self::Invalid => "invalid",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
         }
     }
 }
@@ -181,6 +197,12 @@ pub fn connection_error(link: BrokerLink) {
 /// One device command handled.
 pub fn command(outcome: CommandOutcome) {
     metrics::counter!(COMMANDS, "outcome" => outcome.as_str()).increment(1);
+}
+
+/// A privileged command refused before it was sent, for `reason` (a
+/// [`crate::guard::Refusal`] label).
+pub fn command_refused(reason: &'static str) {
+    metrics::counter!(COMMANDS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// From reading a command to the broker's PUBACK.

@@ -110,8 +110,9 @@ async fn a_device_cannot_publish_as_another_or_read_its_commands() {
 
     let producer = Producer::new(redis.clone(), 10_000);
     let now = chrono::Utc::now();
+    // `attest` needs no approval proof (a privileged action would, tests/guarded.rs).
     for device in ["dev-b", "dev-a"] {
-        let cmd = json!({"id": uuid::Uuid::new_v4(), "device_id": device, "action": "reboot", "issued_at": now});
+        let cmd = json!({"id": uuid::Uuid::new_v4(), "device_id": device, "action": "attest", "issued_at": now});
         producer
             .publish(&names.cps_commands(), cmd.to_string().as_bytes())
             .await
