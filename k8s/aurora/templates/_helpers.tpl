@@ -45,11 +45,12 @@ app.kubernetes.io/component: {{ .name }}
 app.kubernetes.io/component: {{ .name }}
 {{- end }}
 
-{{/* What each service needs (the contract): a YAML map of service -> list. */}}
+{{/* What each service needs (the contract): a YAML map of service -> list. approvalKeys: the
+public keys that verify an approved device action; approvalSigner: the key that signs one. */}}
 {{- define "aurora.needs" -}}
-mqtt-bridge: [redis, mqtt]
-device-registry: [redis, database, jwt, http]
-ws-gateway: [redis, jwt, http]
+mqtt-bridge: [redis, mqtt, approvalKeys]
+device-registry: [redis, database, jwt, http, approvalKeys]
+ws-gateway: [redis, jwt, http, approvalSigner]
 federation-gateway: [redis, nats]
 eve-ingest: [redis, nats]
 {{- end }}

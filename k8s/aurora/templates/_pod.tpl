@@ -198,3 +198,47 @@
 {{- define "aurora.skipMigrations" -}}
 {{- if or .Values.migrations.job.enabled .Values.migrations.skipAtStart }}true{{ end }}
 {{- end }}
+
+{{/* The Secret with ws-gateway's approval signing key: approvals.signingKey.existingSecret,
+else the chart's Secret when approvals.signingKey.value is set (secrets.create must be on);
+"" = no key (approvals of device actions are answered 503). Call with $. */}}
+{{- define "aurora.approvalSigningKey.secret" -}}
+{{- $key := .Values.approvals.signingKey }}
+{{- if $key.existingSecret }}
+{{- $key.existingSecret }}
+{{- else if $key.value }}
+{{- include "aurora.credentialSecret" (dict "root" . "existing" "" "what" "approvals.signingKey") }}
+{{- end }}
+{{- end }}
+
+{{/* The approval settings of service .name (docs/configuration.md): the privileged actions and
+the public keys for mqtt-bridge and device-registry, the signing key file for ws-gateway. Call
+with (dict "root" $ "name" $name). */}}
+{{- define "aurora.approvals.env" -}}
+{{- $approvals := .root.Values.approvals }}
+{{- $prefix := printf "AURORA_%s" (.name | upper | replace "-" "_") }}
+{{- if include "aurora.needs.has" (dict "root" .root "name" .name "what" "approvalKeys") }}
+# Actions that run only with an approval signed by one of the public keys ("" = none).
+- name: {{ printf "%s_PRIVILEGED_ACTIONS" $prefix }}
+  value: {{ join "," $approvals.privilegedActions | quote }}
+{{- with $approvals.publicKeys }}
+- name: {{ printf "%s_APPROVAL_PUBLIC_KEYS" $prefix }}
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end }}
+{{- if and (include "aurora.needs.has" (dict "root" .root "name" .name "what" "approvalSigner")) (include "aurora.approvalSigningKey.secret" .root) }}
+- name: {{ printf "%s_APPROVAL_SIGNING_KEY" $prefix }}
+  value: /etc/aurora/approval/signing.key
+{{- end }}
+{{- end }}
+
+{{/* The volume of ws-gateway's approval signing key. Call with $. */}}
+{{- define "aurora.approvalSigningKey.volume" -}}
+- name: approval-signing-key
+  secret:
+    secretName: {{ include "aurora.approvalSigningKey.secret" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.approvals.signingKey.key }}
+        path: signing.key
+{{- end }}
