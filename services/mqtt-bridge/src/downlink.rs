@@ -445,7 +445,9 @@ impl Commands {
             PubAckReason::NoMatchingSubscribers => {
                 t::command(t::CommandOutcome::NotReached);
                 tracing::info!(command = %command.id, device = %command.device_id, "no device subscribed to the command's topic: not reached");
-                let why = format!("no subscriber on {topic}: the device is not connected");
+                let why = format!(
+                    "no subscriber on {topic}: the device is offline without a persistent session, or not subscribed"
+                );
                 Ok(Some(handled(
                     entry,
                     &command,
