@@ -2,8 +2,8 @@
 # Checks everything under deploy/ and k8s/ offline: the Helm chart (lint, render with the
 # default, the all-on and the HA values on every Kubernetes minor its kubeVersion claims,
 # validate the manifests against each minor's schemas, make sure the values schema rejects bad values and
-# that its namespace and site id patterns are the services' own rules, by running
-# federation-gateway: scripts/check-values-patterns.py), the environment variable names against
+# that its namespace, site id and approval public key patterns are the services' own rules, by
+# running federation-gateway and mqtt-bridge: scripts/check-values-patterns.py), the environment variable names against
 # the AURORA_<SERVICE>_<FLAG> rule (scripts/check_env_names.py), YAML lint, the Dockerfile
 # (hadolint) and every shell script in the repository (shellcheck).
 #
@@ -15,8 +15,8 @@
 # Usage: scripts/check-deploy.sh            (from anywhere inside the repository)
 # Environment: DEPLOY_TOOLS_DIR (tool cache), K8S_VERSION (default 1.30.0: the render handed
 #              to the environment-variable check), SHELLCHECK_SEVERITY (default style: every
-#              finding fails the check), CARGO (default cargo: builds federation-gateway for the
-#              pattern check).
+#              finding fails the check), CARGO (default cargo: builds federation-gateway and
+#              mqtt-bridge for the pattern check).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -205,15 +205,17 @@ for version in "1.$((KUBE_MIN - 1)).0" "1.$KUBE_END.0"; do
   printf '  %s: refused\n' "$version"
 done
 
-# The namespace and site id patterns of the values schema are the services' own rules: the
-# built federation-gateway (Names::new and valid_site_id) answers for a few hundred values.
-step "the values schema's aurora.namespace and aurora.siteId patterns against federation-gateway"
+# The namespace, site id and approval public key patterns of the values schema are the
+# services' own rules: the built federation-gateway (Names::new and valid_site_id) answers for a
+# few hundred values, the built mqtt-bridge (ApproverKeys::parse) for keys and mangled keys.
+step "the values schema's aurora.namespace, aurora.siteId and approvals.publicKeys patterns against federation-gateway and mqtt-bridge"
 # The same build as `make unit` (under `make test`, already done: another set of packages or
 # targets resolves the dependencies' features apart and compiles them all again).
 "${CARGO:-cargo}" build --quiet --workspace --bins --tests \
   || die "cargo build of the services failed"
 TARGET_DIR="$("${CARGO:-cargo}" metadata --format-version 1 --no-deps | "$VENV_BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-"$VENV_BIN/python" scripts/check-values-patterns.py "$CHART/values.schema.json" "$TARGET_DIR/debug/federation-gateway"
+"$VENV_BIN/python" scripts/check-values-patterns.py "$CHART/values.schema.json" "$TARGET_DIR/debug/federation-gateway" \
+  "$TARGET_DIR/debug/mqtt-bridge"
 
 for bad in "$CHART"/ci/bad-*.yaml; do
   step "the values schema rejects $bad"

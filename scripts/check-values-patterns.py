@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Checks that the chart's values schema accepts exactly the namespaces and site ids the
-services accept, by asking the services themselves.
+"""Checks that the chart's values schema accepts exactly the namespaces, site ids and approval
+public keys the services accept, by asking the services themselves.
 
 A value the schema accepts but a service refuses makes every pod crash-loop; one the schema
 refuses but the services accept is an install refused for nothing. The services' rules are in
@@ -8,14 +8,18 @@ their code (the namespace: `aurora_core::Names::new`, which every service and th
 CLI call; the site id: federation-gateway's `valid_site_id`); this script runs the built
 federation-gateway binary, which checks both, on a few hundred candidates (the edges of each
 rule, and random strings of the characters that matter) and compares its answer with the
-values schema's (`aurora.namespace`, `aurora.siteId`).
+values schema's (`aurora.namespace`, `aurora.siteId`). The approval public keys
+(`approvals.publicKeys`: 32 bytes of standard base64, canonical) are asked of the built
+mqtt-bridge (`--approval-public-keys`; device-registry parses them with the same
+`aurora_core::approval::ApproverKeys`): real keys, and each one mangled in the ways a key is
+mangled when pasted (padding, alphabet, length, trailing bits, a hex key id instead).
 
 The binary is asked without any server: its ops port is taken by this script, so a value it
 accepts ends the start at once with "cannot serve the ops endpoints", and a value it refuses
 ends it before, with "invalid configuration" (or a flag error).
 
-Usage: check-values-patterns.py SCHEMA FEDERATION_GATEWAY_BINARY
-(scripts/check-deploy.sh builds the binary and runs this with its virtualenv's jsonschema).
+Usage: check-values-patterns.py SCHEMA FEDERATION_GATEWAY_BINARY MQTT_BRIDGE_BINARY
+(scripts/check-deploy.sh builds the binaries and runs this with its virtualenv's jsonschema).
 """
 
 import concurrent.futures
@@ -54,8 +58,38 @@ def candidates(max_len, seed):
     return list(dict.fromkeys(out))
 
 
+# Ed25519 public keys (made for the chart's CI values; they sign nothing), and the all-zero key.
+REAL_KEYS = [
+    "jaYAb6vYzfzwjSl15rdclV5BD+VTtN6xk3PIUdlAtAo=",
+    "1P0vNvyW3IWwzBIjxHn5lSVfcu7qt2WtJhyZ1C9EO48=",
+    "A" * 43 + "=",
+]
+# The last of 43 base64 characters carries 2 bits past the 32 bytes: canonical when they are 0.
+CANONICAL_LAST = "AEIMQUYcgkosw048"
+
+
+def key_candidates():
+    """Real keys, and each mangled. Each mangling keeps the bytes or breaks the format, so the
+    answer never hangs on whether 32 random bytes are a curve point (which no pattern can say)."""
+    out = list(REAL_KEYS)
+    for key in REAL_KEYS:
+        body = key[:-1]
+        out += [
+            body, key + "=", key + "==", body + "==", key[:-2] + "=", "A" + key, key[1:],
+            key.replace("+", "-").replace("/", "_"), body.rstrip("A") + "=",
+            key.encode().hex()[:64], key.encode().hex()[:40],
+            key + key, key[:20] + "*" + key[21:], key[:20] + "." + key[21:],
+        ]
+        # The same bytes with the 2 spare bits set: not canonical, refused by the decoder.
+        last = CANONICAL_LAST.index(body[-1])
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        base = alphabet.index(CANONICAL_LAST[last])
+        out += [body[:-1] + alphabet[base + bits] + "=" for bits in (1, 2, 3)]
+    return list(dict.fromkeys(out))
+
+
 def main():
-    schema_path, binary = sys.argv[1], sys.argv[2]
+    schema_path, binary, bridge = sys.argv[1], sys.argv[2], sys.argv[3]
     schema = json.load(open(schema_path))
     aurora = schema["properties"]["aurora"]["properties"]
     held = socket.socket()
@@ -68,13 +102,13 @@ def main():
         "RUST_LOG": "off",
     }
 
-    def service_accepts(flag, value, other):
+    def service_accepts(flag, value, other, program=binary):
         out = subprocess.run(
-            [binary, "--%s=%s" % (flag, value)] + other,
+            [program, "--%s=%s" % (flag, value)] + other,
             env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
         )
         if out.returncode == 0:
-            raise SystemExit("%s --%s=%r exited 0: it should have stopped at the ops port" % (binary, flag, value))
+            raise SystemExit("%s --%s=%r exited 0: it should have stopped at the ops port" % (program, flag, value))
         return ACCEPTED in out.stderr
 
     checks = [
@@ -100,6 +134,24 @@ def main():
                 key, accepted, len(values)))
         print("  aurora.%s (--%s): %d candidates, %d accepted by the services, schema and services agree on %d"
               % (key, flag, len(values), accepted, len(values) - sum(1 for f in failures if f.startswith("aurora.%s " % key))))
+
+    keys = key_candidates()
+    validator = jsonschema.Draft7Validator(schema["properties"]["approvals"]["properties"]["publicKeys"])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda k: service_accepts("approval-public-keys", k, [], bridge), keys))
+    disagree = 0
+    for key, service in zip(keys, answers):
+        # One value of the list: the chart joins the list with commas.
+        chart = validator.is_valid([key])
+        if chart != service:
+            disagree += 1
+            failures.append("approvals.publicKeys [%r]: the values schema %s it, mqtt-bridge %s it" % (
+                key, "accepts" if chart else "refuses", "accepts" if service else "refuses"))
+    if sum(answers) != len(REAL_KEYS) or not all(answers[:len(REAL_KEYS)]):
+        failures.append("approvals.publicKeys: mqtt-bridge accepted %d of %d candidates, not just the %d real keys: "
+                        "the check itself is broken" % (sum(answers), len(keys), len(REAL_KEYS)))
+    print("  approvals.publicKeys (mqtt-bridge --approval-public-keys): %d candidates, %d accepted, schema and "
+          "service agree on %d" % (len(keys), sum(answers), len(keys) - disagree))
     held.close()
     for f in failures:
         print("  " + f, file=sys.stderr)
