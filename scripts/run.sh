@@ -73,15 +73,22 @@ wait_ready() {
   exit 1
 }
 
+# The key site A's gateway signs approved device actions with; the bridge and the registry
+# carry out only what it signed (docs/contract.md#device-actions).
+APPROVAL_PUBLIC_KEY=$("$BIN/aurora" approval-key --out "$RUN_DIR/approval.key" | awk '$1 == "public_key" {print $2}')
+
 echo "starting site A (Redis db 0) and site B (Redis db 1); logs in $RUN_DIR"
 start mqtt-bridge mqtt-bridge AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \
-  AURORA_OPS_ADDR=127.0.0.1:9101 AURORA_INSTANCE_ID=run-bridge-a
+  AURORA_OPS_ADDR=127.0.0.1:9101 AURORA_INSTANCE_ID=run-bridge-a \
+  AURORA_MQTT_BRIDGE_APPROVAL_PUBLIC_KEYS="$APPROVAL_PUBLIC_KEY"
 start device-registry device-registry AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \
+  AURORA_DEVICE_REGISTRY_APPROVAL_PUBLIC_KEYS="$APPROVAL_PUBLIC_KEY" \
   AURORA_OPS_ADDR=127.0.0.1:9102 AURORA_DEVICE_REGISTRY_HTTP_ADDR=127.0.0.1:8081 \
   AURORA_DEVICE_REGISTRY_DATABASE_URL="$DB_URL" AURORA_INSTANCE_ID=run-registry-a \
   AURORA_DEVICE_REGISTRY_TRUST_ON_FIRST_USE=true AURORA_DEVICE_REGISTRY_ATTESTATION_TIMEOUT=60s
 start ws-gateway ws-gateway AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \
-  AURORA_OPS_ADDR=127.0.0.1:9103 AURORA_WS_GATEWAY_HTTP_ADDR=127.0.0.1:8000 AURORA_INSTANCE_ID=run-ws-a
+  AURORA_OPS_ADDR=127.0.0.1:9103 AURORA_WS_GATEWAY_HTTP_ADDR=127.0.0.1:8000 AURORA_INSTANCE_ID=run-ws-a \
+  AURORA_WS_GATEWAY_APPROVAL_SIGNING_KEY="$RUN_DIR/approval.key"
 start federation-gateway federation-gateway AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \
   AURORA_OPS_ADDR=127.0.0.1:9104 AURORA_INSTANCE_ID=run-fed-a
 start eve-ingest eve-ingest AURORA_SITE_ID=site-a AURORA_REDIS_URL="$REDIS/0" \

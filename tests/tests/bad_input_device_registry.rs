@@ -135,7 +135,12 @@ async fn device_registry_answers_random_requests_with_a_clear_4xx_never_a_5xx() 
     let db = TestDb::create().await;
     let site = Site::new(&names, "site-a", 9).with_database(&db);
     let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
-    let registry = site.start(Svc::DeviceRegistry, &[]).await;
+    // With an approver key, so that a well-formed privileged request is taken (202), as in
+    // production, and not refused for want of one.
+    let approver = aurora_core::approval::SigningKey::generate().public_base64();
+    let registry = site
+        .start(Svc::DeviceRegistry, &[("approval-public-keys", &approver)])
+        .await;
     let all = token(&[
         Permission::DevicesRead,
         Permission::DevicesWrite,

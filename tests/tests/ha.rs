@@ -111,7 +111,7 @@ async fn redis_failover(wait: bool) -> Outcome {
         if let Some(port) = killed {
             // Once the replica is promoted the old primary comes back, to be its replica.
             if seq % 50 == 0 && set.primary_port().await.is_some_and(|p| p != port) {
-                set.start_node(port);
+                set.start_node(port).await;
                 killed = None;
             }
         }
@@ -120,7 +120,7 @@ async fn redis_failover(wait: bool) -> Outcome {
     if let Some(port) = killed {
         set.wait_primary(|p| p != port, Duration::from_secs(30))
             .await;
-        set.start_node(port);
+        set.start_node(port).await;
     }
     let primary = set.wait_primary(|_| true, Duration::from_secs(30)).await;
     set.wait_replicas(primary, 1, Duration::from_secs(30)).await;

@@ -1,5 +1,6 @@
 //! `aurora`: mint tokens, publish documents, follow streams and see the state of the bus.
 
+mod approval_key;
 mod publish;
 mod simulate;
 mod status;
@@ -47,6 +48,9 @@ enum Command {
     /// Mint a JWT (HS256 with AURORA_JWT_SECRET, the development secret with --dev, or
     /// RS256/ES256 with --private-key).
     Token(token::TokenArgs),
+    /// Make the key ws-gateway signs approved device actions with: the private key to a file,
+    /// the public key (for mqtt-bridge and device-registry) printed.
+    ApprovalKey(approval_key::ApprovalKeyArgs),
     /// Validate a document and append it to its stream.
     Publish(publish::PublishArgs),
     /// Follow a stream.
@@ -116,6 +120,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Token(args) => token::run(args),
+        Command::ApprovalKey(args) => approval_key::run(args),
         Command::Publish(args) => publish::run(&ctx, args).await,
         Command::Tail(args) => tail::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,

@@ -110,8 +110,8 @@ async fn a_failover_loses_no_acknowledged_write_and_groups_go_on() {
             let new = set
                 .wait_primary(|p| p != port, Duration::from_secs(30))
                 .await;
-            set.start_node(port);
-            set.wait_replicas(new, 1, Duration::from_secs(60)).await;
+            set.start_node(port).await;
+            set.wait_replicas(new, 1, Duration::from_secs(30)).await;
             (set, port)
         })
     };

@@ -168,9 +168,37 @@ impl SentinelSet {
         port
     }
 
-    /// Starts the node on `port` again (empty; the Sentinels make it a replica).
-    pub fn start_node(&mut self, port: u16) {
+    /// Starts the node on `port` again, empty, as a replica of the primary the Sentinels name
+    /// (as a pod of a Sentinel-managed Redis does when it comes back: it asks the Sentinels
+    /// first). Left to the Sentinels alone, a node that comes back as a primary is turned into
+    /// a replica only after their periodic checks, tens of seconds on a busy machine.
+    pub async fn start_node(&mut self, port: u16) {
         self.node(port).process.start();
+        let primary = self.primary_port().await;
+        let Some(primary) = primary.filter(|p| *p != port) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let replicaof = async {
+                let client = redis::Client::open(Self::node_url(port)).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("REPLICAOF")
+                    .arg("127.0.0.1")
+                    .arg(primary)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .ok()
+            };
+            if replicaof.await.is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{port} did not accept REPLICAOF within 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn node(&mut self, port: u16) -> &mut Node {

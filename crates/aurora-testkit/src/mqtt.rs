@@ -260,3 +260,27 @@ pub fn password_file(dir: &std::path::Path, users: &[(&str, &str)]) -> std::path
         .expect("password file readable");
     path
 }
+
+/// deploy/mosquitto/mosquitto.conf as shipped, with the lines a test must change: no listener
+/// or persistence location (the harness sets them), the password file `passwd`, the shipped
+/// ACL (deploy/mosquitto/acl, which names topics of the default namespace `aurora`).
+pub fn shipped_broker_config(passwd: &std::path::Path) -> String {
+    let conf = std::fs::read_to_string(crate::workspace_path("deploy/mosquitto/mosquitto.conf"))
+        .expect("deploy/mosquitto/mosquitto.conf");
+    let acl = crate::workspace_path("deploy/mosquitto/acl")
+        .canonicalize()
+        .expect("deploy/mosquitto/acl");
+    conf.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let key = l.split_whitespace().next().unwrap_or_default();
+            match key {
+                "listener" | "persistence" | "persistence_location" => None,
+                "password_file" => Some(format!("password_file {}", passwd.display())),
+                "acl_file" => Some(format!("acl_file {}", acl.display())),
+                _ => Some(l.to_string()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -47,6 +47,8 @@ const SWEEP_LIMIT: i64 = 500;
 
 /// The `actor` of audit events the registry writes on its own.
 const ACTOR: &str = SERVICE;
+/// The `actor` of what mqtt-bridge reports.
+const BRIDGE: &str = "mqtt-bridge";
 
 /// What the API asks for.
 pub struct Request<'a> {
@@ -533,6 +535,7 @@ async fn advance(
     to: &str,
     reason: Option<&str>,
     actor: &str,
+    by_device: bool,
 ) -> Result<bool, BatchError> {
     let mut tx = shared.pool.begin().await?;
     let Some(row) = db::get_command(&mut tx, command_id, true).await? else {
@@ -540,8 +543,11 @@ async fn advance(
     };
     let from = row.status.as_str();
     let applies = match to {
+        // What the bridge says of a queued command (a `failed` after `sent` would be about
+        // a second entry of the same command, refused as a replay: the first one went out).
         cs::SENT | cs::NOT_REACHED | cs::EXPIRED => from == cs::QUEUED,
-        // From the bridge (refused) or the device.
+        cs::FAILED if !by_device => from == cs::QUEUED,
+        // The device's receipt, also after the deadline.
         cs::FAILED | cs::DONE => matches!(from, cs::QUEUED | cs::SENT | cs::UNCONFIRMED),
         cs::UNCONFIRMED => matches!(from, cs::QUEUED | cs::SENT),
         _ => false,
@@ -551,7 +557,7 @@ async fn advance(
     }
     let mut records = Vec::new();
     // A receipt read before the bridge's own `sent`: the trail still reads in order.
-    if matches!(to, cs::DONE | cs::FAILED) && from == cs::QUEUED && actor != ACTOR {
+    if by_device && from == cs::QUEUED {
         records.push(audit(shared, &row, cs::SENT, ACTOR, json!({})));
     }
     records.push(audit(shared, &row, to, actor, json!({ "reason": reason })));
@@ -601,7 +607,8 @@ impl BatchHandler for Outcomes {
                         s.command_id,
                         to,
                         s.reason.as_deref(),
-                        "mqtt-bridge",
+                        BRIDGE,
+                        false,
                     )
                     .await?;
                     reader.ack(&[entry.id.as_str()]).await?;
@@ -681,8 +688,15 @@ impl BatchHandler for Receipts {
             drop(conn);
             match row {
                 Some(row) if row.device_id == message.device_id => {
-                    let applied =
-                        advance(shared, id, status, detail.as_deref(), &message.device_id).await?;
+                    let applied = advance(
+                        shared,
+                        id,
+                        status,
+                        detail.as_deref(),
+                        &message.device_id,
+                        true,
+                    )
+                    .await?;
                     if !applied {
                         tracing::info!(command = %id, device = %message.device_id, status, current = %row.status, "a receipt for a command past that status: kept as it is");
                     }
@@ -722,7 +736,7 @@ pub async fn sweep_unconfirmed(shared: &Shared) -> Result<usize, BatchError> {
     let mut n = 0;
     for row in due {
         let reason = format!("no receipt from the device by {}", row.expires_at);
-        if advance(shared, row.id, cs::UNCONFIRMED, Some(&reason), ACTOR).await? {
+        if advance(shared, row.id, cs::UNCONFIRMED, Some(&reason), ACTOR, false).await? {
             n += 1;
         }
     }

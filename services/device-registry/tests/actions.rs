@@ -278,6 +278,15 @@ async fn a_privileged_action_runs_only_once_another_analyst_approved_it_with_a_v
     )
     .await;
     wait_command(&base, &cmd, "sent").await;
+    // The bridge refusing a second entry of the same command (a replay) does not undo `sent`.
+    xadd_json(
+        conn,
+        &names.cps_command_status(),
+        &json!({"command_id": cmd, "device_id": dev, "status": "failed", "reason": "replayed", "at": Utc::now()}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(command_status(&base, &cmd).await["status"], "sent");
     let receipt = |outcome: &str| json!({"device_id": dev, "message_type": "receipt", "command_id": cmd, "outcome": outcome});
     xadd_json(conn, &names.cps_receipts(), &receipt("done")).await;
     wait_command(&base, &cmd, "done").await;

@@ -10,31 +10,9 @@ mod common;
 use aurora_core::bus::Producer;
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::Names;
-use aurora_testkit::mqtt::password_file;
+use aurora_testkit::mqtt::{password_file, shipped_broker_config};
 use common::*;
 use serde_json::json;
-
-/// deploy/mosquitto/mosquitto.conf with the lines a test must change: no listener or
-/// persistence location (the harness sets them), our password file, the shipped ACL.
-fn deploy_config(passwd: &std::path::Path) -> String {
-    let conf = std::fs::read_to_string(workspace_path("deploy/mosquitto/mosquitto.conf")).unwrap();
-    let acl = workspace_path("deploy/mosquitto/acl")
-        .canonicalize()
-        .unwrap();
-    conf.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let key = l.split_whitespace().next().unwrap_or_default();
-            match key {
-                "listener" | "persistence" | "persistence_location" => None,
-                "password_file" => Some(format!("password_file {}", passwd.display())),
-                "acl_file" => Some(format!("acl_file {}", acl.display())),
-                _ => Some(l.to_string()),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 async fn anonymous_is_refused(port: u16) -> bool {
     let opts = rumqttc::MqttOptions::new("anon", "127.0.0.1", port);
@@ -56,7 +34,7 @@ async fn a_device_cannot_publish_as_another_or_read_its_commands() {
             ("dev-b", "pw-b"),
         ],
     );
-    let broker = MosquittoServer::start_with_config(&deploy_config(&passwd));
+    let broker = MosquittoServer::start_with_config(&shipped_broker_config(&passwd));
     // The shipped ACL names topics under `aurora/`: the default namespace, on a Redis of the
     // test's own so nothing collides with the shared one.
     let own_redis = RedisServer::start();
