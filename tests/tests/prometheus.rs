@@ -367,9 +367,11 @@ async fn prometheus_finds_a_series_for_every_dashboard_query_and_alert_selector(
     let _cleanup = Cleanup::new(&names, NATS_URL, &[&site.redis_url]);
     let gone_eve = format!("eve-ingest-gone-{}", names.namespace());
     let eve_flags = [("recover-from", gone_eve.as_str())];
+    let approver = aurora_core::approval::SigningKey::generate().public_base64();
+    let registry_flags = [("approval-public-keys", approver.as_str())];
     let (bridge, registry, gateway, federation, eve) = tokio::join!(
         site.start(Svc::MqttBridge, &[]),
-        site.start(Svc::DeviceRegistry, &[]),
+        site.start(Svc::DeviceRegistry, &registry_flags),
         // A console that does not read is closed fast.
         site.start(
             Svc::WsGateway,
@@ -441,6 +443,41 @@ async fn prometheus_finds_a_series_for_every_dashboard_query_and_alert_selector(
             b"{not json".to_vec(),
         )
         .await;
+
+    // Device actions: a privileged command written by hand (refused by the bridge), a plain
+    // command (queued, then sent or not reached), a reboot approved without a proof (refused
+    // by the registry, with an action alert).
+    xadd_json(
+        &conn,
+        &names.cps_commands(),
+        &json!({"id": uuid::Uuid::new_v4(), "device_id": "prom-dev", "action": "quarantine", "issued_at": chrono::Utc::now()}),
+    )
+    .await;
+    let fleet_device = format!("{prefix}-0000");
+    let write = token_for("prom-analyst", &[Permission::DevicesWrite]);
+    let request = |action: &'static str| {
+        http()
+            .post(registry.http_url(&format!("/api/v1/devices/{fleet_device}/commands")))
+            .bearer_auth(&write)
+            .json(&json!({"action": action, "ttl_seconds": 5}))
+            .send()
+    };
+    wait_until(WAIT, "the fleet's first device registered", || async {
+        (request("blink").await.unwrap().status().as_u16() == 202).then_some(())
+    })
+    .await;
+    let (status, body) = json_response(request("reboot").await.unwrap()).await;
+    assert_eq!(status, 202, "{body}");
+    let approval_id = body["approval_id"].as_str().unwrap().to_string();
+    let pending = wait_matching(&conn, &names.approvals(), 1, "the reboot's approval", |v| {
+        v["id"] == approval_id.as_str()
+    })
+    .await;
+    let mut approved = pending[0].clone();
+    approved["status"] = json!("approved");
+    approved["decided_by"] = json!("prom-other");
+    approved["decided_at"] = json!(chrono::Utc::now());
+    xadd_json(&conn, &names.approvals(), &approved).await;
 
     let query = format!("token={}", token(&[Permission::WsAlerts]));
     let mut closing = Console::connect(&gateway.ws_url(Channel::Alerts, &query)).await;
