@@ -67,6 +67,7 @@ const MESSAGES: &[(&str, RoundTrip)] = &[
     ("command-status", round_trip::<CommandStatus>),
     ("device-seen", round_trip::<DeviceSeen>),
     ("dead-letter", round_trip::<DeadLetter>),
+    ("device-alert", round_trip::<Alert>),
 ];
 
 fn examples(name: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {

@@ -346,32 +346,18 @@ async fn quarantine(
         ));
     }
     let shared = &state.shared;
-    if actions::is_privileged(shared, "quarantine") {
-        let device = existing_device(&state, &id).await?;
-        let requested = actions::request(
-            shared,
-            actions::Request {
-                device_id: &device.device_id,
-                action: "quarantine",
-                params: json!({ "reason": reason }),
-                reason: Some(reason.clone()),
-                requested_by: &auth.0.sub,
-                ttl: shared.cfg.command_ttl,
-            },
-        )
-        .await?;
-        tracing::warn!(device = %device.device_id, by = %auth.0.sub, %reason, approval = ?requested.approval_id, "quarantine requested: it waits for an approval");
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(requested.to_json(&device.device_id, "quarantine")),
-        )
-            .into_response());
-    }
-    let mut tx = shared.pool.begin().await?;
-    let device = db::quarantine(&mut tx, &r, &reason)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("unknown device {id:?}")))?;
-    tx.commit().await?;
+    // Privileged (the default): only requested; else the device is quarantined at once.
+    let privileged = actions::is_privileged(shared, "quarantine");
+    let device = if privileged {
+        existing_device(&state, &id).await?
+    } else {
+        let mut tx = shared.pool.begin().await?;
+        let device = db::quarantine(&mut tx, &r, &reason)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("unknown device {id:?}")))?;
+        tx.commit().await?;
+        device
+    };
     let requested = actions::request(
         shared,
         actions::Request {
@@ -384,6 +370,14 @@ async fn quarantine(
         },
     )
     .await?;
+    if privileged {
+        tracing::warn!(device = %device.device_id, by = %auth.0.sub, %reason, approval = ?requested.approval_id, "quarantine requested: it waits for an approval");
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(requested.to_json(&device.device_id, "quarantine")),
+        )
+            .into_response());
+    }
     tracing::warn!(device = %device.device_id, by = %auth.0.sub, %reason, "device quarantined");
     Ok(Json(
         json!({ "device": device, "command_id": requested.command_id, "status": requested.status }),

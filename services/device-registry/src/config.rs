@@ -97,10 +97,55 @@ pub struct Args {
     /// `unconfirmed`.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub receipt_grace: Duration,
+    /// Attestation policy per device model, comma-separated `model=required|optional|off`
+    /// (`required`: a device that does not answer is an alert; `optional`: it is challenged, a
+    /// failed answer is an alert, no answer is not; `off`: never challenged, status
+    /// `not_attested`). Models not listed follow `--default-attestation-policy`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_model_policy)]
+    pub attestation_policy: Vec<(String, AttestationPolicy)>,
+    /// The attestation policy of models not in `--attestation-policy`.
+    #[arg(long, value_enum, default_value_t = AttestationPolicy::Required)]
+    pub default_attestation_policy: AttestationPolicy,
+    /// A device not heard from for this many times its usual interval between messages is
+    /// `silent` (an alert, once); 0 turns the check off.
+    #[arg(long, default_value_t = 3)]
+    pub silent_after: u32,
+    /// A device is never judged silent before this long without a message, whatever its usual
+    /// interval.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub silent_floor: Duration,
+    /// More devices than this entering one condition (no attestation answer, silent) in one
+    /// sweep round raise one fleet alert naming them instead of one alert each.
+    #[arg(long, default_value_t = 10)]
+    pub alert_storm_threshold: usize,
     /// Apply the database migrations and exit (0 when they are applied); nothing else starts
     /// (no Redis, no API), and no JWT key is needed.
     #[arg(long)]
     pub migrate_only: bool,
+}
+
+/// What happens to a device model's attestation (`--attestation-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttestationPolicy {
+    /// Challenged; no answer or a failed one is an alert.
+    Required,
+    /// Challenged; a failed answer is an alert, no answer is not.
+    Optional,
+    /// Never challenged (status `not_attested`).
+    Off,
+}
+
+fn parse_model_policy(s: &str) -> Result<(String, AttestationPolicy), String> {
+    let (model, policy) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: expected model=required|optional|off"))?;
+    let model = model.trim();
+    if model.is_empty() {
+        return Err(format!("{s:?}: the model is empty"));
+    }
+    let policy = <AttestationPolicy as clap::ValueEnum>::from_str(policy.trim(), true)
+        .map_err(|_| format!("{s:?}: the policy is required, optional or off"))?;
+    Ok((model.to_string(), policy))
 }
 
 /// `--max-command-bytes` by default: the broker's 256 KiB packet less 1 KiB for the topic and
@@ -181,6 +226,12 @@ impl Args {
             .map(|a| a.trim().to_string())
             .filter(|a| !a.is_empty())
             .collect();
+        if self.default_attestation_policy == AttestationPolicy::Off {
+            anyhow::bail!(
+                "--default-attestation-policy off is not supported: name the models that are \
+                 never challenged in --attestation-policy model=off"
+            );
+        }
         if !privileged_actions.is_empty() && approver_keys.is_empty() && !self.migrate_only {
             tracing::warn!(
                 actions = %privileged_actions.join(","),
@@ -191,6 +242,11 @@ impl Args {
             anyhow::bail!("--command-ttl and --approval-timeout must be more than 0");
         }
         Ok(Config {
+            attestation_policy: self.attestation_policy.into_iter().collect(),
+            default_attestation_policy: self.default_attestation_policy,
+            silent_after: self.silent_after,
+            silent_floor: self.silent_floor,
+            alert_storm_threshold: self.alert_storm_threshold,
             privileged_actions,
             approver_keys,
             approval_timeout: self.approval_timeout,
@@ -228,6 +284,13 @@ impl Args {
 /// Everything the service needs, already parsed and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Attestation policy by model; others follow `default_attestation_policy`.
+    pub attestation_policy: std::collections::HashMap<String, AttestationPolicy>,
+    pub default_attestation_policy: AttestationPolicy,
+    /// Silent after this many usual intervals (0: never).
+    pub silent_after: u32,
+    pub silent_floor: Duration,
+    pub alert_storm_threshold: usize,
     /// Device actions that need an approval.
     pub privileged_actions: Vec<String>,
     /// Who may approve them (the approving service's public keys).
@@ -284,9 +347,34 @@ pub enum Migrations {
 }
 
 impl Config {
+    /// The attestation policy of a device of `model`.
+    pub fn attestation_policy_of(&self, model: Option<&str>) -> AttestationPolicy {
+        self.attestation_policy
+            .get(model.unwrap_or_default())
+            .copied()
+            .unwrap_or(self.default_attestation_policy)
+    }
+
+    /// The models whose devices are never challenged.
+    pub fn not_challenged_models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .attestation_policy
+            .iter()
+            .filter(|(_, p)| **p == AttestationPolicy::Off)
+            .map(|(m, _)| m.clone())
+            .collect();
+        models.sort();
+        models
+    }
+
     /// Defaults for a test or a tool: everything on loopback, an ephemeral API port.
     pub fn local(names: Names, redis_url: &str, database_url: &str, verifier: Verifier) -> Self {
         Self {
+            attestation_policy: Default::default(),
+            default_attestation_policy: AttestationPolicy::Required,
+            silent_after: 3,
+            silent_floor: Duration::from_secs(300),
+            alert_storm_threshold: 10,
             privileged_actions: aurora_core::approval::DEFAULT_PRIVILEGED_ACTIONS
                 .iter()
                 .map(|a| a.to_string())

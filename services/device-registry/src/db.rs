@@ -12,6 +12,18 @@ use uuid::Uuid;
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The device's usual interval between sightings, in an upsert that moves `last_seen` from
+/// `d.last_seen` to `EXCLUDED.last_seen`: a moving average of the gaps (7/8 old, 1/8 new).
+macro_rules! seen_interval {
+    () => {
+        "CASE WHEN d.seen_interval_ms IS NULL
+              THEN (extract(epoch FROM EXCLUDED.last_seen - d.last_seen) * 1000)::bigint
+              ELSE (d.seen_interval_ms * 7
+                    + (extract(epoch FROM EXCLUDED.last_seen - d.last_seen) * 1000)::bigint) / 8
+         END"
+    };
+}
+
 /// A pool on `url`. One plain connection is made first, so an unreachable server fails at
 /// once with its cause (the pool would retry it for its whole acquire timeout and only say it
 /// timed out); a URL that does not parse is a `sqlx::Error::Configuration`.
@@ -43,7 +55,16 @@ pub mod status {
     pub const UNTRUSTED: &str = "untrusted";
     pub const TIMEOUT: &str = "attestation_timeout";
     pub const QUARANTINED: &str = "quarantined";
-    pub const ALL: [&str; 5] = [PENDING, TRUSTED, UNTRUSTED, TIMEOUT, QUARANTINED];
+    /// Attestation policy `off` for its model: never challenged.
+    pub const NOT_ATTESTED: &str = "not_attested";
+    pub const ALL: [&str; 6] = [
+        PENDING,
+        TRUSTED,
+        UNTRUSTED,
+        TIMEOUT,
+        QUARANTINED,
+        NOT_ATTESTED,
+    ];
 }
 
 // ---------------------------------------------------------------- registration
@@ -128,17 +149,20 @@ pub async fn upsert_devices(
 ) -> Result<Vec<Upserted>, sqlx::Error> {
     let columns = SightingColumns::of(sightings);
     columns
-        .bind(sqlx::query_as::<_, Upserted>(
+        .bind(sqlx::query_as::<_, Upserted>(concat!(
             "INSERT INTO devices AS d
              (device_id, id, model, firmware_version, metadata, public_key, first_seen, last_seen,
               last_challenge_at)
          SELECT u.*, now()
          FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[],
                      $7::timestamptz[], $8::timestamptz[]) AS u
-         ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
+         ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen,
+             seen_interval_ms = ",
+            seen_interval!(),
+            "
              WHERE EXCLUDED.last_seen > d.last_seen
          RETURNING d.device_id, d.id, (d.xmax = 0) AS inserted",
-        ))
+        )))
         .fetch_all(conn)
         .await
 }
@@ -165,7 +189,8 @@ impl Registered {
 }
 
 /// A registration batch in ONE statement (one round trip, one commit): the upsert of
-/// [`upsert_devices`], a challenge for every device it inserted, and one
+/// [`upsert_devices`], a challenge for every device it inserted (except those of the models in
+/// `not_challenged`: attestation policy `off`), and one
 /// `registration_outbox` row `outbox` naming them. New devices and their challenges are stored
 /// `announced`/`sent`: the outbox row stands for them until [`outbox_done`] deletes it.
 /// `sightings` must hold each device once, sorted by id (lock order). Returns the new devices.
@@ -174,6 +199,7 @@ pub async fn register_batch(
     sightings: &[Sighting],
     timeout: Duration,
     outbox: Uuid,
+    not_challenged: &[String],
 ) -> Result<Vec<Registered>, sqlx::Error> {
     let columns = SightingColumns::of(sightings);
     // Drawn for every sighting, used only for the new devices: cheaper than a second round
@@ -181,7 +207,7 @@ pub async fn register_batch(
     let nonces: Vec<String> = sightings.iter().map(|_| new_nonce()).collect();
     let commands: Vec<Uuid> = sightings.iter().map(|_| Uuid::new_v4()).collect();
     columns
-        .bind(sqlx::query_as::<_, Registered>(
+        .bind(sqlx::query_as::<_, Registered>(concat!(
             "WITH u AS MATERIALIZED (
              SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
                                   $6::bytea[], $7::timestamptz[], $8::timestamptz[],
@@ -191,11 +217,16 @@ pub async fn register_batch(
          ), ups AS (
              INSERT INTO devices AS d
                  (device_id, id, model, firmware_version, metadata, public_key, first_seen,
-                  last_seen, last_challenge_at, announced)
+                  last_seen, last_challenge_at, announced, status)
              SELECT device_id, id, model, firmware_version, metadata, public_key, first_seen,
-                    last_seen, now(), true
+                    last_seen, now(), true,
+                    CASE WHEN COALESCE(model, '') = ANY($13::text[]) THEN 'not_attested'
+                         ELSE 'pending_attestation' END
              FROM u
-             ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
+             ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen,
+                 seen_interval_ms = ",
+            seen_interval!(),
+            "
                  WHERE EXCLUDED.last_seen > d.last_seen
              RETURNING d.device_id, d.id, (d.xmax = 0) AS inserted
          ), ch AS (
@@ -203,7 +234,7 @@ pub async fn register_batch(
              SELECT u.nonce, u.device_id, u.command_id,
                     now() + $11::bigint * interval '1 millisecond', true
              FROM ups JOIN u ON u.device_id = ups.device_id
-             WHERE ups.inserted
+             WHERE ups.inserted AND COALESCE(u.model, '') <> ALL($13::text[])
              RETURNING nonce, device_id, command_id, expires_at
          ), ob AS (
              INSERT INTO registration_outbox (id, device_ids, nonces)
@@ -211,11 +242,12 @@ pub async fn register_batch(
          )
          SELECT ch.device_id, ups.id, ch.nonce, ch.command_id, ch.expires_at
          FROM ch JOIN ups ON ups.device_id = ch.device_id",
-        ))
+        )))
         .bind(&nonces)
         .bind(&commands)
         .bind(millis(timeout))
         .bind(outbox)
+        .bind(not_challenged)
         .fetch_all(conn)
         .await
 }
@@ -512,6 +544,9 @@ pub struct TimedOut {
     pub model: Option<String>,
     pub nonce: String,
     pub status: String,
+    /// The status before this timeout (`attestation_timeout` again: the condition did not
+    /// change, no new alert).
+    pub previous_status: String,
 }
 
 /// Expires sent challenges past their time; a device whose latest challenge it was becomes
@@ -534,13 +569,17 @@ pub async fn expire_challenges(
              WHERE NOT EXISTS (SELECT 1 FROM attestation_challenges o
                                WHERE o.device_id = e.device_id AND o.issued_at > e.issued_at)
          )
+         , before AS (
+             SELECT latest.device_id, latest.nonce, d0.status AS previous_status
+             FROM latest JOIN devices d0 ON d0.device_id = latest.device_id
+         )
          UPDATE devices d
          SET status = CASE WHEN d.status = 'quarantined' THEN d.status ELSE 'attestation_timeout' END,
              status_reason = CASE WHEN d.status = 'quarantined' THEN d.status_reason
                                   ELSE 'no answer to the attestation challenge before it expired' END,
              updated_at = now()
-         FROM latest WHERE d.device_id = latest.device_id
-         RETURNING d.device_id, d.id, d.model, latest.nonce, d.status",
+         FROM before WHERE d.device_id = before.device_id
+         RETURNING d.device_id, d.id, d.model, before.nonce, d.status, before.previous_status",
     )
     .bind(limit)
     .fetch_all(conn)
@@ -602,16 +641,19 @@ pub async fn due_for_reattestation(
     conn: &mut PgConnection,
     interval: Duration,
     limit: i64,
+    not_challenged: &[String],
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT device_id FROM devices
          WHERE status IN ('trusted', 'untrusted', 'attestation_timeout')
            AND (last_challenge_at IS NULL
                 OR last_challenge_at < now() - $1::bigint * interval '1 millisecond')
+           AND COALESCE(model, '') <> ALL($3::text[])
          ORDER BY last_challenge_at NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
     .bind(millis(interval))
     .bind(limit)
+    .bind(not_challenged)
     .fetch_all(conn)
     .await
 }
@@ -621,7 +663,8 @@ pub async fn due_for_reattestation(
 const DEVICE_COLUMNS: &str =
     "d.id, d.device_id, d.model, d.firmware_version, d.metadata, d.status, \
      d.status_reason, (d.public_key IS NOT NULL) AS has_public_key, d.first_seen, d.last_seen, \
-     d.attested_at, d.last_challenge_at, d.updated_at";
+     d.attested_at, d.last_challenge_at, d.updated_at, (d.silent_since IS NOT NULL) AS silent, \
+     d.silent_since, d.seen_interval_ms";
 
 /// A device as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -639,6 +682,11 @@ pub struct Device {
     pub attested_at: Option<DateTime<Utc>>,
     pub last_challenge_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// Not heard from for `--silent-after` times its usual interval.
+    pub silent: bool,
+    pub silent_since: Option<DateTime<Utc>>,
+    /// Its usual interval between sightings (a moving average), milliseconds.
+    pub seen_interval_ms: Option<i64>,
 }
 
 /// How the API names a device: its UUID or its device id.
@@ -1032,4 +1080,65 @@ pub async fn set_public_key_in(
         .execute(conn)
         .await
         .map(|r| r.rows_affected() > 0)
+}
+
+// ---------------------------------------------------------------- silent devices
+
+/// A device that fell silent, or talks again.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SilenceChange {
+    pub device_id: String,
+    pub id: Uuid,
+    pub model: Option<String>,
+    pub last_seen: DateTime<Utc>,
+    pub seen_interval_ms: Option<i64>,
+    /// When the silence began: the last message before it (for a device that talks again:
+    /// the silence that ended).
+    pub silent_since: DateTime<Utc>,
+}
+
+/// Devices not seen for `factor` times their usual interval (at least `floor`), not yet
+/// silent: marked silent now, locked by this transaction. A device without a usual interval
+/// yet (seen once) is not judged.
+pub async fn mark_silent(
+    conn: &mut PgConnection,
+    factor: u32,
+    floor: Duration,
+    limit: i64,
+) -> Result<Vec<SilenceChange>, sqlx::Error> {
+    sqlx::query_as::<_, SilenceChange>(
+        "WITH due AS (
+             SELECT device_id FROM devices
+             WHERE silent_since IS NULL AND seen_interval_ms IS NOT NULL
+               AND last_seen < now() - GREATEST(seen_interval_ms * $1::bigint, $2::bigint)
+                                       * interval '1 millisecond'
+             ORDER BY last_seen LIMIT $3 FOR UPDATE SKIP LOCKED
+         )
+         UPDATE devices d SET silent_since = d.last_seen FROM due WHERE d.device_id = due.device_id
+         RETURNING d.device_id, d.id, d.model, d.last_seen, d.seen_interval_ms, d.silent_since",
+    )
+    .bind(i64::from(factor))
+    .bind(millis(floor))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Silent devices seen again: no longer silent.
+pub async fn clear_silent(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<SilenceChange>, sqlx::Error> {
+    sqlx::query_as::<_, SilenceChange>(
+        "WITH due AS (
+             SELECT device_id, silent_since FROM devices
+             WHERE silent_since IS NOT NULL AND last_seen > silent_since
+             LIMIT $1 FOR UPDATE SKIP LOCKED
+         )
+         UPDATE devices d SET silent_since = NULL FROM due WHERE d.device_id = due.device_id
+         RETURNING d.device_id, d.id, d.model, d.last_seen, d.seen_interval_ms, due.silent_since",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }

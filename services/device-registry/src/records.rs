@@ -186,3 +186,90 @@ pub fn attestation_timeout_alert(
         extra,
     }
 }
+
+/// High-severity alert: a device fell silent (no message for `--silent-after` times its usual
+/// interval). One per silence: the id is the device and the last time it was heard.
+pub fn device_silent_alert(s: &crate::db::SilenceChange) -> Alert {
+    let mut extra = Extra::new();
+    device_fields(&mut extra, &s.device_id, Some(s.id), s.model.as_deref());
+    extra.insert("condition".into(), json!("silent"));
+    extra.insert("last_seen".into(), json!(s.last_seen));
+    extra.insert("usual_interval_ms".into(), json!(s.seen_interval_ms));
+    Alert {
+        id: stable_id(&format!(
+            "silent:{}:{}",
+            s.device_id,
+            s.last_seen.timestamp_millis()
+        )),
+        title: format!(
+            "Device {} is silent: nothing since {}",
+            s.device_id,
+            s.last_seen.to_rfc3339()
+        ),
+        severity: Severity::High,
+        status: AlertStatus::New,
+        source: ALERT_SOURCE.to_string(),
+        iocs: Vec::new(),
+        mitre_techniques: Vec::new(),
+        timestamp: Utc::now(),
+        extra,
+    }
+}
+
+/// Devices of one condition in one round, folded into one alert.
+pub struct Fleet<'a> {
+    /// `attestation_timeout` or `silent`.
+    pub condition: &'a str,
+    /// What the title says of them ("did not answer their attestation challenge").
+    pub what: &'a str,
+    /// (device id, model, a key of this device's episode: its nonce, its last message).
+    pub devices: Vec<(String, Option<String>, String)>,
+}
+
+/// Most device ids an alert of the fleet lists.
+const FLEET_LISTED: usize = 200;
+
+/// One alert for many devices entering one condition at once (instead of a storm of alerts,
+/// each federated to every site). Its id is the set of devices and their episodes: a retried
+/// round repeats it.
+pub fn fleet_alert(f: &Fleet<'_>) -> Alert {
+    let mut keys: Vec<String> = f
+        .devices
+        .iter()
+        .map(|(d, _, episode)| format!("{d}:{episode}"))
+        .collect();
+    keys.sort();
+    let mut models: Vec<&str> = f
+        .devices
+        .iter()
+        .filter_map(|(_, m, _)| m.as_deref())
+        .collect();
+    models.sort_unstable();
+    models.dedup();
+    let mut ids: Vec<&str> = f.devices.iter().map(|(d, _, _)| d.as_str()).collect();
+    ids.sort_unstable();
+    let mut extra = Extra::new();
+    extra.insert("condition".into(), json!(f.condition));
+    extra.insert("fleet".into(), json!(true));
+    extra.insert("device_count".into(), json!(f.devices.len()));
+    extra.insert(
+        "device_ids".into(),
+        json!(ids.iter().take(FLEET_LISTED).collect::<Vec<_>>()),
+    );
+    extra.insert(
+        "device_ids_truncated".into(),
+        json!(ids.len() > FLEET_LISTED),
+    );
+    extra.insert("device_models".into(), json!(models));
+    Alert {
+        id: stable_id(&format!("fleet:{}:{}", f.condition, keys.join(","))),
+        title: format!("{} devices {}", f.devices.len(), f.what),
+        severity: Severity::High,
+        status: AlertStatus::New,
+        source: ALERT_SOURCE.to_string(),
+        iocs: Vec::new(),
+        mitre_techniques: Vec::new(),
+        timestamp: Utc::now(),
+        extra,
+    }
+}

@@ -87,6 +87,7 @@ pub async fn register(shared: &Shared, sightings: &[Sighting]) -> Result<usize, 
         sightings,
         shared.cfg.attestation_timeout,
         outbox,
+        &shared.cfg.not_challenged_models(),
     )
     .await?;
     if new.is_empty() {

@@ -5,16 +5,27 @@
 //! 2. the outbox: challenges and `device.registered` records committed but never put on the
 //!    bus (a crash or a Redis outage between the two) are sent again;
 //! 3. scheduled re-attestation (`--reattest-interval`);
-//! 4. device commands with no receipt by their expiry become `unconfirmed`.
+//! 4. device commands with no receipt by their expiry become `unconfirmed`;
+//! 5. silent devices (docs/contract.md#device-hygiene).
+//!
+//! A device that does not answer is raised once per condition (not again while it stays
+//! `attestation_timeout`), only when its model's attestation policy requires an answer; more
+//! devices than `--alert-storm-threshold` entering one condition in a round make one fleet
+//! alert.
 
 use aurora_core::consumer::BatchFailure;
-use aurora_core::model::to_bytes;
+use aurora_core::model::{to_bytes, Alert};
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::AttestationPolicy;
+use crate::db::status;
 use crate::error::BatchError;
-use crate::records::{attest_command, attestation_timeout_alert, DeviceRegistered};
+use crate::records::{
+    attest_command, attestation_timeout_alert, device_silent_alert, fleet_alert, DeviceRegistered,
+    Fleet,
+};
 use crate::shared::Shared;
 use crate::telemetry::{self, AlertKind, Resent, Trigger};
 use crate::{attestation, db};
@@ -61,11 +72,16 @@ pub struct Swept {
     pub registrations_resent: usize,
     pub reattested: usize,
     pub unconfirmed: usize,
+    pub silent: usize,
+    pub talking_again: usize,
 }
 
 /// One round of every step.
 pub async fn sweep(shared: &Shared) -> Result<Swept, BatchError> {
+    let (silent, talking_again) = silence(shared).await?;
     let swept = Swept {
+        silent,
+        talking_again,
         timed_out: expire(shared).await?,
         challenges_resent: resend_challenges(shared).await?,
         devices_announced: resend_announcements(shared).await?,
@@ -82,20 +98,93 @@ pub async fn sweep(shared: &Shared) -> Result<Swept, BatchError> {
 async fn expire(shared: &Shared) -> Result<usize, BatchError> {
     let mut tx = shared.pool.begin().await?;
     let timed_out = db::expire_challenges(&mut tx, LIMIT).await?;
-    let stream = shared.cfg.names.alerts();
-    let docs: Vec<(&str, Vec<u8>)> = timed_out
+    // One alert per device and condition: a device that did not answer before is not raised
+    // again, nor one whose model's policy does not require an answer.
+    let raised: Vec<&db::TimedOut> = timed_out
         .iter()
-        .map(|t| {
-            let alert = attestation_timeout_alert(&t.device_id, t.id, t.model.as_deref(), &t.nonce);
-            tracing::warn!(device = %t.device_id, alert = %alert.id, "attestation challenge expired unanswered");
-            (stream.as_str(), to_bytes(&alert))
+        .filter(|t| t.status == status::TIMEOUT && t.previous_status != status::TIMEOUT)
+        .filter(|t| {
+            shared.cfg.attestation_policy_of(t.model.as_deref()) == AttestationPolicy::Required
         })
         .collect();
-    shared.producer.publish_batch(&docs).await?;
+    let alerts: Vec<Alert> = if raised.len() > shared.cfg.alert_storm_threshold {
+        vec![fleet_alert(&Fleet {
+            condition: status::TIMEOUT,
+            what: "did not answer their attestation challenge",
+            devices: raised
+                .iter()
+                .map(|t| (t.device_id.clone(), t.model.clone(), t.nonce.clone()))
+                .collect(),
+        })]
+    } else {
+        raised
+            .iter()
+            .map(|t| attestation_timeout_alert(&t.device_id, t.id, t.model.as_deref(), &t.nonce))
+            .collect()
+    };
+    for a in &alerts {
+        tracing::warn!(alert = %a.id, title = %a.title, "attestation challenge expired unanswered");
+    }
+    publish_alerts(shared, &alerts).await?;
     tx.commit().await?;
     telemetry::attestation_timeouts(timed_out.len());
-    telemetry::alerts(AlertKind::Timeout, timed_out.len());
+    telemetry::alerts(AlertKind::Timeout, alerts.len());
     Ok(timed_out.len())
+}
+
+async fn publish_alerts(shared: &Shared, alerts: &[Alert]) -> Result<(), BatchError> {
+    let stream = shared.cfg.names.alerts();
+    let docs: Vec<(&str, Vec<u8>)> = alerts
+        .iter()
+        .map(|a| (stream.as_str(), to_bytes(a)))
+        .collect();
+    shared.producer.publish_batch(&docs).await?;
+    Ok(())
+}
+
+/// Devices silent for `--silent-after` times their usual interval: marked, one alert each (a
+/// fleet alert past `--alert-storm-threshold`); silent devices heard again: cleared.
+async fn silence(shared: &Shared) -> Result<(usize, usize), BatchError> {
+    if shared.cfg.silent_after == 0 {
+        return Ok((0, 0));
+    }
+    let mut tx = shared.pool.begin().await?;
+    let cleared = db::clear_silent(&mut tx, LIMIT).await?;
+    let silent = db::mark_silent(
+        &mut tx,
+        shared.cfg.silent_after,
+        shared.cfg.silent_floor,
+        LIMIT,
+    )
+    .await?;
+    let alerts: Vec<Alert> = if silent.len() > shared.cfg.alert_storm_threshold {
+        vec![fleet_alert(&Fleet {
+            condition: "silent",
+            what: "fell silent",
+            devices: silent
+                .iter()
+                .map(|s| {
+                    (
+                        s.device_id.clone(),
+                        s.model.clone(),
+                        s.last_seen.timestamp_millis().to_string(),
+                    )
+                })
+                .collect(),
+        })]
+    } else {
+        silent.iter().map(device_silent_alert).collect()
+    };
+    for s in &silent {
+        tracing::warn!(device = %s.device_id, last_seen = %s.last_seen, "device silent");
+    }
+    for c in &cleared {
+        tracing::info!(device = %c.device_id, silent_since = %c.silent_since, "device talks again");
+    }
+    publish_alerts(shared, &alerts).await?;
+    tx.commit().await?;
+    telemetry::alerts(AlertKind::Silent, alerts.len());
+    Ok((silent.len(), cleared.len()))
 }
 
 async fn resend_challenges(shared: &Shared) -> Result<usize, BatchError> {
@@ -171,7 +260,13 @@ async fn reattest(shared: &Shared) -> Result<usize, BatchError> {
     // Issued inside the locking transaction, so two replicas never challenge one device twice
     // in a round; sent after the commit (the outbox covers a failure in between).
     let mut tx = shared.pool.begin().await?;
-    let due = db::due_for_reattestation(&mut tx, interval, LIMIT).await?;
+    let due = db::due_for_reattestation(
+        &mut tx,
+        interval,
+        LIMIT,
+        &shared.cfg.not_challenged_models(),
+    )
+    .await?;
     if due.is_empty() {
         return Ok(0);
     }

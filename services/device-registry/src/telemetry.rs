@@ -98,6 +98,8 @@ pub enum AlertKind {
     Cps,
     /// A privileged device action that did not end `done`.
     Action,
+    /// A device (or a fleet of them) fell silent.
+    Silent,
 }
 
 impl AlertKind {
@@ -107,6 +109,7 @@ impl AlertKind {
             Self::Timeout => "timeout",
             Self::Cps => "cps",
             Self::Action => "action",
+            Self::Silent => "silent",
         }
     }
 }

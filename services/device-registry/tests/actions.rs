@@ -83,6 +83,25 @@ fn decided(
     serde_json::to_value(a).unwrap()
 }
 
+/// The gateway's decision on a pending approval: see [`decided`].
+async fn answer(
+    conn: &Conn,
+    names: &Names,
+    approval_id: &str,
+    status: ApprovalStatus,
+    by: &str,
+    key: Option<&SigningKey>,
+    valid: Duration,
+) {
+    let approval = pending(conn, names, approval_id).await;
+    xadd_json(
+        conn,
+        &names.approvals(),
+        &decided(approval, status, by, key, valid),
+    )
+    .await;
+}
+
 async fn command_status(base: &str, id: &str) -> Value {
     let read = token(&[Permission::DevicesRead]);
     let (s, body) = call(
@@ -185,17 +204,14 @@ async fn a_privileged_action_runs_only_once_another_analyst_approved_it_with_a_v
 
     // Approved by the requester herself, with a valid signature: refused.
     let (own_cmd, own_approval) = quarantine().await;
-    let approval = pending(conn, names, &own_approval).await;
-    xadd_json(
+    answer(
         conn,
-        &names.approvals(),
-        &decided(
-            approval,
-            ApprovalStatus::Approved,
-            "alice",
-            Some(&key),
-            Duration::from_secs(60),
-        ),
+        names,
+        &own_approval,
+        ApprovalStatus::Approved,
+        "alice",
+        Some(&key),
+        Duration::from_secs(60),
     )
     .await;
     let c = wait_command(&base, &own_cmd, "refused").await;
@@ -206,17 +222,14 @@ async fn a_privileged_action_runs_only_once_another_analyst_approved_it_with_a_v
 
     // Rejected, and expired: ended with that status.
     let (rejected_cmd, rejected_approval) = quarantine().await;
-    let approval = pending(conn, names, &rejected_approval).await;
-    xadd_json(
+    answer(
         conn,
-        &names.approvals(),
-        &decided(
-            approval,
-            ApprovalStatus::Rejected,
-            "bob",
-            None,
-            Duration::ZERO,
-        ),
+        names,
+        &rejected_approval,
+        ApprovalStatus::Rejected,
+        "bob",
+        None,
+        Duration::ZERO,
     )
     .await;
     wait_command(&base, &rejected_cmd, "rejected").await;
@@ -403,17 +416,14 @@ async fn no_receipt_by_the_deadline_is_unconfirmed_and_a_privileged_one_raises_a
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     let reboot = body["command_id"].as_str().unwrap().to_string();
-    let approval = pending(conn, names, body["approval_id"].as_str().unwrap()).await;
-    xadd_json(
+    answer(
         conn,
-        &names.approvals(),
-        &decided(
-            approval,
-            ApprovalStatus::Approved,
-            "bob",
-            Some(&key),
-            Duration::from_secs(1),
-        ),
+        names,
+        body["approval_id"].as_str().unwrap(),
+        ApprovalStatus::Approved,
+        "bob",
+        Some(&key),
+        Duration::from_secs(1),
     )
     .await;
     let (s, body) = call(
@@ -458,17 +468,14 @@ async fn no_receipt_by_the_deadline_is_unconfirmed_and_a_privileged_one_raises_a
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     let change = body["command_id"].as_str().unwrap().to_string();
-    let approval = pending(conn, names, body["approval_id"].as_str().unwrap()).await;
-    xadd_json(
+    answer(
         conn,
-        &names.approvals(),
-        &decided(
-            approval,
-            ApprovalStatus::Approved,
-            "bob",
-            Some(&key),
-            Duration::from_secs(60),
-        ),
+        names,
+        body["approval_id"].as_str().unwrap(),
+        ApprovalStatus::Approved,
+        "bob",
+        Some(&key),
+        Duration::from_secs(60),
     )
     .await;
     wait_command(&base, &change, "done").await;

@@ -265,6 +265,7 @@ async fn a_committed_batch_not_on_the_bus_is_sent_by_the_sweeper() {
             &sightings,
             cfg.attestation_timeout,
             uuid::Uuid::new_v4(),
+            &[],
         )
     };
     let new = register().await.unwrap();
