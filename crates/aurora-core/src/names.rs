@@ -333,6 +333,17 @@ impl Names {
     pub fn suricata_subjects(&self) -> String {
         format!("{}.*", self.suricata_subject_prefix())
     }
+    /// Where a push consumer of the Suricata stream delivers one event type: `stats.suricata`
+    /// (the design's `stats` consumer), `ns.stats.suricata` in namespace `ns`; never one of
+    /// the stream's own subjects.
+    pub fn suricata_delivery_subject(&self, event_type: &str) -> String {
+        let subject = format!("{}.suricata", subject_token(event_type));
+        if self.is_default() {
+            subject
+        } else {
+            format!("{}.{subject}", self.ns)
+        }
+    }
     /// The durable consumer of one site on the federation stream: the site id itself (`site-a`
     /// gets `site-a`). A site id is already `[A-Za-z0-9_-]{1,64}`, which is a valid durable
     /// name and keeps two sites apart; anything else is made one with [`subject_token`].
@@ -399,6 +410,7 @@ mod tests {
         assert_eq!(n.suricata_subjects(), "suricata.*");
         assert_eq!(n.suricata_subject("dns"), "suricata.dns");
         assert_eq!(n.suricata_list(), "suricata");
+        assert_eq!(n.suricata_delivery_subject("stats"), "stats.suricata");
     }
 
     #[test]
@@ -408,6 +420,7 @@ mod tests {
         assert_eq!(n.nats_subject(FederatedKind::Iocs), "T1.ioc_sharing");
         assert_eq!(n.suricata_stream(), "T1_SURICATA");
         assert_eq!(n.suricata_subject("tls"), "t1.suricata.tls");
+        assert_eq!(n.suricata_delivery_subject("stats"), "t1.stats.suricata");
         assert_eq!(
             n.mqtt_sensor_topic("x", DeviceTopicKind::Alerts),
             "t1/sensors/x/alerts"
