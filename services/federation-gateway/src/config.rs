@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use aurora_core::config::{parse_duration, CommonArgs, NatsArgs};
+use aurora_core::jetstream::{DeclaredDiscard, Limit, StreamLimits};
 use aurora_core::model::Severity;
 use aurora_core::names::FederatedKind;
 use aurora_core::service::Flags;
@@ -100,6 +101,24 @@ pub struct Args {
     /// Warn when the lag reaches this fraction of the stream's limits (messages or age).
     #[arg(long, default_value_t = 0.8)]
     pub lag_warn_ratio: f64,
+
+    /// The federation stream's age limit (`7d`, `12h`), `unlimited`, or `keep` (not declared:
+    /// the stream keeps what it has).
+    #[arg(long, value_parser = aurora_core::jetstream::parse_age_limit, default_value = "7d")]
+    pub nats_stream_max_age: Limit<Duration>,
+
+    /// The federation stream's size limit (`2GiB`, `512MiB`), `unlimited`, or `keep`.
+    #[arg(long, value_parser = aurora_core::jetstream::parse_bytes_limit, default_value = "2GiB")]
+    pub nats_stream_max_bytes: Limit<u64>,
+
+    /// The federation stream's message limit, `unlimited`, or `keep`.
+    #[arg(long, value_parser = aurora_core::jetstream::parse_count_limit, default_value = "100000")]
+    pub nats_stream_max_messages: Limit<u64>,
+
+    /// What the federation stream does at a limit: `old` (the oldest messages go), `new` (new
+    /// ones are refused), or `keep`.
+    #[arg(long, value_parser = aurora_core::jetstream::parse_discard, default_value = "old")]
+    pub nats_stream_discard: DeclaredDiscard,
 }
 
 impl Args {
@@ -110,6 +129,16 @@ impl Args {
             FederatedKind::Iocs => self.no_export_iocs,
             FederatedKind::AgentResults => self.no_export_agent_results,
             FederatedKind::Audit => self.no_export_audit,
+        }
+    }
+
+    /// The federation stream's limits as declared by the `--nats-stream-*` flags.
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            max_age: self.nats_stream_max_age,
+            max_bytes: self.nats_stream_max_bytes,
+            max_messages: self.nats_stream_max_messages,
+            discard: self.nats_stream_discard,
         }
     }
 
@@ -277,20 +306,51 @@ mod tests {
     fn the_flags_keep_the_configuration_rule() {
         let violations = rule_violations::<Args>();
         assert!(violations.is_empty(), "{violations:?}");
-        // Every flag of the gateway's own had an old variable.
+        // Every flag of the gateway's own had an old variable, but those added since.
+        const ADDED: &[&str] = &[
+            "nats-stream-max-age",
+            "nats-stream-max-bytes",
+            "nats-stream-max-messages",
+            "nats-stream-discard",
+        ];
         let cmd = command::<Args>(SERVICE);
         for arg in cmd.get_arguments() {
             let (Some(long), Some(env)) = (arg.get_long(), arg.get_env().and_then(|e| e.to_str()))
             else {
                 continue;
             };
-            if env == env_name(SERVICE, long) {
+            if env == env_name(SERVICE, long) && !ADDED.contains(&long) {
                 assert!(
                     Args::RENAMED_ENV.iter().any(|(_, new)| *new == env),
                     "{env} has no old name listed"
                 );
             }
         }
+    }
+
+    #[test]
+    fn stream_limits_default_to_the_contract_and_can_be_left_alone() {
+        use async_nats::jetstream::stream::DiscardPolicy;
+        use aurora_core::jetstream::FEDERATION_LIMITS;
+        assert_eq!(parse(&[]).unwrap().stream_limits(), FEDERATION_LIMITS);
+        let args = parse(&[
+            "--nats-stream-max-age",
+            "30d",
+            "--nats-stream-max-bytes",
+            "keep",
+            "--nats-stream-max-messages",
+            "unlimited",
+            "--nats-stream-discard",
+            "new",
+        ])
+        .unwrap();
+        let limits = args.stream_limits();
+        assert_eq!(limits.max_age, Limit::At(Duration::from_secs(30 * 86_400)));
+        assert_eq!(limits.max_bytes, Limit::Keep);
+        assert_eq!(limits.max_messages, Limit::Unlimited);
+        assert_eq!(limits.discard, Some(DiscardPolicy::New));
+        assert!(parse(&["--nats-stream-max-bytes", "2GB"]).is_err());
+        assert!(parse(&["--nats-stream-discard", "oldest"]).is_err());
     }
 
     #[test]

@@ -27,7 +27,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream::Stream as JsStream};
 use aurora_core::bus::{Conn, Producer};
 use aurora_core::health::{redis_at_start, NATS, REDIS};
-use aurora_core::jetstream::{ensure_stream, federation_stream_config, StreamChange};
+use aurora_core::jetstream::{
+    ensure_stream, federation_stream_config, DeclaredStream, StreamChange,
+};
 use aurora_core::names::{FederatedKind, Names};
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
@@ -113,30 +115,38 @@ impl FederationGateway {
             .backpressure_on_inflight(true)
             .build(nats.clone());
 
-        let desired = self.args.nats.stream(federation_stream_config(&self.names));
+        let desired = DeclaredStream::new(
+            self.args.nats.stream(federation_stream_config(&self.names)),
+            self.args.stream_limits(),
+        );
+        let stream_name = desired.config.name.clone();
         readiness.set_not_ready(
             NATS,
-            format!("setting up stream {} on {nats_at}", desired.name),
+            format!("setting up stream {stream_name} on {nats_at}"),
         );
         let stream_change = ensure_stream(&js, &desired).await?;
+        readiness.warn(
+            &format!("jetstream stream {stream_name}"),
+            stream_change.warning(&stream_name),
+        );
         match &stream_change {
             StreamChange::Created => {
-                tracing::info!(stream = %desired.name, "federation stream created")
+                tracing::info!(stream = %stream_name, "federation stream created")
             }
             StreamChange::Unchanged => {
-                tracing::info!(stream = %desired.name, "federation stream config as expected")
+                tracing::info!(stream = %stream_name, "federation stream config as expected")
             }
             StreamChange::Updated(changes) => tracing::warn!(
-                stream = %desired.name,
+                stream = %stream_name,
                 changes = %changes.join("; "),
                 "federation stream config had drifted: corrected"
             ),
         }
         let stream =
-            js.get_stream(&desired.name)
+            js.get_stream(&stream_name)
                 .await
                 .map_err(|source| GatewayError::OpenStream {
-                    name: desired.name.clone(),
+                    name: stream_name.clone(),
                     source,
                 })?;
         let connected = Connected {
@@ -154,12 +164,9 @@ impl FederationGateway {
             let consumer = config.durable_name.clone().unwrap_or_default();
             readiness.set_not_ready(
                 NATS,
-                format!(
-                    "setting up consumer {consumer} on stream {} on {nats_at}",
-                    desired.name
-                ),
+                format!("setting up consumer {consumer} on stream {stream_name} on {nats_at}"),
             );
-            import::ensure_consumer(&connected.stream, &desired.name, config).await?;
+            import::ensure_consumer(&connected.stream, &stream_name, config).await?;
         }
         readiness.set_ready(NATS);
         Ok(connected)
@@ -194,6 +201,17 @@ impl Connected {
     /// What start-up did to the federation stream.
     pub fn stream_change(&self) -> &StreamChange {
         &self.stream_change
+    }
+
+    /// How long an imported message's idempotency key is kept: as long as the stream keeps
+    /// messages (its max age as the server has it), the contract's 7 days when unlimited.
+    fn landing_key_ttl(&self) -> Duration {
+        let max_age = self.stream.cached_info().config.max_age;
+        if max_age.is_zero() {
+            federation_stream_config(self.names()).max_age
+        } else {
+            max_age
+        }
     }
 
     fn names(&self) -> &Names {
@@ -281,7 +299,7 @@ impl Connected {
                 lander: Lander::new(
                     self.redis.clone(),
                     args.common.stream_maxlen,
-                    federation_stream_config(names).max_age,
+                    self.landing_key_ttl(),
                 ),
                 producer: self.producer.clone(),
                 settings: self.import_settings(),
