@@ -23,6 +23,7 @@ use crate::dead_letter::DeadLetters;
 use crate::event::{metric_label, parse_line, EveEvent, Rejection};
 use crate::health::{NATS, REDIS};
 use crate::publish::{EventPublisher, Published};
+use crate::sensors::Sensors;
 use crate::telemetry::{self, BatchStage, RetryStage};
 
 /// What a handled batch held.
@@ -56,6 +57,8 @@ pub struct Processor {
     pub alerts: AlertSink,
     pub dead_letters: DeadLetters,
     pub mapping: AlertMapping,
+    /// Sensor blindness (`stats` events); `None`: off.
+    pub sensors: Option<Sensors>,
     pub readiness: Readiness,
 }
 
@@ -128,6 +131,7 @@ impl Processor {
                 return Err(Interrupted);
             }
         }
+        self.observe_sensors(&pending, abort).await?;
         report.dead_letters = rejected.len();
         // Dead letters last: a too-large event is only known after its publish was refused.
         let mut backoff = Backoff::default();
@@ -140,6 +144,36 @@ impl Processor {
         }
         telemetry::batch_time(BatchStage::Handled, started.elapsed());
         Ok(report)
+    }
+
+    /// Feeds the batch's `stats` events (a few in a thousand) to the sensor state, in order;
+    /// retried like the alerts, since its alerts are part of what the batch writes.
+    async fn observe_sensors(
+        &self,
+        pending: &[Pending],
+        abort: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let Some(sensors) = &self.sensors else {
+            return Ok(());
+        };
+        let stats: Vec<&EveEvent> = pending
+            .iter()
+            .map(|p| &p.event)
+            .filter(|e| e.event_type == "stats")
+            .collect();
+        if stats.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = Backoff::default();
+        while let Err(e) = sensors.observe(&stats).await {
+            tracing::warn!(error = %e, "cannot update the sensors' state: retrying");
+            telemetry::retry(RetryStage::Sensors);
+            self.readiness.set_not_ready(REDIS, e.to_string());
+            if !backoff.wait(abort).await {
+                return Err(Interrupted);
+            }
+        }
+        Ok(())
     }
 
     /// One round: publishes what is not published and writes the alerts not written, at the

@@ -96,6 +96,31 @@ pub struct Args {
     /// lease lapsed holds.
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     pub lease_ttl: Duration,
+
+    /// Raise no sensor blindness or silence alerts (`stats` events are only published).
+    #[arg(long)]
+    pub no_sensor_alerts: bool,
+
+    /// A sensor whose capture drops this share of its packets across --blindness-window is
+    /// blind (`0.01` or `1%`).
+    #[arg(long, value_parser = crate::sensors::parse_ratio, default_value = "1%")]
+    pub blindness_drop_ratio: f64,
+
+    /// The span of a sensor's stats its drop ratio is taken over.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub blindness_window: Duration,
+
+    /// Packets a window must hold before a sensor can be called blind.
+    #[arg(long, default_value_t = 1000)]
+    pub blindness_min_packets: u64,
+
+    /// The stats interval of a sensor until its own is learned from its stats.
+    #[arg(long, value_parser = parse_duration, default_value = "8s")]
+    pub stats_interval: Duration,
+
+    /// A sensor without stats for this many of its intervals is silent.
+    #[arg(long, default_value_t = 3)]
+    pub silent_after: u32,
 }
 
 /// The variables read before the `AURORA_EVE_INGEST_` prefix (old -> new).
@@ -161,6 +186,23 @@ impl Args {
                 "--batch, --publish-window and --inflight-batches must be at least 1".into(),
             ));
         }
+        if self.silent_after == 0 || self.stats_interval < Duration::from_millis(10) {
+            return Err(IngestError::Config(
+                "--silent-after must be at least 1 and --stats-interval at least 10ms".into(),
+            ));
+        }
+        if self.blindness_window.is_zero() {
+            return Err(IngestError::Config(
+                "--blindness-window must be longer than 0".into(),
+            ));
+        }
+        let sensors = (!self.no_sensor_alerts).then_some(crate::sensors::SensorSettings {
+            drop_ratio: self.blindness_drop_ratio,
+            window: self.blindness_window,
+            min_packets: self.blindness_min_packets,
+            stats_interval: self.stats_interval,
+            silent_after: self.silent_after,
+        });
         let input = match &self.file {
             Some(path) => Input::File {
                 path: std::path::absolute(path).unwrap_or_else(|_| path.clone()),
@@ -191,6 +233,7 @@ impl Args {
             poll_interval: self.poll_interval,
             stream_setup: !self.no_stream_setup,
             lease_ttl: self.lease_ttl,
+            sensors,
             names,
         })
     }
@@ -263,6 +306,40 @@ mod tests {
         for (old, new) in RENAMED_ENV {
             assert_eq!(old.replace("AURORA_EVE_", "AURORA_EVE_INGEST_"), *new);
         }
+    }
+
+    #[test]
+    fn sensor_flags_set_blindness_and_silence() {
+        let s = parse(&[]).unwrap().settings().unwrap();
+        assert_eq!(s.sensors, Some(crate::sensors::SensorSettings::default()));
+        let s = parse(&[
+            "--blindness-drop-ratio",
+            "5%",
+            "--blindness-window",
+            "2s",
+            "--stats-interval",
+            "250ms",
+            "--silent-after",
+            "4",
+            "--blindness-min-packets",
+            "10",
+        ])
+        .unwrap()
+        .settings()
+        .unwrap();
+        let sensors = s.sensors.unwrap();
+        assert_eq!(sensors.drop_ratio, 0.05);
+        assert_eq!(sensors.window, Duration::from_secs(2));
+        assert_eq!(sensors.stats_interval, Duration::from_millis(250));
+        assert_eq!((sensors.silent_after, sensors.min_packets), (4, 10));
+        assert!(parse(&["--no-sensor-alerts"])
+            .unwrap()
+            .settings()
+            .unwrap()
+            .sensors
+            .is_none());
+        assert!(parse(&["--blindness-drop-ratio", "1.5"]).is_err());
+        assert!(parse(&["--silent-after", "0"]).unwrap().settings().is_err());
     }
 
     #[test]

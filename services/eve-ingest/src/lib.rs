@@ -28,6 +28,7 @@ pub mod hooks;
 pub mod list_source;
 pub mod publish;
 pub mod replica;
+pub mod sensors;
 pub mod telemetry;
 
 use std::future::Future;
@@ -102,6 +103,8 @@ pub struct Settings {
     /// List input: this replica's lease in the replica registry lapses this long after its
     /// last renewal (renewed every third of it); a gone replica is adopted after it lapsed.
     pub lease_ttl: Duration,
+    /// Sensor blindness and silence alerts from `stats` events (`None`: off).
+    pub sensors: Option<sensors::SensorSettings>,
 }
 
 impl Settings {
@@ -132,6 +135,7 @@ impl Settings {
             poll_interval: Duration::from_millis(200),
             stream_setup: true,
             lease_ttl: Duration::from_secs(15),
+            sensors: Some(sensors::SensorSettings::default()),
         }
     }
 
@@ -140,6 +144,15 @@ impl Settings {
         match &self.input {
             Input::List { key: Some(k), .. } => k.clone(),
             _ => self.names.suricata_list(),
+        }
+    }
+
+    /// The sensor a `stats` event without `host` is counted for: the input's name (the list
+    /// key, shared by the replicas, or the file's path).
+    pub fn default_sensor(&self) -> String {
+        match &self.input {
+            Input::File { path, .. } => path.display().to_string(),
+            Input::List { .. } => self.list_key(),
         }
     }
 
@@ -221,6 +234,16 @@ impl Service for EveIngest {
                 }
             }
         }
+        let sensors = settings.sensors.clone().map(|sensor_settings| {
+            sensors::Sensors::new(
+                conn.clone(),
+                settings.names.clone(),
+                sensor_settings,
+                &settings.default_sensor(),
+                settings.stream_maxlen,
+                settings.alert_dedup_ttl,
+            )
+        });
         let processor = Processor {
             publisher,
             alerts: alert_sink::AlertSink::new(
@@ -235,6 +258,7 @@ impl Service for EveIngest {
                 settings.deadletter_maxlen,
             ),
             mapping: settings.mapping,
+            sensors: sensors.clone(),
             readiness: readiness.clone(),
         };
         let stop = Stop {
@@ -352,6 +376,9 @@ impl Service for EveIngest {
             }
         };
 
+        if let Some(sensors) = sensors {
+            running.spawn(sensors.sweep_until(ctx.shutdown.clone()));
+        }
         running.spawn(health::dependencies(conn, client.clone()).watch(
             readiness,
             health::WATCH_INTERVAL,

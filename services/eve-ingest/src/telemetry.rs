@@ -35,6 +35,12 @@ pub const BATCH_SECONDS: &str = "aurora_eve_ingest_batch_seconds";
 pub const FILE_ROTATIONS: &str = "aurora_eve_ingest_file_rotations_total";
 /// Blank lines of a file skipped.
 pub const BLANK_LINES: &str = "aurora_eve_ingest_blank_lines_total";
+/// Sensor alerts written, by kind (`blind`, `silent`) and status (`new`, `closed`).
+pub const SENSOR_ALERTS: &str = "aurora_eve_ingest_sensor_alerts_total";
+/// Suricata `stats` events looked at for sensor blindness, by result.
+pub const SENSOR_STATS: &str = "aurora_eve_ingest_sensor_stats_total";
+/// Sensors blind or silent at the last sweep (the shared state: every replica reports it).
+pub const SENSORS: &str = "aurora_eve_ingest_sensors";
 
 /// What was being done when an attempt failed and was retried (the `stage` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +55,8 @@ pub enum RetryStage {
     Release,
     /// Saving the file position.
     Position,
+    /// Sensor state and its alerts (`stats` events).
+    Sensors,
 }
 
 impl RetryStage {
@@ -59,6 +67,7 @@ impl RetryStage {
             Self::DeadLetter => "dead_letter",
             Self::Release => "release",
             Self::Position => "position",
+            Self::Sensors => "sensors",
         }
     }
 }
@@ -164,4 +173,20 @@ pub fn adopted(lines: u64, chunks: u64) {
 /// `n` lines given back to the shared list on a clean leave.
 pub fn handed_back(n: u64) {
     metrics::counter!(HANDED_BACK).increment(n);
+}
+
+/// One sensor alert written (`kind`: `blind`, `silent`; `status`: `new`, `closed`).
+pub fn sensor_alert(kind: &'static str, status: &'static str) {
+    metrics::counter!(SENSOR_ALERTS, "kind" => kind, "status" => status).increment(1);
+}
+
+/// One `stats` event looked at (`result`: `used`, `restart`, `stale`, `no_counters`,
+/// `unusable`).
+pub fn sensor_stats(result: &'static str) {
+    metrics::counter!(SENSOR_STATS, "result" => result).increment(1);
+}
+
+/// `n` sensors in `state` (`blind`, `silent`) at the last sweep.
+pub fn sensors_in_state(state: &'static str, n: u64) {
+    metrics::gauge!(SENSORS, "state" => state).set(n as f64);
 }
