@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use aurora_core::config::{parse_duration, CommonArgs, NatsArgs};
+use aurora_core::jetstream::{DeclaredDiscard, Limit, StreamLimits};
 use aurora_core::service::Flags;
 
 use crate::alert::AlertMapping;
@@ -90,6 +91,35 @@ pub struct Args {
     /// Do not create or update the JetStream stream at start (it is managed elsewhere).
     #[arg(long)]
     pub no_stream_setup: bool,
+
+    /// The Suricata stream's age limit (`7d`, `12h`), `unlimited`, or `keep` (not declared:
+    /// the stream keeps what it has).
+    #[arg(long, value_parser = aurora_core::jetstream::parse_age_limit, default_value = "7d")]
+    pub nats_stream_max_age: Limit<Duration>,
+
+    /// The Suricata stream's size limit (`10GiB`, `512MiB`), `unlimited`, or `keep`.
+    #[arg(long, value_parser = aurora_core::jetstream::parse_bytes_limit, default_value = "10GiB")]
+    pub nats_stream_max_bytes: Limit<u64>,
+
+    /// The Suricata stream's message limit, `unlimited`, or `keep` (default: not declared).
+    #[arg(long, value_parser = aurora_core::jetstream::parse_count_limit, default_value = "keep")]
+    pub nats_stream_max_messages: Limit<u64>,
+
+    /// What the Suricata stream does at a limit: `old` (the oldest messages go), `new` (new
+    /// ones are refused), or `keep`.
+    #[arg(long, value_parser = aurora_core::jetstream::parse_discard, default_value = "old")]
+    pub nats_stream_discard: DeclaredDiscard,
+
+    /// The design's JetStream consumers kept on the Suricata stream: `flow`, `stats` (comma
+    /// separated), or `none`.
+    #[arg(long, value_delimiter = ',', default_value = "flow,stats")]
+    pub consumers: Vec<String>,
+
+    /// More consumers kept on the Suricata stream, each
+    /// `name=N[,filter=EVENT_TYPE][,push=SUBJECT][,deliver=all|new|last][,ack=explicit|none|all][,ack-wait=30s][,max-ack-pending=N][,max-deliver=N]`
+    /// (repeated, or `;` between specs).
+    #[arg(long, value_delimiter = ';')]
+    pub consumer: Vec<String>,
 
     /// List input: this replica's lease in the replica registry lapses this long after its
     /// last renewal (renewed every third of it); another replica adopts what a replica whose
@@ -232,6 +262,17 @@ impl Args {
             max_batch_bytes: self.max_batch_bytes,
             poll_interval: self.poll_interval,
             stream_setup: !self.no_stream_setup,
+            stream_limits: StreamLimits {
+                max_age: self.nats_stream_max_age,
+                max_bytes: self.nats_stream_max_bytes,
+                max_messages: self.nats_stream_max_messages,
+                discard: self.nats_stream_discard,
+            },
+            consumers: crate::stream_setup::declared_consumers(
+                &names,
+                &self.consumers,
+                &self.consumer,
+            )?,
             lease_ttl: self.lease_ttl,
             sensors,
             names,
@@ -340,6 +381,50 @@ mod tests {
             .is_none());
         assert!(parse(&["--blindness-drop-ratio", "1.5"]).is_err());
         assert!(parse(&["--silent-after", "0"]).unwrap().settings().is_err());
+    }
+
+    #[test]
+    fn stream_limits_and_consumers() {
+        use async_nats::jetstream::stream::DiscardPolicy;
+        use aurora_core::jetstream::SURICATA_LIMITS;
+        let s = parse(&[]).unwrap().settings().unwrap();
+        assert_eq!(s.stream_limits, SURICATA_LIMITS);
+        let names: Vec<&str> = s.consumers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["flow", "stats"]);
+        let s = parse(&[
+            "--nats-stream-max-age",
+            "keep",
+            "--nats-stream-max-bytes",
+            "1GiB",
+            "--nats-stream-max-messages",
+            "5000000",
+            "--nats-stream-discard",
+            "new",
+            "--consumers",
+            "stats",
+            "--consumer",
+            "name=dns,filter=dns;name=tls,filter=tls,push=feeds.tls",
+        ])
+        .unwrap()
+        .settings()
+        .unwrap();
+        assert_eq!(s.stream_limits.max_age, Limit::Keep);
+        assert_eq!(s.stream_limits.max_bytes, Limit::At(1 << 30));
+        assert_eq!(s.stream_limits.max_messages, Limit::At(5_000_000));
+        assert_eq!(s.stream_limits.discard, Some(DiscardPolicy::New));
+        let names: Vec<&str> = s.consumers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["stats", "dns", "tls"]);
+        let none = parse(&["--consumers", "none"]).unwrap().settings().unwrap();
+        assert!(none.consumers.is_empty());
+        assert!(parse(&["--consumers", "flow,bogus"])
+            .unwrap()
+            .settings()
+            .is_err());
+        assert!(parse(&["--consumer", "filter=dns"])
+            .unwrap()
+            .settings()
+            .is_err());
+        assert!(parse(&["--nats-stream-max-bytes", "lots"]).is_err());
     }
 
     #[test]

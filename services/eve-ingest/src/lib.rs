@@ -29,6 +29,7 @@ pub mod list_source;
 pub mod publish;
 pub mod replica;
 pub mod sensors;
+pub mod stream_setup;
 pub mod telemetry;
 
 use std::future::Future;
@@ -39,7 +40,7 @@ use std::time::Duration;
 
 use aurora_core::bus;
 use aurora_core::config::NatsArgs;
-use aurora_core::jetstream::{ensure_stream, suricata_stream_config, StreamChange};
+use aurora_core::jetstream::{DeclaredConsumer, StreamLimits, SURICATA_LIMITS};
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
 use tokio::sync::{oneshot, Notify};
@@ -100,6 +101,10 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// Create or update the JetStream stream at start.
     pub stream_setup: bool,
+    /// The Suricata stream's limits as declared (`--nats-stream-max-*`, `--nats-stream-discard`).
+    pub stream_limits: StreamLimits,
+    /// The JetStream consumers kept on the Suricata stream (`--consumers`, `--consumer`).
+    pub consumers: Vec<DeclaredConsumer>,
     /// List input: this replica's lease in the replica registry lapses this long after its
     /// last renewal (renewed every third of it); a gone replica is adopted after it lapsed.
     pub lease_ttl: Duration,
@@ -111,6 +116,7 @@ impl Settings {
     /// Defaults for a namespace, reading the Redis list (tests, benchmarks).
     pub fn new(names: Names, redis_url: &str, nats_url: &str) -> Self {
         Self {
+            consumers: stream_setup::design_consumers(&names),
             names,
             redis_url: redis_url.to_string(),
             nats: NatsArgs {
@@ -134,6 +140,7 @@ impl Settings {
             max_batch_bytes: 16 * 1024 * 1024,
             poll_interval: Duration::from_millis(200),
             stream_setup: true,
+            stream_limits: SURICATA_LIMITS,
             lease_ttl: Duration::from_secs(15),
             sensors: Some(sensors::SensorSettings::default()),
         }
@@ -218,21 +225,7 @@ impl Service for EveIngest {
             settings.publish_timeout,
         );
         if settings.stream_setup {
-            let config = settings
-                .nats
-                .stream(suricata_stream_config(&settings.names));
-            match ensure_stream(publisher.context(), &config)
-                .await
-                .map_err(IngestError::from)?
-            {
-                StreamChange::Created => {
-                    tracing::info!(stream = %config.name, "JetStream stream created")
-                }
-                StreamChange::Unchanged => {}
-                StreamChange::Updated(changes) => {
-                    tracing::warn!(stream = %config.name, changes = %changes.join("; "), "JetStream stream updated")
-                }
-            }
+            stream_setup::setup(publisher.context(), &settings, &readiness).await?;
         }
         let sensors = settings.sensors.clone().map(|sensor_settings| {
             sensors::Sensors::new(
