@@ -24,6 +24,7 @@ use crate::event::{metric_label, parse_line, EveEvent, Rejection};
 use crate::health::{NATS, REDIS};
 use crate::publish::{EventPublisher, Published};
 use crate::sensors::Sensors;
+use crate::sightings::Sightings;
 use crate::telemetry::{self, BatchStage, RetryStage};
 
 /// What a handled batch held.
@@ -55,6 +56,8 @@ pub struct Stop {
 pub struct Processor {
     pub publisher: EventPublisher,
     pub alerts: AlertSink,
+    /// IOC sightings; `None`: off.
+    pub sightings: Option<Sightings>,
     pub dead_letters: DeadLetters,
     pub mapping: AlertMapping,
     /// Sensor blindness (`stats` events); `None`: off.
@@ -125,6 +128,7 @@ impl Processor {
                 Err(rejection) => rejected.push(rejection),
             }
         }
+        self.write_sightings(&pending, abort).await?;
         let mut backoff = Backoff::default();
         while self.attempt(&mut pending, &mut rejected, &mut report).await {
             if !backoff.wait(abort).await {
@@ -256,5 +260,30 @@ impl Processor {
             }
         }
         failed
+    }
+
+    /// Writes the batch's IOC sighting alerts (each at most once), retried like the alerts.
+    async fn write_sightings(
+        &self,
+        pending: &[Pending],
+        abort: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let Some(sightings) = &self.sightings else {
+            return Ok(());
+        };
+        let found = sightings.find(pending.iter().map(|p| &p.event));
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = Backoff::default();
+        while let Err(e) = sightings.write(&found).await {
+            tracing::warn!(error = %e, "cannot write IOC sighting alerts: retrying");
+            telemetry::retry(RetryStage::Alerts);
+            self.readiness.set_not_ready(REDIS, e.to_string());
+            if !backoff.wait(abort).await {
+                return Err(Interrupted);
+            }
+        }
+        Ok(())
     }
 }

@@ -71,6 +71,18 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub alert_dedup_ttl: Duration,
 
+    /// Look for no IOC sightings (the indicators of `aurora:iocs` are then not loaded).
+    #[arg(long)]
+    pub no_ioc_sightings: bool,
+
+    /// One indicator seen in one flow raises one alert per window of this length.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub sighting_window: Duration,
+
+    /// Indicators held in memory at most; newer ones beyond are skipped and counted.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_iocs: usize,
+
     /// Dead-letter records kept at most (older ones are trimmed).
     #[arg(long, default_value_t = 100_000)]
     pub deadletter_maxlen: usize,
@@ -211,6 +223,11 @@ impl Args {
                 "--lease-ttl must be at least 300ms (it is renewed every third of it)".into(),
             ));
         }
+        if self.sighting_window < Duration::from_secs(1) || self.max_iocs == 0 {
+            return Err(IngestError::Config(
+                "--sighting-window must be at least 1s and --max-iocs at least 1".into(),
+            ));
+        }
         if self.batch == 0 || self.publish_window == 0 || self.inflight_batches == 0 {
             return Err(IngestError::Config(
                 "--batch, --publish-window and --inflight-batches must be at least 1".into(),
@@ -256,6 +273,11 @@ impl Args {
                 severity_1_critical: self.severity_1_critical,
             },
             alert_dedup_ttl: self.alert_dedup_ttl,
+            sightings: (!self.no_ioc_sightings).then(|| crate::sightings::SightingSettings {
+                window: self.sighting_window,
+                max_iocs: self.max_iocs,
+                site_id: self.common.site_id.clone(),
+            }),
             stream_maxlen: self.common.stream_maxlen,
             deadletter_maxlen: self.deadletter_maxlen,
             max_line_bytes: self.max_line_bytes,
@@ -381,6 +403,33 @@ mod tests {
             .is_none());
         assert!(parse(&["--blindness-drop-ratio", "1.5"]).is_err());
         assert!(parse(&["--silent-after", "0"]).unwrap().settings().is_err());
+    }
+
+    #[test]
+    fn sighting_flags() {
+        let s = parse(&["--site-id", "site-a"]).unwrap().settings().unwrap();
+        let sightings = s.sightings.unwrap();
+        assert_eq!(sightings.window, Duration::from_secs(3600));
+        assert_eq!(sightings.max_iocs, 1_000_000);
+        assert_eq!(sightings.site_id, "site-a");
+        let s = parse(&["--sighting-window", "10m", "--max-iocs", "5"])
+            .unwrap()
+            .settings()
+            .unwrap()
+            .sightings
+            .unwrap();
+        assert_eq!((s.window, s.max_iocs), (Duration::from_secs(600), 5));
+        assert!(parse(&["--no-ioc-sightings"])
+            .unwrap()
+            .settings()
+            .unwrap()
+            .sightings
+            .is_none());
+        assert!(parse(&["--max-iocs", "0"]).unwrap().settings().is_err());
+        assert!(parse(&["--sighting-window", "10ms"])
+            .unwrap()
+            .settings()
+            .is_err());
     }
 
     #[test]

@@ -25,10 +25,12 @@ pub mod event;
 pub mod file_source;
 pub mod health;
 pub mod hooks;
+pub mod iocs;
 pub mod list_source;
 pub mod publish;
 pub mod replica;
 pub mod sensors;
+pub mod sightings;
 pub mod stream_setup;
 pub mod telemetry;
 
@@ -92,6 +94,8 @@ pub struct Settings {
     pub publish_timeout: Duration,
     pub mapping: AlertMapping,
     pub alert_dedup_ttl: Duration,
+    /// IOC sightings (`None`: off).
+    pub sightings: Option<sightings::SightingSettings>,
     /// Alerts stream trimmed to about this many entries.
     pub stream_maxlen: usize,
     pub deadletter_maxlen: usize,
@@ -134,6 +138,7 @@ impl Settings {
             publish_timeout: Duration::from_secs(10),
             mapping: AlertMapping::default(),
             alert_dedup_ttl: Duration::from_secs(3600),
+            sightings: Some(sightings::SightingSettings::default()),
             stream_maxlen: 1_000_000,
             deadletter_maxlen: 100_000,
             max_line_bytes: 8 * 1024 * 1024,
@@ -224,6 +229,30 @@ impl Service for EveIngest {
             settings.publish_window,
             settings.publish_timeout,
         );
+        // The indicators are in memory before the first line is taken.
+        let sightings = match settings.sightings.clone() {
+            Some(sighting_settings) => {
+                readiness.set_not_ready(INPUT, "loading the IOCs");
+                let sightings = sightings::Sightings::new(
+                    conn.clone(),
+                    settings.names.clone(),
+                    settings.stream_maxlen,
+                    settings.alert_dedup_ttl,
+                    sighting_settings,
+                );
+                let iocs = settings.names.iocs();
+                let Some(after) = sightings
+                    .watch
+                    .load(&mut conn.clone(), &iocs, &ctx.shutdown)
+                    .await
+                else {
+                    anyhow::bail!("stopped while loading the IOCs");
+                };
+                tracing::info!(iocs = sightings.watch.loaded(), "IOCs loaded for sightings");
+                Some((sightings, after))
+            }
+            None => None,
+        };
         if settings.stream_setup {
             stream_setup::setup(publisher.context(), &settings, &readiness).await?;
         }
@@ -239,6 +268,7 @@ impl Service for EveIngest {
         });
         let processor = Processor {
             publisher,
+            sightings: sightings.as_ref().map(|(s, _)| s.clone()),
             alerts: alert_sink::AlertSink::new(
                 conn.clone(),
                 settings.names.clone(),
@@ -259,6 +289,14 @@ impl Service for EveIngest {
             abort: ctx.abort.clone(),
         };
         let mut running = Running::new(&ctx);
+        if let Some((sightings, after)) = sightings {
+            running.spawn(sightings.watch.follow(
+                settings.redis_url.clone(),
+                settings.names.iocs(),
+                after,
+                ctx.shutdown.clone(),
+            ));
+        }
         let input: InputWork = match &settings.input {
             Input::List { recover_from, .. } => {
                 let replica = replica::Replica::new(

@@ -11,6 +11,12 @@ pub const EVENTS_DUPLICATE: &str = "aurora_eve_ingest_events_duplicate_total";
 pub const ALERTS: &str = "aurora_eve_ingest_alerts_total";
 /// Alerts not written again because their id was already written (a retry after a crash).
 pub const ALERTS_DUPLICATE: &str = "aurora_eve_ingest_alerts_duplicate_total";
+/// Indicators held in memory for sightings (this replica's live IOC set).
+pub const IOCS_LOADED: &str = "aurora_eve_ingest_iocs_loaded";
+/// IOC documents of `aurora:iocs` not taken into the set, by reason.
+pub const IOC_SKIPPED: &str = "aurora_eve_ingest_ioc_documents_skipped_total";
+/// Sighting alerts written (new ones), by indicator type (`domain`, `ip`, `sha256`).
+pub const IOC_SIGHTINGS: &str = "aurora_eve_ingest_ioc_sightings_total";
 /// Lines that went to the dead-letter list, by reason.
 pub const DEAD_LETTERS: &str = "aurora_eve_ingest_dead_letters_total";
 /// Failed attempts (publish, ack, Redis write) that were retried, by stage.
@@ -126,6 +132,21 @@ pub fn alerts_written(n: u64) {
 /// `n` alerts that were already written.
 pub fn alerts_duplicate(n: u64) {
     metrics::counter!(ALERTS_DUPLICATE).increment(n);
+}
+
+/// The indicators held now.
+pub fn iocs_loaded(n: usize) {
+    metrics::gauge!(IOCS_LOADED).set(n as f64);
+}
+
+/// One IOC document skipped (`reason`: `invalid`, `unsupported_type`, `limit`).
+pub fn ioc_skipped(reason: &'static str) {
+    metrics::counter!(IOC_SKIPPED, "reason" => reason).increment(1);
+}
+
+/// `n` sighting alerts written for indicators of `kind` (`domain`, `ip`, `sha256`).
+pub fn ioc_sightings(kind: &'static str, n: u64) {
+    metrics::counter!(IOC_SIGHTINGS, "type" => kind).increment(n);
 }
 
 /// One line dead-lettered, for `reason` (a [`crate::event::Rejection`] code).
