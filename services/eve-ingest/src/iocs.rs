@@ -185,6 +185,11 @@ pub fn read_document(data: &[u8], now: DateTime<Utc>) -> Result<Update, Skipped>
         needle.kind().as_str(),
         needle.value()
     );
+    // What the set keeps of the document is read above: its other fields are not held.
+    let ioc = Ioc {
+        extra: Default::default(),
+        ..ioc
+    };
     let indicator = Indicator {
         identity,
         needle,
