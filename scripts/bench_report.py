@@ -134,6 +134,33 @@ def main():
                     results[n].get("measured_at", ""),
                 )
             )
+    sightings = [(n, results[n]["details"]["ioc_sightings"]) for n in names
+                 if isinstance(results[n].get("details"), dict)
+                 and isinstance(results[n]["details"].get("ioc_sightings"), dict)]
+    if sightings:
+        out += [
+            "",
+            "IOC sightings (the figure above was measured with these indicators loaded and",
+            "sightings on; memory of the service as a process of its own, idle after start):",
+            "",
+            "| bench | IOCs loaded | sighting alerts | ready after | RSS with IOCs | RSS sightings off | per IOC | measured |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n, s in sightings:
+            mem = s.get("memory_of_the_process") or {}
+            kib = lambda v: f"{v / 1024:,.0f} MiB" if isinstance(v, (int, float)) else "n/a"
+            out.append(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                    f"`{results[n].get('command', 'make bench-' + n)}`",
+                    fmt(s.get("iocs_on_stream", "n/a")) if s.get("sightings_on", True) else "off",
+                    fmt(s.get("sighting_alerts", "n/a")),
+                    f"{fmt(s.get('service_ready_after_s', 'n/a'))} s",
+                    kib(mem.get("rss_kib_with_iocs")),
+                    kib(mem.get("rss_kib_sightings_off")),
+                    f"{fmt(mem.get('bytes_per_ioc', 'n/a'))} B",
+                    results[n].get("measured_at", ""),
+                )
+            )
     missing = [n for n in ORDER if n not in results]
     if missing:
         out += ["", "Not measured yet: " + ", ".join(f"`make bench-{n}`" for n in missing) + "."]

@@ -12,6 +12,12 @@
 //!    the figure, and every round is recorded.
 //! 3. Alerts: M alert events the same way; time until all M alerts are on the stream.
 //!
+//! Before the service starts, `BENCH_EVE_IOCS` (100,000) indicators are put on the
+//! namespace's `aurora:iocs` (generated domains, IPv4 addresses and SHA-256 hashes, half of
+//! them as if imported from another site, plus a few that the samples show), so every round
+//! runs with IOC sightings on and the set loaded; the sightings found, the time the load took
+//! and the process's memory (the service runs in it) are recorded.
+//!
 //! The samples come from `../shared/data/suricata` (all five files) when present, else from
 //! the test fixtures; each repetition gets a `bench_seq` field so that every event is distinct
 //! (identical bytes would be deduplicated). Everything runs in a namespace of its own, which
@@ -24,11 +30,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use async_nats::jetstream::context::ContextBuilder;
 use async_nats::jetstream::message::PublishMessage;
-use aurora_bench::{env_or, jetstream_len, median_by, poll_until, round_to, InProcess};
+use aurora_bench::{
+    env_or, jetstream_len, median_by, poll_until, proc_status_kib, round_to, InProcess,
+};
 use aurora_core::jetstream::{ensure_stream, suricata_stream_config};
 use aurora_core::service::LaunchOptions;
 use aurora_core::{bus, Names};
 use aurora_testkit::cleanup::Cleanup;
+use aurora_testkit::process::{Site, Svc};
 use aurora_testkit::redis::xlen;
 use aurora_testkit::{workspace_path, RedisServer, NATS_URL, REDIS_URL};
 use bytes::Bytes;
@@ -174,6 +183,129 @@ async fn release(conn: &mut bus::Conn, names: &Names) -> anyhow::Result<Instant>
     Ok(Instant::now())
 }
 
+/// Indicators of the samples (the shared data and the fixtures both show them): a domain by
+/// suffix, a TLS SNI's name, an address, as another site would share them.
+const MATCHING_IOCS: &[(&str, &str)] = &[
+    ("domain", "dropbox.com"),
+    ("domain", "www.google.com"),
+    ("domain", "debian.org"),
+    ("ipv4", "8.8.4.4"),
+    ("ipv4", "82.165.177.154"),
+];
+
+/// Puts `n` generated indicators (and [`MATCHING_IOCS`]) on `aurora:iocs`: 60% domains, 30%
+/// IPv4 addresses (198.18.0.0/15, which no sample holds), 10% SHA-256; every other one from
+/// `site-b`.
+async fn share_iocs(conn: &mut bus::Conn, names: &Names, n: usize) -> anyhow::Result<usize> {
+    let stream = names.iocs();
+    let doc = |i: usize| -> serde_json::Value {
+        let (kind, value) = match i % 10 {
+            0..=5 => ("domain", format!("c2-{i}.bench-ioc.example")),
+            6..=8 => (
+                "ipv4",
+                format!("198.{}.{}.{}", 18 + (i >> 16) % 2, (i >> 8) & 255, i & 255),
+            ),
+            _ => ("sha256", format!("{:x}", Sha256::digest(i.to_le_bytes()))),
+        };
+        let mut doc = serde_json::json!({"id": format!("bench-ioc-{i}"), "type": kind, "value": value,
+                                         "tlp": "TLP:AMBER", "confidence": 0.7});
+        if i % 2 == 1 {
+            doc["origin_site"] = "site-b".into();
+        }
+        doc
+    };
+    let mut docs: Vec<serde_json::Value> = (0..n).map(doc).collect();
+    for (i, (kind, value)) in MATCHING_IOCS.iter().enumerate() {
+        docs.push(
+            serde_json::json!({"id": format!("bench-match-{i}"), "type": kind, "value": value,
+                                     "tlp": "TLP:GREEN", "origin_site": "site-b"}),
+        );
+    }
+    for chunk in docs.chunks(5_000) {
+        let mut pipe = redis::pipe();
+        for d in chunk {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(bus::DATA_FIELD)
+                .arg(serde_json::to_vec(d)?)
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(docs.len())
+}
+
+/// The memory of eve-ingest as a process (the release binary, idle on a list of its own,
+/// the stream left alone): once with the IOCs of `names` loaded, once with sightings off.
+async fn process_memory(names: &Names) -> anyhow::Result<serde_json::Value> {
+    let binary = aurora_bench::release_binary(SERVICE)?;
+    let site = Site::new(names, "bench", 0).with_binary(Svc::EveIngest, &binary);
+    let idle_list = names.state_key("bench", "idle");
+    let mut rss = Vec::new();
+    for sightings in [true, false] {
+        let mut flags = vec![
+            ("list-key", idle_list.as_str()),
+            ("no-stream-setup", "true"),
+        ];
+        if !sightings {
+            flags.push(("no-ioc-sightings", "true"));
+        }
+        let mut service = site.start(Svc::EveIngest, &flags).await;
+        let loaded = service.metric("aurora_eve_ingest_iocs_loaded", &[]).await;
+        // Settled: a few seconds after ready.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let pid = service.pid().context("eve-ingest exited")?;
+        rss.push((
+            proc_status_kib(pid, "VmRSS").unwrap_or(0),
+            proc_status_kib(pid, "VmHWM").unwrap_or(0),
+            loaded,
+        ));
+        service.terminate().await;
+    }
+    let [(on_rss, on_hwm, loaded), (off_rss, off_hwm, _)] = rss[..] else {
+        bail!("two starts expected");
+    };
+    println!(
+        "eve-ingest process: {} MiB RSS with {loaded} IOCs loaded (peak {} MiB), {} MiB with sightings off (peak {} MiB)",
+        on_rss / 1024,
+        on_hwm / 1024,
+        off_rss / 1024,
+        off_hwm / 1024
+    );
+    Ok(serde_json::json!({
+        "what": "the eve-ingest release binary as a process of its own, idle after start (3 s after ready), with the IOCs loaded and again with --no-ioc-sightings",
+        "iocs_loaded": loaded,
+        "rss_kib_with_iocs": on_rss,
+        "peak_rss_kib_with_iocs": on_hwm,
+        "rss_kib_sightings_off": off_rss,
+        "peak_rss_kib_sightings_off": off_hwm,
+        "iocs_cost_kib": on_rss.saturating_sub(off_rss),
+        "bytes_per_ioc": if loaded > 0.0 { ((on_rss.saturating_sub(off_rss) * 1024) as f64 / loaded).round() } else { 0.0 },
+    }))
+}
+
+/// The sighting alerts on the alerts stream.
+async fn sighting_alerts(conn: &mut bus::Conn, stream: &str) -> anyhow::Result<u64> {
+    let mut after = "0-0".to_string();
+    let mut found = 0;
+    loop {
+        let entries = bus::range(conn, stream, &after, 10_000).await?;
+        let Some(last) = entries.last() else {
+            return Ok(found);
+        };
+        after = last.id.clone();
+        found += entries
+            .iter()
+            .filter_map(|e| e.data.as_deref())
+            .filter(|d| {
+                serde_json::from_slice::<serde_json::Value>(d)
+                    .is_ok_and(|v| v["kind"] == eve_ingest::sightings::ALERT_KIND)
+            })
+            .count() as u64;
+    }
+}
+
 /// What one run measured (rates per second; counts at the end).
 struct Round {
     ceiling_before: f64,
@@ -191,6 +323,7 @@ impl Round {
 }
 
 struct Measured {
+    iocs: serde_json::Value,
     replica_wait: serde_json::Value,
     rounds: Vec<Round>,
     alert_ceiling: f64,
@@ -234,6 +367,7 @@ async fn replica_wait_round(
     }));
     let rw_names = Names::new(&format!("{}rw", names.namespace()))?;
     let mut rw = settings.clone();
+    rw.consumers = eve_ingest::stream_setup::design_consumers(&rw_names);
     rw.names = rw_names.clone();
     rw.redis_url = primary.url();
     let service = InProcess::launch(EveIngest::new(rw), LaunchOptions::local("bench-rw")).await?;
@@ -308,6 +442,9 @@ async fn main() -> anyhow::Result<()> {
     let n: usize = env_or("BENCH_EVE_EVENTS", 100_000)?;
     let rounds = env_or("BENCH_EVE_ROUNDS", 3usize)?.max(1);
     let m: usize = env_or("BENCH_EVE_ALERTS", 50_000)?;
+    let ioc_count: usize = env_or("BENCH_EVE_IOCS", 100_000)?;
+    // `off`: the service without sightings, to see what they cost in the same conditions.
+    let sightings_on = env_or("BENCH_EVE_SIGHTINGS", "on".to_string())? != "off";
     let names = aurora_testkit::names();
     let _cleanup = Cleanup::new(&names, NATS_URL, &[REDIS_URL]);
     let mut settings = Settings::new(names.clone(), REDIS_URL, NATS_URL);
@@ -316,6 +453,9 @@ async fn main() -> anyhow::Result<()> {
     settings.publish_window = env_or("BENCH_EVE_WINDOW", settings.publish_window)?;
     settings.inflight_batches = env_or("BENCH_EVE_INFLIGHT", settings.inflight_batches)?;
     let window = settings.publish_window;
+    if !sightings_on {
+        settings.sightings = None;
+    }
 
     let (base, used) = samples()?;
     let events = distinct(&base, n, 0);
@@ -353,14 +493,27 @@ async fn main() -> anyhow::Result<()> {
         // 2. The service, events, in rounds: ceiling, service, ceiling, service, ... Each
         // round's figure is compared with the mean of the ceilings just before and just after
         // it (the shared machine's load drifts within a run); the median round is reported.
+        // It starts with the indicators on aurora:iocs, so it loads them first.
+        let shared = share_iocs(&mut conn, &names, ioc_count).await?;
+        let rss_before = proc_status_kib(std::process::id(), "VmRSS").unwrap_or(0);
+        let launched_at = Instant::now();
         let service =
             InProcess::launch(EveIngest::new(settings.clone()), LaunchOptions::local("bench"))
                 .await?;
         let readiness = service.readiness();
-        poll_until(POLL, Duration::from_secs(30), "the service ready", || async move {
+        poll_until(POLL, Duration::from_secs(60), "the service ready", || async move {
             Ok(readiness.is_ready())
         })
         .await?;
+        let ready_after = launched_at.elapsed();
+        let rss_loaded = proc_status_kib(std::process::id(), "VmRSS").unwrap_or(0);
+        println!(
+            "{shared} IOCs on {}: the service ready after {:.2} s; process RSS {} MiB before its start, {} MiB with the IOCs loaded",
+            names.iocs(),
+            ready_after.as_secs_f64(),
+            rss_before / 1024,
+            rss_loaded / 1024
+        );
         let stream = names.suricata_stream();
         let alerts_key = names.alerts();
         let mut measured_rounds = Vec::with_capacity(rounds);
@@ -433,7 +586,17 @@ async fn main() -> anyhow::Result<()> {
         );
         let final_events = jetstream_len(&js, &stream).await;
         let final_alerts = xlen(&mut conn, &alerts_key).await;
+        let sightings = sighting_alerts(&mut conn, &alerts_key).await?;
+        let pid = std::process::id();
+        let memory = serde_json::json!({
+            "what": "RSS of the benchmark's process, which runs eve-ingest in-process (with its IOC set) beside the benchmark's own buffers of lines; the IOC set's cost is the difference at start",
+            "rss_before_service_kib": rss_before,
+            "rss_service_ready_with_iocs_kib": rss_loaded,
+            "rss_after_rounds_kib": proc_status_kib(pid, "VmRSS").unwrap_or(0),
+            "peak_rss_kib": proc_status_kib(pid, "VmHWM").unwrap_or(0),
+        });
         let _ = tokio::time::timeout(Duration::from_secs(30), service.stop()).await;
+        let process = process_memory(&names).await?;
 
         // 4. The replica wait: the same events against a Redis of its own with one replica,
         // every alert write waiting for it (--redis-wait-replicas 1), between two ceilings.
@@ -446,7 +609,20 @@ async fn main() -> anyhow::Result<()> {
             ceiling_before,
         )
         .await?;
+        let iocs = serde_json::json!({
+            "sightings_on": sightings_on,
+            "iocs_on_stream": shared,
+            "generated": ioc_count,
+            "matching_samples": MATCHING_IOCS.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>(),
+            "service_ready_after_s": round_to(ready_after.as_secs_f64(), 2),
+            "sighting_alerts": sightings,
+            "sightings_are": "one alert per indicator, flow and window (1h): the replayed samples repeat their flows, so the count is the distinct (indicator, flow) pairs of the samples",
+            "memory_in_process": memory,
+            "memory_of_the_process": process,
+        });
+        println!("{sightings} IOC sighting alerts on {}", names.alerts());
         anyhow::Ok(Measured {
+            iocs,
             rounds: measured_rounds,
             alert_ceiling,
             alerts_per_s,
@@ -457,6 +633,7 @@ async fn main() -> anyhow::Result<()> {
     }
     .await;
     let Measured {
+        iocs,
         replica_wait,
         rounds: measured_rounds,
         alert_ceiling,
@@ -491,7 +668,7 @@ async fn main() -> anyhow::Result<()> {
         "figure": {"name": format!("events to JetStream through {SERVICE}"), "value": events_per_s.round(), "unit": "events/s"},
         "ceiling": {"name": "raw JetStream publish-with-ack of the same events, same window (mean of the runs just before and just after the service's; the median of the rounds)", "value": ceiling.round(), "unit": "events/s"},
         "ratio": round_to(ratio, 3),
-        "target": "events at least 80% of the raw JetStream publish rate in the same run, and at least 20,000 alerts per second, on a 2-core machine",
+        "target": "events at least 80% of the raw JetStream publish rate in the same run (with 100,000 IOCs loaded and sightings on), and at least 20,000 alerts per second, on a 2-core machine",
         "met": met,
         "details": {
             "events": n,
@@ -521,6 +698,7 @@ async fn main() -> anyhow::Result<()> {
             "alerts_on_stream_at_end": final_alerts,
             "jetstream_storage": "file, duplicate window 2 minutes (the service's stream config)",
             "replica_wait_round": replica_wait,
+            "ioc_sightings": iocs,
             "machine": "2 cores shared with the Redis and NATS servers and the benchmark itself",
         },
         "command": "make bench-eve",
