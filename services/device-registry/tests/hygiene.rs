@@ -25,6 +25,7 @@ async fn alerts(conn: &aurora_core::bus::Conn, names: &aurora_core::Names) -> Ve
     stream_values(conn, &names.alerts()).await
 }
 
+/// The device as the API shows it; `Null` while it is not registered yet (404).
 async fn device(base: &str, id: &str) -> Value {
     let resp = reqwest::Client::new()
         .get(format!("{base}/api/v1/devices/{id}"))
@@ -32,6 +33,9 @@ async fn device(base: &str, id: &str) -> Value {
         .send()
         .await
         .unwrap();
+    if resp.status() == 404 {
+        return Value::Null;
+    }
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
 }

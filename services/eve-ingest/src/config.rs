@@ -107,20 +107,20 @@ pub struct Args {
     /// The Suricata stream's age limit (`7d`, `12h`), `unlimited`, or `keep` (not declared:
     /// the stream keeps what it has).
     #[arg(long, value_parser = aurora_core::jetstream::parse_age_limit, default_value = "7d")]
-    pub nats_stream_max_age: Limit<Duration>,
+    pub jetstream_max_age: Limit<Duration>,
 
     /// The Suricata stream's size limit (`10GiB`, `512MiB`), `unlimited`, or `keep`.
     #[arg(long, value_parser = aurora_core::jetstream::parse_bytes_limit, default_value = "10GiB")]
-    pub nats_stream_max_bytes: Limit<u64>,
+    pub jetstream_max_bytes: Limit<u64>,
 
     /// The Suricata stream's message limit, `unlimited`, or `keep` (default: not declared).
     #[arg(long, value_parser = aurora_core::jetstream::parse_count_limit, default_value = "keep")]
-    pub nats_stream_max_messages: Limit<u64>,
+    pub jetstream_max_messages: Limit<u64>,
 
     /// What the Suricata stream does at a limit: `old` (the oldest messages go), `new` (new
     /// ones are refused), or `keep`.
     #[arg(long, value_parser = aurora_core::jetstream::parse_discard, default_value = "old")]
-    pub nats_stream_discard: DeclaredDiscard,
+    pub jetstream_discard: DeclaredDiscard,
 
     /// The design's JetStream consumers kept on the Suricata stream: `flow`, `stats` (comma
     /// separated), or `none`.
@@ -285,10 +285,10 @@ impl Args {
             poll_interval: self.poll_interval,
             stream_setup: !self.no_stream_setup,
             stream_limits: StreamLimits {
-                max_age: self.nats_stream_max_age,
-                max_bytes: self.nats_stream_max_bytes,
-                max_messages: self.nats_stream_max_messages,
-                discard: self.nats_stream_discard,
+                max_age: self.jetstream_max_age,
+                max_bytes: self.jetstream_max_bytes,
+                max_messages: self.jetstream_max_messages,
+                discard: self.jetstream_discard,
             },
             consumers: crate::stream_setup::declared_consumers(
                 &names,
@@ -441,13 +441,13 @@ mod tests {
         let names: Vec<&str> = s.consumers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["flow", "stats"]);
         let s = parse(&[
-            "--nats-stream-max-age",
+            "--jetstream-max-age",
             "keep",
-            "--nats-stream-max-bytes",
+            "--jetstream-max-bytes",
             "1GiB",
-            "--nats-stream-max-messages",
+            "--jetstream-max-messages",
             "5000000",
-            "--nats-stream-discard",
+            "--jetstream-discard",
             "new",
             "--consumers",
             "stats",
@@ -473,7 +473,7 @@ mod tests {
             .unwrap()
             .settings()
             .is_err());
-        assert!(parse(&["--nats-stream-max-bytes", "lots"]).is_err());
+        assert!(parse(&["--jetstream-max-bytes", "lots"]).is_err());
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// Create or update the JetStream stream at start.
     pub stream_setup: bool,
-    /// The Suricata stream's limits as declared (`--nats-stream-max-*`, `--nats-stream-discard`).
+    /// The Suricata stream's limits as declared (`--jetstream-max-*`, `--jetstream-discard`).
     pub stream_limits: StreamLimits,
     /// The JetStream consumers kept on the Suricata stream (`--consumers`, `--consumer`).
     pub consumers: Vec<DeclaredConsumer>,

@@ -87,6 +87,17 @@ fn check_shape(alert: &Alert) {
     );
 }
 
+/// Pushes `lines` and waits until the replicas took and finished them.
+async fn push_handled(env: &Env, lines: &[Vec<u8>]) {
+    env.push(lines).await;
+    aurora_testkit::wait_until(LONG, "the lines handled", || async {
+        let held = env.held("r1").await + env.held("r2").await;
+        let left = llen(&mut env.conn(), &env.names.suricata_list()).await;
+        (held == 0 && left == 0).then_some(())
+    })
+    .await;
+}
+
 async fn wait_sensor_alerts(env: &Env, n: usize, what: &str) -> Vec<Alert> {
     aurora_testkit::wait_until(LONG, what, || async {
         let alerts = sensor_alerts(env).await;
@@ -151,13 +162,21 @@ async fn injected_drops_open_one_blind_episode_and_a_clean_window_closes_it() {
     lines.push(br#"{"event_type":"stats","host":"sensor-a","stats":{"capture":{"kernel_packets":"many"}}}"#.to_vec());
     lines.push(br#"{"event_type":"stats","host":"sensor-a","stats":7}"#.to_vec());
     lines.push(br#"{"event_type":"stats","host":["x"],"timestamp":12}"#.to_vec());
-    env.push(&lines).await;
+    // One sensor's stats are used in time order: a stats event older than the newest used is
+    // stale (a retry). Pushed one interval at a time, each taken before the next, so the two
+    // replicas see them in order (pushed at once, a replica may take a later one first, and
+    // the window skips from healthy straight to high).
+    for chunk in lines.chunks(2) {
+        push_handled(&env, chunk).await;
+    }
     let opened = wait_sensor_alerts(&env, 2, "the blind episode at medium, then high").await;
 
     // Drops stop: a window without drops closes it.
     let mut recovery = Vec::new();
     phase(&mut recovery, 12, 18, 0);
-    env.push(&recovery).await;
+    for chunk in recovery.chunks(2) {
+        push_handled(&env, chunk).await;
+    }
     let alerts = aurora_testkit::wait_until(LONG, "the blind episode closed", || async {
         let alerts = sensor_alerts(&env).await;
         alerts

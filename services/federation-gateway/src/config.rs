@@ -105,20 +105,20 @@ pub struct Args {
     /// The federation stream's age limit (`7d`, `12h`), `unlimited`, or `keep` (not declared:
     /// the stream keeps what it has).
     #[arg(long, value_parser = aurora_core::jetstream::parse_age_limit, default_value = "7d")]
-    pub nats_stream_max_age: Limit<Duration>,
+    pub jetstream_max_age: Limit<Duration>,
 
     /// The federation stream's size limit (`2GiB`, `512MiB`), `unlimited`, or `keep`.
     #[arg(long, value_parser = aurora_core::jetstream::parse_bytes_limit, default_value = "2GiB")]
-    pub nats_stream_max_bytes: Limit<u64>,
+    pub jetstream_max_bytes: Limit<u64>,
 
     /// The federation stream's message limit, `unlimited`, or `keep`.
     #[arg(long, value_parser = aurora_core::jetstream::parse_count_limit, default_value = "100000")]
-    pub nats_stream_max_messages: Limit<u64>,
+    pub jetstream_max_messages: Limit<u64>,
 
     /// What the federation stream does at a limit: `old` (the oldest messages go), `new` (new
     /// ones are refused), or `keep`.
     #[arg(long, value_parser = aurora_core::jetstream::parse_discard, default_value = "old")]
-    pub nats_stream_discard: DeclaredDiscard,
+    pub jetstream_discard: DeclaredDiscard,
 }
 
 impl Args {
@@ -132,13 +132,13 @@ impl Args {
         }
     }
 
-    /// The federation stream's limits as declared by the `--nats-stream-*` flags.
+    /// The federation stream's limits as declared by the `--jetstream-*` flags.
     pub fn stream_limits(&self) -> StreamLimits {
         StreamLimits {
-            max_age: self.nats_stream_max_age,
-            max_bytes: self.nats_stream_max_bytes,
-            max_messages: self.nats_stream_max_messages,
-            discard: self.nats_stream_discard,
+            max_age: self.jetstream_max_age,
+            max_bytes: self.jetstream_max_bytes,
+            max_messages: self.jetstream_max_messages,
+            discard: self.jetstream_discard,
         }
     }
 
@@ -308,10 +308,10 @@ mod tests {
         assert!(violations.is_empty(), "{violations:?}");
         // Every flag of the gateway's own had an old variable, but those added since.
         const ADDED: &[&str] = &[
-            "nats-stream-max-age",
-            "nats-stream-max-bytes",
-            "nats-stream-max-messages",
-            "nats-stream-discard",
+            "jetstream-max-age",
+            "jetstream-max-bytes",
+            "jetstream-max-messages",
+            "jetstream-discard",
         ];
         let cmd = command::<Args>(SERVICE);
         for arg in cmd.get_arguments() {
@@ -334,13 +334,13 @@ mod tests {
         use aurora_core::jetstream::FEDERATION_LIMITS;
         assert_eq!(parse(&[]).unwrap().stream_limits(), FEDERATION_LIMITS);
         let args = parse(&[
-            "--nats-stream-max-age",
+            "--jetstream-max-age",
             "30d",
-            "--nats-stream-max-bytes",
+            "--jetstream-max-bytes",
             "keep",
-            "--nats-stream-max-messages",
+            "--jetstream-max-messages",
             "unlimited",
-            "--nats-stream-discard",
+            "--jetstream-discard",
             "new",
         ])
         .unwrap();
@@ -349,8 +349,8 @@ mod tests {
         assert_eq!(limits.max_bytes, Limit::Keep);
         assert_eq!(limits.max_messages, Limit::Unlimited);
         assert_eq!(limits.discard, Some(DiscardPolicy::New));
-        assert!(parse(&["--nats-stream-max-bytes", "2GB"]).is_err());
-        assert!(parse(&["--nats-stream-discard", "oldest"]).is_err());
+        assert!(parse(&["--jetstream-max-bytes", "2GB"]).is_err());
+        assert!(parse(&["--jetstream-discard", "oldest"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The `AURORA` stream's limits as configuration, against the real NATS: declared by the
-//! `--nats-stream-*` flags (the contract's by default), an operator's change of a declared
+//! `--jetstream-*` flags (the contract's by default), an operator's change of a declared
 //! limit is reported (`/readyz`, the change) and the declared value applied; a limit left at
 //! `keep` and one the install never declares stay as the operator set them; the site's
 //! consumer survives; a second start finds nothing to change (no false drift).
@@ -75,7 +75,7 @@ async fn declared_limits_are_kept_and_the_operators_others_stay() {
 
     // Declared: messages and age; the size is left to the operator (`keep`).
     let readiness = Readiness::new();
-    let corrected = connect(&names, &["--nats-stream-max-bytes", "keep"], &readiness).await;
+    let corrected = connect(&names, &["--jetstream-max-bytes", "keep"], &readiness).await;
     match corrected.stream_change() {
         StreamChange::Updated(changes) => assert_eq!(
             changes,
@@ -104,7 +104,7 @@ async fn declared_limits_are_kept_and_the_operators_others_stay() {
 
     // Started again with the same flags, it finds nothing to change.
     let readiness = Readiness::new();
-    let again = connect(&names, &["--nats-stream-max-bytes", "keep"], &readiness).await;
+    let again = connect(&names, &["--jetstream-max-bytes", "keep"], &readiness).await;
     assert_eq!(again.stream_change(), &StreamChange::Unchanged);
     assert_eq!(readiness.report()["warnings"], serde_json::json!({}));
     drop(again);
