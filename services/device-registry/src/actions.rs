@@ -25,8 +25,8 @@ use aurora_core::approval::{self, ActionProof, DeviceAction};
 use aurora_core::bus::{BusError, Entry, GroupReader, OnceWrite};
 use aurora_core::consumer::BatchHandler;
 use aurora_core::model::{
-    self, to_bytes, Alert, AlertStatus, Approval, ApprovalStatus, AuditEvent, CommandOutcome,
-    CommandStatus, DeviceCommand, DeviceMessage, Extra, RiskLevel, Severity,
+    self, to_bytes, Approval, ApprovalStatus, AuditEvent, CommandOutcome, CommandStatus,
+    DeviceCommand, DeviceMessage, Extra, RiskLevel,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 use crate::db::{self, command_status as cs, CommandRow};
 use crate::error::{ApiError, BatchError};
-use crate::records::{stable_id, ALERT_SOURCE};
+use crate::records::{high_alert, stable_id};
 use crate::shared::Shared;
 use crate::streams;
 use crate::{telemetry, SERVICE};
@@ -167,20 +167,15 @@ fn not_done_alert(shared: &Shared, row: &CommandRow, status: &str, reason: &str)
     if let Some(a) = row.approval_id {
         extra.insert("approval_id".into(), json!(a));
     }
-    let alert = Alert {
-        id: stable_id(&format!("device-action:{}:{status}", row.id)),
-        title: format!(
+    let alert = high_alert(
+        &format!("device-action:{}:{status}", row.id),
+        format!(
             "Device {} did not confirm the {} it was sent: {status}",
             row.device_id, row.action
         ),
-        severity: Severity::High,
-        status: AlertStatus::New,
-        source: ALERT_SOURCE.to_string(),
-        iocs: Vec::new(),
-        mitre_techniques: Vec::new(),
-        timestamp: Utc::now(),
+        Vec::new(),
         extra,
-    };
+    );
     telemetry::alerts(telemetry::AlertKind::Action, 1);
     Record {
         stream: shared.cfg.names.alerts(),

@@ -249,6 +249,20 @@ fn timestamp(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, A
         .transpose()
 }
 
+/// `?limit=`: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
+fn page_limit(limit: Option<&str>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_PAGE}"))
+            }),
+    }
+}
+
 fn encode_cursor(device_id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(device_id)
 }
@@ -280,16 +294,7 @@ async fn list_devices(
             )));
         }
     }
-    let limit = match &p.limit {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_PAGE}"))
-            })?,
-    };
+    let limit = page_limit(p.limit.as_deref())?;
     let filter = DeviceFilter {
         status: p.status,
         model: p.model,
@@ -554,16 +559,7 @@ async fn list_commands(
     params: Result<Query<CommandListParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(p) = params?;
-    let limit = match &p.limit {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_PAGE}"))
-            })?,
-    };
+    let limit = page_limit(p.limit.as_deref())?;
     let device = existing_device(&state, &id).await?;
     let rows = db::commands_of_device(&state.shared.pool, &device.device_id, limit).await?;
     Ok(Json(

@@ -117,6 +117,21 @@ fn device_fields(extra: &mut Extra, device_id: &str, uuid: Option<Uuid>, model: 
     }
 }
 
+/// A new high-severity alert of this service: its id is UUID v5 of `key` (what it is about).
+pub fn high_alert(key: &str, title: String, mitre: Vec<String>, extra: Extra) -> Alert {
+    Alert {
+        id: stable_id(key),
+        title,
+        severity: Severity::High,
+        status: AlertStatus::New,
+        source: ALERT_SOURCE.to_string(),
+        iocs: Vec::new(),
+        mitre_techniques: mitre,
+        timestamp: Utc::now(),
+        extra,
+    }
+}
+
 /// What a failed attestation is about.
 pub struct FailedAttestation<'a> {
     pub device_id: &'a str,
@@ -140,23 +155,15 @@ pub fn attestation_failed_alert(f: &FailedAttestation<'_>) -> Alert {
     extra.insert("nonce".into(), json!(f.nonce));
     extra.insert("firmware_version".into(), json!(f.firmware_version));
     extra.insert("firmware_sha256".into(), json!(f.firmware_sha256));
-    Alert {
-        id: stable_id(&format!(
-            "attestation:{}:{}:{}",
-            f.device_id, f.nonce, f.entry_id
-        )),
-        title: format!(
+    high_alert(
+        &format!("attestation:{}:{}:{}", f.device_id, f.nonce, f.entry_id),
+        format!(
             "Device {} failed firmware attestation: {}",
             f.device_id, f.reason
         ),
-        severity: Severity::High,
-        status: AlertStatus::New,
-        source: ALERT_SOURCE.to_string(),
-        iocs: Vec::new(),
-        mitre_techniques: vec![MITRE_SYSTEM_FIRMWARE.to_string()],
-        timestamp: Utc::now(),
+        vec![MITRE_SYSTEM_FIRMWARE.to_string()],
         extra,
-    }
+    )
 }
 
 /// High-severity alert: a device did not answer its challenge in time.
@@ -169,22 +176,18 @@ pub fn attestation_timeout_alert(
     let mut extra = Extra::new();
     device_fields(&mut extra, device_id, Some(uuid), model);
     extra.insert("device_trust".into(), json!(crate::db::status::TIMEOUT));
+    extra.insert("condition".into(), json!(crate::db::status::TIMEOUT));
     extra.insert(
         "reason".into(),
         json!("no answer to the attestation challenge before it expired"),
     );
     extra.insert("nonce".into(), json!(nonce));
-    Alert {
-        id: stable_id(&format!("attestation-timeout:{device_id}:{nonce}")),
-        title: format!("Device {device_id} did not answer its firmware attestation challenge"),
-        severity: Severity::High,
-        status: AlertStatus::New,
-        source: ALERT_SOURCE.to_string(),
-        iocs: Vec::new(),
-        mitre_techniques: Vec::new(),
-        timestamp: Utc::now(),
+    high_alert(
+        &format!("attestation-timeout:{device_id}:{nonce}"),
+        format!("Device {device_id} did not answer its firmware attestation challenge"),
+        Vec::new(),
         extra,
-    }
+    )
 }
 
 /// High-severity alert: a device fell silent (no message for `--silent-after` times its usual
@@ -195,25 +198,16 @@ pub fn device_silent_alert(s: &crate::db::SilenceChange) -> Alert {
     extra.insert("condition".into(), json!("silent"));
     extra.insert("last_seen".into(), json!(s.last_seen));
     extra.insert("usual_interval_ms".into(), json!(s.seen_interval_ms));
-    Alert {
-        id: stable_id(&format!(
-            "silent:{}:{}",
-            s.device_id,
-            s.last_seen.timestamp_millis()
-        )),
-        title: format!(
+    high_alert(
+        &format!("silent:{}:{}", s.device_id, s.last_seen.timestamp_millis()),
+        format!(
             "Device {} is silent: nothing since {}",
             s.device_id,
             s.last_seen.to_rfc3339()
         ),
-        severity: Severity::High,
-        status: AlertStatus::New,
-        source: ALERT_SOURCE.to_string(),
-        iocs: Vec::new(),
-        mitre_techniques: Vec::new(),
-        timestamp: Utc::now(),
+        Vec::new(),
         extra,
-    }
+    )
 }
 
 /// Devices of one condition in one round, folded into one alert.
@@ -261,15 +255,10 @@ pub fn fleet_alert(f: &Fleet<'_>) -> Alert {
         json!(ids.len() > FLEET_LISTED),
     );
     extra.insert("device_models".into(), json!(models));
-    Alert {
-        id: stable_id(&format!("fleet:{}:{}", f.condition, keys.join(","))),
-        title: format!("{} devices {}", f.devices.len(), f.what),
-        severity: Severity::High,
-        status: AlertStatus::New,
-        source: ALERT_SOURCE.to_string(),
-        iocs: Vec::new(),
-        mitre_techniques: Vec::new(),
-        timestamp: Utc::now(),
+    high_alert(
+        &format!("fleet:{}:{}", f.condition, keys.join(",")),
+        format!("{} devices {}", f.devices.len(), f.what),
+        Vec::new(),
         extra,
-    }
+    )
 }
