@@ -5,8 +5,11 @@
 //! ([`event`]); every event goes to JetStream subject `suricata.<event_type>` with a
 //! `Nats-Msg-Id` derived from its bytes ([`publish`]); every `alert` event also becomes an
 //! Aurora Alert ([`alert`]) written at most once ([`alert_sink`]); a line that is not an
-//! event goes to the dead-letter list ([`dead_letter`]). A line is forgotten only once all of
-//! that is done ([`batch`]).
+//! event goes to the dead-letter list ([`dead_letter`]); `stats` events tell which sensors are
+//! blind or silent ([`sensors`]); every event is searched for the indicators of `aurora:iocs`
+//! ([`iocs`], [`sightings`]). A line is forgotten only once all of that is done ([`batch`]).
+//! At start the `suricata` stream and the declared consumers are kept as configured
+//! ([`stream_setup`]).
 //!
 //! [`EveIngest`] is the service: its flags are [`config::Args`], its metrics
 //! [`telemetry`], its readiness parts [`health`]; it runs under the shared lifecycle of
