@@ -360,12 +360,7 @@ async fn settle(shared: &Shared, checked: &mut [Checked]) -> Result<(), BatchErr
     verdicts.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     db::apply_verdicts(&mut tx, &verdicts).await?;
     if !alerts.is_empty() {
-        let stream = shared.cfg.names.alerts();
-        let docs: Vec<(&str, Vec<u8>)> = alerts
-            .iter()
-            .map(|a| (stream.as_str(), to_bytes(a)))
-            .collect();
-        shared.producer.publish_batch(&docs).await?;
+        streams::publish_alerts(shared, &alerts).await?;
         telemetry::alerts(AlertKind::Attestation, alerts.len());
         for a in &alerts {
             tracing::warn!(alert = %a.id, title = %a.title, "device failed attestation");

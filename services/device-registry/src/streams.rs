@@ -38,3 +38,17 @@ pub async fn reject(reader: &GroupReader, entry: &Entry, reason: &str) -> Result
     reader.dead_letter(entry, reason).await?;
     Ok(())
 }
+
+/// Writes alerts to `aurora:alerts` in one pipelined round trip.
+pub async fn publish_alerts(
+    shared: &Shared,
+    alerts: &[aurora_core::model::Alert],
+) -> Result<(), BusError> {
+    let stream = shared.cfg.names.alerts();
+    let docs: Vec<(&str, Vec<u8>)> = alerts
+        .iter()
+        .map(|a| (stream.as_str(), aurora_core::model::to_bytes(a)))
+        .collect();
+    shared.producer.publish_batch(&docs).await?;
+    Ok(())
+}

@@ -28,7 +28,7 @@ use crate::records::{
 };
 use crate::shared::Shared;
 use crate::telemetry::{self, AlertKind, Resent, Trigger};
-use crate::{attestation, db};
+use crate::{attestation, db, streams};
 
 /// Rows handled per step and round.
 const LIMIT: i64 = 1000;
@@ -125,21 +125,11 @@ async fn expire(shared: &Shared) -> Result<usize, BatchError> {
     for a in &alerts {
         tracing::warn!(alert = %a.id, title = %a.title, "attestation challenge expired unanswered");
     }
-    publish_alerts(shared, &alerts).await?;
+    streams::publish_alerts(shared, &alerts).await?;
     tx.commit().await?;
     telemetry::attestation_timeouts(timed_out.len());
     telemetry::alerts(AlertKind::Timeout, alerts.len());
     Ok(timed_out.len())
-}
-
-async fn publish_alerts(shared: &Shared, alerts: &[Alert]) -> Result<(), BatchError> {
-    let stream = shared.cfg.names.alerts();
-    let docs: Vec<(&str, Vec<u8>)> = alerts
-        .iter()
-        .map(|a| (stream.as_str(), to_bytes(a)))
-        .collect();
-    shared.producer.publish_batch(&docs).await?;
-    Ok(())
 }
 
 /// Devices silent for `--silent-after` times their usual interval: marked, one alert each (a
@@ -181,7 +171,7 @@ async fn silence(shared: &Shared) -> Result<(usize, usize), BatchError> {
     for c in &cleared {
         tracing::info!(device = %c.device_id, silent_since = %c.silent_since, "device talks again");
     }
-    publish_alerts(shared, &alerts).await?;
+    streams::publish_alerts(shared, &alerts).await?;
     tx.commit().await?;
     telemetry::alerts(AlertKind::Silent, alerts.len());
     Ok((silent.len(), cleared.len()))

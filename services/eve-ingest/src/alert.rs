@@ -37,14 +37,19 @@ pub struct AlertMapping {
     pub severity_1_critical: bool,
 }
 
-/// The namespace of alert ids (UUID v5 of "aurora:<service>:alert"); worked out once.
+/// The namespace of one kind of eve-ingest's alert ids: UUID v5 (OID) of
+/// `aurora:eve-ingest:<kind>` (`alert`, `sensor`, `ioc-sighting`). Each kind keeps its own in
+/// a `LazyLock`, worked out once.
+pub(crate) fn id_namespace_of(kind: &str) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("aurora:{SERVICE}:{kind}").as_bytes(),
+    )
+}
+
+/// The namespace of the ids of alerts mapped from `alert` events.
 fn id_namespace() -> Uuid {
-    static NAMESPACE: LazyLock<Uuid> = LazyLock::new(|| {
-        Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("aurora:{SERVICE}:alert").as_bytes(),
-        )
-    });
+    static NAMESPACE: LazyLock<Uuid> = LazyLock::new(|| id_namespace_of("alert"));
     *NAMESPACE
 }
 

@@ -351,14 +351,9 @@ fn opt_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Err
     Ok(as_int(&Value::deserialize(d)?))
 }
 
-/// The namespace of sensor alert ids (UUID v5 of "aurora:<service>:sensor").
+/// The namespace of sensor alert ids ([`crate::alert::id_namespace_of`]).
 fn id_namespace() -> Uuid {
-    static NAMESPACE: LazyLock<Uuid> = LazyLock::new(|| {
-        Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("aurora:{SERVICE}:sensor").as_bytes(),
-        )
-    });
+    static NAMESPACE: LazyLock<Uuid> = LazyLock::new(|| crate::alert::id_namespace_of("sensor"));
     *NAMESPACE
 }
 

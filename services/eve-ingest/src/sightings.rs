@@ -42,7 +42,6 @@ use crate::error::IngestError;
 use crate::event::EveEvent;
 use crate::iocs::{self, Indicator, IocSet, Kind, Skipped};
 use crate::telemetry;
-use crate::SERVICE;
 
 /// The `kind` of the alerts written here.
 pub const ALERT_KIND: &str = "ioc_sighting";
@@ -401,13 +400,10 @@ pub fn severity(indicator: &Indicator) -> Severity {
     }
 }
 
+/// The namespace of ioc-sighting alert ids ([`crate::alert::id_namespace_of`]).
 fn id_namespace() -> Uuid {
-    static NAMESPACE: LazyLock<Uuid> = LazyLock::new(|| {
-        Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("aurora:{SERVICE}:ioc-sighting").as_bytes(),
-        )
-    });
+    static NAMESPACE: LazyLock<Uuid> =
+        LazyLock::new(|| crate::alert::id_namespace_of("ioc-sighting"));
     *NAMESPACE
 }
 
