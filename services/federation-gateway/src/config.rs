@@ -3,9 +3,10 @@
 //! `aurora_core::config::env_name`). Every kind and direction is on unless switched off with
 //! a `--no-...` switch.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use aurora_core::config::{parse_duration, CommonArgs, NatsArgs};
 use aurora_core::jetstream::{DeclaredDiscard, Limit, StreamLimits};
 use aurora_core::model::Severity;
@@ -13,6 +14,7 @@ use aurora_core::names::FederatedKind;
 use aurora_core::service::Flags;
 use clap::Parser;
 
+use crate::signing::{PeerKeys, SiteKey};
 use crate::{FederationGateway, SERVICE};
 
 /// federation-gateway: shares alerts, IOCs, agent results and audit between sites through
@@ -94,6 +96,37 @@ pub struct Args {
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub import_batch: u32,
 
+    /// Documents per kind whose latest revision the site remembers (the importer's
+    /// idempotency and last-writer state; about 200 bytes each). Keep it above the stream's
+    /// message limit.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub revision_memory: u64,
+
+    /// This site's Ed25519 signing key: a file holding its 32-byte seed in base64 (`aurora
+    /// approval-key --out FILE` writes one). Every publish is signed with it.
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
+
+    /// The peer sites' public keys: a file of lines `<site> <public key base64>`, or a
+    /// directory with a file per site (named after it) holding one or two keys (a mounted
+    /// Secret). Set: only messages signed by a key of their origin site are imported.
+    #[arg(long)]
+    pub peer_keys: Option<PathBuf>,
+
+    /// A signed message stored longer than this after its signature is a replay.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub max_signature_age: Duration,
+
+    /// Import unsigned messages in the original design's format (only `Nats-Msg-Id`, no
+    /// origin header) published on these subjects (comma-separated, e.g. `AURORA.alerts`),
+    /// marked `origin_verified: false` and never exported again. Empty: refused.
+    #[arg(long, value_delimiter = ',')]
+    pub legacy_subjects: Vec<String>,
+
+    /// The `origin_site` given to what legacy peers publish.
+    #[arg(long, default_value = "legacy")]
+    pub legacy_site_id: String,
+
     /// How often the consumer's lag is measured.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub lag_interval: Duration,
@@ -166,7 +199,26 @@ impl Args {
                 self.lag_warn_ratio
             );
         }
+        if !valid_site_id(&self.legacy_site_id) || self.legacy_site_id == *site {
+            bail!(
+                "invalid --legacy-site-id {:?}: a site id (1 to 64 of A-Z, a-z, 0-9, '_', '-') other than this site's",
+                self.legacy_site_id
+            );
+        }
         Ok(())
+    }
+
+    /// The signing key and the peers' keys, read from their files.
+    pub fn keys(&self) -> anyhow::Result<(Option<SiteKey>, Option<PeerKeys>)> {
+        let own = match &self.signing_key {
+            Some(path) => Some(SiteKey::read(path).with_context(|| "--signing-key")?),
+            None => None,
+        };
+        let peers = match &self.peer_keys {
+            Some(path) => Some(PeerKeys::load(path).with_context(|| "--peer-keys")?),
+            None => None,
+        };
+        Ok((own, peers))
     }
 }
 
@@ -312,6 +364,12 @@ mod tests {
             "jetstream-max-bytes",
             "jetstream-max-messages",
             "jetstream-discard",
+            "revision-memory",
+            "signing-key",
+            "peer-keys",
+            "max-signature-age",
+            "legacy-subjects",
+            "legacy-site-id",
         ];
         let cmd = command::<Args>(SERVICE);
         for arg in cmd.get_arguments() {

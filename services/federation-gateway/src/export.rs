@@ -32,7 +32,9 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ExportError, ReadError};
+use crate::landing::{Lander, Landing};
 use crate::policy::{Decision, Policy, ORIGIN_SITE_HEADER};
+use crate::signing::{Signed, SiteKey, KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_AT_HEADER};
 use crate::telemetry::{self, Direction};
 use crate::{retry, SERVICE};
 
@@ -55,6 +57,10 @@ pub struct ExportSettings {
     pub max_deliveries: u64,
     /// How long after a publish its ack may take before the message is published again.
     pub publish_timeout: Duration,
+    /// Signs every publish when set.
+    pub signing_key: Option<SiteKey>,
+    /// Records the revisions published in the site's revision state.
+    pub lander: Lander,
 }
 
 /// An entry between its read and its XACK.
@@ -83,6 +89,7 @@ struct Shared {
     site_id: String,
     js: jetstream::Context,
     publish_timeout: Duration,
+    key: Option<Arc<SiteKey>>,
     in_flight: Arc<Mutex<HashSet<String>>>,
     progress: Arc<Notify>,
     abort: CancellationToken,
@@ -94,12 +101,30 @@ impl Shared {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Publishes, signed (again at every publish: the signing instant is what tells a
+    /// replay) when the site has a key.
     async fn send(&self, msg_id: &str, payload: Bytes) -> Result<PublishAckFuture, PublishError> {
-        let publish = PublishMessage::build()
-            .payload(payload)
+        let mut publish = PublishMessage::build()
             .message_id(msg_id)
             .header(ORIGIN_SITE_HEADER, self.site_id.as_str());
-        self.js.send_publish(self.subject.clone(), publish).await
+        if let Some(key) = &self.key {
+            let signed_at_ms = chrono::Utc::now().timestamp_millis();
+            let signature = key.sign(&Signed {
+                subject: &self.subject,
+                msg_id,
+                origin: &self.site_id,
+                key_id: key.id(),
+                signed_at_ms,
+                payload: &payload,
+            });
+            publish = publish
+                .header(KEY_ID_HEADER, key.id())
+                .header(SIGNED_AT_HEADER, signed_at_ms.to_string().as_str())
+                .header(SIGNATURE_HEADER, signature.as_str());
+        }
+        self.js
+            .send_publish(self.subject.clone(), publish.payload(payload))
+            .await
     }
 }
 
@@ -108,6 +133,7 @@ pub struct Exporter {
     shared: Shared,
     reader: GroupReader,
     policy: Arc<Policy>,
+    lander: Lander,
     window: usize,
 }
 
@@ -149,12 +175,14 @@ impl Exporter {
                 site_id: policy.site_id().to_string(),
                 js,
                 publish_timeout: settings.publish_timeout,
+                key: settings.signing_key.clone().map(Arc::new),
                 in_flight: Arc::default(),
                 progress: Arc::default(),
                 abort,
             },
             reader,
             policy,
+            lander: settings.lander.clone(),
             window: settings.window,
         })
     }
@@ -175,6 +203,7 @@ impl Exporter {
             shared,
             reader,
             policy,
+            lander,
             window,
         } = self;
         let (tx, rx) = mpsc::channel(window);
@@ -186,6 +215,7 @@ impl Exporter {
             handler: Publisher {
                 shared,
                 policy,
+                lander,
                 window: Arc::new(Semaphore::new(window)),
                 tx,
             },
@@ -202,6 +232,7 @@ impl Exporter {
 struct Publisher {
     shared: Shared,
     policy: Arc<Policy>,
+    lander: Lander,
     window: Arc<Semaphore>,
     tx: mpsc::Sender<InFlight>,
 }
@@ -215,16 +246,25 @@ impl BatchHandler for Publisher {
 
     async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), ReadError> {
         let read = entries.len();
-        let mut fresh = 0;
-        for entry in entries {
+        let decided: Vec<(Entry, Decision)> = {
+            let in_flight = self.shared.in_flight();
+            entries
+                .into_iter()
+                .filter(|entry| !in_flight.contains(&entry.id))
+                .map(|entry| {
+                    let data = entry.data.as_deref().unwrap_or_default();
+                    let decision = self.policy.decide(self.shared.kind, data);
+                    (entry, decision)
+                })
+                .collect()
+        };
+        let fresh = decided.len();
+        self.record(&decided).await?;
+        for (entry, decision) in decided {
             if self.shared.abort.is_cancelled() {
                 return Ok(());
             }
-            if self.shared.in_flight().contains(&entry.id) {
-                continue;
-            }
-            fresh += 1;
-            let Some(item) = self.prepare(reader, entry).await else {
+            let Some(item) = self.prepare(reader, entry, decision).await else {
                 continue;
             };
             if self.tx.send(item).await.is_err() {
@@ -242,12 +282,37 @@ impl BatchHandler for Publisher {
 }
 
 impl Publisher {
-    /// Decides about one entry; publishes it when it may leave. `None` when there is nothing
-    /// left to do with it (dead-lettered) or when told to give up.
-    async fn prepare(&self, reader: &GroupReader, entry: Entry) -> Option<InFlight> {
-        let data = entry.data.as_deref().unwrap_or_default();
+    /// Records the revisions about to leave in the site's revision state, so that an older
+    /// revision of the same document arriving later is not applied over them.
+    async fn record(&self, decided: &[(Entry, Decision)]) -> Result<(), ReadError> {
+        let revisions: Vec<Landing> = decided
+            .iter()
+            .filter_map(|(_, decision)| match decision {
+                Decision::Export { doc, stamp, .. } => Some(Landing {
+                    kind: self.shared.kind,
+                    doc: doc.clone(),
+                    stamp: stamp.clone(),
+                    data: Vec::new(),
+                }),
+                _ => None,
+            })
+            .collect();
+        self.lander
+            .record(&revisions)
+            .await
+            .map(drop)
+            .map_err(|e| ReadError(e.source))
+    }
+
+    /// Acts on the decision about one entry; publishes it when it may leave. `None` when
+    /// there is nothing left to do with it (dead-lettered) or when told to give up.
+    async fn prepare(
+        &self,
+        reader: &GroupReader,
+        entry: Entry,
+        decision: Decision,
+    ) -> Option<InFlight> {
         let kind = self.shared.kind;
-        let decision = self.policy.decide(kind, data);
         let (payload, msg_id) = match decision {
             Decision::Reject(reason) => {
                 reject(reader, &entry, &reason).await;
@@ -268,6 +333,7 @@ impl Publisher {
                 payload,
                 msg_id,
                 iocs_withheld,
+                ..
             } => {
                 if iocs_withheld > 0 {
                     telemetry::iocs_withheld(iocs_withheld);

@@ -8,6 +8,7 @@
 //! delivery. While Redis cannot be reached at all, messages are held and retried in place
 //! (their ack wait extended) instead of being naked: an outage must not use up deliveries.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
@@ -18,12 +19,13 @@ use aurora_core::names::{FederatedKind, Names};
 use aurora_core::retry::Backoff;
 use futures::StreamExt;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ConsumerError, LandError};
 use crate::landing::{Landed, Lander, Landing};
-use crate::policy::{ORIGIN_SITE_FIELD, ORIGIN_SITE_HEADER};
+use crate::policy::{document_id, ORIGIN_SITE_FIELD, ORIGIN_SITE_HEADER};
+use crate::revision::{self, RevisionProbe, Stamp, IMPORTED_REVISION_FIELD, ORIGIN_VERIFIED_FIELD};
+use crate::signing::{Claim, PeerKeys, KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_AT_HEADER};
 use crate::telemetry::{self, Direction};
 use crate::{retry, SERVICE};
 
@@ -72,12 +74,33 @@ pub async fn ensure_consumer(
         })
 }
 
+/// The dead-letter reason label of a message that is not what it should be.
+const INVALID: &str = "invalid_message";
+
+/// Whom the importer believes.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// Set: only messages signed by a key of their origin site are imported.
+    pub peers: Option<PeerKeys>,
+    pub max_signature_age: Duration,
+    /// Subjects on which unsigned design-format messages are imported, marked unverified.
+    pub legacy_subjects: HashSet<String>,
+    pub legacy_site: String,
+}
+
+impl Trust {
+    fn is_legacy(&self, subject: &str) -> bool {
+        self.legacy_subjects.contains(subject)
+    }
+}
+
 /// What to do with one message.
 enum Plan {
     /// Published by this site: ack and skip.
     Own,
-    DeadLetter(String),
-    Land(Landing, FederatedKind),
+    /// Dead-letter it: the metric's reason label, the reason.
+    DeadLetter(&'static str, String),
+    Land(Landing),
 }
 
 /// Imports the federation stream into the local bus.
@@ -89,6 +112,7 @@ pub struct Importer {
     pub lander: Lander,
     pub producer: Producer,
     pub settings: ImportSettings,
+    pub trust: Trust,
 }
 
 impl Importer {
@@ -177,13 +201,13 @@ impl Importer {
                     telemetry::own_skipped(1);
                     ack(&msg, AckKind::Ack).await;
                 }
-                Plan::DeadLetter(reason) => {
-                    telemetry::dead_letter(Direction::Import, "invalid_message");
+                Plan::DeadLetter(label, reason) => {
+                    telemetry::dead_letter(Direction::Import, label);
                     self.dead_letter(&msg, &reason, abort).await;
                 }
-                Plan::Land(landing, kind) => {
+                Plan::Land(landing) => {
+                    waiting.push((msg, landing.kind));
                     landings.push(landing);
-                    waiting.push((msg, kind));
                 }
             }
         }
@@ -224,6 +248,7 @@ impl Importer {
         match landed {
             Landed::Written(_) => telemetry::messages(Direction::Import, kind, 1),
             Landed::Duplicate => telemetry::duplicates(Direction::Import, 1),
+            Landed::Stale => telemetry::stale_revision(kind),
         }
     }
 
@@ -286,32 +311,50 @@ impl Importer {
             .and_then(|s| s.strip_prefix('.'))
             .and_then(FederatedKind::from_subject_token);
         let Some(kind) = kind else {
-            return Plan::DeadLetter(format!("unknown subject {}", msg.subject));
+            return Plan::DeadLetter(INVALID, format!("unknown subject {}", msg.subject));
         };
-        let Some(origin) = origin.filter(|o| !o.is_empty()) else {
-            return Plan::DeadLetter(format!("no {ORIGIN_SITE_HEADER} header"));
-        };
-        let data = match with_origin(&msg.payload, &origin) {
-            Ok(data) => data,
-            Err(reason) => return Plan::DeadLetter(reason),
-        };
-        if let Err(reason) = validate(kind, &msg.payload) {
-            return Plan::DeadLetter(reason);
+        let msg_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref()).unwrap_or_default();
+        let signature = header(SIGNATURE_HEADER);
+        if origin.is_none() && signature.is_none() && self.trust.is_legacy(&msg.subject) {
+            return match landing(kind, &msg.payload, &self.trust.legacy_site, "", true) {
+                Ok(landing) => {
+                    telemetry::legacy_imported(kind);
+                    Plan::Land(landing)
+                }
+                Err(reason) => Plan::DeadLetter(INVALID, reason),
+            };
         }
-        let msg_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref())
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| {
-                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-                format!("seq:{seq}")
-            });
-        Plan::Land(
-            Landing {
-                key: idempotency_key(&self.names, &msg_id),
-                stream: self.names.federated_stream(kind),
-                data,
-            },
-            kind,
-        )
+        let Some(origin) = origin.filter(|o| !o.is_empty()) else {
+            return Plan::DeadLetter(
+                "no_origin",
+                format!("no {ORIGIN_SITE_HEADER} header (not a legacy subject)"),
+            );
+        };
+        if let Some(peers) = &self.trust.peers {
+            let stored_at_ms = msg
+                .info()
+                .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64)
+                .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis());
+            let key_id = header(KEY_ID_HEADER);
+            let signed_at = header(SIGNED_AT_HEADER);
+            let claim = Claim {
+                subject: msg.subject.as_str(),
+                msg_id: &msg_id,
+                origin: &origin,
+                key_id: key_id.as_deref(),
+                signed_at: signed_at.as_deref(),
+                signature: signature.as_deref(),
+                payload: &msg.payload,
+                stored_at_ms,
+            };
+            if let Err(refusal) = peers.verify(&claim, self.trust.max_signature_age) {
+                return Plan::DeadLetter(refusal.label(), refusal.to_string());
+            }
+        }
+        match landing(kind, &msg.payload, &origin, &msg_id, false) {
+            Ok(landing) => Plan::Land(landing),
+            Err(reason) => Plan::DeadLetter(INVALID, reason),
+        }
     }
 
     /// Writes the dead-letter record (retrying while Redis is unreachable), then terminates
@@ -356,14 +399,18 @@ pub fn validate(kind: FederatedKind, payload: &[u8]) -> Result<(), String> {
     result.map_err(|e| e.to_string())
 }
 
-/// The document with `origin_site` set. The field is spliced in front of the others without
-/// rebuilding the document, unless the document already has one (then it is replaced).
-pub fn with_origin(payload: &[u8], origin: &str) -> Result<Vec<u8>, String> {
-    #[derive(serde::Deserialize)]
-    struct OriginProbe {
-        #[serde(default)]
-        origin_site: Option<serde::de::IgnoredAny>,
-    }
+/// What lands of a message from `origin` (the site that published it): the document with
+/// its owner (`origin_site`, set to `origin` unless the document names one: a revision
+/// another site made of a document keeps its owner), the revision it lands with
+/// (`imported_revision`) and, for a legacy peer's, `origin_verified: false`; its stamp, checked
+/// against the revision and hash the message id carries.
+pub fn landing(
+    kind: FederatedKind,
+    payload: &[u8],
+    origin: &str,
+    msg_id: &str,
+    unverified: bool,
+) -> Result<Landing, String> {
     let start = payload.iter().position(|b| !b.is_ascii_whitespace());
     let Some(start) = start.filter(|&i| payload[i] == b'{') else {
         return Err(
@@ -373,39 +420,100 @@ pub fn with_origin(payload: &[u8], origin: &str) -> Result<Vec<u8>, String> {
             },
         );
     };
-    let probe: OriginProbe =
+    let probe: LandingProbe =
         serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}"))?;
-    if probe.origin_site.is_some() {
+    validate(kind, payload)?;
+    let revisions = RevisionProbe {
+        updated_at: probe.updated_at,
+        timestamp: probe.timestamp,
+        created_at: probe.created_at,
+        ..Default::default()
+    };
+    let revision = revisions.revision();
+    let hash = revision::content_hash(payload);
+    if let Some((claimed, claimed_hash)) = revision::of_message_id(msg_id) {
+        if claimed != revision || claimed_hash != hash {
+            return Err(format!(
+                "message id {msg_id:?} names revision {claimed}.{claimed_hash}, the payload is {revision}.{hash}"
+            ));
+        }
+    }
+    let owner = match &probe.origin_site {
+        None => origin.to_string(),
+        Some(Value::String(owner)) if !owner.is_empty() => owner.clone(),
+        Some(_) => return Err(format!("`{ORIGIN_SITE_FIELD}` is not a site id")),
+    };
+    let doc = format!("{owner}:{}", document_id(probe.id.as_ref(), payload));
+    let plain = probe.origin_site.is_none()
+        && probe.imported_revision.is_none()
+        && probe.origin_verified.is_none();
+    let data = if plain {
+        spliced(payload, start, &owner, revision, unverified)
+    } else {
         let mut doc: serde_json::Map<String, Value> =
             serde_json::from_slice(payload).map_err(|e| format!("invalid JSON: {e}"))?;
-        doc.insert(
-            ORIGIN_SITE_FIELD.to_string(),
-            Value::String(origin.to_string()),
-        );
-        return Ok(aurora_core::model::to_bytes(&doc));
-    }
+        doc.entry(ORIGIN_SITE_FIELD)
+            .or_insert_with(|| Value::String(owner.clone()));
+        doc.insert(IMPORTED_REVISION_FIELD.to_string(), Value::from(revision));
+        if unverified {
+            doc.insert(ORIGIN_VERIFIED_FIELD.to_string(), Value::Bool(false));
+        }
+        aurora_core::model::to_bytes(&doc)
+    };
+    Ok(Landing {
+        kind,
+        doc,
+        stamp: Stamp {
+            revision,
+            site: origin.to_string(),
+            hash,
+        },
+        data,
+    })
+}
+
+/// The fields [`landing`] reads.
+#[derive(serde::Deserialize)]
+struct LandingProbe {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    origin_site: Option<Value>,
+    #[serde(default)]
+    updated_at: Option<Value>,
+    #[serde(default)]
+    timestamp: Option<Value>,
+    #[serde(default)]
+    created_at: Option<Value>,
+    #[serde(default)]
+    imported_revision: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    origin_verified: Option<serde::de::IgnoredAny>,
+}
+
+/// The fields spliced in front of the others, without rebuilding the document.
+fn spliced(payload: &[u8], start: usize, owner: &str, revision: i64, unverified: bool) -> Vec<u8> {
     let rest = &payload[start + 1..];
     let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
-    let mut out = Vec::with_capacity(payload.len() + origin.len() + 20);
+    let mut out = Vec::with_capacity(payload.len() + owner.len() + 64);
     out.extend_from_slice(b"{\"");
     out.extend_from_slice(ORIGIN_SITE_FIELD.as_bytes());
     out.extend_from_slice(b"\":");
-    out.extend_from_slice(&aurora_core::model::to_bytes(&origin));
+    out.extend_from_slice(&aurora_core::model::to_bytes(&owner));
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(IMPORTED_REVISION_FIELD.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(revision.to_string().as_bytes());
+    if unverified {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(ORIGIN_VERIFIED_FIELD.as_bytes());
+        out.extend_from_slice(b"\":false");
+    }
     if !empty {
         out.push(b',');
     }
     out.extend_from_slice(rest);
-    Ok(out)
-}
-
-/// The idempotency key of a message id (long ids hashed, so keys stay small).
-pub fn idempotency_key(names: &Names, msg_id: &str) -> String {
-    let id = if msg_id.len() > 200 {
-        format!("sha256:{}", hex::encode(Sha256::digest(msg_id.as_bytes())))
-    } else {
-        msg_id.to_string()
-    };
-    names.state_key("federation", &format!("imported:{id}"))
+    out
 }
 
 async fn ack(msg: &Message, kind: AckKind) {
@@ -420,32 +528,79 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn origin_of(out: &[u8]) -> Value {
-        serde_json::from_slice::<Value>(out).unwrap()
+    const DOC: &str = r#"{"id":"a","agent":"hunter","summary":"s","timestamp":"1970-01-01T00:00:01Z","x":{"y":[1,2]}}"#;
+
+    fn landed(payload: &str, origin: &str) -> Value {
+        let landing = landing(
+            FederatedKind::AgentResults,
+            payload.as_bytes(),
+            origin,
+            "",
+            false,
+        )
+        .unwrap();
+        serde_json::from_slice::<Value>(&landing.data).unwrap()
     }
 
     #[test]
-    fn the_origin_is_added_and_everything_else_kept() {
-        let out = with_origin(br#" {"id":"a","x":{"y":[1,2]}} "#, "site-a").unwrap();
-        let doc = origin_of(&out);
+    fn the_origin_and_revision_are_added_and_everything_else_kept() {
+        let doc = landed(&format!(" {DOC} "), "site-a");
         assert_eq!(doc["origin_site"], "site-a");
+        assert_eq!(doc["imported_revision"], 1_000_000);
         assert_eq!(doc["x"]["y"][1], 2);
         assert_eq!(doc["id"], "a");
-        let out = with_origin(b"{ }", "s").unwrap();
-        assert_eq!(origin_of(&out), serde_json::json!({"origin_site": "s"}));
-        let out = with_origin(br#"{"origin_site":"old","id":1}"#, "new").unwrap();
-        let doc = origin_of(&out);
-        assert_eq!(doc["origin_site"], "new");
-        assert_eq!(doc.as_object().unwrap().len(), 2);
-        let out = with_origin(br#"{"a":1}"#, "we\"ird").unwrap();
-        assert_eq!(origin_of(&out)["origin_site"], "we\"ird");
+        // A revision another site made of site-a's document keeps its owner.
+        let revised = DOC.replace(
+            r#""id":"a""#,
+            r#""id":"a","origin_site":"site-a","imported_revision":7"#,
+        );
+        let doc = landed(&revised, "site-b");
+        assert_eq!(doc["origin_site"], "site-a");
+        assert_eq!(doc["imported_revision"], 1_000_000);
+        let l = landing(
+            FederatedKind::AgentResults,
+            revised.as_bytes(),
+            "site-b",
+            "",
+            true,
+        )
+        .unwrap();
+        assert_eq!(l.doc, "site-a:a");
+        assert_eq!(l.stamp.site, "site-b");
+        let doc: Value = serde_json::from_slice(&l.data).unwrap();
+        assert_eq!(doc["origin_verified"], false);
+        let weird = DOC.replace(r#""id":"a""#, r#""id":"we\"ird""#);
+        assert_eq!(landed(&weird, "s")["id"], "we\"ird");
+    }
+
+    #[test]
+    fn a_message_id_must_name_the_payloads_revision() {
+        let hash = revision::content_hash(DOC.as_bytes());
+        let good = revision::message_id("site-a", "a", 1_000_000, &hash);
+        assert!(landing(
+            FederatedKind::AgentResults,
+            DOC.as_bytes(),
+            "site-a",
+            &good,
+            false
+        )
+        .is_ok());
+        let older = revision::message_id("site-a", "a", 999, &hash);
+        assert!(landing(
+            FederatedKind::AgentResults,
+            DOC.as_bytes(),
+            "site-a",
+            &older,
+            false
+        )
+        .is_err());
     }
 
     #[test]
     fn what_is_not_a_json_object_is_refused() {
         for bad in [&b"[1]"[..], b"{nope", b"", b"42", b"{\"a\":1} trailing"] {
             assert!(
-                with_origin(bad, "s").is_err(),
+                landing(FederatedKind::AgentResults, bad, "s", "", false).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );

@@ -19,6 +19,8 @@ pub mod health;
 pub mod import;
 pub mod landing;
 pub mod policy;
+pub mod revision;
+pub mod signing;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -41,9 +43,10 @@ pub use error::GatewayError;
 pub use policy::ORIGIN_SITE_HEADER;
 
 use crate::export::{ExportSettings, Exporter};
-use crate::import::{ImportSettings, Importer};
-use crate::landing::Lander;
+use crate::import::{ImportSettings, Importer, Trust};
+use crate::landing::{Lander, RevisionMemory};
 use crate::policy::Policy;
+use crate::signing::{PeerKeys, SiteKey};
 
 /// The service's name in logs, consumer groups, dead letters, client names and the
 /// `AURORA_FEDERATION_GATEWAY_` prefix of its variables.
@@ -67,6 +70,8 @@ pub(crate) fn retry() -> Backoff {
 pub struct FederationGateway {
     args: Args,
     names: Names,
+    signing_key: Option<SiteKey>,
+    peer_keys: Option<PeerKeys>,
 }
 
 impl FederationGateway {
@@ -74,7 +79,13 @@ impl FederationGateway {
     pub fn new(args: Args) -> anyhow::Result<Self> {
         args.check()?;
         let names = args.common.names()?;
-        Ok(Self { args, names })
+        let (signing_key, peer_keys) = args.keys()?;
+        Ok(Self {
+            args,
+            names,
+            signing_key,
+            peer_keys,
+        })
     }
 
     /// [`FederationGateway::connect_until`] without a stop of its own: drop the future to
@@ -129,18 +140,17 @@ impl FederationGateway {
             &format!("jetstream stream {stream_name}"),
             stream_change.warning(&stream_name),
         );
-        match &stream_change {
-            StreamChange::Created => {
-                tracing::info!(stream = %stream_name, "federation stream created")
-            }
-            StreamChange::Unchanged => {
-                tracing::info!(stream = %stream_name, "federation stream config as expected")
-            }
-            StreamChange::Updated(changes) => tracing::warn!(
+        // A stream bounded below its declared size is logged where it is found.
+        if let StreamChange::Updated(changes) = &stream_change {
+            tracing::warn!(
                 stream = %stream_name,
                 changes = %changes.join("; "),
                 "federation stream config had drifted: corrected"
-            ),
+            );
+        } else if stream_change == StreamChange::Created {
+            tracing::info!(stream = %stream_name, "federation stream created");
+        } else if stream_change == StreamChange::Unchanged {
+            tracing::info!(stream = %stream_name, "federation stream config as expected");
         }
         let stream =
             js.get_stream(&stream_name)
@@ -181,7 +191,11 @@ impl Service for FederationGateway {
         let connected = self
             .connect_until(&ctx.readiness, &ctx.shutdown, &ctx.instance)
             .await?;
-        Ok(connected.spawn(&ctx).await?)
+        let durability = aurora_core::durability::SelfCheck::redis(connected.redis.clone())
+            .with_streams(&connected.nats, [connected.names().nats_stream()]);
+        let mut running = connected.spawn(&ctx).await?;
+        running.spawn(durability.watch(ctx.readiness.clone(), ctx.shutdown.clone()));
+        Ok(running)
     }
 }
 
@@ -203,15 +217,29 @@ impl Connected {
         &self.stream_change
     }
 
-    /// How long an imported message's idempotency key is kept: as long as the stream keeps
-    /// messages (its max age as the server has it), the contract's 7 days when unlimited.
-    fn landing_key_ttl(&self) -> Duration {
+    /// How much revision state the site keeps: `--revision-memory` documents per kind, for
+    /// as long as the stream keeps messages (its max age as the server has it, the contract's
+    /// 7 days when unlimited) once nothing is written.
+    fn revision_memory(&self) -> RevisionMemory {
         let max_age = self.stream.cached_info().config.max_age;
-        if max_age.is_zero() {
+        let ttl = if max_age.is_zero() {
             federation_stream_config(self.names()).max_age
         } else {
             max_age
+        };
+        RevisionMemory {
+            max_documents: self.args().revision_memory,
+            ttl,
         }
+    }
+
+    fn lander(&self) -> Lander {
+        Lander::new(
+            self.redis.clone(),
+            self.names().clone(),
+            self.args().common.stream_maxlen,
+            self.revision_memory(),
+        )
     }
 
     fn names(&self) -> &Names {
@@ -220,6 +248,38 @@ impl Connected {
 
     fn args(&self) -> &Args {
         &self.gateway.args
+    }
+
+    fn trust(&self) -> Trust {
+        let args = self.args();
+        Trust {
+            peers: self.gateway.peer_keys.clone(),
+            max_signature_age: args.max_signature_age,
+            legacy_subjects: args.legacy_subjects.iter().cloned().collect(),
+            legacy_site: args.legacy_site_id.clone(),
+        }
+    }
+
+    /// Says at start whether what leaves is signed and what arrives is checked.
+    fn log_trust(&self) {
+        let args = self.args();
+        match &self.gateway.signing_key {
+            Some(key) => tracing::info!(key_id = %key.id(), "exports signed"),
+            None if args.exporting() => tracing::warn!(
+                "exports are NOT signed (no --signing-key): sites that check signatures dead-letter them"
+            ),
+            None => {}
+        }
+        match &self.gateway.peer_keys {
+            Some(peers) => tracing::info!(keys = %peers.describe().join(","), "imports checked against the peers' keys"),
+            None if args.importing() => tracing::warn!(
+                "imports are NOT checked (no --peer-keys): any NATS publisher can claim any origin site"
+            ),
+            None => {}
+        }
+        if !args.legacy_subjects.is_empty() {
+            tracing::warn!(subjects = %args.legacy_subjects.join(","), site = %args.legacy_site_id, "legacy peers: unsigned design-format messages on these subjects are imported, marked origin_verified: false");
+        }
     }
 
     fn import_settings(&self) -> ImportSettings {
@@ -264,7 +324,10 @@ impl Connected {
             claim_idle: args.export_claim_idle,
             max_deliveries: args.export_max_deliveries,
             publish_timeout: args.publish_timeout,
+            signing_key: self.gateway.signing_key.clone(),
+            lander: self.lander(),
         };
+        self.log_trust();
         let exported = if args.exporting() {
             FederatedKind::ALL.as_slice()
         } else {
@@ -296,13 +359,10 @@ impl Connected {
                 site_id: site.clone(),
                 stream: self.stream.clone(),
                 consumer_config: self.consumer_config(),
-                lander: Lander::new(
-                    self.redis.clone(),
-                    args.common.stream_maxlen,
-                    self.landing_key_ttl(),
-                ),
+                lander: self.lander(),
                 producer: self.producer.clone(),
                 settings: self.import_settings(),
+                trust: self.trust(),
             };
             running.spawn(importer.run(ctx.shutdown.clone(), ctx.abort.clone()));
             running.spawn(health::watch_lag(

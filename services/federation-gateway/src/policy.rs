@@ -1,12 +1,15 @@
 //! What may leave the site, decided per document: kinds switched on or off, a minimum alert
-//! severity, nothing marked TLP:RED, nothing that came from another site (no loops, no
-//! echoes). Unknown markings fail closed: a document whose TLP cannot be read stays home.
+//! severity, nothing marked TLP:RED, no imported document unless changed here (no loops, no
+//! echoes: a change made here is a new revision, exported with its owner kept). Unknown
+//! markings fail closed: a document whose TLP cannot be read stays home.
 
 use aurora_core::model::{Severity, Tlp};
 use aurora_core::names::FederatedKind;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+use crate::revision::{self, RevisionProbe, Stamp};
 
 /// The header that carries the site a message was published by.
 pub const ORIGIN_SITE_HEADER: &str = "Aurora-Origin-Site";
@@ -23,7 +26,12 @@ pub enum Withheld {
     KindDisabled,
     BelowMinSeverity,
     TlpRed,
+    /// Another site's document that came before revisions were marked: never sent back.
     ForeignOrigin,
+    /// An imported document no one changed here: every site had it from its publisher.
+    Imported,
+    /// A document whose origin no signature proved (a legacy peer's).
+    UnverifiedOrigin,
 }
 
 impl Withheld {
@@ -33,6 +41,8 @@ impl Withheld {
             Self::BelowMinSeverity => "below_min_severity",
             Self::TlpRed => "tlp_red",
             Self::ForeignOrigin => "foreign_origin",
+            Self::Imported => "imported",
+            Self::UnverifiedOrigin => "unverified_origin",
         }
     }
 }
@@ -46,6 +56,9 @@ pub enum Decision {
         msg_id: String,
         /// IOCs marked TLP:RED (or unreadable) taken out of an alert before it left.
         iocs_withheld: usize,
+        /// The document (`<owner site>:<id>`) and this revision of it.
+        doc: String,
+        stamp: Stamp,
     },
     /// Acknowledge without publishing.
     Withhold(Withheld),
@@ -113,18 +126,30 @@ impl Policy {
             Ok(p) => p,
             Err(e) => return Decision::Reject(format!("invalid JSON: {e}")),
         };
-        match &probe.origin_site {
-            None => {}
-            Some(Value::String(origin)) if origin == &self.site_id => {}
-            Some(Value::String(_)) => return Decision::Withhold(Withheld::ForeignOrigin),
-            Some(_) => return Decision::Reject(format!("`{ORIGIN_SITE_FIELD}` is not a string")),
+        let revisions = probe.revisions();
+        if revisions.unverified() {
+            return Decision::Withhold(Withheld::UnverifiedOrigin);
         }
+        let owner = match &probe.origin_site {
+            None => self.site_id.as_str(),
+            Some(Value::String(origin)) if origin == &self.site_id => origin,
+            Some(Value::String(_)) if revisions.imported_revision.is_none() => {
+                return Decision::Withhold(Withheld::ForeignOrigin)
+            }
+            Some(Value::String(origin)) => origin,
+            Some(_) => return Decision::Reject(format!("`{ORIGIN_SITE_FIELD}` is not a string")),
+        };
+        if revisions.unchanged_import() {
+            return Decision::Withhold(Withheld::Imported);
+        }
+        let revision = revisions.revision();
         match marking(probe.tlp.as_ref()) {
             Ok(Some(Tlp::Red)) => return Decision::Withhold(Withheld::TlpRed),
             Ok(_) => {}
             Err(reason) => return Decision::Reject(reason),
         }
-        let msg_id = message_id(&self.site_id, probe.id.as_ref(), data);
+        let doc_id = document_id(probe.id.as_ref(), data);
+        let doc = format!("{owner}:{doc_id}");
         match kind {
             FederatedKind::Iocs => {
                 let doc: Value = match serde_json::from_slice(data) {
@@ -151,15 +176,39 @@ impl Policy {
                     _ => false,
                 };
                 if leaks {
-                    return strip_red_iocs(data, msg_id);
+                    return match strip_red_iocs(data) {
+                        Ok((payload, withheld)) => {
+                            self.export(payload, withheld, doc, &doc_id, revision)
+                        }
+                        Err(reason) => Decision::Reject(reason),
+                    };
                 }
             }
             FederatedKind::AgentResults | FederatedKind::Audit => {}
         }
+        self.export(Bytes::copy_from_slice(data), 0, doc, &doc_id, revision)
+    }
+
+    fn export(
+        &self,
+        payload: Bytes,
+        iocs_withheld: usize,
+        doc: String,
+        doc_id: &str,
+        revision: i64,
+    ) -> Decision {
+        let hash = revision::content_hash(&payload);
+        let msg_id = revision::message_id(&self.site_id, doc_id, revision, &hash);
         Decision::Export {
-            payload: Bytes::copy_from_slice(data),
+            payload,
             msg_id,
-            iocs_withheld: 0,
+            iocs_withheld,
+            doc,
+            stamp: Stamp {
+                revision,
+                site: self.site_id.clone(),
+                hash,
+            },
         }
     }
 }
@@ -177,6 +226,28 @@ struct Probe {
     severity: Option<Value>,
     #[serde(default)]
     iocs: Option<Value>,
+    #[serde(default)]
+    updated_at: Option<Value>,
+    #[serde(default)]
+    timestamp: Option<Value>,
+    #[serde(default)]
+    created_at: Option<Value>,
+    #[serde(default)]
+    imported_revision: Option<Value>,
+    #[serde(default)]
+    origin_verified: Option<Value>,
+}
+
+impl Probe {
+    fn revisions(&self) -> RevisionProbe {
+        RevisionProbe {
+            updated_at: self.updated_at.clone(),
+            timestamp: self.timestamp.clone(),
+            created_at: self.created_at.clone(),
+            imported_revision: self.imported_revision.clone(),
+            origin_verified: self.origin_verified.clone(),
+        }
+    }
 }
 
 fn first_byte(data: &[u8]) -> Option<u8> {
@@ -192,23 +263,17 @@ fn may_leave(ioc: &Value) -> bool {
     )
 }
 
-/// The alert without its IOCs marked TLP:RED (or marked unreadably).
-fn strip_red_iocs(data: &[u8], msg_id: String) -> Decision {
-    let mut doc: Map<String, Value> = match serde_json::from_slice(data) {
-        Ok(doc) => doc,
-        Err(e) => return Decision::Reject(format!("invalid JSON: {e}")),
-    };
+/// The alert without its IOCs marked TLP:RED (or marked unreadably), and how many went.
+fn strip_red_iocs(data: &[u8]) -> Result<(Bytes, usize), String> {
+    let mut doc: Map<String, Value> =
+        serde_json::from_slice(data).map_err(|e| format!("invalid JSON: {e}"))?;
     let mut withheld = 0;
     if let Some(Value::Array(iocs)) = doc.get_mut("iocs") {
         let before = iocs.len();
         iocs.retain(may_leave);
         withheld = before - iocs.len();
     }
-    Decision::Export {
-        payload: Bytes::from(aurora_core::model::to_bytes(&doc)),
-        msg_id,
-        iocs_withheld: withheld,
-    }
+    Ok((Bytes::from(aurora_core::model::to_bytes(&doc)), withheld))
 }
 
 /// The TLP marking of a document or IOC: `Ok(None)` when unmarked, `Err` when unreadable.
@@ -222,21 +287,21 @@ fn marking(value: Option<&Value>) -> Result<Option<Tlp>, String> {
     }
 }
 
-/// `<site>:<document id>`; without a usable `id` field, a SHA-256 of the document's bytes.
+/// A document's id in message ids and the revision state: its `id`, or a SHA-256 of the
+/// document's bytes when it has no usable one (then each content is a document of its own).
 /// Deterministic, so a retry after a crash is deduplicated by JetStream and by the importer.
-pub fn message_id(site_id: &str, id: Option<&Value>, data: &[u8]) -> String {
+pub fn document_id(id: Option<&Value>, data: &[u8]) -> String {
     let id = match id {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    let id = match id {
+    match id {
         // A header value must stay one printable line.
         Some(id) if id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic()) => id,
         Some(id) => format!("sha256:{}", hex::encode(Sha256::digest(id.as_bytes()))),
         None => format!("sha256:{}", hex::encode(Sha256::digest(data))),
-    };
-    format!("{site_id}:{id}")
+    }
 }
 
 #[cfg(test)]
@@ -256,11 +321,22 @@ mod tests {
             payload,
             msg_id,
             iocs_withheld,
+            doc,
+            stamp,
         } = policy(Severity::Info).decide(FederatedKind::Alerts, ALERT.as_bytes())
         else {
             panic!("alert not exported");
         };
-        assert_eq!(msg_id, "site-a:550e8400-e29b-41d4-a716-446655440000");
+        assert_eq!(doc, "site-a:550e8400-e29b-41d4-a716-446655440000");
+        assert_eq!(stamp.revision, 1_705_314_600_000_000);
+        assert_eq!(stamp.hash, crate::revision::content_hash(&payload));
+        assert_eq!(
+            msg_id,
+            format!(
+                "site-a:550e8400-e29b-41d4-a716-446655440000@1705314600000000.{}",
+                stamp.hash
+            )
+        );
         assert_eq!(iocs_withheld, 1);
         let out: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(out["iocs"].as_array().unwrap().len(), 1);
@@ -319,6 +395,26 @@ mod tests {
             p.decide(FederatedKind::AgentResults, own),
             Decision::Export { .. }
         ));
+        // Imported, unchanged: not sent back; changed here (a new revision): exported, its
+        // owner kept.
+        let landed = br#"{"id":"x","origin_site":"site-b","timestamp":"2024-01-15T10:30:00Z","imported_revision":1705314600000000}"#;
+        assert_eq!(
+            p.decide(FederatedKind::AgentResults, landed),
+            Decision::Withhold(Withheld::Imported)
+        );
+        let changed = br#"{"id":"x","origin_site":"site-b","timestamp":"2024-01-15T10:30:00Z","updated_at":"2024-01-15T11:00:00Z","imported_revision":1705314600000000}"#;
+        let Decision::Export { doc, msg_id, .. } = p.decide(FederatedKind::AgentResults, changed)
+        else {
+            panic!("a change made here stays home");
+        };
+        assert_eq!(doc, "site-b:x");
+        assert!(msg_id.starts_with("site-a:x@1705316400000000."), "{msg_id}");
+        let legacy =
+            br#"{"id":"x","origin_site":"legacy","origin_verified":false,"imported_revision":1}"#;
+        assert_eq!(
+            p.decide(FederatedKind::AgentResults, legacy),
+            Decision::Withhold(Withheld::UnverifiedOrigin)
+        );
         assert_eq!(
             p.decide(FederatedKind::Audit, b"{}"),
             Decision::Withhold(Withheld::KindDisabled)
@@ -343,7 +439,7 @@ mod tests {
         let anon = br#"{"agent":"hunter","summary":"x"}"#;
         assert_eq!(id_of(anon), id_of(anon));
         assert!(id_of(anon).starts_with("site-a:sha256:"));
-        assert_eq!(id_of(br#"{"id":42}"#), "site-a:42");
+        assert!(id_of(br#"{"id":42}"#).starts_with("site-a:42@0."));
         let nasty = id_of(b"{\"id\":\"a\\r\\nNats-Msg-Id: b\"}");
         assert!(nasty.starts_with("site-a:sha256:"), "{nasty}");
         assert!(nasty.bytes().all(|b| b.is_ascii_graphic()));

@@ -8,6 +8,8 @@ pub const MESSAGES: &str = "aurora_federation_gateway_messages_total";
 pub const WITHHELD: &str = "aurora_federation_gateway_withheld_total";
 pub const IOCS_WITHHELD: &str = "aurora_federation_gateway_iocs_withheld_total";
 pub const DUPLICATES: &str = "aurora_federation_gateway_duplicates_total";
+pub const STALE_REVISIONS: &str = "aurora_federation_gateway_stale_revisions_total";
+pub const LEGACY_IMPORTED: &str = "aurora_federation_gateway_legacy_imported_total";
 pub const OWN_SKIPPED: &str = "aurora_federation_gateway_own_messages_skipped_total";
 pub const DEAD_LETTERS: &str = "aurora_federation_gateway_dead_letters_total";
 pub const PUBLISH_RETRIES: &str = "aurora_federation_gateway_publish_retries_total";
@@ -50,6 +52,16 @@ pub fn iocs_withheld(n: usize) {
 
 pub fn duplicates(direction: Direction, n: u64) {
     metrics::counter!(DUPLICATES, "direction" => direction.as_str()).increment(n);
+}
+
+/// A revision older than the one the site holds arrived, and was not applied.
+pub fn stale_revision(kind: FederatedKind) {
+    metrics::counter!(STALE_REVISIONS, "subject" => kind.subject_token()).increment(1);
+}
+
+/// An unsigned design-format message imported from a legacy peer, marked unverified.
+pub fn legacy_imported(kind: FederatedKind) {
+    metrics::counter!(LEGACY_IMPORTED, "subject" => kind.subject_token()).increment(1);
 }
 
 pub fn own_skipped(n: u64) {

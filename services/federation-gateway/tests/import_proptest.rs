@@ -1,10 +1,11 @@
-//! What another site sends, arbitrary: the origin splice and the document check err or
-//! accept, never panic; what they accept is a JSON object with our origin and a valid document.
+//! What another site sends, arbitrary: the landing (origin and revision spliced in, the
+//! document checked) errs or accepts, never panics; what it accepts is a JSON object with an
+//! owner and the revision it lands with.
 
 #![allow(clippy::unwrap_used)]
 
 use aurora_core::names::FederatedKind;
-use federation_gateway::import::{validate, with_origin};
+use federation_gateway::import::{landing, validate};
 use proptest::prelude::*;
 
 fn payload() -> impl Strategy<Value = Vec<u8>> {
@@ -20,12 +21,13 @@ proptest! {
 
     #[test]
     fn splice_and_check_never_panic(payload in payload(), origin in "[a-z0-9-]{1,20}") {
-        if let Ok(data) = with_origin(&payload, &origin) {
-            let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
-            prop_assert_eq!(v["origin_site"].as_str(), Some(origin.as_str()));
-        }
         for kind in FederatedKind::ALL {
             let _ = validate(kind, &payload);
+            if let Ok(landed) = landing(kind, &payload, &origin, "", false) {
+                let v: serde_json::Value = serde_json::from_slice(&landed.data).unwrap();
+                prop_assert!(v["origin_site"].is_string());
+                prop_assert_eq!(v["imported_revision"].as_i64(), Some(landed.stamp.revision));
+            }
         }
     }
 }

@@ -1,0 +1,437 @@
+//! Signed origin (docs/contract.md#jetstream): each site signs what it publishes with its
+//! Ed25519 key, and a site imports only what one of its peers' keys signed.
+//!
+//! Keys follow the device attestation's conventions (`aurora_core::approval`): a key file
+//! holds the 32-byte seed in base64 (`aurora approval-key` writes one and prints its public
+//! key), a key is named by its id (the first 8 bytes of the SHA-256 of its public key, hex),
+//! and a site may have two keys valid at once while one replaces the other.
+//!
+//! The signature covers, one per line after the domain tag `aurora-federation-v1`: the
+//! subject, the message id, the origin site, the key id and the signing instant (Unix
+//! milliseconds), then the payload's bytes. It travels in the headers [`KEY_ID_HEADER`],
+//! [`SIGNED_AT_HEADER`] and [`SIGNATURE_HEADER`] (base64). A message stored much later than it
+//! was signed (more than `max_age`) is a replay: the exporter signs again at every publish,
+//! so a real one is stored within seconds of its signature.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use aurora_core::approval::key_id;
+use base64::Engine;
+use ed25519_dalek::{Signer, Verifier};
+
+pub const KEY_ID_HEADER: &str = "Aurora-Key-Id";
+pub const SIGNED_AT_HEADER: &str = "Aurora-Signed-At";
+pub const SIGNATURE_HEADER: &str = "Aurora-Signature";
+
+const DOMAIN: &str = "aurora-federation-v1";
+
+/// Most keys one site may have valid at once.
+pub const KEYS_PER_SITE: usize = 2;
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// A key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What is signed.
+pub struct Signed<'a> {
+    pub subject: &'a str,
+    pub msg_id: &'a str,
+    pub origin: &'a str,
+    pub key_id: &'a str,
+    pub signed_at_ms: i64,
+    pub payload: &'a [u8],
+}
+
+impl Signed<'_> {
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = format!(
+            "{DOMAIN}\n{}\n{}\n{}\n{}\n{}\n",
+            self.subject, self.msg_id, self.origin, self.key_id, self.signed_at_ms
+        )
+        .into_bytes();
+        out.extend_from_slice(self.payload);
+        out
+    }
+}
+
+/// This site's signing key.
+#[derive(Clone)]
+pub struct SiteKey {
+    key: ed25519_dalek::SigningKey,
+    id: String,
+}
+
+impl fmt::Debug for SiteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SiteKey").field("id", &self.id).finish()
+    }
+}
+
+impl SiteKey {
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let id = key_id(&key.verifying_key());
+        Self { key, id }
+    }
+
+    /// A key from its seed in base64.
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        let bytes = b64()
+            .decode(text.trim())
+            .map_err(|_| KeyError::Invalid("the site signing key is not base64".into()))?;
+        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            KeyError::Invalid(format!(
+                "the site signing key must be a 32-byte Ed25519 seed, got {} bytes",
+                bytes.len()
+            ))
+        })?;
+        Ok(Self::from_seed(seed))
+    }
+
+    /// The key in a file (base64 seed, white space around it ignored).
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        Self::from_base64(&read(path)?)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn public_base64(&self) -> String {
+        b64().encode(self.key.verifying_key().as_bytes())
+    }
+
+    /// The signature of `signed`, base64.
+    pub fn sign(&self, signed: &Signed<'_>) -> String {
+        b64().encode(self.key.sign(&signed.bytes()).to_bytes())
+    }
+}
+
+fn read(path: &Path) -> Result<String, KeyError> {
+    std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Why a message's origin is not proven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Unsigned,
+    UnknownSite(String),
+    UnknownKey { site: String, key: String },
+    BadSignature { site: String, key: String },
+    Malformed(String),
+    Replayed { site: String, late: Duration },
+}
+
+impl Refusal {
+    /// The `reason` label of the dead-letter metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unsigned => "unsigned",
+            Self::UnknownSite(_) => "unknown_site",
+            Self::UnknownKey { .. } => "unknown_key",
+            Self::BadSignature { .. } => "bad_signature",
+            Self::Malformed(_) => "malformed_signature",
+            Self::Replayed { .. } => "replayed",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unsigned => write!(f, "unsigned: no {SIGNATURE_HEADER} header"),
+            Self::UnknownSite(site) => write!(f, "unknown site {site:?}: no key of it is configured"),
+            Self::UnknownKey { site, key } => {
+                write!(f, "key {key:?} is not a key of site {site:?}")
+            }
+            Self::BadSignature { site, key } => write!(
+                f,
+                "signature does not match its claimed origin: not signed by site {site:?} with key {key:?}"
+            ),
+            Self::Malformed(what) => write!(f, "malformed signature: {what}"),
+            Self::Replayed { site, late } => write!(
+                f,
+                "replayed: site {site:?} signed it {}s before it was stored",
+                late.as_secs()
+            ),
+        }
+    }
+}
+
+/// A message's claim of origin, as its headers make it.
+pub struct Claim<'a> {
+    pub subject: &'a str,
+    pub msg_id: &'a str,
+    pub origin: &'a str,
+    pub key_id: Option<&'a str>,
+    pub signed_at: Option<&'a str>,
+    pub signature: Option<&'a str>,
+    pub payload: &'a [u8],
+    /// When the stream stored it (Unix ms).
+    pub stored_at_ms: i64,
+}
+
+/// The public keys of the peer sites.
+#[derive(Debug, Clone, Default)]
+pub struct PeerKeys {
+    sites: HashMap<String, Vec<(String, ed25519_dalek::VerifyingKey)>>,
+}
+
+impl PeerKeys {
+    /// From a file of lines `<site> <public key base64>` (`#` comments), or a directory with
+    /// a file per site (named after the site, `.pub` optional) holding its keys one per line:
+    /// a Kubernetes Secret mounted as a volume.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let mut keys = Self::default();
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|source| KeyError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            for entry in entries.flatten() {
+                let file = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Secret volumes hold `..data` links and dot files beside the keys.
+                if name.starts_with('.') || !file.is_file() {
+                    continue;
+                }
+                let site = name.strip_suffix(".pub").unwrap_or(&name).to_string();
+                for line in lines(&read(&file)?) {
+                    keys.add(&site, line)?;
+                }
+            }
+        } else {
+            for line in lines(&read(path)?) {
+                let (site, key) = line.split_once(char::is_whitespace).ok_or_else(|| {
+                    KeyError::Invalid(format!("peer key line {line:?}: `<site> <public key>`"))
+                })?;
+                keys.add(site, key.trim())?;
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Adds a site's public key (base64).
+    pub fn add(&mut self, site: &str, public: &str) -> Result<(), KeyError> {
+        let bytes = b64()
+            .decode(public.trim())
+            .map_err(|_| KeyError::Invalid(format!("public key of site {site:?} is not base64")))?;
+        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            KeyError::Invalid(format!(
+                "public key of site {site:?} must be 32 bytes, got {}",
+                bytes.len()
+            ))
+        })?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&arr).map_err(|_| {
+            KeyError::Invalid(format!("public key of site {site:?} is not an Ed25519 key"))
+        })?;
+        let keys = self.sites.entry(site.to_string()).or_default();
+        if keys.len() >= KEYS_PER_SITE {
+            return Err(KeyError::Invalid(format!(
+                "site {site:?} has more than {KEYS_PER_SITE} keys: at most two are valid at once"
+            )));
+        }
+        keys.push((key_id(&key), key));
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    /// `site:key id` of every key, for logs.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .sites
+            .iter()
+            .flat_map(|(site, keys)| keys.iter().map(move |(id, _)| format!("{site}:{id}")))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Checks that the claim is signed by a key of its origin site, no more than `max_age`
+    /// before it was stored.
+    pub fn verify(&self, claim: &Claim<'_>, max_age: Duration) -> Result<(), Refusal> {
+        let Some(signature) = claim.signature else {
+            return Err(Refusal::Unsigned);
+        };
+        let site = claim.origin.to_string();
+        let keys = self
+            .sites
+            .get(claim.origin)
+            .ok_or_else(|| Refusal::UnknownSite(site.clone()))?;
+        let key_id = claim
+            .key_id
+            .ok_or_else(|| Refusal::Malformed(format!("no {KEY_ID_HEADER} header")))?;
+        let (_, key) =
+            keys.iter()
+                .find(|(id, _)| id == key_id)
+                .ok_or_else(|| Refusal::UnknownKey {
+                    site: site.clone(),
+                    key: key_id.to_string(),
+                })?;
+        let signed_at_ms: i64 = claim
+            .signed_at
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| Refusal::Malformed(format!("no readable {SIGNED_AT_HEADER} header")))?;
+        let bytes = b64()
+            .decode(signature.trim())
+            .map_err(|_| Refusal::Malformed("the signature is not base64".into()))?;
+        let signature = ed25519_dalek::Signature::from_slice(&bytes)
+            .map_err(|_| Refusal::Malformed("the signature is not 64 bytes".into()))?;
+        let signed = Signed {
+            subject: claim.subject,
+            msg_id: claim.msg_id,
+            origin: claim.origin,
+            key_id,
+            signed_at_ms,
+            payload: claim.payload,
+        };
+        key.verify(&signed.bytes(), &signature)
+            .map_err(|_| Refusal::BadSignature {
+                site: site.clone(),
+                key: key_id.to_string(),
+            })?;
+        let late = claim.stored_at_ms.saturating_sub(signed_at_ms);
+        if late > max_age.as_millis() as i64 {
+            return Err(Refusal::Replayed {
+                site,
+                late: Duration::from_millis(late as u64),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn claim<'a>(signature: Option<&'a str>, key_id: &'a str, signed_at: &'a str) -> Claim<'a> {
+        Claim {
+            subject: "AURORA.alerts",
+            msg_id: "site-a:x@1.ab",
+            origin: "site-a",
+            key_id: Some(key_id),
+            signed_at: Some(signed_at),
+            signature,
+            payload: b"{}",
+            stored_at_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn only_a_key_of_the_claimed_site_proves_it() {
+        let a = SiteKey::from_seed([1; 32]);
+        let a2 = SiteKey::from_seed([2; 32]);
+        let c = SiteKey::from_seed([3; 32]);
+        let mut peers = PeerKeys::default();
+        peers.add("site-a", &a.public_base64()).unwrap();
+        peers.add("site-a", &a2.public_base64()).unwrap();
+        peers.add("site-c", &c.public_base64()).unwrap();
+        assert!(
+            peers.add("site-a", &c.public_base64()).is_err(),
+            "two keys at most"
+        );
+        let sign = |key: &SiteKey, id: &str| {
+            key.sign(&Signed {
+                subject: "AURORA.alerts",
+                msg_id: "site-a:x@1.ab",
+                origin: "site-a",
+                key_id: id,
+                signed_at_ms: 900,
+                payload: b"{}",
+            })
+        };
+        let max = Duration::from_secs(60);
+        for key in [&a, &a2] {
+            let sig = sign(key, key.id());
+            assert_eq!(
+                peers.verify(&claim(Some(&sig), key.id(), "900"), max),
+                Ok(())
+            );
+        }
+        let by_c = sign(&c, c.id());
+        assert!(matches!(
+            peers.verify(&claim(Some(&by_c), c.id(), "900"), max),
+            Err(Refusal::UnknownKey { .. })
+        ));
+        let c_as_a = sign(&c, a.id());
+        assert!(matches!(
+            peers.verify(&claim(Some(&c_as_a), a.id(), "900"), max),
+            Err(Refusal::BadSignature { .. })
+        ));
+        let sig = sign(&a, a.id());
+        assert!(matches!(
+            peers.verify(&claim(Some(&sig), a.id(), "901"), max),
+            Err(Refusal::BadSignature { .. })
+        ));
+        assert_eq!(
+            peers.verify(&claim(None, a.id(), "900"), max),
+            Err(Refusal::Unsigned)
+        );
+        assert!(matches!(
+            peers.verify(&claim(Some(&sig), a.id(), "900"), Duration::from_millis(10)),
+            Err(Refusal::Replayed { .. })
+        ));
+        let mut unknown = claim(Some(&sig), a.id(), "900");
+        unknown.origin = "site-z";
+        assert_eq!(
+            peers.verify(&unknown, max),
+            Err(Refusal::UnknownSite("site-z".into()))
+        );
+    }
+
+    #[test]
+    fn keys_load_from_a_file_or_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SiteKey::from_seed([1; 32]);
+        let file = dir.path().join("peers");
+        std::fs::write(&file, format!("# peers\nsite-a {}\n", a.public_base64())).unwrap();
+        assert_eq!(
+            PeerKeys::load(&file).unwrap().describe(),
+            vec![format!("site-a:{}", a.id())]
+        );
+        let secret = dir.path().join("secret");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(
+            secret.join("site-b.pub"),
+            format!("{}\n", a.public_base64()),
+        )
+        .unwrap();
+        std::fs::write(secret.join("..data"), "ignored").unwrap();
+        assert_eq!(
+            PeerKeys::load(&secret).unwrap().describe(),
+            vec![format!("site-b:{}", a.id())]
+        );
+        std::fs::write(&file, "site-a not-base64\n").unwrap();
+        assert!(PeerKeys::load(&file).is_err());
+    }
+}
