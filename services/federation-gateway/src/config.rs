@@ -141,7 +141,9 @@ pub struct Args {
     pub jetstream_max_age: Limit<Duration>,
 
     /// The federation stream's size limit (`2GiB`, `512MiB`), `unlimited`, or `keep`.
-    #[arg(long, value_parser = aurora_core::jetstream::parse_bytes_limit, default_value = "2GiB")]
+    /// Unlimited by default, as the original design creates the stream: a size limit makes its
+    /// own `add_stream` fail against this stream.
+    #[arg(long, value_parser = aurora_core::jetstream::parse_bytes_limit, default_value = "unlimited")]
     pub jetstream_max_bytes: Limit<u64>,
 
     /// The federation stream's message limit, `unlimited`, or `keep`.
@@ -390,7 +392,15 @@ mod tests {
     fn stream_limits_default_to_the_contract_and_can_be_left_alone() {
         use async_nats::jetstream::stream::DiscardPolicy;
         use aurora_core::jetstream::FEDERATION_LIMITS;
-        assert_eq!(parse(&[]).unwrap().stream_limits(), FEDERATION_LIMITS);
+        // The contract's, but for the size: unlimited, as the design creates the stream.
+        let defaults = parse(&[]).unwrap().stream_limits();
+        assert_eq!(
+            defaults,
+            StreamLimits {
+                max_bytes: Limit::Unlimited,
+                ..FEDERATION_LIMITS
+            }
+        );
         let args = parse(&[
             "--jetstream-max-age",
             "30d",

@@ -127,7 +127,7 @@ impl FederationGateway {
             .build(nats.clone());
 
         let desired = DeclaredStream::new(
-            self.args.nats.stream(federation_stream_config(&self.names)),
+            self.args.nats.stream(design_stream_config(&self.names)),
             self.args.stream_limits(),
         );
         let stream_name = desired.config.name.clone();
@@ -181,6 +181,18 @@ impl FederationGateway {
         readiness.set_ready(NATS);
         Ok(connected)
     }
+}
+
+/// The federation stream as the original design creates it (name, subjects, limits retention,
+/// its limits; everything else the server's defaults: file storage, a 2-minute duplicate
+/// window, the oldest discarded) and no description: the design's own `add_stream` of an
+/// `AURORA` stream this gateway created then finds the same configuration, not "stream name
+/// already in use with a different configuration", while nodes of both run side by side.
+pub fn design_stream_config(names: &Names) -> async_nats::jetstream::stream::Config {
+    let mut config = federation_stream_config(names);
+    config.description = None;
+    config.max_bytes = -1;
+    config
 }
 
 impl Service for FederationGateway {

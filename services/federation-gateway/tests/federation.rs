@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use aurora_core::bus::{Conn, Producer};
-use aurora_core::jetstream::{federation_stream_config, StreamChange};
+use aurora_core::jetstream::StreamChange;
 use aurora_core::model::DeadLetter;
 use aurora_core::names::Names;
 use aurora_core::ops::Readiness;
@@ -321,7 +321,7 @@ async fn stream_config_drift_is_corrected_and_reported() {
     let names = aurora_testkit::names();
     let nats = aurora_testkit::NATS_URL;
     let js = jetstream_ctx(nats).await;
-    let mut drifted = federation_stream_config(&names);
+    let mut drifted = federation_gateway::design_stream_config(&names);
     drifted.max_messages = 10;
     js.create_stream(drifted).await.unwrap();
 

@@ -57,7 +57,8 @@ async fn declared_limits_are_kept_and_the_operators_others_stay() {
     let config = stream.info().await.unwrap().config.clone();
     assert_eq!(config.max_messages, 100_000);
     assert_eq!(config.max_age, Duration::from_secs(7 * 86_400));
-    assert_eq!(config.max_bytes, 2 << 30);
+    assert_eq!(config.max_bytes, -1, "unlimited, as the design creates it");
+    assert_eq!(config.description, None);
 
     // A second start: nothing drifted (the server's -1 for "unlimited" is no drift).
     let again = connect(&names, &[], &readiness).await;
@@ -108,5 +109,69 @@ async fn declared_limits_are_kept_and_the_operators_others_stay() {
     assert_eq!(again.stream_change(), &StreamChange::Unchanged);
     assert_eq!(readiness.report()["warnings"], serde_json::json!({}));
     drop(again);
+    cleanup(&names, aurora_testkit::NATS_URL, &[REDIS]).await;
+}
+
+/// What the original design's `add_stream` asks for (nats.py drops the fields it does not
+/// set; the server fills in its defaults).
+fn design_add_stream(names: &Names) -> serde_json::Value {
+    serde_json::json!({
+        "name": names.nats_stream(),
+        "subjects": names.nats_subjects(),
+        "retention": "limits",
+        "max_msgs": 100_000,
+        "max_age": 7u64 * 24 * 3600 * 1_000_000_000,
+    })
+}
+
+async fn add_stream(js: &jetstream::Context, names: &Names) -> Result<(), String> {
+    let answer: jetstream::response::Response<serde_json::Value> = js
+        .request(
+            format!("STREAM.CREATE.{}", names.nats_stream()),
+            &design_add_stream(names),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match answer {
+        jetstream::response::Response::Ok(_) => Ok(()),
+        jetstream::response::Response::Err { error } => Err(error.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_design_and_the_gateway_each_accept_the_stream_the_other_created() {
+    let js = jetstream::new(async_nats::connect(aurora_testkit::NATS_URL).await.unwrap());
+    // The gateway first: the design's add_stream finds the same configuration.
+    let names = aurora_testkit::names();
+    let gateway = connect(&names, &[], &Readiness::new()).await;
+    assert_eq!(gateway.stream_change(), &StreamChange::Created);
+    drop(gateway);
+    add_stream(&js, &names)
+        .await
+        .expect("the design's add_stream against the gateway's stream");
+    // What the product did before: a description (or a size limit) the design does not set.
+    let mut described = design_add_stream(&names);
+    described["description"] = "Aurora cross-site federation".into();
+    let refused: jetstream::response::Response<serde_json::Value> = js
+        .request(format!("STREAM.CREATE.{}", names.nats_stream()), &described)
+        .await
+        .unwrap();
+    match refused {
+        jetstream::response::Response::Err { error } => {
+            assert!(error.to_string().contains("already in use"), "{error}")
+        }
+        jetstream::response::Response::Ok(_) => panic!("the server compares the configuration"),
+    }
+    cleanup(&names, aurora_testkit::NATS_URL, &[REDIS]).await;
+
+    // The design first: the gateway finds nothing to change.
+    let names = aurora_testkit::names();
+    add_stream(&js, &names).await.unwrap();
+    let readiness = Readiness::new();
+    let gateway = connect(&names, &[], &readiness).await;
+    assert_eq!(gateway.stream_change(), &StreamChange::Unchanged);
+    assert_eq!(readiness.report()["warnings"], serde_json::json!({}));
+    drop(gateway);
+    add_stream(&js, &names).await.expect("and again");
     cleanup(&names, aurora_testkit::NATS_URL, &[REDIS]).await;
 }
