@@ -5,8 +5,9 @@ use clap::Args;
 use futures::TryStreamExt;
 use serde_json::{json, Value};
 
-use aurora_core::bus::GroupConfig;
+use aurora_core::bus::{GroupConfig, ReplicaWait};
 use aurora_core::config::parse_duration;
+use aurora_core::durability::{self, Finding};
 use aurora_core::names::{DeviceTopicKind, FederatedKind};
 
 use crate::Ctx;
@@ -23,6 +24,10 @@ pub struct StatusArgs {
     /// services remove a consumer that holds nothing (default: theirs, 300s).
     #[arg(long, value_parser = parse_duration)]
     forget_idle: Option<Duration>,
+    /// The replicas the services' writes wait for (their --redis-wait-replicas): with 1 or
+    /// more, Redis keeps what they acknowledge by replication, whatever its persistence.
+    #[arg(long, env = "AURORA_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    redis_wait_replicas: u32,
 }
 
 /// The services, each of which may keep a replica registry (`<ns>:<service>:replicas`); a
@@ -65,11 +70,21 @@ pub async fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
     let mut conn = ctx.redis().await?;
     let registries = replica_status(ctx, &mut conn).await?;
     let redis = redis_status(ctx, &mut conn, &registries, forget_idle).await?;
+    let mut durable = vec![redis_durability(&conn, args.redis_wait_replicas).await];
     let nats = if args.no_nats {
         None
     } else {
         Some(nats_status(ctx).await)
     };
+    if let Some(Ok(streams)) = &nats {
+        durable.extend(
+            streams
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.get("durability").cloned()),
+        );
+    }
     if args.json {
         let nats_json = match &nats {
             Some(Ok(v)) => v.clone(),
@@ -83,6 +98,7 @@ pub async fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
                 "replicas": registries,
                 "forget_idle_ms": millis(forget_idle),
                 "jetstream": nats_json,
+                "durability": durable,
             }))?
         );
     } else {
@@ -92,6 +108,8 @@ pub async fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
         if let Some(Ok(v)) = &nats {
             print_nats(v);
         }
+        println!();
+        print!("{}", durability_table(&durable));
     }
     match nats {
         Some(Err(e)) => Err(e),
@@ -252,6 +270,34 @@ async fn redis_status(
     Ok(out)
 }
 
+/// Whether Redis keeps what the services acknowledge (the services' own self-check,
+/// `aurora_core::durability`), as the services would see it with `wait_replicas`.
+async fn redis_durability(conn: &aurora_core::bus::Conn, wait_replicas: u32) -> Value {
+    let wait = (wait_replicas > 0).then_some(ReplicaWait {
+        replicas: wait_replicas,
+        timeout: Duration::from_secs(2),
+    });
+    let mut conn = conn.clone().with_replica_wait(wait);
+    match durability::check_redis(&mut conn).await {
+        Ok(finding) => durability_json(&finding, "every service"),
+        Err(e) => json!({
+            "dependency": e.dependency,
+            "used_by": "every service",
+            "verdict": "unchecked",
+            "why": e.reason,
+        }),
+    }
+}
+
+fn durability_json(finding: &Finding, used_by: &str) -> Value {
+    json!({
+        "dependency": finding.dependency,
+        "used_by": used_by,
+        "verdict": finding.verdict,
+        "why": finding.why,
+    })
+}
+
 async fn nats_status(ctx: &Ctx) -> Result<Value> {
     let client = tokio::time::timeout(Duration::from_secs(3), ctx.nats.connect("aurora-cli"))
         .await
@@ -263,7 +309,10 @@ async fn nats_status(ctx: &Ctx) -> Result<Value> {
         .context("NATS flush")?;
     let js = async_nats::jetstream::new(client);
     let mut out = Vec::new();
-    for name in [ctx.names.nats_stream(), ctx.names.suricata_stream()] {
+    for (name, used_by) in [
+        (ctx.names.nats_stream(), "federation-gateway"),
+        (ctx.names.suricata_stream(), "eve-ingest"),
+    ] {
         let mut stream = match js.get_stream(&name).await {
             Ok(s) => s,
             Err(_) => {
@@ -293,6 +342,7 @@ async fn nats_status(ctx: &Ctx) -> Result<Value> {
             "first_seq": info.state.first_sequence,
             "last_seq": info.state.last_sequence,
             "consumers": consumers,
+            "durability": durability_json(&durability::judge_stream(&info), used_by),
         }));
     }
     Ok(Value::Array(out))
@@ -459,6 +509,25 @@ fn consumers_table(streams: &[Value], forget_idle: Duration) -> String {
                 ]);
             }
         }
+    }
+    table.render()
+}
+
+/// A line per dependency: whether it keeps what the services acknowledge, and why.
+fn durability_table(rows: &[Value]) -> String {
+    let mut table = Table::new(&[
+        ("DURABILITY OF", false),
+        ("USED BY", false),
+        ("VERDICT", false),
+        ("WHY", false),
+    ]);
+    for r in rows {
+        table.row(vec![
+            cell(&r["dependency"]),
+            cell(&r["used_by"]),
+            cell(&r["verdict"]),
+            cell(&r["why"]),
+        ]);
     }
     table.render()
 }

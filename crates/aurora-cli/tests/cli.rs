@@ -270,6 +270,50 @@ fn status_tables_keep_their_columns_apart() {
     }
 }
 
+#[tokio::test]
+async fn status_says_whether_redis_and_the_streams_keep_what_they_acknowledge() {
+    let ns = namespace();
+    let redis = aurora_testkit::RedisServer::start();
+    let client = async_nats::connect(aurora_testkit::NATS_URL).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = aurora_core::Names::new(&ns).unwrap().nats_stream();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{stream}.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let status = |extra: &[&str]| {
+        let mut args = vec!["status", "--redis-url"];
+        let url = redis.url();
+        args.push(&url);
+        args.extend_from_slice(extra);
+        let out = aurora(&ns, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let text = status(&[]);
+    let _ = js.delete_stream(&stream).await;
+    let line = |dependency: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{dependency} ")))
+            .unwrap_or_else(|| panic!("no line for {dependency}: {text}"))
+            .to_string()
+    };
+    assert!(text.contains("DURABILITY OF"), "{text}");
+    assert!(line("redis").contains("does-not-keep"), "{text}");
+    let memory = line(&format!("jetstream:{stream}"));
+    assert!(memory.contains("federation-gateway"), "{memory}");
+    assert!(memory.contains("does-not-keep"), "{memory}");
+
+    let waiting = status(&["--no-nats", "--json", "--redis-wait-replicas", "1"]);
+    let v: serde_json::Value = serde_json::from_str(&waiting).unwrap();
+    assert_eq!(v["durability"][0]["dependency"], "redis", "{v}");
+    assert_eq!(v["durability"][0]["verdict"], "keeps", "{v}");
+}
+
 #[test]
 fn a_switch_variable_reads_as_a_boolean_as_in_the_services() {
     for (value, ok) in [

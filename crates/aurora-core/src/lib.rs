@@ -3,13 +3,15 @@
 //! ([`auth`]), the guard of every listener ([`listener`]), JetStream stream setup ([`jetstream`]), the ops endpoints and telemetry
 //! ([`ops`]), the shared flags ([`config`]), and the one lifecycle of a service ([`service`]):
 //! start-up, dependency health ([`health`]), back-off ([`retry`]), the stream consumer
-//! ([`consumer`]) and the drain.
+//! ([`consumer`]) and the drain; whether Redis and JetStream keep what they acknowledge
+//! ([`durability`]).
 
 pub mod approval;
 pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod consumer;
+pub mod durability;
 pub mod health;
 pub mod jetstream;
 pub mod listener;

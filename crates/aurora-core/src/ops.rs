@@ -41,6 +41,7 @@ struct ReadinessInner {
     components: BTreeMap<String, ComponentState>,
     draining: bool,
     warnings: BTreeMap<String, String>,
+    durability: BTreeMap<String, serde_json::Value>,
 }
 
 impl Readiness {
@@ -109,6 +110,14 @@ impl Readiness {
         };
     }
 
+    /// What a dependency keeps of what it acknowledges ([`crate::durability`]): shown in
+    /// `/readyz` under `durability`, whatever the verdict, without making the service unready.
+    pub fn set_durability(&self, dependency: &str, report: serde_json::Value) {
+        self.lock()
+            .durability
+            .insert(dependency.to_string(), report);
+    }
+
     /// Draining: `/readyz` fails from now on so the load balancer stops sending work.
     pub fn start_draining(&self) {
         self.lock().draining = true;
@@ -136,6 +145,7 @@ impl Readiness {
             "draining": inner.draining,
             "components": inner.components,
             "warnings": inner.warnings,
+            "durability": inner.durability,
         })
     }
 }
