@@ -40,6 +40,7 @@ use std::sync::{Arc, OnceLock};
 
 use aurora_core::bus::{self, GroupReader, Producer};
 use aurora_core::consumer::{BatchHandler, Consumer};
+use aurora_core::durability::SelfCheck;
 use aurora_core::health::{connect_at_start, redis_at_start, Dependencies, REDIS};
 use aurora_core::listener::GuardedListener;
 use aurora_core::service::{Context, Running, Service};
@@ -196,6 +197,10 @@ impl Service for DeviceRegistry {
             health::WATCH_INTERVAL,
             ctx.shutdown.clone(),
         ));
+        running.spawn(
+            SelfCheck::redis(shared.producer.conn())
+                .watch(ctx.readiness.clone(), ctx.shutdown.clone()),
+        );
 
         let http_addr = shared.cfg.http_addr;
         let bind_error = |source| StartError::Bind {

@@ -45,6 +45,7 @@ use std::time::Duration;
 
 use aurora_core::bus;
 use aurora_core::config::NatsArgs;
+use aurora_core::durability::SelfCheck;
 use aurora_core::jetstream::{DeclaredConsumer, StreamLimits, SURICATA_LIMITS};
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
@@ -413,6 +414,11 @@ impl Service for EveIngest {
         if let Some(sensors) = sensors {
             running.spawn(sensors.sweep_until(ctx.shutdown.clone()));
         }
+        running.spawn(
+            SelfCheck::redis(conn.clone())
+                .with_streams(&client, [settings.names.suricata_stream()])
+                .watch(readiness.clone(), ctx.shutdown.clone()),
+        );
         running.spawn(health::dependencies(conn, client.clone()).watch(
             readiness,
             health::WATCH_INTERVAL,

@@ -36,6 +36,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aurora_core::approval::{ApproverKeys, DEFAULT_PRIVILEGED_ACTIONS};
 use aurora_core::bus::{self, Producer};
+use aurora_core::durability::SelfCheck;
 use aurora_core::replicas::Lease;
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
@@ -215,6 +216,9 @@ impl Service for MqttBridge {
             health::WATCH_INTERVAL,
             ctx.shutdown.clone(),
         ));
+        running.spawn(
+            SelfCheck::redis(producer.conn()).watch(ctx.readiness.clone(), ctx.shutdown.clone()),
+        );
 
         // The lease: taken before the uplink connects (no replica adopts this one's session
         // while it is alive), kept until the session was handed back.

@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aurora_core::auth::Verifier;
+use aurora_core::durability::SelfCheck;
 use aurora_core::names::Channel;
 use aurora_core::service::{Context, Running, Service};
 use aurora_core::Names;
@@ -191,6 +192,9 @@ impl Service for Gateway {
             health::WATCH_INTERVAL,
             ctx.shutdown.clone(),
         ));
+        running.spawn(
+            SelfCheck::redis(conn.clone()).watch(ctx.readiness.clone(), ctx.shutdown.clone()),
+        );
         let state = http::AppState {
             verifier,
             sessions,
