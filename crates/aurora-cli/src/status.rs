@@ -321,7 +321,7 @@ async fn nats_status(ctx: &Ctx) -> Result<Value> {
             }
         };
         let info = stream.info().await?.clone();
-        let consumers: Vec<Value> = stream
+        let mut consumers: Vec<Value> = stream
             .consumers()
             .map_ok(|c| {
                 json!({
@@ -334,6 +334,9 @@ async fn nats_status(ctx: &Ctx) -> Result<Value> {
             .try_collect()
             .await
             .unwrap_or_default();
+        if name == ctx.names.nats_stream() {
+            time_to_loss(&stream, &mut consumers).await;
+        }
         out.push(json!({
             "stream": name,
             "exists": true,
@@ -443,12 +446,55 @@ fn redis_table(streams: &[Value]) -> String {
     table.render()
 }
 
+/// Each site's time to loss on the federation stream (federation-gateway's rule, at the
+/// stream's average arrival rate): `time_to_loss_s` (null: nothing bounds it) and `lost`.
+async fn time_to_loss(stream: &async_nats::jetstream::stream::Stream, consumers: &mut [Value]) {
+    let Ok((view, sites)) = federation_gateway::loss::read(stream).await else {
+        return;
+    };
+    let rate = view.average_rate();
+    for c in consumers.iter_mut() {
+        let Some((_, next, age)) = sites
+            .iter()
+            .find(|(name, _, _)| c["consumer"] == name.as_str())
+        else {
+            continue;
+        };
+        let seconds = federation_gateway::loss::seconds_to_loss(&view, *next, *age, rate);
+        c["time_to_loss_s"] = if seconds.is_finite() {
+            json!(seconds.round() as u64)
+        } else {
+            Value::Null
+        };
+        c["lost"] = json!(federation_gateway::loss::lost(&view, *next));
+    }
+}
+
+/// `(pending / ack pending)`, and the time to loss where it is known.
+fn consumer_cell(c: &Value) -> String {
+    let mut cell_text = format!(
+        "{} ({} / {}",
+        cell(&c["consumer"]),
+        cell(&c["pending"]),
+        cell(&c["ack_pending"])
+    );
+    match (&c["lost"], &c["time_to_loss_s"]) {
+        (Value::Number(lost), _) if lost.as_u64() > Some(0) => {
+            cell_text.push_str(&format!(" / {lost} LOST"))
+        }
+        (_, Value::Number(s)) => cell_text.push_str(&format!(" / loss in {s}s")),
+        _ => {}
+    }
+    cell_text.push(')');
+    cell_text
+}
+
 fn nats_table(streams: &Value) -> String {
     let mut table = Table::new(&[
         ("JETSTREAM STREAM", false),
         ("MESSAGES", true),
         ("BYTES", true),
-        ("CONSUMERS (pending / ack pending)", false),
+        ("CONSUMERS (pending / ack pending / time to loss)", false),
     ]);
     for s in streams.as_array().into_iter().flatten() {
         if s["exists"] == false {
@@ -459,14 +505,7 @@ fn nats_table(streams: &Value) -> String {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|c| {
-                format!(
-                    "{} ({} / {})",
-                    cell(&c["consumer"]),
-                    cell(&c["pending"]),
-                    cell(&c["ack_pending"])
-                )
-            })
+            .map(consumer_cell)
             .collect();
         table.row(vec![
             cell(&s["stream"]),
@@ -596,6 +635,22 @@ mod tests {
             }
         }
         starts
+    }
+
+    #[test]
+    fn a_sites_time_to_loss_and_its_loss_are_shown() {
+        let streams = json!([
+            {"stream": "AURORA", "exists": true, "messages": 40, "bytes": 4000,
+             "consumers": [
+                {"consumer": "site-a", "pending": 0, "ack_pending": 0, "time_to_loss_s": 3600, "lost": 0},
+                {"consumer": "site-b", "pending": 40, "ack_pending": 0, "time_to_loss_s": 0, "lost": 15},
+                {"consumer": "site-c", "pending": 0, "ack_pending": 0, "time_to_loss_s": null, "lost": 0}
+             ]},
+        ]);
+        let text = nats_table(&streams);
+        assert!(text.contains("site-a (0 / 0 / loss in 3600s)"), "{text}");
+        assert!(text.contains("site-b (40 / 0 / 15 LOST)"), "{text}");
+        assert!(text.contains("site-c (0 / 0)"), "{text}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod export;
 pub mod health;
 pub mod import;
 pub mod landing;
+pub mod loss;
 pub mod policy;
 pub mod revision;
 pub mod signing;
@@ -387,6 +388,12 @@ impl Connected {
                 ctx.shutdown.clone(),
             ));
         }
+        running.spawn(loss::watch(
+            self.stream.clone(),
+            stream_name.clone(),
+            args.lag_interval,
+            ctx.shutdown.clone(),
+        ));
         running.spawn(dependencies.watch(
             ctx.readiness.clone(),
             health::WATCH_INTERVAL,

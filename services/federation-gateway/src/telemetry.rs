@@ -17,6 +17,8 @@ pub const NAKS: &str = "aurora_federation_gateway_naks_total";
 pub const CONSUMER_LAG: &str = "aurora_federation_gateway_consumer_lag";
 pub const CONSUMER_ACK_PENDING: &str = "aurora_federation_gateway_consumer_ack_pending";
 pub const STREAM_DROPPED: &str = "aurora_federation_gateway_stream_dropped_unimported";
+pub const TIME_TO_LOSS: &str = "aurora_federation_gateway_time_to_loss_seconds";
+pub const MESSAGES_LOST: &str = "aurora_federation_gateway_messages_lost_total";
 pub const CONNECTED: &str = "aurora_federation_gateway_connected";
 pub const PUBLISH_LATENCY: &str = "aurora_federation_gateway_publish_latency_seconds";
 pub const IMPORT_WRITE_LATENCY: &str = "aurora_federation_gateway_import_write_latency_seconds";
@@ -93,6 +95,18 @@ pub fn consumer_state(stream: &str, consumer: &str, pending: u64, ack_pending: u
 pub fn stream_dropped(stream: &str, consumer: &str, n: u64) {
     metrics::gauge!(STREAM_DROPPED, "stream" => stream.to_string(), "consumer" => consumer.to_string())
         .set(n as f64);
+}
+
+/// Seconds until the stream's limits drop a message `consumer` (a site) has not imported.
+pub fn time_to_loss(stream: &str, consumer: &str, seconds: f64) {
+    metrics::gauge!(TIME_TO_LOSS, "stream" => stream.to_string(), "consumer" => consumer.to_string())
+        .set(seconds);
+}
+
+/// Messages the stream dropped before `consumer` (a site) imported them.
+pub fn messages_lost(stream: &str, consumer: &str, n: u64) {
+    metrics::counter!(MESSAGES_LOST, "stream" => stream.to_string(), "consumer" => consumer.to_string())
+        .increment(n);
 }
 
 pub fn connected(up: bool) {
