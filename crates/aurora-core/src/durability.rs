@@ -500,6 +500,57 @@ mod tests {
         assert!(f.why.contains("a restart of Redis loses"), "{}", f.why);
     }
 
+    fn stream_info(storage: &str, replicas: usize, cluster: serde_json::Value) -> stream::Info {
+        let at = "2026-01-01T00:00:00Z";
+        serde_json::from_value(serde_json::json!({
+            "config": {"name": "AURORA", "subjects": ["AURORA.>"], "retention": "limits",
+                       "storage": storage, "num_replicas": replicas, "discard": "old",
+                       "max_consumers": -1, "max_msgs": -1, "max_bytes": -1, "max_age": 0},
+            "created": at,
+            "state": {"messages": 0, "bytes": 0, "first_seq": 0, "first_ts": at,
+                      "last_seq": 0, "last_ts": at, "consumer_count": 0},
+            "cluster": cluster,
+        }))
+        .expect("a stream info")
+    }
+
+    #[test]
+    fn streams_keep_on_file_storage_and_not_in_memory() {
+        let standalone = serde_json::json!({"leader": "n1"});
+        let f = judge_stream(&stream_info("memory", 3, standalone.clone()));
+        assert_eq!(f.verdict, Verdict::DoesNotKeep);
+        assert_eq!(f.dependency, "jetstream:AURORA");
+        let f = judge_stream(&stream_info("file", 1, standalone));
+        assert_eq!(f.verdict, Verdict::Keeps);
+        assert!(f.why.contains("(R1)"), "{}", f.why);
+        let cluster = |offline: bool| {
+            serde_json::json!({"name": "c", "leader": "n1", "replicas": [
+                {"name": "n2", "current": true, "active": 1000},
+                {"name": "n3", "current": !offline, "active": 1000, "offline": offline},
+            ]})
+        };
+        let f = judge_stream(&stream_info(
+            "file",
+            1,
+            serde_json::json!({"name": "c", "leader": "n1"}),
+        ));
+        assert_eq!(f.verdict, Verdict::Keeps);
+        assert!(f.why.contains("AURORA_NATS_STREAM_REPLICAS=3"), "{}", f.why);
+        let f = judge_stream(&stream_info("file", 3, cluster(false)));
+        assert!(
+            f.why.contains("R3") && !f.why.contains("offline"),
+            "{}",
+            f.why
+        );
+        let f = judge_stream(&stream_info("file", 3, cluster(true)));
+        assert_eq!(f.verdict, Verdict::Keeps);
+        assert!(
+            f.why.contains("1 of its replicas behind or offline"),
+            "{}",
+            f.why
+        );
+    }
+
     #[test]
     fn waiting_for_replicas_keeps_without_persistence_and_unknown_stays_unknown() {
         let wait = Some(ReplicaWait {
