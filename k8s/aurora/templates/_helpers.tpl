@@ -46,12 +46,13 @@ app.kubernetes.io/component: {{ .name }}
 {{- end }}
 
 {{/* What each service needs (the contract): a YAML map of service -> list. approvalKeys: the
-public keys that verify an approved device action; approvalSigner: the key that signs one. */}}
+public keys that verify an approved device action; approvalSigner: the key that signs one;
+federationKeys: the site's federation signing key and its peers' public keys. */}}
 {{- define "aurora.needs" -}}
 mqtt-bridge: [redis, mqtt, approvalKeys]
 device-registry: [redis, database, jwt, http, approvalKeys]
 ws-gateway: [redis, jwt, http, approvalSigner]
-federation-gateway: [redis, nats]
+federation-gateway: [redis, nats, federationKeys]
 eve-ingest: [redis, nats]
 {{- end }}
 

@@ -242,3 +242,65 @@ with (dict "root" $ "name" $name). */}}
       - key: {{ .Values.approvals.signingKey.key }}
         path: signing.key
 {{- end }}
+
+{{/* federation-gateway's keys (values federation) and legacy subjects, for a service that
+needs federationKeys. Call with (dict "root" $ "name" $name). */}}
+{{- define "aurora.federation.env" -}}
+{{- if include "aurora.needs.has" (dict "root" .root "name" .name "what" "federationKeys") }}
+{{- $fed := .root.Values.federation }}
+{{- if $fed.signingKey.existingSecret }}
+# This site's key: every export is signed (federation.signingKey).
+- name: AURORA_FEDERATION_GATEWAY_SIGNING_KEY
+  value: /etc/aurora/federation/signing/signing.key
+{{- end }}
+{{- if $fed.peerKeys.existingSecret }}
+# The peer sites' public keys: only what they signed is imported (federation.peerKeys).
+- name: AURORA_FEDERATION_GATEWAY_PEER_KEYS
+  value: /etc/aurora/federation/peers
+{{- end }}
+{{- with $fed.legacySubjects }}
+- name: AURORA_FEDERATION_GATEWAY_LEGACY_SUBJECTS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The mounts of federation-gateway's keys. Call with (dict "root" $ "name" $name). */}}
+{{- define "aurora.federation.mounts" -}}
+{{- if include "aurora.needs.has" (dict "root" .root "name" .name "what" "federationKeys") }}
+{{- $fed := .root.Values.federation }}
+{{- if $fed.signingKey.existingSecret }}
+- name: federation-signing-key
+  mountPath: /etc/aurora/federation/signing
+  readOnly: true
+{{- end }}
+{{- if $fed.peerKeys.existingSecret }}
+- name: federation-peer-keys
+  mountPath: /etc/aurora/federation/peers
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The volumes of federation-gateway's keys, from their Secrets. Call with (dict "root" $
+"name" $name). */}}
+{{- define "aurora.federation.volumes" -}}
+{{- if include "aurora.needs.has" (dict "root" .root "name" .name "what" "federationKeys") }}
+{{- $fed := .root.Values.federation }}
+{{- if $fed.signingKey.existingSecret }}
+- name: federation-signing-key
+  secret:
+    secretName: {{ $fed.signingKey.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $fed.signingKey.key }}
+        path: signing.key
+{{- end }}
+{{- if $fed.peerKeys.existingSecret }}
+- name: federation-peer-keys
+  secret:
+    secretName: {{ $fed.peerKeys.existingSecret }}
+    defaultMode: 0444
+{{- end }}
+{{- end }}
+{{- end }}

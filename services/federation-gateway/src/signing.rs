@@ -426,10 +426,15 @@ mod tests {
             format!("{}\n", a.public_base64()),
         )
         .unwrap();
-        std::fs::write(secret.join("..data"), "ignored").unwrap();
+        // A Secret volume: the files are links through `..data` to a hidden directory.
+        let hidden = secret.join("..2026_12_01");
+        std::fs::create_dir(&hidden).unwrap();
+        std::fs::write(hidden.join("site-c"), a.public_base64()).unwrap();
+        std::os::unix::fs::symlink("..2026_12_01", secret.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/site-c", secret.join("site-c")).unwrap();
         assert_eq!(
             PeerKeys::load(&secret).unwrap().describe(),
-            vec![format!("site-b:{}", a.id())]
+            vec![format!("site-b:{}", a.id()), format!("site-c:{}", a.id())]
         );
         std::fs::write(&file, "site-a not-base64\n").unwrap();
         assert!(PeerKeys::load(&file).is_err());
