@@ -282,13 +282,19 @@ impl BatchHandler for Publisher {
 }
 
 impl Publisher {
-    /// Records the revisions about to leave in the site's revision state, so that an older
-    /// revision of the same document arriving later is not applied over them.
+    /// Records the changes about to leave in the site's revision state, so that an older
+    /// revision of the same document arriving later is not applied over them. A document's
+    /// first form needs no record: every other revision of it is newer.
     async fn record(&self, decided: &[(Entry, Decision)]) -> Result<(), ReadError> {
         let revisions: Vec<Landing> = decided
             .iter()
             .filter_map(|(_, decision)| match decision {
-                Decision::Export { doc, stamp, .. } => Some(Landing {
+                Decision::Export {
+                    doc,
+                    stamp,
+                    change: true,
+                    ..
+                } => Some(Landing {
                     kind: self.shared.kind,
                     doc: doc.clone(),
                     stamp: stamp.clone(),

@@ -40,7 +40,7 @@ local function older(r, s, h, held)
   if h ~= hh then return h < hh and -1 or 1 end
   return 0
 end
-local out = {}
+local out, touched = {}, {}
 for i = 1, #KEYS / 3 do
   local state, order, stream = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local b = 6 + (i - 1) * 5
@@ -48,7 +48,7 @@ for i = 1, #KEYS / 3 do
   local held = redis.call('HGET', state, doc)
   local cmp = 1
   if held then cmp = older(rev, site, hash, held) end
-  if cmp == 0 and held then
+  if cmp == 0 then
     out[i] = '='
   elseif cmp < 0 then
     out[i] = '<'
@@ -60,11 +60,15 @@ for i = 1, #KEYS / 3 do
     end
     redis.call('HSET', state, doc, rev .. '|' .. site .. '|' .. hash)
     redis.call('ZADD', order, now, doc)
-    local extra = redis.call('ZCARD', order) - cap
-    if extra > 0 then
-      local gone = redis.call('ZPOPMIN', order, extra)
-      for j = 1, #gone, 2 do redis.call('HDEL', state, gone[j]) end
-    end
+  end
+  touched[state] = order
+end
+-- Once per kind: trimmed to the newest `cap` documents, expiring with the stream.
+for state, order in pairs(touched) do
+  local extra = redis.call('ZCARD', order) - cap
+  if extra > 0 then
+    local gone = redis.call('ZPOPMIN', order, extra)
+    for j = 1, #gone, 2 do redis.call('HDEL', state, gone[j]) end
   end
   redis.call('EXPIRE', state, ttl)
   redis.call('EXPIRE', order, ttl)

@@ -59,6 +59,9 @@ pub enum Decision {
         /// The document (`<owner site>:<id>`) and this revision of it.
         doc: String,
         stamp: Stamp,
+        /// A change (not the document's first form): recorded in the site's revision state
+        /// before it leaves.
+        change: bool,
     },
     /// Acknowledge without publishing.
     Withhold(Withheld),
@@ -143,6 +146,7 @@ impl Policy {
             return Decision::Withhold(Withheld::Imported);
         }
         let revision = revisions.revision();
+        let change = revisions.is_change();
         match marking(probe.tlp.as_ref()) {
             Ok(Some(Tlp::Red)) => return Decision::Withhold(Withheld::TlpRed),
             Ok(_) => {}
@@ -178,7 +182,7 @@ impl Policy {
                 if leaks {
                     return match strip_red_iocs(data) {
                         Ok((payload, withheld)) => {
-                            self.export(payload, withheld, doc, &doc_id, revision)
+                            self.export(payload, withheld, doc, &doc_id, (revision, change))
                         }
                         Err(reason) => Decision::Reject(reason),
                     };
@@ -186,7 +190,13 @@ impl Policy {
             }
             FederatedKind::AgentResults | FederatedKind::Audit => {}
         }
-        self.export(Bytes::copy_from_slice(data), 0, doc, &doc_id, revision)
+        self.export(
+            Bytes::copy_from_slice(data),
+            0,
+            doc,
+            &doc_id,
+            (revision, change),
+        )
     }
 
     fn export(
@@ -195,7 +205,7 @@ impl Policy {
         iocs_withheld: usize,
         doc: String,
         doc_id: &str,
-        revision: i64,
+        (revision, change): (i64, bool),
     ) -> Decision {
         let hash = revision::content_hash(&payload);
         let msg_id = revision::message_id(&self.site_id, doc_id, revision, &hash);
@@ -209,6 +219,7 @@ impl Policy {
                 site: self.site_id.clone(),
                 hash,
             },
+            change,
         }
     }
 }
@@ -323,12 +334,14 @@ mod tests {
             iocs_withheld,
             doc,
             stamp,
+            change,
         } = policy(Severity::Info).decide(FederatedKind::Alerts, ALERT.as_bytes())
         else {
             panic!("alert not exported");
         };
         assert_eq!(doc, "site-a:550e8400-e29b-41d4-a716-446655440000");
         assert_eq!(stamp.revision, 1_705_314_600_000_000);
+        assert!(!change, "a first form, not a change");
         assert_eq!(stamp.hash, crate::revision::content_hash(&payload));
         assert_eq!(
             msg_id,
@@ -403,10 +416,16 @@ mod tests {
             Decision::Withhold(Withheld::Imported)
         );
         let changed = br#"{"id":"x","origin_site":"site-b","timestamp":"2024-01-15T10:30:00Z","updated_at":"2024-01-15T11:00:00Z","imported_revision":1705314600000000}"#;
-        let Decision::Export { doc, msg_id, .. } = p.decide(FederatedKind::AgentResults, changed)
+        let Decision::Export {
+            doc,
+            msg_id,
+            change,
+            ..
+        } = p.decide(FederatedKind::AgentResults, changed)
         else {
             panic!("a change made here stays home");
         };
+        assert!(change);
         assert_eq!(doc, "site-b:x");
         assert!(msg_id.starts_with("site-a:x@1705316400000000."), "{msg_id}");
         let legacy =

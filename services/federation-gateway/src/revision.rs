@@ -50,6 +50,12 @@ impl RevisionProbe {
             .unwrap_or(0)
     }
 
+    /// Whether the revision is a change (`updated_at`), not a document's first form: only a
+    /// change can meet an older revision of its document later.
+    pub fn is_change(&self) -> bool {
+        instant(self.updated_at.as_ref()).is_some()
+    }
+
     /// Whether this is an imported document no one has changed since it landed.
     pub fn unchanged_import(&self) -> bool {
         self.imported_revision.as_ref().and_then(Value::as_i64) == Some(self.revision())

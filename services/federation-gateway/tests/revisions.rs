@@ -179,6 +179,56 @@ async fn an_older_revision_arriving_late_never_overwrites_a_newer_one() {
     cleanup(&names, nats, &[SITE_B]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_here_is_not_overwritten_by_an_older_revision_arriving_later() {
+    let names = aurora_testkit::names();
+    let nats = aurora_testkit::NATS_URL;
+    let keys = Keys::new(&[("site-b", 2), ("site-x", 9)]);
+    let flags = keys.flags("site-b");
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let b = Gateway::start(args(&names, "site-b", SITE_B, nats, &extra)).await;
+    let rb = redis(SITE_B).await;
+    let js = jetstream_ctx(nats).await;
+    let key = Keys::key(9);
+    let subject = names.nats_subject(FederatedKind::Alerts);
+    let id = uid("mine-last");
+    let alerts = names.alerts();
+
+    let first = revised(&alert("mine-last"), "acknowledged", "2024-01-15T11:00:00Z");
+    Outgoing::signed(subject.clone(), "site-x", &first, &key)
+        .publish(&js)
+        .await;
+    let landed = wait_until(LONG, "site-x's alert at B", || async {
+        last_of(&rb, &alerts, &id).await
+    })
+    .await;
+    // Changed at B, and exported (so recorded as B's).
+    xadd_json(&rb, &alerts, &revised(&landed, "closed", "2024-01-15T13:00:00Z")).await;
+    wait_until(LONG, "B's change on the wire", || async {
+        (stream_len(nats, &names.nats_stream()).await == 2).then_some(())
+    })
+    .await;
+    // site-x's own later change, made before it saw B's: older than B's.
+    let crossing = revised(&alert("mine-last"), "investigating", "2024-01-15T12:00:00Z");
+    Outgoing::signed(subject.clone(), "site-x", &crossing, &key)
+        .publish(&js)
+        .await;
+    let sentinel = alert("mine-last-sentinel");
+    Outgoing::signed(subject.clone(), "site-x", &sentinel, &key)
+        .publish(&js)
+        .await;
+    wait_until(LONG, "the sentinel at B", || async {
+        last_of(&rb, &alerts, &uid("mine-last-sentinel")).await
+    })
+    .await;
+    let last = last_of(&rb, &alerts, &id).await.unwrap();
+    assert_eq!(last["status"], "closed", "B's change stays: {last}");
+    assert_eq!(last["updated_at"], "2024-01-15T13:00:00Z");
+
+    b.stop().await;
+    cleanup(&names, nats, &[SITE_B]).await;
+}
+
 /// `INFO memory`'s used_memory and the number of keys of a Redis.
 async fn memory(conn: &Conn) -> (u64, u64) {
     let mut conn = conn.clone();
