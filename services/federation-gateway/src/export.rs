@@ -34,12 +34,18 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{ExportError, ReadError};
 use crate::landing::{Lander, Landing};
 use crate::policy::{Decision, Policy, ORIGIN_SITE_HEADER};
-use crate::signing::{Signed, SiteKey, KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_AT_HEADER};
+use crate::signing::{
+    self, Seal, SiteKey, KEY_ID_HEADER, PROOF_HEADER, SIGNATURE_HEADER, SIGNED_AT_HEADER,
+};
 use crate::telemetry::{self, Direction};
 use crate::{retry, SERVICE};
 
 /// The consumer group of every exporter on every local stream.
 pub const GROUP: &str = SERVICE;
+
+/// A batch's seal is used for a first publish within this many ms of its signing; later,
+/// the message is sealed anew.
+const SEAL_FRESH_MS: i64 = 10_000;
 
 /// XACK at least every this many settled entries while busy.
 const FLUSH_AT: usize = 128;
@@ -101,26 +107,43 @@ impl Shared {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes, signed (again at every publish: the signing instant is what tells a
-    /// replay) when the site has a key.
-    async fn send(&self, msg_id: &str, payload: Bytes) -> Result<PublishAckFuture, PublishError> {
+    /// Seals the messages of a batch with one signature (in order; `None` each when the site
+    /// has no key).
+    fn seal(&self, messages: &[(&str, &[u8])]) -> Vec<Option<Seal>> {
+        let Some(key) = &self.key else {
+            return vec![None; messages.len()];
+        };
+        let leaves: Vec<[u8; 32]> = messages
+            .iter()
+            .map(|(msg_id, payload)| signing::leaf(&self.subject, msg_id, &self.site_id, payload))
+            .collect();
+        let signed_at_ms = chrono::Utc::now().timestamp_millis();
+        key.seal(&self.site_id, signed_at_ms, &leaves)
+            .into_iter()
+            .map(Some)
+            .collect()
+    }
+
+    /// Publishes with `seal`; without one (a publish again), sealed alone now: the signing
+    /// instant is what tells a replay.
+    async fn send(
+        &self,
+        msg_id: &str,
+        payload: Bytes,
+        seal: Option<Seal>,
+    ) -> Result<PublishAckFuture, PublishError> {
         let mut publish = PublishMessage::build()
             .message_id(msg_id)
             .header(ORIGIN_SITE_HEADER, self.site_id.as_str());
-        if let Some(key) = &self.key {
-            let signed_at_ms = chrono::Utc::now().timestamp_millis();
-            let signature = key.sign(&Signed {
-                subject: &self.subject,
-                msg_id,
-                origin: &self.site_id,
-                key_id: key.id(),
-                signed_at_ms,
-                payload: &payload,
-            });
+        let seal = seal.or_else(|| self.seal(&[(msg_id, &payload)]).pop().flatten());
+        if let Some(seal) = seal {
             publish = publish
-                .header(KEY_ID_HEADER, key.id())
-                .header(SIGNED_AT_HEADER, signed_at_ms.to_string().as_str())
-                .header(SIGNATURE_HEADER, signature.as_str());
+                .header(KEY_ID_HEADER, seal.key_id.as_str())
+                .header(SIGNED_AT_HEADER, seal.signed_at_ms.to_string().as_str())
+                .header(SIGNATURE_HEADER, seal.signature.as_str());
+            if !seal.proof.is_empty() {
+                publish = publish.header(PROOF_HEADER, seal.proof.as_str());
+            }
         }
         self.js
             .send_publish(self.subject.clone(), publish.payload(payload))
@@ -260,11 +283,16 @@ impl BatchHandler for Publisher {
         };
         let fresh = decided.len();
         self.record(&decided).await?;
+        let mut seals = self.seal(&decided).into_iter();
         for (entry, decision) in decided {
             if self.shared.abort.is_cancelled() {
                 return Ok(());
             }
-            let Some(item) = self.prepare(reader, entry, decision).await else {
+            let seal = match decision {
+                Decision::Export { .. } => seals.next().flatten(),
+                _ => None,
+            };
+            let Some(item) = self.prepare(reader, entry, decision, seal).await else {
                 continue;
             };
             if self.tx.send(item).await.is_err() {
@@ -310,13 +338,29 @@ impl Publisher {
             .map_err(|e| ReadError(e.source))
     }
 
-    /// Acts on the decision about one entry; publishes it when it may leave. `None` when
-    /// there is nothing left to do with it (dead-lettered) or when told to give up.
+    /// One signature for what leaves of the batch: a seal per exported entry, in order.
+    fn seal(&self, decided: &[(Entry, Decision)]) -> Vec<Option<Seal>> {
+        let messages: Vec<(&str, &[u8])> = decided
+            .iter()
+            .filter_map(|(_, decision)| match decision {
+                Decision::Export {
+                    msg_id, payload, ..
+                } => Some((msg_id.as_str(), &payload[..])),
+                _ => None,
+            })
+            .collect();
+        self.shared.seal(&messages)
+    }
+
+    /// Acts on the decision about one entry; publishes it (with its batch's `seal`) when it
+    /// may leave. `None` when there is nothing left to do with it (dead-lettered) or when told
+    /// to give up.
     async fn prepare(
         &self,
         reader: &GroupReader,
         entry: Entry,
         decision: Decision,
+        mut seal: Option<Seal>,
     ) -> Option<InFlight> {
         let kind = self.shared.kind;
         let (payload, msg_id) = match decision {
@@ -350,7 +394,13 @@ impl Publisher {
         let permit = self.window.clone().acquire_owned().await.ok()?;
         let mut backoff = retry();
         let ack = loop {
-            match self.shared.send(&msg_id, payload.clone()).await {
+            // The batch's seal on the first try, unless the window held the entry long enough
+            // for its signing instant to look like a replay's; a try again is sealed anew.
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let fresh = seal
+                .take()
+                .filter(|s| now_ms - s.signed_at_ms < SEAL_FRESH_MS);
+            match self.shared.send(&msg_id, payload.clone(), fresh).await {
                 Ok(ack) => break ack,
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                     reject(reader, &entry, &format!("too large for NATS: {e}")).await;
@@ -515,7 +565,7 @@ async fn settle(shared: &Shared, out: Outgoing) -> Settled {
                 return Settled::GaveUp;
             }
             wait = true;
-            match shared.send(&msg_id, payload.clone()).await {
+            match shared.send(&msg_id, payload.clone(), None).await {
                 Ok(ack) => break ack,
                 Err(e) => {
                     tracing::warn!(error = %e, msg_id = %msg_id, "publish failed; retrying")

@@ -25,7 +25,9 @@ use crate::error::{ConsumerError, LandError};
 use crate::landing::{Landed, Lander, Landing};
 use crate::policy::{document_id, ORIGIN_SITE_FIELD, ORIGIN_SITE_HEADER};
 use crate::revision::{self, RevisionProbe, Stamp, IMPORTED_REVISION_FIELD, ORIGIN_VERIFIED_FIELD};
-use crate::signing::{Claim, PeerKeys, KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_AT_HEADER};
+use crate::signing::{
+    Claim, PeerKeys, KEY_ID_HEADER, PROOF_HEADER, SIGNATURE_HEADER, SIGNED_AT_HEADER,
+};
 use crate::telemetry::{self, Direction};
 use crate::{retry, SERVICE};
 
@@ -337,6 +339,7 @@ impl Importer {
                 .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis());
             let key_id = header(KEY_ID_HEADER);
             let signed_at = header(SIGNED_AT_HEADER);
+            let proof = header(PROOF_HEADER);
             let claim = Claim {
                 subject: msg.subject.as_str(),
                 msg_id: &msg_id,
@@ -344,6 +347,7 @@ impl Importer {
                 key_id: key_id.as_deref(),
                 signed_at: signed_at.as_deref(),
                 signature: signature.as_deref(),
+                proof: proof.as_deref(),
                 payload: &msg.payload,
                 stored_at_ms,
             };

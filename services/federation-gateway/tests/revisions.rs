@@ -203,7 +203,12 @@ async fn a_change_made_here_is_not_overwritten_by_an_older_revision_arriving_lat
     })
     .await;
     // Changed at B, and exported (so recorded as B's).
-    xadd_json(&rb, &alerts, &revised(&landed, "closed", "2024-01-15T13:00:00Z")).await;
+    xadd_json(
+        &rb,
+        &alerts,
+        &revised(&landed, "closed", "2024-01-15T13:00:00Z"),
+    )
+    .await;
     wait_until(LONG, "B's change on the wire", || async {
         (stream_len(nats, &names.nats_stream()).await == 2).then_some(())
     })

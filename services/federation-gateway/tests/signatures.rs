@@ -196,3 +196,46 @@ async fn legacy_peers_land_unverified_and_are_never_exported_again() {
     b.stop().await;
     cleanup(&names, nats, &[SITE_B]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_under_one_signature_lands_whole() {
+    let names = aurora_testkit::names();
+    let nats = aurora_testkit::NATS_URL;
+    let keys = Keys::new(&[("site-a", 1), ("site-b", 2)]);
+    let start = |site: &'static str, redis: &'static str| {
+        let flags = keys.flags(site);
+        let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Gateway::start(args(&names, site, redis, nats, &extra))
+    };
+    const SITE_A: &str = "redis://127.0.0.1:6379/10";
+    let a = start("site-a", SITE_A).await;
+    let b = start("site-b", SITE_B).await;
+    let ra = redis(SITE_A).await;
+    let rb = redis(SITE_B).await;
+    // Written at once: the exporter reads them in batches (256 at most) and signs each once.
+    let producer = aurora_core::bus::Producer::new(ra.clone(), 1_000_000);
+    let docs: Vec<Vec<u8>> = (0..300)
+        .map(|i| serde_json::to_vec(&alert(&format!("batch-{i}"))).unwrap())
+        .collect();
+    let alerts = names.alerts();
+    let items: Vec<(&str, &[u8])> = docs.iter().map(|d| (alerts.as_str(), &d[..])).collect();
+    producer.publish_batch(&items).await.unwrap();
+    wait_xlen(&rb, &alerts, 300, "the 300 alerts at B").await;
+    // Those that went out in a batch carry their paths to the batch's root.
+    let js = jetstream_ctx(nats).await;
+    let stream = js.get_stream(names.nats_stream()).await.unwrap();
+    let mut with_path = 0;
+    for seq in 1..=300 {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let proof = federation_gateway::signing::PROOF_HEADER;
+        with_path += usize::from(msg.headers.get(proof).is_some());
+    }
+    assert!(with_path > 100, "{with_path} of 300 signed in batches");
+    assert!(stream_values(&rb, &names.federation_deadletter())
+        .await
+        .is_empty());
+
+    a.stop().await;
+    b.stop().await;
+    cleanup(&names, nats, &[SITE_A, SITE_B]).await;
+}

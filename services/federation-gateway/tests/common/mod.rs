@@ -14,7 +14,7 @@ use aurora_core::service::{launch, Flags, LaunchOptions, Launched, Stopped};
 use aurora_testkit::prelude::*;
 use federation_gateway::revision;
 use federation_gateway::signing::{
-    Signed, SiteKey, KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_AT_HEADER,
+    leaf, SiteKey, KEY_ID_HEADER, PROOF_HEADER, SIGNATURE_HEADER, SIGNED_AT_HEADER,
 };
 use federation_gateway::{Args, ORIGIN_SITE_HEADER, SERVICE};
 use serde_json::{json, Value};
@@ -198,18 +198,16 @@ impl<'a> Outgoing<'a> {
             msg = msg.header(ORIGIN_SITE_HEADER, origin);
         }
         if let Some((key, key_id)) = self.key {
-            let signature = key.sign(&Signed {
-                subject: &self.subject,
-                msg_id: &msg_id,
-                origin,
-                key_id,
-                signed_at_ms: self.signed_at_ms,
-                payload: &payload,
-            });
+            // A batch of one, sealed by `key`; the header names `key_id`.
+            let leaf = leaf(&self.subject, &msg_id, origin, &payload);
+            let seal = key.seal(origin, self.signed_at_ms, &[leaf]).remove(0);
             msg = msg
                 .header(KEY_ID_HEADER, key_id)
                 .header(SIGNED_AT_HEADER, self.signed_at_ms.to_string().as_str())
-                .header(SIGNATURE_HEADER, signature.as_str());
+                .header(SIGNATURE_HEADER, seal.signature.as_str());
+            if !seal.proof.is_empty() {
+                msg = msg.header(PROOF_HEADER, seal.proof.as_str());
+            }
         }
         js.send_publish(self.subject.clone(), msg.payload(payload.into()))
             .await
