@@ -46,10 +46,10 @@ pub enum StreamSetupError {
         source: serde_json::Error,
     },
     #[error("cannot create stream {name}: {source}")]
-    Create {
+    Refused {
         name: String,
         #[source]
-        source: jetstream::context::CreateStreamError,
+        source: jetstream::Error,
     },
     #[error(
         "stream {name} exists with a config that cannot be changed in place ({changes}): {source}"
@@ -126,6 +126,14 @@ pub enum StreamChange {
     Unchanged,
     /// It had drifted and was updated; each string names a field with its old and new value.
     Updated(Vec<String>),
+    /// Created or updated, but NATS could not reserve the declared size (its JetStream
+    /// storage is smaller): the stream is bounded by `got` bytes instead of `declared`, and
+    /// `changes` were applied (empty for a creation).
+    Short {
+        declared: u64,
+        got: u64,
+        changes: Vec<String>,
+    },
 }
 
 impl StreamChange {
@@ -135,6 +143,11 @@ impl StreamChange {
             Self::Updated(changes) => Some(format!(
                 "stream {stream} had drifted from its declaration; the declared values were applied at start: {}",
                 changes.join("; ")
+            )),
+            Self::Short { declared, got, .. } => Some(format!(
+                "stream {stream} is bounded by {} instead of the declared {}: NATS cannot reserve that much JetStream storage (give the server more, max_file_store, or declare a smaller size)",
+                show_bytes(*got),
+                show_bytes(*declared)
             )),
             _ => None,
         }
@@ -668,6 +681,7 @@ pub async fn ensure_stream(
         })?;
     let drifts = config_diff(&actual, &desired);
     if drifts.is_empty() {
+        set_unresolved("stream", &name, 0);
         return Ok(StreamChange::Unchanged);
     }
     report_drift("stream", &name, &drifts);
@@ -679,24 +693,26 @@ pub async fn ensure_stream(
             }
         })?;
     let update = patched(raw, &declared, &declared_stream_keys(&desired));
-    let answer: Response<Value> = js
-        .request(format!("STREAM.UPDATE.{name}"), &update)
-        .await
-        .map_err(|source| StreamSetupError::Request {
-            name: name.clone(),
-            source,
-        })?;
-    if let Response::Err { error } = answer {
-        return Err(StreamSetupError::Conflict {
-            name,
-            changes: joined(&drifts),
-            source: error,
-        });
-    }
+    let applied = match with_room(js, "UPDATE", &name, update).await {
+        Ok(applied) => applied,
+        Err(Refusal::Request(source)) => return Err(StreamSetupError::Request { name, source }),
+        Err(Refusal::Server(source)) => {
+            return Err(StreamSetupError::Conflict {
+                name,
+                changes: joined(&drifts),
+                source,
+            })
+        }
+    };
     tracing::warn!(stream = %name, changes = %joined(&drifts), "stream config had drifted: the declared values were applied");
-    Ok(StreamChange::Updated(
-        drifts.iter().map(Drift::to_string).collect(),
-    ))
+    let changes = drifts.iter().map(Drift::to_string).collect();
+    Ok(match applied {
+        Some(got) => short(&name, &desired, got, changes),
+        None => {
+            set_unresolved("stream", &name, 0);
+            StreamChange::Updated(changes)
+        }
+    })
 }
 
 async fn create_stream(
@@ -704,14 +720,88 @@ async fn create_stream(
     desired: &DeclaredStream,
 ) -> Result<StreamChange, StreamSetupError> {
     let name = desired.config.name.clone();
-    js.create_stream(desired.creation_config())
-        .await
-        .map_err(|source| StreamSetupError::Create {
+    let config = serde_json::to_value(desired.creation_config()).map_err(|source| {
+        StreamSetupError::Decode {
             name: name.clone(),
             source,
-        })?;
+        }
+    })?;
+    let applied = match with_room(js, "CREATE", &name, config).await {
+        Ok(applied) => applied,
+        Err(Refusal::Request(source)) => return Err(StreamSetupError::Request { name, source }),
+        Err(Refusal::Server(source)) => return Err(StreamSetupError::Refused { name, source }),
+    };
     tracing::info!(stream = %name, "stream created");
-    Ok(StreamChange::Created)
+    Ok(match applied {
+        Some(got) => short(&name, desired, got, Vec::new()),
+        None => {
+            set_unresolved("stream", &name, 0);
+            StreamChange::Created
+        }
+    })
+}
+
+/// The smallest size a stream is shrunk to when NATS cannot reserve the declared one.
+const SMALLEST_RESERVATION: u64 = 64 << 20;
+
+enum Refusal {
+    Request(jetstream::context::RequestError),
+    Server(jetstream::Error),
+}
+
+/// Sends `STREAM.<verb>.<name>` with `config`. When the server cannot reserve the config's
+/// `max_bytes` (its JetStream storage is smaller: a small disk, other streams' reservations),
+/// the size is halved until it fits, down to [`SMALLEST_RESERVATION`]: a bounded stream that
+/// runs beats a service that cannot start. `Some(bytes)`: the size applied instead.
+async fn with_room(
+    js: &jetstream::Context,
+    verb: &str,
+    name: &str,
+    mut config: Value,
+) -> Result<Option<u64>, Refusal> {
+    let mut shrunk = None;
+    loop {
+        let answer: Response<Value> = js
+            .request(format!("STREAM.{verb}.{name}"), &config)
+            .await
+            .map_err(Refusal::Request)?;
+        let error = match answer {
+            Response::Ok(_) => return Ok(shrunk),
+            Response::Err { error } => error,
+        };
+        let size = config.get("max_bytes").and_then(Value::as_i64).unwrap_or(0);
+        let storage_short = [
+            ErrorCode::STORAGE_RESOURCES_EXCEEDED,
+            ErrorCode::INSUFFICIENT_RESOURCES,
+        ]
+        .contains(&error.error_code());
+        let half = (size.max(0) as u64) / 2;
+        if !storage_short || half < SMALLEST_RESERVATION {
+            return Err(Refusal::Server(error));
+        }
+        config["max_bytes"] = Value::from(half);
+        shrunk = Some(half);
+    }
+}
+
+/// Logs and counts a stream bounded below its declared size.
+fn short(name: &str, desired: &DeclaredStream, got: u64, changes: Vec<String>) -> StreamChange {
+    let declared = match desired.limits.max_bytes {
+        Limit::At(bytes) => bytes,
+        _ => got,
+    };
+    tracing::warn!(
+        stream = %name,
+        declared = %show_bytes(declared),
+        applied = %show_bytes(got),
+        "NATS cannot reserve the stream's declared size: it is bounded by a smaller one (give the server more JetStream storage, or declare a smaller size)"
+    );
+    set_unresolved("stream", name, 1);
+    StreamChange::Short {
+        declared,
+        got,
+        changes,
+    }
 }
 
 /// How a declared consumer delivers.

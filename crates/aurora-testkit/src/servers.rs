@@ -241,18 +241,39 @@ impl NatsServer {
         server
     }
 
+    /// With at most `bytes` of JetStream file storage (a small disk).
+    pub fn start_with_file_store(bytes: u64) -> Self {
+        let mut server = Self::with_jetstream(&format!("max_file_store: {bytes}"));
+        server.start_again();
+        server
+    }
+
     /// Its port chosen, nothing listening until [`NatsServer::start_again`].
     pub fn not_started() -> Self {
+        Self::with_jetstream("")
+    }
+
+    /// `jetstream { store_dir: <a temporary directory> <settings> }`, not started yet.
+    fn with_jetstream(settings: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port();
+        let conf = dir.path().join("nats.conf");
+        let store = dir.path().join("store");
+        std::fs::write(
+            &conf,
+            format!(
+                "jetstream {{\n  store_dir: \"{}\"\n  {settings}\n}}\n",
+                path_str(&store)
+            ),
+        )
+        .expect("write the NATS config");
         let args = vec![
             "-a".to_string(),
             "127.0.0.1".to_string(),
             "-p".to_string(),
             port.to_string(),
-            "-js".to_string(),
-            "-sd".to_string(),
-            path_str(dir.path()).to_string(),
+            "-c".to_string(),
+            path_str(&conf).to_string(),
         ];
         let program = find_binary("nats-server", &["/usr/sbin", "/usr/bin", "/usr/local/bin"]);
         Self {

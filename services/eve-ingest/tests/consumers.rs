@@ -73,7 +73,7 @@ async fn the_design_consumers_are_kept_through_restarts_and_an_operators_edit() 
     let mut stream = env.js.get_stream(&stream_name).await.unwrap();
     let config = stream.info().await.unwrap().config.clone();
     assert_eq!(config.max_age, WEEK);
-    assert_eq!(config.max_bytes, 10 << 30);
+    assert_eq!(config.max_bytes, TEST_STREAM_BYTES as i64);
     assert_eq!(config.max_messages, -1, "not declared: the server's");
     assert_eq!(config.discard, DiscardPolicy::Old);
     assert_eq!(warnings(&svc), serde_json::json!({}), "nothing drifted");
@@ -125,7 +125,7 @@ async fn the_design_consumers_are_kept_through_restarts_and_an_operators_edit() 
         .unwrap_or_default()
         .to_string();
     assert!(on_stream.contains("max_age: 1h -> 7d"), "{w}");
-    assert!(on_stream.contains("max_bytes: 1GiB -> 10GiB"), "{w}");
+    assert!(on_stream.contains("max_bytes: 1GiB -> 256MiB"), "{w}");
     assert!(!on_stream.contains("max_messages"), "{w}");
     let on_flow = w[format!("jetstream consumer {stream_name}/flow")]
         .as_str()
@@ -136,7 +136,7 @@ async fn the_design_consumers_are_kept_through_restarts_and_an_operators_edit() 
     assert!(drift_count("consumer", "flow", "ack_wait") >= 1);
     let config = stream.info().await.unwrap().config.clone();
     assert_eq!(config.max_age, WEEK, "the declared age applied");
-    assert_eq!(config.max_bytes, 10 << 30);
+    assert_eq!(config.max_bytes, TEST_STREAM_BYTES as i64);
     assert_eq!(
         config.max_messages, 5000,
         "undeclared: the operator's stays"
@@ -293,4 +293,49 @@ async fn only_declared_consumers_and_limits_are_managed() {
     assert_eq!(config.max_messages, 1_000_000);
     assert!(stream.consumer_info("analyst").await.is_ok());
     svc.stop().await.unwrap();
+}
+
+/// A NATS whose JetStream storage is smaller than the declared size (a small disk): the
+/// stream is created bounded by a size the server can reserve, eve-ingest starts and says so
+/// (`/readyz` warning), events flow, and the next start keeps it running the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_with_less_storage_than_declared_still_gets_a_bounded_stream() {
+    let env = Env::new().await;
+    let nats = aurora_testkit::NatsServer::start_with_file_store(300 << 20);
+    let mut settings = env.settings();
+    settings.nats.nats_url = nats.url();
+    settings.stream_limits.max_bytes = Limit::At(10 << 30);
+    let stream_name = env.names.suricata_stream();
+
+    let svc = start(settings.clone(), "s1", Hooks::default()).await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let bytes = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .max_bytes;
+    assert!(
+        (64 << 20..=300 << 20).contains(&bytes),
+        "bounded by what the server holds: {bytes}"
+    );
+    let w = warnings(&svc).to_string();
+    assert!(w.contains("instead of the declared 10GiB"), "{w}");
+    env.push(&[
+        br#"{"event_type":"dns","src_ip":"10.0.0.1","dns":{"rrname":"a.example"}}"#.to_vec(),
+    ])
+    .await;
+    aurora_testkit::wait_until(Duration::from_secs(20), "the event stored", || async {
+        (stream_len(&nats.url(), &stream_name).await == 1).then_some(())
+    })
+    .await;
+    svc.stop().await.unwrap();
+
+    let again = start(settings, "s1", Hooks::default()).await;
+    let w = warnings(&again).to_string();
+    assert!(w.contains("instead of the declared 10GiB"), "{w}");
+    again.stop().await.unwrap();
 }

@@ -59,6 +59,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A test's namespace on the shared NATS and a Redis, deleted at the end (also when the test
 /// fails).
+/// The Suricata stream's size in tests (the service's default is 10 GiB).
+pub const TEST_STREAM_BYTES: u64 = 256 << 20;
+
 pub struct Env {
     pub names: Names,
     pub redis: Conn,
@@ -89,9 +92,12 @@ impl Env {
         }
     }
 
+    /// The service's defaults, but for the stream's size: tests run side by side on one
+    /// NATS, and each stream's size is reserved from the server's storage.
     pub fn settings(&self) -> Settings {
         let mut s = Settings::new(self.names.clone(), &self.redis_url, NATS_URL);
         s.block = Duration::from_millis(200);
+        s.stream_limits.max_bytes = aurora_core::jetstream::Limit::At(TEST_STREAM_BYTES);
         s
     }
 
