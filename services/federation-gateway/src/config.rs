@@ -97,9 +97,9 @@ pub struct Args {
     pub import_batch: u32,
 
     /// Documents per kind whose latest revision the site remembers (the importer's
-    /// idempotency and last-writer state; about 200 bytes each). Keep it above the stream's
-    /// message limit.
-    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// idempotency and last-writer state; about 270 bytes each). Keep it at least the
+    /// stream's message limit.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub revision_memory: u64,
 
     /// This site's Ed25519 signing key: a file holding its 32-byte seed in base64 (`aurora
