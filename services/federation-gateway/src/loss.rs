@@ -221,9 +221,10 @@ pub async fn watch(
         };
         for c in watch.observe(Instant::now(), &view, &consumers) {
             telemetry::time_to_loss(&stream_name, &c.consumer, c.seconds);
+            // Counted from 0 for every site, so an alert sees the first loss as an increase.
+            telemetry::messages_lost(&stream_name, &c.consumer, c.newly_lost);
             if c.newly_lost > 0 {
                 tracing::error!(consumer = %c.consumer, lost = c.newly_lost, "the federation stream dropped messages this site's consumer had not imported: lost for it");
-                telemetry::messages_lost(&stream_name, &c.consumer, c.newly_lost);
             }
         }
     }
