@@ -24,3 +24,9 @@ pub mod retry;
 pub mod service;
 
 pub use names::Names;
+
+/// Every Aurora binary (the services, the CLI, the benchmarks and the tests) allocates with
+/// mimalloc: the services allocate per message (lines, JSON, NATS headers and acks), and
+/// glibc's allocator was a quarter of eve-ingest's CPU (BENCHMARKS.md, bench-eve).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

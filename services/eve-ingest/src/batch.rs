@@ -22,6 +22,7 @@ use crate::alert_sink::AlertSink;
 use crate::dead_letter::DeadLetters;
 use crate::event::{metric_label, parse_line, EveEvent, Rejection};
 use crate::health::{NATS, REDIS};
+use crate::iocs::Kind;
 use crate::publish::{EventPublisher, Published};
 use crate::sensors::Sensors;
 use crate::sightings::Sightings;
@@ -65,6 +66,13 @@ pub struct Processor {
     pub readiness: Readiness,
 }
 
+/// A batch read: its events, the lines that are not, and the sightings found in it.
+struct Read {
+    pending: Vec<Pending>,
+    rejected: Vec<(Rejection, Bytes)>,
+    sightings: Vec<(Kind, Alert)>,
+}
+
 struct Pending {
     event: EveEvent,
     published: bool,
@@ -104,31 +112,17 @@ impl Processor {
         &self,
         source: &str,
         lines: Vec<Bytes>,
-        mut rejected: Vec<(Rejection, Bytes)>,
+        rejected: Vec<(Rejection, Bytes)>,
         abort: &CancellationToken,
     ) -> Result<BatchReport, Interrupted> {
         let started = Instant::now();
         let mut report = BatchReport::default();
-        let mut pending: Vec<Pending> = Vec::with_capacity(lines.len());
-        for line in lines {
-            match parse_line(line) {
-                Ok(event) => {
-                    let alert = if event.is_alert() {
-                        self.mapping.to_alert(&event)
-                    } else {
-                        None
-                    };
-                    pending.push(Pending {
-                        event,
-                        published: false,
-                        alert_written: alert.is_none(),
-                        alert,
-                    });
-                }
-                Err(rejection) => rejected.push(rejection),
-            }
-        }
-        self.write_sightings(&pending, abort).await?;
+        let Read {
+            mut pending,
+            mut rejected,
+            sightings,
+        } = self.read_off_the_runtime(lines, rejected).await;
+        self.write_sightings(&sightings, abort).await?;
         let mut backoff = Backoff::default();
         while self.attempt(&mut pending, &mut rejected, &mut report).await {
             if !backoff.wait(abort).await {
@@ -148,6 +142,55 @@ impl Processor {
         }
         telemetry::batch_time(BatchStage::Handled, started.elapsed());
         Ok(report)
+    }
+
+    /// [`Processor::read`] on the blocking pool: reading a batch is a few milliseconds of
+    /// CPU without an await, which on a runtime worker would hold back the NATS connection's
+    /// task (and so every batch's acks) for as long.
+    async fn read_off_the_runtime(
+        &self,
+        lines: Vec<Bytes>,
+        rejected: Vec<(Rejection, Bytes)>,
+    ) -> Read {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.read(lines, rejected)).await {
+            Ok(read) => read,
+            // Reading never panics on any input (see `event::parse_line`); should it, the
+            // batch task fails the same way as if it had read inline.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Parses the lines, maps the alerts and finds the IOC sightings.
+    fn read(&self, lines: Vec<Bytes>, mut rejected: Vec<(Rejection, Bytes)>) -> Read {
+        let mut pending: Vec<Pending> = Vec::with_capacity(lines.len());
+        for line in lines {
+            match parse_line(line) {
+                Ok(event) => {
+                    let alert = if event.is_alert() {
+                        self.mapping.to_alert(&event)
+                    } else {
+                        None
+                    };
+                    pending.push(Pending {
+                        event,
+                        published: false,
+                        alert_written: alert.is_none(),
+                        alert,
+                    });
+                }
+                Err(rejection) => rejected.push(rejection),
+            }
+        }
+        let sightings = match &self.sightings {
+            Some(sightings) => sightings.find(pending.iter().map(|p| &p.event)),
+            None => Vec::new(),
+        };
+        Read {
+            pending,
+            rejected,
+            sightings,
+        }
     }
 
     /// Feeds the batch's `stats` events (a few in a thousand) to the sensor state, in order;
@@ -265,18 +308,17 @@ impl Processor {
     /// Writes the batch's IOC sighting alerts (each at most once), retried like the alerts.
     async fn write_sightings(
         &self,
-        pending: &[Pending],
+        found: &[(Kind, Alert)],
         abort: &CancellationToken,
     ) -> Result<(), Interrupted> {
         let Some(sightings) = &self.sightings else {
             return Ok(());
         };
-        let found = sightings.find(pending.iter().map(|p| &p.event));
         if found.is_empty() {
             return Ok(());
         }
         let mut backoff = Backoff::default();
-        while let Err(e) = sightings.write(&found).await {
+        while let Err(e) = sightings.write(found).await {
             tracing::warn!(error = %e, "cannot write IOC sighting alerts: retrying");
             telemetry::retry(RetryStage::Alerts);
             self.readiness.set_not_ready(REDIS, e.to_string());

@@ -19,11 +19,13 @@
 //! then taken out of the outbox, so a crash in between writes it on the next look, never
 //! twice. Only `stats` events do this work; other events are not read.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -35,6 +37,7 @@ use aurora_core::Names;
 use crate::alert::parse_timestamp;
 use crate::error::IngestError;
 use crate::event::EveEvent;
+use crate::sightings::{Number, Text};
 use crate::telemetry;
 use crate::SERVICE;
 
@@ -118,18 +121,6 @@ pub struct StatsSample {
     pub event_sha256: String,
 }
 
-#[derive(Deserialize)]
-struct StatsEvent {
-    #[serde(default)]
-    timestamp: Option<Value>,
-    #[serde(default)]
-    host: Option<Value>,
-    /// A `Value`, not a struct: serde would read a struct from an array too. Stats events
-    /// are a few in a thousand, so building it costs nothing that matters.
-    #[serde(default)]
-    stats: Option<Value>,
-}
-
 /// The sample of a `stats` event; `None` when it is not one, is not readable, or names a
 /// sensor too long to be one. A sensor without `host` is `default_sensor`. Fields of the
 /// wrong type count as missing: a stats event without both capture counters only says
@@ -138,40 +129,131 @@ pub fn stats_sample(event: &EveEvent, default_sensor: &str) -> Option<StatsSampl
     if event.event_type != "stats" {
         return None;
     }
-    let doc: StatsEvent = serde_json::from_slice(&event.raw).ok()?;
-    let host = match doc.host.as_ref().and_then(Value::as_str).map(str::trim) {
+    let doc = StatsRead::scan(&event.raw)?;
+    let host = match doc.host.as_deref().map(str::trim) {
         Some(h) if !h.is_empty() => h,
         _ => default_sensor,
     };
     if host.len() > MAX_HOST_BYTES {
         return None;
     }
-    let stats = doc.stats.as_ref().and_then(Value::as_object);
-    let counter = |path: &[&str]| {
-        let mut v = stats?.get(path[0])?;
-        for key in &path[1..] {
-            v = v.as_object()?.get(*key)?;
-        }
-        v.as_u64()
-    };
-    let uptime = counter(&["uptime"]);
-    let kernel_packets = counter(&["capture", "kernel_packets"]);
-    let kernel_drops = counter(&["capture", "kernel_drops"]);
     let at_us = doc
         .timestamp
-        .as_ref()
-        .and_then(Value::as_str)
+        .as_deref()
         .and_then(parse_timestamp)
         .map(|t| t.timestamp_micros())
         .filter(|t| *t > 0);
     Some(StatsSample {
         host: host.to_string(),
         at_us,
-        uptime,
-        kernel_packets,
-        kernel_drops,
+        uptime: doc.uptime,
+        kernel_packets: doc.kernel_packets,
+        kernel_drops: doc.kernel_drops,
         event_sha256: event.msg_id(),
     })
+}
+
+/// What blindness reads of a `stats` event, in one pass that builds nothing of the rest (a
+/// stats event is several KiB of counters): `timestamp`, `host`, `stats.uptime`,
+/// `stats.capture.kernel_packets` and `.kernel_drops`. A value of another shape counts as
+/// missing; a repeated key: the last one wins, as when the whole object is read.
+#[derive(Debug, Default, PartialEq)]
+struct StatsRead<'a> {
+    timestamp: Option<Cow<'a, str>>,
+    host: Option<Cow<'a, str>>,
+    uptime: Option<u64>,
+    kernel_packets: Option<u64>,
+    kernel_drops: Option<u64>,
+}
+
+impl<'a> StatsRead<'a> {
+    fn scan(raw: &'a [u8]) -> Option<Self> {
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        let read = de::Deserializer::deserialize_map(&mut de, StatsVisitor(Level::Top)).ok()?;
+        de.end().ok()?;
+        Some(read)
+    }
+}
+
+/// Which object the visitor is in.
+#[derive(Clone, Copy)]
+enum Level {
+    Top,
+    Stats,
+    Capture,
+}
+
+/// Reads the fields of its level into a [`StatsRead`]; any other shape reads as nothing.
+struct StatsVisitor(Level);
+
+impl<'de> DeserializeSeed<'de> for StatsVisitor {
+    type Value = StatsRead<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StatsVisitor {
+    type Value = StatsRead<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut read = StatsRead::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match (self.0, key.as_ref()) {
+                (Level::Top, "timestamp") => read.timestamp = map.next_value::<Text>()?.0,
+                (Level::Top, "host") => read.host = map.next_value::<Text>()?.0,
+                (Level::Top, "stats") => {
+                    let stats = map.next_value_seed(StatsVisitor(Level::Stats))?;
+                    read.uptime = stats.uptime;
+                    read.kernel_packets = stats.kernel_packets;
+                    read.kernel_drops = stats.kernel_drops;
+                }
+                (Level::Stats, "uptime") => read.uptime = map.next_value::<Number>()?.0,
+                (Level::Stats, "capture") => {
+                    let capture = map.next_value_seed(StatsVisitor(Level::Capture))?;
+                    read.kernel_packets = capture.kernel_packets;
+                    read.kernel_drops = capture.kernel_drops;
+                }
+                (Level::Capture, "kernel_packets") => {
+                    read.kernel_packets = map.next_value::<Number>()?.0
+                }
+                (Level::Capture, "kernel_drops") => {
+                    read.kernel_drops = map.next_value::<Number>()?.0
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(StatsRead::default())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(StatsRead::default())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(StatsRead::default())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(StatsRead::default())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(StatsRead::default())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(StatsRead::default())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(StatsRead::default())
+    }
 }
 
 /// One stats event against the sensor's state; puts the transitions in its outbox and
@@ -300,7 +382,7 @@ static OBSERVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script:
 static SWEEP_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SWEEP));
 
 /// A transition of a sensor's condition, as the scripts put it in the outbox.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct Transition {
     pub kind: String,
     pub status: String,
@@ -343,12 +425,12 @@ fn as_int(v: &Value) -> Option<i64> {
 }
 
 fn int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let v = Value::deserialize(d)?;
+    let v = <Value as serde::Deserialize>::deserialize(d)?;
     as_int(&v).ok_or_else(|| serde::de::Error::custom("not an integer"))
 }
 
 fn opt_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    Ok(as_int(&Value::deserialize(d)?))
+    Ok(as_int(&<Value as serde::Deserialize>::deserialize(d)?))
 }
 
 /// The namespace of sensor alert ids ([`crate::alert::id_namespace_of`]).
@@ -731,6 +813,47 @@ mod tests {
         assert_eq!(s.uptime, Some(15));
         assert_eq!((s.kernel_packets, s.kernel_drops), (Some(135), Some(2)));
         assert_eq!(s.at_us, Some(1_565_274_393_000_244));
+    }
+
+    /// What the whole object, read as JSON values, says: the reader must agree with it.
+    fn by_value(line: &str) -> (Option<String>, Option<u64>, Option<u64>, Option<u64>) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        (
+            text(&v["host"]),
+            v["stats"]["uptime"].as_u64(),
+            v["stats"]["capture"]["kernel_packets"].as_u64(),
+            v["stats"]["capture"]["kernel_drops"].as_u64(),
+        )
+    }
+
+    #[test]
+    fn the_one_pass_reader_reads_what_the_whole_object_says() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let mut seen = 0;
+        for file in std::fs::read_dir(fixtures).unwrap() {
+            let text = std::fs::read_to_string(file.unwrap().path()).unwrap_or_default();
+            for line in text
+                .lines()
+                .filter(|l| l.contains(r#""event_type":"stats""#))
+            {
+                let read = StatsRead::scan(line.as_bytes()).unwrap();
+                let (host, uptime, packets, drops) = by_value(line);
+                assert_eq!(read.host.map(|h| h.into_owned()), host, "{line}");
+                assert_eq!(
+                    (read.uptime, read.kernel_packets, read.kernel_drops),
+                    (uptime, packets, drops)
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "the fixtures hold stats events");
+        // A repeated key: the last one wins, as for the whole object.
+        let line = r#"{"event_type":"stats","stats":{"uptime":1,"capture":{"kernel_drops":1}},"stats":{"uptime":2},"host":"a","host":"b"}"#;
+        let read = StatsRead::scan(line.as_bytes()).unwrap();
+        assert_eq!((read.uptime, read.kernel_drops), (Some(2), None));
+        assert_eq!(read.host.as_deref(), Some("b"));
+        assert_eq!(by_value(line), (Some("b".into()), Some(2), None, None));
     }
 
     #[test]

@@ -711,7 +711,7 @@ macro_rules! pass_over_map {
 
 /// A string, else nothing.
 #[derive(Default)]
-struct Text<'a>(Option<Cow<'a, str>>);
+pub(crate) struct Text<'a>(pub(crate) Option<Cow<'a, str>>);
 
 impl<'de> de::Deserialize<'de> for Text<'de> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -740,7 +740,7 @@ impl<'de> Visitor<'de> for TextVisitor {
 
 /// A non-negative integer, else nothing.
 #[derive(Default)]
-struct Number(Option<u64>);
+pub(crate) struct Number(pub(crate) Option<u64>);
 
 impl<'de> de::Deserialize<'de> for Number {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
