@@ -1,6 +1,7 @@
 //! The Redis Streams bus every service uses.
 //!
-//! - Entries carry one JSON document in the field `data` ([`DATA_FIELD`]).
+//! - Entries carry one JSON document in the field `data` ([`DATA_FIELD`]), and, when tracing
+//!   is on, the W3C trace context of the span that wrote them ([`crate::trace`]).
 //! - [`Producer`] writes batches in one pipelined round trip, trimming with `MAXLEN ~`.
 //! - [`GroupReader`] reads with a consumer group: its own pending entries first (after a
 //!   restart), entries a dead consumer left pending (XAUTOCLAIM), then new ones; an entry
@@ -18,6 +19,7 @@ use redis::Value;
 
 use crate::model::{to_bytes, DeadLetter};
 pub use crate::redis_link::{redacted_url, Conn, ReplicaWait};
+use crate::trace::{self, TraceContext, TRACEPARENT_FIELD, TRACESTATE_FIELD};
 
 /// The field of a stream entry that holds the document.
 pub const DATA_FIELD: &str = "data";
@@ -133,6 +135,9 @@ pub struct Entry {
     pub data: Option<Vec<u8>>,
     /// How many times a consumer group delivered it (1 on first delivery; 0 without a group).
     pub deliveries: u64,
+    /// The trace context its writer left (read only when tracing is on; a malformed one is
+    /// ignored).
+    pub trace: Option<TraceContext>,
 }
 
 impl Entry {
@@ -142,11 +147,23 @@ impl Entry {
             Some(Value::SimpleString(s)) => Some(s.clone().into_bytes()),
             _ => None,
         };
+        let trace = if trace::enabled() {
+            let text = |field: &str| match sid.map.get(field) {
+                Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok(),
+                Some(Value::SimpleString(s)) => Some(s.as_str()),
+                _ => None,
+            };
+            text(TRACEPARENT_FIELD)
+                .and_then(|parent| TraceContext::parse(parent, text(TRACESTATE_FIELD)))
+        } else {
+            None
+        };
         Self {
             stream: stream.to_string(),
             id: sid.id,
             data,
             deliveries: sid.delivered_count.map(|c| c as u64).unwrap_or(0),
+            trace,
         }
     }
 }
@@ -201,8 +218,15 @@ impl Producer {
         self.conn.clone()
     }
 
-    fn xadd(&self, pipe: &mut redis::Pipeline, stream: &str, data: &[u8]) {
-        pipe.cmd("XADD")
+    fn xadd(
+        &self,
+        pipe: &mut redis::Pipeline,
+        stream: &str,
+        data: &[u8],
+        trace: Option<&TraceContext>,
+    ) {
+        let cmd = pipe
+            .cmd("XADD")
             .arg(stream)
             .arg("MAXLEN")
             .arg("~")
@@ -210,6 +234,12 @@ impl Producer {
             .arg("*")
             .arg(DATA_FIELD)
             .arg(data);
+        if let Some(trace) = trace {
+            cmd.arg(TRACEPARENT_FIELD).arg(&trace.traceparent);
+            if let Some(state) = &trace.tracestate {
+                cmd.arg(TRACESTATE_FIELD).arg(state);
+            }
+        }
     }
 
     /// Appends one document; returns its entry id.
@@ -228,19 +258,44 @@ impl Producer {
     }
 
     /// Appends many documents, possibly to several streams, in one pipelined round trip.
-    /// Entries to one stream keep their order. Returns the entry ids in input order.
+    /// Entries to one stream keep their order. Returns the entry ids in input order. Each
+    /// entry carries the current span's trace context (when tracing is on).
     pub async fn publish_batch<S: AsRef<str>, D: AsRef<[u8]>>(
         &self,
         items: &[(S, D)],
     ) -> Result<Vec<String>, BusError> {
-        if items.is_empty() {
+        let Some((first, _)) = items.first() else {
             return Ok(Vec::new());
-        }
+        };
+        let current = TraceContext::current();
         let mut pipe = redis::pipe();
         for (stream, data) in items {
-            self.xadd(&mut pipe, stream.as_ref(), data.as_ref());
+            self.xadd(&mut pipe, stream.as_ref(), data.as_ref(), current.as_ref());
         }
-        let key = items[0].0.as_ref();
+        self.run_writes(pipe, first.as_ref()).await
+    }
+
+    /// As [`Self::publish_batch`], each entry with a trace context of its own (the span of
+    /// the message it came from), or none.
+    pub async fn publish_batch_traced<S: AsRef<str>, D: AsRef<[u8]>>(
+        &self,
+        items: &[(S, D, Option<TraceContext>)],
+    ) -> Result<Vec<String>, BusError> {
+        let Some((first, _, _)) = items.first() else {
+            return Ok(Vec::new());
+        };
+        let mut pipe = redis::pipe();
+        for (stream, data, trace) in items {
+            self.xadd(&mut pipe, stream.as_ref(), data.as_ref(), trace.as_ref());
+        }
+        self.run_writes(pipe, first.as_ref()).await
+    }
+
+    async fn run_writes(
+        &self,
+        mut pipe: redis::Pipeline,
+        key: &str,
+    ) -> Result<Vec<String>, BusError> {
         let wait = self.wait_for_replicas(&mut pipe);
         let mut conn = self.conn.clone();
         let mut replies: Vec<Value> = pipe
@@ -808,8 +863,12 @@ impl GroupAcker {
         .increment(1);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        self.producer
-            .xadd(&mut pipe, &self.dead_letter_stream, &to_bytes(&record));
+        self.producer.xadd(
+            &mut pipe,
+            &self.dead_letter_stream,
+            &to_bytes(&record),
+            entry.trace.as_ref(),
+        );
         pipe.cmd("XACK")
             .arg(&self.stream)
             .arg(&self.group)

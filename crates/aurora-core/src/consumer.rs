@@ -13,11 +13,13 @@
 use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::bus::{BusError, Entry, GroupReader};
 use crate::health::Dependencies;
 use crate::ops::Readiness;
 use crate::retry::Backoff;
+use crate::trace;
 
 /// Why a batch could not be handled: its entries stay pending and come again.
 pub trait BatchFailure: std::fmt::Display + From<BusError> + Send {
@@ -70,7 +72,7 @@ impl<H: BatchHandler> Consumer<H> {
             };
             let result = match batch {
                 Ok(entries) if entries.is_empty() => Ok(()),
-                Ok(entries) => handle_isolating(&self.handler, &self.reader, entries).await,
+                Ok(entries) => self.handle_traced(entries).await,
                 Err(e) => Err(H::Error::from(e)),
             };
             let Err(error) = result else {
@@ -108,6 +110,36 @@ impl<H: BatchHandler> Consumer<H> {
             // This consumer's pending entries are read first again: the failed batch comes
             // back now, not after the claim timeout.
             self.reader.rewind();
+        }
+    }
+
+    /// Handles a batch inside a `<stream> process` span per entry (when tracing is on), each
+    /// the child of the context its entry carried. A batch of one entry is handled inside its
+    /// span, so what the handler writes on continues the entry's trace; a larger batch's
+    /// writes carry no one entry's context.
+    async fn handle_traced(&self, entries: Vec<Entry>) -> Result<(), H::Error> {
+        if !trace::enabled() {
+            return handle_isolating(&self.handler, &self.reader, entries).await;
+        }
+        let stream = &self.reader.config().stream;
+        let spans: Vec<tracing::Span> = entries
+            .iter()
+            .map(|entry| {
+                let span = trace::message_span(
+                    "redis",
+                    stream,
+                    "process",
+                    "consumer",
+                    entry.trace.as_ref(),
+                );
+                span.record("messaging.message.id", entry.id.as_str());
+                span
+            })
+            .collect();
+        let handling = handle_isolating(&self.handler, &self.reader, entries);
+        match spans.as_slice() {
+            [one] => handling.instrument(one.clone()).await,
+            _ => handling.await,
         }
     }
 }

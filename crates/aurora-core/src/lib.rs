@@ -4,7 +4,7 @@
 //! ([`ops`]), the shared flags ([`config`]), and the one lifecycle of a service ([`service`]):
 //! start-up, dependency health ([`health`]), back-off ([`retry`]), the stream consumer
 //! ([`consumer`]) and the drain; whether Redis and JetStream keep what they acknowledge
-//! ([`durability`]).
+//! ([`durability`]); W3C trace context across hops ([`trace`]).
 
 pub mod approval;
 pub mod auth;
@@ -22,6 +22,7 @@ pub mod redis_link;
 pub mod replicas;
 pub mod retry;
 pub mod service;
+pub mod trace;
 
 pub use names::Names;
 

@@ -271,7 +271,10 @@ impl Drop for TelemetryGuard {
 }
 
 /// Sets up logging (`RUST_LOG` filters, default `info`) and, when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP/HTTP trace export.
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP/HTTP trace export of the spans of
+/// [`crate::trace`]. The SDK reads the other standard variables itself: the sampler
+/// (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`; parent-based always-on by default) and
+/// the batch export (`OTEL_BSP_SCHEDULE_DELAY`, ...).
 pub fn init_telemetry(service: &'static str, format: LogFormat) -> TelemetryGuard {
     // Metrics recorded before the recorder exists are lost: install it first.
     let _ = metrics_handle();
@@ -282,6 +285,7 @@ pub fn init_telemetry(service: &'static str, format: LogFormat) -> TelemetryGuar
         .and_then(|_| build_tracer_provider(service));
     let otel_layer = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider;
+        crate::trace::enable();
         tracing_opentelemetry::layer().with_tracer(p.tracer(service))
     });
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);

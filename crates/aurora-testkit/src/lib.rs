@@ -12,6 +12,7 @@
 //!   one site's services are told), [`process::Service`] (spawn, SIGTERM, SIGKILL, restart,
 //!   its log), [`process::service_env`] (the variable of a service's flag).
 //! - [`ops`]: `GET /healthz`, `/readyz`, `/metrics` of an ops port, and metric sums.
+//! - [`otlp`]: a real OTLP/HTTP trace receiver ([`otlp::OtlpReceiver`]) and the spans it got.
 //! - [`db`]: a PostgreSQL database of the test's own ([`db::TestDb`]).
 //! - [`redis`]: stream and list readers and writers, dead letters, a namespace's keys deleted.
 //! - [`nats`]: JetStream messages with their `Nats-Msg-Id`, a namespace's streams deleted.
@@ -37,6 +38,7 @@ pub mod http;
 pub mod mqtt;
 pub mod nats;
 pub mod ops;
+pub mod otlp;
 pub mod process;
 pub mod random;
 pub mod redis;
@@ -163,6 +165,7 @@ pub mod prelude {
     pub use crate::mqtt::{forget_session, MqttDevice};
     pub use crate::nats::{jetstream_messages, stream_len};
     pub use crate::ops::{metric_sum, Ops};
+    pub use crate::otlp::{OtlpReceiver, ReceivedSpan};
     pub use crate::process::{service_env, Service, Site, Svc};
     pub use crate::redis::{
         dead_letters, delete_namespace, list_docs, llen, lpush, pending, redis, stream_docs,

@@ -341,6 +341,9 @@ pub struct Site {
     pub shutdown_timeout: String,
     /// `RUST_LOG`.
     pub log_filter: String,
+    /// Further variables every service of the site gets (e.g. `OTEL_*`, which are not
+    /// taken from the developer's environment).
+    pub extra_env: Vec<(String, String)>,
     binaries: HashMap<Svc, PathBuf>,
 }
 
@@ -356,6 +359,7 @@ impl Site {
             database_url: None,
             shutdown_timeout: "10s".to_string(),
             log_filter: "info".to_string(),
+            extra_env: Vec::new(),
             binaries: HashMap::new(),
         }
     }
@@ -405,6 +409,7 @@ impl Site {
             ),
             ("RUST_LOG".into(), self.log_filter.clone()),
         ];
+        env.extend(self.extra_env.iter().cloned());
         if svc.uses_nats() {
             env.push(("AURORA_NATS_URL".into(), self.nats_url.clone()));
         }

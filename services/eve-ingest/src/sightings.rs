@@ -955,6 +955,7 @@ mod tests {
                 id: format!("{i}-0"),
                 data: Some(d.as_bytes().to_vec()),
                 deliveries: 0,
+                trace: None,
             })
             .collect();
         sightings.apply(&entries);

@@ -49,6 +49,7 @@ pub(crate) mod tests {
             id: id.into(),
             data: data.map(|d| d.as_bytes().to_vec()),
             deliveries: 0,
+            trace: None,
         }
     }
 
