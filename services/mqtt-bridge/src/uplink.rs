@@ -22,6 +22,7 @@ use aurora_core::model::{to_bytes, DeadLetter};
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
+use aurora_core::trace::{self, TraceContext};
 use aurora_core::Names;
 use rumqttc::v5::mqttbytes::v5::{
     DisconnectReasonCode, Filter, Packet, Publish, RetainForwardRule, SubscribeReasonCode,
@@ -525,10 +526,13 @@ impl Streams {
     }
 }
 
-/// What one batch writes, in the order it arrived.
+/// What one batch writes, in the order it arrived, each entry with the trace context of the
+/// message it came from (when tracing is on).
 #[derive(Default)]
 struct Prepared {
-    items: Vec<(Arc<str>, Vec<u8>)>,
+    items: Vec<(Arc<str>, Vec<u8>, Option<TraceContext>)>,
+    /// The receive and publish spans of the batch's messages: they end once it is written.
+    spans: Vec<tracing::Span>,
     messages: [u64; KINDS],
     seen: u64,
     dead: Vec<&'static str>,
@@ -594,6 +598,7 @@ impl Writer {
         let now = Instant::now();
         for r in batch {
             let p = &r.publish;
+            let _receive = self.receive_span(p, &mut out).map(|s| s.entered());
             if let Some(reason) = ignored(p) {
                 tracing::debug!(topic = %String::from_utf8_lossy(&p.topic), reason, "acknowledged a message without bridging it");
                 t::ignored(reason);
@@ -607,8 +612,9 @@ impl Writer {
                 Err(rejected) => {
                     tracing::warn!(topic = %topic, reason = %rejected.reason, "dead-lettered a device message");
                     let record = DeadLetter::new(SERVICE, &topic, rejected.reason, &p.payload);
-                    out.items
-                        .push((self.streams.deadletter.clone(), to_bytes(&record)));
+                    let stream = self.streams.deadletter.clone();
+                    let trace = publish_context(&stream, &mut out);
+                    out.items.push((stream, to_bytes(&record), trace));
                     out.dead.push(rejected.rejection.label());
                 }
             }
@@ -618,15 +624,33 @@ impl Writer {
 
     fn accept(&mut self, d: DeviceDoc, now: Instant, out: &mut Prepared) {
         if self.seen.announce(&d.device_id, now) {
-            out.items.push((
-                self.streams.registrations.clone(),
-                d.seen_record(chrono::Utc::now()),
-            ));
+            let stream = self.streams.registrations.clone();
+            let trace = publish_context(&stream, out);
+            out.items
+                .push((stream, d.seen_record(chrono::Utc::now()), trace));
             out.seen += 1;
         }
         let kind = kind_index(d.kind);
         out.messages[kind] += 1;
-        out.items.push((self.streams.by_kind[kind].clone(), d.data));
+        let stream = self.streams.by_kind[kind].clone();
+        let trace = publish_context(&stream, out);
+        out.items.push((stream, d.data, trace));
+    }
+
+    /// The `<topic> receive` span of a publish (when tracing is on): the child of the context
+    /// the device sent in its `traceparent` user property, or the root of a new trace.
+    fn receive_span(&self, p: &Publish, out: &mut Prepared) -> Option<tracing::Span> {
+        if !trace::enabled() {
+            return None;
+        }
+        let parent = p
+            .properties
+            .as_ref()
+            .and_then(|props| TraceContext::from_user_properties(&props.user_properties));
+        let topic = String::from_utf8_lossy(&p.topic);
+        let span = trace::message_span("mqtt", &topic, "receive", "consumer", parent.as_ref());
+        out.spans.push(span.clone());
+        Some(span)
     }
 
     /// Writes the batch, retrying with backoff until it succeeds. False only when the drain
@@ -638,7 +662,7 @@ impl Writer {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let started = Instant::now();
-            match self.producer.publish_batch(&prepared.items).await {
+            match self.producer.publish_batch_traced(&prepared.items).await {
                 Ok(_) => {
                     t::write_seconds(started.elapsed());
                     self.readiness.set_ready(REDIS);
@@ -682,6 +706,18 @@ impl Writer {
         );
         t::acks_skipped(skipped);
     }
+}
+
+/// The `<stream> publish` span of one entry, the child of the current (receive) span, and the
+/// context the entry carries; `None` when tracing is off.
+fn publish_context(stream: &str, out: &mut Prepared) -> Option<TraceContext> {
+    if !trace::enabled() {
+        return None;
+    }
+    let span = trace::message_span("redis", stream, "publish", "producer", None);
+    let context = TraceContext::of_span(&span);
+    out.spans.push(span);
+    context
 }
 
 /// How many kinds of device message there are (one stream, one subscription each).
