@@ -16,6 +16,7 @@ use aurora_core::health::Dependencies;
 use aurora_core::names::Channel;
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
+use aurora_core::trace::{self, TraceContext};
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -158,8 +159,19 @@ impl Reader {
     }
 }
 
+/// Sends an entry to every client of the hub, inside a `<stream> process` span (the child of
+/// the entry's context, when tracing is on) whose context the frame offers the console.
 fn fan_out(hub: &Hub, entry: &Entry) {
-    match Frame::from_entry(entry) {
+    let span = trace::message_span(
+        "redis",
+        &hub.stream,
+        "process",
+        "consumer",
+        entry.trace.as_ref(),
+    );
+    let _entered = span.enter();
+    let context = TraceContext::of_span(&span);
+    match Frame::traced(entry, context.as_ref()) {
         Ok(frame) => {
             let delay = fanout_delay(frame.position.0);
             hub.publish(frame);

@@ -2,6 +2,7 @@
 //! serialised once and shared by every client of the channel.
 
 use aurora_core::bus::{self, Entry};
+use aurora_core::trace::{TraceContext, TRACEPARENT_FIELD};
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{Map, Value};
 
@@ -19,8 +20,15 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// The entry's document with `stream_id` added.
+    /// The entry's document with `stream_id` added, and `traceparent` when the entry carried
+    /// a trace context.
     pub fn from_entry(entry: &Entry) -> Result<Self, FrameError> {
+        Self::traced(entry, entry.trace.as_ref())
+    }
+
+    /// The entry's document with `stream_id` added, and `traceparent` (docs/contract.md,
+    /// WebSocket) when there is a `trace` and the document has no field of that name.
+    pub fn traced(entry: &Entry, trace: Option<&TraceContext>) -> Result<Self, FrameError> {
         let position =
             bus::parse_id(&entry.id).ok_or_else(|| FrameError::BadId(entry.id.clone()))?;
         let data = entry
@@ -30,6 +38,14 @@ impl Frame {
         let mut doc: Map<String, Value> = serde_json::from_slice(data)
             .map_err(|e| FrameError::NotAnObject(entry.id.clone(), e.to_string()))?;
         doc.insert(STREAM_ID_FIELD.into(), Value::String(entry.id.clone()));
+        if let Some(trace) = trace {
+            if !doc.contains_key(TRACEPARENT_FIELD) {
+                doc.insert(
+                    TRACEPARENT_FIELD.into(),
+                    Value::String(trace.traceparent.clone()),
+                );
+            }
+        }
         let text = Value::Object(doc).to_string();
         Ok(Self {
             position,
@@ -51,6 +67,27 @@ pub(crate) mod tests {
             deliveries: 0,
             trace: None,
         }
+    }
+
+    #[test]
+    fn a_traced_frame_offers_its_traceparent_beside_the_document() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace = TraceContext::parse(parent, None).unwrap();
+        let frame = Frame::traced(&entry("1-0", Some(r#"{"title":"x"}"#)), Some(&trace)).unwrap();
+        assert_eq!(
+            frame.text.as_str(),
+            format!(r#"{{"title":"x","stream_id":"1-0","traceparent":"{parent}"}}"#)
+        );
+        let own = Frame::traced(
+            &entry("1-0", Some(r#"{"traceparent":"mine"}"#)),
+            Some(&trace),
+        )
+        .unwrap();
+        assert_eq!(
+            own.text.as_str(),
+            r#"{"traceparent":"mine","stream_id":"1-0"}"#,
+            "a document's own field is never replaced"
+        );
     }
 
     #[test]
