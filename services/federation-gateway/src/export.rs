@@ -26,6 +26,7 @@ use aurora_core::consumer::{BatchHandler, Consumer};
 use aurora_core::health::Dependencies;
 use aurora_core::names::{FederatedKind, Names};
 use aurora_core::ops::Readiness;
+use aurora_core::trace::{self, TraceContext};
 use bytes::Bytes;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -85,6 +86,8 @@ struct Outgoing {
     ack: PublishAckFuture,
     /// The first publish (for the latency metric).
     sent: Instant,
+    /// The context its headers carry (again on a publish again).
+    trace: Option<TraceContext>,
 }
 
 /// What the publisher and the collector share.
@@ -131,10 +134,17 @@ impl Shared {
         msg_id: &str,
         payload: Bytes,
         seal: Option<Seal>,
+        trace: Option<&TraceContext>,
     ) -> Result<PublishAckFuture, PublishError> {
         let mut publish = PublishMessage::build()
             .message_id(msg_id)
             .header(ORIGIN_SITE_HEADER, self.site_id.as_str());
+        if let Some(trace) = trace {
+            publish = publish.header(trace::TRACEPARENT_FIELD, trace.traceparent.as_str());
+            if let Some(state) = &trace.tracestate {
+                publish = publish.header(trace::TRACESTATE_FIELD, state.as_str());
+            }
+        }
         let seal = seal.or_else(|| self.seal(&[(msg_id, &payload)]).pop().flatten());
         if let Some(seal) = seal {
             publish = publish
@@ -327,6 +337,7 @@ impl Publisher {
                     doc: doc.clone(),
                     stamp: stamp.clone(),
                     data: Vec::new(),
+                    trace: None,
                 }),
                 _ => None,
             })
@@ -392,6 +403,16 @@ impl Publisher {
             }
         };
         let permit = self.window.clone().acquire_owned().await.ok()?;
+        // The `<subject> publish` span; its context goes in the message's headers. Its parent
+        // is the entry's `process` span when the consumer handles the entry alone (the
+        // current span), else the entry's own context.
+        let parent = if tracing::Span::current().is_none() {
+            entry.trace.as_ref()
+        } else {
+            None
+        };
+        let span = trace::message_span("nats", &self.shared.subject, "publish", "producer", parent);
+        let context = TraceContext::of_span(&span);
         let mut backoff = retry();
         let ack = loop {
             // The batch's seal on the first try, unless the window held the entry long enough
@@ -400,7 +421,11 @@ impl Publisher {
             let fresh = seal
                 .take()
                 .filter(|s| now_ms - s.signed_at_ms < SEAL_FRESH_MS);
-            match self.shared.send(&msg_id, payload.clone(), fresh).await {
+            match self
+                .shared
+                .send(&msg_id, payload.clone(), fresh, context.as_ref())
+                .await
+            {
                 Ok(ack) => break ack,
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                     reject(reader, &entry, &format!("too large for NATS: {e}")).await;
@@ -425,6 +450,7 @@ impl Publisher {
                 payload,
                 ack,
                 sent: Instant::now(),
+                trace: context,
             }),
         })
     }
@@ -524,6 +550,7 @@ async fn settle(shared: &Shared, out: Outgoing) -> Settled {
         payload,
         mut ack,
         sent,
+        trace,
     } = out;
     let mut published = sent;
     let mut backoff = retry();
@@ -565,7 +592,10 @@ async fn settle(shared: &Shared, out: Outgoing) -> Settled {
                 return Settled::GaveUp;
             }
             wait = true;
-            match shared.send(&msg_id, payload.clone(), None).await {
+            match shared
+                .send(&msg_id, payload.clone(), None, trace.as_ref())
+                .await
+            {
                 Ok(ack) => break ack,
                 Err(e) => {
                     tracing::warn!(error = %e, msg_id = %msg_id, "publish failed; retrying")

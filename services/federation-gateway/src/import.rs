@@ -17,6 +17,7 @@ use aurora_core::bus::Producer;
 use aurora_core::model::DeadLetter;
 use aurora_core::names::{FederatedKind, Names};
 use aurora_core::retry::Backoff;
+use aurora_core::trace::{self, TraceContext};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -197,6 +198,8 @@ impl Importer {
     async fn handle(&self, batch: Vec<Message>, abort: &CancellationToken) {
         let mut landings = Vec::with_capacity(batch.len());
         let mut waiting = Vec::with_capacity(batch.len());
+        // Each imported message's span ends once the batch is landed (or given up).
+        let mut spans = Vec::new();
         for msg in batch {
             match self.plan(&msg) {
                 Plan::Own => {
@@ -207,7 +210,11 @@ impl Importer {
                     telemetry::dead_letter(Direction::Import, label);
                     self.dead_letter(&msg, &reason, abort).await;
                 }
-                Plan::Land(landing) => {
+                Plan::Land(mut landing) => {
+                    if let Some(span) = process_span(&msg) {
+                        landing.trace = TraceContext::of_span(&span);
+                        spans.push(span);
+                    }
                     waiting.push((msg, landing.kind));
                     landings.push(landing);
                 }
@@ -473,6 +480,7 @@ pub fn landing(
             hash,
         },
         data,
+        trace: None,
     })
 }
 
@@ -518,6 +526,22 @@ fn spliced(payload: &[u8], start: usize, owner: &str, revision: i64, unverified:
     }
     out.extend_from_slice(rest);
     out
+}
+
+/// The `<subject> process` span of an imported message (when tracing is on): the child of
+/// the context its NATS headers carry (the exporting site's publish span).
+fn process_span(msg: &Message) -> Option<tracing::Span> {
+    if !trace::enabled() {
+        return None;
+    }
+    let parent = TraceContext::from_nats_headers(msg.headers.as_ref());
+    Some(trace::message_span(
+        "nats",
+        msg.subject.as_str(),
+        "process",
+        "consumer",
+        parent.as_ref(),
+    ))
 }
 
 async fn ack(msg: &Message, kind: AckKind) {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use aurora_core::bus::{check_replicated, BusError, Conn, DATA_FIELD};
 use aurora_core::names::{FederatedKind, Names};
+use aurora_core::trace::TraceContext;
 use redis::Value;
 
 use crate::error::LandError;
@@ -27,7 +28,7 @@ const PER_CALL: usize = 256;
 
 /// Per item: KEYS (state hash, order set, stream); ARGV after the four shared ones (maxlen,
 /// data field, key ttl in seconds, most documents kept, now in ms, mode `land` or `record`):
-/// document, revision, site, hash, data. Returns per item the new entry id (`land`), `+` (a
+/// document, revision, site, hash, data, traceparent (empty for none). Returns per item the new entry id (`land`), `+` (a
 /// recorded stamp), `=` (the same stamp held: a duplicate) or `<` (a newer stamp held).
 const LAND: &str = r"
 local maxlen, field, ttl, cap, now, mode = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
@@ -43,7 +44,7 @@ end
 local out, touched = {}, {}
 for i = 1, #KEYS / 3 do
   local state, order, stream = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local b = 6 + (i - 1) * 5
+  local b = 6 + (i - 1) * 6
   local doc, rev, site, hash = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local held = redis.call('HGET', state, doc)
   local cmp = 1
@@ -54,7 +55,12 @@ for i = 1, #KEYS / 3 do
     out[i] = '<'
   else
     if mode == 'land' then
-      out[i] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, ARGV[b + 5])
+      if ARGV[b + 6] == '' then
+        out[i] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, ARGV[b + 5])
+      else
+        out[i] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, ARGV[b + 5],
+          'traceparent', ARGV[b + 6])
+      end
     else
       out[i] = '+'
     end
@@ -84,6 +90,8 @@ pub struct Landing {
     pub doc: String,
     pub stamp: Stamp,
     pub data: Vec<u8>,
+    /// The trace context the landed entry carries (its `traceparent` field), if any.
+    pub trace: Option<TraceContext>,
 }
 
 /// What happened to one document.
@@ -201,7 +209,8 @@ impl Lander {
                         .arg(item.stamp.revision)
                         .arg(&item.stamp.site)
                         .arg(&item.stamp.hash)
-                        .arg(if mode == "land" { &item.data[..] } else { b"" });
+                        .arg(if mode == "land" { &item.data[..] } else { b"" })
+                        .arg(item.trace.as_ref().map_or("", |t| t.traceparent.as_str()));
                 }
                 inv
             })

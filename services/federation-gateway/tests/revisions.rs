@@ -264,6 +264,7 @@ fn landing(i: u64) -> Landing {
             hash: "00".into(),
         },
         data: PAYLOAD.to_vec(),
+        trace: None,
     }
 }
 
