@@ -172,11 +172,13 @@ impl Entry {
 /// script runs, so a call stays short).
 pub const ONCE_PER_CALL: usize = 256;
 
-/// For each pair (KEYS[2i-1] idempotency key, KEYS[2i] stream) and document ARGV[3+i]: when
-/// the key does not exist, XADD the document (`MAXLEN ~ ARGV[1]`, field ARGV[2]), then set the
-/// key to the new entry id for ARGV[3] seconds. Returns per document the entry id or false.
+/// For each pair (KEYS[2i-1] idempotency key, KEYS[2i] stream) and document ARGV[4+i]: when
+/// the key does not exist, XADD the document (`MAXLEN ~ ARGV[1]`, field ARGV[2]; with the
+/// field `traceparent` ARGV[4] unless it is empty), then set the key to the new entry id for
+/// ARGV[3] seconds. Returns per document the entry id or false.
 const PUBLISH_ONCE: &str = r"
 local out = {}
+local traceparent = ARGV[4]
 for i = 1, #KEYS / 2 do
   local key, stream = KEYS[2 * i - 1], KEYS[2 * i]
   if redis.call('EXISTS', key) == 1 then
@@ -185,7 +187,13 @@ for i = 1, #KEYS / 2 do
     redis.call('EXPIRE', key, ARGV[3])
     out[i] = false
   else
-    local id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3 + i])
+    local id
+    if traceparent == '' then
+      id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[4 + i])
+    else
+      id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[4 + i],
+        'traceparent', traceparent)
+    end
     redis.call('SET', key, id, 'EX', ARGV[3])
     out[i] = id
   end
@@ -333,8 +341,9 @@ impl Producer {
     /// after the append, so a failed append leaves no key that would hide the document on its
     /// next try. Up to [`ONCE_PER_CALL`] documents go in one script call and all calls in one
     /// pipelined round trip (the script is loaded in the same pipeline, so a Redis that
-    /// restarted and lost its scripts is no error). Returns, in input order, the new entry
-    /// id, or `None` for a document written before.
+    /// restarted and lost its scripts is no error). Each new entry carries the current span's
+    /// `traceparent` (when tracing is on). Returns, in input order, the new entry id, or
+    /// `None` for a document written before.
     pub async fn publish_once(
         &self,
         items: &[OnceWrite<'_>],
@@ -345,13 +354,18 @@ impl Producer {
         }
         let script = redis::Script::new(PUBLISH_ONCE);
         let ttl = key_ttl.as_secs().max(1);
+        let current = TraceContext::current();
+        let traceparent = current.as_ref().map_or("", |c| c.traceparent.as_str());
         let mut pipe = redis::pipe();
         pipe.load_script(&script).ignore();
         let invocations: Vec<_> = items
             .chunks(ONCE_PER_CALL)
             .map(|chunk| {
                 let mut inv = script.prepare_invoke();
-                inv.arg(self.maxlen).arg(DATA_FIELD).arg(ttl);
+                inv.arg(self.maxlen)
+                    .arg(DATA_FIELD)
+                    .arg(ttl)
+                    .arg(traceparent);
                 for item in chunk {
                     inv.key(item.key).key(item.stream).arg(item.data);
                 }

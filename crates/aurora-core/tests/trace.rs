@@ -73,10 +73,21 @@ async fn a_consumed_entry_is_processed_and_written_on_in_its_writers_trace() {
     let mut conn = bus::connect(REDIS_URL).await.unwrap();
     let producer = Producer::new(conn.clone(), 1000);
 
+    let once = format!("{}:trace:once", names.namespace());
+    let once_key = format!("{}:trace:once-key", names.namespace());
     let origin = tracing::info_span!("origin");
     {
         let _entered = origin.enter();
         producer.publish(&stream, b"{\"n\":1}").await.unwrap();
+        let write = bus::OnceWrite {
+            key: &once_key,
+            stream: &once,
+            data: b"{}",
+        };
+        producer
+            .publish_once(&[write], Duration::from_secs(60))
+            .await
+            .unwrap();
     }
     let written = entry_context(&mut conn, &stream)
         .await
@@ -85,6 +96,11 @@ async fn a_consumed_entry_is_processed_and_written_on_in_its_writers_trace() {
         written,
         TraceContext::of_span(&origin).unwrap(),
         "the entry carries its writer's span"
+    );
+    assert_eq!(
+        entry_context(&mut conn, &once).await,
+        Some(written.clone()),
+        "a write-once entry carries its writer's span too"
     );
     drop(origin);
 
@@ -141,6 +157,8 @@ async fn a_consumed_entry_is_processed_and_written_on_in_its_writers_trace() {
     let _: () = redis::cmd("DEL")
         .arg(&stream)
         .arg(&out)
+        .arg(&once)
+        .arg(&once_key)
         .query_async(&mut conn)
         .await
         .unwrap();
