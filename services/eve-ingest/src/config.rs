@@ -56,7 +56,7 @@ pub struct Args {
     pub publish_window: usize,
 
     /// Batches handled at the same time (they share the publish window).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 2)]
     pub inflight_batches: usize,
 
     /// How long to wait for one JetStream ack before retrying.
@@ -93,7 +93,7 @@ pub struct Args {
 
     /// List input: the bytes of lines one batch holds at most (a larger line is a batch of
     /// its own); with --inflight-batches it bounds the memory of the lines in flight.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_batch_bytes: usize,
 
     /// File input: how often to look for new lines and rotation at the end of the file.
