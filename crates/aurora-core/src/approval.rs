@@ -217,7 +217,8 @@ pub fn key_id(public: &ed25519_dalek::VerifyingKey) -> String {
     hex(&Sha256::digest(public.as_bytes())[..8])
 }
 
-/// The approving service's key (ws-gateway).
+/// An Ed25519 signing key kept as its base64 seed: the approving service's (ws-gateway), a
+/// federation site's.
 #[derive(Clone)]
 pub struct SigningKey {
     key: ed25519_dalek::SigningKey,
@@ -236,7 +237,8 @@ impl SigningKey {
         Self::from_seed(rand::random())
     }
 
-    fn from_seed(seed: [u8; 32]) -> Self {
+    /// The key of a 32-byte seed.
+    pub fn from_seed(seed: [u8; 32]) -> Self {
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         let id = key_id(&key.verifying_key());
         Self { key, id }
@@ -246,10 +248,10 @@ impl SigningKey {
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
         let bytes = b64()
             .decode(text.trim())
-            .map_err(|_| KeyError::Invalid("the approval signing key is not base64".to_string()))?;
+            .map_err(|_| KeyError::Invalid("the signing key is not base64".to_string()))?;
         let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
             KeyError::Invalid(format!(
-                "the approval signing key must be a 32-byte Ed25519 seed, got {} bytes",
+                "the signing key must be a 32-byte Ed25519 seed, got {} bytes",
                 bytes.len()
             ))
         })?;
@@ -279,6 +281,11 @@ impl SigningKey {
         &self.id
     }
 
+    /// Signs `message` as it is (callers frame what they sign with a domain tag).
+    pub fn sign_bytes(&self, message: &[u8]) -> ed25519_dalek::Signature {
+        self.key.sign(message)
+    }
+
     /// Signs an approved action.
     pub fn sign(
         &self,
@@ -290,9 +297,8 @@ impl SigningKey {
         // Milliseconds: what the signed text and the JSON carry.
         let not_after =
             DateTime::from_timestamp_millis(not_after.timestamp_millis()).unwrap_or(not_after);
-        let signature = self
-            .key
-            .sign(&signed_bytes(action, &approval_id, approved_by, &not_after));
+        let signature =
+            self.sign_bytes(&signed_bytes(action, &approval_id, approved_by, &not_after));
         ActionProof {
             approval_id,
             approved_by: approved_by.to_string(),

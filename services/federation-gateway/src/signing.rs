@@ -25,9 +25,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aurora_core::approval::key_id;
+use aurora_core::approval::{key_id, SigningKey};
 use base64::Engine;
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Verifier;
 use sha2::{Digest, Sha256};
 
 pub const KEY_ID_HEADER: &str = "Aurora-Key-Id";
@@ -52,17 +52,7 @@ fn b64() -> base64::engine::GeneralPurpose {
 }
 
 /// A key that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use aurora_core::approval::KeyError;
 
 /// One message's leaf: what its batch's signature covers of it.
 pub fn leaf(subject: &str, msg_id: &str, origin: &str, payload: &[u8]) -> [u8; 32] {
@@ -163,51 +153,31 @@ pub struct Seal {
     pub proof: String,
 }
 
-/// This site's signing key.
-#[derive(Clone)]
-pub struct SiteKey {
-    key: ed25519_dalek::SigningKey,
-    id: String,
-}
-
-impl fmt::Debug for SiteKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SiteKey").field("id", &self.id).finish()
-    }
-}
+/// This site's signing key (a base64 seed file, as `aurora approval-key` writes).
+#[derive(Clone, Debug)]
+pub struct SiteKey(SigningKey);
 
 impl SiteKey {
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let id = key_id(&key.verifying_key());
-        Self { key, id }
+        Self(SigningKey::from_seed(seed))
     }
 
     /// A key from its seed in base64.
     pub fn from_base64(text: &str) -> Result<Self, KeyError> {
-        let bytes = b64()
-            .decode(text.trim())
-            .map_err(|_| KeyError::Invalid("the site signing key is not base64".into()))?;
-        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            KeyError::Invalid(format!(
-                "the site signing key must be a 32-byte Ed25519 seed, got {} bytes",
-                bytes.len()
-            ))
-        })?;
-        Ok(Self::from_seed(seed))
+        SigningKey::from_base64(text).map(Self)
     }
 
     /// The key in a file (base64 seed, white space around it ignored).
     pub fn read(path: &Path) -> Result<Self, KeyError> {
-        Self::from_base64(&read(path)?)
+        SigningKey::read(path).map(Self)
     }
 
     pub fn id(&self) -> &str {
-        &self.id
+        self.0.id()
     }
 
     pub fn public_base64(&self) -> String {
-        b64().encode(self.key.verifying_key().as_bytes())
+        self.0.public_base64()
     }
 
     /// Signs a batch of messages of `origin` (their [`leaf`]s, in order) once; returns each
@@ -218,14 +188,14 @@ impl SiteKey {
         }
         let (root, paths) = tree(leaves);
         let signature = b64().encode(
-            self.key
-                .sign(&signed_root(origin, &self.id, signed_at_ms, &root))
+            self.0
+                .sign_bytes(&signed_root(origin, self.id(), signed_at_ms, &root))
                 .to_bytes(),
         );
         paths
             .iter()
             .map(|path| Seal {
-                key_id: self.id.clone(),
+                key_id: self.id().to_string(),
                 signed_at_ms,
                 signature: signature.clone(),
                 proof: encode_path(path),
