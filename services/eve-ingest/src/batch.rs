@@ -12,10 +12,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use aurora_core::model::Alert;
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
+use aurora_core::trace;
 
 use crate::alert::AlertMapping;
 use crate::alert_sink::AlertSink;
@@ -242,10 +244,21 @@ impl Processor {
             .iter()
             .filter_map(|i| pending[*i].alert.as_ref())
             .collect();
-        let (published, written) = tokio::join!(
-            self.publisher.publish_all(&events),
-            self.alerts.write(&alerts)
-        );
+        // One `eve batch` span (when tracing is on) over both: the JetStream publish span is
+        // its child, and the alerts written carry its context (Suricata to console, one trace).
+        let span = if trace::enabled() {
+            tracing::info_span!("eve batch", events = events.len(), alerts = alerts.len())
+        } else {
+            tracing::Span::none()
+        };
+        let (published, written) = async {
+            tokio::join!(
+                self.publisher.publish_all(&events),
+                self.alerts.write(&alerts)
+            )
+        }
+        .instrument(span)
+        .await;
         let mut failed = false;
         let mut first_error = None;
         // Counted per event type once per round, not with a registry lookup per event.
