@@ -25,9 +25,3 @@ pub mod service;
 pub mod trace;
 
 pub use names::Names;
-
-/// Every Aurora binary (the services, the CLI, the benchmarks and the tests) allocates with
-/// mimalloc: the services allocate per message (lines, JSON, NATS headers and acks), and
-/// glibc's allocator was a quarter of eve-ingest's CPU (BENCHMARKS.md, bench-eve).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
