@@ -46,8 +46,8 @@ async fn an_alert_crossing_two_sites_is_one_trace() {
     site_a.extra_env = receiver.service_env();
     let mut site_b = Site::new(&names, "site-b", 2).with_binary(Svc::FederationGateway, binary);
     site_b.extra_env = receiver.service_env();
-    let _b = site_b.start(Svc::FederationGateway, &[]).await;
-    let _a = site_a.start(Svc::FederationGateway, &[]).await;
+    let mut gateway_b = site_b.start(Svc::FederationGateway, &[]).await;
+    let mut gateway_a = site_a.start(Svc::FederationGateway, &[]).await;
 
     let doc = alert("traced");
     let id = uid("traced");
@@ -106,5 +106,8 @@ async fn an_alert_crossing_two_sites_is_one_trace() {
         "the landed entry carries the import span's context"
     );
 
+    // Stopped first: a gateway still running would set its stream up again.
+    gateway_a.terminate().await;
+    gateway_b.terminate().await;
     cleanup(&names, NATS_URL, &[SITE_A_REDIS, SITE_B_REDIS]).await;
 }
