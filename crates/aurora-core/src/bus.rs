@@ -299,23 +299,8 @@ impl Producer {
         self.run_writes(pipe, first.as_ref()).await
     }
 
-    async fn run_writes(
-        &self,
-        mut pipe: redis::Pipeline,
-        key: &str,
-    ) -> Result<Vec<String>, BusError> {
-        let wait = self.wait_for_replicas(&mut pipe);
-        let mut conn = self.conn.clone();
-        let mut replies: Vec<Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(BusError::command("XADD", key))?;
-        if let Some(wait) = wait {
-            if let Err(e) = check_replicated(wait, replies.pop(), "XADD", key) {
-                conn.check_primary().await;
-                return Err(e);
-            }
-        }
+    async fn run_writes(&self, pipe: redis::Pipeline, key: &str) -> Result<Vec<String>, BusError> {
+        let replies = query_replicated(&self.conn, pipe, "XADD", key).await?;
         replies
             .into_iter()
             .map(|v| {
@@ -323,16 +308,6 @@ impl Producer {
                     .map_err(|e| BusError::command("XADD", key)(redis::RedisError::from(e)))
             })
             .collect()
-    }
-
-    /// Ends a pipeline of writes that gate an acknowledgement outside Redis with `WAIT`, when
-    /// the connection asks for replicas (docs/contract.md#redis). Its reply is the last.
-    fn wait_for_replicas(&self, pipe: &mut redis::Pipeline) -> Option<ReplicaWait> {
-        let wait = self.conn.replica_wait()?;
-        pipe.cmd("WAIT")
-            .arg(wait.replicas)
-            .arg(wait.timeout.as_millis().max(1) as u64);
-        Some(wait)
     }
 
     /// Appends documents each at most once: an entry goes to its stream only when its
@@ -376,18 +351,7 @@ impl Producer {
             pipe.invoke_script(inv);
         }
         let key = items[0].stream;
-        let wait = self.wait_for_replicas(&mut pipe);
-        let mut conn = self.conn.clone();
-        let mut replies: Vec<Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(BusError::command("XADD once", key))?;
-        if let Some(wait) = wait {
-            if let Err(e) = check_replicated(wait, replies.pop(), "XADD once", key) {
-                conn.check_primary().await;
-                return Err(e);
-            }
-        }
+        let replies = query_replicated(&self.conn, pipe, "XADD once", key).await?;
         let ids: Vec<Option<String>> = replies
             .into_iter()
             .flat_map(|reply| match reply {
@@ -413,6 +377,36 @@ impl Producer {
 /// Counts a move of the connection to a new Redis primary (a Sentinel failover followed).
 pub(crate) fn count_primary_move() {
     metrics::counter!("aurora_bus_primary_moves_total").increment(1);
+}
+
+/// Runs a pipeline of writes that gate an acknowledgement outside Redis, closed by `WAIT`
+/// when the connection asks for replicas (docs/contract.md#redis): the writes' replies, or
+/// an error when the replicas did not take them in time (the connection then looks again
+/// for the primary).
+pub async fn query_replicated(
+    conn: &Conn,
+    mut pipe: redis::Pipeline,
+    command: &'static str,
+    key: &str,
+) -> Result<Vec<Value>, BusError> {
+    let wait = conn.replica_wait();
+    if let Some(wait) = wait {
+        pipe.cmd("WAIT")
+            .arg(wait.replicas)
+            .arg(wait.timeout.as_millis().max(1) as u64);
+    }
+    let mut conn = conn.clone();
+    let mut replies: Vec<Value> = pipe
+        .query_async(&mut conn)
+        .await
+        .map_err(BusError::command(command, key))?;
+    if let Some(wait) = wait {
+        if let Err(e) = check_replicated(wait, replies.pop(), command, key) {
+            conn.check_primary().await;
+            return Err(e);
+        }
+    }
+    Ok(replies)
 }
 
 /// Checks the reply of a pipeline's closing `WAIT`.

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use aurora_core::bus::{check_replicated, BusError, Conn, DATA_FIELD};
+use aurora_core::bus::{query_replicated, Conn, DATA_FIELD};
 use aurora_core::names::{FederatedKind, Names};
 use aurora_core::trace::TraceContext;
 use redis::Value;
@@ -219,23 +219,9 @@ impl Lander {
             pipe.invoke_script(inv);
         }
         let stream = self.names.federated_stream(items[0].kind);
-        let wait = self.conn.replica_wait();
-        if let Some(wait) = wait {
-            pipe.cmd("WAIT")
-                .arg(wait.replicas)
-                .arg(wait.timeout.as_millis().max(1) as u64);
-        }
-        let mut conn = self.conn.clone();
-        let mut replies: Vec<Value> = pipe
-            .query_async(&mut conn)
+        let replies = query_replicated(&self.conn, pipe, "federation landing", &stream)
             .await
-            .map_err(|e| err(BusError::command("federation landing", &stream)(e)))?;
-        if let Some(wait) = wait {
-            if let Err(e) = check_replicated(wait, replies.pop(), "federation landing", &stream) {
-                conn.check_primary().await;
-                return Err(err(e));
-            }
-        }
+            .map_err(err)?;
         Ok(replies
             .into_iter()
             .flat_map(|reply| match reply {

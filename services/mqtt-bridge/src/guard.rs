@@ -111,23 +111,7 @@ impl UsedApprovals {
         let mut pipe = redis::pipe();
         pipe.load_script(&script).ignore();
         pipe.invoke_script(&invocation);
-        let wait = self.conn.replica_wait();
-        if let Some(wait) = wait {
-            pipe.cmd("WAIT")
-                .arg(wait.replicas)
-                .arg(wait.timeout.as_millis().max(1) as u64);
-        }
-        let mut conn = self.conn.clone();
-        let mut replies: Vec<Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(BusError::command("SET NX", &key))?;
-        if let Some(wait) = wait {
-            if let Err(e) = bus::check_replicated(wait, replies.pop(), "SET NX", &key) {
-                conn.check_primary().await;
-                return Err(e);
-            }
-        }
+        let mut replies = bus::query_replicated(&self.conn, pipe, "SET NX", &key).await?;
         let holder = match replies.pop() {
             Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
             Some(Value::SimpleString(s)) => s,
