@@ -3,7 +3,7 @@
 
 The metrics, their kind and their label names are read from the code: each service's
 `services/<service>/src/telemetry.rs` (the one module that records its metrics) and aurora-core's
-shared ones (`crates/aurora-core/src/{ops,bus,listener,jetstream,durability}.rs`; their `#[cfg(test)]` part left out).
+shared ones (`crates/aurora-core/src/{ops,bus,listener,jetstream,durability,ledger}.rs`; their `#[cfg(test)]` part left out).
 Test files are never read. Then:
 
 1. no service records a metric outside its telemetry module (it would not be checked);
@@ -27,13 +27,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "deploy/README.md"
 DASHBOARD = ROOT / "deploy/grafana/aurora-dashboard.json"
 RULES = ROOT / "deploy/prometheus/aurora-rules.yaml"
-CORE = ["crates/aurora-core/src/ops.rs", "crates/aurora-core/src/bus.rs", "crates/aurora-core/src/listener.rs", "crates/aurora-core/src/jetstream.rs", "crates/aurora-core/src/durability.rs"]
+CORE = ["crates/aurora-core/src/ops.rs", "crates/aurora-core/src/bus.rs", "crates/aurora-core/src/listener.rs", "crates/aurora-core/src/jetstream.rs", "crates/aurora-core/src/durability.rs", "crates/aurora-core/src/ledger.rs"]
 # Labels a scrape adds to every series (Prometheus: job, instance; deploy/prometheus/prometheus.yml
 # and the tests add namespace and site; the Prometheus Operator adds namespace, pod, service...).
 SCRAPE_LABELS = {"namespace", "site", "job", "instance", "pod", "container", "endpoint"}
 # Series Prometheus makes itself.
 PROMETHEUS_METRICS = {"up": set(), "scrape_duration_seconds": set()}
-NAME_RULE = re.compile(r"^aurora_(mqtt_bridge|device_registry|ws_gateway|federation_gateway|eve_ingest|bus|ops|listener|jetstream|durability)_[a-z0-9_]+$")
+NAME_RULE = re.compile(r"^aurora_(mqtt_bridge|device_registry|ws_gateway|federation_gateway|eve_ingest|bus|ops|listener|jetstream|durability|ledger)_[a-z0-9_]+$")
 MACRO = re.compile(r"metrics::(counter|gauge|histogram)!\(")
 
 errors = []

@@ -1,6 +1,7 @@
 //! `aurora`: mint tokens, publish documents, follow streams and see the state of the bus.
 
 mod approval_key;
+mod ledger;
 mod publish;
 mod simulate;
 mod status;
@@ -60,6 +61,10 @@ enum Command {
     Status(status::StatusArgs),
     /// Simulated traffic: a device fleet, the SOC's agents, Suricata events.
     Simulate(simulate::SimulateArgs),
+    /// The loss ledger over a window: per stream and consumer group, what was written,
+    /// handled, dead-lettered, dropped by a limit and is in flight, with every difference
+    /// named (exit status 1 when anything is lost or unexplained).
+    Ledger(ledger::LedgerArgs),
 }
 
 /// What every subcommand needs to reach the servers.
@@ -125,6 +130,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Tail(args) => tail::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Simulate(args) => simulate::run(&ctx, args).await,
+        Command::Ledger(args) => ledger::run(&ctx, args).await,
     }
 }
 

@@ -617,3 +617,63 @@ fn help_never_prints_a_secret_from_the_environment() {
         }
     }
 }
+
+#[tokio::test]
+async fn ledger_balances_then_names_entries_trimmed_before_a_group_read_them() {
+    use aurora_core::bus::{self, GroupConfig, GroupReader, Producer};
+    let ns = namespace();
+    let names = aurora_core::Names::new(&ns).unwrap();
+    let conn = bus::connect(aurora_testkit::REDIS_URL).await.unwrap();
+    let stream = names.alerts();
+    let docs: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| (stream.clone(), format!("{{\"i\":{i}}}").into_bytes()))
+        .collect();
+    let mut cfg = GroupConfig::new(&stream, "console", "c1", &names.deadletter("t"), "t");
+    cfg.block = Duration::from_millis(50);
+    let read_conn = bus::connect_blocking(aurora_testkit::REDIS_URL, cfg.block)
+        .await
+        .unwrap();
+    let big = Producer::new(conn.clone(), 100_000);
+    let mut reader = GroupReader::new(cfg, read_conn, big.clone()).await.unwrap();
+    big.publish_batch(&docs).await.unwrap();
+    let batch = reader.next_batch().await.unwrap();
+    let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
+    reader.ack(&ids).await.unwrap();
+
+    let ns2 = ns.clone();
+    let out = tokio::task::spawn_blocking(move || aurora(&ns2, &["ledger", "--since", "10m"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("{stream} -> console")), "{text}");
+    assert!(text.contains("every entry written in the window is handled"), "{text}");
+
+    // The stream kept to about 100 entries while the group does not read: 2,000 more.
+    let small = Producer::new(conn.clone(), 100);
+    for chunk in (0..2_000)
+        .map(|i| (stream.clone(), format!("{{\"j\":{i}}}").into_bytes()))
+        .collect::<Vec<_>>()
+        .chunks(250)
+    {
+        small.publish_batch(chunk).await.unwrap();
+    }
+    let ns2 = ns.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        aurora(&ns2, &["ledger", "--since", "10m", "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "a loss fails the command");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &doc["rows"][0];
+    assert_eq!(row["written"], 2_100);
+    assert!(row["trimmed"].as_i64().unwrap() > 1_800, "{doc}");
+    assert_eq!(row["unexplained"], 0, "{doc}");
+    let findings = doc["findings"].to_string();
+    assert!(
+        findings.contains("trimmed by the stream's length limit before the group read them"),
+        "{doc}"
+    );
+    aurora_testkit::prelude::delete_namespace(&mut conn.clone(), &names).await;
+}

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::Value;
 
+use crate::ledger;
 use crate::model::{to_bytes, DeadLetter};
 pub use crate::redis_link::{redacted_url, Conn, ReplicaWait};
 use crate::trace::{self, TraceContext, TRACEPARENT_FIELD, TRACESTATE_FIELD};
@@ -175,9 +176,12 @@ pub const ONCE_PER_CALL: usize = 256;
 /// For each pair (KEYS[2i-1] idempotency key, KEYS[2i] stream) and document ARGV[4+i]: when
 /// the key does not exist, XADD the document (`MAXLEN ~ ARGV[1]`, field ARGV[2]; with the
 /// field `traceparent` ARGV[4] unless it is empty), then set the key to the new entry id for
-/// ARGV[3] seconds. Returns per document the entry id or false.
-const PUBLISH_ONCE: &str = r"
-local out = {}
+/// ARGV[3] seconds, and count it in the ledger ([`crate::ledger`]). Returns per document the
+/// entry id or false.
+const PUBLISH_ONCE: &str = concat!(
+    crate::ledger_lua!(),
+    r"
+local out, written = {}, {}
 local traceparent = ARGV[4]
 for i = 1, #KEYS / 2 do
   local key, stream = KEYS[2 * i - 1], KEYS[2 * i]
@@ -195,11 +199,21 @@ for i = 1, #KEYS / 2 do
         'traceparent', traceparent)
     end
     redis.call('SET', key, id, 'EX', ARGV[3])
+    ledger_add(written, stream, id, 1)
     out[i] = id
   end
 end
+ledger_flush(written, 'in')
 return out
-";
+"
+);
+
+/// A pipeline opened with `MULTI`, for [`Producer::run_writes`] to close.
+fn transaction() -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("MULTI").ignore();
+    pipe
+}
 
 /// One document for [`Producer::publish_once`].
 #[derive(Debug, Clone, Copy)]
@@ -248,6 +262,8 @@ impl Producer {
                 cmd.arg(TRACESTATE_FIELD).arg(state);
             }
         }
+        // Inside the transaction: its reply is `QUEUED`, the id comes with `EXEC`.
+        pipe.ignore();
     }
 
     /// Appends one document; returns its entry id.
@@ -272,15 +288,16 @@ impl Producer {
         &self,
         items: &[(S, D)],
     ) -> Result<Vec<String>, BusError> {
-        let Some((first, _)) = items.first() else {
+        if items.is_empty() {
             return Ok(Vec::new());
-        };
+        }
         let current = TraceContext::current();
-        let mut pipe = redis::pipe();
+        let mut pipe = transaction();
         for (stream, data) in items {
             self.xadd(&mut pipe, stream.as_ref(), data.as_ref(), current.as_ref());
         }
-        self.run_writes(pipe, first.as_ref()).await
+        let streams: Vec<&str> = items.iter().map(|(s, _)| s.as_ref()).collect();
+        self.run_writes(pipe, &streams).await
     }
 
     /// As [`Self::publish_batch`], each entry with a trace context of its own (the span of
@@ -289,25 +306,103 @@ impl Producer {
         &self,
         items: &[(S, D, Option<TraceContext>)],
     ) -> Result<Vec<String>, BusError> {
-        let Some((first, _, _)) = items.first() else {
+        if items.is_empty() {
             return Ok(Vec::new());
-        };
-        let mut pipe = redis::pipe();
+        }
+        let mut pipe = transaction();
         for (stream, data, trace) in items {
             self.xadd(&mut pipe, stream.as_ref(), data.as_ref(), trace.as_ref());
         }
-        self.run_writes(pipe, first.as_ref()).await
+        let streams: Vec<&str> = items.iter().map(|(s, _, _)| s.as_ref()).collect();
+        self.run_writes(pipe, &streams).await
     }
 
-    async fn run_writes(&self, pipe: redis::Pipeline, key: &str) -> Result<Vec<String>, BusError> {
-        let replies = query_replicated(&self.conn, pipe, "XADD", key).await?;
-        replies
+    /// Runs the `XADD`s of `pipe` (queued by [`Self::xadd`] for `streams`, in order) in one
+    /// transaction with their ledger counts ([`crate::ledger`]), closed by `WAIT` when the
+    /// connection asks for replicas. The counts go to the current minute; an entry whose id
+    /// fell in another minute (a write across the minute's end, a Redis clock apart) is moved
+    /// to its own minute afterwards.
+    async fn run_writes(
+        &self,
+        mut pipe: redis::Pipeline,
+        streams: &[&str],
+    ) -> Result<Vec<String>, BusError> {
+        let key = streams.first().copied().unwrap_or("-");
+        let bucket = ledger::bucket_of_ms(ledger::now_ms());
+        let mut per_stream: Vec<(&str, i64)> = Vec::new();
+        for stream in streams {
+            match per_stream.iter_mut().find(|(s, _)| s == stream) {
+                Some((_, n)) => *n += 1,
+                None => per_stream.push((stream, 1)),
+            }
+        }
+        for (stream, n) in &per_stream {
+            let ledger_key = ledger::key(stream, bucket);
+            pipe.hincr(&ledger_key, ledger::IN, *n)
+                .ignore()
+                .expire(&ledger_key, ledger::KEEP.as_secs() as i64)
+                .ignore();
+        }
+        pipe.cmd("EXEC");
+        let mut replies = query_replicated(&self.conn, pipe, "XADD", key).await?;
+        let bad_reply = |detail: String| {
+            BusError::command("XADD", key)(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected reply to a transaction",
+                detail,
+            )))
+        };
+        let results = match replies.pop() {
+            Some(Value::Array(results)) => results,
+            other => return Err(bad_reply(format!("{other:?}"))),
+        };
+        let ids: Vec<String> = results
             .into_iter()
+            .take(streams.len())
             .map(|v| {
                 redis::from_redis_value(v)
                     .map_err(|e| BusError::command("XADD", key)(redis::RedisError::from(e)))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        if ids.len() != streams.len() {
+            return Err(bad_reply(format!(
+                "{} ids for {} entries",
+                ids.len(),
+                streams.len()
+            )));
+        }
+        self.move_ledger_counts(streams, &ids, bucket).await;
+        Ok(ids)
+    }
+
+    /// Moves the `in` count of entries whose id is not in `counted` to their own minute.
+    async fn move_ledger_counts(&self, streams: &[&str], ids: &[String], counted: u64) {
+        let mut moves: std::collections::BTreeMap<(&str, u64), i64> = Default::default();
+        for (stream, id) in streams.iter().zip(ids) {
+            match ledger::bucket_of_id(id) {
+                Some(b) if b != counted => {
+                    *moves.entry((stream, b)).or_default() += 1;
+                    *moves.entry((stream, counted)).or_default() -= 1;
+                }
+                _ => {}
+            }
+        }
+        if moves.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for ((stream, bucket), n) in moves {
+            let key = ledger::key(stream, bucket);
+            pipe.hincr(&key, ledger::IN, n)
+                .ignore()
+                .expire(&key, ledger::KEEP.as_secs() as i64)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "cannot move ledger counts to their entries' minute");
+        }
     }
 
     /// Appends documents each at most once: an entry goes to its stream only when its
@@ -513,6 +608,9 @@ pub struct GroupReader {
     own_pending_cursor: String,
     last_claim: Option<Instant>,
     claim_cursor: String,
+    last_ledger_export: Option<Instant>,
+    /// Own pending entries the last read found trimmed and cleared.
+    cleared_in_last_read: usize,
 }
 
 impl GroupReader {
@@ -531,6 +629,8 @@ impl GroupReader {
             own_pending_cursor: "0-0".to_string(),
             last_claim: None,
             claim_cursor: "0-0".to_string(),
+            last_ledger_export: None,
+            cleared_in_last_read: 0,
         };
         reader.ensure_group().await?;
         Ok(reader)
@@ -597,7 +697,11 @@ impl GroupReader {
     async fn next_batch_inner(&mut self) -> Result<Vec<Entry>, BusError> {
         if !self.own_pending_done {
             let cursor = self.own_pending_cursor.clone();
-            let own = self.read_group(&cursor, None).await?;
+            let mut own = self.read_group(&cursor, None).await?;
+            // A page of entries all trimmed meanwhile was cleared: read past it.
+            while own.is_empty() && self.cleared_in_last_read > 0 {
+                own = self.read_group(&cursor, None).await?;
+            }
             match own.last() {
                 None => self.own_pending_done = true,
                 Some(last) => {
@@ -641,19 +745,37 @@ impl GroupReader {
             .query_async(&mut self.read_conn)
             .await
             .map_err(BusError::command("XREADGROUP", &self.cfg.stream))?;
-        let mut entries: Vec<Entry> = reply
-            .map(|r| {
-                r.keys
-                    .into_iter()
-                    .flat_map(|k| {
-                        let stream = k.key;
-                        k.ids
-                            .into_iter()
-                            .map(move |sid| Entry::from_stream_id(&stream, sid))
-                    })
-                    .collect()
-            })
+        let sids: Vec<StreamId> = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
             .unwrap_or_default();
+        let (gone, sids): (Vec<StreamId>, Vec<StreamId>) = sids
+            .into_iter()
+            .partition(|sid| id != ">" && sid.map.is_empty());
+        self.cleared_in_last_read = gone.len();
+        if !gone.is_empty() {
+            // This consumer's own pending entries that the stream's limit trimmed meanwhile
+            // (Redis answers their id without fields): lost to the stream's limit, counted
+            // as such and cleared.
+            let ids: Vec<&str> = gone.iter().map(|sid| sid.id.as_str()).collect();
+            let vanished = ledger::ack_counted(
+                &self.producer.conn,
+                &self.cfg.stream,
+                &self.cfg.group,
+                ledger::GroupCount::Vanished,
+                &ids,
+            )
+            .await?;
+            tracing::error!(
+                stream = %self.cfg.stream,
+                group = %self.cfg.group,
+                entries = vanished,
+                "entries were trimmed from the stream while pending: they are lost to this group"
+            );
+        }
+        let mut entries: Vec<Entry> = sids
+            .into_iter()
+            .map(|sid| Entry::from_stream_id(&self.cfg.stream, sid))
+            .collect();
         if id == ">" {
             for e in &mut entries {
                 e.deliveries = 1;
@@ -665,7 +787,9 @@ impl GroupReader {
     }
 
     /// Exports the group's pending entries and lag (entries not yet delivered) as gauges
-    /// `aurora_bus_pending_entries` and `aurora_bus_consumer_lag`.
+    /// `aurora_bus_pending_entries` and `aurora_bus_consumer_lag`; records entries trimmed
+    /// before the group read them, and exports the group's ledger every minute
+    /// ([`crate::ledger`]).
     async fn report_backlog(&mut self) {
         let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
             .arg("GROUPS")
@@ -683,6 +807,22 @@ impl GroupReader {
         metrics::gauge!("aurora_bus_pending_entries", &labels).set(group.pending as f64);
         if let Some(lag) = group.lag {
             metrics::gauge!("aurora_bus_consumer_lag", &labels).set(lag as f64);
+        }
+        if let Err(e) =
+            ledger::record_trimmed(&self.producer.conn, &self.cfg.stream, &self.cfg.group).await
+        {
+            tracing::warn!(stream = %self.cfg.stream, error = %e, "cannot look for trimmed entries");
+        }
+        let export_due = self
+            .last_ledger_export
+            .is_none_or(|t| t.elapsed() >= ledger::EXPORT_EVERY);
+        if export_due {
+            self.last_ledger_export = Some(Instant::now());
+            if let Err(e) =
+                ledger::export(&self.producer.conn, &self.cfg.stream, &self.cfg.group).await
+            {
+                tracing::warn!(stream = %self.cfg.stream, error = %e, "cannot export the ledger");
+            }
         }
     }
 
@@ -735,8 +875,23 @@ impl GroupReader {
             .map_err(BusError::command("XAUTOCLAIM", &self.cfg.stream))?;
         self.claim_cursor = reply.next_stream_id;
         if !reply.deleted_ids.is_empty() {
-            // Entries trimmed away while pending: nothing left to deliver, clear them.
-            self.ack(&reply.deleted_ids).await?;
+            // Entries trimmed away while pending (Redis removed them from the group's
+            // pending list with this claim): lost to the stream's limit, counted once here.
+            let gone: Vec<&str> = reply.deleted_ids.iter().map(String::as_str).collect();
+            ledger::count(
+                &self.producer.conn,
+                &self.cfg.stream,
+                &self.cfg.group,
+                ledger::GroupCount::Vanished,
+                &gone,
+            )
+            .await?;
+            tracing::error!(
+                stream = %self.cfg.stream,
+                group = %self.cfg.group,
+                entries = gone.len(),
+                "entries were trimmed from the stream while pending: they are lost to this group"
+            );
         }
         let mut entries: Vec<Entry> = reply
             .claimed
@@ -805,6 +960,22 @@ impl GroupReader {
 
     /// Dead-letters what cannot be handled; returns the rest.
     async fn screen(&mut self, entries: Vec<Entry>) -> Result<Vec<Entry>, BusError> {
+        let again: Vec<&str> = entries
+            .iter()
+            .filter(|e| e.deliveries > 1)
+            .map(|e| e.id.as_str())
+            .collect();
+        if let Err(e) = ledger::count(
+            &self.producer.conn,
+            &self.cfg.stream,
+            &self.cfg.group,
+            ledger::GroupCount::Redelivered,
+            &again,
+        )
+        .await
+        {
+            tracing::debug!(stream = %self.cfg.stream, error = %e, "cannot count redeliveries");
+        }
         let mut keep = Vec::with_capacity(entries.len());
         for entry in entries {
             if entry.data.is_none() {
@@ -828,8 +999,9 @@ impl GroupReader {
         self.acker().ack(ids).await
     }
 
-    /// Moves an entry to the dead-letter stream with the reason, then acknowledges it, in one
-    /// transaction: it is never both lost and acknowledged.
+    /// Acknowledges an entry and moves it to the dead-letter stream with the reason, in one
+    /// script: it is never both lost and acknowledged. When another consumer settled it
+    /// meanwhile (it took the entry over), nothing is written. Counted in the ledger.
     pub async fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<(), BusError> {
         self.acker().dead_letter(entry, reason).await
     }
@@ -846,8 +1018,9 @@ pub struct GroupAcker {
 }
 
 impl GroupAcker {
-    /// Moves an entry to the dead-letter stream with the reason, then acknowledges it, in one
-    /// transaction: it is never both lost and acknowledged.
+    /// Acknowledges an entry and moves it to the dead-letter stream with the reason, in one
+    /// script: it is never both lost and acknowledged. When another consumer settled it
+    /// meanwhile (it took the entry over), nothing is written. Counted in the ledger.
     pub async fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<(), BusError> {
         let mut record = DeadLetter::new(
             &self.service,
@@ -869,39 +1042,36 @@ impl GroupAcker {
             "stream" => self.stream.clone()
         )
         .increment(1);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        self.producer.xadd(
-            &mut pipe,
-            &self.dead_letter_stream,
-            &to_bytes(&record),
-            entry.trace.as_ref(),
-        );
-        pipe.cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(&entry.id);
+        let script = redis::Script::new(ledger::DEAD_LETTER);
+        let traceparent = entry.trace.as_ref().map_or("", |t| t.traceparent.as_str());
         let mut conn = self.producer.conn();
-        pipe.query_async::<()>(&mut conn)
+        let _settled: Option<String> = script
+            .key(&self.stream)
+            .key(&self.dead_letter_stream)
+            .arg(&self.group)
+            .arg(&entry.id)
+            .arg(self.producer.maxlen)
+            .arg(DATA_FIELD)
+            .arg(to_bytes(&record))
+            .arg(traceparent)
+            .invoke_async(&mut conn)
             .await
-            .map_err(BusError::command("XADD+XACK", &self.dead_letter_stream))
+            .map_err(BusError::command("XACK+XADD", &self.dead_letter_stream))?;
+        Ok(())
     }
 
-    /// Acknowledges handled entries (XACK).
+    /// Acknowledges handled entries (XACK), counting those still pending as done in the
+    /// ledger ([`crate::ledger`]).
     pub async fn ack<S: AsRef<str>>(&self, ids: &[S]) -> Result<(), BusError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(&self.stream).arg(&self.group);
-        for id in ids {
-            cmd.arg(id.as_ref());
-        }
-        let mut conn = self.producer.conn();
-        cmd.query_async::<u64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(BusError::command("XACK", &self.stream))
+        ledger::ack_counted(
+            &self.producer.conn,
+            &self.stream,
+            &self.group,
+            ledger::GroupCount::Done,
+            ids,
+        )
+        .await
+        .map(|_| ())
     }
 }
 

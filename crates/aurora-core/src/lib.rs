@@ -4,7 +4,8 @@
 //! ([`ops`]), the shared flags ([`config`]), and the one lifecycle of a service ([`service`]):
 //! start-up, dependency health ([`health`]), back-off ([`retry`]), the stream consumer
 //! ([`consumer`]) and the drain; whether Redis and JetStream keep what they acknowledge
-//! ([`durability`]); W3C trace context across hops ([`trace`]).
+//! ([`durability`]); W3C trace context across hops ([`trace`]); the
+//! loss ledger of every stream and consumer group ([`ledger`]).
 
 pub mod approval;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod consumer;
 pub mod durability;
 pub mod health;
 pub mod jetstream;
+pub mod ledger;
 pub mod listener;
 pub mod model;
 pub mod names;

@@ -213,14 +213,27 @@ pub async fn lpush(conn: &mut Conn, key: &str, items: &[Vec<u8>]) {
     cmd.query_async::<u64>(conn).await.expect("LPUSH");
 }
 
-/// XADD one document (`data` field); its entry id.
+/// XADD KEYS[1] with field ARGV[1] ARGV[2], counted in the stream's ledger as the services'
+/// writes are.
+const XADD_COUNTED: &str = concat!(
+    aurora_core::ledger_lua!(),
+    r"
+local id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
+local written = {}
+ledger_add(written, KEYS[1], id, 1)
+ledger_flush(written, 'in')
+return id
+"
+);
+
+/// XADD one document (`data` field), counted in the ledger like a service's write; its entry
+/// id.
 pub async fn xadd(conn: &mut Conn, stream: &str, doc: &[u8]) -> String {
-    ::redis::cmd("XADD")
-        .arg(stream)
-        .arg("*")
+    ::redis::Script::new(XADD_COUNTED)
+        .key(stream)
         .arg(bus::DATA_FIELD)
         .arg(doc)
-        .query_async(conn)
+        .invoke_async(conn)
         .await
         .expect("XADD")
 }
@@ -258,4 +271,27 @@ pub async fn delete_namespace(conn: &mut Conn, names: &Names) {
         }
         cursor = next;
     }
+}
+
+/// The loss ledger of every stream and consumer group of the namespace over the last
+/// `span`; panics naming each group that lost or cannot account for an entry (in flight is
+/// fine: pending or unread entries are accounted for). Returns the rows.
+pub async fn assert_ledger_accounts_for_everything(
+    conn: &Conn,
+    names: &Names,
+    span: std::time::Duration,
+) -> Vec<aurora_core::ledger::GroupLedger> {
+    let prefix = format!("{}:", names.namespace());
+    let rows = aurora_core::ledger::report(conn, &prefix, aurora_core::ledger::Window::last(span))
+        .await
+        .expect("the ledger");
+    let findings: Vec<String> = rows
+        .iter()
+        .flat_map(aurora_core::ledger::GroupLedger::findings)
+        .collect();
+    assert!(
+        findings.is_empty(),
+        "the ledger names losses or differences: {findings:#?}\n{rows:#?}"
+    );
+    rows
 }

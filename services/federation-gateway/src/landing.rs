@@ -29,8 +29,11 @@ const PER_CALL: usize = 256;
 /// Per item: KEYS (state hash, order set, stream); ARGV after the four shared ones (maxlen,
 /// data field, key ttl in seconds, most documents kept, now in ms, mode `land` or `record`):
 /// document, revision, site, hash, data, traceparent (empty for none). Returns per item the new entry id (`land`), `+` (a
-/// recorded stamp), `=` (the same stamp held: a duplicate) or `<` (a newer stamp held).
-const LAND: &str = r"
+/// recorded stamp), `=` (the same stamp held: a duplicate) or `<` (a newer stamp held). Each
+/// appended entry is counted in the stream's ledger (aurora_core::ledger).
+const LAND: &str = concat!(
+    aurora_core::ledger_lua!(),
+    r"
 local maxlen, field, ttl, cap, now, mode = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local function older(r, s, h, held)
   local hr, hs, hh = string.match(held, '^(%-?%d+)|([^|]*)|(.*)$')
@@ -41,7 +44,7 @@ local function older(r, s, h, held)
   if h ~= hh then return h < hh and -1 or 1 end
   return 0
 end
-local out, touched = {}, {}
+local out, touched, written = {}, {}, {}
 for i = 1, #KEYS / 3 do
   local state, order, stream = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local b = 6 + (i - 1) * 6
@@ -61,6 +64,7 @@ for i = 1, #KEYS / 3 do
         out[i] = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, ARGV[b + 5],
           'traceparent', ARGV[b + 6])
       end
+      ledger_add(written, stream, out[i], 1)
     else
       out[i] = '+'
     end
@@ -79,8 +83,10 @@ for state, order in pairs(touched) do
   redis.call('EXPIRE', state, ttl)
   redis.call('EXPIRE', order, ttl)
 end
+ledger_flush(written, 'in')
 return out
-";
+"
+);
 
 /// One document to land.
 #[derive(Debug, Clone)]

@@ -30,15 +30,21 @@ const SWEEP_BATCH: isize = 100;
 /// Longest comment a decision may carry, in characters.
 pub const MAX_COMMENT_CHARS: usize = 4000;
 
-const DECIDE: &str = r"
+const DECIDE: &str = concat!(
+    aurora_core::ledger_lua!(),
+    r"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
 if status ~= 'pending' then return {'conflict', status} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'doc', ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[4])
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2])
+local written = {}
+ledger_add(written, KEYS[2], id, 1)
+ledger_flush(written, 'in')
 return {'done', id}
-";
+"
+);
 
 const REGISTER: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
