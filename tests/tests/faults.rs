@@ -426,6 +426,15 @@ async fn devices_and_their_alerts_survive_a_registry_kill() {
         duplicates(&attests),
         duplicates(&alerts)
     );
+    // The killed registry's entries were taken over: the ledger accounts for every one.
+    let ledger =
+        assert_ledger_accounts_for_everything(&conn, &names, Duration::from_secs(600)).await;
+    assert!(
+        ledger
+            .iter()
+            .any(|r| r.group == "device-registry" && r.done >= DEVICES as i64),
+        "{ledger:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -482,4 +482,11 @@ async fn every_service_is_replaced_under_a_new_name_while_traffic_flows_and_noth
     for (name, service) in running.iter_mut() {
         assert_eq!(service.readyz().await, Some(200), "{name} ready at the end");
     }
+    // The loss ledger of every stream and consumer group: nothing lost, nothing unexplained.
+    let ledger = assert_ledger_accounts_for_everything(&conn, &names, started.elapsed()).await;
+    eprintln!("rolling: ledger: {ledger:?}");
+    assert!(
+        ledger.iter().any(|r| r.done > 0),
+        "the ledger saw the groups' work"
+    );
 }
