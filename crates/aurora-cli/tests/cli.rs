@@ -647,7 +647,10 @@ async fn ledger_balances_then_names_entries_trimmed_before_a_group_read_them() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let text = stdout(&out);
     assert!(text.contains(&format!("{stream} -> console")), "{text}");
-    assert!(text.contains("every entry written in the window is handled"), "{text}");
+    assert!(
+        text.contains("every entry written in the window is handled"),
+        "{text}"
+    );
 
     // The stream kept to about 100 entries while the group does not read: 2,000 more.
     let small = Producer::new(conn.clone(), 100);
@@ -659,11 +662,10 @@ async fn ledger_balances_then_names_entries_trimmed_before_a_group_read_them() {
         small.publish_batch(chunk).await.unwrap();
     }
     let ns2 = ns.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        aurora(&ns2, &["ledger", "--since", "10m", "--json"])
-    })
-    .await
-    .unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || aurora(&ns2, &["ledger", "--since", "10m", "--json"]))
+            .await
+            .unwrap();
     assert!(!out.status.success(), "a loss fails the command");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = &doc["rows"][0];
