@@ -500,7 +500,8 @@ async fn a_gateway_killed_between_publish_and_xack_loses_and_duplicates_nothing(
     // Each site's ledger accounts for every alert its exporter read (handled, or still held
     // by the killed replica) and every alert landed.
     for conn in [&ra, &rb] {
-        let rows = assert_ledger_accounts_for_everything(conn, &names, Duration::from_secs(600)).await;
+        let rows =
+            assert_ledger_accounts_for_everything(conn, &names, Duration::from_secs(600)).await;
         assert!(rows.iter().any(|r| r.done > 0), "{rows:?}");
     }
     cleanup(&names, nats, &[SITE_A_REDIS, SITE_B_REDIS]).await;
