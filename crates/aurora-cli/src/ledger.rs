@@ -1,6 +1,7 @@
 //! `aurora ledger`: for a window of time, every stream of the namespace and each of its
 //! consumer groups: what was written, handled, dead-lettered, dropped by a limit, what is in
-//! flight, and every difference named (aurora_core::ledger).
+//! flight, and every difference named; and what the federation stream's limits dropped before
+//! a site imported it (aurora_core::ledger).
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use clap::Args;
 
 use aurora_core::config::parse_duration;
-use aurora_core::ledger::{self, GroupLedger, Window};
+use aurora_core::ledger::{self, GroupLedger, JetStreamLoss, Window};
 
 use crate::Ctx;
 
@@ -51,12 +52,21 @@ pub async fn run(ctx: &Ctx, args: LedgerArgs) -> Result<()> {
     let conn = ctx.redis().await?;
     let prefix = format!("{}:", ctx.names.namespace());
     let rows = ledger::report(&conn, &prefix, window).await?;
-    let findings: Vec<String> = rows.iter().flat_map(GroupLedger::findings).collect();
+    let stream = ctx.names.nats_stream();
+    let jetstream =
+        ledger::jetstream_losses(&conn, &ctx.names.ledger_jetstream(&stream), &stream, window)
+            .await?;
+    let findings: Vec<String> = rows
+        .iter()
+        .flat_map(GroupLedger::findings)
+        .chain(jetstream.iter().map(JetStreamLoss::finding))
+        .collect();
     if args.json {
         let doc = serde_json::json!({
             "from": minute(window.from),
             "to": minute(window.to),
             "rows": rows,
+            "jetstream": jetstream,
             "findings": findings,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -79,14 +89,15 @@ fn print(rows: &[GroupLedger], window: Window, findings: &[String]) {
     );
     if rows.is_empty() {
         println!("no stream of this namespace has a consumer group");
-        return;
     }
     let hop = |r: &GroupLedger| format!("{} -> {}", r.stream, r.group);
     let width = rows.iter().map(|r| hop(r).len()).max().unwrap_or(0).max(4);
-    println!(
-        "{:<width$} {:>9} {:>9} {:>7} {:>8} {:>10} {:>12} {:>12}",
-        "HOP", "IN", "DONE", "DEAD", "DROPPED", "IN FLIGHT", "REDELIVERED", "UNEXPLAINED"
-    );
+    if !rows.is_empty() {
+        println!(
+            "{:<width$} {:>9} {:>9} {:>7} {:>8} {:>10} {:>12} {:>12}",
+            "HOP", "IN", "DONE", "DEAD", "DROPPED", "IN FLIGHT", "REDELIVERED", "UNEXPLAINED"
+        );
+    }
     for r in rows {
         println!(
             "{:<width$} {:>9} {:>9} {:>7} {:>8} {:>10} {:>12} {:>12}",
@@ -101,7 +112,9 @@ fn print(rows: &[GroupLedger], window: Window, findings: &[String]) {
         );
     }
     if findings.is_empty() {
-        println!("every entry written in the window is handled, dead-lettered or in flight");
+        println!(
+            "every entry written in the window is handled, dead-lettered or in flight; no federated message was dropped unimported"
+        );
     } else {
         for f in findings {
             println!("LOST OR UNEXPLAINED: {f}");

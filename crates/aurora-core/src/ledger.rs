@@ -623,6 +623,102 @@ pub async fn report(
     Ok(rows)
 }
 
+/// Records that a JetStream stream dropped, by its limits, messages a consumer had not
+/// acknowledged: its oldest unacknowledged sequence ARGV[2] is before the stream's first
+/// ARGV[3]. The highest sequence counted per consumer ARGV[1] is kept in hash KEYS[1], so
+/// every replica and every look counts each message once; what is new goes to
+/// `dropped:<consumer>` in bucket hash KEYS[2]. Returns what was new.
+const JETSTREAM_DROPPED: &str = r"
+local held = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local first = tonumber(ARGV[3])
+local from = math.max(tonumber(ARGV[2]), held + 1)
+if first <= from then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', first - 1))
+redis.call('EXPIRE', KEYS[1], 691200)
+redis.call('HINCRBY', KEYS[2], 'dropped:' .. ARGV[1], first - from)
+redis.call('EXPIRE', KEYS[2], 691200)
+return first - from
+";
+
+/// Counts, under `base` (`Names::ledger_jetstream`), the messages a JetStream stream's limits
+/// dropped before `consumer` acknowledged them: `next` is its oldest unacknowledged sequence
+/// (ack floor + 1), `first_seq` the stream's first. Idempotent. Returns how many were new.
+pub async fn record_jetstream_dropped(
+    conn: &Conn,
+    base: &str,
+    consumer: &str,
+    next: u64,
+    first_seq: u64,
+) -> Result<u64, BusError> {
+    if first_seq <= next {
+        return Ok(0);
+    }
+    let bucket = bucket_of_ms(now_ms());
+    let mut conn = conn.clone();
+    redis::Script::new(JETSTREAM_DROPPED)
+        .key(format!("{base}:counted"))
+        .key(format!("{base}:{bucket}"))
+        .arg(consumer)
+        .arg(next)
+        .arg(first_seq)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(BusError::command("ledger jetstream", base))
+}
+
+/// What a JetStream stream's limits dropped before each consumer took it, over `window`
+/// (counted when found, in that minute).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JetStreamLoss {
+    pub stream: String,
+    pub consumer: String,
+    pub dropped: i64,
+}
+
+impl JetStreamLoss {
+    pub fn finding(&self) -> String {
+        format!(
+            "JetStream {} -> consumer {}: {} messages dropped by the stream's limits before that site imported them (lost to it)",
+            self.stream, self.consumer, self.dropped
+        )
+    }
+}
+
+/// The JetStream losses of `stream` recorded under `base` over `window`, per consumer.
+pub async fn jetstream_losses(
+    conn: &Conn,
+    base: &str,
+    stream: &str,
+    window: Window,
+) -> Result<Vec<JetStreamLoss>, BusError> {
+    let mut pipe = redis::pipe();
+    for bucket in window.from..window.to {
+        pipe.hgetall(format!("{base}:{bucket}"));
+    }
+    let mut c = conn.clone();
+    let hashes: Vec<BTreeMap<String, i64>> = pipe
+        .query_async(&mut c)
+        .await
+        .map_err(BusError::command("HGETALL", base))?;
+    let mut per_consumer: BTreeMap<String, i64> = BTreeMap::new();
+    for h in hashes {
+        for (field, n) in h {
+            if let Some(consumer) = field.strip_prefix("dropped:") {
+                *per_consumer.entry(consumer.to_string()).or_default() += n;
+            }
+        }
+    }
+    Ok(per_consumer
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(consumer, dropped)| JetStreamLoss {
+            stream: stream.to_string(),
+            consumer,
+            dropped,
+        })
+        .collect())
+}
+
 /// The window the services export ([`export`]).
 pub const EXPORTED_WINDOW: Duration = Duration::from_secs(3600);
 

@@ -350,6 +350,11 @@ impl Names {
     pub fn federation_consumer(&self, site_id: &str) -> String {
         subject_token(site_id)
     }
+    /// Where the loss ledger keeps what a JetStream stream's limits dropped before a consumer
+    /// took it (`aurora_core::ledger`): `aurora:ledger:jetstream:AURORA`.
+    pub fn ledger_jetstream(&self, stream: &str) -> String {
+        self.key(&format!("ledger:jetstream:{stream}"))
+    }
 }
 
 /// Makes any string a single safe NATS subject token: characters outside

@@ -366,7 +366,12 @@ impl Connected {
             running.spawn(settling);
         }
         let stream_name = names.nats_stream();
+        let ledger = loss::LedgerSink {
+            conn: self.producer.conn(),
+            base: names.ledger_jetstream(&stream_name),
+        };
         if args.importing() {
+            loss::record_once(&self.stream, &ledger).await;
             let importer = Importer {
                 names: names.clone(),
                 site_id: site.clone(),
@@ -392,6 +397,7 @@ impl Connected {
             self.stream.clone(),
             stream_name.clone(),
             args.lag_interval,
+            ledger,
             ctx.shutdown.clone(),
         ));
         running.spawn(dependencies.watch(

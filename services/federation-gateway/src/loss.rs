@@ -196,12 +196,50 @@ pub async fn read(
     Ok((view, consumers))
 }
 
+/// Where the losses go in the site's loss ledger (aurora_core::ledger): the site's Redis and
+/// the stream's ledger key (`Names::ledger_jetstream`).
+#[derive(Clone)]
+pub struct LedgerSink {
+    pub conn: aurora_core::bus::Conn,
+    pub base: String,
+}
+
+impl LedgerSink {
+    /// Records what the stream dropped before each consumer acknowledged it (each message
+    /// once, whoever looks).
+    async fn record(&self, view: &StreamView, consumers: &[(String, u64, Option<Duration>)]) {
+        for (consumer, next, _) in consumers {
+            if let Err(e) = aurora_core::ledger::record_jetstream_dropped(
+                &self.conn,
+                &self.base,
+                consumer,
+                *next,
+                view.first_seq,
+            )
+            .await
+            {
+                tracing::warn!(consumer = %consumer, error = %e, "cannot record a loss in the ledger");
+            }
+        }
+    }
+}
+
+/// One look before this site imports: a loss that came while it was away is recorded before
+/// its first import moves its consumer past it.
+pub async fn record_once(stream: &jetstream::stream::Stream, ledger: &LedgerSink) {
+    match read(stream).await {
+        Ok((view, consumers)) => ledger.record(&view, &consumers).await,
+        Err(e) => tracing::debug!(error = %e, "cannot read the consumers for the ledger"),
+    }
+}
+
 /// Every `interval`: the time to loss of every site's consumer (a gauge each) and the
-/// messages lost (a counter each).
+/// messages lost (a counter each, and in the site's ledger).
 pub async fn watch(
     stream: jetstream::stream::Stream,
     stream_name: String,
     interval: Duration,
+    ledger: LedgerSink,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
@@ -219,6 +257,7 @@ pub async fn watch(
                 continue;
             }
         };
+        ledger.record(&view, &consumers).await;
         for c in watch.observe(Instant::now(), &view, &consumers) {
             telemetry::time_to_loss(&stream_name, &c.consumer, c.seconds);
             // Counted from 0 for every site, so an alert sees the first loss as an increase.

@@ -102,6 +102,25 @@ async fn a_site_offline_past_the_stream_limit_sees_its_time_to_loss_fall_then_it
         "{counted:?}"
     );
 
+    // Both sites' loss ledgers name it, each message once: A saw it happen, B looked before
+    // its first import.
+    for conn in [&ra, &rb] {
+        let losses = aurora_core::ledger::jetstream_losses(
+            conn,
+            &names.ledger_jetstream(&stream),
+            &stream,
+            aurora_core::ledger::Window::last(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(losses.len(), 1, "{losses:?}");
+        assert_eq!(
+            (losses[0].consumer.as_str(), losses[0].dropped),
+            (consumer.as_str(), 15),
+            "{losses:?}"
+        );
+    }
+
     a.stop().await;
     b.stop().await;
     cleanup(&names, nats, &[SITE_A, SITE_B]).await;
