@@ -252,6 +252,13 @@ async fn alerts_cross_a_to_b_exactly_once_through_gateway_kills_and_a_nats_resta
     let per_msg = tally(wire.iter().map(|(id, _, _)| id.clone()));
     assert_eq!(per_msg.len(), N, "one message per alert on the wire");
     assert_eq!(duplicates(&per_msg), 0);
+    // Both sites' ledgers: every alert read by A's exporter settled or held, every alert
+    // landed at B read by B's groups; no loss to a stream limit.
+    for conn in [&conn_a, &conn_b] {
+        let rows =
+            assert_ledger_accounts_for_everything(conn, &names, Duration::from_secs(600)).await;
+        assert!(rows.iter().any(|r| r.done > 0), "{rows:?}");
+    }
 }
 
 /// Reads alert frames into `seen` until the connection ends or `want` are seen; returns
