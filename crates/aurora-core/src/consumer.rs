@@ -50,6 +50,28 @@ pub trait BatchHandler: Send + Sync + 'static {
 
     /// Called after a failed batch (a metric of the service's own).
     fn failed(&self, _error: &Self::Error) {}
+
+    /// True when the handler opens each entry's `process` span itself ([`process_span`]), so
+    /// that what it writes for an entry carries that entry's trace whatever the batch's size;
+    /// the consumer then opens none (there would be two per entry).
+    fn traces_entries(&self) -> bool {
+        false
+    }
+}
+
+/// The `<stream> process` span (consumer) of one entry read through a group, the child of the
+/// context the entry carried, its id as `messaging.message.id`. Disabled (free) when tracing
+/// is off.
+pub fn process_span(entry: &Entry) -> tracing::Span {
+    let span = trace::message_span(
+        "redis",
+        &entry.stream,
+        "process",
+        "consumer",
+        entry.trace.as_ref(),
+    );
+    span.record("messaging.message.id", entry.id.as_str());
+    span
 }
 
 /// A reader, its handler, and what it waits for after a failure.
@@ -113,29 +135,16 @@ impl<H: BatchHandler> Consumer<H> {
         }
     }
 
-    /// Handles a batch inside a `<stream> process` span per entry (when tracing is on), each
-    /// the child of the context its entry carried. A batch of one entry is handled inside its
+    /// Handles a batch inside a `<stream> process` span per entry (when tracing is on and the
+    /// handler does not open them itself, see [`BatchHandler::traces_entries`]), each the
+    /// child of the context its entry carried. A batch of one entry is handled inside its
     /// span, so what the handler writes on continues the entry's trace; a larger batch's
     /// writes carry no one entry's context.
     async fn handle_traced(&self, entries: Vec<Entry>) -> Result<(), H::Error> {
-        if !trace::enabled() {
+        if !trace::enabled() || self.handler.traces_entries() {
             return handle_isolating(&self.handler, &self.reader, entries).await;
         }
-        let stream = &self.reader.config().stream;
-        let spans: Vec<tracing::Span> = entries
-            .iter()
-            .map(|entry| {
-                let span = trace::message_span(
-                    "redis",
-                    stream,
-                    "process",
-                    "consumer",
-                    entry.trace.as_ref(),
-                );
-                span.record("messaging.message.id", entry.id.as_str());
-                span
-            })
-            .collect();
+        let spans: Vec<tracing::Span> = entries.iter().map(process_span).collect();
         let handling = handle_isolating(&self.handler, &self.reader, entries);
         match spans.as_slice() {
             [one] => handling.instrument(one.clone()).await,

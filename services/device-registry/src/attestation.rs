@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 
 use aurora_core::bus::{BusError, Entry, GroupReader};
-use aurora_core::consumer::BatchHandler;
+use aurora_core::consumer::{process_span, BatchHandler};
 use aurora_core::model::{parse, to_bytes, AttestationReport};
+use aurora_core::trace::TraceContext;
 use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
+use tracing::Instrument;
 
 use crate::db::{self, status, AttestationContext, Challenge, ReportKey, Verdict};
 use crate::error::BatchError;
@@ -173,7 +175,17 @@ struct Checked {
     report: AttestationReport,
     ctx: AttestationContext,
     decision: Decision,
+    /// The context of the entry's `process` span: its alert carries it.
+    trace: Option<TraceContext>,
 }
+
+/// An answer to check, with its entry id and the context of its `process` span.
+type ToCheck = (
+    String,
+    AttestationReport,
+    AttestationContext,
+    Option<TraceContext>,
+);
 
 impl BatchHandler for Attestation {
     type Error = BatchError;
@@ -182,13 +194,21 @@ impl BatchHandler for Attestation {
         "attestation"
     }
 
+    /// Each entry is handled in its `process` span (when tracing is on), and the alert it
+    /// raises carries that span's context.
     async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), BatchError> {
         let shared = &self.0;
-        let mut parsed: Vec<(Entry, AttestationReport)> = Vec::with_capacity(entries.len());
+        let mut parsed: Vec<(Entry, AttestationReport, tracing::Span)> =
+            Vec::with_capacity(entries.len());
         for entry in entries {
+            let span = process_span(&entry);
             match parse::<AttestationReport>(entry.data.as_deref().unwrap_or_default()) {
-                Ok(r) => parsed.push((entry, r)),
-                Err(e) => streams::reject(reader, &entry, &e.to_string()).await?,
+                Ok(r) => parsed.push((entry, r, span)),
+                Err(e) => {
+                    streams::reject(reader, &entry, &e.to_string())
+                        .instrument(span)
+                        .await?
+                }
             }
         }
         if parsed.is_empty() {
@@ -196,7 +216,7 @@ impl BatchHandler for Attestation {
         }
         let keys: Vec<ReportKey<'_>> = parsed
             .iter()
-            .map(|(_, r)| ReportKey {
+            .map(|(_, r, _)| ReportKey {
                 device_id: &r.device_id,
                 nonce: &r.nonce,
                 version: &r.firmware_version,
@@ -217,7 +237,9 @@ impl BatchHandler for Attestation {
 
         let mut handled = Vec::with_capacity(parsed.len());
         let mut to_check = Vec::with_capacity(parsed.len());
-        for (i, (entry, report)) in parsed.into_iter().enumerate() {
+        // They end once the batch is settled.
+        let mut spans = Vec::with_capacity(parsed.len());
+        for (i, (entry, report, span)) in parsed.into_iter().enumerate() {
             let Some(c) = contexts.remove(&(i as i32)) else {
                 continue;
             };
@@ -226,18 +248,26 @@ impl BatchHandler for Attestation {
                     "attestation report from unknown device {:?}",
                     report.device_id
                 );
-                streams::reject(reader, &entry, &reason).await?;
+                streams::reject(reader, &entry, &reason)
+                    .instrument(span)
+                    .await?;
                 continue;
             }
             handled.push(entry.id.clone());
-            to_check.push((entry.id, report, c));
+            to_check.push((entry.id, report, c, TraceContext::of_span(&span)));
+            spans.push(span);
         }
         // Signatures are CPU work: off the async threads, in as many chunks as there are
         // cores, so one batch's signatures are checked in parallel.
         let mut checked = check_all(to_check).await?;
         settle(shared, &mut checked).await?;
         reader.ack(&handled).await?;
+        drop(spans);
         Ok(())
+    }
+
+    fn traces_entries(&self) -> bool {
+        true
     }
 
     fn failed(&self, _error: &BatchError) {
@@ -247,9 +277,7 @@ impl BatchHandler for Attestation {
 
 /// Decides every report, the signature checks spread over the cores (`spawn_blocking`
 /// chunks).
-async fn check_all(
-    to_check: Vec<(String, AttestationReport, AttestationContext)>,
-) -> Result<Vec<Checked>, BatchError> {
+async fn check_all(to_check: Vec<ToCheck>) -> Result<Vec<Checked>, BatchError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = to_check.len().div_ceil(cores).max(64);
     let mut rest = to_check;
@@ -259,13 +287,14 @@ async fn check_all(
         let part = std::mem::replace(&mut rest, tail);
         tasks.push(tokio::task::spawn_blocking(move || {
             part.into_iter()
-                .map(|(entry_id, report, ctx)| {
+                .map(|(entry_id, report, ctx, trace)| {
                     let decision = decide(&report, &entry_id, &ctx);
                     Checked {
                         entry_id,
                         report,
                         ctx,
                         decision,
+                        trace,
                     }
                 })
                 .collect::<Vec<_>>()
@@ -329,7 +358,7 @@ async fn settle(shared: &Shared, checked: &mut [Checked]) -> Result<(), BatchErr
             },
             Decision::Fail(f) => {
                 let reason = failure_reason(f, c);
-                alerts.push(attestation_failed_alert(&FailedAttestation {
+                let alert = attestation_failed_alert(&FailedAttestation {
                     device_id: &c.report.device_id,
                     device_uuid: c.ctx.device_uuid,
                     model: c.ctx.model.as_deref(),
@@ -338,7 +367,8 @@ async fn settle(shared: &Shared, checked: &mut [Checked]) -> Result<(), BatchErr
                     firmware_sha256: &c.report.firmware_sha256,
                     reason: &reason,
                     entry_id: &c.entry_id,
-                }));
+                });
+                alerts.push((alert, c.trace.clone()));
                 telemetry::attestation_failed(f.label());
                 Verdict {
                     device_id: c.report.device_id.clone(),
@@ -360,9 +390,9 @@ async fn settle(shared: &Shared, checked: &mut [Checked]) -> Result<(), BatchErr
     verdicts.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     db::apply_verdicts(&mut tx, &verdicts).await?;
     if !alerts.is_empty() {
-        streams::publish_alerts(shared, &alerts).await?;
+        streams::publish_alerts_traced(shared, &alerts).await?;
         telemetry::alerts(AlertKind::Attestation, alerts.len());
-        for a in &alerts {
+        for (a, _) in &alerts {
             tracing::warn!(alert = %a.id, title = %a.title, "device failed attestation");
         }
     }

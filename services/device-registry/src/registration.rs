@@ -11,10 +11,12 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use aurora_core::bus::{BusError, Entry, GroupReader};
-use aurora_core::consumer::BatchHandler;
+use aurora_core::consumer::{process_span, BatchHandler};
 use aurora_core::model::{parse, to_bytes, DeviceSeen};
+use aurora_core::trace::TraceContext;
 use base64::Engine;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::db::{self, Sighting};
 use crate::error::BatchError;
@@ -43,30 +45,47 @@ impl BatchHandler for Registration {
         "registration"
     }
 
+    /// Each entry is handled in its `process` span (when tracing is on); a new device's
+    /// records carry the span of the first entry of the batch that named it.
     async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), BatchError> {
         let shared = &self.0;
         let started = Instant::now();
         let mut handled = Vec::with_capacity(entries.len());
         let mut devices: BTreeMap<String, Sighting> = BTreeMap::new();
+        let mut traces = Traces::new();
+        // They end once what the batch writes is written.
+        let mut spans = Vec::new();
         for entry in &entries {
+            let span = process_span(entry);
             let seen = match parse::<DeviceSeen>(entry.data.as_deref().unwrap_or_default()) {
                 Ok(seen) => seen,
                 Err(e) => {
-                    streams::reject(reader, entry, &e.to_string()).await?;
+                    streams::reject(reader, entry, &e.to_string())
+                        .instrument(span)
+                        .await?;
                     continue;
                 }
             };
+            if let Some(context) = TraceContext::of_span(&span) {
+                traces.entry(seen.device_id.clone()).or_insert(context);
+                spans.push(span);
+            }
             fold(&mut devices, seen, shared.cfg.trust_on_first_use);
             handled.push(entry.id.clone());
         }
         telemetry::sightings(handled.len());
         let sightings: Vec<Sighting> = devices.into_values().collect();
         if !sightings.is_empty() {
-            register(shared, &sightings).await?;
+            register(shared, &sightings, &traces).await?;
         }
         reader.ack(&handled).await?;
+        drop(spans);
         telemetry::registration_batch(started.elapsed());
         Ok(())
+    }
+
+    fn traces_entries(&self) -> bool {
+        true
     }
 
     fn failed(&self, _error: &BatchError) {
@@ -74,13 +93,22 @@ impl BatchHandler for Registration {
     }
 }
 
-/// Upserts the sightings; announces and challenges the new devices.
+/// The trace context of each device's records (the `process` span of the entry that named
+/// it), by device id; empty when tracing is off.
+pub type Traces = BTreeMap<String, TraceContext>;
+
+/// Upserts the sightings; announces and challenges the new devices, each device's records
+/// carrying its context in `traces`.
 ///
 /// One statement (one round trip, one durable commit) upserts the devices, stores a challenge
 /// per new device and one outbox row for the batch; then one XADD pipeline puts the
 /// `device.registered` records and `attest` commands on the bus; then the outbox row goes
 /// (a non-critical write: if it is lost, the sweeper sends the records again).
-pub async fn register(shared: &Shared, sightings: &[Sighting]) -> Result<usize, BatchError> {
+pub async fn register(
+    shared: &Shared,
+    sightings: &[Sighting],
+    traces: &Traces,
+) -> Result<usize, BatchError> {
     let outbox = uuid::Uuid::new_v4();
     let new = db::register_batch(
         &shared.pool,
@@ -100,7 +128,8 @@ pub async fn register(shared: &Shared, sightings: &[Sighting]) -> Result<usize, 
         .collect();
     let devices_stream = shared.cfg.names.cps_devices();
     let commands_stream = shared.cfg.names.cps_commands();
-    let mut docs: Vec<(&str, Vec<u8>)> = Vec::with_capacity(2 * new.len());
+    let trace = |device_id: &str| traces.get(device_id).cloned();
+    let mut docs: Vec<(&str, Vec<u8>, Option<TraceContext>)> = Vec::with_capacity(2 * new.len());
     for row in &new {
         if let Some(s) = by_id.get(row.device_id.as_str()) {
             let record = DeviceRegistered::new(
@@ -111,16 +140,21 @@ pub async fn register(shared: &Shared, sightings: &[Sighting]) -> Result<usize, 
                 s.metadata.clone(),
                 s.first_seen,
             );
-            docs.push((devices_stream.as_str(), to_bytes(&record)));
+            docs.push((
+                devices_stream.as_str(),
+                to_bytes(&record),
+                trace(&row.device_id),
+            ));
         }
     }
     for row in &new {
         docs.push((
             commands_stream.as_str(),
             to_bytes(&attest_command(&row.challenge())),
+            trace(&row.device_id),
         ));
     }
-    shared.producer.publish_batch(&docs).await?;
+    shared.producer.publish_batch_traced(&docs).await?;
     if let Err(e) = db::outbox_done(&shared.pool, outbox).await {
         // The records are on the bus; the sweeper will send them once more.
         tracing::warn!(error = %e, %outbox, "could not clear the outbox row of a sent batch");

@@ -1,6 +1,7 @@
 //! The service's consumer group on its input streams, and bad input dead-lettered.
 
 use aurora_core::bus::{self, BusError, Entry, GroupConfig, GroupReader};
+use aurora_core::trace::TraceContext;
 
 use crate::error::BatchError;
 use crate::shared::Shared;
@@ -50,5 +51,26 @@ pub async fn publish_alerts(
         .map(|a| (stream.as_str(), aurora_core::model::to_bytes(a)))
         .collect();
     shared.producer.publish_batch(&docs).await?;
+    Ok(())
+}
+
+/// As [`publish_alerts`], each alert carrying a trace context of its own (the span of the
+/// entry it was raised for), or none.
+pub async fn publish_alerts_traced(
+    shared: &Shared,
+    alerts: &[(aurora_core::model::Alert, Option<TraceContext>)],
+) -> Result<(), BusError> {
+    let stream = shared.cfg.names.alerts();
+    let docs: Vec<(&str, Vec<u8>, Option<TraceContext>)> = alerts
+        .iter()
+        .map(|(a, trace)| {
+            (
+                stream.as_str(),
+                aurora_core::model::to_bytes(a),
+                trace.clone(),
+            )
+        })
+        .collect();
+    shared.producer.publish_batch_traced(&docs).await?;
     Ok(())
 }

@@ -24,11 +24,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aurora_core::bus::{self, Entry, GroupConfig, GroupReader, Producer};
-use aurora_core::consumer::{BatchHandler, Consumer};
+use aurora_core::consumer::{process_span, BatchHandler, Consumer};
 use aurora_core::health::Dependencies;
 use aurora_core::model::{self, to_bytes, CommandOutcome, CommandStatus, DeviceCommand, Extra};
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
+use aurora_core::trace::{self, TraceContext};
 use aurora_core::Names;
 use chrono::{DateTime, Utc};
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
@@ -37,6 +38,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::CommandError;
 use crate::guard::{Guard, Refusal, UsedApprovals};
@@ -74,18 +76,32 @@ impl DownlinkConfig {
 
 /// The size of the MQTT 5 PUBLISH packet (QoS 1) of `payload` on `topic`: fixed header (type
 /// byte and remaining length), topic with its length, packet id, properties (their length,
-/// and the message expiry interval when `with_expiry`), payload.
-pub fn publish_packet_size(topic: &str, payload: &[u8], with_expiry: bool) -> usize {
-    // Property length (one byte: at most 5) and the expiry property (identifier, u32).
-    let properties = 1 + if with_expiry { 1 + 4 } else { 0 };
-    let remaining = 2 + topic.len() + 2 + properties + payload.len();
-    let length_bytes = match remaining {
+/// the message expiry interval when `with_expiry`, and each user property), payload.
+pub fn publish_packet_size(
+    topic: &str,
+    payload: &[u8],
+    with_expiry: bool,
+    user_properties: &[(String, String)],
+) -> usize {
+    // The expiry property (identifier, u32); a user property is its identifier and two
+    // strings, each with its length.
+    let properties = if with_expiry { 1 + 4 } else { 0 }
+        + user_properties
+            .iter()
+            .map(|(k, v)| 1 + 2 + k.len() + 2 + v.len())
+            .sum::<usize>();
+    let remaining = 2 + topic.len() + 2 + variable_int_len(properties) + properties + payload.len();
+    1 + variable_int_len(remaining) + remaining
+}
+
+/// The bytes of an MQTT variable byte integer.
+fn variable_int_len(n: usize) -> usize {
+    match n {
         0..=127 => 1,
         128..=16_383 => 2,
         16_384..=2_097_151 => 3,
         _ => 4,
-    };
-    1 + length_bytes + remaining
+    }
 }
 
 /// The MQTT 5 message expiry interval of a command that expires at `expires_at`: the
@@ -291,6 +307,8 @@ async fn poll_connection(
 struct Handled {
     entry_id: String,
     status: Option<CommandStatus>,
+    /// The context of the entry's `process` span, which its status carries.
+    trace: Option<TraceContext>,
 }
 
 /// Handles batches of the commands stream for the [`Consumer`].
@@ -318,23 +336,36 @@ impl BatchHandler for Commands {
         COMMANDS
     }
 
+    /// Each entry is handled in its `process` span (when tracing is on): the command's
+    /// publish to the device is its child, and the status written carries its context.
     async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), CommandError> {
         let mut known = std::mem::take(&mut *lock(&self.unsettled));
         let mut handled = Vec::with_capacity(entries.len());
         let mut failure = None;
+        // They end once the outcomes are recorded.
+        let mut spans = Vec::new();
         for entry in &entries {
+            let span = process_span(entry);
             if let Some(status) = known.remove(&entry.id) {
                 handled.push(Handled {
                     entry_id: entry.id.clone(),
                     status,
+                    trace: TraceContext::of_span(&span),
                 });
+                spans.push(span);
                 continue;
             }
             // Shutting down: what is not started stays pending for next time.
             if self.shutdown.is_cancelled() {
                 break;
             }
-            match self.handle_one(reader, entry).await {
+            let trace = TraceContext::of_span(&span);
+            let one = self
+                .handle_one(reader, entry)
+                .instrument(span.clone())
+                .await;
+            spans.push(span);
+            match one.map(|h| h.map(|h| Handled { trace, ..h })) {
                 Ok(Some(h)) => handled.push(h),
                 Ok(None) => break, // given up: the rest stays pending
                 Err(e) => {
@@ -347,6 +378,7 @@ impl BatchHandler for Commands {
             Some(e) => Err(e),
             None => self.settle(reader, &handled).await,
         };
+        drop(spans);
         if result.is_err() {
             *lock(&self.unsettled) = handled
                 .into_iter()
@@ -358,6 +390,10 @@ impl BatchHandler for Commands {
 
     fn failed(&self, _error: &CommandError) {
         t::command_error();
+    }
+
+    fn traces_entries(&self) -> bool {
+        true
     }
 }
 
@@ -395,7 +431,15 @@ impl Commands {
         };
         let started = Instant::now();
         let topic = self.names.mqtt_command_topic(&command.device_id);
-        let size = publish_packet_size(&topic, data, command.expires_at.is_some());
+        // The `<topic> publish` span (producer, when tracing is on), the child of the entry's
+        // `process` span: every attempt is inside it, and the command carries its context in
+        // the MQTT 5 user property `traceparent` (counted in the packet's size).
+        let publish_span = trace::message_span("mqtt", &topic, "publish", "producer", None);
+        let user_properties = TraceContext::of_span(&publish_span)
+            .map(|c| c.user_properties())
+            .unwrap_or_default();
+        let size =
+            publish_packet_size(&topic, data, command.expires_at.is_some(), &user_properties);
         let limit = self.cfg.packet_limit();
         if size > limit {
             let reason = format!(
@@ -415,7 +459,8 @@ impl Commands {
         }
         let void_at = proof.as_ref().map(|p| p.not_after);
         let reason = match self
-            .publish(&topic, data, command.expires_at, void_at)
+            .publish(&topic, data, command.expires_at, void_at, user_properties)
+            .instrument(publish_span)
             .await
         {
             Published::Acked(reason) => reason,
@@ -486,6 +531,7 @@ impl Commands {
         Ok(Handled {
             entry_id: entry.id.clone(),
             status: failed_status(entry.data.as_deref().unwrap_or_default(), reason),
+            trace: None,
         })
     }
 
@@ -514,13 +560,15 @@ impl Commands {
     /// Publishes QoS 1 and waits for the PUBACK, sending again until it comes or the command
     /// expires (`expires_at`, or its approval proof's `void_at`). Each attempt carries the
     /// message expiry interval left until `expires_at`. Given up at the drain deadline, or when
-    /// no PUBACK came while draining.
+    /// no PUBACK came while draining. Every attempt carries `user_properties` (the trace
+    /// context of the publish span).
     async fn publish(
         &self,
         topic: &str,
         payload: &[u8],
         expires_at: Option<DateTime<Utc>>,
         void_at: Option<DateTime<Utc>>,
+        user_properties: Vec<(String, String)>,
     ) -> Published {
         let mut backoff = Backoff::default();
         let deadline = match (expires_at, void_at) {
@@ -534,6 +582,7 @@ impl Commands {
             }
             let properties = PublishProperties {
                 message_expiry_interval: expires_at.map(|at| message_expiry(at, now)),
+                user_properties: user_properties.clone(),
                 ..PublishProperties::default()
             };
             let (tx, rx) = oneshot::channel();
@@ -574,13 +623,13 @@ impl Commands {
         if handled.is_empty() {
             return Ok(());
         }
-        let statuses: Vec<(&str, Vec<u8>)> = handled
+        let statuses: Vec<(&str, Vec<u8>, Option<TraceContext>)> = handled
             .iter()
-            .filter_map(|h| h.status.as_ref())
-            .map(|s| (self.status_stream.as_str(), to_bytes(s)))
+            .filter_map(|h| Some((h.status.as_ref()?, h.trace.clone())))
+            .map(|(s, trace)| (self.status_stream.as_str(), to_bytes(s), trace))
             .collect();
         let ids: Vec<&str> = handled.iter().map(|h| h.entry_id.as_str()).collect();
-        self.producer.publish_batch(&statuses).await?;
+        self.producer.publish_batch_traced(&statuses).await?;
         reader.ack(&ids).await?;
         Ok(())
     }
@@ -596,6 +645,7 @@ fn handled(
     Handled {
         entry_id: entry.id.clone(),
         status: Some(status(command, outcome, reason)),
+        trace: None,
     }
 }
 
@@ -636,11 +686,18 @@ mod tests {
     use rumqttc::v5::mqttbytes::v5::Publish;
 
     /// The bytes rumqttc writes for the command's PUBLISH.
-    fn encoded(topic: &str, payload: &[u8], expiry: Option<u32>) -> usize {
-        let properties = expiry.map(|secs| PublishProperties {
-            message_expiry_interval: Some(secs),
-            ..PublishProperties::default()
-        });
+    fn encoded(
+        topic: &str,
+        payload: &[u8],
+        expiry: Option<u32>,
+        user_properties: &[(String, String)],
+    ) -> usize {
+        let properties =
+            (expiry.is_some() || !user_properties.is_empty()).then(|| PublishProperties {
+                message_expiry_interval: expiry,
+                user_properties: user_properties.to_vec(),
+                ..PublishProperties::default()
+            });
         let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec(), properties);
         publish.pkid = 1;
         let mut buffer = bytes::BytesMut::new();
@@ -654,15 +711,43 @@ mod tests {
         for len in [0, 1, 100, 115, 116, 117, 120, 127, 16_360, 16_400, 300_000] {
             let payload = vec![b'x'; len];
             assert_eq!(
-                publish_packet_size(topic, &payload, false),
-                encoded(topic, &payload, None),
+                publish_packet_size(topic, &payload, false, &[]),
+                encoded(topic, &payload, None, &[]),
                 "{len} bytes, no expiry"
             );
             assert_eq!(
-                publish_packet_size(topic, &payload, true),
-                encoded(topic, &payload, Some(u32::MAX)),
+                publish_packet_size(topic, &payload, true, &[]),
+                encoded(topic, &payload, Some(u32::MAX), &[]),
                 "{len} bytes, with expiry"
             );
+        }
+    }
+
+    #[test]
+    fn the_packet_size_counts_the_trace_context() {
+        let topic = "aurora/command/dev-1/action";
+        let traced = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: None,
+        }
+        .user_properties();
+        let long_state = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: Some(format!("vendor={}", "x".repeat(200))),
+        }
+        .user_properties();
+        for props in [&traced, &long_state] {
+            for len in [0, 40, 100, 16_300, 300_000] {
+                let payload = vec![b'x'; len];
+                for expiry in [None, Some(u32::MAX)] {
+                    assert_eq!(
+                        publish_packet_size(topic, &payload, expiry.is_some(), props),
+                        encoded(topic, &payload, expiry, props),
+                        "{len} bytes, expiry {expiry:?}, {} properties",
+                        props.len()
+                    );
+                }
+            }
         }
     }
 

@@ -7,16 +7,23 @@
 //! expiry. A transition is one Lua script: it checks that the state is still `pending`, sets
 //! the new state and appends the decided document to the approvals stream, atomically, so it
 //! happens once whichever replica runs it first; the others get a conflict.
+//!
+//! When tracing is on, the state hash also keeps the trace context the pending approval's entry
+//! carried, and a transition is a `<approvals stream> publish` span (producer), the child of
+//! that context: the decided entry carries the span's context, so a decision continues the
+//! trace of the request that asked for it.
 
 use std::time::Duration;
 
 use aurora_core::approval::{DeviceAction, PROOF_FIELD};
 use aurora_core::bus::{self, Conn, Entry};
 use aurora_core::model::{self, Approval, ApprovalStatus};
+use aurora_core::trace::{self, TraceContext, TRACEPARENT_FIELD, TRACESTATE_FIELD};
 use aurora_core::Names;
 use chrono::Utc;
 use redis::Script;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::{DecideError, StoreError};
@@ -38,7 +45,14 @@ if not status then return {'missing', ''} end
 if status ~= 'pending' then return {'conflict', status} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'doc', ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[4])
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2])
+local id
+if ARGV[5] == '' then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2])
+elseif ARGV[6] == '' then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2], 'traceparent', ARGV[5])
+else
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2], 'traceparent', ARGV[5], 'tracestate', ARGV[6])
+end
 local written = {}
 ledger_add(written, KEYS[2], id, 1)
 ledger_flush(written, 'in')
@@ -49,6 +63,8 @@ return {'done', id}
 const REGISTER: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'pending', 'doc', ARGV[1])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'traceparent', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'tracestate', ARGV[6]) end
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 1
@@ -190,7 +206,7 @@ impl ApprovalStore {
             };
             match model::parse::<Approval>(data) {
                 Ok(approval) if approval.status == ApprovalStatus::Pending => {
-                    self.register(&approval, data).await?;
+                    self.register(&approval, data, entry.trace.as_ref()).await?;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -209,7 +225,13 @@ impl ApprovalStore {
         Ok(())
     }
 
-    async fn register(&self, approval: &Approval, raw: &[u8]) -> Result<(), StoreError> {
+    /// Keeps a pending approval's state, with the trace context its entry carried.
+    async fn register(
+        &self,
+        approval: &Approval,
+        raw: &[u8],
+        trace: Option<&TraceContext>,
+    ) -> Result<(), StoreError> {
         let keep_until = approval.expires_at
             + chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::days(7));
         if keep_until <= Utc::now() {
@@ -224,6 +246,12 @@ impl ApprovalStore {
             .arg(keep_until.timestamp_millis())
             .arg(approval.expires_at.timestamp_millis())
             .arg(approval.id.to_string())
+            .arg(trace.map_or("", |t| t.traceparent.as_str()))
+            .arg(
+                trace
+                    .and_then(|t| t.tracestate.as_deref())
+                    .unwrap_or_default(),
+            )
             .invoke_async::<i64>(&mut conn)
             .await
             .map_err(store_err("register approval"))?;
@@ -242,9 +270,9 @@ impl ApprovalStore {
         decided_by: &str,
         comment: Option<String>,
     ) -> Result<Approval, DecideError> {
-        let pending = self.pending(id).await?;
+        let (pending, trace) = self.pending(id).await?;
         if pending.expires_at <= Utc::now() {
-            self.transition(pending, ApprovalStatus::Expired, None, None)
+            self.transition(pending, trace.as_ref(), ApprovalStatus::Expired, None, None)
                 .await?;
             return Err(DecideError::Conflict(
                 ApprovalStatus::Expired.as_str().into(),
@@ -273,6 +301,7 @@ impl ApprovalStore {
         }
         self.transition(
             pending,
+            trace.as_ref(),
             verdict.status(),
             Some(decided_by.to_string()),
             comment,
@@ -282,18 +311,27 @@ impl ApprovalStore {
 
     /// Expires a pending approval, once.
     pub async fn expire(&self, id: &Uuid) -> Result<Approval, DecideError> {
-        let pending = self.pending(id).await?;
-        self.transition(pending, ApprovalStatus::Expired, None, None)
+        let (pending, trace) = self.pending(id).await?;
+        self.transition(pending, trace.as_ref(), ApprovalStatus::Expired, None, None)
             .await
     }
 
-    /// The stored document of an approval that is still pending.
-    async fn pending(&self, id: &Uuid) -> Result<Approval, DecideError> {
+    /// The stored document of an approval that is still pending, and the trace context its
+    /// entry carried (read when tracing is on).
+    async fn pending(&self, id: &Uuid) -> Result<(Approval, Option<TraceContext>), DecideError> {
         let mut conn = self.conn.clone();
-        let (status, doc): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
+        type State = (
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<String>,
+        );
+        let (status, doc, traceparent, tracestate): State = redis::cmd("HMGET")
             .arg(self.state_key(id))
             .arg("status")
             .arg("doc")
+            .arg(TRACEPARENT_FIELD)
+            .arg(TRACESTATE_FIELD)
             .query_async(&mut conn)
             .await
             .map_err(store_err("HMGET approval"))?;
@@ -302,15 +340,40 @@ impl ApprovalStore {
                 Err(DecideError::Conflict(status))
             }
             (Some(_), Some(doc)) => {
-                model::parse::<Approval>(&doc).map_err(|e| DecideError::Corrupt(e.to_string()))
+                let approval = model::parse::<Approval>(&doc)
+                    .map_err(|e| DecideError::Corrupt(e.to_string()))?;
+                let trace = traceparent
+                    .filter(|_| trace::enabled())
+                    .and_then(|parent| TraceContext::parse(&parent, tracestate.as_deref()));
+                Ok((approval, trace))
             }
             _ => Err(DecideError::NotFound),
         }
     }
 
+    /// Moves `approval` to `status` (once), inside its `<approvals stream> publish` span (when
+    /// tracing is on; the child of `parent`, the context its pending entry carried), whose
+    /// context the decided entry carries.
     async fn transition(
         &self,
+        approval: Approval,
+        parent: Option<&TraceContext>,
+        status: ApprovalStatus,
+        decided_by: Option<String>,
+        comment: Option<String>,
+    ) -> Result<Approval, DecideError> {
+        let stream = self.names.approvals();
+        let span = trace::message_span("redis", &stream, "publish", "producer", parent);
+        let context = TraceContext::of_span(&span);
+        self.write_transition(approval, context.as_ref(), status, decided_by, comment)
+            .instrument(span)
+            .await
+    }
+
+    async fn write_transition(
+        &self,
         mut approval: Approval,
+        trace: Option<&TraceContext>,
         status: ApprovalStatus,
         decided_by: Option<String>,
         comment: Option<String>,
@@ -330,6 +393,12 @@ impl ApprovalStore {
             .arg(doc)
             .arg(self.maxlen)
             .arg(approval.id.to_string())
+            .arg(trace.map_or("", |t| t.traceparent.as_str()))
+            .arg(
+                trace
+                    .and_then(|t| t.tracestate.as_deref())
+                    .unwrap_or_default(),
+            )
             .invoke_async(&mut conn)
             .await
             .map_err(store_err("decide approval"))?;
@@ -341,6 +410,7 @@ impl ApprovalStore {
         telemetry::approval_decision(label);
         match outcome.as_str() {
             "done" => {
+                tracing::Span::current().record("messaging.message.id", detail.as_str());
                 tracing::info!(approval = %approval.id, status = status.as_str(), decided_by = ?approval.decided_by, entry = %detail, "approval decided");
                 self.replicated(&mut conn).await?;
                 Ok(approval)
