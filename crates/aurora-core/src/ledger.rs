@@ -537,6 +537,19 @@ pub async fn group_ledger(
     group: &str,
     window: Window,
 ) -> Result<GroupLedger, BusError> {
+    let (row, _) = group_ledger_within(conn, stream, group, window, u64::MAX).await?;
+    Ok(row)
+}
+
+/// As [`group_ledger`], counting at most about `unread_cap` unread entries (they are read to
+/// be counted); also returns whether the count of unread entries is complete.
+async fn group_ledger_within(
+    conn: &Conn,
+    stream: &str,
+    group: &str,
+    window: Window,
+    unread_cap: u64,
+) -> Result<(GroupLedger, bool), BusError> {
     record_trimmed(conn, stream, group).await?;
     let mut c = conn.clone();
     let mut pipe = redis::pipe();
@@ -555,7 +568,7 @@ pub async fn group_ledger(
         Some(std::cmp::Ordering::Less) | None => window.first_id(),
         _ => format!("({}", state.last_delivered),
     };
-    let unread = count_range(&mut c, stream, start, &last, u64::MAX).await?;
+    let unread = count_range(&mut c, stream, start, &last, unread_cap).await?;
     let field = |count: GroupCount| sum_field(&hashes, &count.field(group));
     let mut row = GroupLedger {
         stream: stream.to_string(),
@@ -572,7 +585,7 @@ pub async fn group_ledger(
     };
     row.unexplained =
         row.written - row.done - row.dead - row.trimmed - row.vanished - row.pending - row.unread;
-    Ok(row)
+    Ok((row, unread < unread_cap))
 }
 
 /// The accounts of every consumer group of the streams whose keys start with `prefix`
@@ -722,6 +735,10 @@ pub async fn jetstream_losses(
 /// The window the services export ([`export`]).
 pub const EXPORTED_WINDOW: Duration = Duration::from_secs(3600);
 
+/// Unread entries an export counts at most (each is read): past it, a backlog too large to
+/// count every minute, the export leaves `in_flight` and `unexplained` as they were.
+pub const EXPORT_UNREAD_CAP: u64 = 20_000;
+
 /// How often a reader exports its group's account.
 pub const EXPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -729,15 +746,33 @@ pub const EXPORT_EVERY: Duration = Duration::from_secs(60);
 /// group, outcome}` (outcome `written`, `done`, `dead`, `dropped`, `in_flight`,
 /// `unexplained`): every replica of the group exports the same figures.
 pub async fn export(conn: &Conn, stream: &str, group: &str) -> Result<(), BusError> {
-    let row = group_ledger(conn, stream, group, Window::last(EXPORTED_WINDOW)).await?;
-    for (outcome, value) in [
+    let (row, complete) = group_ledger_within(
+        conn,
+        stream,
+        group,
+        Window::last(EXPORTED_WINDOW),
+        EXPORT_UNREAD_CAP,
+    )
+    .await?;
+    let mut outcomes = vec![
         ("written", row.written),
         ("done", row.done),
         ("dead", row.dead),
         ("dropped", row.dropped()),
-        ("in_flight", row.in_flight()),
-        ("unexplained", row.unexplained),
-    ] {
+    ];
+    if complete {
+        outcomes.extend([
+            ("in_flight", row.in_flight()),
+            ("unexplained", row.unexplained),
+        ]);
+    } else {
+        tracing::debug!(
+            stream,
+            group,
+            "more than {EXPORT_UNREAD_CAP} unread entries: in flight and unexplained not exported this minute"
+        );
+    }
+    for (outcome, value) in outcomes {
         metrics::gauge!(
             "aurora_ledger_entries",
             "stream" => stream.to_string(),
