@@ -805,13 +805,18 @@ impl GroupReader {
             ("stream", self.cfg.stream.clone()),
         ];
         metrics::gauge!("aurora_bus_pending_entries", &labels).set(group.pending as f64);
-        if let Some(lag) = group.lag {
-            metrics::gauge!("aurora_bus_consumer_lag", &labels).set(lag as f64);
-        }
         if let Err(e) =
             ledger::record_trimmed(&self.producer.conn, &self.cfg.stream, &self.cfg.group).await
         {
             tracing::warn!(stream = %self.cfg.stream, error = %e, "cannot look for trimmed entries");
+        }
+        if let Some(lag) = group.lag {
+            // Redis's lag keeps counting entries trimmed before the group read them; those
+            // are in the ledger, not waiting to be read.
+            let trimmed =
+                ledger::trimmed_total(&self.producer.conn, &self.cfg.stream, &self.cfg.group).await;
+            metrics::gauge!("aurora_bus_consumer_lag", &labels)
+                .set((lag as u64).saturating_sub(trimmed) as f64);
         }
         let export_due = self
             .last_ledger_export

@@ -363,6 +363,20 @@ pub async fn record_trimmed(conn: &Conn, stream: &str, group: &str) -> Result<u6
     Ok(new)
 }
 
+/// How many entries, in all, the ledger has counted as trimmed before `group` read them
+/// (what Redis's lag of the group still includes); 0 when it cannot tell.
+pub async fn trimmed_total(conn: &Conn, stream: &str, group: &str) -> u64 {
+    let mut conn = conn.clone();
+    redis::cmd("HGET")
+        .arg(trimmed_key(stream))
+        .arg(group)
+        .query_async::<Option<u64>>(&mut conn)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
 /// A window of whole minutes: `[from, to)` in buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {

@@ -221,6 +221,11 @@ async fn a_stream_trimmed_past_a_lagging_group_shows_the_loss_named() {
     );
     // Counted once, however often it is looked at (every replica and the CLI look).
     assert_eq!(account(&conn, &stream).await.trimmed, lost.trimmed);
+    assert_eq!(
+        ledger::trimmed_total(&conn, &stream, "g").await as i64,
+        lost.trimmed,
+        "what the lag gauge leaves out"
+    );
 
     // The entries it held were trimmed too: taking them over finds them gone.
     tokio::time::sleep(Duration::from_millis(300)).await;
