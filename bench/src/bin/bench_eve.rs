@@ -51,6 +51,76 @@ use eve_ingest::{EveIngest, Settings, SERVICE};
 /// How often a timed phase's end is polled for.
 const POLL: Duration = Duration::from_millis(10);
 
+/// CPU seconds used so far by this process (the service runs in it, and the ceiling's client)
+/// and by the shared Redis and NATS servers on loopback, from /proc: what a phase cost, beside
+/// how long it took. The servers also serve whatever else runs on the machine (other tests), so
+/// their figures are an upper bound.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    bench: f64,
+    redis: f64,
+    nats: f64,
+}
+
+impl Cpu {
+    fn now(servers: &Servers) -> Self {
+        Self {
+            bench: proc_cpu_s(std::process::id()).unwrap_or(0.0),
+            redis: servers.redis.and_then(proc_cpu_s).unwrap_or(0.0),
+            nats: servers.nats.and_then(proc_cpu_s).unwrap_or(0.0),
+        }
+    }
+
+    /// µs of CPU per event between `self` and `later`, by process, as JSON.
+    fn per_event(&self, later: &Cpu, events: usize) -> serde_json::Value {
+        let us = |a: f64, b: f64| round_to((b - a) * 1e6 / events.max(1) as f64, 1);
+        serde_json::json!({
+            "bench_process": us(self.bench, later.bench),
+            "redis": us(self.redis, later.redis),
+            "nats": us(self.nats, later.nats),
+            "total": us(self.bench + self.redis + self.nats, later.bench + later.redis + later.nats),
+        })
+    }
+}
+
+/// The pids of the shared servers (found by name and port).
+struct Servers {
+    redis: Option<u32>,
+    nats: Option<u32>,
+}
+
+impl Servers {
+    fn find() -> Self {
+        let port = |url: &str| url.rsplit(':').next().unwrap_or("").to_string();
+        Self {
+            redis: server_pid("redis-server", &port(REDIS_URL)),
+            nats: server_pid("nats-server", &port(NATS_URL)),
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds (clock ticks of 10 ms).
+fn proc_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// A process named `name` whose command line mentions `port`.
+fn server_pid(name: &str, port: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            (comm.trim() == name && String::from_utf8_lossy(&cmdline).contains(port)).then_some(pid)
+        })
+}
+
 /// The sample lines and where they came from.
 fn samples() -> anyhow::Result<(Vec<Vec<u8>>, Vec<String>)> {
     let shared = workspace_path("../shared/data/suricata");
@@ -122,13 +192,15 @@ async fn ceiling_stream(js: &async_nats::jetstream::Context, names: &Names) -> a
     Ok(())
 }
 
-/// The ceiling: publish-with-ack, `window` acks outstanding.
-async fn raw_publish(
+/// The ceiling: publish-with-ack, `window` acks outstanding; the rate, and the CPU per event
+/// it took (see [`Cpu`]).
+async fn raw_publish_cpu(
     client: async_nats::Client,
     names: &Names,
     lines: &[Vec<u8>],
     window: usize,
-) -> anyhow::Result<f64> {
+    servers: &Servers,
+) -> anyhow::Result<(f64, serde_json::Value)> {
     let js = ContextBuilder::new()
         .timeout(Duration::from_secs(10))
         .max_ack_inflight(window + 1)
@@ -146,6 +218,7 @@ async fn raw_publish(
             )
         })
         .collect();
+    let cpu = Cpu::now(servers);
     let started = Instant::now();
     for (subject, id, payload) in prepared {
         let permit = loop {
@@ -170,7 +243,24 @@ async fn raw_publish(
     while let Some(r) = inflight.next().await {
         r?;
     }
-    Ok(lines.len() as f64 / started.elapsed().as_secs_f64())
+    let rate = lines.len() as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, cpu.per_event(&Cpu::now(servers), lines.len())))
+}
+
+/// [`raw_publish_cpu`]'s rate alone.
+async fn raw_publish(
+    client: async_nats::Client,
+    names: &Names,
+    lines: &[Vec<u8>],
+    window: usize,
+) -> anyhow::Result<f64> {
+    let servers = Servers {
+        redis: None,
+        nats: None,
+    };
+    Ok(raw_publish_cpu(client, names, lines, window, &servers)
+        .await?
+        .0)
 }
 
 /// Puts `lines` into the service's list at once (LPUSH into a staging key, then RENAME).
@@ -327,6 +417,9 @@ struct Round {
     ceiling: f64,
     events_per_s: f64,
     mix_alerts_per_s: f64,
+    /// CPU per event of the service's phase and of the ceiling after it.
+    cpu_service: serde_json::Value,
+    cpu_ceiling_after: serde_json::Value,
 }
 
 impl Round {
@@ -490,6 +583,7 @@ async fn main() -> anyhow::Result<()> {
     let client = async_nats::connect(NATS_URL).await?;
     let js = async_nats::jetstream::new(client.clone());
     let mut alerts_in_mix_total = 0;
+    let servers = Servers::find();
     let result = async {
         // 1. The ceiling.
         ceiling_stream(&js, &names).await?;
@@ -540,6 +634,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let mix = lines.iter().filter(|l| event_type(l) == "alert").count();
             stage(&mut conn, &names, &lines).await?;
+            let cpu0 = Cpu::now(&servers);
             let t0 = release(&mut conn, &names).await?;
             let stored = ((round + 1) * n) as u64;
             let (js_ref, stream_ref) = (&js, &stream);
@@ -550,6 +645,7 @@ async fn main() -> anyhow::Result<()> {
                 || async move { Ok(jetstream_len(js_ref, stream_ref).await >= stored) },
             )
             .await?;
+            let cpu_service = cpu0.per_event(&Cpu::now(&servers), n);
             let events_per_s = n as f64 / (t1 - t0).as_secs_f64();
             let alerts_so_far = alerts_in_mix_total + mix;
             let t1a = poll_until(POLL, Duration::from_secs(60), "all alerts of the mix", || {
@@ -564,12 +660,13 @@ async fn main() -> anyhow::Result<()> {
             // still running idle).
             let after_names = Names::new(&format!("{}a{round}", names.namespace()))?;
             ceiling_stream(&js, &after_names).await?;
-            let ceiling_after = raw_publish(client.clone(), &after_names, &events, window).await;
+            let ceiling_after =
+                raw_publish_cpu(client.clone(), &after_names, &events, window, &servers).await;
             let _ = js.delete_stream(after_names.suricata_stream()).await;
-            let ceiling_after = ceiling_after?;
+            let (ceiling_after, cpu_ceiling_after) = ceiling_after?;
             let ceiling = (ceiling_before + ceiling_after) / 2.0;
             println!(
-                "round {}: {SERVICE} events -> JetStream: {events_per_s:.0} events/s ({:.1}% of the mean ceiling {ceiling:.0}; ceiling after {ceiling_after:.0})",
+                "round {}: {SERVICE} events -> JetStream: {events_per_s:.0} events/s ({:.1}% of the mean ceiling {ceiling:.0}; ceiling after {ceiling_after:.0}); CPU µs per event: service phase {cpu_service}, ceiling {cpu_ceiling_after}",
                 round + 1,
                 100.0 * events_per_s / ceiling
             );
@@ -579,6 +676,8 @@ async fn main() -> anyhow::Result<()> {
                 ceiling,
                 events_per_s,
                 mix_alerts_per_s,
+                cpu_service,
+                cpu_ceiling_after,
             });
             ceiling_before = ceiling_after;
         }
@@ -660,6 +759,7 @@ async fn main() -> anyhow::Result<()> {
         ceiling,
         events_per_s,
         mix_alerts_per_s,
+        ..
     }) = median_by(&measured_rounds, Round::ratio)
     else {
         bail!("no round measured");
@@ -690,7 +790,10 @@ async fn main() -> anyhow::Result<()> {
                 "ceiling_before_per_s": r.ceiling_before.round(),
                 "ceiling_after_per_s": r.ceiling_after.round(),
                 "ratio": round_to(r.ratio(), 3),
+                "cpu_us_per_event_service_phase": r.cpu_service,
+                "cpu_us_per_event_ceiling_after": r.cpu_ceiling_after,
             })).collect::<Vec<_>>(),
+            "cpu_us_per_event_is": "CPU (utime + stime from /proc) of the benchmark's process (the service runs in it; in a ceiling only the raw client works), of the shared Redis and of NATS, from the release of the lines until all are stored (service phase) or over the ceiling's publish; the servers also serve whatever else runs on the machine",
             "figure_is": "the round with the median ratio",
             "ceiling_before_per_s": ceiling_before.round(),
             "ceiling_after_per_s": ceiling_after.round(),

@@ -25,6 +25,8 @@ use uuid::Uuid;
 use aurora_core::model::{is_mitre_technique, Alert, AlertStatus, Extra, Ioc, Severity};
 
 use crate::event::EveEvent;
+use crate::read::{LineRead, Scalar};
+use crate::sightings::Field;
 use crate::SERVICE;
 
 /// The `source` of every alert this service writes.
@@ -77,11 +79,55 @@ impl AlertMapping {
     }
 
     pub fn alert_from(&self, doc: &Map<String, Value>, hash: &[u8; 32]) -> Alert {
+        let alert = doc.get("alert").and_then(Value::as_object);
+        let timestamp = doc.get("timestamp").and_then(Value::as_str);
+        let sensor = doc.get("host").and_then(Value::as_str);
+        let context = |key: &str| doc.get(key).filter(|v| !v.is_null()).cloned();
+        self.assemble(alert, timestamp, context, sensor, iocs(doc), hash)
+    }
+
+    /// The alert of an `alert` event read in one pass ([`LineRead`]): the same as
+    /// [`AlertMapping::alert_from`] gives for the whole object.
+    pub fn alert_of_read(&self, read: &LineRead<'_>, hash: &[u8; 32]) -> Alert {
+        let timestamp = read.timestamp.as_ref().and_then(Scalar::as_str);
+        let sensor = read.host.as_ref().and_then(Scalar::as_str);
+        let context = |key: &str| {
+            read.scalar(key)
+                .map(Scalar::to_value)
+                .filter(|v| !v.is_null())
+        };
+        let dns: Vec<&str> = read.names_of(Field::DnsRrname).collect();
+        let named = IocFields {
+            src_ip: read.src_ip.as_ref().and_then(Scalar::as_str),
+            dest_ip: read.dest_ip.as_ref().and_then(Scalar::as_str),
+            dns: &dns,
+            sni: read.names_of(Field::TlsSni).next(),
+            hostname: read.names_of(Field::HttpHostname).next(),
+            sha256: read.file.sha256.as_deref(),
+            sha1: read.file.sha1.as_deref(),
+            md5: read.file.md5.as_deref(),
+        };
+        self.assemble(
+            read.alert_object(),
+            timestamp,
+            context,
+            sensor,
+            iocs_of(&named),
+            hash,
+        )
+    }
+
+    fn assemble(
+        &self,
+        alert: Option<&Map<String, Value>>,
+        timestamp: Option<&str>,
+        context_of: impl Fn(&str) -> Option<Value>,
+        sensor: Option<&str>,
+        iocs: Vec<Ioc>,
+        hash: &[u8; 32],
+    ) -> Alert {
         let empty = Map::new();
-        let alert = doc
-            .get("alert")
-            .and_then(Value::as_object)
-            .unwrap_or(&empty);
+        let alert = alert.unwrap_or(&empty);
         let title = alert
             .get("signature")
             .and_then(Value::as_str)
@@ -92,14 +138,14 @@ impl AlertMapping {
                 Some(sid) => format!("Suricata signature {sid}"),
                 None => "Suricata alert".to_string(),
             });
-        let (timestamp, from_event) = match doc.get("timestamp").and_then(Value::as_str) {
+        let (timestamp, from_event) = match timestamp {
             Some(ts) => match parse_timestamp(ts) {
                 Some(t) => (t, true),
                 None => (Utc::now(), false),
             },
             None => (Utc::now(), false),
         };
-        let mut extra = context(doc, alert);
+        let mut extra = context(alert, context_of, sensor);
         extra.insert("event_sha256".into(), Value::String(hex::encode(hash)));
         if !from_event {
             extra.insert("timestamp_source".into(), Value::String("received".into()));
@@ -110,7 +156,7 @@ impl AlertMapping {
             severity: self.severity(alert.get("severity")),
             status: AlertStatus::New,
             source: SOURCE.to_string(),
-            iocs: iocs(doc),
+            iocs,
             mitre_techniques: mitre_techniques(alert),
             timestamp,
             extra,
@@ -205,30 +251,37 @@ pub fn parse_timestamp(ts: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn context(doc: &Map<String, Value>, alert: &Map<String, Value>) -> Extra {
+/// The top-level fields an alert keeps in its `extra`, in order.
+const CONTEXT_FIELDS: &[&str] = &[
+    "src_ip",
+    "src_port",
+    "dest_ip",
+    "dest_port",
+    "proto",
+    "app_proto",
+    "flow_id",
+    "in_iface",
+    "community_id",
+];
+
+fn context(
+    alert: &Map<String, Value>,
+    context_of: impl Fn(&str) -> Option<Value>,
+    sensor: Option<&str>,
+) -> Extra {
     let mut extra = Extra::new();
     for key in ["signature_id", "gid", "rev", "category", "action"] {
         if let Some(v) = alert.get(key).filter(|v| !v.is_null()) {
             extra.insert(key.to_string(), v.clone());
         }
     }
-    for key in [
-        "src_ip",
-        "src_port",
-        "dest_ip",
-        "dest_port",
-        "proto",
-        "app_proto",
-        "flow_id",
-        "in_iface",
-        "community_id",
-    ] {
-        if let Some(v) = doc.get(key).filter(|v| !v.is_null()) {
-            extra.insert(key.to_string(), v.clone());
+    for key in CONTEXT_FIELDS {
+        if let Some(v) = context_of(key) {
+            extra.insert(key.to_string(), v);
         }
     }
     // Suricata's `host` (sensor-name) names the sensor that saw it.
-    if let Some(sensor) = doc.get("host").and_then(Value::as_str) {
+    if let Some(sensor) = sensor {
         extra.insert("sensor".into(), Value::String(sensor.to_string()));
     }
     extra
@@ -304,40 +357,68 @@ fn str_at<'a>(doc: &'a Map<String, Value>, object: &str, field: &str) -> Option<
     doc.get(object)?.as_object()?.get(field)?.as_str()
 }
 
+/// The values of an event its alert's indicators come from.
+struct IocFields<'a> {
+    src_ip: Option<&'a str>,
+    dest_ip: Option<&'a str>,
+    /// `dns.rrname`, then the `rrname` of each of `dns.query` and `dns.queries`.
+    dns: &'a [&'a str],
+    sni: Option<&'a str>,
+    hostname: Option<&'a str>,
+    sha256: Option<&'a str>,
+    sha1: Option<&'a str>,
+    md5: Option<&'a str>,
+}
+
 /// The indicators an alert event names.
 pub fn iocs(doc: &Map<String, Value>) -> Vec<Ioc> {
-    let mut set = IocSet(Vec::new());
-    for key in ["src_ip", "dest_ip"] {
-        if let Some(ip) = doc.get(key).and_then(Value::as_str) {
-            set.add_ip(ip);
-        }
-    }
-    if let Some(dns) = doc.get("dns").and_then(Value::as_object) {
-        if let Some(name) = dns.get("rrname").and_then(Value::as_str) {
-            set.add_domain(name);
-        }
+    let mut dns: Vec<&str> = Vec::new();
+    if let Some(object) = doc.get("dns").and_then(Value::as_object) {
+        dns.extend(object.get("rrname").and_then(Value::as_str));
         // EVE v1 `query` and Suricata 8 `queries` hold lists of questions.
         for list in ["query", "queries"] {
-            for q in dns
+            for q in object
                 .get(list)
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
             {
-                if let Some(name) = q.get("rrname").and_then(Value::as_str) {
-                    set.add_domain(name);
-                }
+                dns.extend(q.get("rrname").and_then(Value::as_str));
             }
         }
     }
-    if let Some(sni) = str_at(doc, "tls", "sni") {
+    iocs_of(&IocFields {
+        src_ip: doc.get("src_ip").and_then(Value::as_str),
+        dest_ip: doc.get("dest_ip").and_then(Value::as_str),
+        dns: &dns,
+        sni: str_at(doc, "tls", "sni"),
+        hostname: str_at(doc, "http", "hostname"),
+        sha256: str_at(doc, "fileinfo", "sha256"),
+        sha1: str_at(doc, "fileinfo", "sha1"),
+        md5: str_at(doc, "fileinfo", "md5"),
+    })
+}
+
+fn iocs_of(fields: &IocFields<'_>) -> Vec<Ioc> {
+    let mut set = IocSet(Vec::new());
+    for ip in [fields.src_ip, fields.dest_ip].into_iter().flatten() {
+        set.add_ip(ip);
+    }
+    for name in fields.dns {
+        set.add_domain(name);
+    }
+    if let Some(sni) = fields.sni {
         set.add_domain(sni);
     }
-    if let Some(host) = str_at(doc, "http", "hostname") {
+    if let Some(host) = fields.hostname {
         set.add_domain(host);
     }
-    for (field, kind) in [("sha256", "sha256"), ("sha1", "sha1"), ("md5", "md5")] {
-        if let Some(h) = str_at(doc, "fileinfo", field) {
+    for (h, kind) in [
+        (fields.sha256, "sha256"),
+        (fields.sha1, "sha1"),
+        (fields.md5, "md5"),
+    ] {
+        if let Some(h) = h {
             if !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()) {
                 set.add(kind, &h.to_ascii_lowercase());
             }

@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -22,12 +23,13 @@ use aurora_core::trace;
 use crate::alert::AlertMapping;
 use crate::alert_sink::AlertSink;
 use crate::dead_letter::DeadLetters;
-use crate::event::{metric_label, parse_line, EveEvent, Rejection};
+use crate::event::{event_type, metric_label, parse_line, EveEvent, Rejection};
 use crate::health::{NATS, REDIS};
 use crate::iocs::Kind;
 use crate::publish::{EventPublisher, Published};
-use crate::sensors::Sensors;
-use crate::sightings::Sightings;
+use crate::read::LineRead;
+use crate::sensors::{self, Sensors, StatsSample};
+use crate::sightings::{Finder, Observed, Sightings};
 use crate::telemetry::{self, BatchStage, RetryStage};
 
 /// What a handled batch held.
@@ -80,6 +82,9 @@ struct Pending {
     published: bool,
     alert: Option<Alert>,
     alert_written: bool,
+    /// A `stats` event's sample when the sensors are on (`Some(None)`: a stats event that
+    /// gave none).
+    stats: Option<Option<StatsSample>>,
 }
 
 impl Processor {
@@ -163,36 +168,89 @@ impl Processor {
         }
     }
 
-    /// Parses the lines, maps the alerts and finds the IOC sightings.
+    /// Parses the lines, maps the alerts, reads the `stats` events and finds the IOC
+    /// sightings: each line is read once ([`LineRead`]), and only a line that pass cannot
+    /// decide is read again by each part's own reader ([`Processor::read_apart`]).
     fn read(&self, lines: Vec<Bytes>, mut rejected: Vec<(Rejection, Bytes)>) -> Read {
         let mut pending: Vec<Pending> = Vec::with_capacity(lines.len());
+        let mut finder = self.sightings.as_ref().map(|s| s.watch.finder());
         for line in lines {
-            match parse_line(line) {
-                Ok(event) => {
-                    let alert = if event.is_alert() {
-                        self.mapping.to_alert(&event)
-                    } else {
-                        None
-                    };
-                    pending.push(Pending {
-                        event,
-                        published: false,
-                        alert_written: alert.is_none(),
-                        alert,
-                    });
+            let read = LineRead::scan(&line);
+            let Some((read, event_type)) =
+                read.and_then(|r| event_type(r.event_type.as_deref()?).map(|t| (r, t)))
+            else {
+                match self.read_apart(line, finder.as_mut()) {
+                    Ok(p) => pending.push(p),
+                    Err(rejection) => rejected.push(rejection),
                 }
-                Err(rejection) => rejected.push(rejection),
+                continue;
+            };
+            let hash: [u8; 32] = Sha256::digest(&line).into();
+            let alert = (event_type == "alert").then(|| self.mapping.alert_of_read(&read, &hash));
+            let stats = match &self.sensors {
+                Some(sensors) if event_type == "stats" => Some(sensors::sample_of(
+                    read.stats(),
+                    &hash,
+                    sensors.default_sensor(),
+                )),
+                _ => None,
+            };
+            if let Some(finder) = finder.as_mut().filter(|f| f.is_active()) {
+                finder.look(&read.observed(), &event_type, &hash);
             }
+            drop(read);
+            pending.push(Pending {
+                event: EveEvent {
+                    raw: line,
+                    event_type,
+                    hash,
+                },
+                published: false,
+                alert_written: alert.is_none(),
+                alert,
+                stats,
+            });
         }
-        let sightings = match &self.sightings {
-            Some(sightings) => sightings.find(pending.iter().map(|p| &p.event)),
-            None => Vec::new(),
-        };
+        let sightings = finder.map(Finder::found).unwrap_or_default();
         Read {
             pending,
             rejected,
             sightings,
         }
+    }
+
+    /// A line read by each part's own reader, as before the one pass: what decides a line
+    /// that pass could not (not an object, not JSON, a repeated `event_type`, a string that
+    /// is not UTF-8, ...), so that such a line is handled exactly as it always was.
+    fn read_apart(
+        &self,
+        line: Bytes,
+        finder: Option<&mut Finder<'_>>,
+    ) -> Result<Pending, (Rejection, Bytes)> {
+        let event = parse_line(line)?;
+        let alert = if event.is_alert() {
+            self.mapping.to_alert(&event)
+        } else {
+            None
+        };
+        let stats = match &self.sensors {
+            Some(sensors) if event.event_type == "stats" => {
+                Some(sensors::stats_sample(&event, sensors.default_sensor()))
+            }
+            _ => None,
+        };
+        if let Some(finder) = finder.filter(|f| f.is_active()) {
+            if let Some(observed) = Observed::scan(&event.raw) {
+                finder.look(&observed, &event.event_type, &event.hash);
+            }
+        }
+        Ok(Pending {
+            event,
+            published: false,
+            alert_written: alert.is_none(),
+            alert,
+            stats,
+        })
     }
 
     /// Feeds the batch's `stats` events (a few in a thousand) to the sensor state, in order;
@@ -205,16 +263,15 @@ impl Processor {
         let Some(sensors) = &self.sensors else {
             return Ok(());
         };
-        let stats: Vec<&EveEvent> = pending
+        let stats: Vec<Option<&StatsSample>> = pending
             .iter()
-            .map(|p| &p.event)
-            .filter(|e| e.event_type == "stats")
+            .filter_map(|p| p.stats.as_ref().map(Option::as_ref))
             .collect();
         if stats.is_empty() {
             return Ok(());
         }
         let mut backoff = Backoff::default();
-        while let Err(e) = sensors.observe(&stats).await {
+        while let Err(e) = sensors.observe_samples(&stats).await {
             tracing::warn!(error = %e, "cannot update the sensors' state: retrying");
             telemetry::retry(RetryStage::Sensors);
             self.readiness.set_not_ready(REDIS, e.to_string());

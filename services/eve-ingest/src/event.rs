@@ -5,6 +5,8 @@
 //! of those bytes: a retried event carries the same id and JetStream drops the copy; two
 //! distinct events differ (Suricata stamps each with a microsecond timestamp and a flow id).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
@@ -55,7 +57,8 @@ impl Rejection {
 pub struct EveEvent {
     /// The line as received, without a trailing newline.
     pub raw: Bytes,
-    pub event_type: String,
+    /// Suricata's types are held without a copy of their own ([`event_type`]).
+    pub event_type: Cow<'static, str>,
     /// SHA-256 of `raw`.
     pub hash: [u8; 32],
 }
@@ -110,7 +113,10 @@ pub fn parse_line(raw: Bytes) -> Result<EveEvent, (Rejection, Bytes)> {
         Err(_) => return Err((Rejection::InvalidJson, raw)),
     };
     let event_type = match head.event_type {
-        Some(Value::String(t)) if !t.trim().is_empty() => t,
+        Some(Value::String(t)) if !t.trim().is_empty() => match metric_label(&t) {
+            "other" => Cow::Owned(t),
+            known => Cow::Borrowed(known),
+        },
         _ => return Err((Rejection::NoEventType, raw)),
     };
     let hash: [u8; 32] = Sha256::digest(&raw).into();
@@ -121,47 +127,61 @@ pub fn parse_line(raw: Bytes) -> Result<EveEvent, (Rejection, Bytes)> {
     })
 }
 
+/// An event's type as it is held: one of Suricata's without a copy, another as its own
+/// string; `None` when it cannot be one (empty or blank).
+pub fn event_type(t: &str) -> Option<Cow<'static, str>> {
+    if t.trim().is_empty() {
+        return None;
+    }
+    Some(match metric_label(t) {
+        "other" => Cow::Owned(t.to_string()),
+        known => Cow::Borrowed(known),
+    })
+}
+
+/// The event types Suricata writes: the metric labels, and the types held without a copy.
+pub const SURICATA_EVENT_TYPES: &[&str] = &[
+    "alert",
+    "anomaly",
+    "bittorrent_dht",
+    "dcerpc",
+    "dhcp",
+    "dnp3",
+    "dns",
+    "drop",
+    "enip",
+    "fileinfo",
+    "flow",
+    "frame",
+    "ftp",
+    "ftp_data",
+    "http",
+    "http2",
+    "ike",
+    "ikev2",
+    "krb5",
+    "ldap",
+    "modbus",
+    "mqtt",
+    "netflow",
+    "nfs",
+    "pgsql",
+    "quic",
+    "rdp",
+    "rfb",
+    "sip",
+    "smb",
+    "smtp",
+    "snmp",
+    "ssh",
+    "stats",
+    "tftp",
+    "tls",
+];
+
 /// The event types Suricata writes, for bounded metric labels; anything else is `other`.
 pub fn metric_label(event_type: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "alert",
-        "anomaly",
-        "bittorrent_dht",
-        "dcerpc",
-        "dhcp",
-        "dnp3",
-        "dns",
-        "drop",
-        "enip",
-        "fileinfo",
-        "flow",
-        "frame",
-        "ftp",
-        "ftp_data",
-        "http",
-        "http2",
-        "ike",
-        "ikev2",
-        "krb5",
-        "ldap",
-        "modbus",
-        "mqtt",
-        "netflow",
-        "nfs",
-        "pgsql",
-        "quic",
-        "rdp",
-        "rfb",
-        "sip",
-        "smb",
-        "smtp",
-        "snmp",
-        "ssh",
-        "stats",
-        "tftp",
-        "tls",
-    ];
-    KNOWN
+    SURICATA_EVENT_TYPES
         .iter()
         .find(|k| **k == event_type)
         .copied()

@@ -239,8 +239,18 @@ pub fn needle(kind: Kind, value: &str) -> Result<Needle, String> {
 
 /// Lower case (ASCII), one trailing dot removed.
 pub fn normalise_domain(name: &str) -> String {
+    let mut out = String::new();
+    normalise_domain_into(name, &mut out);
+    out
+}
+
+/// [`normalise_domain`] into a buffer (cleared first), so that looking up every name of every
+/// event does not allocate.
+pub fn normalise_domain_into(name: &str, out: &mut String) {
     let name = name.trim();
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+    out.clear();
+    out.push_str(name.strip_suffix('.').unwrap_or(name));
+    out.make_ascii_lowercase();
 }
 
 /// An address, IPv4-mapped IPv6 as IPv4.

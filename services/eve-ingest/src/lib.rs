@@ -31,6 +31,7 @@ pub mod hooks;
 pub mod iocs;
 pub mod list_source;
 pub mod publish;
+pub mod read;
 pub mod replica;
 pub mod sensors;
 pub mod sightings;

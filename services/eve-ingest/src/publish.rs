@@ -6,19 +6,22 @@
 //! whatever the number of batches; a batch waiting for a permit keeps collecting its own
 //! acks, so it cannot starve itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::{HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, context::ContextBuilder};
+use async_nats::Subject;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Semaphore;
 
 use aurora_core::trace::{self, TraceContext};
 use aurora_core::Names;
 
-use crate::event::EveEvent;
+use crate::event::{EveEvent, SURICATA_EVENT_TYPES};
 
 /// What happened to one event.
 #[derive(Debug)]
@@ -35,6 +38,8 @@ pub struct EventPublisher {
     js: jetstream::Context,
     names: Names,
     window: Arc<Semaphore>,
+    /// The subjects of Suricata's event types, made once (a subject shares its bytes).
+    subjects: Arc<HashMap<&'static str, Subject, foldhash::fast::RandomState>>,
 }
 
 impl EventPublisher {
@@ -52,10 +57,23 @@ impl EventPublisher {
             .timeout(ack_timeout)
             .max_ack_inflight(window + 1)
             .build(client);
+        let subjects = SURICATA_EVENT_TYPES
+            .iter()
+            .map(|t| (*t, Subject::from(names.suricata_subject(t))))
+            .collect();
         Self {
             js,
             names,
             window: Arc::new(Semaphore::new(window)),
+            subjects: Arc::new(subjects),
+        }
+    }
+
+    /// The subject of an event type.
+    fn subject(&self, event_type: &str) -> Subject {
+        match self.subjects.get(event_type) {
+            Some(subject) => subject.clone(),
+            None => Subject::from(self.names.suricata_subject(event_type)),
         }
     }
 
@@ -93,15 +111,16 @@ impl EventPublisher {
                 results[i] = Some(Err(PublishError::new(PublishErrorKind::Other)));
                 continue;
             };
+            // The id's string becomes the header value as it is (`message_id` copies it).
             let mut message = PublishMessage::build()
                 .payload(event.raw.clone())
-                .message_id(event.msg_id());
+                .header(NATS_MESSAGE_ID, HeaderValue::from(event.msg_id()));
             if let Some(context) = &context {
                 message = message.header(trace::TRACEPARENT_FIELD, context.traceparent.as_str());
             }
             match self
                 .js
-                .send_publish(event.subject(&self.names), message)
+                .send_publish(self.subject(&event.event_type), message)
                 .await
             {
                 Ok(ack) => inflight.push(wait_ack(i, ack, permit)),

@@ -37,7 +37,7 @@ use aurora_core::Names;
 use crate::alert::parse_timestamp;
 use crate::error::IngestError;
 use crate::event::EveEvent;
-use crate::sightings::{Number, Text};
+use crate::sightings::{KeyOf, Number, Text};
 use crate::telemetry;
 use crate::SERVICE;
 
@@ -129,7 +129,16 @@ pub fn stats_sample(event: &EveEvent, default_sensor: &str) -> Option<StatsSampl
     if event.event_type != "stats" {
         return None;
     }
-    let doc = StatsRead::scan(&event.raw)?;
+    sample_of(StatsRead::scan(&event.raw)?, &event.hash, default_sensor)
+}
+
+/// The sample of what was read of a `stats` event whose SHA-256 is `hash` (see
+/// [`stats_sample`]).
+pub(crate) fn sample_of(
+    doc: StatsRead<'_>,
+    hash: &[u8; 32],
+    default_sensor: &str,
+) -> Option<StatsSample> {
     let host = match doc.host.as_deref().map(str::trim) {
         Some(h) if !h.is_empty() => h,
         _ => default_sensor,
@@ -149,7 +158,7 @@ pub fn stats_sample(event: &EveEvent, default_sensor: &str) -> Option<StatsSampl
         uptime: doc.uptime,
         kernel_packets: doc.kernel_packets,
         kernel_drops: doc.kernel_drops,
-        event_sha256: event.msg_id(),
+        event_sha256: hex::encode(hash),
     })
 }
 
@@ -158,16 +167,16 @@ pub fn stats_sample(event: &EveEvent, default_sensor: &str) -> Option<StatsSampl
 /// `stats.capture.kernel_packets` and `.kernel_drops`. A value of another shape counts as
 /// missing; a repeated key: the last one wins, as when the whole object is read.
 #[derive(Debug, Default, PartialEq)]
-struct StatsRead<'a> {
-    timestamp: Option<Cow<'a, str>>,
-    host: Option<Cow<'a, str>>,
-    uptime: Option<u64>,
-    kernel_packets: Option<u64>,
-    kernel_drops: Option<u64>,
+pub(crate) struct StatsRead<'a> {
+    pub(crate) timestamp: Option<Cow<'a, str>>,
+    pub(crate) host: Option<Cow<'a, str>>,
+    pub(crate) uptime: Option<u64>,
+    pub(crate) kernel_packets: Option<u64>,
+    pub(crate) kernel_drops: Option<u64>,
 }
 
 impl<'a> StatsRead<'a> {
-    fn scan(raw: &'a [u8]) -> Option<Self> {
+    pub(crate) fn scan(raw: &'a [u8]) -> Option<Self> {
         let mut de = serde_json::Deserializer::from_slice(raw);
         let read = de::Deserializer::deserialize_map(&mut de, StatsVisitor(Level::Top)).ok()?;
         de.end().ok()?;
@@ -184,7 +193,36 @@ enum Level {
 }
 
 /// Reads the fields of its level into a [`StatsRead`]; any other shape reads as nothing.
-struct StatsVisitor(Level);
+pub(crate) struct StatsVisitor(Level);
+
+impl StatsVisitor {
+    /// The reader of a `stats` object (the top level's `stats` value).
+    pub(crate) fn stats() -> Self {
+        Self(Level::Stats)
+    }
+}
+
+/// The keys the visitor looks for, at any level.
+#[derive(Clone, Copy)]
+enum StatsKey {
+    Timestamp,
+    Host,
+    Stats,
+    Uptime,
+    Capture,
+    KernelPackets,
+    KernelDrops,
+}
+
+const STATS_KEYS: &[(&str, StatsKey)] = &[
+    ("timestamp", StatsKey::Timestamp),
+    ("host", StatsKey::Host),
+    ("stats", StatsKey::Stats),
+    ("uptime", StatsKey::Uptime),
+    ("capture", StatsKey::Capture),
+    ("kernel_packets", StatsKey::KernelPackets),
+    ("kernel_drops", StatsKey::KernelDrops),
+];
 
 impl<'de> DeserializeSeed<'de> for StatsVisitor {
     type Value = StatsRead<'de>;
@@ -202,26 +240,32 @@ impl<'de> Visitor<'de> for StatsVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut read = StatsRead::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match (self.0, key.as_ref()) {
-                (Level::Top, "timestamp") => read.timestamp = map.next_value::<Text>()?.0,
-                (Level::Top, "host") => read.host = map.next_value::<Text>()?.0,
-                (Level::Top, "stats") => {
+        // Keys are compared where they lie in the line, never copied (a stats event has
+        // hundreds).
+        while let Some(key) = map.next_key_seed(KeyOf(STATS_KEYS))? {
+            match (self.0, key) {
+                (Level::Top, Some(StatsKey::Timestamp)) => {
+                    read.timestamp = map.next_value::<Text>()?.0
+                }
+                (Level::Top, Some(StatsKey::Host)) => read.host = map.next_value::<Text>()?.0,
+                (Level::Top, Some(StatsKey::Stats)) => {
                     let stats = map.next_value_seed(StatsVisitor(Level::Stats))?;
                     read.uptime = stats.uptime;
                     read.kernel_packets = stats.kernel_packets;
                     read.kernel_drops = stats.kernel_drops;
                 }
-                (Level::Stats, "uptime") => read.uptime = map.next_value::<Number>()?.0,
-                (Level::Stats, "capture") => {
+                (Level::Stats, Some(StatsKey::Uptime)) => {
+                    read.uptime = map.next_value::<Number>()?.0
+                }
+                (Level::Stats, Some(StatsKey::Capture)) => {
                     let capture = map.next_value_seed(StatsVisitor(Level::Capture))?;
                     read.kernel_packets = capture.kernel_packets;
                     read.kernel_drops = capture.kernel_drops;
                 }
-                (Level::Capture, "kernel_packets") => {
+                (Level::Capture, Some(StatsKey::KernelPackets)) => {
                     read.kernel_packets = map.next_value::<Number>()?.0
                 }
-                (Level::Capture, "kernel_drops") => {
+                (Level::Capture, Some(StatsKey::KernelDrops)) => {
                     read.kernel_drops = map.next_value::<Number>()?.0
                 }
                 _ => {
@@ -621,29 +665,105 @@ impl Sensors {
     /// Feeds the `stats` events among `events`, in order; their transitions are written as
     /// alerts before it returns. Other events cost a comparison.
     pub async fn observe(&self, events: &[&EveEvent]) -> Result<(), IngestError> {
-        for event in events {
-            if event.event_type != "stats" {
-                continue;
+        let samples: Vec<Option<StatsSample>> = events
+            .iter()
+            .filter(|e| e.event_type == "stats")
+            .map(|e| stats_sample(e, &self.default_sensor))
+            .collect();
+        let samples: Vec<Option<&StatsSample>> = samples.iter().map(Option::as_ref).collect();
+        self.observe_samples(&samples).await
+    }
+
+    /// Feeds the samples of a batch's `stats` events, in order (`None`: a stats event that
+    /// gave no sample, counted as unusable); their transitions are written as alerts before
+    /// it returns.
+    pub async fn observe_samples(
+        &self,
+        samples: &[Option<&StatsSample>],
+    ) -> Result<(), IngestError> {
+        let mut usable: Vec<&StatsSample> = Vec::with_capacity(samples.len());
+        for sample in samples {
+            match sample {
+                Some(sample) => usable.push(sample),
+                None => telemetry::sensor_stats("unusable"),
             }
-            let Some(sample) = stats_sample(event, &self.default_sensor) else {
-                telemetry::sensor_stats("unusable");
-                continue;
-            };
-            self.observe_one(&sample).await?;
+        }
+        if usable.is_empty() {
+            return Ok(());
+        }
+        // One round trip for the batch's stats events: Redis runs the calls in order, each on
+        // the state the one before left. A call's transitions stay in the sensor's outbox until
+        // they are settled, and every call answers with the whole outbox, so the last answer
+        // of each sensor holds all of its transitions, in order.
+        let keys: Vec<[String; 3]> = usable
+            .iter()
+            .map(|s| {
+                [
+                    self.state_key(&s.host),
+                    self.samples_key(&s.host),
+                    self.outbox_key(&s.host),
+                ]
+            })
+            .collect();
+        let set_key = self.set_key();
+        let invocations: Vec<redis::ScriptInvocation<'_>> = usable
+            .iter()
+            .zip(&keys)
+            .map(|(sample, keys)| self.invocation(sample, keys, &set_key))
+            .collect();
+        let mut pipe = redis::pipe();
+        // The script is loaded once per connection's server: this makes sure it is there.
+        pipe.load_script(&OBSERVE_SCRIPT).ignore();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let replies: Vec<Vec<String>> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(IngestError::redis("EVALSHA sensor stats", &keys[0][0]))?;
+        // Each sensor's outbox as its last call left it, in the order the sensors came.
+        let mut outboxes: Vec<(&str, Vec<String>)> = Vec::new();
+        for (sample, reply) in usable.iter().zip(replies) {
+            let mut reply = reply.into_iter();
+            let result = reply.next().unwrap_or_default();
+            telemetry::sensor_stats(match result.as_str() {
+                "used" => "used",
+                "restart" => "restart",
+                "stale" => "stale",
+                _ => "no_counters",
+            });
+            let entries: Vec<String> = reply.collect();
+            match outboxes.iter_mut().find(|(h, _)| *h == sample.host) {
+                Some((_, last)) => *last = entries,
+                None => outboxes.push((&sample.host, entries)),
+            }
+        }
+        for (host, entries) in outboxes {
+            self.settle(host, entries).await?;
         }
         Ok(())
     }
 
-    async fn observe_one(&self, sample: &StatsSample) -> Result<(), IngestError> {
-        let host = &sample.host;
-        let state = self.state_key(host);
+    /// The sensor named when a stats event has no `host`.
+    pub fn default_sensor(&self) -> &str {
+        &self.default_sensor
+    }
+
+    /// The script call of one sample; `keys`: its state, samples and outbox keys.
+    fn invocation(
+        &self,
+        sample: &StatsSample,
+        keys: &[String; 3],
+        set_key: &str,
+    ) -> redis::ScriptInvocation<'static> {
         let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
-        let reply: Vec<String> = OBSERVE_SCRIPT
-            .key(&state)
-            .key(self.samples_key(host))
-            .key(self.outbox_key(host))
-            .key(self.set_key())
-            .arg(host)
+        let mut invocation = OBSERVE_SCRIPT.prepare_invoke();
+        invocation
+            .key(&keys[0])
+            .key(&keys[1])
+            .key(&keys[2])
+            .key(set_key)
+            .arg(&sample.host)
             .arg(sample.at_us.map(|t| t.to_string()).unwrap_or_default())
             .arg(opt(sample.uptime))
             .arg(opt(sample.kernel_packets))
@@ -657,19 +777,8 @@ impl Sensors {
             .arg(&sample.event_sha256)
             .arg(HIGH_AT)
             .arg(CRITICAL_AT)
-            .arg(self.settings.silent_after)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(IngestError::redis("EVALSHA sensor stats", &state))?;
-        let mut reply = reply.into_iter();
-        let result = reply.next().unwrap_or_default();
-        telemetry::sensor_stats(match result.as_str() {
-            "used" => "used",
-            "restart" => "restart",
-            "stale" => "stale",
-            _ => "no_counters",
-        });
-        self.settle(host, reply.collect()).await
+            .arg(self.settings.silent_after);
+        invocation
     }
 
     /// Writes the outbox entries of `host` as alerts (each at most once), then takes them out.

@@ -20,7 +20,7 @@
 //!   federation-gateway's export policy reads: a sighting of a TLP:RED indicator stays home.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
@@ -286,50 +286,48 @@ impl Watch {
 
     /// The sighting alerts of a batch of events, each id once.
     pub fn find<'a>(&self, events: impl Iterator<Item = &'a EveEvent>) -> Vec<(Kind, Alert)> {
-        let set = self.read();
-        if set.is_empty() {
+        let mut finder = self.finder();
+        if !finder.is_active() {
             return Vec::new();
         }
-        let now = Utc::now();
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        let mut hits = Vec::new();
         for event in events {
-            let Some(observed) = Observed::scan(&event.raw) else {
-                continue;
-            };
-            observed.matches(&set, &mut hits);
-            for (field, value, indicator) in hits.drain(..) {
-                if !indicator.is_live(now) {
-                    continue;
-                }
-                let alert = self.alert(indicator, field, &value, &observed, event, now);
-                if seen.insert(alert.id) {
-                    out.push((indicator.needle.kind(), alert));
-                }
+            if let Some(observed) = Observed::scan(&event.raw) {
+                finder.look(&observed, &event.event_type, &event.hash);
             }
         }
-        out
+        finder.found()
     }
 
+    /// A search over one batch: the set held for reading until [`Finder::found`].
+    pub fn finder(&self) -> Finder<'_> {
+        Finder {
+            watch: self,
+            set: self.read(),
+            now: Utc::now(),
+            seen: HashSet::new(),
+            flows: HashMap::new(),
+            out: Vec::new(),
+            hits: Vec::new(),
+            name: String::new(),
+        }
+    }
+
+    /// The alert of one sighting; `id` is its [`sighting_id`] (worked out first, so that a
+    /// sighting already found in the batch builds nothing).
+    #[allow(clippy::too_many_arguments)]
     fn alert(
         &self,
+        id: Uuid,
+        bucket: i64,
+        timestamp: DateTime<Utc>,
         indicator: &Indicator,
         field: Field,
         observed_value: &str,
         observed: &Observed<'_>,
-        event: &EveEvent,
-        now: DateTime<Utc>,
+        event_type: &str,
+        hash: &[u8; 32],
     ) -> Alert {
-        let timestamp = observed
-            .timestamp
-            .as_deref()
-            .and_then(parse_timestamp)
-            .unwrap_or(now);
         let window = self.settings.window.as_secs().max(1) as i64;
-        let bucket = timestamp.timestamp().div_euclid(window);
-        let flow = observed.flow_key(event);
-        let id = sighting_id(&indicator.identity, &flow, bucket);
         let shared_by = indicator
             .origin_site
             .clone()
@@ -349,9 +347,9 @@ impl Watch {
         }
         extra.insert("matched_field".into(), field.as_str().into());
         extra.insert("observed".into(), observed_value.into());
-        extra.insert("event_type".into(), event.event_type.clone().into());
+        extra.insert("event_type".into(), event_type.into());
         observed.context(&mut extra);
-        extra.insert("event_sha256".into(), hex::encode(event.hash).into());
+        extra.insert("event_sha256".into(), hex::encode(hash).into());
         if let Some(start) = Utc.timestamp_opt(bucket * window, 0).single() {
             extra.insert("window_start".into(), start.to_rfc3339().into());
         }
@@ -369,6 +367,81 @@ impl Watch {
             timestamp,
             extra,
         }
+    }
+}
+
+/// The sightings of one batch, event by event ([`Watch::finder`]).
+pub struct Finder<'w> {
+    watch: &'w Watch,
+    set: std::sync::RwLockReadGuard<'w, IocSet>,
+    now: DateTime<Utc>,
+    seen: HashSet<Uuid>,
+    /// The (indicator, window) pairs found by flow: each id is worked out once per batch.
+    flows: HashMap<String, Vec<(usize, i64)>>,
+    out: Vec<(Kind, Alert)>,
+    /// Reused from event to event.
+    hits: Vec<(Field, String, Arc<Indicator>)>,
+    name: String,
+}
+
+impl Finder<'_> {
+    /// Whether any indicator is held (else events need not be looked at).
+    pub fn is_active(&self) -> bool {
+        !self.set.is_empty()
+    }
+
+    /// Looks for the indicators in one event.
+    pub fn look(&mut self, observed: &Observed<'_>, event_type: &str, hash: &[u8; 32]) {
+        if self.set.is_empty() {
+            return;
+        }
+        observed.matches(&self.set, &mut self.name, &mut self.hits);
+        if self.hits.is_empty() {
+            return;
+        }
+        let settings = &self.watch.settings;
+        let timestamp = observed
+            .timestamp
+            .as_deref()
+            .and_then(parse_timestamp)
+            .unwrap_or(self.now);
+        let window = settings.window.as_secs().max(1) as i64;
+        let bucket = timestamp.timestamp().div_euclid(window);
+        let flow = observed.flow_key(hash);
+        for (field, value, indicator) in self.hits.drain(..) {
+            if !indicator.is_live(self.now) {
+                continue;
+            }
+            // The same indicator in the same flow and window as an earlier event of the batch
+            // (most of a flow's events): its id is known found, nothing to work out.
+            let key = (Arc::as_ptr(&indicator) as usize, bucket);
+            if self
+                .flows
+                .get(flow.as_str())
+                .is_some_and(|k| k.contains(&key))
+            {
+                continue;
+            }
+            match self.flows.get_mut(flow.as_str()) {
+                Some(keys) => keys.push(key),
+                None => {
+                    self.flows.insert(flow.clone(), vec![key]);
+                }
+            }
+            let id = sighting_id(&indicator.identity, &flow, bucket);
+            if !self.seen.insert(id) {
+                continue;
+            }
+            let alert = self.watch.alert(
+                id, bucket, timestamp, &indicator, field, &value, observed, event_type, hash,
+            );
+            self.out.push((indicator.needle.kind(), alert));
+        }
+    }
+
+    /// The sighting alerts found, each id once.
+    pub fn found(self) -> Vec<(Kind, Alert)> {
+        self.out
     }
 }
 
@@ -468,18 +541,24 @@ impl<'a> Observed<'a> {
         Some(observed)
     }
 
-    /// Every (field, value seen, indicator) of the set this event shows.
-    fn matches<'s>(&self, set: &'s IocSet, out: &mut Vec<(Field, String, &'s Arc<Indicator>)>) {
-        let mut found = Vec::new();
+    /// Every (field, value seen, indicator) of the set this event shows; `name` is a buffer
+    /// reused from event to event.
+    fn matches(
+        &self,
+        set: &IocSet,
+        name: &mut String,
+        out: &mut Vec<(Field, String, Arc<Indicator>)>,
+    ) {
         if set.has(Kind::Domain) || set.has(Kind::Ip) {
-            for (field, name) in &self.names {
-                let name = iocs::normalise_domain(name);
-                if let Some(addr) = iocs::ip(&name) {
+            let mut found = Vec::new();
+            for (field, raw) in &self.names {
+                iocs::normalise_domain_into(raw, name);
+                if let Some(addr) = iocs::ip(name) {
                     found.extend(set.ip_matches(&addr));
                 } else {
-                    set.domain_matches(&name, &mut found);
+                    set.domain_matches(name, &mut found);
                 }
-                out.extend(found.drain(..).map(|i| (*field, name.clone(), i)));
+                out.extend(found.drain(..).map(|i| (*field, name.clone(), i.clone())));
             }
         }
         if set.has(Kind::Ip) {
@@ -488,7 +567,7 @@ impl<'a> Observed<'a> {
                     out.extend(
                         set.ip_matches(&addr)
                             .iter()
-                            .map(|i| (field, addr.to_string(), i)),
+                            .map(|i| (field, addr.to_string(), i.clone())),
                     );
                 }
             }
@@ -500,7 +579,7 @@ impl<'a> Observed<'a> {
                     out.extend(
                         set.sha256_matches(&hash)
                             .iter()
-                            .map(|i| (Field::FileSha256, hex::encode(hash), i)),
+                            .map(|i| (Field::FileSha256, hex::encode(hash), i.clone())),
                     );
                 }
             }
@@ -509,7 +588,7 @@ impl<'a> Observed<'a> {
 
     /// The flow an event belongs to: `flow_id` (with the sensor), else the protocol and both
     /// endpoints in a fixed order (either direction is one flow), else the event itself.
-    pub fn flow_key(&self, event: &EveEvent) -> String {
+    pub fn flow_key(&self, event_hash: &[u8; 32]) -> String {
         let host = self.host.as_deref().unwrap_or("");
         if let Some(id) = self.flow_id {
             return format!("flow:{host}:{id}");
@@ -522,7 +601,7 @@ impl<'a> Observed<'a> {
                 let proto = self.proto.as_deref().unwrap_or("");
                 format!("tuple:{host}:{proto}|{lo}|{hi}")
             }
-            _ => format!("event:{}", hex::encode(event.hash)),
+            _ => format!("event:{}", hex::encode(event_hash)),
         }
     }
 
@@ -638,7 +717,7 @@ const TOP_KEYS: &[(&str, Top)] = &[
 ];
 
 /// A key, as the entry of the table it names, without allocating.
-struct KeyOf<T: 'static>(&'static [(&'static str, T)]);
+pub(crate) struct KeyOf<T: 'static>(pub(crate) &'static [(&'static str, T)]);
 
 impl<'de, T: Copy> DeserializeSeed<'de> for KeyOf<T> {
     type Value = Option<T>;
@@ -765,7 +844,7 @@ impl<'de> Visitor<'de> for NumberVisitor {
 }
 
 /// One string field of an object (`tls.sni`), else nothing.
-struct One(&'static str);
+pub(crate) struct One(pub(crate) &'static str);
 
 impl<'de> DeserializeSeed<'de> for One {
     type Value = Option<Cow<'de, str>>;
@@ -819,7 +898,7 @@ impl<'de> Visitor<'de> for Named {
 /// The query names of a `dns` object: `rrname`, and the `rrname` of each entry of `query`
 /// (EVE v1) and `queries` (Suricata 8).
 #[derive(Default)]
-struct DnsNames<'a>(Vec<Cow<'a, str>>);
+pub(crate) struct DnsNames<'a>(pub(crate) Vec<Cow<'a, str>>);
 
 impl<'de> de::Deserialize<'de> for DnsNames<'de> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
