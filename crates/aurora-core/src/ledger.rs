@@ -551,38 +551,102 @@ pub async fn group_ledger(
     group: &str,
     window: Window,
 ) -> Result<GroupLedger, BusError> {
-    let (row, _) = group_ledger_within(conn, stream, group, window, u64::MAX).await?;
+    let (row, _) = group_ledger_within(conn, stream, group, window, true).await?;
     Ok(row)
 }
 
-/// As [`group_ledger`], counting at most about `unread_cap` unread entries (they are read to
-/// be counted); also returns whether the count of unread entries is complete.
+/// Pending and unread entries one snapshot of [`group_ledger_within`] reads at most (each
+/// unread one is sent whole); past that, the count is made page by page.
+const SNAPSHOT_CAP: u64 = 20_000;
+
+/// As [`group_ledger`]. The counts and what is in flight are read in one transaction, so an
+/// entry written, delivered or settled meanwhile is never counted twice or missed, up to
+/// [`SNAPSHOT_CAP`] pending and unread entries. Past that, with `exact_past_cap`, they are
+/// counted page by page (exact when the group is idle, otherwise off by what moved during
+/// the count), else left uncounted: the second value says whether the row is complete.
 async fn group_ledger_within(
     conn: &Conn,
     stream: &str,
     group: &str,
     window: Window,
-    unread_cap: u64,
+    exact_past_cap: bool,
 ) -> Result<(GroupLedger, bool), BusError> {
     record_trimmed(conn, stream, group).await?;
     let mut c = conn.clone();
+    let buckets = (window.to - window.from) as usize;
+    let first = window.first_id();
+    let last = window.last_id();
+    // The last delivered id before the snapshot: the snapshot reads from it and keeps what
+    // is past the group's last delivered id within the snapshot (which can only be later).
+    let before = group_state(conn, stream, group).await?;
     let mut pipe = redis::pipe();
+    pipe.atomic();
     for bucket in window.from..window.to {
         pipe.hgetall(key(stream, bucket));
     }
-    let hashes: Vec<BTreeMap<String, i64>> = pipe
+    if let Some(state) = &before {
+        let from = match crate::bus::compare_ids(&state.last_delivered, &first) {
+            Some(std::cmp::Ordering::Less) | None => first.clone(),
+            _ => format!("({}", state.last_delivered),
+        };
+        pipe.cmd("XINFO").arg("GROUPS").arg(stream);
+        pipe.cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .arg(&first)
+            .arg(&last)
+            .arg(SNAPSHOT_CAP);
+        pipe.cmd("XRANGE")
+            .arg(stream)
+            .arg(from)
+            .arg(&last)
+            .arg("COUNT")
+            .arg(SNAPSHOT_CAP);
+    }
+    let mut replies: Vec<Value> = pipe
         .query_async(&mut c)
         .await
-        .map_err(BusError::command("HGETALL", stream))?;
-    let state = group_state(conn, stream, group).await?.unwrap_or_default();
-    let last = window.last_id();
-    let pending = count_pending(&mut c, stream, group, window.first_id(), &last).await?;
-    // Unread: entries of the window after the last delivered one.
-    let start = match crate::bus::compare_ids(&state.last_delivered, &window.first_id()) {
-        Some(std::cmp::Ordering::Less) | None => window.first_id(),
-        _ => format!("({}", state.last_delivered),
-    };
-    let unread = count_range(&mut c, stream, start, &last, unread_cap).await?;
+        .map_err(BusError::command("ledger snapshot", stream))?;
+    let rest = replies.split_off(buckets.min(replies.len()));
+    let hashes: Vec<BTreeMap<String, i64>> = replies
+        .into_iter()
+        .map(|v| redis::from_redis_value(v).unwrap_or_default())
+        .collect();
+    let (mut pending, mut unread, mut complete) = (0u64, 0u64, true);
+    if let Ok([groups, pending_reply, range]) = <[Value; 3]>::try_from(rest) {
+        let parse = |e: redis::ParsingError| {
+            BusError::command("ledger snapshot", stream)(redis::RedisError::from(e))
+        };
+        let groups: redis::streams::StreamInfoGroupsReply =
+            redis::from_redis_value(groups).map_err(parse)?;
+        let last_delivered = groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == group)
+            .map(|g| g.last_delivered_id)
+            .unwrap_or_else(|| "0-0".to_string());
+        let held: redis::streams::StreamPendingCountReply =
+            redis::from_redis_value(pending_reply).map_err(parse)?;
+        let range: redis::streams::StreamRangeReply =
+            redis::from_redis_value(range).map_err(parse)?;
+        pending = held.ids.len() as u64;
+        let past = |id: &str| {
+            crate::bus::compare_ids(id, &last_delivered) == Some(std::cmp::Ordering::Greater)
+        };
+        unread = range.ids.iter().filter(|e| past(&e.id)).count() as u64;
+        if pending >= SNAPSHOT_CAP || range.ids.len() as u64 >= SNAPSHOT_CAP {
+            complete = false;
+            if exact_past_cap {
+                pending = count_pending(&mut c, stream, group, first.clone(), &last).await?;
+                let from = match crate::bus::compare_ids(&last_delivered, &first) {
+                    Some(std::cmp::Ordering::Less) | None => first.clone(),
+                    _ => format!("({last_delivered}"),
+                };
+                unread = count_range(&mut c, stream, from, &last, u64::MAX).await?;
+                complete = true;
+            }
+        }
+    }
     let field = |count: GroupCount| sum_field(&hashes, &count.field(group));
     let mut row = GroupLedger {
         stream: stream.to_string(),
@@ -599,7 +663,7 @@ async fn group_ledger_within(
     };
     row.unexplained =
         row.written - row.done - row.dead - row.trimmed - row.vanished - row.pending - row.unread;
-    Ok((row, unread < unread_cap))
+    Ok((row, complete))
 }
 
 /// The accounts of every consumer group of the streams whose keys start with `prefix`
@@ -749,10 +813,6 @@ pub async fn jetstream_losses(
 /// The window the services export ([`export`]).
 pub const EXPORTED_WINDOW: Duration = Duration::from_secs(3600);
 
-/// Unread entries an export counts at most (each is read): past it, a backlog too large to
-/// count every minute, the export leaves `in_flight` and `unexplained` as they were.
-pub const EXPORT_UNREAD_CAP: u64 = 20_000;
-
 /// How often a reader exports its group's account.
 pub const EXPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -760,14 +820,8 @@ pub const EXPORT_EVERY: Duration = Duration::from_secs(60);
 /// group, outcome}` (outcome `written`, `done`, `dead`, `dropped`, `in_flight`,
 /// `unexplained`): every replica of the group exports the same figures.
 pub async fn export(conn: &Conn, stream: &str, group: &str) -> Result<(), BusError> {
-    let (row, complete) = group_ledger_within(
-        conn,
-        stream,
-        group,
-        Window::last(EXPORTED_WINDOW),
-        EXPORT_UNREAD_CAP,
-    )
-    .await?;
+    let (row, complete) =
+        group_ledger_within(conn, stream, group, Window::last(EXPORTED_WINDOW), false).await?;
     let mut outcomes = vec![
         ("written", row.written),
         ("done", row.done),
@@ -783,7 +837,7 @@ pub async fn export(conn: &Conn, stream: &str, group: &str) -> Result<(), BusErr
         tracing::debug!(
             stream,
             group,
-            "more than {EXPORT_UNREAD_CAP} unread entries: in flight and unexplained not exported this minute"
+            "more than {SNAPSHOT_CAP} entries in flight: in flight and unexplained not exported this minute"
         );
     }
     for (outcome, value) in outcomes {

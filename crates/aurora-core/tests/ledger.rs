@@ -336,3 +336,44 @@ async fn a_replica_back_under_its_name_finds_its_trimmed_entries_counted_as_lost
     assert_eq!((end.in_flight(), end.unexplained), (0, 0), "{end:?}");
     delete_namespace(&mut conn.clone(), &n).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_adds_up_while_entries_are_written_and_settled() {
+    let n = names();
+    let stream = n.alerts();
+    let conn = bus::connect(REDIS_URL).await.unwrap();
+    let p = Producer::new(conn.clone(), 100_000);
+    let mut r = reader(&p, group(&stream, "busy", &n.deadletter("ledger-test"))).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let (p, stream, stop) = (p.clone(), stream.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                write(&p, &stream, 20).await;
+            }
+        })
+    };
+    let reading = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let batch = r.next_batch().await.unwrap();
+                let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
+                r.ack(&ids).await.unwrap();
+            }
+        })
+    };
+    // Every look, taken while both run, balances.
+    for _ in 0..30 {
+        let now = account(&conn, &stream).await;
+        assert_eq!(now.unexplained, 0, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writing.await.unwrap();
+    reading.await.unwrap();
+    let end = account(&conn, &stream).await;
+    assert!(end.written > 0 && end.done > 0, "{end:?}");
+    assert_eq!(end.unexplained, 0, "{end:?}");
+    delete_namespace(&mut conn.clone(), &n).await;
+}
