@@ -19,6 +19,14 @@
 //!    services/mqtt-bridge/README.md, "Replicas come and go"), how long the leave took and
 //!    whether the broker still holds a session for the replica that left.
 //!
+//! 6. With `AURORA_BENCH_TRACE=1`: the cost of tracing at 1% sampling. Pairs of rounds
+//!    (`BENCH_MQTT_TRACE_PAIRS`, default 3), each a fresh bridge taking the load of a round: one
+//!    untraced, one exporting spans over OTLP/HTTP to a receiver in this process
+//!    (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.01`; the
+//!    devices send no context, so every message starts a trace and 1% are kept), the order
+//!    swapped every pair; the figure is the median of the pairs' traced/untraced ratios, with
+//!    their spread.
+//!
 //! Peak memory of the bridge is VmHWM from /proc. Its own Mosquitto (queue limits in the
 //! JSON), the shared Redis under a namespace of its own, deleted at the end.
 
@@ -33,6 +41,7 @@ use aurora_core::bus::{self, Conn, Producer};
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::Names;
 use aurora_testkit::cleanup::Cleanup;
+use aurora_testkit::otlp::OtlpReceiver;
 use aurora_testkit::process::{Service, Site, Svc};
 use aurora_testkit::redis::{stream_docs, xlen};
 use aurora_testkit::replicas::{mqtt_session_present, registry_members, start_as};
@@ -63,6 +72,8 @@ const REPLICA_SHUTDOWN_TIMEOUT: &str = "20s";
 /// every 5 s) should the leave be cut short by its deadline.
 const ROUND_STALL: Duration = Duration::from_secs(15);
 const SCALE_DOWN_STALL: Duration = Duration::from_secs(45);
+/// The sampling ratio of the traced rounds (`OTEL_TRACES_SAMPLER_ARG`).
+const TRACE_SAMPLING: &str = "0.01";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -194,6 +205,14 @@ async fn run(
     println!("replica wait: a Redis of its own with one replica; a round with --redis-wait-replicas 0, then with 1");
     let rw = replica_wait_rounds(site, broker, names).await?;
 
+    let traced = match std::env::var("AURORA_BENCH_TRACE").as_deref() {
+        Ok("1") => {
+            println!("tracing at 1% sampling: pairs of rounds, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
+            trace_rounds(site, broker, names, redis, &stream).await?
+        }
+        _ => serde_json::Value::Null,
+    };
+
     let ceiling = broker_rate.min(redis_rate);
     let ceiling_name = if broker_rate <= redis_rate {
         "broker QoS 1 delivery to one subscriber (8 publishing connections)"
@@ -271,6 +290,7 @@ async fn run(
             "machine_cores": aurora_bench::cores(),
             "scale_down_round": scale_down_json,
             "replica_wait_rounds": rw,
+            "trace_sampling_rounds": traced,
         },
         "command": "make bench-mqtt",
         "measured_at": aurora_bench::measured_at(),
@@ -786,6 +806,113 @@ async fn replica_wait_rounds(
         "what": format!("one bridge (release binary, default flags) against a Redis of its own with one replica on loopback, {THROUGHPUT_MESSAGES} messages from {DEVICES} distinct devices as fast as possible: a round with --redis-wait-replicas 0, then a round with 1 (WAIT 1 after every batch, before its PUBACKs)"),
         "ratio_is": "msg/s against the mean of the broker QoS 1 ceilings (one subscriber) just before and just after the round",
         "rounds": rounds,
+    }))
+}
+
+/// Pairs of rounds, each with a bridge of its own: untraced, and exporting its spans to an
+/// OTLP receiver with 1% of traces sampled; the order swaps every pair (the machine's load
+/// drifts). Each pair's ratio is traced/untraced; the median pair is the figure.
+async fn trace_rounds(
+    site: &Site,
+    broker: &MosquittoServer,
+    names: &Names,
+    redis: &mut Conn,
+    stream: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let receiver = OtlpReceiver::start().await;
+    // The spans are `info` and a service's `RUST_LOG` filters them as it filters its logs:
+    // the bench's default (`warn`) would leave nothing to export. Both kinds of round get the
+    // same filter (it changes nothing in an untraced bridge: it makes no span).
+    let mut untraced_site = site.clone();
+    untraced_site.log_filter = format!("{},aurora_core::trace=info", site.log_filter);
+    let mut traced_site = untraced_site.clone();
+    traced_site.extra_env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
+        (
+            "OTEL_TRACES_SAMPLER".into(),
+            "parentbased_traceidratio".into(),
+        ),
+        ("OTEL_TRACES_SAMPLER_ARG".into(), TRACE_SAMPLING.into()),
+    ];
+    let pairs = aurora_bench::env_or("BENCH_MQTT_TRACE_PAIRS", 3usize)?.max(1);
+    let mut rounds = Vec::with_capacity(pairs);
+    let mut ratios = Vec::with_capacity(pairs);
+    for pair in 0..pairs {
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut rates = [0.0f64; 2];
+        for traced in order {
+            let which = if traced { &traced_site } else { &untraced_site };
+            let mut bridge = which.start(Svc::MqttBridge, &[]).await;
+            let _: () = redis::cmd("DEL").arg(stream).query_async(redis).await?;
+            let spans_before = receiver.spans().len();
+            let label = if traced { "traced" } else { "untraced" };
+            let tp = throughput_of(
+                broker.port(),
+                names,
+                redis,
+                stream,
+                format!("tr{pair}{}-dev-", &label[..1]),
+                ROUND_STALL,
+                None,
+            )
+            .await?;
+            stop(&mut bridge).await;
+            // What the last batches exported (the exporter flushes at shutdown).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let spans = receiver.spans().len() - spans_before;
+            if traced && spans == 0 {
+                anyhow::bail!("the traced bridge exported no span: the round measured nothing");
+            }
+            println!(
+                "  pair {}, {label}: {:.0} msg/s, lost {}, duplicated {}, spans received {spans}",
+                pair + 1,
+                tp.rate,
+                tp.lost,
+                tp.duplicated
+            );
+            rates[usize::from(traced)] = tp.rate;
+            rounds.push(json!({
+                "pair": pair + 1,
+                "traced": traced,
+                "msg_s": tp.rate.round(),
+                "seconds": round_to(tp.seconds, 3),
+                "lost": tp.lost,
+                "duplicated": tp.duplicated,
+                "spans_received": spans,
+            }));
+        }
+        let ratio = rates[1] / rates[0];
+        println!("  pair {}: traced/untraced {:.3}", pair + 1, ratio);
+        ratios.push(ratio);
+    }
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = *median_by(&ratios, |r| *r).context("no pair measured")?;
+    let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
+    println!(
+        "tracing at 1%: traced/untraced {:.3} (median of {pairs} pairs; {:.3} to {:.3}), cost {:.1}%; target (cost at most 3%) {}",
+        median,
+        min,
+        max,
+        100.0 * (1.0 - median),
+        if median >= 0.97 { "met" } else { "NOT met" }
+    );
+    Ok(json!({
+        "what": format!("pairs of rounds, each with a fresh bridge (release binary, default flags) taking {THROUGHPUT_MESSAGES} messages from {DEVICES} distinct devices as fast as possible: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}; the devices send no trace context, so each message starts a trace), the order swapped every pair"),
+        "sampler": "parentbased_traceidratio",
+        "sampler_arg": TRACE_SAMPLING,
+        "rounds": rounds,
+        "pair_ratios": ratios.iter().map(|r| round_to(*r, 3)).collect::<Vec<_>>(),
+        "ratio_is": "traced msg/s over untraced msg/s of the same pair",
+        "ratio_median": round_to(median, 3),
+        "ratio_min": round_to(min, 3),
+        "ratio_max": round_to(max, 3),
+        "target": "the traced rounds at least 97% of the untraced (1% sampling costs at most 3%)",
+        "met": median >= 0.97,
     }))
 }
 
