@@ -385,14 +385,11 @@ pub struct Window {
 }
 
 impl Window {
-    /// The last `span` up to now (the current minute included).
+    /// The last `span` up to now, widened to whole minutes: from the minute `span` ago to
+    /// the current one, both included.
     pub fn last(span: Duration) -> Self {
-        let to = bucket_of_ms(now_ms()) + 1;
-        let minutes = span.as_millis().div_ceil(u128::from(BUCKET_MS)) as u64;
-        Self {
-            from: to.saturating_sub(minutes.max(1)),
-            to,
-        }
+        let now = now_ms();
+        Self::between(now.saturating_sub(span.as_millis() as u64), now)
     }
 
     /// From `from_ms` to `to_ms` (each widened to whole minutes).
@@ -850,4 +847,31 @@ pub async fn export(conn: &Conn, stream: &str, group: &str) -> Result<(), BusErr
         .set(value as f64);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_takes_every_minute_it_touches() {
+        // 19 s back from just past a minute's start: that minute and the one before.
+        assert_eq!(
+            Window::between(60_005 - 19_000, 60_005),
+            Window { from: 0, to: 2 }
+        );
+        assert_eq!(Window::between(60_000, 119_999), Window { from: 1, to: 2 });
+        let hour = Window::last(Duration::from_secs(3600));
+        assert!((60..=61).contains(&(hour.to - hour.from)), "{hour:?}");
+    }
+
+    #[test]
+    fn entry_ids_fall_in_their_minute() {
+        assert_eq!(bucket_of_id("119999-7"), Some(1));
+        assert_eq!(bucket_of_id("120000-0"), Some(2));
+        assert_eq!(bucket_of_id("nonsense"), None);
+        let w = Window { from: 1, to: 3 };
+        assert_eq!(w.first_id(), "60000-0");
+        assert_eq!(w.last_id(), format!("179999-{}", u64::MAX));
+    }
 }
