@@ -757,20 +757,7 @@ impl GroupReader {
             // (Redis answers their id without fields): lost to the stream's limit, counted
             // as such and cleared.
             let ids: Vec<&str> = gone.iter().map(|sid| sid.id.as_str()).collect();
-            let vanished = ledger::ack_counted(
-                &self.producer.conn,
-                &self.cfg.stream,
-                &self.cfg.group,
-                ledger::GroupCount::Vanished,
-                &ids,
-            )
-            .await?;
-            tracing::error!(
-                stream = %self.cfg.stream,
-                group = %self.cfg.group,
-                entries = vanished,
-                "entries were trimmed from the stream while pending: they are lost to this group"
-            );
+            self.lost_while_pending(&ids, true).await?;
         }
         let mut entries: Vec<Entry> = sids
             .into_iter()
@@ -883,20 +870,7 @@ impl GroupReader {
             // Entries trimmed away while pending (Redis removed them from the group's
             // pending list with this claim): lost to the stream's limit, counted once here.
             let gone: Vec<&str> = reply.deleted_ids.iter().map(String::as_str).collect();
-            ledger::count(
-                &self.producer.conn,
-                &self.cfg.stream,
-                &self.cfg.group,
-                ledger::GroupCount::Vanished,
-                &gone,
-            )
-            .await?;
-            tracing::error!(
-                stream = %self.cfg.stream,
-                group = %self.cfg.group,
-                entries = gone.len(),
-                "entries were trimmed from the stream while pending: they are lost to this group"
-            );
+            self.lost_while_pending(&gone, false).await?;
         }
         let mut entries: Vec<Entry> = reply
             .claimed
@@ -913,6 +887,26 @@ impl GroupReader {
         }
         self.fill_deliveries(&mut entries).await?;
         Ok(entries)
+    }
+
+    /// Counts pending entries the stream's limit trimmed as lost to this group
+    /// ([`ledger::GroupCount::Vanished`]), acknowledging them first when they are still in
+    /// the group's pending list (`still_listed`; `XAUTOCLAIM` removes those it finds gone).
+    async fn lost_while_pending(&self, ids: &[&str], still_listed: bool) -> Result<(), BusError> {
+        let (conn, stream, group) = (&self.producer.conn, &self.cfg.stream, &self.cfg.group);
+        let lost = if still_listed {
+            ledger::ack_counted(conn, stream, group, ledger::GroupCount::Vanished, ids).await?
+        } else {
+            ledger::count(conn, stream, group, ledger::GroupCount::Vanished, ids).await?;
+            ids.len() as u64
+        };
+        tracing::error!(
+            stream = %stream,
+            group = %group,
+            entries = lost,
+            "entries were trimmed from the stream while pending: they are lost to this group"
+        );
+        Ok(())
     }
 
     /// Reads the delivery counts of entries this consumer holds.
