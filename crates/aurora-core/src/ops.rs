@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 use crate::listener::{self, GuardedListener, Limits};
@@ -272,42 +272,43 @@ impl Drop for TelemetryGuard {
 
 /// Sets up logging (`RUST_LOG` filters it, default `info`) and, when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP/HTTP trace export of the spans of
-/// [`crate::trace`] (every span at `info` or above, whatever `RUST_LOG` says). The SDK reads the other standard variables itself: the sampler
+/// [`crate::trace`] (their target, [`crate::trace::SPAN_TARGET`], passes whatever `RUST_LOG`
+/// says). The SDK reads the other standard variables itself: the sampler
 /// (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`; parent-based always-on by default) and
 /// the batch export (`OTEL_BSP_SCHEDULE_DELAY`, ...).
 pub fn init_telemetry(service: &'static str, format: LogFormat) -> TelemetryGuard {
     // Metrics recorded before the recorder exists are lost: install it first.
     let _ = metrics_handle();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .filter(|e| !e.is_empty())
         .and_then(|_| build_tracer_provider(service));
-    // Spans go to the exporter whatever `RUST_LOG` says (it filters the log only): an
-    // operator who quiets the log to `warn` keeps the traces.
+    if provider.is_some() {
+        // The exported spans pass whatever `RUST_LOG` says: an operator who quiets the log
+        // to `warn` keeps the traces. Their target logs nothing at `info`.
+        if let Ok(spans) = format!("{}=info", crate::trace::SPAN_TARGET).parse() {
+            filter = filter.add_directive(spans);
+        }
+    }
     let otel_layer = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider;
         crate::trace::enable();
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(service))
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                meta.is_span() && *meta.level() <= tracing::Level::INFO
-            }))
+        tracing_opentelemetry::layer().with_tracer(p.tracer(service))
     });
-    let log_layer: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_target(true)
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let result = match format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_target(true),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
     };
-    let result = tracing_subscriber::registry()
-        .with(log_layer)
-        .with(otel_layer)
-        .try_init();
     if result.is_ok() {
         tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
     }

@@ -17,6 +17,11 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// The target of every exported span: it passes the log filter (`RUST_LOG`) whatever it says,
+/// and nothing logs to it at `info`. A span made outside this module names it
+/// (`tracing::info_span!(target: SPAN_TARGET, ...)`).
+pub const SPAN_TARGET: &str = "aurora_core::trace";
+
 /// The Redis entry field, NATS header and MQTT 5 user property of the W3C `traceparent`.
 pub const TRACEPARENT_FIELD: &str = "traceparent";
 /// The same for the W3C `tracestate` (sent only when the context has one).
@@ -204,6 +209,7 @@ pub fn message_span(
     }
     let name = format!("{destination} {operation}");
     let span = tracing::info_span!(
+        target: SPAN_TARGET,
         "message",
         otel.name = name.as_str(),
         otel.kind = kind,

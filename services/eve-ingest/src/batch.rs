@@ -304,7 +304,7 @@ impl Processor {
         // One `eve batch` span (when tracing is on) over both: the JetStream publish span is
         // its child, and the alerts written carry its context (Suricata to console, one trace).
         let span = if trace::enabled() {
-            tracing::info_span!("eve batch", events = events.len(), alerts = alerts.len())
+            tracing::info_span!(target: aurora_core::trace::SPAN_TARGET, "eve batch", events = events.len(), alerts = alerts.len())
         } else {
             tracing::Span::none()
         };
