@@ -169,8 +169,9 @@ pub mod prelude {
     pub use crate::process::{service_env, Service, Site, Svc};
     pub use crate::redis::{
         assert_ledger_accounts_for_everything, dead_letters, delete_namespace, list_docs, llen,
-        lpush, pending, redis, stream_docs, stream_records, stream_values, wait_matching,
-        wait_no_pending, wait_stream_docs, wait_xlen, xadd, xadd_json, xlen,
+        lpush, pending, redis, stream_docs, stream_records, stream_values, traced_entries,
+        wait_matching, wait_no_pending, wait_stream_docs, wait_xlen, xadd, xadd_json, xlen,
+        TracedEntry,
     };
     pub use crate::{
         assert_stopped_while_starting, duplicates, free_port, names, tally, wait_until,

@@ -295,3 +295,36 @@ pub async fn assert_ledger_accounts_for_everything(
     );
     rows
 }
+
+/// One entry of a stream with the trace context its writer left.
+#[derive(Debug, Clone)]
+pub struct TracedEntry {
+    pub id: String,
+    /// The `data` document (JSON null when it is missing or not JSON).
+    pub data: Value,
+    /// The entry's `traceparent` field.
+    pub traceparent: Option<String>,
+}
+
+/// Every entry of a stream with its `traceparent`, oldest first.
+pub async fn traced_entries(conn: &Conn, stream: &str) -> Vec<TracedEntry> {
+    let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn.clone())
+        .await
+        .expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|sid| TracedEntry {
+            data: sid
+                .get::<String>(bus::DATA_FIELD)
+                .and_then(|d| serde_json::from_str(&d).ok())
+                .unwrap_or_default(),
+            traceparent: sid.get::<String>(aurora_core::trace::TRACEPARENT_FIELD),
+            id: sid.id,
+        })
+        .collect()
+}

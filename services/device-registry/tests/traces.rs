@@ -39,29 +39,6 @@ fn mqtt5_device(client_id: &str) -> (AsyncClient, tokio::sync::mpsc::UnboundedRe
     (client, rx)
 }
 
-/// The `traceparent` field of each entry of `stream`, with its `data`, oldest first.
-async fn traced_entries(stream: &str) -> Vec<(serde_json::Value, Option<String>)> {
-    let mut conn = redis(REDIS_URL).await;
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    reply
-        .ids
-        .into_iter()
-        .map(|sid| {
-            let data = sid
-                .get::<String>("data")
-                .and_then(|d| serde_json::from_str(&d).ok())
-                .unwrap_or_default();
-            (data, sid.get::<String>("traceparent"))
-        })
-        .collect()
-}
-
 /// Waits for the entry of `stream` that `matches` and returns its `traceparent`.
 async fn entry_traceparent(
     stream: &str,
@@ -69,11 +46,12 @@ async fn entry_traceparent(
     matches: impl Fn(&serde_json::Value) -> bool,
 ) -> Option<String> {
     wait_until(WAIT, what, || async {
-        traced_entries(stream)
+        let conn = redis(REDIS_URL).await;
+        traced_entries(&conn, stream)
             .await
             .into_iter()
-            .find(|(data, _)| matches(data))
-            .map(|(_, traceparent)| traceparent)
+            .find(|e| matches(&e.data))
+            .map(|e| e.traceparent)
     })
     .await
 }

@@ -23,18 +23,11 @@ async fn traceparent_of(
     stream: &str,
     id: &str,
 ) -> Option<String> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
+    traced_entries(conn, stream)
         .await
-        .unwrap();
-    reply.ids.into_iter().find_map(|sid| {
-        let data: String = sid.get("data")?;
-        let doc: serde_json::Value = serde_json::from_str(&data).ok()?;
-        (doc["id"] == id).then(|| sid.get::<String>("traceparent"))?
-    })
+        .into_iter()
+        .find(|e| e.data["id"] == id)?
+        .traceparent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

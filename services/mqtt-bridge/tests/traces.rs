@@ -61,18 +61,11 @@ async fn publish(client: &AsyncClient, topic: &str, payload: &str, traceparent: 
 
 /// The `traceparent` field of each entry of `stream`, oldest first.
 async fn entry_traceparents(stream: &str) -> Vec<Option<String>> {
-    let mut conn = redis(REDIS_URL).await;
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
+    let conn = redis(REDIS_URL).await;
+    traced_entries(&conn, stream)
         .await
-        .unwrap();
-    reply
-        .ids
         .into_iter()
-        .map(|sid| sid.get::<String>("traceparent"))
+        .map(|e| e.traceparent)
         .collect()
 }
 

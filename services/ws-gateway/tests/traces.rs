@@ -97,27 +97,17 @@ async fn a_decision_is_the_child_of_the_context_its_pending_approval_carried() {
         Some("publish")
     );
 
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&approvals)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
+    let decided = traced_entries(&conn, &approvals)
         .await
-        .unwrap();
-    let decided = reply
-        .ids
-        .iter()
-        .find(|sid| {
-            sid.get::<String>("data")
-                .is_some_and(|d| d.contains("\"rejected\""))
-        })
+        .into_iter()
+        .find(|e| e.data.to_string().contains("\"rejected\""))
         .expect("the decided entry");
     assert_eq!(
         decision.attribute("messaging.message.id"),
         Some(decided.id.as_str())
     );
     assert_eq!(
-        decided.get::<String>("traceparent").as_deref(),
+        decided.traceparent.as_deref(),
         Some(format!("00-{TRACE_ID}-{}-01", decision.span_id).as_str()),
         "the decided entry carries the decision's context"
     );
