@@ -13,7 +13,6 @@
 use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::bus::{BusError, Entry, GroupReader};
 use crate::health::Dependencies;
@@ -51,7 +50,7 @@ pub trait BatchHandler: Send + Sync + 'static {
     /// Called after a failed batch (a metric of the service's own).
     fn failed(&self, _error: &Self::Error) {}
 
-    /// True when the handler opens each entry's `process` span itself ([`process_span`]), so
+    /// True when the handler opens each entry's `process` hop itself ([`process_hop`]), so
     /// that what it writes for an entry carries that entry's trace whatever the batch's size;
     /// the consumer then opens none (there would be two per entry).
     fn traces_entries(&self) -> bool {
@@ -59,19 +58,19 @@ pub trait BatchHandler: Send + Sync + 'static {
     }
 }
 
-/// The `<stream> process` span (consumer) of one entry read through a group, the child of the
-/// context the entry carried, its id as `messaging.message.id`. Disabled (free) when tracing
-/// is off.
-pub fn process_span(entry: &Entry) -> tracing::Span {
-    let span = trace::message_span(
+/// The `<stream> process` hop (consumer) of one entry read through a group: the child of the
+/// context the entry carried, its span (when sampled) with its id as `messaging.message.id`.
+/// Free when tracing is off.
+pub fn process_hop(entry: &Entry) -> trace::Hop {
+    let hop = trace::message_hop(
         "redis",
         &entry.stream,
         "process",
         "consumer",
         entry.trace.as_ref(),
     );
-    span.record("messaging.message.id", entry.id.as_str());
-    span
+    hop.record("messaging.message.id", entry.id.as_str());
+    hop
 }
 
 /// A reader, its handler, and what it waits for after a failure.
@@ -144,10 +143,10 @@ impl<H: BatchHandler> Consumer<H> {
         if !trace::enabled() || self.handler.traces_entries() {
             return handle_isolating(&self.handler, &self.reader, entries).await;
         }
-        let spans: Vec<tracing::Span> = entries.iter().map(process_span).collect();
+        let hops: Vec<trace::Hop> = entries.iter().map(process_hop).collect();
         let handling = handle_isolating(&self.handler, &self.reader, entries);
-        match spans.as_slice() {
-            [one] => handling.instrument(one.clone()).await,
+        match hops.as_slice() {
+            [one] => one.scope(handling).await,
             _ => handling.await,
         }
     }

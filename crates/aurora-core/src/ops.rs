@@ -273,9 +273,9 @@ impl Drop for TelemetryGuard {
 /// Sets up logging (`RUST_LOG` filters it, default `info`) and, when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP/HTTP trace export of the spans of
 /// [`crate::trace`] (their target, [`crate::trace::SPAN_TARGET`], passes whatever `RUST_LOG`
-/// says). The SDK reads the other standard variables itself: the sampler
-/// (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`; parent-based always-on by default) and
-/// the batch export (`OTEL_BSP_SCHEDULE_DELAY`, ...).
+/// says). The sampler (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`; parent-based
+/// always-on by default) is [`crate::trace::Sampler`], applied before spans are made; the SDK
+/// reads the batch export's variables (`OTEL_BSP_SCHEDULE_DELAY`, ...) itself.
 pub fn init_telemetry(service: &'static str, format: LogFormat) -> TelemetryGuard {
     // Metrics recorded before the recorder exists are lost: install it first.
     let _ = metrics_handle();
@@ -330,6 +330,9 @@ fn build_tracer_provider(
                 .build();
             Some(
                 opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    // The sampling variables are read by [`crate::trace::Sampler`], which
+                    // decides before a span exists: every span made is to be recorded.
+                    .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
                     .with_batch_exporter(exporter)
                     .with_resource(resource)
                     .build(),

@@ -1,16 +1,22 @@
 //! W3C trace context carried across every hop (docs/contract.md, "Trace context"): in a
 //! Redis entry (the fields [`TRACEPARENT_FIELD`] and [`TRACESTATE_FIELD`] beside `data`), in
-//! NATS headers, and in MQTT 5 user properties. Parsing and formatting are the OpenTelemetry
-//! [`TraceContextPropagator`]'s; a malformed `traceparent` is ignored (the hop starts a new
-//! trace).
+//! NATS headers, and in MQTT 5 user properties. A malformed `traceparent` is ignored (the hop
+//! starts a new trace).
 //!
 //! Tracing is on only when [`crate::ops::init_telemetry`] set up an exporter
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT`). Off, nothing here allocates or creates a span: every
-//! helper first checks [`enabled`], one atomic load. Sampling is the SDK's, from the standard
-//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (parent-based, always on by default);
-//! an unsampled context is carried on all the same, so the next hop keeps the decision.
+//! helper first checks [`enabled`], one atomic load.
+//!
+//! Sampling is decided at the head of each hop, before any span exists ([`Hop::start`]), by
+//! the standard `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (parent-based always-on
+//! by default). A sampled hop opens a span (the SDK then records every span it is given); an
+//! unsampled hop opens none and carries the context it received, flagged unsampled, or a new
+//! unsampled one at the root, so the next hop keeps the decision. An unsampled message thus
+//! costs a flag test and the `traceparent` it carries, not a span.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
@@ -28,14 +34,100 @@ pub const TRACEPARENT_FIELD: &str = "traceparent";
 pub const TRACESTATE_FIELD: &str = "tracestate";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+static SAMPLER: OnceLock<Sampler> = OnceLock::new();
+
+tokio::task_local! {
+    /// The context of the hop a future runs in ([`Hop::scope`]), sampled or not: what
+    /// [`TraceContext::current`] gives the writes made there.
+    static CARRIED: Option<TraceContext>;
+}
 
 /// True when spans are exported (an OTLP endpoint is set up).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// Turns tracing on with the sampler of the standard variables ([`Sampler::from_env`]).
 pub(crate) fn enable() {
+    let _ = SAMPLER.set(Sampler::from_env());
     ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// What decides whether a hop is sampled: the OpenTelemetry samplers of
+/// `OTEL_TRACES_SAMPLER` (`always_on`, `always_off`, `traceidratio` and their `parentbased_`
+/// forms), with the same trace-id ratio rule as the SDK's, so every hop of a trace that
+/// decides by ratio decides alike.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampler {
+    /// A hop with a parent follows the parent's sampled flag.
+    pub parent_based: bool,
+    /// The decision for a root (and for every hop when not parent-based).
+    pub root: Rule,
+}
+
+/// A sampler's own decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    AlwaysOn,
+    AlwaysOff,
+    /// Sampled when the trace id's low 63 bits are under this bound (ratio × 2^63).
+    Ratio(u64),
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self {
+            parent_based: true,
+            root: Rule::AlwaysOn,
+        }
+    }
+}
+
+impl Sampler {
+    /// From `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`; an unknown sampler is the
+    /// default (parent-based always-on), as the specification says, and is logged.
+    pub fn from_env() -> Self {
+        let name = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
+        let arg = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok();
+        Self::parse(&name, arg.as_deref()).unwrap_or_else(|| {
+            eprintln!("OTEL_TRACES_SAMPLER={name:?} is not a sampler this service knows: parentbased_always_on");
+            Self::default()
+        })
+    }
+
+    /// `None` for an unknown name. The ratio defaults to 1 and is clamped to 0..=1.
+    pub fn parse(name: &str, arg: Option<&str>) -> Option<Self> {
+        let ratio = || {
+            let r = arg
+                .and_then(|a| a.trim().parse::<f64>().ok())
+                .filter(|r| r.is_finite())
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            Rule::Ratio((r * (1u64 << 63) as f64) as u64)
+        };
+        let (parent_based, root) = match name.trim() {
+            "" | "parentbased_always_on" => (true, Rule::AlwaysOn),
+            "parentbased_always_off" => (true, Rule::AlwaysOff),
+            "parentbased_traceidratio" => (true, ratio()),
+            "always_on" => (false, Rule::AlwaysOn),
+            "always_off" => (false, Rule::AlwaysOff),
+            "traceidratio" => (false, ratio()),
+            _ => return None,
+        };
+        Some(Self { parent_based, root })
+    }
+
+    /// Whether a hop of trace `trace_id` with this `parent` (its sampled flag) is sampled.
+    pub fn sampled(&self, parent_sampled: Option<bool>, trace_id: u128) -> bool {
+        match parent_sampled {
+            Some(flag) if self.parent_based => flag,
+            _ => match self.root {
+                Rule::AlwaysOn => true,
+                Rule::AlwaysOff => false,
+                Rule::Ratio(bound) => ((trace_id as u64) >> 1) < bound,
+            },
+        }
+    }
 }
 
 /// One hop's W3C trace context, as carried between processes.
@@ -89,10 +181,14 @@ impl TraceContext {
         Self::of_context(&span.context())
     }
 
-    /// The context of the current span (see [`Self::of_span`]).
+    /// The context of the hop the caller runs in ([`Hop::scope`], sampled or not), else
+    /// that of the current span (see [`Self::of_span`]).
     pub fn current() -> Option<Self> {
         if !enabled() {
             return None;
+        }
+        if let Ok(carried) = CARRIED.try_with(Clone::clone) {
+            return carried;
         }
         Self::of_span(&tracing::Span::current())
     }
@@ -109,10 +205,35 @@ impl TraceContext {
         })
     }
 
-    /// A context received from elsewhere; `None` when `traceparent` is malformed.
+    /// A context received from elsewhere; `None` when `traceparent` is malformed (W3C Trace
+    /// Context: version 00 exactly, a later version by its first four fields; ids not all
+    /// zeros; lowercase hex). It is checked here, not parsed into a context: an unsampled
+    /// message is only passed on. A `tracestate` longer than the specification's 512
+    /// characters is dropped.
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<Self> {
-        let cx = Self::extract(traceparent, tracestate)?;
-        Self::of_context(&cx)
+        if !well_formed(traceparent) {
+            return None;
+        }
+        Some(Self {
+            // Passed on as version 00, the version this hop speaks.
+            traceparent: format!("00{}", traceparent.get(2..55)?),
+            tracestate: tracestate
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && t.len() <= 512)
+                .map(str::to_string),
+        })
+    }
+
+    /// The `sampled` flag of the sender.
+    pub fn sampled(&self) -> bool {
+        self.traceparent
+            .get(53..55)
+            .and_then(|f| u8::from_str_radix(f, 16).ok())
+            .is_some_and(|flags| flags & 1 == 1)
+    }
+
+    fn trace_id_bits(&self) -> u128 {
+        u128::from_str_radix(self.trace_id(), 16).unwrap_or_default()
     }
 
     fn extract(traceparent: &str, tracestate: Option<&str>) -> Option<opentelemetry::Context> {
@@ -193,36 +314,184 @@ impl TraceContext {
     }
 }
 
-/// A span of one message handled at a hop, after the OpenTelemetry messaging semantic
-/// conventions: named `<destination> <operation>`, with `messaging.system`,
-/// `messaging.destination.name` and `messaging.operation.type`, and `parent` (the context the
-/// message carried) as its parent. Disabled (free) when tracing is off.
-pub fn message_span(
+fn lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn well_formed(traceparent: &str) -> bool {
+    let b = traceparent.as_bytes();
+    let fields_ok = b.len() >= 55
+        && b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && traceparent.is_char_boundary(55);
+    if !fields_ok {
+        return false;
+    }
+    let (version, trace_id, span_id, flags) = (
+        &traceparent[..2],
+        &traceparent[3..35],
+        &traceparent[36..52],
+        &traceparent[53..55],
+    );
+    let version_ok = lower_hex(version) && version != "ff";
+    // Version 00 has exactly four fields; a later one may add fields after a dash.
+    let length_ok = b.len() == 55 || (version != "00" && b[55] == b'-');
+    version_ok
+        && length_ok
+        && lower_hex(trace_id)
+        && lower_hex(span_id)
+        && lower_hex(flags)
+        && trace_id.bytes().any(|c| c != b'0')
+        && span_id.bytes().any(|c| c != b'0')
+}
+
+/// One hop of a message: its span when the hop is sampled, and the context what it sends on
+/// carries, sampled or not. The default is a hop with tracing off (no span, no context).
+#[derive(Debug, Clone, Default)]
+pub struct Hop {
+    span: Option<tracing::Span>,
+    context: Option<TraceContext>,
+}
+
+impl Hop {
+    /// Decides whether the hop is sampled (the parent's flag, or the sampler's rule at a root)
+    /// and, only when it is, opens its span with `open` (a root span: its parent is set here)
+    /// as the child of `parent`. `parent` `None` is the context of the hop the caller runs in
+    /// ([`TraceContext::current`]), if any. Tracing off, nothing is done.
+    pub fn start(parent: Option<&TraceContext>, open: impl FnOnce() -> tracing::Span) -> Self {
+        if !enabled() {
+            return Self::default();
+        }
+        let current;
+        let parent = match parent {
+            Some(p) => Some(p),
+            None => {
+                current = TraceContext::current();
+                current.as_ref()
+            }
+        };
+        let sampler = SAMPLER.get().copied().unwrap_or_default();
+        let (trace_id, parent_sampled) = match parent {
+            Some(p) => (p.trace_id_bits(), Some(p.sampled())),
+            None => (new_trace_id(), None),
+        };
+        if sampler.sampled(parent_sampled, trace_id) {
+            let span = open();
+            if let Some(parent) = parent {
+                parent.set_parent_of(&span);
+            }
+            let context = TraceContext::of_span(&span);
+            return Self {
+                span: Some(span),
+                context,
+            };
+        }
+        // Unsampled: the received context goes on as it came (its flag says unsampled to
+        // whoever it reaches; no span of this hop exists to be its parent), or a new one.
+        let context = match parent {
+            Some(p) if !p.sampled() => p.clone(),
+            Some(p) => TraceContext {
+                traceparent: format!("00-{}-{:016x}-00", p.trace_id(), new_span_id()),
+                tracestate: p.tracestate.clone(),
+            },
+            None => TraceContext {
+                traceparent: format!("00-{trace_id:032x}-{:016x}-00", new_span_id()),
+                tracestate: None,
+            },
+        };
+        Self {
+            span: None,
+            context: Some(context),
+        }
+    }
+
+    /// The context what the hop sends on carries (`None` with tracing off).
+    pub fn context(&self) -> Option<&TraceContext> {
+        self.context.as_ref()
+    }
+
+    /// The context, without the span (which ends here, when sampled).
+    pub fn into_context(self) -> Option<TraceContext> {
+        self.context
+    }
+
+    /// The hop's span; a disabled one when it is not sampled.
+    pub fn span(&self) -> tracing::Span {
+        self.span.clone().unwrap_or_else(tracing::Span::none)
+    }
+
+    /// True when the hop has a span (it is sampled).
+    pub fn sampled(&self) -> bool {
+        self.span.is_some()
+    }
+
+    /// Records a field of the span (nothing when unsampled).
+    pub fn record<V: tracing::Value>(&self, field: &str, value: V) {
+        if let Some(span) = &self.span {
+            span.record(field, value);
+        }
+    }
+
+    /// Runs `fut` inside the hop: in its span when sampled, and with its context as the one
+    /// [`TraceContext::current`] gives (what it writes carries the hop's context, sampled or
+    /// not). Tracing off, `fut` runs as it is.
+    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        use tracing::Instrument;
+        if self.context.is_none() && self.span.is_none() {
+            return fut.await;
+        }
+        CARRIED
+            .scope(self.context.clone(), fut.instrument(self.span()))
+            .await
+    }
+}
+
+fn new_trace_id() -> u128 {
+    loop {
+        let id: u128 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn new_span_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// The hop of one message, after the OpenTelemetry messaging semantic conventions: its span
+/// (when sampled, see [`Hop::start`]) is named `<destination> <operation>`, with
+/// `messaging.system`, `messaging.destination.name` and `messaging.operation.type`, and
+/// `parent` (the context the message carried; `None`: the hop the caller runs in) as its
+/// parent. Free when tracing is off.
+pub fn message_hop(
     system: &'static str,
     destination: &str,
     operation: &'static str,
     kind: &'static str,
     parent: Option<&TraceContext>,
-) -> tracing::Span {
-    if !enabled() {
-        return tracing::Span::none();
-    }
-    let name = format!("{destination} {operation}");
-    let span = tracing::info_span!(
-        target: SPAN_TARGET,
-        "message",
-        otel.name = name.as_str(),
-        otel.kind = kind,
-        messaging.system = system,
-        messaging.destination.name = destination,
-        messaging.operation.type = operation,
-        messaging.message.id = tracing::field::Empty,
-        messaging.batch.message_count = tracing::field::Empty,
-    );
-    if let Some(parent) = parent {
-        parent.set_parent_of(&span);
-    }
-    span
+) -> Hop {
+    Hop::start(parent, || {
+        let name = format!("{destination} {operation}");
+        tracing::info_span!(
+            target: SPAN_TARGET,
+            parent: None,
+            "message",
+            otel.name = name.as_str(),
+            otel.kind = kind,
+            messaging.system = system,
+            messaging.destination.name = destination,
+            messaging.operation.type = operation,
+            messaging.message.id = tracing::field::Empty,
+            messaging.batch.message_count = tracing::field::Empty,
+        )
+    })
 }
 
 #[cfg(test)]
@@ -257,11 +526,88 @@ mod tests {
     }
 
     #[test]
+    fn a_later_version_is_read_by_its_first_fields_and_passed_on_as_00() {
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later";
+        let cx = TraceContext::parse(later, None).expect("valid");
+        assert_eq!(cx.traceparent, PARENT);
+        assert_eq!(
+            TraceContext::parse(
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                None
+            ),
+            None
+        );
+        assert_eq!(TraceContext::parse(&PARENT.to_uppercase(), None), None);
+        let long_state = "a=".to_string() + &"x".repeat(600);
+        assert_eq!(
+            TraceContext::parse(PARENT, Some(&long_state))
+                .expect("known")
+                .tracestate,
+            None
+        );
+    }
+
+    #[test]
+    fn the_sampled_flag_is_read_from_the_flags() {
+        assert!(TraceContext::parse(PARENT, None).expect("known").sampled());
+        let unsampled = PARENT.replace("-01", "-00");
+        assert!(!TraceContext::parse(&unsampled, None)
+            .expect("known")
+            .sampled());
+        let other_flags = PARENT.replace("-01", "-03");
+        assert!(TraceContext::parse(&other_flags, None)
+            .expect("known")
+            .sampled());
+    }
+
+    #[test]
+    fn samplers_are_read_as_the_specification_names_them() {
+        let on = Sampler::parse("", None).expect("known");
+        assert_eq!(on, Sampler::default());
+        assert!(on.sampled(None, 7) && on.sampled(Some(true), 7) && !on.sampled(Some(false), 7));
+        let off = Sampler::parse("always_off", None).expect("known");
+        assert!(!off.sampled(Some(true), 7) && !off.sampled(None, 7));
+        let all = Sampler::parse("traceidratio", Some("1")).expect("known");
+        assert!(all.sampled(Some(false), u128::MAX));
+        let none = Sampler::parse("parentbased_traceidratio", Some("0")).expect("known");
+        assert!(!none.sampled(None, 0) && none.sampled(Some(true), 0));
+        assert_eq!(Sampler::parse("jaeger_remote", None), None);
+        // Out of range and garbage: clamped, or the default ratio 1.
+        assert_eq!(
+            Sampler::parse("traceidratio", Some("7")),
+            Sampler::parse("traceidratio", Some("1"))
+        );
+        assert_eq!(
+            Sampler::parse("traceidratio", Some("x")),
+            Sampler::parse("traceidratio", None)
+        );
+    }
+
+    #[test]
+    fn a_ratio_keeps_about_its_share_and_decides_alike_for_one_trace_id() {
+        let sampler = Sampler::parse("parentbased_traceidratio", Some("0.01")).expect("known");
+        let kept = (0..100_000)
+            .filter(|_| sampler.sampled(None, new_trace_id()))
+            .count();
+        assert!((700..1300).contains(&kept), "{kept} of 100,000 at 1%");
+        // The SDK's rule: the trace id's low 64 bits, shifted right once, under ratio × 2^63.
+        let Rule::Ratio(bound) = sampler.root else {
+            panic!("a ratio: {sampler:?}");
+        };
+        assert_eq!(bound, (0.01 * (1u64 << 63) as f64) as u64);
+        let low = |bits: u64| u128::from(bits) | (0xdead_beef_u128 << 64);
+        assert!(sampler.sampled(None, low((bound - 1) << 1)));
+        assert!(sampler.sampled(None, low(((bound - 1) << 1) | 1)));
+        assert!(!sampler.sampled(None, low(bound << 1)));
+    }
+
+    #[test]
     fn off_it_reads_nothing() {
         // Nothing in this test binary turns tracing on.
         let props = vec![(TRACEPARENT_FIELD.to_string(), PARENT.to_string())];
         assert_eq!(TraceContext::from_user_properties(&props), None);
         assert_eq!(TraceContext::current(), None);
-        assert!(message_span("redis", "s", "process", "consumer", None).is_disabled());
+        let hop = message_hop("redis", "s", "process", "consumer", None);
+        assert!(hop.context().is_none() && !hop.sampled());
     }
 }

@@ -12,12 +12,11 @@
 use std::collections::HashMap;
 
 use aurora_core::bus::{BusError, Entry, GroupReader};
-use aurora_core::consumer::{process_span, BatchHandler};
+use aurora_core::consumer::{process_hop, BatchHandler};
 use aurora_core::model::{parse, to_bytes, AttestationReport};
-use aurora_core::trace::TraceContext;
+use aurora_core::trace::{Hop, TraceContext};
 use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
-use tracing::Instrument;
 
 use crate::db::{self, status, AttestationContext, Challenge, ReportKey, Verdict};
 use crate::error::BatchError;
@@ -194,19 +193,17 @@ impl BatchHandler for Attestation {
         "attestation"
     }
 
-    /// Each entry is handled in its `process` span (when tracing is on), and the alert it
-    /// raises carries that span's context.
+    /// Each entry is handled in its `process` hop (when tracing is on), and the alert it
+    /// raises carries that hop's context.
     async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), BatchError> {
         let shared = &self.0;
-        let mut parsed: Vec<(Entry, AttestationReport, tracing::Span)> =
-            Vec::with_capacity(entries.len());
+        let mut parsed: Vec<(Entry, AttestationReport, Hop)> = Vec::with_capacity(entries.len());
         for entry in entries {
-            let span = process_span(&entry);
+            let hop = process_hop(&entry);
             match parse::<AttestationReport>(entry.data.as_deref().unwrap_or_default()) {
-                Ok(r) => parsed.push((entry, r, span)),
+                Ok(r) => parsed.push((entry, r, hop)),
                 Err(e) => {
-                    streams::reject(reader, &entry, &e.to_string())
-                        .instrument(span)
+                    hop.scope(streams::reject(reader, &entry, &e.to_string()))
                         .await?
                 }
             }
@@ -239,7 +236,7 @@ impl BatchHandler for Attestation {
         let mut to_check = Vec::with_capacity(parsed.len());
         // They end once the batch is settled.
         let mut spans = Vec::with_capacity(parsed.len());
-        for (i, (entry, report, span)) in parsed.into_iter().enumerate() {
+        for (i, (entry, report, hop)) in parsed.into_iter().enumerate() {
             let Some(c) = contexts.remove(&(i as i32)) else {
                 continue;
             };
@@ -248,14 +245,12 @@ impl BatchHandler for Attestation {
                     "attestation report from unknown device {:?}",
                     report.device_id
                 );
-                streams::reject(reader, &entry, &reason)
-                    .instrument(span)
-                    .await?;
+                hop.scope(streams::reject(reader, &entry, &reason)).await?;
                 continue;
             }
             handled.push(entry.id.clone());
-            to_check.push((entry.id, report, c, TraceContext::of_span(&span)));
-            spans.push(span);
+            to_check.push((entry.id, report, c, hop.context().cloned()));
+            spans.push(hop);
         }
         // Signatures are CPU work: off the async threads, in as many chunks as there are
         // cores, so one batch's signatures are checked in parallel.

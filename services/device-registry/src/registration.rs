@@ -11,12 +11,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use aurora_core::bus::{BusError, Entry, GroupReader};
-use aurora_core::consumer::{process_span, BatchHandler};
+use aurora_core::consumer::{process_hop, BatchHandler};
 use aurora_core::model::{parse, to_bytes, DeviceSeen};
 use aurora_core::trace::TraceContext;
 use base64::Engine;
 use serde_json::Value;
-use tracing::Instrument;
 
 use crate::db::{self, Sighting};
 use crate::error::BatchError;
@@ -56,19 +55,20 @@ impl BatchHandler for Registration {
         // They end once what the batch writes is written.
         let mut spans = Vec::new();
         for entry in &entries {
-            let span = process_span(entry);
+            let hop = process_hop(entry);
             let seen = match parse::<DeviceSeen>(entry.data.as_deref().unwrap_or_default()) {
                 Ok(seen) => seen,
                 Err(e) => {
-                    streams::reject(reader, entry, &e.to_string())
-                        .instrument(span)
+                    hop.scope(streams::reject(reader, entry, &e.to_string()))
                         .await?;
                     continue;
                 }
             };
-            if let Some(context) = TraceContext::of_span(&span) {
-                traces.entry(seen.device_id.clone()).or_insert(context);
-                spans.push(span);
+            if let Some(context) = hop.context() {
+                traces
+                    .entry(seen.device_id.clone())
+                    .or_insert_with(|| context.clone());
+                spans.push(hop);
             }
             fold(&mut devices, seen, shared.cfg.trust_on_first_use);
             handled.push(entry.id.clone());

@@ -13,7 +13,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use aurora_core::model::Alert;
 use aurora_core::ops::Readiness;
@@ -301,21 +300,20 @@ impl Processor {
             .iter()
             .filter_map(|i| pending[*i].alert.as_ref())
             .collect();
-        // One `eve batch` span (when tracing is on) over both: the JetStream publish span is
-        // its child, and the alerts written carry its context (Suricata to console, one trace).
-        let span = if trace::enabled() {
-            tracing::info_span!(target: aurora_core::trace::SPAN_TARGET, "eve batch", events = events.len(), alerts = alerts.len())
-        } else {
-            tracing::Span::none()
-        };
-        let (published, written) = async {
-            tokio::join!(
-                self.publisher.publish_all(&events),
-                self.alerts.write(&alerts)
-            )
-        }
-        .instrument(span)
-        .await;
+        // One `eve batch` hop (when tracing is on) over both: the JetStream publish hop is its
+        // child, and the alerts written carry its context (Suricata to console, one trace).
+        let hop = trace::Hop::start(
+            None,
+            || tracing::info_span!(target: trace::SPAN_TARGET, parent: None, "eve batch", events = events.len(), alerts = alerts.len()),
+        );
+        let (published, written) = hop
+            .scope(async {
+                tokio::join!(
+                    self.publisher.publish_all(&events),
+                    self.alerts.write(&alerts)
+                )
+            })
+            .await;
         let mut failed = false;
         let mut first_error = None;
         // Counted per event type once per round, not with a registry lookup per event.

@@ -18,7 +18,7 @@ use async_nats::Subject;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Semaphore;
 
-use aurora_core::trace::{self, TraceContext};
+use aurora_core::trace;
 use aurora_core::Names;
 
 use crate::event::{EveEvent, SURICATA_EVENT_TYPES};
@@ -83,18 +83,18 @@ impl EventPublisher {
 
     /// Publishes every event; one result per event, in input order. An `Err` is worth
     /// retrying (timeout, connection lost, no stream). When tracing is on, the batch is one
-    /// `<stream> publish` span (one per batch: a span per event would cost more than the
+    /// `<stream> publish` hop (one per batch: a span per event would cost more than the
     /// publish), whose context every message carries in its headers.
     pub async fn publish_all(&self, events: &[&EveEvent]) -> Vec<Result<Published, PublishError>> {
-        let span = trace::message_span(
+        let hop = trace::message_hop(
             "nats",
             &self.names.suricata_stream(),
             "publish",
             "producer",
             None,
         );
-        span.record("messaging.batch.message_count", events.len());
-        let context = TraceContext::of_span(&span);
+        hop.record("messaging.batch.message_count", events.len());
+        let context = hop.context().cloned();
         let mut results: Vec<Option<Result<Published, PublishError>>> =
             (0..events.len()).map(|_| None).collect();
         let mut inflight = FuturesUnordered::new();

@@ -403,16 +403,13 @@ impl Publisher {
             }
         };
         let permit = self.window.clone().acquire_owned().await.ok()?;
-        // The `<subject> publish` span; its context goes in the message's headers. Its parent
-        // is the entry's `process` span when the consumer handles the entry alone (the
-        // current span), else the entry's own context.
-        let parent = if tracing::Span::current().is_none() {
-            entry.trace.as_ref()
-        } else {
-            None
-        };
-        let span = trace::message_span("nats", &self.shared.subject, "publish", "producer", parent);
-        let context = TraceContext::of_span(&span);
+        // The `<subject> publish` hop; its context goes in the message's headers. Its parent
+        // is the entry's `process` hop when the consumer handles the entry alone (the hop
+        // this runs in), else the entry's own context.
+        let current = TraceContext::current();
+        let parent = current.as_ref().or(entry.trace.as_ref());
+        let hop = trace::message_hop("nats", &self.shared.subject, "publish", "producer", parent);
+        let context = hop.context().cloned();
         let mut backoff = retry();
         let ack = loop {
             // The batch's seal on the first try, unless the window held the entry long enough

@@ -211,9 +211,9 @@ impl Importer {
                     self.dead_letter(&msg, &reason, abort).await;
                 }
                 Plan::Land(mut landing) => {
-                    if let Some(span) = process_span(&msg) {
-                        landing.trace = TraceContext::of_span(&span);
-                        spans.push(span);
+                    if let Some(hop) = process_hop(&msg) {
+                        landing.trace = hop.context().cloned();
+                        spans.push(hop);
                     }
                     waiting.push((msg, landing.kind));
                     landings.push(landing);
@@ -528,14 +528,14 @@ fn spliced(payload: &[u8], start: usize, owner: &str, revision: i64, unverified:
     out
 }
 
-/// The `<subject> process` span of an imported message (when tracing is on): the child of
-/// the context its NATS headers carry (the exporting site's publish span).
-fn process_span(msg: &Message) -> Option<tracing::Span> {
+/// The `<subject> process` hop of an imported message (when tracing is on): the child of
+/// the context its NATS headers carry (the exporting site's publish hop).
+fn process_hop(msg: &Message) -> Option<trace::Hop> {
     if !trace::enabled() {
         return None;
     }
     let parent = TraceContext::from_nats_headers(msg.headers.as_ref());
-    Some(trace::message_span(
+    Some(trace::message_hop(
         "nats",
         msg.subject.as_str(),
         "process",

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aurora_core::bus::{self, Entry, GroupConfig, GroupReader, Producer};
-use aurora_core::consumer::{process_span, BatchHandler, Consumer};
+use aurora_core::consumer::{process_hop, BatchHandler, Consumer};
 use aurora_core::health::Dependencies;
 use aurora_core::model::{self, to_bytes, CommandOutcome, CommandStatus, DeviceCommand, Extra};
 use aurora_core::ops::Readiness;
@@ -38,7 +38,6 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::error::CommandError;
 use crate::guard::{Guard, Refusal, UsedApprovals};
@@ -345,26 +344,23 @@ impl BatchHandler for Commands {
         // They end once the outcomes are recorded.
         let mut spans = Vec::new();
         for entry in &entries {
-            let span = process_span(entry);
+            let hop = process_hop(entry);
             if let Some(status) = known.remove(&entry.id) {
                 handled.push(Handled {
                     entry_id: entry.id.clone(),
                     status,
-                    trace: TraceContext::of_span(&span),
+                    trace: hop.context().cloned(),
                 });
-                spans.push(span);
+                spans.push(hop);
                 continue;
             }
             // Shutting down: what is not started stays pending for next time.
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let trace = TraceContext::of_span(&span);
-            let one = self
-                .handle_one(reader, entry)
-                .instrument(span.clone())
-                .await;
-            spans.push(span);
+            let trace = hop.context().cloned();
+            let one = hop.scope(self.handle_one(reader, entry)).await;
+            spans.push(hop);
             match one.map(|h| h.map(|h| Handled { trace, ..h })) {
                 Ok(Some(h)) => handled.push(h),
                 Ok(None) => break, // given up: the rest stays pending
@@ -431,11 +427,12 @@ impl Commands {
         };
         let started = Instant::now();
         let topic = self.names.mqtt_command_topic(&command.device_id);
-        // The `<topic> publish` span (producer, when tracing is on), the child of the entry's
-        // `process` span: every attempt is inside it, and the command carries its context in
+        // The `<topic> publish` hop (producer, when tracing is on), the child of the entry's
+        // `process` hop: every attempt is inside it, and the command carries its context in
         // the MQTT 5 user property `traceparent` (counted in the packet's size).
-        let publish_span = trace::message_span("mqtt", &topic, "publish", "producer", None);
-        let user_properties = TraceContext::of_span(&publish_span)
+        let publish_hop = trace::message_hop("mqtt", &topic, "publish", "producer", None);
+        let user_properties = publish_hop
+            .context()
             .map(|c| c.user_properties())
             .unwrap_or_default();
         let size =
@@ -458,9 +455,8 @@ impl Commands {
             }
         }
         let void_at = proof.as_ref().map(|p| p.not_after);
-        let reason = match self
-            .publish(&topic, data, command.expires_at, void_at, user_properties)
-            .instrument(publish_span)
+        let reason = match publish_hop
+            .scope(self.publish(&topic, data, command.expires_at, void_at, user_properties))
             .await
         {
             Published::Acked(reason) => reason,

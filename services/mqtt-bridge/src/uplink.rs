@@ -531,8 +531,12 @@ impl Streams {
 #[derive(Default)]
 struct Prepared {
     items: Vec<(Arc<str>, Vec<u8>, Option<TraceContext>)>,
-    /// The receive and publish spans of the batch's messages: they end once it is written.
-    spans: Vec<tracing::Span>,
+    /// The receive and publish hops of the batch's sampled messages: their spans end once it
+    /// is written.
+    spans: Vec<trace::Hop>,
+    /// The context of the message being prepared (its receive hop's), the parent of what it
+    /// writes.
+    receive: Option<TraceContext>,
     messages: [u64; KINDS],
     seen: u64,
     dead: Vec<&'static str>,
@@ -598,7 +602,7 @@ impl Writer {
         let now = Instant::now();
         for r in batch {
             let p = &r.publish;
-            let _receive = self.receive_span(p, &mut out).map(|s| s.entered());
+            self.receive_hop(p, &mut out);
             if let Some(reason) = ignored(p) {
                 tracing::debug!(topic = %String::from_utf8_lossy(&p.topic), reason, "acknowledged a message without bridging it");
                 t::ignored(reason);
@@ -637,20 +641,23 @@ impl Writer {
         out.items.push((stream, d.data, trace));
     }
 
-    /// The `<topic> receive` span of a publish (when tracing is on): the child of the context
-    /// the device sent in its `traceparent` user property, or the root of a new trace.
-    fn receive_span(&self, p: &Publish, out: &mut Prepared) -> Option<tracing::Span> {
+    /// The `<topic> receive` hop of a publish (when tracing is on): the child of the context
+    /// the device sent in its `traceparent` user property, or the root of a new trace. Its
+    /// context becomes `out.receive`.
+    fn receive_hop(&self, p: &Publish, out: &mut Prepared) {
         if !trace::enabled() {
-            return None;
+            return;
         }
         let parent = p
             .properties
             .as_ref()
             .and_then(|props| TraceContext::from_user_properties(&props.user_properties));
         let topic = String::from_utf8_lossy(&p.topic);
-        let span = trace::message_span("mqtt", &topic, "receive", "consumer", parent.as_ref());
-        out.spans.push(span.clone());
-        Some(span)
+        let hop = trace::message_hop("mqtt", &topic, "receive", "consumer", parent.as_ref());
+        out.receive = hop.context().cloned();
+        if hop.sampled() {
+            out.spans.push(hop);
+        }
     }
 
     /// Writes the batch, retrying with backoff until it succeeds. False only when the drain
@@ -708,15 +715,18 @@ impl Writer {
     }
 }
 
-/// The `<stream> publish` span of one entry, the child of the current (receive) span, and the
+/// The `<stream> publish` hop of one entry, the child of the message's receive hop, and the
 /// context the entry carries; `None` when tracing is off.
 fn publish_context(stream: &str, out: &mut Prepared) -> Option<TraceContext> {
     if !trace::enabled() {
         return None;
     }
-    let span = trace::message_span("redis", stream, "publish", "producer", None);
-    let context = TraceContext::of_span(&span);
-    out.spans.push(span);
+    let hop = trace::message_hop("redis", stream, "publish", "producer", out.receive.as_ref());
+    if !hop.sampled() {
+        return hop.into_context();
+    }
+    let context = hop.context().cloned();
+    out.spans.push(hop);
     context
 }
 

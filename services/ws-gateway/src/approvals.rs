@@ -23,7 +23,6 @@ use aurora_core::Names;
 use chrono::Utc;
 use redis::Script;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::{DecideError, StoreError};
@@ -351,7 +350,7 @@ impl ApprovalStore {
         }
     }
 
-    /// Moves `approval` to `status` (once), inside its `<approvals stream> publish` span (when
+    /// Moves `approval` to `status` (once), inside its `<approvals stream> publish` hop (when
     /// tracing is on; the child of `parent`, the context its pending entry carried), whose
     /// context the decided entry carries.
     async fn transition(
@@ -363,10 +362,8 @@ impl ApprovalStore {
         comment: Option<String>,
     ) -> Result<Approval, DecideError> {
         let stream = self.names.approvals();
-        let span = trace::message_span("redis", &stream, "publish", "producer", parent);
-        let context = TraceContext::of_span(&span);
-        self.write_transition(approval, context.as_ref(), status, decided_by, comment)
-            .instrument(span)
+        let hop = trace::message_hop("redis", &stream, "publish", "producer", parent);
+        hop.scope(self.write_transition(approval, hop.context(), status, decided_by, comment))
             .await
     }
 

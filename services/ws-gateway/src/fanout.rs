@@ -16,7 +16,7 @@ use aurora_core::health::Dependencies;
 use aurora_core::names::Channel;
 use aurora_core::ops::Readiness;
 use aurora_core::retry::Backoff;
-use aurora_core::trace::{self, TraceContext};
+use aurora_core::trace;
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -159,19 +159,19 @@ impl Reader {
     }
 }
 
-/// Sends an entry to every client of the hub, inside a `<stream> process` span (the child of
+/// Sends an entry to every client of the hub, inside a `<stream> process` hop (the child of
 /// the entry's context, when tracing is on) whose context the frame offers the console.
 fn fan_out(hub: &Hub, entry: &Entry) {
-    let span = trace::message_span(
+    let hop = trace::message_hop(
         "redis",
         &hub.stream,
         "process",
         "consumer",
         entry.trace.as_ref(),
     );
+    let span = hop.span();
     let _entered = span.enter();
-    let context = TraceContext::of_span(&span);
-    match Frame::traced(entry, context.as_ref()) {
+    match Frame::traced(entry, hop.context()) {
         Ok(frame) => {
             let delay = fanout_delay(frame.position.0);
             hub.publish(frame);

@@ -1,0 +1,219 @@
+//! Head sampling by ratio, parent-based, through the bus and a real OTLP/HTTP receiver: each
+//! written entry's hop decides once; every entry carries its context, sampled or not; the
+//! consumer's `process` hop follows the entry's flag, so a trace is exported whole or not at
+//! all, and what the handler writes on keeps the decision. Tracing is set up as a service sets
+//! it up, once per test process (this file is its own process).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use aurora_core::bus::{self, BusError, Entry, GroupConfig, GroupReader, Producer};
+use aurora_core::config::LogFormat;
+use aurora_core::consumer::{BatchFailure, BatchHandler, Consumer};
+use aurora_core::health::Dependencies;
+use aurora_core::ops::Readiness;
+use aurora_core::trace::{self, TraceContext};
+use aurora_testkit::otlp::OtlpReceiver;
+use aurora_testkit::REDIS_URL;
+use tokio_util::sync::CancellationToken;
+
+const ENTRIES: usize = 120;
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct Failure(#[from] BusError);
+
+impl BatchFailure for Failure {
+    fn dependency(&self) -> Option<&'static str> {
+        Some("redis")
+    }
+}
+
+/// Writes every entry on to `out` (one by one, each in its own `process` hop), then
+/// acknowledges it.
+struct Forward {
+    producer: Producer,
+    out: String,
+}
+
+impl BatchHandler for Forward {
+    type Error = Failure;
+
+    fn part(&self) -> &'static str {
+        "forward"
+    }
+
+    async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), Failure> {
+        for entry in &entries {
+            let hop = aurora_core::consumer::process_hop(entry);
+            let data = entry.data.clone().unwrap_or_default();
+            hop.scope(self.producer.publish(&self.out, &data)).await?;
+            reader.ack(&[&entry.id]).await?;
+        }
+        Ok(())
+    }
+
+    fn traces_entries(&self) -> bool {
+        true
+    }
+}
+
+async fn contexts(conn: &mut bus::Conn, stream: &str) -> Vec<TraceContext> {
+    bus::range(conn, stream, "0-0", ENTRIES + 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            e.trace
+                .expect("every entry carries a context, sampled or not")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_is_exported_whole_or_not_at_all_and_the_decision_travels() {
+    let receiver = OtlpReceiver::start().await;
+    for (k, v) in receiver.service_env() {
+        std::env::set_var(k, v);
+    }
+    std::env::set_var("OTEL_TRACES_SAMPLER", "parentbased_traceidratio");
+    std::env::set_var("OTEL_TRACES_SAMPLER_ARG", "0.5");
+    let guard = aurora_core::ops::init_telemetry("sampling-test", LogFormat::Json);
+    assert!(trace::enabled());
+
+    let names = aurora_testkit::names();
+    let stream = format!("{}:sampling:in", names.namespace());
+    let out = format!("{}:sampling:out", names.namespace());
+    let mut conn = bus::connect(REDIS_URL).await.unwrap();
+    let producer = Producer::new(conn.clone(), 1000);
+
+    // Each write is the root of its own trace (a `publish` hop with no parent).
+    for n in 0..ENTRIES {
+        let hop = trace::message_hop("redis", &stream, "publish", "producer", None);
+        assert_eq!(hop.sampled(), hop.context().unwrap().sampled());
+        hop.scope(producer.publish(&stream, format!("{{\"n\":{n}}}").as_bytes()))
+            .await
+            .unwrap();
+    }
+    let written = contexts(&mut conn, &stream).await;
+    let sampled: HashSet<String> = written
+        .iter()
+        .filter(|c| c.sampled())
+        .map(|c| c.trace_id().to_string())
+        .collect();
+    let unsampled: HashSet<String> = written
+        .iter()
+        .filter(|c| !c.sampled())
+        .map(|c| c.trace_id().to_string())
+        .collect();
+    assert_eq!(
+        sampled.len() + unsampled.len(),
+        ENTRIES,
+        "a trace per entry"
+    );
+    // At a ratio of one half, 120 decisions all alike would be a broken sampler (2^-119).
+    assert!(!sampled.is_empty() && !unsampled.is_empty());
+
+    let mut cfg = GroupConfig::new(
+        &stream,
+        "g",
+        "c",
+        &format!("{stream}:dead"),
+        "sampling-test",
+    );
+    cfg.block = Duration::from_millis(50);
+    let reader = GroupReader::new(
+        cfg,
+        bus::connect_blocking(REDIS_URL, Duration::from_millis(50))
+            .await
+            .unwrap(),
+        producer.clone(),
+    )
+    .await
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        Consumer {
+            reader,
+            handler: Forward {
+                producer: producer.clone(),
+                out: out.clone(),
+            },
+            dependencies: Dependencies::new(),
+            readiness: Readiness::new(),
+        }
+        .run(shutdown.clone()),
+    );
+    let forwarded =
+        aurora_testkit::wait_until(aurora_testkit::WAIT, "every entry forwarded", || {
+            let mut conn = conn.clone();
+            let out = out.clone();
+            async move {
+                let got = contexts(&mut conn, &out).await;
+                (got.len() == ENTRIES).then_some(got)
+            }
+        })
+        .await;
+
+    // What the handler wrote keeps each entry's trace and decision.
+    for (before, after) in written.iter().zip(&forwarded) {
+        assert_eq!(after.trace_id(), before.trace_id());
+        assert_eq!(after.sampled(), before.sampled());
+        if !before.sampled() {
+            assert_eq!(
+                after, before,
+                "an unsampled context is passed on as it came"
+            );
+        }
+    }
+
+    // Every sampled trace is exported with its two spans; no unsampled one has any.
+    let process_of = |id: &str| format!("{stream} process") == id;
+    let spans = aurora_testkit::wait_until(
+        aurora_testkit::WAIT,
+        "a process span per sampled trace",
+        || {
+            let spans = receiver.spans();
+            let done = spans
+                .iter()
+                .filter(|s| process_of(&s.name) && sampled.contains(&s.trace_id))
+                .count()
+                == sampled.len();
+            async move { done.then_some(spans) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spans = [spans, receiver.spans()].concat();
+    for id in &sampled {
+        let names: HashSet<&str> = spans
+            .iter()
+            .filter(|s| &s.trace_id == id)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(
+            names.contains(format!("{stream} publish").as_str()),
+            "{id}: {names:?}"
+        );
+        assert!(
+            names.contains(format!("{stream} process").as_str()),
+            "{id}: {names:?}"
+        );
+    }
+    let leaked: Vec<_> = spans
+        .iter()
+        .filter(|s| unsampled.contains(&s.trace_id))
+        .collect();
+    assert!(leaked.is_empty(), "spans of unsampled traces: {leaked:?}");
+
+    shutdown.cancel();
+    task.await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .arg(&out)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(guard);
+}
