@@ -39,6 +39,16 @@ impl ReceivedSpan {
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
     }
+
+    /// The messaging attributes of a message hop's span: `messaging.system`,
+    /// `messaging.operation.type` and `messaging.destination.name`.
+    pub fn messaging(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        (
+            self.attribute("messaging.system"),
+            self.attribute("messaging.operation.type"),
+            self.attribute("messaging.destination.name"),
+        )
+    }
 }
 
 type Received = Arc<Mutex<Vec<ReceivedSpan>>>;

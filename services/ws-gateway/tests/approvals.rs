@@ -14,38 +14,6 @@ use common::*;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-fn approval(id: Uuid, expires_in: chrono::Duration) -> Value {
-    json!({
-        "id": id,
-        "action": "Isolate workstation-042 from network",
-        "case_id": "case-1",
-        "risk_level": "high",
-        "status": "pending",
-        "requested_by": "incident_responder",
-        "context": {"reason": "Active C2 beacon", "affected_users": 3, "confidence": 0.87},
-        "requested_at": Utc::now(),
-        "expires_at": Utc::now() + expires_in,
-        "x_custom": "kept",
-    })
-}
-
-async fn state(names: &Names, id: Uuid) -> Option<String> {
-    let mut conn = redis(REDIS_URL).await;
-    redis::cmd("HGET")
-        .arg(names.state_key("ws-gateway", &format!("approval:{id}")))
-        .arg("status")
-        .query_async(&mut conn)
-        .await
-        .unwrap()
-}
-
-async fn wait_state(names: &Names, id: Uuid, want: &str) {
-    aurora_testkit::wait_until(WAIT, &format!("approval {id} {want}"), || async {
-        (state(names, id).await.as_deref() == Some(want)).then_some(())
-    })
-    .await;
-}
-
 /// The documents of the approvals stream about this approval, oldest first.
 async fn history(names: &Names, id: Uuid) -> Vec<Value> {
     stream_values(&redis(REDIS_URL).await, &names.approvals())

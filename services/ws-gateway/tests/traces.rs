@@ -5,9 +5,10 @@
 //! carries.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use aurora_core::auth::Permission;
-use aurora_testkit::prelude::*;
-use chrono::Utc;
+use common::*;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -27,17 +28,7 @@ async fn a_decision_is_the_child_of_the_context_its_pending_approval_carried() {
     let mut gateway = site.start(Svc::WsGateway, &[]).await;
 
     let id = Uuid::new_v4();
-    let doc = json!({
-        "id": id,
-        "action": "Isolate workstation-042 from network",
-        "case_id": "case-1",
-        "risk_level": "high",
-        "status": "pending",
-        "requested_by": "incident_responder",
-        "context": {"reason": "Active C2 beacon"},
-        "requested_at": Utc::now(),
-        "expires_at": Utc::now() + chrono::Duration::hours(1),
-    });
+    let doc = approval(id, chrono::Duration::hours(1));
     let mut conn = redis(REDIS_URL).await;
     let _: String = redis::cmd("XADD")
         .arg(names.approvals())
@@ -49,21 +40,7 @@ async fn a_decision_is_the_child_of_the_context_its_pending_approval_carried() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let state_key = names.state_key("ws-gateway", &format!("approval:{id}"));
-    wait_until(WAIT, "the approval pending at the gateway", || {
-        let mut conn = conn.clone();
-        let key = state_key.clone();
-        async move {
-            let status: Option<String> = redis::cmd("HGET")
-                .arg(&key)
-                .arg("status")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            (status.as_deref() == Some("pending")).then_some(())
-        }
-    })
-    .await;
+    wait_state(&names, id, "pending").await;
 
     let alice = token_for("alice", &[Permission::ApprovalsManage]);
     let res = http()
@@ -87,14 +64,9 @@ async fn a_decision_is_the_child_of_the_context_its_pending_approval_carried() {
         "the pending entry's context"
     );
     assert_eq!(decision.kind, 4, "a producer span");
-    assert_eq!(decision.attribute("messaging.system"), Some("redis"));
     assert_eq!(
-        decision.attribute("messaging.destination.name"),
-        Some(approvals.as_str())
-    );
-    assert_eq!(
-        decision.attribute("messaging.operation.type"),
-        Some("publish")
+        decision.messaging(),
+        (Some("redis"), Some("publish"), Some(approvals.as_str()))
     );
 
     let decided = traced_entries(&conn, &approvals)

@@ -137,3 +137,38 @@ pub fn alert(n: usize) -> serde_json::Value {
         "timestamp": chrono::Utc::now(),
     })
 }
+
+/// A pending approval document, as the agents write it, expiring in `expires_in`.
+pub fn approval(id: uuid::Uuid, expires_in: chrono::Duration) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "action": "Isolate workstation-042 from network",
+        "case_id": "case-1",
+        "risk_level": "high",
+        "status": "pending",
+        "requested_by": "incident_responder",
+        "context": {"reason": "Active C2 beacon", "affected_users": 3, "confidence": 0.87},
+        "requested_at": chrono::Utc::now(),
+        "expires_at": chrono::Utc::now() + expires_in,
+        "x_custom": "kept",
+    })
+}
+
+/// The approval's status as the gateway keeps it.
+pub async fn state(names: &Names, id: uuid::Uuid) -> Option<String> {
+    let mut conn = redis(REDIS_URL).await;
+    redis::cmd("HGET")
+        .arg(names.state_key("ws-gateway", &format!("approval:{id}")))
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until the gateway keeps the approval at `want`.
+pub async fn wait_state(names: &Names, id: uuid::Uuid, want: &str) {
+    aurora_testkit::wait_until(WAIT, &format!("approval {id} {want}"), || async {
+        (state(names, id).await.as_deref() == Some(want)).then_some(())
+    })
+    .await;
+}
