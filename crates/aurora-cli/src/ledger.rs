@@ -1,7 +1,8 @@
 //! `aurora ledger`: for a window of time, every stream of the namespace and each of its
 //! consumer groups: what was written, handled, dead-lettered, dropped by a limit, what is in
-//! flight, and every difference named; and what the federation stream's limits dropped before
-//! a site imported it (aurora_core::ledger).
+//! flight, and every difference named; what the federation stream's limits dropped before a
+//! site imported it; and what the MQTT broker says its queue limits dropped
+//! (aurora_core::ledger).
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use clap::Args;
 
 use aurora_core::config::parse_duration;
-use aurora_core::ledger::{self, GroupLedger, JetStreamLoss, Window};
+use aurora_core::ledger::{self, BrokerLoss, GroupLedger, JetStreamLoss, Window};
 
 use crate::Ctx;
 
@@ -56,10 +57,12 @@ pub async fn run(ctx: &Ctx, args: LedgerArgs) -> Result<()> {
     let jetstream =
         ledger::jetstream_losses(&conn, &ctx.names.ledger_jetstream(&stream), &stream, window)
             .await?;
+    let broker = ledger::broker_losses(&conn, &ctx.names.ledger_mqtt(), window).await?;
     let findings: Vec<String> = rows
         .iter()
         .flat_map(GroupLedger::findings)
         .chain(jetstream.iter().map(JetStreamLoss::finding))
+        .chain(broker.iter().map(BrokerLoss::finding))
         .collect();
     if args.json {
         let doc = serde_json::json!({
@@ -67,6 +70,7 @@ pub async fn run(ctx: &Ctx, args: LedgerArgs) -> Result<()> {
             "to": minute(window.to),
             "rows": rows,
             "jetstream": jetstream,
+            "mqtt_broker": broker,
             "findings": findings,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -113,7 +117,7 @@ fn print(rows: &[GroupLedger], window: Window, findings: &[String]) {
     }
     if findings.is_empty() {
         println!(
-            "every entry written in the window is handled, dead-lettered or in flight; no federated message was dropped unimported"
+            "every entry written in the window is handled, dead-lettered or in flight; no federated message was dropped unimported; the MQTT broker reported no drop"
         );
     } else {
         for f in findings {

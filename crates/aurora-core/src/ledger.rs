@@ -779,6 +779,24 @@ pub async fn jetstream_losses(
     stream: &str,
     window: Window,
 ) -> Result<Vec<JetStreamLoss>, BusError> {
+    Ok(dropped_by(conn, base, window)
+        .await?
+        .into_iter()
+        .map(|(consumer, dropped)| JetStreamLoss {
+            stream: stream.to_string(),
+            consumer,
+            dropped,
+        })
+        .collect())
+}
+
+/// The `dropped:<who>` counts of the bucket hashes under `base` over `window`, summed per
+/// `<who>`; zeros left out.
+async fn dropped_by(
+    conn: &Conn,
+    base: &str,
+    window: Window,
+) -> Result<BTreeMap<String, i64>, BusError> {
     let mut pipe = redis::pipe();
     for bucket in window.from..window.to {
         pipe.hgetall(format!("{base}:{bucket}"));
@@ -788,22 +806,102 @@ pub async fn jetstream_losses(
         .query_async(&mut c)
         .await
         .map_err(BusError::command("HGETALL", base))?;
-    let mut per_consumer: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per: BTreeMap<String, i64> = BTreeMap::new();
     for h in hashes {
         for (field, n) in h {
-            if let Some(consumer) = field.strip_prefix("dropped:") {
-                *per_consumer.entry(consumer.to_string()).or_default() += n;
+            if let Some(who) = field.strip_prefix("dropped:") {
+                *per.entry(who.to_string()).or_default() += n;
             }
         }
     }
-    Ok(per_consumer
+    per.retain(|_, n| *n != 0);
+    Ok(per)
+}
+
+/// Records what an MQTT broker's own count of dropped messages (Mosquitto's
+/// `$SYS/broker/publish/messages/dropped`: messages it dropped because a client's queue was
+/// full) says is new, once whichever replica reports it. The highest count seen per broker
+/// ARGV[1] is kept in hash KEYS[1]; the first count ever seen is only a baseline (drops
+/// before it are not this install's to name). ARGV[2] is the count now, ARGV[3] the count the
+/// reporting replica saw before ('' for none): a count lower than both is the broker's
+/// restart, whose drops since count whole; a count lower than another replica's last is late
+/// news and counts nothing. What is new goes to `dropped:<broker>` in bucket hash KEYS[2].
+/// Returns what was new.
+const BROKER_DROPPED: &str = r"
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+local now = tonumber(ARGV[2])
+local own = tonumber(ARGV[3])
+redis.call('EXPIRE', KEYS[1], 691200)
+if not held then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 0
+end
+held = tonumber(held)
+local new = 0
+if own and now < own and now < held then
+  new = now
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+elseif now > held then
+  new = now - held
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+if new > 0 then
+  redis.call('HINCRBY', KEYS[2], 'dropped:' .. ARGV[1], new)
+  redis.call('EXPIRE', KEYS[2], 691200)
+end
+return new
+";
+
+/// Counts, under `base` (`Names::ledger_mqtt`), what `broker`'s drop count `total` says it
+/// dropped since it was last looked at (see [`BROKER_DROPPED`]); `seen_before` is the count
+/// this replica reported last. Idempotent across replicas. Returns how many were new.
+pub async fn record_broker_dropped(
+    conn: &Conn,
+    base: &str,
+    broker: &str,
+    total: u64,
+    seen_before: Option<u64>,
+) -> Result<u64, BusError> {
+    let bucket = bucket_of_ms(now_ms());
+    let mut conn = conn.clone();
+    redis::Script::new(BROKER_DROPPED)
+        .key(format!("{base}:counted"))
+        .key(format!("{base}:{bucket}"))
+        .arg(broker)
+        .arg(total)
+        .arg(seen_before.map(|n| n.to_string()).unwrap_or_default())
+        .invoke_async(&mut conn)
+        .await
+        .map_err(BusError::command("ledger broker", base))
+}
+
+/// What an MQTT broker dropped by its queue limits over a window (counted when found, in
+/// that minute), by its own count: every client's queue, the bridge's among them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BrokerLoss {
+    pub broker: String,
+    pub dropped: i64,
+}
+
+impl BrokerLoss {
+    pub fn finding(&self) -> String {
+        format!(
+            "MQTT broker {}: {} messages dropped by its queue limits (the broker's own count, for all its clients: device messages queued for the bridge among them)",
+            self.broker, self.dropped
+        )
+    }
+}
+
+/// The broker losses recorded under `base` over `window`, per broker.
+pub async fn broker_losses(
+    conn: &Conn,
+    base: &str,
+    window: Window,
+) -> Result<Vec<BrokerLoss>, BusError> {
+    Ok(dropped_by(conn, base, window)
+        .await?
         .into_iter()
-        .filter(|(_, n)| *n != 0)
-        .map(|(consumer, dropped)| JetStreamLoss {
-            stream: stream.to_string(),
-            consumer,
-            dropped,
-        })
+        .map(|(broker, dropped)| BrokerLoss { broker, dropped })
         .collect())
 }
 

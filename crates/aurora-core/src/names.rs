@@ -355,6 +355,11 @@ impl Names {
     pub fn ledger_jetstream(&self, stream: &str) -> String {
         self.key(&format!("ledger:jetstream:{stream}"))
     }
+    /// Where the loss ledger keeps what the MQTT broker says it dropped by its queue limits
+    /// (`aurora_core::ledger::record_broker_dropped`): `aurora:ledger:mqtt`.
+    pub fn ledger_mqtt(&self) -> String {
+        self.key("ledger:mqtt")
+    }
 }
 
 /// Makes any string a single safe NATS subject token: characters outside

@@ -32,7 +32,7 @@ use aurora_core::retry::Backoff;
 use aurora_core::trace::{self, TraceContext};
 use aurora_core::Names;
 use chrono::{DateTime, Utc};
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
@@ -146,6 +146,8 @@ pub struct Downlink {
     /// What the consumer waits for after a failed batch (Redis, the commands stream).
     pub dependencies: Dependencies,
     pub readiness: Readiness,
+    /// Where the broker's drop count goes ([`crate::broker_drops`]).
+    pub broker_dropped: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 /// Which publish each PUBACK answers. Publishes leave rumqttc in the order they were
@@ -184,9 +186,13 @@ impl Downlink {
         let done = CancellationToken::new();
         let connection = poll_connection(
             eventloop,
-            acks.clone(),
-            self.readiness.clone(),
-            self.cfg.broker_limit.clone(),
+            Connection {
+                acks: acks.clone(),
+                readiness: self.readiness.clone(),
+                broker_limit: self.cfg.broker_limit.clone(),
+                client: client.clone(),
+                broker_dropped: self.broker_dropped.clone(),
+            },
             done.clone(),
         );
         let consumer = async move {
@@ -254,14 +260,27 @@ impl Downlink {
     }
 }
 
-async fn poll_connection(
-    mut eventloop: EventLoop,
+/// What the downlink's connection serves besides the event loop.
+struct Connection {
     acks: SharedAcks,
     readiness: Readiness,
     broker_limit: crate::link::BrokerLimit,
-    done: CancellationToken,
-) {
+    /// To subscribe to the broker's drop count at each connection.
+    client: AsyncClient,
+    /// The latest drop count the broker published ([`crate::broker_drops`]).
+    broker_dropped: tokio::sync::watch::Sender<Option<u64>>,
+}
+
+async fn poll_connection(mut eventloop: EventLoop, c: Connection, done: CancellationToken) {
+    let Connection {
+        acks,
+        readiness,
+        broker_limit,
+        client,
+        broker_dropped,
+    } = c;
     let mut backoff = Backoff::default();
+    let mut told_unreadable = false;
     loop {
         let event = tokio::select! {
             ev = eventloop.poll() => ev,
@@ -271,6 +290,11 @@ async fn poll_connection(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 // The same broker as the uplink's: what it takes, for the size check.
                 broker_limit.set(ack.properties.and_then(|p| p.max_packet_size));
+                // A clean session: subscribed again at each connection (QoS 0, the
+                // broker sends the count it holds at once).
+                if let Err(e) = client.try_subscribe(crate::broker_drops::TOPIC, QoS::AtMostOnce) {
+                    tracing::warn!(error = %e, "cannot subscribe to the broker's drop count");
+                }
                 backoff.reset();
                 t::connected(BrokerLink::Downlink);
                 readiness.set_ready(MQTT_DOWNLINK);
@@ -284,6 +308,26 @@ async fn poll_connection(
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
                 if let Some(waiter) = lock(&acks).by_pkid.remove(&ack.pkid) {
                     let _ = waiter.send(ack.reason);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == crate::broker_drops::TOPIC => {
+                match crate::broker_drops::parse(&p.payload) {
+                    Some(count) => {
+                        broker_dropped.send_replace(Some(count));
+                    }
+                    None => {
+                        tracing::debug!(payload = %String::from_utf8_lossy(&p.payload), "not a drop count")
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| !matches!(c, SubscribeReasonCode::Success(_)));
+                if refused && !told_unreadable {
+                    told_unreadable = true;
+                    tracing::warn!(topic = crate::broker_drops::TOPIC, reasons = ?ack.return_codes, "the broker does not let the bridge read its drop count: what its queue limits drop is not in the loss ledger");
                 }
             }
             Ok(_) => {}

@@ -18,6 +18,7 @@
 //! readiness, the drain on shutdown).
 
 pub mod acks;
+pub mod broker_drops;
 pub mod config;
 pub mod decode;
 pub mod downlink;
@@ -271,6 +272,16 @@ impl Service for MqttBridge {
         running.spawn(replicas::hold_lease(lease, own, ctx.abort.clone()));
         running.spawn(adopter.run(ctx.shutdown.clone(), ctx.abort.clone()));
 
+        // What the broker drops by its queue limits: counts read on the downlink's connection,
+        // taken to the loss ledger.
+        let (broker_dropped, counts) = tokio::sync::watch::channel(None);
+        running.spawn(broker_drops::record(
+            counts,
+            producer.conn(),
+            self.names.ledger_mqtt(),
+            self.mqtt.broker_name(),
+            ctx.shutdown.clone(),
+        ));
         let (down_client, down_loop) = AsyncClient::new(down_opts, 64);
         let downlink = downlink::Downlink {
             cfg: downlink::DownlinkConfig {
@@ -288,6 +299,7 @@ impl Service for MqttBridge {
             producer,
             dependencies,
             readiness: ctx.readiness.clone(),
+            broker_dropped,
         };
         let (connection, consumer) = downlink.tasks(
             down_client,

@@ -104,6 +104,14 @@ impl MqttSettings {
         })
     }
 
+    /// `host:port` of the broker (the URL as given when it does not parse): its name in the
+    /// loss ledger.
+    pub fn broker_name(&self) -> String {
+        Endpoint::parse(&self.url)
+            .map(|e| format!("{}:{}", e.host, e.port))
+            .unwrap_or_else(|_| self.url.clone())
+    }
+
     /// User name and password, when configured; a password without a user is an error.
     fn credentials(&self) -> Result<Option<(String, String)>, ConfigError> {
         match (&self.username, &self.password) {

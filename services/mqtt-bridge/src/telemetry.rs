@@ -51,6 +51,10 @@ pub const IGNORED: &str = "aurora_mqtt_bridge_ignored_total";
 /// Gone replicas' sessions taken over, by `outcome` (handed_back, returned, interrupted).
 pub const ADOPTIONS: &str = "aurora_mqtt_bridge_adoptions_total";
 
+/// Messages the broker dropped by its queue limits, by its own count, as this replica found
+/// them new (each drop is counted by one replica: the sum over replicas is the ledger's).
+pub const BROKER_DROPPED: &str = "aurora_mqtt_bridge_broker_dropped_total";
+
 /// Which of the bridge's broker connections (the `link` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerLink {
@@ -135,6 +139,11 @@ pub fn dead_letter(reason: &'static str) {
 /// One device message acknowledged without being bridged, for `reason`.
 pub fn ignored(reason: &'static str) {
     metrics::counter!(IGNORED, "reason" => reason).increment(1);
+}
+
+/// `n` messages the broker dropped, new in the ledger.
+pub fn broker_dropped(n: u64) {
+    metrics::counter!(BROKER_DROPPED).increment(n);
 }
 
 /// `n` `device.seen` records written.
