@@ -4,18 +4,22 @@
 //! binaries as processes and waits for their readiness, reads the ops ports and Redis, and
 //! deletes what a namespace left. What only the benchmarks need is here: the release
 //! binaries, polling at a measurement's own resolution, services launched in this process,
-//! the arithmetic of the figures (percentiles, the median round, rounding), readings of
+//! the arithmetic of the figures (percentiles, the median round, rounding), the figure of
+//! the rounds that measure the cost of tracing and the trace contexts they send, readings of
 //! `/proc`, and the results file.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use aurora_core::ops::Readiness;
 use aurora_core::service::{launch, LaunchOptions, Launched, Service, Stopped};
+use aurora_core::trace::{Sampler, TraceContext};
 use tokio_util::sync::CancellationToken;
 
 // ---- results ----------------------------------------------------------------------------
@@ -128,6 +132,109 @@ pub fn median_by<T>(items: &[T], key: impl Fn(&T) -> f64) -> Option<&T> {
 pub fn round_to(x: f64, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
     (x * scale).round() / scale
+}
+
+// ---- the cost of tracing ------------------------------------------------------------------
+
+/// The sampling ratio of the traced rounds (`OTEL_TRACES_SAMPLER_ARG`): tracing at 1%.
+pub const TRACE_SAMPLING: &str = "0.01";
+
+/// The traced rounds' target: at least this share of the untraced rounds' throughput (1%
+/// sampling costs at most 3%).
+pub const TRACE_TARGET_RATIO: f64 = 0.97;
+
+/// The figure of pairs of rounds, one untraced and one traced each: the median of the pairs'
+/// traced/untraced ratios (of an even count, the upper one) and their spread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceCost {
+    pub pairs: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl TraceCost {
+    /// `None` when there is no pair.
+    pub fn of(ratios: &[f64]) -> Option<Self> {
+        let median = *median_by(ratios, |r| *r)?;
+        Some(Self {
+            pairs: ratios.len(),
+            median,
+            min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
+
+    /// The traced rounds at least [`TRACE_TARGET_RATIO`] of the untraced.
+    pub fn met(&self) -> bool {
+        self.median >= TRACE_TARGET_RATIO
+    }
+
+    /// The line a benchmark prints.
+    pub fn line(&self) -> String {
+        format!(
+            "tracing at 1%: traced/untraced {:.3} (median of {} pairs; {:.3} to {:.3}), cost {:.1}%; target (cost at most 3%) {}",
+            self.median,
+            self.pairs,
+            self.min,
+            self.max,
+            100.0 * (1.0 - self.median),
+            if self.met() { "met" } else { "NOT met" }
+        )
+    }
+
+    /// The figure's fields of a result (`ratio_median`, `ratio_min`, `ratio_max`, `target`,
+    /// `met`).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ratio_median": round_to(self.median, 3),
+            "ratio_min": round_to(self.min, 3),
+            "ratio_max": round_to(self.max, 3),
+            "target": "the traced rounds at least 97% of the untraced (1% sampling costs at most 3%)",
+            "met": self.met(),
+        })
+    }
+}
+
+/// The trace context a traced writer upstream leaves on a message it starts: a new trace,
+/// sampled as `sampler` decides for a root (the trace-id ratio rule every hop applies alike,
+/// so a parent-based hop downstream keeps the decision).
+pub fn upstream_trace(sampler: &Sampler) -> TraceContext {
+    let trace_id = loop {
+        let id = (u128::from(random_u64()) << 64) | u128::from(random_u64());
+        if id != 0 {
+            break id;
+        }
+    };
+    let span_id = random_u64().max(1);
+    let flags = if sampler.sampled(None, trace_id) {
+        "01"
+    } else {
+        "00"
+    };
+    TraceContext {
+        traceparent: format!("00-{trace_id:032x}-{span_id:016x}-{flags}"),
+        tracestate: None,
+    }
+}
+
+/// SplitMix64 from a seed of the clock and the process id: ids for generated trace contexts,
+/// without a dependency for them.
+fn random_u64() -> u64 {
+    static STATE: OnceLock<AtomicU64> = OnceLock::new();
+    let state = STATE.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        AtomicU64::new(nanos ^ (u64::from(std::process::id()) << 32))
+    });
+    let mut z = state
+        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 // ---- /proc ------------------------------------------------------------------------------
@@ -254,6 +361,30 @@ mod tests {
         assert_eq!(round_to(0.94567, 3), 0.946);
         assert_eq!(round_to(23.34, 1), 23.3);
         assert_eq!(round_to(97405.4, 0), 97405.0);
+    }
+
+    #[test]
+    fn the_trace_cost_is_the_median_pair_with_its_spread() {
+        let cost = TraceCost::of(&[0.99, 0.95, 1.01]).expect("three pairs");
+        assert_eq!((cost.median, cost.min, cost.max), (0.99, 0.95, 1.01));
+        assert!(cost.met());
+        assert!(!TraceCost::of(&[0.9, 0.96]).expect("two pairs").met());
+        assert!(TraceCost::of(&[]).is_none());
+    }
+
+    #[test]
+    fn upstream_traces_are_well_formed_and_sampled_at_the_ratio() {
+        let sampler = Sampler::parse("parentbased_traceidratio", Some(TRACE_SAMPLING))
+            .expect("a known sampler");
+        let traces: Vec<TraceContext> = (0..100_000).map(|_| upstream_trace(&sampler)).collect();
+        assert!(traces
+            .iter()
+            .all(|t| TraceContext::parse(&t.traceparent, None).as_ref() == Some(t)));
+        let sampled = traces.iter().filter(|t| t.sampled()).count();
+        assert!(
+            (700..1300).contains(&sampled),
+            "{sampled} of 100,000 sampled"
+        );
     }
 
     #[test]

@@ -2,19 +2,37 @@
 //! N attestations verified, by the real service against the real PostgreSQL and Redis; and,
 //! in the same run, the ceiling: the same batch upsert statement run directly against
 //! PostgreSQL. Writes bench/results/registry.json.
+//!
+//! With `AURORA_BENCH_TRACE=1`, the cost of tracing at 1% sampling on the registration rate.
+//! Tracing is set up once per process, so these rounds run the release binary
+//! `device-registry` as a child process (the bench's configuration as flags), untraced and
+//! traced alike. Pairs of rounds (`BENCH_REGISTRY_TRACE_PAIRS`, default 5), each a fresh
+//! service taking `BENCH_REGISTRY_TRACE_N` new devices (default 50,000, ids of the round's
+//! own; the devices table and the streams emptied before each round) written to the stream
+//! once it is ready: one untraced, one exporting spans over OTLP/HTTP to a receiver in this
+//! process (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.01`),
+//! the order swapped every pair. Every sighting carries a `traceparent`, as a traced bridge
+//! sampling at 1% writes it (about 1% flagged sampled; the registry's parent-based sampler
+//! follows the flag), in both kinds of round. The figure is the median of the pairs'
+//! traced/untraced ratios of devices per second, with their spread.
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use aurora_bench::{env_or, poll_until, InProcess};
+use anyhow::{bail, Context as _};
+use aurora_bench::{
+    cpu_secs, env_or, poll_until, round_to, upstream_trace, InProcess, TraceCost, TRACE_SAMPLING,
+};
 use aurora_core::auth::Verifier;
 use aurora_core::bus::{self, Producer};
 use aurora_core::model::{to_bytes, AttestationReport, DeviceCommand, DeviceSeen, Extra};
 use aurora_core::names::DeviceTopicKind;
 use aurora_core::service::{LaunchOptions, Stopped};
+use aurora_core::trace::{Sampler, TraceContext};
 use aurora_core::Names;
 use aurora_testkit::cleanup::Cleanup;
 use aurora_testkit::db::TestDb;
+use aurora_testkit::otlp::OtlpReceiver;
+use aurora_testkit::process::{Site, Svc};
 use aurora_testkit::redis::xlen;
 use aurora_testkit::{NATS_URL, REDIS_URL};
 use base64::Engine;
@@ -33,6 +51,9 @@ const TARGET_ATTESTATIONS: f64 = 5_000.0;
 /// `count(*)` over the devices every 20 ms took a real share of the two cores away from the
 /// service it measures, so PostgreSQL is asked only once the streams say done).
 const POLL: Duration = Duration::from_millis(20);
+/// The same in the trace rounds, whose end is seen on the streams alone (XLEN): a round of
+/// 50,000 devices lasts under two seconds.
+const TRACE_POLL: Duration = Duration::from_millis(5);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -84,8 +105,19 @@ async fn wait_streams(
     n: usize,
     timeout: Duration,
 ) -> anyhow::Result<Instant> {
+    wait_streams_every(POLL, conn, streams, n, timeout).await
+}
+
+/// As [`wait_streams`], polling every `every`.
+async fn wait_streams_every(
+    every: Duration,
+    conn: &bus::Conn,
+    streams: &[String],
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
     poll_until(
-        POLL,
+        every,
         timeout,
         &format!("{n} entries in {streams:?}"),
         || {
@@ -324,6 +356,13 @@ async fn run(
         .filter(|(vk, s)| vk.verify_strict(&msg, s).is_ok())
         .count();
     let verify_rate = ok as f64 / started.elapsed().as_secs_f64();
+    let traced = match std::env::var("AURORA_BENCH_TRACE").as_deref() {
+        Ok("1") => {
+            println!("tracing at 1% sampling: pairs of registration rounds of the release binary, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
+            Some(trace_rounds(batch, names, db_url, &pool, &redis).await?)
+        }
+        _ => None,
+    };
     pool.close().await;
 
     let met = reg_rate >= TARGET_DEVICES && att_rate >= TARGET_ATTESTATIONS && untrusted == 0;
@@ -331,7 +370,7 @@ async fn run(
         "target >= {TARGET_DEVICES} devices/s and >= {TARGET_ATTESTATIONS} attestations/s: {}",
         if met { "met" } else { "NOT met" }
     );
-    Ok(json!({
+    let mut report = json!({
         "bench": "registry",
         "service": "device-registry",
         "figure": {"name": "new devices registered per second through the stream", "value": reg_rate.round(), "unit": "devices/s"},
@@ -358,5 +397,238 @@ async fn run(
         },
         "command": "make bench-registry",
         "measured_at": aurora_bench::measured_at(),
-    }))
+    });
+    if let Some(traced) = traced {
+        report["details"]["trace_sampling_rounds"] = traced;
+    }
+    Ok(report)
+}
+
+/// What one registration round of the trace pairs measured.
+struct RegistrationRound {
+    devices: usize,
+    /// From the first sighting written to the last device's records on the bus.
+    seconds: f64,
+    rate: f64,
+    /// CPU seconds the service used in that time.
+    service_cpu_s: f64,
+    exit_ok: bool,
+}
+
+/// The sightings of `public_keys.len()` new devices named `<prefix><i>`, each with the trace
+/// context a bridge sampling by `sampler` leaves on it.
+fn traced_sightings(
+    stream: &str,
+    prefix: &str,
+    public_keys: &[String],
+    sampler: &Sampler,
+) -> Vec<(String, Vec<u8>, Option<TraceContext>)> {
+    public_keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let mut metadata = Extra::new();
+            metadata.insert("model".into(), json!(MODEL));
+            metadata.insert("firmware_version".into(), json!(VERSION));
+            metadata.insert("public_key".into(), json!(key));
+            let seen = DeviceSeen {
+                event: DeviceSeen::EVENT.into(),
+                device_id: format!("{prefix}{i:07}"),
+                message_type: DeviceTopicKind::Telemetry,
+                metadata,
+                seen_at: Utc::now(),
+                extra: Extra::new(),
+            };
+            (
+                stream.to_string(),
+                to_bytes(&seen),
+                Some(upstream_trace(sampler)),
+            )
+        })
+        .collect()
+}
+
+/// One round of the trace pairs: the devices table and the streams emptied, a fresh service
+/// of `site` (the release binary) started and ready, then `sightings` written to the stream;
+/// timed from the first write until the records of every device are on the bus (then every
+/// entry acknowledged and the outbox empty, untimed), then SIGTERM (the exporter flushes as
+/// it stops).
+async fn registration_round(
+    site: &Site,
+    flags: &[(&str, &str)],
+    names: &Names,
+    pool: &sqlx::PgPool,
+    redis: &bus::Conn,
+    sightings: &[(String, Vec<u8>, Option<TraceContext>)],
+) -> anyhow::Result<RegistrationRound> {
+    let n = sightings.len();
+    let reg_stream = names.cps_registrations();
+    let mut conn = redis.clone();
+    for stream in [&reg_stream, &names.cps_devices(), &names.cps_commands()] {
+        let _: () = redis::cmd("DEL").arg(stream).query_async(&mut conn).await?;
+    }
+    sqlx::query("TRUNCATE devices, registration_outbox CASCADE")
+        .execute(pool)
+        .await?;
+    let mut service = site.start(Svc::DeviceRegistry, flags).await;
+    let pid = service.pid().context("the registry is running")?;
+    let producer = Producer::new(redis.clone(), 10_000_000);
+    let cpu_start = cpu_secs(pid).unwrap_or(f64::NAN);
+    let started = Instant::now();
+    for chunk in sightings.chunks(5000) {
+        producer.publish_batch_traced(chunk).await?;
+    }
+    let done = wait_streams_every(
+        TRACE_POLL,
+        redis,
+        &[names.cps_devices(), names.cps_commands()],
+        n,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let service_cpu_s = cpu_secs(pid).unwrap_or(f64::NAN) - cpu_start;
+    let seconds = done.duration_since(started).as_secs_f64();
+    wait_group_done(redis, &reg_stream, n, Duration::from_secs(60)).await?;
+    let sql = "SELECT count(*) FROM devices d WHERE NOT EXISTS (SELECT 1 FROM registration_outbox)";
+    poll_until(POLL, Duration::from_secs(60), sql, || async move {
+        let c: i64 = sqlx::query_scalar(sql).fetch_one(pool).await?;
+        Ok(c as usize >= n)
+    })
+    .await?;
+    let exit_ok = service.terminate().await.success();
+    Ok(RegistrationRound {
+        devices: n,
+        seconds,
+        rate: n as f64 / seconds.max(1e-6),
+        service_cpu_s,
+        exit_ok,
+    })
+}
+
+/// Pairs of registration rounds, each with a service of its own (the release binary, a child
+/// process): untraced, and exporting its spans to an OTLP receiver with 1% of traces sampled;
+/// the order swaps every pair (the machine's load drifts). Each pair's ratio is
+/// traced/untraced devices per second; the median pair is the figure.
+async fn trace_rounds(
+    batch: usize,
+    names: &Names,
+    db_url: &str,
+    pool: &sqlx::PgPool,
+    redis: &bus::Conn,
+) -> anyhow::Result<serde_json::Value> {
+    let bin = aurora_bench::release_binary(Svc::DeviceRegistry.name())?;
+    let receiver = OtlpReceiver::start().await;
+    let mut site = Site::new(names, "site-a", 0).with_binary(Svc::DeviceRegistry, &bin);
+    site.redis_url = REDIS_URL.to_string();
+    site.database_url = Some(db_url.to_string());
+    // The spans are `info` and the service's `RUST_LOG` filters them as it filters its logs:
+    // `warn` alone would leave nothing to export. Both kinds of round get the same filter (an
+    // untraced service makes no span).
+    let log = std::env::var("AURORA_BENCH_REGISTRY_LOG").unwrap_or_else(|_| "warn".into());
+    site.log_filter = format!("{log},aurora_core::trace=info");
+    let untraced_site = site.clone();
+    let mut traced_site = site;
+    traced_site.extra_env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
+        (
+            "OTEL_TRACES_SAMPLER".into(),
+            "parentbased_traceidratio".into(),
+        ),
+        ("OTEL_TRACES_SAMPLER_ARG".into(), TRACE_SAMPLING.into()),
+    ];
+    // The in-process configuration of the rounds above, as flags (the harness's shorter
+    // intervals for tests overridden).
+    let local = config(names, db_url, batch)?;
+    let owned: Vec<(&str, String)> = vec![
+        ("batch-size", batch.to_string()),
+        (
+            "registration-workers",
+            local.registration_workers.to_string(),
+        ),
+        ("attestation-workers", local.attestation_workers.to_string()),
+        ("sweep-interval", "1s".into()),
+        ("resend-after", "120s".into()),
+        ("attestation-timeout", "3600s".into()),
+        ("claim-idle", "30s".into()),
+    ];
+    let flags: Vec<(&str, &str)> = owned.iter().map(|(f, v)| (*f, v.as_str())).collect();
+    let sampler = Sampler::parse("parentbased_traceidratio", Some(TRACE_SAMPLING))
+        .context("the sampler of the sightings' contexts")?;
+    let pairs = env_or("BENCH_REGISTRY_TRACE_PAIRS", 5usize)?.max(1);
+    let n = env_or("BENCH_REGISTRY_TRACE_N", 50_000usize)?.max(1);
+    let public_keys: Vec<String> = (0..n)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            seed[8] = 0xb6;
+            base64::engine::general_purpose::STANDARD
+                .encode(SigningKey::from_bytes(&seed).verifying_key().as_bytes())
+        })
+        .collect();
+    let reg_stream = names.cps_registrations();
+    let mut rounds = Vec::with_capacity(2 * pairs);
+    let mut ratios = Vec::with_capacity(pairs);
+    for pair in 0..pairs {
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut rates = [0.0f64; 2];
+        for traced in order {
+            let which = if traced { &traced_site } else { &untraced_site };
+            let label = if traced { "traced" } else { "untraced" };
+            // Devices of the round's own: new to the registry, as in every round.
+            let prefix = format!("tr{pair}{}-dev-", &label[..1]);
+            let sightings = traced_sightings(&reg_stream, &prefix, &public_keys, &sampler);
+            let spans_before = receiver.spans().len();
+            let r = registration_round(which, &flags, names, pool, redis, &sightings).await?;
+            // What the last batches exported as the service stopped.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let spans = receiver.spans().len().saturating_sub(spans_before);
+            if traced && spans == 0 {
+                bail!("the traced registry exported no span: the round measured nothing");
+            }
+            println!(
+                "  pair {}, {label}: {:.0} new devices/s ({} in {:.3} s), service CPU {:.2} s, exit {}, spans received {spans}",
+                pair + 1,
+                r.rate,
+                r.devices,
+                r.seconds,
+                r.service_cpu_s,
+                if r.exit_ok { "0" } else { "not 0" }
+            );
+            rates[usize::from(traced)] = r.rate;
+            rounds.push(json!({
+                "pair": pair + 1,
+                "traced": traced,
+                "devices_per_second": r.rate.round(),
+                "devices": r.devices,
+                "seconds": round_to(r.seconds, 3),
+                "service_cpu_seconds": round_to(r.service_cpu_s, 2),
+                "exit_ok": r.exit_ok,
+                "spans_received": spans,
+            }));
+        }
+        let ratio = rates[1] / rates[0];
+        println!("  pair {}: traced/untraced {ratio:.3}", pair + 1);
+        ratios.push(ratio);
+    }
+    let cost = TraceCost::of(&ratios).context("no pair measured")?;
+    println!("{}", cost.line());
+    let mut out = json!({
+        "what": format!("pairs of registration rounds, each with a fresh device-registry (the release binary as a child process, --batch-size {batch}, --registration-workers {}, the other flags as the in-process rounds' configuration) taking {n} new devices (ids of the round's own; the devices table and the streams emptied first) written to the stream once it is ready: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", local.registration_workers),
+        "sightings_carry": "a traceparent each, in both kinds of round, as a traced bridge sampling at 1% writes it: a new trace per sighting, flagged sampled for about 1% of them by the trace-id ratio rule; the registry's parent-based sampler follows the flag, so about 1% of the entries make spans",
+        "sampler": "parentbased_traceidratio",
+        "sampler_arg": TRACE_SAMPLING,
+        "devices_per_round": n,
+        "timed": "from the first sighting written (the service ready) until the devices and commands streams hold a record for every device (XLEN polled every 5 ms); every entry acknowledged and the outbox empty checked after, untimed",
+        "rounds": rounds,
+        "pair_ratios": ratios.iter().map(|r| round_to(*r, 3)).collect::<Vec<_>>(),
+        "ratio_is": "new devices per second through the stream, traced over untraced of the same pair",
+    });
+    if let (Some(out), serde_json::Value::Object(figure)) = (out.as_object_mut(), cost.json()) {
+        out.extend(figure);
+    }
+    Ok(out)
 }

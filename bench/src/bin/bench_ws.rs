@@ -4,6 +4,16 @@
 //! 2. a fixed rate of 200 messages per second on each channel: deliveries per second and the
 //!    latency from XADD to client receipt (p50, p99, max), and clients that missed anything;
 //! 3. as fast as possible: deliveries per second.
+//! 4. With `AURORA_BENCH_TRACE=1`: the cost of tracing at 1% sampling on that figure. Pairs
+//!    of rounds (`BENCH_WS_TRACE_PAIRS`, default 5), each a fresh gateway with its 1,500 clients
+//!    taking a burst of `BENCH_WS_TRACE_BURST` entries on each channel (default 10,000) as fast
+//!    as possible: one untraced, one exporting spans over OTLP/HTTP to a receiver in this
+//!    process (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.01`),
+//!    the order swapped every pair. Every entry carries a `traceparent`, as a traced writer
+//!    sampling at 1% leaves it (a new trace each, about 1% flagged sampled by the trace-id
+//!    ratio rule; the gateway's parent-based sampler follows the flag), in both kinds of round.
+//!    The figure is the median of the pairs' traced/untraced ratios of deliveries per second,
+//!    with their spread; the gateway's CPU per entry is compared beside it.
 //!
 //! The clients, Redis and the gateway share the machine's cores: the figures are a floor.
 //! Writes bench/results/ws.json.
@@ -14,12 +24,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aurora_bench::{cpu_secs, now_us, percentile, poll_until, proc_status_kib};
+use aurora_bench::{
+    cpu_secs, env_or, now_us, percentile, poll_until, proc_status_kib, round_to, upstream_trace,
+    TraceCost, TRACE_SAMPLING,
+};
 use aurora_core::auth::Permission;
 use aurora_core::bus::{self, Producer};
 use aurora_core::names::Channel;
+use aurora_core::trace::Sampler;
 use aurora_testkit::cleanup::Cleanup;
 use aurora_testkit::ops::Ops;
+use aurora_testkit::otlp::OtlpReceiver;
 use aurora_testkit::process::{service_env, Service, Site, Svc};
 use aurora_testkit::{free_port, NATS_URL, REDIS_URL};
 use futures::StreamExt;
@@ -30,6 +45,9 @@ const CLIENTS_PER_CHANNEL: usize = 500;
 const RATE_PER_CHANNEL: u64 = 200;
 const FIXED_SECONDS: u64 = 10;
 const BURST_PER_CHANNEL: u64 = 3_000;
+/// The burst of each round of the trace pairs, per channel (`BENCH_WS_TRACE_BURST`): longer
+/// than the bench's own, so that a round lasts seconds rather than one.
+const TRACE_BURST_PER_CHANNEL: u64 = 10_000;
 /// Each bench client's read buffer.
 const CLIENT_READ_BUFFER: usize = 16 * 1024;
 const TARGET_DELIVERIES: f64 = 300_000.0;
@@ -240,22 +258,8 @@ async fn bench() -> anyhow::Result<()> {
         last_receipt: Default::default(),
         received: Default::default(),
     });
-    let mut clients = Vec::new();
     let connect_start = Instant::now();
-    for (ci, channel) in Channel::ALL.into_iter().enumerate() {
-        for _ in 0..CLIENTS_PER_CHANNEL {
-            let url = format!("ws://{http}{}?token={token}", channel.path());
-            // tungstenite zero-fills its read buffer up to `read_buffer_size` (128 KiB by
-            // default) before every read: with 1,500 clients on the gateway's cores that
-            // memset was a fifth of all CPU. The frames here are a few hundred bytes.
-            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-                .read_buffer_size(CLIENT_READ_BUFFER);
-            let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
-                .await
-                .context("client connect")?;
-            clients.push(tokio::spawn(client(ws, ci, shared.clone())));
-        }
-    }
+    let clients = connect_clients(&http, &token, &shared).await?;
     let connect_secs = connect_start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = rss_kib(pid)?;
@@ -414,7 +418,7 @@ async fn bench() -> anyhow::Result<()> {
         && fixed_rate >= TARGET_DELIVERIES * 0.99
         && burst_rate >= TARGET_DELIVERIES
         && kib_per_conn < TARGET_KIB_PER_CONN;
-    let result = json!({
+    let mut result = json!({
         "bench": "ws",
         "service": "ws-gateway",
         "figure": {"name": "deliveries per second, as fast as possible, 500 clients on each of 3 channels", "value": burst_rate.round(), "unit": "deliveries/s"},
@@ -470,8 +474,257 @@ async fn bench() -> anyhow::Result<()> {
         "measured_at": aurora_bench::measured_at(),
     });
     println!("target met: {met}");
+    if std::env::var("AURORA_BENCH_TRACE").as_deref() == Ok("1") {
+        println!("tracing at 1% sampling: pairs of rounds, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
+        result["details"]["trace_sampling_rounds"] =
+            trace_rounds(&site, &token, &streams, &pad).await?;
+    }
     aurora_bench::write_result("ws", &result)?;
     Ok(())
+}
+
+/// The 500 clients of each channel, connected one after another to the gateway at `http`.
+async fn connect_clients(
+    http: &str,
+    token: &str,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<ClientReport>>> {
+    let mut clients = Vec::with_capacity(CLIENTS_PER_CHANNEL * 3);
+    for (ci, channel) in Channel::ALL.into_iter().enumerate() {
+        for _ in 0..CLIENTS_PER_CHANNEL {
+            let url = format!("ws://{http}{}?token={token}", channel.path());
+            // tungstenite zero-fills its read buffer up to `read_buffer_size` (128 KiB by
+            // default) before every read: with 1,500 clients on the gateway's cores that
+            // memset was a fifth of all CPU. The frames here are a few hundred bytes.
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(CLIENT_READ_BUFFER);
+            let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+                .await
+                .context("client connect")?;
+            clients.push(tokio::spawn(client(ws, ci, shared.clone())));
+        }
+    }
+    Ok(clients)
+}
+
+/// What one round of the trace pairs measured.
+struct BurstRound {
+    /// Entries written to each channel.
+    per_channel: u64,
+    deliveries_expected: u64,
+    deliveries_received: u64,
+    /// From the first write to the last delivery.
+    seconds: f64,
+    publish_seconds: f64,
+    rate: f64,
+    /// CPU seconds the gateway used from the first write to the last delivery.
+    gateway_cpu_s: f64,
+    clients_that_missed_anything: usize,
+    gateway_exit_code: Option<i32>,
+}
+
+impl BurstRound {
+    /// The gateway's CPU per entry it fanned out (to 500 clients each), in microseconds.
+    fn cpu_us_per_entry(&self) -> f64 {
+        self.gateway_cpu_s * 1e6 / (self.per_channel * Channel::ALL.len() as u64) as f64
+    }
+}
+
+/// One round of the trace pairs: a fresh gateway of `site` with its 1,500 clients, a burst of
+/// `per_channel` entries on each channel as fast as possible (each with the trace context a
+/// writer sampling by `sampler` leaves), then SIGTERM (the exporter flushes as it stops).
+async fn burst_round(
+    site: &Site,
+    token: &str,
+    streams: &[String],
+    pad: &str,
+    per_channel: u64,
+    sampler: &Sampler,
+) -> anyhow::Result<BurstRound> {
+    let mut gateway = start_gateway(site).await?;
+    let pid = gateway.pid().context("the gateway is running")?;
+    let http = format!("127.0.0.1:{}", gateway.http_port);
+    let shared = Arc::new(Shared {
+        last_receipt: Default::default(),
+        received: Default::default(),
+    });
+    let clients = connect_clients(&http, token, &shared).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let producer = Producer::new(bus::connect(REDIS_URL).await?, 1_000_000);
+    let cpu_start = cpu(pid);
+    let start_us = now_us();
+    let mut seq = 0;
+    while seq < per_channel {
+        let sent = now_us();
+        let mut docs = Vec::with_capacity(100 * streams.len());
+        for _ in 0..100 {
+            for s in streams {
+                let doc = json!({"phase": 2, "seq": seq, "sent_us": sent, "title": "bench alert", "severity": "high", "pad": pad});
+                docs.push((
+                    s.clone(),
+                    doc.to_string().into_bytes(),
+                    Some(upstream_trace(sampler)),
+                ));
+            }
+            seq += 1;
+        }
+        producer.publish_batch_traced(&docs).await?;
+    }
+    let publish_seconds = (now_us() - start_us) as f64 / 1e6;
+    let expected = seq * (CLIENTS_PER_CHANNEL * streams.len()) as u64;
+    wait_for(&shared, 2, expected, Duration::from_secs(60)).await;
+    let gateway_cpu_s = cpu(pid) - cpu_start;
+    let received = shared.received[2].load(Ordering::Relaxed);
+    let last = shared.last_receipt[2].load(Ordering::Relaxed);
+    let seconds = last.saturating_sub(start_us) as f64 / 1e6;
+
+    gateway.sigterm();
+    let mut missed = 0;
+    for c in clients {
+        match tokio::time::timeout(Duration::from_secs(30), c).await {
+            Ok(Ok(r)) if r.received[2] >= seq => {}
+            _ => missed += 1,
+        }
+    }
+    let mut exit = None;
+    let _ = poll_until(
+        Duration::from_millis(50),
+        Duration::from_secs(30),
+        "the gateway's exit",
+        || {
+            exit = gateway.exited().map(|status| status.code());
+            let exited = exit.is_some();
+            async move { Ok(exited) }
+        },
+    )
+    .await;
+    Ok(BurstRound {
+        per_channel: seq,
+        deliveries_expected: expected,
+        deliveries_received: received,
+        seconds,
+        publish_seconds,
+        rate: received as f64 / seconds.max(1e-6),
+        gateway_cpu_s,
+        clients_that_missed_anything: missed,
+        gateway_exit_code: exit.flatten(),
+    })
+}
+
+/// Pairs of rounds, each with a gateway of its own: untraced, and exporting its spans to an
+/// OTLP receiver with 1% of traces sampled; the order swaps every pair (the machine's load
+/// drifts). Each pair's ratio is traced/untraced deliveries per second; the median pair is
+/// the figure.
+async fn trace_rounds(
+    site: &Site,
+    token: &str,
+    streams: &[String],
+    pad: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let receiver = OtlpReceiver::start().await;
+    // The spans are `info` and the gateway's `RUST_LOG` filters them as it filters its logs:
+    // the bench's `warn` would leave nothing to export. Both kinds of round get the same
+    // filter (an untraced gateway makes no span).
+    let mut untraced_site = site.clone();
+    untraced_site.log_filter = format!("{},aurora_core::trace=info", site.log_filter);
+    let mut traced_site = untraced_site.clone();
+    traced_site.extra_env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
+        (
+            "OTEL_TRACES_SAMPLER".into(),
+            "parentbased_traceidratio".into(),
+        ),
+        ("OTEL_TRACES_SAMPLER_ARG".into(), TRACE_SAMPLING.into()),
+    ];
+    // What decided the flag of each entry's context upstream: the same rule at the same ratio.
+    let sampler = Sampler::parse("parentbased_traceidratio", Some(TRACE_SAMPLING))
+        .context("the sampler of the entries' contexts")?;
+    let pairs = env_or("BENCH_WS_TRACE_PAIRS", 5usize)?.max(1);
+    let per_channel = env_or("BENCH_WS_TRACE_BURST", TRACE_BURST_PER_CHANNEL)?.max(100);
+    let mut rounds = Vec::with_capacity(2 * pairs);
+    let mut ratios = Vec::with_capacity(pairs);
+    let mut cpu_ratios = Vec::with_capacity(pairs);
+    for pair in 0..pairs {
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut measured: [Option<BurstRound>; 2] = [None, None];
+        for traced in order {
+            let which = if traced { &traced_site } else { &untraced_site };
+            let spans_before = receiver.spans().len();
+            let r = burst_round(which, token, streams, pad, per_channel, &sampler).await?;
+            // What the last entries' spans exported as the gateway stopped.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let spans = receiver.spans().len().saturating_sub(spans_before);
+            if traced && spans == 0 {
+                anyhow::bail!("the traced gateway exported no span: the round measured nothing");
+            }
+            let label = if traced { "traced" } else { "untraced" };
+            println!(
+                "  pair {}, {label}: {:.0} deliveries/s ({}/{} in {:.2} s, written in {:.2} s), gateway CPU {:.2} s ({:.1} us per entry), clients that missed anything {}, spans received {spans}",
+                pair + 1,
+                r.rate,
+                r.deliveries_received,
+                r.deliveries_expected,
+                r.seconds,
+                r.publish_seconds,
+                r.gateway_cpu_s,
+                r.cpu_us_per_entry(),
+                r.clients_that_missed_anything,
+            );
+            rounds.push(json!({
+                "pair": pair + 1,
+                "traced": traced,
+                "deliveries_per_second": r.rate.round(),
+                "deliveries_expected": r.deliveries_expected,
+                "deliveries_received": r.deliveries_received,
+                "seconds_to_last_delivery": round_to(r.seconds, 3),
+                "publish_seconds": round_to(r.publish_seconds, 3),
+                "gateway_cpu_seconds": round_to(r.gateway_cpu_s, 2),
+                "gateway_cpu_us_per_entry": round_to(r.cpu_us_per_entry(), 1),
+                "clients_that_missed_anything": r.clients_that_missed_anything,
+                "gateway_exit_code": r.gateway_exit_code,
+                "spans_received": spans,
+            }));
+            measured[usize::from(traced)] = Some(r);
+        }
+        let [Some(untraced), Some(traced)] = measured else {
+            anyhow::bail!("pair {} lacks a round", pair + 1);
+        };
+        let ratio = traced.rate / untraced.rate;
+        let cpu_ratio = traced.cpu_us_per_entry() / untraced.cpu_us_per_entry();
+        println!(
+            "  pair {}: traced/untraced {ratio:.3} (gateway CPU per entry, traced/untraced {cpu_ratio:.3})",
+            pair + 1
+        );
+        ratios.push(ratio);
+        cpu_ratios.push(cpu_ratio);
+    }
+    let cost = TraceCost::of(&ratios).context("no pair measured")?;
+    let cpu_cost = TraceCost::of(&cpu_ratios).context("no pair measured")?;
+    println!(
+        "  gateway CPU per entry, traced/untraced: median {:.3} ({:.3} to {:.3})",
+        cpu_cost.median, cpu_cost.min, cpu_cost.max
+    );
+    println!("{}", cost.line());
+    let mut out = json!({
+        "what": format!("pairs of rounds, each with a fresh gateway (this binary as a child process, the bench's flags) and its {} clients ({CLIENTS_PER_CHANNEL} on each channel), {per_channel} entries written to each channel as fast as possible: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", CLIENTS_PER_CHANNEL * 3),
+        "entries_carry": "a traceparent each, in both kinds of round, as a traced writer sampling at 1% leaves it: a new trace per entry, flagged sampled for about 1% of them by the trace-id ratio rule; the gateway's parent-based sampler follows the flag, so about 1% of the fan-out hops make a span",
+        "sampler": "parentbased_traceidratio",
+        "sampler_arg": TRACE_SAMPLING,
+        "rounds": rounds,
+        "pair_ratios": ratios.iter().map(|r| round_to(*r, 3)).collect::<Vec<_>>(),
+        "ratio_is": "deliveries per second as fast as possible (the bench's figure: first write to last delivery), traced over untraced of the same pair",
+        "gateway_cpu_per_entry_pair_ratios": cpu_ratios.iter().map(|r| round_to(*r, 3)).collect::<Vec<_>>(),
+        "gateway_cpu_per_entry_ratio_median": round_to(cpu_cost.median, 3),
+        "gateway_cpu_per_entry_ratio_is": "the gateway's CPU seconds from the first write to the last delivery per entry fanned out, traced over untraced of the same pair (above 1: tracing costs CPU)",
+    });
+    if let (Some(out), serde_json::Value::Object(figure)) = (out.as_object_mut(), cost.json()) {
+        out.extend(figure);
+    }
+    Ok(out)
 }
 
 async fn wait_for(shared: &Shared, phase: usize, expected: u64, patience: Duration) {
