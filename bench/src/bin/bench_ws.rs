@@ -13,7 +13,11 @@
 //!    sampling at 1% leaves it (a new trace each, about 1% flagged sampled by the trace-id
 //!    ratio rule; the gateway's parent-based sampler follows the flag), in both kinds of round.
 //!    The figure is the median of the pairs' traced/untraced ratios of deliveries per second,
-//!    with their spread; the gateway's CPU per entry is compared beside it.
+//!    with their spread; the gateway's CPU per entry is compared beside it. A traced gateway
+//!    adds the `traceparent` to every frame it sends (docs/contract.md, WebSocket), some 70
+//!    bytes on frames of about 250: with `BENCH_WS_TRACE_FRAMES_ALIKE=1` the entries' documents
+//!    carry it themselves, so the frames are the same in both kinds of round and the ratio
+//!    leaves their size out.
 //!
 //! The clients, Redis and the gateway share the machine's cores: the figures are a floor.
 //! Writes bench/results/ws.json.
@@ -540,6 +544,7 @@ async fn burst_round(
     pad: &str,
     per_channel: u64,
     sampler: &Sampler,
+    frames_alike: bool,
 ) -> anyhow::Result<BurstRound> {
     let mut gateway = start_gateway(site).await?;
     let pid = gateway.pid().context("the gateway is running")?;
@@ -559,12 +564,12 @@ async fn burst_round(
         let mut docs = Vec::with_capacity(100 * streams.len());
         for _ in 0..100 {
             for s in streams {
-                let doc = json!({"phase": 2, "seq": seq, "sent_us": sent, "title": "bench alert", "severity": "high", "pad": pad});
-                docs.push((
-                    s.clone(),
-                    doc.to_string().into_bytes(),
-                    Some(upstream_trace(sampler)),
-                ));
+                let trace = upstream_trace(sampler);
+                let mut doc = json!({"phase": 2, "seq": seq, "sent_us": sent, "title": "bench alert", "severity": "high", "pad": pad});
+                if frames_alike {
+                    doc["traceparent"] = json!(trace.traceparent);
+                }
+                docs.push((s.clone(), doc.to_string().into_bytes(), Some(trace)));
             }
             seq += 1;
         }
@@ -641,6 +646,7 @@ async fn trace_rounds(
         .context("the sampler of the entries' contexts")?;
     let pairs = env_or("BENCH_WS_TRACE_PAIRS", 5usize)?.max(1);
     let per_channel = env_or("BENCH_WS_TRACE_BURST", TRACE_BURST_PER_CHANNEL)?.max(100);
+    let frames_alike = env_or("BENCH_WS_TRACE_FRAMES_ALIKE", 0u8)? == 1;
     let mut rounds = Vec::with_capacity(2 * pairs);
     let mut ratios = Vec::with_capacity(pairs);
     let mut cpu_ratios = Vec::with_capacity(pairs);
@@ -654,7 +660,16 @@ async fn trace_rounds(
         for traced in order {
             let which = if traced { &traced_site } else { &untraced_site };
             let spans_before = receiver.spans().len();
-            let r = burst_round(which, token, streams, pad, per_channel, &sampler).await?;
+            let r = burst_round(
+                which,
+                token,
+                streams,
+                pad,
+                per_channel,
+                &sampler,
+                frames_alike,
+            )
+            .await?;
             // What the last entries' spans exported as the gateway stopped.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let spans = receiver.spans().len().saturating_sub(spans_before);
@@ -712,6 +727,8 @@ async fn trace_rounds(
     let mut out = json!({
         "what": format!("pairs of rounds, each with a fresh gateway (this binary as a child process, the bench's flags) and its {} clients ({CLIENTS_PER_CHANNEL} on each channel), {per_channel} entries written to each channel as fast as possible: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", CLIENTS_PER_CHANNEL * 3),
         "entries_carry": "a traceparent each, in both kinds of round, as a traced writer sampling at 1% leaves it: a new trace per entry, flagged sampled for about 1% of them by the trace-id ratio rule; the gateway's parent-based sampler follows the flag, so about 1% of the fan-out hops make a span",
+        "frames_alike": frames_alike,
+        "frames_are": if frames_alike { "the same in both kinds of round: each entry's document carries its traceparent itself (BENCH_WS_TRACE_FRAMES_ALIKE=1), so the traced gateway adds nothing to the frames" } else { "as the contract has them: the traced gateway adds the traceparent (about 70 bytes) to every frame, the untraced one does not" },
         "sampler": "parentbased_traceidratio",
         "sampler_arg": TRACE_SAMPLING,
         "rounds": rounds,
