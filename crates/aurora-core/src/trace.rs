@@ -224,12 +224,12 @@ impl TraceContext {
         })
     }
 
-    /// The `sampled` flag of the sender.
+    /// The `sampled` flag of the sender (the lowest bit of the flags' second hex digit).
     pub fn sampled(&self) -> bool {
         self.traceparent
-            .get(53..55)
-            .and_then(|f| u8::from_str_radix(f, 16).ok())
-            .is_some_and(|flags| flags & 1 == 1)
+            .as_bytes()
+            .get(54)
+            .is_some_and(|d| matches!(d, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'))
     }
 
     fn trace_id_bits(&self) -> u128 {
@@ -372,11 +372,17 @@ impl Hop {
             }
         };
         let sampler = SAMPLER.get().copied().unwrap_or_default();
-        let (trace_id, parent_sampled) = match parent {
-            Some(p) => (p.trace_id_bits(), Some(p.sampled())),
-            None => (new_trace_id(), None),
+        // The trace id is read or made only when the rule needs it (an unsampled message
+        // costs as little as it can).
+        let (sampled, root_id) = match parent {
+            Some(p) if sampler.parent_based => (p.sampled(), None),
+            Some(p) => (sampler.sampled(None, p.trace_id_bits()), None),
+            None => {
+                let id = new_trace_id();
+                (sampler.sampled(None, id), Some(id))
+            }
         };
-        if sampler.sampled(parent_sampled, trace_id) {
+        if sampled {
             let span = open();
             if let Some(parent) = parent {
                 parent.set_parent_of(&span);
@@ -392,11 +398,14 @@ impl Hop {
         let context = match parent {
             Some(p) if !p.sampled() => p.clone(),
             Some(p) => TraceContext {
-                traceparent: format!("00-{}-{:016x}-00", p.trace_id(), new_span_id()),
+                traceparent: unsampled_traceparent(p.trace_id_bits(), new_span_id()),
                 tracestate: p.tracestate.clone(),
             },
             None => TraceContext {
-                traceparent: format!("00-{trace_id:032x}-{:016x}-00", new_span_id()),
+                traceparent: unsampled_traceparent(
+                    root_id.unwrap_or_else(new_trace_id),
+                    new_span_id(),
+                ),
                 tracestate: None,
             },
         };
@@ -445,6 +454,28 @@ impl Hop {
             .scope(self.context.clone(), fut.instrument(self.span()))
             .await
     }
+}
+
+/// `00-<trace id>-<span id>-00`, written digit by digit (the formatting machinery costs more
+/// than the rest of an unsampled hop).
+fn unsampled_traceparent(trace_id: u128, span_id: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    out.extend(
+        (0..32)
+            .rev()
+            .map(|i| HEX[((trace_id >> (i * 4)) & 0xf) as usize]),
+    );
+    out.push(b'-');
+    out.extend(
+        (0..16)
+            .rev()
+            .map(|i| HEX[((span_id >> (i * 4)) & 0xf) as usize]),
+    );
+    out.extend_from_slice(b"-00");
+    // Only ASCII digits and dashes were written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn new_trace_id() -> u128 {
@@ -545,6 +576,20 @@ mod tests {
                 .tracestate,
             None
         );
+    }
+
+    #[test]
+    fn an_unsampled_traceparent_is_well_formed_and_says_unsampled() {
+        let id = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128;
+        let tp = unsampled_traceparent(id, 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(tp, PARENT.replace("-01", "-00"));
+        assert_eq!(
+            unsampled_traceparent(1, 1),
+            format!("00-{:032x}-{:016x}-00", 1, 1)
+        );
+        let cx = TraceContext::parse(&tp, None).expect("well formed");
+        assert!(!cx.sampled());
+        assert_eq!(cx.trace_id_bits(), id);
     }
 
     #[test]

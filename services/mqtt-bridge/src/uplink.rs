@@ -654,9 +654,11 @@ impl Writer {
             .and_then(|props| TraceContext::from_user_properties(&props.user_properties));
         let topic = String::from_utf8_lossy(&p.topic);
         let hop = trace::message_hop("mqtt", &topic, "receive", "consumer", parent.as_ref());
-        out.receive = hop.context().cloned();
         if hop.sampled() {
+            out.receive = hop.context().cloned();
             out.spans.push(hop);
+        } else {
+            out.receive = hop.into_context();
         }
     }
 
