@@ -171,7 +171,9 @@ fn fan_out(hub: &Hub, entry: &Entry) {
     );
     let span = hop.span();
     let _entered = span.enter();
-    match Frame::traced(entry, hop.context()) {
+    // The console is offered a context only to link its own spans to a recorded trace: an
+    // unsampled one would add its bytes to every frame to every client, for nothing.
+    match Frame::traced(entry, hop.context().filter(|c| c.sampled())) {
         Ok(frame) => {
             let delay = fanout_delay(frame.position.0);
             hub.publish(frame);

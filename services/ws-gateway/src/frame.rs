@@ -21,9 +21,9 @@ pub struct Frame {
 
 impl Frame {
     /// The entry's document with `stream_id` added, and `traceparent` when the entry carried
-    /// a trace context.
+    /// a sampled trace context (an unsampled one is of no use to the console).
     pub fn from_entry(entry: &Entry) -> Result<Self, FrameError> {
-        Self::traced(entry, entry.trace.as_ref())
+        Self::traced(entry, entry.trace.as_ref().filter(|c| c.sampled()))
     }
 
     /// The entry's document with `stream_id` added, and `traceparent` (docs/contract.md,
@@ -88,6 +88,20 @@ pub(crate) mod tests {
             r#"{"traceparent":"mine","stream_id":"1-0"}"#,
             "a document's own field is never replaced"
         );
+    }
+
+    #[test]
+    fn a_replayed_entry_offers_its_context_only_when_sampled() {
+        let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let unsampled = sampled.replace("-01", "-00");
+        let with = |tp: &str| Entry {
+            trace: TraceContext::parse(tp, None),
+            ..entry("2-0", Some(r#"{"title":"x"}"#))
+        };
+        let frame = Frame::from_entry(&with(sampled)).unwrap();
+        assert!(frame.text.as_str().contains(sampled));
+        let frame = Frame::from_entry(&with(&unsampled)).unwrap();
+        assert_eq!(frame.text.as_str(), r#"{"title":"x","stream_id":"2-0"}"#);
     }
 
     #[test]
