@@ -19,7 +19,8 @@
 //!    services/mqtt-bridge/README.md, "Replicas come and go"), how long the leave took and
 //!    whether the broker still holds a session for the replica that left.
 //!
-//! 6. With `AURORA_BENCH_TRACE=1`: the cost of tracing at 1% sampling. Pairs of rounds
+//! 6. With `AURORA_BENCH_TRACE=1` (`only`: this alone): the cost of tracing at 1% sampling
+//!    (`BENCH_MQTT_TRACE_RATIO` another ratio). Pairs of rounds
 //!    (`BENCH_MQTT_TRACE_PAIRS`, default 3), each a fresh bridge taking the load of a round: one
 //!    untraced, one exporting spans over OTLP/HTTP to a receiver in this process
 //!    (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.01`; the
@@ -75,6 +76,12 @@ const SCALE_DOWN_STALL: Duration = Duration::from_secs(45);
 /// The sampling ratio of the traced rounds (`OTEL_TRACES_SAMPLER_ARG`).
 const TRACE_SAMPLING: &str = "0.01";
 
+/// The sampling ratio of the traced rounds: `BENCH_MQTT_TRACE_RATIO`, else [`TRACE_SAMPLING`]
+/// (0 sets every message's context unsampled: what carrying the context costs alone).
+fn trace_ratio() -> String {
+    std::env::var("BENCH_MQTT_TRACE_RATIO").unwrap_or_else(|_| TRACE_SAMPLING.to_string())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let bridge_bin = aurora_bench::release_binary(Svc::MqttBridge.name())?;
@@ -85,6 +92,29 @@ async fn main() -> anyhow::Result<()> {
     site.mqtt_url = broker.url();
     site.log_filter = std::env::var("AURORA_BENCH_BRIDGE_LOG").unwrap_or_else(|_| "warn".into());
     let mut redis = bus::connect(REDIS_URL).await?;
+    if std::env::var("AURORA_BENCH_TRACE").as_deref() == Ok("only") {
+        // The trace rounds alone (to look into the cost of tracing), recorded as those of the
+        // last whole run.
+        println!(
+            "tracing: pairs of rounds only, untraced and traced, sampling ratio {}",
+            trace_ratio()
+        );
+        let stream = names.cps_telemetry();
+        let traced = trace_rounds(&site, &broker, &names, &mut redis, &stream).await?;
+        // Into the last full run's result, as its trace rounds.
+        let path = aurora_bench::result_path("mqtt");
+        let mut report: serde_json::Value = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .context(
+                "the trace rounds alone go into bench/results/mqtt.json: run the whole bench first",
+            )?;
+        report["details"]["trace_sampling_rounds"] = traced;
+        report["details"]["trace_sampling_rounds"]["measured_at"] =
+            json!(aurora_bench::measured_at());
+        aurora_bench::write_result("mqtt", &report)?;
+        return Ok(());
+    }
     let report = run(&site, &bridge_bin, &broker, &names, &mut redis).await?;
     aurora_bench::write_result("mqtt", &report)?;
     Ok(())
@@ -832,11 +862,15 @@ async fn trace_rounds(
             "OTEL_TRACES_SAMPLER".into(),
             "parentbased_traceidratio".into(),
         ),
-        ("OTEL_TRACES_SAMPLER_ARG".into(), TRACE_SAMPLING.into()),
+        ("OTEL_TRACES_SAMPLER_ARG".into(), trace_ratio()),
     ];
     let pairs = aurora_bench::env_or("BENCH_MQTT_TRACE_PAIRS", 3usize)?.max(1);
     let mut rounds = Vec::with_capacity(pairs);
     let mut ratios = Vec::with_capacity(pairs);
+    // CPU per message of the bridge and of Redis (the shared server: an upper bound), a
+    // steadier measure of what tracing costs than the throughput of a shared machine.
+    let redis_pid = redis_server_pid(redis).await;
+    let mut cpu_ratios = Vec::with_capacity(pairs);
     for pair in 0..pairs {
         let order = if pair % 2 == 0 {
             [false, true]
@@ -844,12 +878,16 @@ async fn trace_rounds(
             [true, false]
         };
         let mut rates = [0.0f64; 2];
+        let mut cpu_per_msg = [0.0f64; 2];
         for traced in order {
             let which = if traced { &traced_site } else { &untraced_site };
             let mut bridge = which.start(Svc::MqttBridge, &[]).await;
             let _: () = redis::cmd("DEL").arg(stream).query_async(redis).await?;
             let spans_before = receiver.spans().len();
             let label = if traced { "traced" } else { "untraced" };
+            let bridge_pid = bridge.pid().context("the bridge runs")?;
+            let cpu_of = |pid: Option<u32>| pid.and_then(aurora_bench::cpu_secs).unwrap_or(0.0);
+            let cpu_before = (cpu_of(Some(bridge_pid)), cpu_of(redis_pid));
             let tp = throughput_of(
                 broker.port(),
                 names,
@@ -860,21 +898,29 @@ async fn trace_rounds(
                 None,
             )
             .await?;
+            let bridge_cpu = cpu_of(Some(bridge_pid)) - cpu_before.0;
+            let redis_cpu = cpu_of(redis_pid) - cpu_before.1;
+            let per_msg = |secs: f64| secs * 1e6 / THROUGHPUT_MESSAGES as f64;
             stop(&mut bridge).await;
             // What the last batches exported (the exporter flushes at shutdown).
             tokio::time::sleep(Duration::from_millis(200)).await;
             let spans = receiver.spans().len() - spans_before;
-            if traced && spans == 0 {
+            // At ratio 0 nothing is to be exported: that round measures the contexts alone.
+            let exports = trace_ratio().parse::<f64>().map_or(true, |r| r > 0.0);
+            if traced && spans == 0 && exports {
                 anyhow::bail!("the traced bridge exported no span: the round measured nothing");
             }
             println!(
-                "  pair {}, {label}: {:.0} msg/s, lost {}, duplicated {}, spans received {spans}",
+                "  pair {}, {label}: {:.0} msg/s, lost {}, duplicated {}, spans received {spans}; CPU per message: bridge {:.2} µs, Redis {:.2} µs",
                 pair + 1,
                 tp.rate,
                 tp.lost,
-                tp.duplicated
+                tp.duplicated,
+                per_msg(bridge_cpu),
+                per_msg(redis_cpu),
             );
             rates[usize::from(traced)] = tp.rate;
+            cpu_per_msg[usize::from(traced)] = per_msg(bridge_cpu + redis_cpu);
             rounds.push(json!({
                 "pair": pair + 1,
                 "traced": traced,
@@ -883,16 +929,30 @@ async fn trace_rounds(
                 "lost": tp.lost,
                 "duplicated": tp.duplicated,
                 "spans_received": spans,
+                "bridge_cpu_us_per_msg": round_to(per_msg(bridge_cpu), 3),
+                "redis_cpu_us_per_msg": round_to(per_msg(redis_cpu), 3),
             }));
         }
         let ratio = rates[1] / rates[0];
-        println!("  pair {}: traced/untraced {:.3}", pair + 1, ratio);
+        let cpu_ratio = cpu_per_msg[1] / cpu_per_msg[0];
+        println!(
+            "  pair {}: traced/untraced {:.3}; CPU per message (bridge and Redis) traced/untraced {:.3}",
+            pair + 1,
+            ratio,
+            cpu_ratio
+        );
         ratios.push(ratio);
+        cpu_ratios.push(cpu_ratio);
     }
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
     let median = *median_by(&ratios, |r| *r).context("no pair measured")?;
     let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
+    let cpu_median = *median_by(&cpu_ratios, |r| *r).context("no pair measured")?;
+    println!(
+        "tracing at ratio {}: CPU per message of the bridge and Redis, traced/untraced {cpu_median:.3} (median of {pairs} pairs)",
+        trace_ratio()
+    );
     println!(
         "tracing at 1%: traced/untraced {:.3} (median of {pairs} pairs; {:.3} to {:.3}), cost {:.1}%; target (cost at most 3%) {}",
         median,
@@ -902,18 +962,39 @@ async fn trace_rounds(
         if median >= 0.97 { "met" } else { "NOT met" }
     );
     Ok(json!({
-        "what": format!("pairs of rounds, each with a fresh bridge (release binary, default flags) taking {THROUGHPUT_MESSAGES} messages from {DEVICES} distinct devices as fast as possible: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}; the devices send no trace context, so each message starts a trace), the order swapped every pair"),
+        "what": format!("pairs of rounds, each with a fresh bridge (release binary, default flags) taking {THROUGHPUT_MESSAGES} messages from {DEVICES} distinct devices as fast as possible: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={}; the devices send no trace context, so each message starts a trace), the order swapped every pair", trace_ratio()),
         "sampler": "parentbased_traceidratio",
-        "sampler_arg": TRACE_SAMPLING,
+        "sampler_arg": trace_ratio(),
         "rounds": rounds,
         "pair_ratios": ratios.iter().map(|r| round_to(*r, 3)).collect::<Vec<_>>(),
         "ratio_is": "traced msg/s over untraced msg/s of the same pair",
         "ratio_median": round_to(median, 3),
         "ratio_min": round_to(min, 3),
         "ratio_max": round_to(max, 3),
+        "cpu_pair_ratios": cpu_ratios.iter().map(|r| round_to(*r, 3)).collect::<Vec<_>>(),
+        "cpu_ratio_is": "CPU seconds per message of the bridge plus the shared Redis server (from /proc), traced over untraced, of the same pair; Redis also serves whatever else runs on the machine",
+        "cpu_ratio_median": round_to(cpu_median, 3),
         "target": "the traced rounds at least 97% of the untraced (1% sampling costs at most 3%)",
         "met": median >= 0.97,
     }))
+}
+
+/// The pid of the Redis server (`INFO server`), when it runs on this machine.
+async fn redis_server_pid(redis: &mut Conn) -> Option<u32> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(redis)
+        .await
+        .ok()?;
+    let pid: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    std::path::Path::new(&format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
 }
 
 /// Of the sequence numbers `0..total`, how many the stream lacks and how many it holds more
