@@ -143,6 +143,43 @@ pub const TRACE_SAMPLING: &str = "0.01";
 /// sampling costs at most 3%).
 pub const TRACE_TARGET_RATIO: f64 = 0.97;
 
+/// The two kinds of a trace round's site: untraced, and traced (exporting its spans to
+/// `receiver`, `OTEL_TRACES_SAMPLER=parentbased_traceidratio` at `ratio`). Both let the exported
+/// spans' target through the log filter: the bench's `warn` would leave nothing to export, and
+/// an untraced service makes no span.
+pub fn trace_sites(
+    site: &aurora_testkit::process::Site,
+    receiver: &aurora_testkit::otlp::OtlpReceiver,
+    ratio: &str,
+) -> (aurora_testkit::process::Site, aurora_testkit::process::Site) {
+    let mut untraced = site.clone();
+    untraced.log_filter = format!(
+        "{},{}=info",
+        site.log_filter,
+        aurora_core::trace::SPAN_TARGET
+    );
+    let mut traced = untraced.clone();
+    traced.extra_env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
+        (
+            "OTEL_TRACES_SAMPLER".into(),
+            "parentbased_traceidratio".into(),
+        ),
+        ("OTEL_TRACES_SAMPLER_ARG".into(), ratio.to_string()),
+    ];
+    (untraced, traced)
+}
+
+/// Whether each round of pair `pair` is traced, in order: untraced first in even pairs,
+/// traced first in odd ones (the machine's load drifts within a run).
+pub fn pair_order(pair: usize) -> [bool; 2] {
+    if pair.is_multiple_of(2) {
+        [false, true]
+    } else {
+        [true, false]
+    }
+}
+
 /// The figure of pairs of rounds, one untraced and one traced each: the median of the pairs'
 /// traced/untraced ratios (of an even count, the upper one) and their spread.
 #[derive(Debug, Clone, Copy, PartialEq)]

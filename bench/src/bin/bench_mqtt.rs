@@ -853,17 +853,7 @@ async fn trace_rounds(
     // The spans are `info` and a service's `RUST_LOG` filters them as it filters its logs:
     // the bench's default (`warn`) would leave nothing to export. Both kinds of round get the
     // same filter (it changes nothing in an untraced bridge: it makes no span).
-    let mut untraced_site = site.clone();
-    untraced_site.log_filter = format!("{},aurora_core::trace=info", site.log_filter);
-    let mut traced_site = untraced_site.clone();
-    traced_site.extra_env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
-        (
-            "OTEL_TRACES_SAMPLER".into(),
-            "parentbased_traceidratio".into(),
-        ),
-        ("OTEL_TRACES_SAMPLER_ARG".into(), trace_ratio()),
-    ];
+    let (untraced_site, traced_site) = aurora_bench::trace_sites(site, &receiver, &trace_ratio());
     let pairs = aurora_bench::env_or("BENCH_MQTT_TRACE_PAIRS", 3usize)?.max(1);
     let mut rounds = Vec::with_capacity(pairs);
     let mut ratios = Vec::with_capacity(pairs);
@@ -872,11 +862,7 @@ async fn trace_rounds(
     let redis_pid = redis_server_pid(redis).await;
     let mut cpu_ratios = Vec::with_capacity(pairs);
     for pair in 0..pairs {
-        let order = if pair % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
+        let order = aurora_bench::pair_order(pair);
         let mut rates = [0.0f64; 2];
         let mut cpu_per_msg = [0.0f64; 2];
         for traced in order {
@@ -944,39 +930,28 @@ async fn trace_rounds(
         ratios.push(ratio);
         cpu_ratios.push(cpu_ratio);
     }
-    let mut sorted = ratios.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = *median_by(&ratios, |r| *r).context("no pair measured")?;
-    let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
+    let cost = aurora_bench::TraceCost::of(&ratios).context("no pair measured")?;
     let cpu_median = *median_by(&cpu_ratios, |r| *r).context("no pair measured")?;
     println!(
         "tracing at ratio {}: CPU per message of the bridge and Redis, traced/untraced {cpu_median:.3} (median of {pairs} pairs)",
         trace_ratio()
     );
-    println!(
-        "tracing at 1%: traced/untraced {:.3} (median of {pairs} pairs; {:.3} to {:.3}), cost {:.1}%; target (cost at most 3%) {}",
-        median,
-        min,
-        max,
-        100.0 * (1.0 - median),
-        if median >= 0.97 { "met" } else { "NOT met" }
-    );
-    Ok(json!({
+    println!("{}", cost.line());
+    let mut out = json!({
         "what": format!("pairs of rounds, each with a fresh bridge (release binary, default flags) taking {THROUGHPUT_MESSAGES} messages from {DEVICES} distinct devices as fast as possible: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={}; the devices send no trace context, so each message starts a trace), the order swapped every pair", trace_ratio()),
         "sampler": "parentbased_traceidratio",
         "sampler_arg": trace_ratio(),
         "rounds": rounds,
         "pair_ratios": ratios.iter().map(|r| round_to(*r, 3)).collect::<Vec<_>>(),
         "ratio_is": "traced msg/s over untraced msg/s of the same pair",
-        "ratio_median": round_to(median, 3),
-        "ratio_min": round_to(min, 3),
-        "ratio_max": round_to(max, 3),
         "cpu_pair_ratios": cpu_ratios.iter().map(|r| round_to(*r, 3)).collect::<Vec<_>>(),
         "cpu_ratio_is": "CPU seconds per message of the bridge plus the shared Redis server (from /proc), traced over untraced, of the same pair; Redis also serves whatever else runs on the machine",
         "cpu_ratio_median": round_to(cpu_median, 3),
-        "target": "the traced rounds at least 97% of the untraced (1% sampling costs at most 3%)",
-        "met": median >= 0.97,
-    }))
+    });
+    if let (Some(out), serde_json::Value::Object(figure)) = (out.as_object_mut(), cost.json()) {
+        out.extend(figure);
+    }
+    Ok(out)
 }
 
 /// The pid of the Redis server (`INFO server`), when it runs on this machine.

@@ -521,21 +521,8 @@ async fn trace_rounds(
     let mut site = Site::new(names, "site-a", 0).with_binary(Svc::DeviceRegistry, &bin);
     site.redis_url = REDIS_URL.to_string();
     site.database_url = Some(db_url.to_string());
-    // The spans are `info` and the service's `RUST_LOG` filters them as it filters its logs:
-    // `warn` alone would leave nothing to export. Both kinds of round get the same filter (an
-    // untraced service makes no span).
-    let log = std::env::var("AURORA_BENCH_REGISTRY_LOG").unwrap_or_else(|_| "warn".into());
-    site.log_filter = format!("{log},aurora_core::trace=info");
-    let untraced_site = site.clone();
-    let mut traced_site = site;
-    traced_site.extra_env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
-        (
-            "OTEL_TRACES_SAMPLER".into(),
-            "parentbased_traceidratio".into(),
-        ),
-        ("OTEL_TRACES_SAMPLER_ARG".into(), TRACE_SAMPLING.into()),
-    ];
+    site.log_filter = std::env::var("AURORA_BENCH_REGISTRY_LOG").unwrap_or_else(|_| "warn".into());
+    let (untraced_site, traced_site) = aurora_bench::trace_sites(&site, &receiver, TRACE_SAMPLING);
     // The in-process configuration of the rounds above, as flags (the harness's shorter
     // intervals for tests overridden).
     let local = config(names, db_url, batch)?;
@@ -569,11 +556,7 @@ async fn trace_rounds(
     let mut rounds = Vec::with_capacity(2 * pairs);
     let mut ratios = Vec::with_capacity(pairs);
     for pair in 0..pairs {
-        let order = if pair % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
+        let order = aurora_bench::pair_order(pair);
         let mut rates = [0.0f64; 2];
         for traced in order {
             let which = if traced { &traced_site } else { &untraced_site };

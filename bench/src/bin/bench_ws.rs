@@ -630,17 +630,7 @@ async fn trace_rounds(
     // The spans are `info` and the gateway's `RUST_LOG` filters them as it filters its logs:
     // the bench's `warn` would leave nothing to export. Both kinds of round get the same
     // filter (an untraced gateway makes no span).
-    let mut untraced_site = site.clone();
-    untraced_site.log_filter = format!("{},aurora_core::trace=info", site.log_filter);
-    let mut traced_site = untraced_site.clone();
-    traced_site.extra_env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
-        (
-            "OTEL_TRACES_SAMPLER".into(),
-            "parentbased_traceidratio".into(),
-        ),
-        ("OTEL_TRACES_SAMPLER_ARG".into(), TRACE_SAMPLING.into()),
-    ];
+    let (untraced_site, traced_site) = aurora_bench::trace_sites(site, &receiver, TRACE_SAMPLING);
     // What decided the flag of each entry's context upstream: the same rule at the same ratio.
     let sampler = Sampler::parse("parentbased_traceidratio", Some(TRACE_SAMPLING))
         .context("the sampler of the entries' contexts")?;
@@ -651,11 +641,7 @@ async fn trace_rounds(
     let mut ratios = Vec::with_capacity(pairs);
     let mut cpu_ratios = Vec::with_capacity(pairs);
     for pair in 0..pairs {
-        let order = if pair % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
+        let order = aurora_bench::pair_order(pair);
         let mut measured: [Option<BurstRound>; 2] = [None, None];
         for traced in order {
             let which = if traced { &traced_site } else { &untraced_site };
