@@ -5,50 +5,20 @@
 //! ([`aurora_core::ops::init_telemetry`]), once per test process.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
-use aurora_core::bus::{self, BusError, Entry, GroupConfig, GroupReader, Producer};
+use aurora_core::bus::{self, GroupConfig, GroupReader, Producer};
 use aurora_core::config::LogFormat;
-use aurora_core::consumer::{BatchFailure, BatchHandler, Consumer};
+use aurora_core::consumer::Consumer;
 use aurora_core::health::Dependencies;
 use aurora_core::ops::Readiness;
 use aurora_core::trace::TraceContext;
 use aurora_testkit::otlp::OtlpReceiver;
 use aurora_testkit::REDIS_URL;
+use common::Forward;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct Failure(#[from] BusError);
-
-impl BatchFailure for Failure {
-    fn dependency(&self) -> Option<&'static str> {
-        Some("redis")
-    }
-}
-
-/// Writes every entry on to `out`, then acknowledges it.
-struct Forward {
-    producer: Producer,
-    out: String,
-}
-
-impl BatchHandler for Forward {
-    type Error = Failure;
-
-    fn part(&self) -> &'static str {
-        "forward"
-    }
-
-    async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), Failure> {
-        for entry in &entries {
-            let data = entry.data.clone().unwrap_or_default();
-            self.producer.publish(&self.out, &data).await?;
-            reader.ack(&[&entry.id]).await?;
-        }
-        Ok(())
-    }
-}
 
 async fn entry_context(conn: &mut bus::Conn, stream: &str) -> Option<TraceContext> {
     bus::range(conn, stream, "0-0", 10)
@@ -122,6 +92,7 @@ async fn a_consumed_entry_is_processed_and_written_on_in_its_writers_trace() {
             handler: Forward {
                 producer: producer.clone(),
                 out: out.clone(),
+                own_hops: false,
             },
             dependencies: Dependencies::new(),
             readiness: Readiness::new(),

@@ -5,59 +5,23 @@
 //! it up, once per test process (this file is its own process).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
-use aurora_core::bus::{self, BusError, Entry, GroupConfig, GroupReader, Producer};
+use aurora_core::bus::{self, GroupConfig, GroupReader, Producer};
 use aurora_core::config::LogFormat;
-use aurora_core::consumer::{BatchFailure, BatchHandler, Consumer};
+use aurora_core::consumer::Consumer;
 use aurora_core::health::Dependencies;
 use aurora_core::ops::Readiness;
 use aurora_core::trace::{self, TraceContext};
 use aurora_testkit::otlp::OtlpReceiver;
 use aurora_testkit::REDIS_URL;
+use common::Forward;
 use tokio_util::sync::CancellationToken;
 
 const ENTRIES: usize = 120;
-
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-struct Failure(#[from] BusError);
-
-impl BatchFailure for Failure {
-    fn dependency(&self) -> Option<&'static str> {
-        Some("redis")
-    }
-}
-
-/// Writes every entry on to `out` (one by one, each in its own `process` hop), then
-/// acknowledges it.
-struct Forward {
-    producer: Producer,
-    out: String,
-}
-
-impl BatchHandler for Forward {
-    type Error = Failure;
-
-    fn part(&self) -> &'static str {
-        "forward"
-    }
-
-    async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), Failure> {
-        for entry in &entries {
-            let hop = aurora_core::consumer::process_hop(entry);
-            let data = entry.data.clone().unwrap_or_default();
-            hop.scope(self.producer.publish(&self.out, &data)).await?;
-            reader.ack(&[&entry.id]).await?;
-        }
-        Ok(())
-    }
-
-    fn traces_entries(&self) -> bool {
-        true
-    }
-}
 
 async fn contexts(conn: &mut bus::Conn, stream: &str) -> Vec<TraceContext> {
     bus::range(conn, stream, "0-0", ENTRIES + 10)
@@ -139,6 +103,7 @@ async fn a_trace_is_exported_whole_or_not_at_all_and_the_decision_travels() {
             handler: Forward {
                 producer: producer.clone(),
                 out: out.clone(),
+                own_hops: true,
             },
             dependencies: Dependencies::new(),
             readiness: Readiness::new(),

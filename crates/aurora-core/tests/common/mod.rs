@@ -1,0 +1,51 @@
+//! What the trace tests share: a consumer's handler that writes every entry on to another
+//! stream.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use aurora_core::bus::{BusError, Entry, GroupReader, Producer};
+use aurora_core::consumer::{process_hop, BatchFailure, BatchHandler};
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Failure(#[from] BusError);
+
+impl BatchFailure for Failure {
+    fn dependency(&self) -> Option<&'static str> {
+        Some("redis")
+    }
+}
+
+/// Writes every entry on to `out`, then acknowledges it. With `own_hops` each entry is
+/// written inside a `process` hop the handler opens for it; else inside the consumer's (for a
+/// batch of one).
+pub struct Forward {
+    pub producer: Producer,
+    pub out: String,
+    pub own_hops: bool,
+}
+
+impl BatchHandler for Forward {
+    type Error = Failure;
+
+    fn part(&self) -> &'static str {
+        "forward"
+    }
+
+    async fn handle(&self, reader: &GroupReader, entries: Vec<Entry>) -> Result<(), Failure> {
+        for entry in &entries {
+            let data = entry.data.clone().unwrap_or_default();
+            let write = self.producer.publish(&self.out, &data);
+            if self.own_hops {
+                process_hop(entry).scope(write).await?;
+            } else {
+                write.await?;
+            }
+            reader.ack(&[&entry.id]).await?;
+        }
+        Ok(())
+    }
+
+    fn traces_entries(&self) -> bool {
+        self.own_hops
+    }
+}
