@@ -9,16 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use aurora_core::bus::{self, GroupConfig, GroupReader, Producer};
+use aurora_core::bus::{self, Producer};
 use aurora_core::config::LogFormat;
-use aurora_core::consumer::Consumer;
-use aurora_core::health::Dependencies;
-use aurora_core::ops::Readiness;
 use aurora_core::trace::TraceContext;
 use aurora_testkit::otlp::OtlpReceiver;
 use aurora_testkit::REDIS_URL;
-use common::Forward;
-use tokio_util::sync::CancellationToken;
 
 async fn entry_context(conn: &mut bus::Conn, stream: &str) -> Option<TraceContext> {
     bus::range(conn, stream, "0-0", 10)
@@ -74,31 +69,7 @@ async fn a_consumed_entry_is_processed_and_written_on_in_its_writers_trace() {
     );
     drop(origin);
 
-    let mut cfg = GroupConfig::new(&stream, "g", "c", &format!("{stream}:dead"), "trace-test");
-    cfg.block = Duration::from_millis(50);
-    let reader = GroupReader::new(
-        cfg,
-        bus::connect_blocking(REDIS_URL, Duration::from_millis(50))
-            .await
-            .unwrap(),
-        producer.clone(),
-    )
-    .await
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(
-        Consumer {
-            reader,
-            handler: Forward {
-                producer: producer.clone(),
-                out: out.clone(),
-                own_hops: false,
-            },
-            dependencies: Dependencies::new(),
-            readiness: Readiness::new(),
-        }
-        .run(shutdown.clone()),
-    );
+    let (shutdown, task) = common::spawn_forward(&producer, &stream, &out, false).await;
 
     let process = receiver
         .wait_span("the process span", |s| {

@@ -10,16 +10,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use aurora_core::bus::{self, GroupConfig, GroupReader, Producer};
+use aurora_core::bus::{self, Producer};
 use aurora_core::config::LogFormat;
-use aurora_core::consumer::Consumer;
-use aurora_core::health::Dependencies;
-use aurora_core::ops::Readiness;
 use aurora_core::trace::{self, TraceContext};
 use aurora_testkit::otlp::OtlpReceiver;
 use aurora_testkit::REDIS_URL;
-use common::Forward;
-use tokio_util::sync::CancellationToken;
 
 const ENTRIES: usize = 120;
 
@@ -79,37 +74,7 @@ async fn a_trace_is_exported_whole_or_not_at_all_and_the_decision_travels() {
     // At a ratio of one half, 120 decisions all alike would be a broken sampler (2^-119).
     assert!(!sampled.is_empty() && !unsampled.is_empty());
 
-    let mut cfg = GroupConfig::new(
-        &stream,
-        "g",
-        "c",
-        &format!("{stream}:dead"),
-        "sampling-test",
-    );
-    cfg.block = Duration::from_millis(50);
-    let reader = GroupReader::new(
-        cfg,
-        bus::connect_blocking(REDIS_URL, Duration::from_millis(50))
-            .await
-            .unwrap(),
-        producer.clone(),
-    )
-    .await
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(
-        Consumer {
-            reader,
-            handler: Forward {
-                producer: producer.clone(),
-                out: out.clone(),
-                own_hops: true,
-            },
-            dependencies: Dependencies::new(),
-            readiness: Readiness::new(),
-        }
-        .run(shutdown.clone()),
-    );
+    let (shutdown, task) = common::spawn_forward(&producer, &stream, &out, true).await;
     let forwarded =
         aurora_testkit::wait_until(aurora_testkit::WAIT, "every entry forwarded", || {
             let mut conn = conn.clone();

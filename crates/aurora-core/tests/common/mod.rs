@@ -2,8 +2,15 @@
 //! stream.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use aurora_core::bus::{BusError, Entry, GroupReader, Producer};
-use aurora_core::consumer::{process_hop, BatchFailure, BatchHandler};
+use std::time::Duration;
+
+use aurora_core::bus::{self, BusError, Entry, GroupConfig, GroupReader, Producer};
+use aurora_core::consumer::{process_hop, BatchFailure, BatchHandler, Consumer};
+use aurora_core::health::Dependencies;
+use aurora_core::ops::Readiness;
+use aurora_testkit::REDIS_URL;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -48,4 +55,40 @@ impl BatchHandler for Forward {
     fn traces_entries(&self) -> bool {
         self.own_hops
     }
+}
+
+/// A consumer of `stream` (group `g`) forwarding to `out` ([`Forward`]), running until the
+/// token is cancelled.
+pub async fn spawn_forward(
+    producer: &Producer,
+    stream: &str,
+    out: &str,
+    own_hops: bool,
+) -> (CancellationToken, JoinHandle<()>) {
+    let mut cfg = GroupConfig::new(stream, "g", "c", &format!("{stream}:dead"), "trace-test");
+    cfg.block = Duration::from_millis(50);
+    let reader = GroupReader::new(
+        cfg,
+        bus::connect_blocking(REDIS_URL, Duration::from_millis(50))
+            .await
+            .unwrap(),
+        producer.clone(),
+    )
+    .await
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        Consumer {
+            reader,
+            handler: Forward {
+                producer: producer.clone(),
+                out: out.to_string(),
+                own_hops,
+            },
+            dependencies: Dependencies::new(),
+            readiness: Readiness::new(),
+        }
+        .run(shutdown.clone()),
+    );
+    (shutdown, task)
 }
