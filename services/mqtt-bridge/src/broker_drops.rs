@@ -33,6 +33,9 @@ pub async fn record(
     broker: String,
     shutdown: CancellationToken,
 ) {
+    // The series exists from the start, at 0: the first drops show as an increase, and the
+    // dashboard and the alert find it before any.
+    crate::telemetry::broker_dropped(0);
     let mut seen_before = None;
     loop {
         tokio::select! {
