@@ -12,8 +12,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -237,41 +235,7 @@ impl TraceCost {
 /// sampled as `sampler` decides for a root (the trace-id ratio rule every hop applies alike,
 /// so a parent-based hop downstream keeps the decision).
 pub fn upstream_trace(sampler: &Sampler) -> TraceContext {
-    let trace_id = loop {
-        let id = (u128::from(random_u64()) << 64) | u128::from(random_u64());
-        if id != 0 {
-            break id;
-        }
-    };
-    let span_id = random_u64().max(1);
-    let flags = if sampler.sampled(None, trace_id) {
-        "01"
-    } else {
-        "00"
-    };
-    TraceContext {
-        traceparent: format!("00-{trace_id:032x}-{span_id:016x}-{flags}"),
-        tracestate: None,
-    }
-}
-
-/// SplitMix64 from a seed of the clock and the process id: ids for generated trace contexts,
-/// without a dependency for them.
-fn random_u64() -> u64 {
-    static STATE: OnceLock<AtomicU64> = OnceLock::new();
-    let state = STATE.get_or_init(|| {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        AtomicU64::new(nanos ^ (u64::from(std::process::id()) << 32))
-    });
-    let mut z = state
-        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-        .wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    TraceContext::new_root(sampler)
 }
 
 // ---- /proc ------------------------------------------------------------------------------

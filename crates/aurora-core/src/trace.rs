@@ -232,6 +232,17 @@ impl TraceContext {
             .is_some_and(|d| matches!(d, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'))
     }
 
+    /// The context of a new trace started by a hop that records no span (a writer outside
+    /// the services, a benchmark's upstream), flagged sampled as `sampler`'s rule decides for
+    /// a root.
+    pub fn new_root(sampler: &Sampler) -> Self {
+        let trace_id = new_trace_id();
+        Self {
+            traceparent: traceparent_of(trace_id, new_span_id(), sampler.sampled(None, trace_id)),
+            tracestate: None,
+        }
+    }
+
     fn trace_id_bits(&self) -> u128 {
         u128::from_str_radix(self.trace_id(), 16).unwrap_or_default()
     }
@@ -398,13 +409,14 @@ impl Hop {
         let context = match parent {
             Some(p) if !p.sampled() => p.clone(),
             Some(p) => TraceContext {
-                traceparent: unsampled_traceparent(p.trace_id_bits(), new_span_id()),
+                traceparent: traceparent_of(p.trace_id_bits(), new_span_id(), false),
                 tracestate: p.tracestate.clone(),
             },
             None => TraceContext {
-                traceparent: unsampled_traceparent(
+                traceparent: traceparent_of(
                     root_id.unwrap_or_else(new_trace_id),
                     new_span_id(),
+                    false,
                 ),
                 tracestate: None,
             },
@@ -456,9 +468,9 @@ impl Hop {
     }
 }
 
-/// `00-<trace id>-<span id>-00`, written digit by digit (the formatting machinery costs more
-/// than the rest of an unsampled hop).
-fn unsampled_traceparent(trace_id: u128, span_id: u64) -> String {
+/// `00-<trace id>-<span id>-<flags>`, written digit by digit (the formatting machinery costs
+/// more than the rest of an unsampled hop).
+fn traceparent_of(trace_id: u128, span_id: u64, sampled: bool) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(55);
     out.extend_from_slice(b"00-");
@@ -473,7 +485,7 @@ fn unsampled_traceparent(trace_id: u128, span_id: u64) -> String {
             .rev()
             .map(|i| HEX[((span_id >> (i * 4)) & 0xf) as usize]),
     );
-    out.extend_from_slice(b"-00");
+    out.extend_from_slice(if sampled { b"-01" } else { b"-00" });
     // Only ASCII digits and dashes were written.
     String::from_utf8(out).unwrap_or_default()
 }
@@ -581,10 +593,10 @@ mod tests {
     #[test]
     fn an_unsampled_traceparent_is_well_formed_and_says_unsampled() {
         let id = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128;
-        let tp = unsampled_traceparent(id, 0x00f0_67aa_0ba9_02b7);
+        let tp = traceparent_of(id, 0x00f0_67aa_0ba9_02b7, false);
         assert_eq!(tp, PARENT.replace("-01", "-00"));
         assert_eq!(
-            unsampled_traceparent(1, 1),
+            traceparent_of(1, 1, false),
             format!("00-{:032x}-{:016x}-00", 1, 1)
         );
         let cx = TraceContext::parse(&tp, None).expect("well formed");
