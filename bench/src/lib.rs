@@ -39,6 +39,12 @@ pub fn write_result(name: &str, report: &serde_json::Value) -> anyhow::Result<Pa
     Ok(path)
 }
 
+/// The last result of `name` as written (`None`: none, or not JSON).
+pub fn last_result(name: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(result_path(name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// The `measured_at` of a result: now, UTC, to the second.
 pub fn measured_at() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -229,6 +235,217 @@ impl TraceCost {
             "met": self.met(),
         })
     }
+}
+
+/// What one round of a trace pair measured, for [`trace_pairs`].
+pub struct PairRound {
+    /// Messages per second: a pair's figure is its traced round's over its untraced one's.
+    pub rate: f64,
+    /// The service's CPU seconds per message.
+    pub cpu_per_message: f64,
+    /// The round as recorded (the pair and whether it was traced are added).
+    pub json: serde_json::Value,
+}
+
+/// What pairs of rounds measured: each round, and each pair's traced/untraced ratios of
+/// throughput and of the service's CPU per message.
+pub struct TracePairs {
+    pub rounds: Vec<serde_json::Value>,
+    pub ratios: Vec<f64>,
+    pub cpu_ratios: Vec<f64>,
+}
+
+impl TracePairs {
+    /// The figure, with its line printed.
+    pub fn cost(&self) -> anyhow::Result<TraceCost> {
+        let cost = TraceCost::of(&self.ratios).context("no pair measured")?;
+        println!("{}", cost.line());
+        Ok(cost)
+    }
+
+    /// The fields of the record every such benchmark writes: `rounds`, `pair_ratios`,
+    /// `service_cpu_per_message_pair_ratios` and their median, and the figure's
+    /// ([`TraceCost::json`]).
+    pub fn json(&self, cost: &TraceCost) -> serde_json::Map<String, serde_json::Value> {
+        let rounded = |v: &[f64]| v.iter().map(|r| round_to(*r, 3)).collect::<Vec<_>>();
+        let cpu_median = median_by(&self.cpu_ratios, |r| *r)
+            .copied()
+            .unwrap_or(f64::NAN);
+        let mut out = serde_json::Map::new();
+        out.insert("rounds".into(), serde_json::json!(self.rounds));
+        out.insert(
+            "pair_ratios".into(),
+            serde_json::json!(rounded(&self.ratios)),
+        );
+        out.insert(
+            "service_cpu_per_message_pair_ratios".into(),
+            serde_json::json!(rounded(&self.cpu_ratios)),
+        );
+        out.insert(
+            "service_cpu_per_message_ratio_median".into(),
+            serde_json::json!(round_to(cpu_median, 3)),
+        );
+        if let serde_json::Value::Object(figure) = cost.json() {
+            out.extend(figure);
+        }
+        out
+    }
+}
+
+/// Runs `pairs` pairs of rounds, one untraced and one traced each, in the order of
+/// [`pair_order`]; `round(pair, traced)` measures one (`pair` from 0).
+pub async fn trace_pairs(
+    pairs: usize,
+    mut round: impl AsyncFnMut(usize, bool) -> anyhow::Result<PairRound>,
+) -> anyhow::Result<TracePairs> {
+    let mut out = TracePairs {
+        rounds: Vec::with_capacity(2 * pairs),
+        ratios: Vec::with_capacity(pairs),
+        cpu_ratios: Vec::with_capacity(pairs),
+    };
+    for pair in 0..pairs {
+        let (mut rates, mut cpu) = ([0.0f64; 2], [0.0f64; 2]);
+        for traced in pair_order(pair) {
+            let r = round(pair, traced).await?;
+            rates[usize::from(traced)] = r.rate;
+            cpu[usize::from(traced)] = r.cpu_per_message;
+            let mut json = serde_json::json!({"pair": pair + 1, "traced": traced});
+            if let (Some(json), serde_json::Value::Object(fields)) = (json.as_object_mut(), r.json)
+            {
+                json.extend(fields);
+            }
+            out.rounds.push(json);
+        }
+        let (ratio, cpu_ratio) = (rates[1] / rates[0], cpu[1] / cpu[0]);
+        println!(
+            "  pair {}: traced/untraced {ratio:.3}, the service's CPU per message {cpu_ratio:.3}",
+            pair + 1
+        );
+        out.ratios.push(ratio);
+        out.cpu_ratios.push(cpu_ratio);
+    }
+    Ok(out)
+}
+
+/// Whether and how a benchmark runs its trace rounds: `AURORA_BENCH_TRACE=1` with the whole
+/// run, `only` alone (recorded into the last whole run's result), else not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceRounds {
+    Off,
+    WithRun,
+    Only,
+}
+
+impl TraceRounds {
+    pub fn from_env() -> Self {
+        match std::env::var("AURORA_BENCH_TRACE").as_deref() {
+            Ok("1") => Self::WithRun,
+            Ok("only") => Self::Only,
+            _ => Self::Off,
+        }
+    }
+}
+
+/// The trace rounds of a result, `details.trace_sampling_rounds`, as every benchmark records
+/// them.
+fn trace_rounds_of(report: &serde_json::Value) -> Option<&serde_json::Value> {
+    report
+        .get("details")?
+        .get("trace_sampling_rounds")
+        .filter(|t| t.is_object())
+}
+
+/// Puts the trace rounds into a whole run's `report` of `name`: `measured` (dated now) when
+/// the run measured them, else those of the last result, carried over with the date they
+/// were measured (a whole run without `AURORA_BENCH_TRACE` keeps them rather than drop
+/// them).
+pub fn set_trace_rounds(
+    name: &str,
+    report: &mut serde_json::Value,
+    measured: Option<serde_json::Value>,
+) {
+    let rounds = match measured {
+        Some(mut rounds) => {
+            rounds["measured_at"] = serde_json::json!(measured_at());
+            rounds
+        }
+        None => {
+            let Some(last) = last_result(name) else {
+                return;
+            };
+            let Some(mut rounds) = trace_rounds_of(&last).cloned() else {
+                return;
+            };
+            if rounds.get("measured_at").is_none() {
+                rounds["measured_at"] = last["measured_at"].clone();
+            }
+            println!(
+                "trace rounds of {} carried over from the last result",
+                rounds["measured_at"]
+            );
+            rounds
+        }
+    };
+    report["details"]["trace_sampling_rounds"] = rounds;
+}
+
+/// Records trace rounds run alone (`AURORA_BENCH_TRACE=only`) into the last whole run's
+/// result of `name`, dated now, with a note saying so; the rest of the file is unchanged.
+pub fn record_trace_rounds_alone(
+    name: &str,
+    mut rounds: serde_json::Value,
+) -> anyhow::Result<PathBuf> {
+    let mut report = last_result(name).with_context(|| {
+        format!(
+            "the trace rounds alone go into bench/results/{name}.json: run the whole bench first"
+        )
+    })?;
+    if !report
+        .get("details")
+        .is_some_and(serde_json::Value::is_object)
+    {
+        bail!("bench/results/{name}.json has no details to put the trace rounds in");
+    }
+    let run_at = report["measured_at"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
+    rounds["measured_at"] = serde_json::json!(measured_at());
+    rounds["note"] = serde_json::json!(format!(
+        "the trace rounds alone (AURORA_BENCH_TRACE=only); the rest of this file is the whole run of {run_at}"
+    ));
+    report["details"]["trace_sampling_rounds"] = rounds;
+    write_result(name, &report)
+}
+
+/// The spans `receiver` got since it held `before`, once what a stopped service flushed as it
+/// stopped has come in.
+pub async fn spans_since(
+    receiver: &aurora_testkit::otlp::OtlpReceiver,
+    before: usize,
+) -> Vec<aurora_testkit::otlp::ReceivedSpan> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    receiver.spans().split_off(before)
+}
+
+/// How many of `spans` bear each name, the round's namespace `namespace` written `<ns>` (a
+/// message hop's span is named after its stream or subject, a JetStream stream's name in
+/// upper case): which hops made spans.
+pub fn span_names(
+    spans: &[aurora_testkit::otlp::ReceivedSpan],
+    namespace: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut names = std::collections::BTreeMap::new();
+    for span in spans {
+        *names
+            .entry(
+                span.name
+                    .replace(namespace, "<ns>")
+                    .replace(&namespace.to_uppercase(), "<NS>"),
+            )
+            .or_default() += 1;
+    }
+    names
 }
 
 /// The trace context a traced writer upstream leaves on a message it starts: a new trace,
