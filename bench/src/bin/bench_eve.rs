@@ -19,6 +19,22 @@
 //! runs with IOC sightings on and the set loaded; the sightings found, the time the load took
 //! and the process's memory (the service runs in it) are recorded.
 //!
+//! With `AURORA_BENCH_TRACE=1` (`only`: these rounds alone, recorded into the last whole
+//! run's result; a whole run without it keeps the trace rounds of the last result): the cost
+//! of tracing at 1% sampling on the events' rate. Tracing is set up once per process, so these
+//! rounds run the release binary `eve-ingest` as a child process (the settings above as
+//! flags), untraced and traced alike. Pairs of rounds (`BENCH_EVE_TRACE_PAIRS`, default 5),
+//! each a fresh service in a namespace of its own with the indicators loaded, taking
+//! `BENCH_EVE_TRACE_N` events (default 100,000, the same lines every round) staged and renamed
+//! into its list once it is ready: one untraced, one exporting spans over OTLP/HTTP to a
+//! receiver in this process (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
+//! `OTEL_TRACES_SAMPLER_ARG=0.01`), the order swapped every pair. Suricata's lines carry no
+//! trace context, so every batch is a root sampled by the ratio (about 1% of the batches make
+//! spans; a traced round's events are checked to carry a `traceparent`, an untraced round's
+//! none, and the traced rounds to have exported spans). The figure is the median of the
+//! pairs' traced/untraced ratios of events per second, with their spread, and the service's
+//! CPU per event beside it (`AURORA_BENCH_EVE_LOG`: the child's log filter, `warn`).
+//!
 //! The samples come from `../shared/data/suricata` (all five files) when present, else from
 //! the test fixtures; each repetition gets a `bench_seq` field so that every event is distinct
 //! (identical bytes would be deduplicated). Everything runs in a namespace of its own, which
@@ -32,12 +48,15 @@ use anyhow::{bail, Context};
 use async_nats::jetstream::context::ContextBuilder;
 use async_nats::jetstream::message::PublishMessage;
 use aurora_bench::{
-    env_or, jetstream_len, median_by, poll_until, proc_status_kib, round_to, InProcess,
+    cpu_secs, env_or, jetstream_len, median_by, poll_until, proc_status_kib, round_to, span_names,
+    spans_since, trace_pairs, InProcess, PairRound, TraceRounds, TRACE_SAMPLING,
 };
 use aurora_core::jetstream::{ensure_consumer, ensure_stream, suricata_stream_config};
 use aurora_core::service::LaunchOptions;
+use aurora_core::trace::{self, TraceContext};
 use aurora_core::{bus, Names};
 use aurora_testkit::cleanup::Cleanup;
+use aurora_testkit::otlp::OtlpReceiver;
 use aurora_testkit::process::{Site, Svc};
 use aurora_testkit::redis::xlen;
 use aurora_testkit::{workspace_path, RedisServer, NATS_URL, REDIS_URL};
@@ -65,9 +84,9 @@ struct Cpu {
 impl Cpu {
     fn now(servers: &Servers) -> Self {
         Self {
-            bench: proc_cpu_s(std::process::id()).unwrap_or(0.0),
-            redis: servers.redis.and_then(proc_cpu_s).unwrap_or(0.0),
-            nats: servers.nats.and_then(proc_cpu_s).unwrap_or(0.0),
+            bench: cpu_secs(std::process::id()).unwrap_or(0.0),
+            redis: servers.redis.and_then(cpu_secs).unwrap_or(0.0),
+            nats: servers.nats.and_then(cpu_secs).unwrap_or(0.0),
         }
     }
 
@@ -97,15 +116,6 @@ impl Servers {
             nats: server_pid("nats-server", &port(NATS_URL)),
         }
     }
-}
-
-/// utime + stime of a process, in seconds (clock ticks of 10 ms).
-fn proc_cpu_s(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
 }
 
 /// A process named `name` whose command line mentions `port`.
@@ -543,6 +553,212 @@ async fn replica_wait_round(
     }))
 }
 
+/// What one round of the trace pairs measured.
+struct TraceRound {
+    events: usize,
+    /// From the release of the lines until all are stored in JetStream.
+    seconds: f64,
+    rate: f64,
+    /// CPU seconds the service used in that time.
+    service_cpu_s: f64,
+    /// The last stored event carries a `traceparent` (every event of a traced service does,
+    /// sampled or not; none of an untraced one).
+    carries_context: bool,
+    exit_ok: bool,
+}
+
+/// The in-process rounds' settings as the release binary's flags (the harness's shorter
+/// `--block` overridden).
+fn service_flags(settings: &Settings) -> Vec<(&'static str, String)> {
+    let mut flags = vec![
+        ("batch", settings.batch.to_string()),
+        ("block", format!("{}ms", settings.block.as_millis())),
+        ("publish-window", settings.publish_window.to_string()),
+        ("inflight-batches", settings.inflight_batches.to_string()),
+        ("stream-maxlen", settings.stream_maxlen.to_string()),
+    ];
+    if settings.sightings.is_none() {
+        flags.push(("no-ioc-sightings", "true".into()));
+    }
+    flags
+}
+
+/// Whether the last message of `stream` carries a trace context in its headers.
+async fn last_carries_context(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<bool> {
+    let mut stream = js.get_stream(stream).await?;
+    let last = stream.info().await?.state.last_sequence;
+    let message = stream.get_raw_message(last).await?;
+    // Read here, not by `TraceContext::from_nats_headers`, which reads nothing in a process
+    // that does not trace (this one).
+    let traceparent = message.headers.get(trace::TRACEPARENT_FIELD);
+    Ok(traceparent.is_some_and(|v| TraceContext::parse(v.as_str(), None).is_some()))
+}
+
+/// One round of the trace pairs, in the namespace of `site` (a fresh one): `iocs` indicators
+/// shared and `lines` staged, a fresh service of `site` (the release binary) started and
+/// ready (the indicators loaded), then the lines released into its list; timed until all
+/// are stored in JetStream (then the alerts of the mix on the alerts stream, untimed), then
+/// SIGTERM (the exporter flushes as it stops) and the namespace deleted.
+async fn trace_round(
+    site: &Site,
+    flags: &[(&str, &str)],
+    conn: &mut bus::Conn,
+    js: &async_nats::jetstream::Context,
+    lines: &[Vec<u8>],
+    iocs: usize,
+) -> anyhow::Result<TraceRound> {
+    let names = &site.names;
+    let _cleanup = Cleanup::new(names, NATS_URL, &[REDIS_URL]);
+    share_iocs(conn, names, iocs).await?;
+    stage(conn, names, lines).await?;
+    let mut service = site.start(Svc::EveIngest, flags).await;
+    let pid = service.pid().context("eve-ingest exited")?;
+    let stream = names.suricata_stream();
+    let n = lines.len();
+    let cpu_start = cpu_secs(pid).unwrap_or(f64::NAN);
+    let started = release(conn, names).await?;
+    let stream_ref = &stream;
+    let done = poll_until(
+        POLL,
+        Duration::from_secs(600),
+        "all events in JetStream",
+        || async move { Ok(jetstream_len(js, stream_ref).await >= n as u64) },
+    )
+    .await?;
+    let service_cpu_s = cpu_secs(pid).unwrap_or(f64::NAN) - cpu_start;
+    let seconds = done.duration_since(started).as_secs_f64();
+    let carries_context = last_carries_context(js, &stream).await?;
+    let mix = lines.iter().filter(|l| event_type(l) == "alert").count() as u64;
+    let alerts = names.alerts();
+    poll_until(
+        POLL,
+        Duration::from_secs(60),
+        "all alerts of the mix",
+        || {
+            let (mut c, k) = (conn.clone(), &alerts);
+            async move { Ok(xlen(&mut c, k).await >= mix) }
+        },
+    )
+    .await?;
+    let exit_ok = service.terminate().await.success();
+    Ok(TraceRound {
+        events: n,
+        seconds,
+        rate: n as f64 / seconds.max(1e-6),
+        service_cpu_s,
+        carries_context,
+        exit_ok,
+    })
+}
+
+/// Pairs of rounds, each with a service of its own (the release binary, a child process, in
+/// a namespace of the round's own with the indicators loaded): untraced, and exporting its
+/// spans to an OTLP receiver with 1% of traces sampled; the order swaps every pair (the
+/// machine's load drifts). Each pair's ratio is traced/untraced events per second; the median
+/// pair is the figure.
+async fn trace_rounds(
+    settings: &Settings,
+    names: &Names,
+    base: &[Vec<u8>],
+    iocs: usize,
+    conn: &mut bus::Conn,
+    js: &async_nats::jetstream::Context,
+) -> anyhow::Result<serde_json::Value> {
+    let bin = aurora_bench::release_binary(SERVICE)?;
+    let receiver = OtlpReceiver::start().await;
+    let mut site = Site::new(names, "site-a", 0).with_binary(Svc::EveIngest, &bin);
+    site.redis_url = REDIS_URL.to_string();
+    site.log_filter = std::env::var("AURORA_BENCH_EVE_LOG").unwrap_or_else(|_| "warn".into());
+    let (untraced_site, traced_site) = aurora_bench::trace_sites(&site, &receiver, TRACE_SAMPLING);
+    let owned = service_flags(settings);
+    let flags: Vec<(&str, &str)> = owned.iter().map(|(f, v)| (*f, v.as_str())).collect();
+    let pairs = env_or("BENCH_EVE_TRACE_PAIRS", 5usize)?.max(1);
+    let n = env_or("BENCH_EVE_TRACE_N", 100_000usize)?.max(1);
+    // The same lines every round: each round has a stream and alert state of its own.
+    let lines = distinct(base, n, 0);
+    let batches = n.div_ceil(settings.batch.max(1));
+    let mut traced_spans = 0;
+    let mut traced_span_names = std::collections::BTreeMap::new();
+    let measured = trace_pairs(pairs, async |pair, traced| {
+        let label = if traced { "traced" } else { "untraced" };
+        let mut round_site = (if traced { &traced_site } else { &untraced_site }).clone();
+        round_site.names = Names::new(&format!(
+            "{}t{}{}",
+            names.namespace(),
+            pair + 1,
+            &label[..1]
+        ))?;
+        let spans_before = receiver.spans().len();
+        let r = trace_round(&round_site, &flags, conn, js, &lines, iocs).await?;
+        let received = spans_since(&receiver, spans_before).await;
+        let spans = received.len();
+        if r.carries_context != traced {
+            bail!(
+                "the {label} eve-ingest {} a trace context on its events",
+                if r.carries_context { "put" } else { "did not put" }
+            );
+        }
+        if traced {
+            traced_spans += spans;
+            for (name, count) in span_names(&received, round_site.names.namespace()) {
+                *traced_span_names.entry(name).or_insert(0) += count;
+            }
+        }
+        let cpu_per_event = r.service_cpu_s / r.events as f64;
+        println!(
+            "  pair {}, {label}: {:.0} events/s ({} in {:.3} s), service CPU {:.2} s ({:.1} µs per event), exit {}, spans received {spans}",
+            pair + 1,
+            r.rate,
+            r.events,
+            r.seconds,
+            r.service_cpu_s,
+            1e6 * cpu_per_event,
+            if r.exit_ok { "0" } else { "not 0" }
+        );
+        Ok(PairRound {
+            rate: r.rate,
+            cpu_per_message: cpu_per_event,
+            json: serde_json::json!({
+                "events_per_s": r.rate.round(),
+                "events": r.events,
+                "seconds": round_to(r.seconds, 3),
+                "service_cpu_seconds": round_to(r.service_cpu_s, 2),
+                "service_cpu_us_per_event": round_to(1e6 * cpu_per_event, 1),
+                "events_carry_traceparent": r.carries_context,
+                "exit_ok": r.exit_ok,
+                "spans_received": spans,
+            }),
+        })
+    })
+    .await?;
+    // About 1% of the batches are sampled (two spans each): a round may by chance export
+    // none, the traced rounds together may not.
+    if traced_spans == 0 {
+        bail!("the traced eve-ingest exported no span in {pairs} rounds: they measured nothing");
+    }
+    let cost = measured.cost()?;
+    let mut out = serde_json::json!({
+        "what": format!("pairs of rounds, each with a fresh eve-ingest (the release binary as a child process, --batch {}, --block {}ms, --publish-window {}, --inflight-batches {}, sightings {}) in a namespace of the round's own with {iocs} indicators on its aurora:iocs (loaded before ready), taking {n} events (the same lines every round, as the whole run's first round) staged in a list and renamed into its list at once: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", settings.batch, settings.block.as_millis(), settings.publish_window, settings.inflight_batches, if settings.sightings.is_some() { "on" } else { "off" }),
+        "events_carry": "no trace context (Suricata writes none): every batch is a root, sampled by the trace-id ratio rule; a sampled batch makes two spans (eve batch, the stream's publish), an unsampled one only the context its events carry (checked: the last stored event of a traced round has a traceparent header, of an untraced one none)",
+        "batches_per_round": batches,
+        "sampler": "parentbased_traceidratio",
+        "sampler_arg": TRACE_SAMPLING,
+        "events_per_round": n,
+        "timed": "from the release of the lines (RENAME into the service's list, the service ready) until JetStream holds them all (polled every 10 ms); the alerts of the mix on the alerts stream checked after, untimed",
+        "ratio_is": "events per second to JetStream, traced over untraced of the same pair",
+        "service_cpu_per_message_ratio_is": "eve-ingest's CPU seconds (utime + stime from /proc) from the release to the last event stored, per event, traced over untraced of the same pair (above 1: tracing costs CPU)",
+        "spans_received_traced_rounds": traced_spans,
+        "spans_by_name_traced_rounds": traced_span_names,
+    });
+    if let Some(out) = out.as_object_mut() {
+        out.extend(measured.json(&cost));
+    }
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = env_or("BENCH_EVE_EVENTS", 100_000)?;
@@ -582,6 +798,13 @@ async fn main() -> anyhow::Result<()> {
     let mut conn = bus::connect(REDIS_URL).await?;
     let client = async_nats::connect(NATS_URL).await?;
     let js = async_nats::jetstream::new(client.clone());
+    let trace = TraceRounds::from_env();
+    if trace == TraceRounds::Only {
+        println!("tracing at 1% sampling, the trace rounds alone: pairs of rounds of the release binary, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
+        let traced = trace_rounds(&settings, &names, &base, ioc_count, &mut conn, &js).await?;
+        aurora_bench::record_trace_rounds_alone("eve", traced)?;
+        return Ok(());
+    }
     let mut alerts_in_mix_total = 0;
     let servers = Servers::find();
     let result = async {
@@ -775,7 +998,14 @@ async fn main() -> anyhow::Result<()> {
         "target (>= 80% of the ceiling for events, >= 20,000 alerts/s): {}",
         if met { "met" } else { "NOT met" }
     );
-    let report = serde_json::json!({
+    let traced = match trace {
+        TraceRounds::WithRun => {
+            println!("tracing at 1% sampling: pairs of rounds of the release binary, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
+            Some(trace_rounds(&settings, &names, &base, ioc_count, &mut conn, &js).await?)
+        }
+        _ => None,
+    };
+    let mut report = serde_json::json!({
         "bench": "eve",
         "service": SERVICE,
         "figure": {"name": format!("events to JetStream through {SERVICE}"), "value": events_per_s.round(), "unit": "events/s"},
@@ -820,6 +1050,7 @@ async fn main() -> anyhow::Result<()> {
         "command": "make bench-eve",
         "measured_at": aurora_bench::measured_at(),
     });
+    aurora_bench::set_trace_rounds("eve", &mut report, traced);
     aurora_bench::write_result("eve", &report)?;
     Ok(())
 }
