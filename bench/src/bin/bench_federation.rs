@@ -15,6 +15,23 @@
 //! Redis memory (`INFO memory` used_memory, the database's key count and the revision
 //! state's own size) is recorded before and after the carry.
 //!
+//! With `AURORA_BENCH_TRACE=1` (`only`: these rounds alone, recorded into the last whole
+//! run's result; a whole run without it keeps the trace rounds of the last result): the cost
+//! of tracing at 1% sampling on the carry. Tracing is set up once per process, so these rounds
+//! run both sites' gateways as the release binary `federation-gateway`, child processes (the
+//! configuration above as flags, signatures as above). Pairs of rounds
+//! (`BENCH_FEDERATION_TRACE_PAIRS`, default 5), each with fresh gateways in a namespace of its
+//! own taking M alerts raised at A once both are ready: one pair of gateways untraced, one
+//! exporting spans over OTLP/HTTP to a receiver in this process
+//! (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.01`), the order
+//! swapped every pair. Every alert raised carries a `traceparent`, as a traced writer sampling
+//! at 1% leaves it (eve-ingest writes its batch's context on the alerts it raises; here a new
+//! trace per alert, about 1% flagged sampled by the trace-id ratio rule, which the gateways'
+//! parent-based samplers follow), in both kinds of round. The figure is the median of the
+//! pairs' traced/untraced ratios of alerts per second A->B, with their spread; zero lost and
+//! zero duplicated are checked in every round, and both gateways' CPU per alert is compared
+//! beside it (`AURORA_BENCH_FEDERATION_LOG`: the children's log filter, `warn`).
+//!
 //! Writes bench/results/federation.json. On the shared NATS and Redis (databases 3 and 4).
 //! Environment: BENCH_FEDERATION_M (default 50000), BENCH_FEDERATION_GATEWAY_ARGS (extra
 //! gateway flags, e.g. `--publish-window 512`), BENCH_FEDERATION_SIGNATURES (`on`, `off`).
@@ -22,15 +39,20 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, message::PublishMessage};
-use aurora_bench::{cpu_secs, jetstream_len, now_us, percentile, poll_until, round_to, InProcess};
+use aurora_bench::{
+    cpu_secs, jetstream_len, now_us, percentile, poll_until, round_to, span_names, spans_since,
+    trace_pairs, upstream_trace, InProcess, PairRound, TraceRounds, TRACE_SAMPLING,
+};
 use aurora_core::bus::{self, Conn, Producer};
 use aurora_core::jetstream::federation_stream_config;
 use aurora_core::names::Names;
 use aurora_core::service::{Flags, LaunchOptions, Stopped};
-use aurora_testkit::cleanup::cleanup;
-use aurora_testkit::process::REDIS_BASE;
+use aurora_core::trace::{Sampler, TraceContext};
+use aurora_testkit::cleanup::{cleanup, Cleanup};
+use aurora_testkit::otlp::OtlpReceiver;
+use aurora_testkit::process::{Site, Svc, REDIS_BASE};
 use aurora_testkit::{names as fresh_names, NATS_URL};
 use federation_gateway::signing::SiteKey;
 use federation_gateway::{Args, ORIGIN_SITE_HEADER, SERVICE};
@@ -256,13 +278,21 @@ async fn redis_memory(url: &str, names: &Names) -> anyhow::Result<Value> {
     Ok(json!({"used_memory": used, "keys_in_db": keys, "revision_state_bytes": state}))
 }
 
+/// The further gateway flags of `BENCH_FEDERATION_GATEWAY_ARGS`, as tokens.
+fn extra_args() -> Vec<String> {
+    std::env::var("BENCH_FEDERATION_GATEWAY_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 fn gateway_args(
     names: &Names,
     site: &str,
     redis: &str,
     keys: Option<&RunKeys>,
 ) -> anyhow::Result<Args> {
-    let extra = std::env::var("BENCH_FEDERATION_GATEWAY_ARGS").unwrap_or_default();
     let signing = keys.map(|k| k.flags(site)).unwrap_or_default();
     let base = [
         "federation-gateway",
@@ -285,7 +315,7 @@ fn gateway_args(
         .iter()
         .map(|s| s.to_string())
         .chain(signing)
-        .chain(extra.split_whitespace().map(str::to_string));
+        .chain(extra_args());
     Ok(aurora_core::config::parse_from::<Args, _, _>(
         SERVICE,
         Args::RENAMED_ENV,
@@ -366,11 +396,31 @@ async fn read_until(
     Ok(())
 }
 
-async fn raise_batch(producer: &Producer, stream: &str, ids: &[String]) -> anyhow::Result<()> {
+/// Reads B's alert stream for a second more: late duplicates, if any, show up then.
+async fn read_late(
+    conn: &mut Conn,
+    stream: &str,
+    last: &mut String,
+    arrivals: &mut Arrivals,
+) -> anyhow::Result<()> {
+    let settle = Instant::now() + Duration::from_secs(1);
+    read_until(conn, stream, last, arrivals, |_| false, settle).await
+}
+
+/// Raises the alerts `ids` at a site's alert stream; with `upstream`, each carries the trace
+/// context a traced writer sampling by it leaves.
+async fn raise_batch(
+    producer: &Producer,
+    stream: &str,
+    ids: &[String],
+    upstream: Option<&Sampler>,
+) -> anyhow::Result<()> {
     let at = now_us();
-    let docs: Vec<Vec<u8>> = ids.iter().map(|id| alert_bytes(id, at)).collect();
-    let items: Vec<(&str, &[u8])> = docs.iter().map(|d| (stream, d.as_slice())).collect();
-    producer.publish_batch(&items).await?;
+    let items: Vec<(&str, Vec<u8>, Option<TraceContext>)> = ids
+        .iter()
+        .map(|id| (stream, alert_bytes(id, at), upstream.map(upstream_trace)))
+        .collect();
+    producer.publish_batch_traced(&items).await?;
     Ok(())
 }
 
@@ -434,7 +484,7 @@ async fn gateway(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<GatewayRun>
         let stream = stream.clone();
         tokio::spawn(async move {
             for chunk in ids.chunks(500) {
-                raise_batch(&producer, &stream, chunk).await?;
+                raise_batch(&producer, &stream, chunk, None).await?;
             }
             anyhow::Ok(started.elapsed().as_secs_f64())
         })
@@ -472,7 +522,7 @@ async fn gateway(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<GatewayRun>
                 let ids: Vec<String> = (0..per_tick)
                     .map(|i| alert_id(PACED, t * per_tick + i))
                     .collect();
-                raise_batch(&producer, &stream, &ids).await?;
+                raise_batch(&producer, &stream, &ids, None).await?;
             }
             anyhow::Ok(())
         })
@@ -488,17 +538,7 @@ async fn gateway(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<GatewayRun>
     )
     .await?;
     pace.await??;
-    // Late duplicates, if any, show up now.
-    let settle = Instant::now() + Duration::from_secs(1);
-    read_until(
-        &mut reader,
-        &stream,
-        &mut last,
-        &mut arrivals,
-        |_| false,
-        settle,
-    )
-    .await?;
+    read_late(&mut reader, &stream, &mut last, &mut arrivals).await?;
     let paced_lat = arrivals.latencies_ms(PACED);
     let duplicated = arrivals.total - arrivals.seen.len();
     let redis_after = redis_memory(&url_b, &names).await?;
@@ -530,6 +570,248 @@ async fn gateway(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<GatewayRun>
     })
 }
 
+// ---- the cost of tracing ----------------------------------------------------------------
+
+/// `--flag value` tokens (a lone `--flag`, or `--flag=value`) as the harness's (flag, value)
+/// pairs (a lone flag is `true`).
+fn flag_pairs(tokens: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut tokens = tokens.iter().peekable();
+    while let Some(token) = tokens.next() {
+        let Some(flag) = token.strip_prefix("--") else {
+            bail!("{token:?} is not a flag (BENCH_FEDERATION_GATEWAY_ARGS)");
+        };
+        let (flag, value) = match flag.split_once('=') {
+            Some((flag, value)) => (flag, value.to_string()),
+            None => match tokens.next_if(|v| !v.starts_with("--")) {
+                Some(value) => (flag, value.clone()),
+                None => (flag, "true".to_string()),
+            },
+        };
+        pairs.push((flag.to_string(), value));
+    }
+    Ok(pairs)
+}
+
+/// The flags of `site`'s gateway as a child process: the in-process gateways' configuration
+/// ([`gateway_args`]: the harness's shorter intervals for tests overridden), its keys, and
+/// `BENCH_FEDERATION_GATEWAY_ARGS`.
+fn child_flags(
+    names: &Names,
+    site: &str,
+    keys: Option<&RunKeys>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let args = gateway_args(names, site, REDIS_BASE, keys)?;
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let mut flags = vec![
+        ("ack-wait".to_string(), ms(args.ack_wait)),
+        ("nak-delay".to_string(), ms(args.nak_delay)),
+        ("export-claim-idle".to_string(), ms(args.export_claim_idle)),
+    ];
+    let mut tokens = keys.map(|k| k.flags(site)).unwrap_or_default();
+    tokens.extend(extra_args());
+    flags.extend(flag_pairs(&tokens)?);
+    Ok(flags)
+}
+
+/// What one carry round of the trace pairs measured.
+struct CarryRound {
+    /// From the first alert raised at A until every one is on B's stream.
+    seconds: f64,
+    rate: f64,
+    /// CPU seconds both gateways used in that time.
+    gateways_cpu_s: f64,
+    lost: usize,
+    duplicated: usize,
+    exit_ok: bool,
+}
+
+/// One round of the trace pairs in a namespace of its own: the gateways of `sites` (A, B: the
+/// release binary, fresh) started and ready, then `m` alerts raised at A's stream in batches
+/// of 500, each with a context from `upstream`, and read at B's; timed until every one has
+/// arrived, then a second for late duplicates, then SIGTERM to both (their exporters flush as
+/// they stop) and the namespace deleted.
+async fn carry_round(
+    sites: [&Site; 2],
+    flags: [&[(&str, &str)]; 2],
+    m: usize,
+    upstream: &Sampler,
+) -> anyhow::Result<CarryRound> {
+    let names = sites[0].names.clone();
+    let urls: Vec<&str> = sites.iter().map(|s| s.redis_url.as_str()).collect();
+    let _cleanup = Cleanup::new(&names, NATS_URL, &urls);
+    let mut gateways = Vec::with_capacity(2);
+    for (site, flags) in sites.iter().zip(flags) {
+        gateways.push(site.start(Svc::FederationGateway, flags).await);
+    }
+    let pids: Vec<u32> = gateways.iter().filter_map(|g| g.pid()).collect();
+    if pids.len() != 2 {
+        bail!("a gateway exited before the round");
+    }
+    let cpu = || {
+        pids.iter()
+            .map(|p| cpu_secs(*p).unwrap_or(f64::NAN))
+            .sum::<f64>()
+    };
+    let producer = Producer::new(bus::connect(urls[0]).await?, 1_000_000);
+    let mut reader = bus::connect_blocking(urls[1], Duration::from_millis(200)).await?;
+    let stream = names.alerts();
+    let (mut last, mut arrivals) = ("0-0".to_string(), Arrivals::default());
+    let ids: Vec<String> = (0..m).map(|i| alert_id(FLOOD, i)).collect();
+    let cpu_start = cpu();
+    let started = Instant::now();
+    let raise = {
+        let (producer, stream, upstream) = (producer.clone(), stream.clone(), *upstream);
+        tokio::spawn(async move {
+            for chunk in ids.chunks(500) {
+                raise_batch(&producer, &stream, chunk, Some(&upstream)).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let all = |a: &Arrivals| a.count(FLOOD) >= m;
+    read_until(
+        &mut reader,
+        &stream,
+        &mut last,
+        &mut arrivals,
+        all,
+        deadline,
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let gateways_cpu_s = cpu() - cpu_start;
+    raise.await??;
+    read_late(&mut reader, &stream, &mut last, &mut arrivals).await?;
+    let got = arrivals.count(FLOOD);
+    let mut exit_ok = true;
+    for gateway in &mut gateways {
+        exit_ok &= gateway.terminate().await.success();
+    }
+    Ok(CarryRound {
+        seconds,
+        rate: got as f64 / seconds.max(1e-6),
+        gateways_cpu_s,
+        lost: m - got,
+        duplicated: arrivals.total - arrivals.seen.len(),
+        exit_ok,
+    })
+}
+
+/// Pairs of carry rounds, each with gateways of their own (the release binary, child
+/// processes) in a namespace of its own: untraced, and exporting their spans to an OTLP
+/// receiver with 1% of traces sampled; the order swaps every pair (the machine's load
+/// drifts). Each pair's ratio is traced/untraced alerts per second A->B; the median pair is
+/// the figure.
+async fn trace_rounds(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<Value> {
+    let bin = aurora_bench::release_binary(SERVICE)?;
+    let receiver = OtlpReceiver::start().await;
+    let log = std::env::var("AURORA_BENCH_FEDERATION_LOG").unwrap_or_else(|_| "warn".into());
+    // Sites A and B: databases 3 and 4 of the shared Redis, as the in-process gateways.
+    let mut kinds: [Vec<Site>; 2] = [Vec::new(), Vec::new()];
+    let mut owned = Vec::new();
+    let names = fresh_names();
+    for (site_id, db) in [("site-a", 3), ("site-b", 4)] {
+        let mut site = Site::new(&names, site_id, db).with_binary(Svc::FederationGateway, &bin);
+        site.log_filter = log.clone();
+        let (untraced, traced) = aurora_bench::trace_sites(&site, &receiver, TRACE_SAMPLING);
+        kinds[0].push(untraced);
+        kinds[1].push(traced);
+        owned.push(child_flags(&names, site_id, keys)?);
+    }
+    let flags: Vec<Vec<(&str, &str)>> = owned
+        .iter()
+        .map(|f| f.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect())
+        .collect();
+    let sampler = Sampler::parse("parentbased_traceidratio", Some(TRACE_SAMPLING))
+        .context("the sampler of the alerts' contexts")?;
+    let pairs = aurora_bench::env_or("BENCH_FEDERATION_TRACE_PAIRS", 5usize)?.max(1);
+    let (mut lost, mut duplicated) = (0, 0);
+    let mut traced_span_names = std::collections::BTreeMap::new();
+    let measured = trace_pairs(pairs, async |pair, traced| {
+        let label = if traced { "traced" } else { "untraced" };
+        let round_names = fresh_names();
+        let sites: Vec<Site> = kinds[usize::from(traced)]
+            .iter()
+            .map(|s| {
+                let mut site = s.clone();
+                site.names = round_names.clone();
+                site
+            })
+            .collect();
+        let spans_before = receiver.spans().len();
+        let r = carry_round(
+            [&sites[0], &sites[1]],
+            [flags[0].as_slice(), flags[1].as_slice()],
+            m,
+            &sampler,
+        )
+        .await?;
+        let received = spans_since(&receiver, spans_before).await;
+        let spans = received.len();
+        if traced && spans == 0 {
+            bail!("the traced gateways exported no span: the round measured nothing");
+        }
+        if traced {
+            for (name, count) in span_names(&received, round_names.namespace()) {
+                *traced_span_names.entry(name).or_insert(0) += count;
+            }
+        }
+        lost += r.lost;
+        duplicated += r.duplicated;
+        let cpu_per_alert = r.gateways_cpu_s / m as f64;
+        println!(
+            "  pair {}, {label}: {:.0} alerts/s A->B ({m} in {:.3} s), lost {}, duplicated {}, gateways' CPU {:.2} s ({:.0} µs per alert), exit {}, spans received {spans}",
+            pair + 1,
+            r.rate,
+            r.seconds,
+            r.lost,
+            r.duplicated,
+            r.gateways_cpu_s,
+            1e6 * cpu_per_alert,
+            if r.exit_ok { "0" } else { "not 0" }
+        );
+        Ok(PairRound {
+            rate: r.rate,
+            cpu_per_message: cpu_per_alert,
+            json: json!({
+                "alerts_per_s": r.rate.round(),
+                "alerts": m,
+                "seconds": round_to(r.seconds, 3),
+                "lost": r.lost,
+                "duplicated": r.duplicated,
+                "gateways_cpu_seconds": round_to(r.gateways_cpu_s, 2),
+                "gateways_cpu_us_per_alert": round_to(1e6 * cpu_per_alert, 1),
+                "exit_ok": r.exit_ok,
+                "spans_received": spans,
+            }),
+        })
+    })
+    .await?;
+    let cost = measured.cost()?;
+    println!("  lost {lost}, duplicated {duplicated} over all rounds");
+    let mut out = json!({
+        "what": format!("pairs of rounds, each with fresh gateways of sites A and B (the release binary as child processes, signatures {}, the in-process gateways' configuration as flags; Redis databases 3 and 4, one NATS) in a namespace of the round's own, {m} alerts raised at A's alert stream in batches of 500 once both are ready and read at B's: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", if keys.is_some() { "on" } else { "off" }),
+        "alerts_carry": "a traceparent each, in both kinds of round, as a traced writer sampling at 1% leaves it (eve-ingest writes its batch's context on the alerts it raises): a new trace per alert, flagged sampled for about 1% of them by the trace-id ratio rule; the gateways' parent-based samplers follow the flag, so about 1% of the alerts make spans (their names: spans_by_name_traced_rounds)",
+        "signatures": keys.is_some(),
+        "sampler": "parentbased_traceidratio",
+        "sampler_arg": TRACE_SAMPLING,
+        "alerts_per_round": m,
+        "timed": "from the first alert raised at A (both gateways ready) until every one has arrived on B's alert stream (read as they come); a second more for late duplicates, untimed",
+        "spans_by_name_traced_rounds": traced_span_names,
+        "lost_all_rounds": lost,
+        "duplicated_all_rounds": duplicated,
+        "ratio_is": "alerts per second from A's stream to B's, traced over untraced of the same pair",
+        "service_cpu_per_message_ratio_is": "both gateways' CPU seconds (utime + stime from /proc) over the timed carry, per alert, traced over untraced of the same pair (above 1: tracing costs CPU)",
+    });
+    if let Some(out) = out.as_object_mut() {
+        out.extend(measured.json(&cost));
+    }
+    out["met"] = json!(cost.met() && lost == 0 && duplicated == 0);
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let m: usize = aurora_bench::env_or("BENCH_FEDERATION_M", 50_000)?;
@@ -547,6 +829,13 @@ async fn main() -> anyhow::Result<()> {
         "bench-federation: {m} alerts, site A -> JetStream -> site B, signatures {}",
         if signatures { "on" } else { "off" }
     );
+    let trace = TraceRounds::from_env();
+    if trace == TraceRounds::Only {
+        println!("tracing at 1% sampling, the trace rounds alone: pairs of carry rounds of the release binaries, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
+        let traced = trace_rounds(m, keys.as_ref()).await?;
+        aurora_bench::record_trace_rounds_alone("federation", traced)?;
+        return Ok(());
+    }
     let ceiling_before = ceiling(m).await?;
     println!("  ceiling (raw publish-with-ack, {WINDOW} in flight): {ceiling_before:.0} msg/s");
     let carry = nats_carry(m).await?;
@@ -580,7 +869,14 @@ async fn main() -> anyhow::Result<()> {
         if met { "met" } else { "NOT met" }
     );
 
-    let result = json!({
+    let traced = match trace {
+        TraceRounds::WithRun => {
+            println!("tracing at 1% sampling: pairs of carry rounds of the release binaries, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
+            Some(trace_rounds(m, keys.as_ref()).await?)
+        }
+        _ => None,
+    };
+    let mut result = json!({
         "bench": "federation",
         "service": "federation-gateway",
         "figure": {"name": "alerts carried from site A's stream to site B's stream", "value": run.rate.round(), "unit": "msg/s"},
@@ -620,6 +916,7 @@ async fn main() -> anyhow::Result<()> {
         "command": "make bench-federation",
         "measured_at": aurora_bench::measured_at(),
     });
+    aurora_bench::set_trace_rounds("federation", &mut result, traced);
     aurora_bench::write_result("federation", &result)?;
     Ok(())
 }
