@@ -161,6 +161,38 @@ def main():
                     results[n].get("measured_at", ""),
                 )
             )
+    traces = [(n, results[n]["details"]["trace_sampling_rounds"]) for n in names
+              if isinstance(results[n].get("details"), dict)
+              and isinstance(results[n]["details"].get("trace_sampling_rounds"), dict)]
+    if traces:
+        out += [
+            "",
+            "Tracing at 1% (`AURORA_BENCH_TRACE=1`, or `only` for these rounds alone): pairs of rounds",
+            "of the release binary, untraced and traced (`parentbased_traceidratio`, 1%), the order",
+            "swapped every pair; the figure is the median of the pairs' traced/untraced throughput",
+            "ratios, the target at least 0.97 (details and what each round carries: the JSON below):",
+            "",
+            "| bench | pairs | traced/untraced (median) | spread | CPU per message traced/untraced (median) | spans received (traced rounds) | met | measured |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n, t in traces:
+            ratios = t.get("pair_ratios") or []
+            cpu = next((v for k, v in sorted(t.items())
+                        if "cpu" in k and k.endswith("ratio_median")), None)
+            spans = [r.get("spans_received") for r in t.get("rounds", []) if r.get("traced")]
+            spans = [s for s in spans if isinstance(s, int)]
+            out.append(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                    f"`{results[n].get('command', 'make bench-' + n)}`",
+                    len(ratios) or "n/a",
+                    fmt(t.get("ratio_median", "n/a")),
+                    f"{fmt(t.get('ratio_min', 'n/a'))} to {fmt(t.get('ratio_max', 'n/a'))}",
+                    fmt(cpu) if cpu is not None else "not measured",
+                    f"{fmt(sum(spans))} ({', '.join(fmt(s) for s in spans)})" if spans else "n/a",
+                    {True: "yes", False: "**no**"}.get(t.get("met"), "n/a"),
+                    t.get("measured_at", results[n].get("measured_at", "")),
+                )
+            )
     missing = [n for n in ORDER if n not in results]
     if missing:
         out += ["", "Not measured yet: " + ", ".join(f"`make bench-{n}`" for n in missing) + "."]
