@@ -31,6 +31,9 @@
 //! pairs' traced/untraced ratios of alerts per second A->B, with their spread; zero lost and
 //! zero duplicated are checked in every round, and both gateways' CPU per alert is compared
 //! beside it (`AURORA_BENCH_FEDERATION_LOG`: the children's log filter, `warn`).
+//! `BENCH_FEDERATION_TRACE_RATIO` sets another ratio for the traced gateways and the alerts'
+//! contexts (0: every context carried unsampled, no span: what carrying them costs alone),
+//! printed, not recorded.
 //!
 //! Writes bench/results/federation.json. On the shared NATS and Redis (databases 3 and 4).
 //! Environment: BENCH_FEDERATION_M (default 50000), BENCH_FEDERATION_GATEWAY_ARGS (extra
@@ -704,7 +707,7 @@ async fn carry_round(
 /// receiver with 1% of traces sampled; the order swaps every pair (the machine's load
 /// drifts). Each pair's ratio is traced/untraced alerts per second A->B; the median pair is
 /// the figure.
-async fn trace_rounds(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<Value> {
+async fn trace_rounds(m: usize, keys: Option<&RunKeys>, ratio: &str) -> anyhow::Result<Value> {
     let bin = aurora_bench::release_binary(SERVICE)?;
     let receiver = OtlpReceiver::start().await;
     let log = std::env::var("AURORA_BENCH_FEDERATION_LOG").unwrap_or_else(|_| "warn".into());
@@ -715,7 +718,7 @@ async fn trace_rounds(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<Value>
     for (site_id, db) in [("site-a", 3), ("site-b", 4)] {
         let mut site = Site::new(&names, site_id, db).with_binary(Svc::FederationGateway, &bin);
         site.log_filter = log.clone();
-        let (untraced, traced) = aurora_bench::trace_sites(&site, &receiver, TRACE_SAMPLING);
+        let (untraced, traced) = aurora_bench::trace_sites(&site, &receiver, ratio);
         kinds[0].push(untraced);
         kinds[1].push(traced);
         owned.push(child_flags(&names, site_id, keys)?);
@@ -724,8 +727,9 @@ async fn trace_rounds(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<Value>
         .iter()
         .map(|f| f.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect())
         .collect();
-    let sampler = Sampler::parse("parentbased_traceidratio", Some(TRACE_SAMPLING))
+    let sampler = Sampler::parse("parentbased_traceidratio", Some(ratio))
         .context("the sampler of the alerts' contexts")?;
+    let exports = ratio.parse::<f64>().map_or(true, |r| r > 0.0);
     let pairs = aurora_bench::env_or("BENCH_FEDERATION_TRACE_PAIRS", 5usize)?.max(1);
     let (mut lost, mut duplicated) = (0, 0);
     let mut traced_span_names = std::collections::BTreeMap::new();
@@ -750,7 +754,7 @@ async fn trace_rounds(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<Value>
         .await?;
         let received = spans_since(&receiver, spans_before).await;
         let spans = received.len();
-        if traced && spans == 0 {
+        if traced && spans == 0 && exports {
             bail!("the traced gateways exported no span: the round measured nothing");
         }
         if traced {
@@ -792,11 +796,11 @@ async fn trace_rounds(m: usize, keys: Option<&RunKeys>) -> anyhow::Result<Value>
     let cost = measured.cost()?;
     println!("  lost {lost}, duplicated {duplicated} over all rounds");
     let mut out = json!({
-        "what": format!("pairs of rounds, each with fresh gateways of sites A and B (the release binary as child processes, signatures {}, the in-process gateways' configuration as flags; Redis databases 3 and 4, one NATS) in a namespace of the round's own, {m} alerts raised at A's alert stream in batches of 500 once both are ready and read at B's: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", if keys.is_some() { "on" } else { "off" }),
+        "what": format!("pairs of rounds, each with fresh gateways of sites A and B (the release binary as child processes, signatures {}, the in-process gateways' configuration as flags; Redis databases 3 and 4, one NATS) in a namespace of the round's own, {m} alerts raised at A's alert stream in batches of 500 once both are ready and read at B's: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={ratio}), the order swapped every pair", if keys.is_some() { "on" } else { "off" }),
         "alerts_carry": "a traceparent each, in both kinds of round, as a traced writer sampling at 1% leaves it (eve-ingest writes its batch's context on the alerts it raises): a new trace per alert, flagged sampled for about 1% of them by the trace-id ratio rule; the gateways' parent-based samplers follow the flag, so about 1% of the alerts make spans (their names: spans_by_name_traced_rounds)",
         "signatures": keys.is_some(),
         "sampler": "parentbased_traceidratio",
-        "sampler_arg": TRACE_SAMPLING,
+        "sampler_arg": ratio,
         "alerts_per_round": m,
         "timed": "from the first alert raised at A (both gateways ready) until every one has arrived on B's alert stream (read as they come); a second more for late duplicates, untimed",
         "spans_by_name_traced_rounds": traced_span_names,
@@ -830,10 +834,16 @@ async fn main() -> anyhow::Result<()> {
         if signatures { "on" } else { "off" }
     );
     let trace = TraceRounds::from_env();
+    let trace_ratio = std::env::var("BENCH_FEDERATION_TRACE_RATIO")
+        .unwrap_or_else(|_| TRACE_SAMPLING.to_string());
     if trace == TraceRounds::Only {
-        println!("tracing at 1% sampling, the trace rounds alone: pairs of carry rounds of the release binaries, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
-        let traced = trace_rounds(m, keys.as_ref()).await?;
-        aurora_bench::record_trace_rounds_alone("federation", traced)?;
+        println!("tracing, sampling ratio {trace_ratio}, the trace rounds alone: pairs of carry rounds of the release binaries, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
+        let traced = trace_rounds(m, keys.as_ref(), &trace_ratio).await?;
+        if trace_ratio == TRACE_SAMPLING {
+            aurora_bench::record_trace_rounds_alone("federation", traced)?;
+        } else {
+            println!("not recorded: the results hold the rounds at {TRACE_SAMPLING}");
+        }
         return Ok(());
     }
     let ceiling_before = ceiling(m).await?;
@@ -872,7 +882,7 @@ async fn main() -> anyhow::Result<()> {
     let traced = match trace {
         TraceRounds::WithRun => {
             println!("tracing at 1% sampling: pairs of carry rounds of the release binaries, untraced and traced (OTLP/HTTP to a receiver in this process), the order swapped every pair");
-            Some(trace_rounds(m, keys.as_ref()).await?)
+            Some(trace_rounds(m, keys.as_ref(), &trace_ratio).await?)
         }
         _ => None,
     };
