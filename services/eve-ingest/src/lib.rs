@@ -357,7 +357,8 @@ impl Service for EveIngest {
                     },
                     blocking,
                     conn.clone(),
-                );
+                )
+                .measure_slices(list_source::lists_measurable(&mut conn.clone()).await);
                 readiness.set_not_ready(INPUT, "looking at the lines this replica holds");
                 let abort = ctx.abort.clone();
                 let (readiness, hooks) = (readiness.clone(), hooks.clone());
