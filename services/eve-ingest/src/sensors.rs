@@ -300,96 +300,107 @@ impl<'de> Visitor<'de> for StatsVisitor {
     }
 }
 
-/// One stats event against the sensor's state; puts the transitions in its outbox and
-/// returns `{result, outbox entries...}`. Times are µs; large integers travel as strings
-/// (Lua's numbers are doubles: exact to 2^53, but `tostring` keeps only 14 digits).
+/// A sensor's stats events of one batch, in order, against its state; puts the transitions
+/// in its outbox and returns `{result of each event..., outbox entries...}`. ARGV[1..10]: the
+/// sensor and the settings; then five per event from ARGV[11]: its time, uptime, kernel
+/// packets, kernel drops and SHA-256. One call per sensor and batch: the clock, the sensor
+/// set, the keys' lifetimes and the outbox are seen to once, whatever the events' number.
+/// Times are µs; large integers travel as strings (Lua's numbers are doubles: exact to 2^53,
+/// but `tostring` keeps only 14 digits).
 const OBSERVE: &str = r#"
 local function s(x) return string.format('%.0f', x) end
 local state, samples, outbox = KEYS[1], KEYS[2], KEYS[3]
 local host = ARGV[1]
+local window, threshold, clear = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local min_packets, default, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local high_at, critical_at, silent_after = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local t = redis.call('TIME')
 local now = s(tonumber(t[1]) * 1000000 + tonumber(t[2]))
 redis.call('SADD', KEYS[4], host)
-local f = redis.call('HMGET', state, 'silent', 'silent_since', 'seen', 'ts', 'up', 'p', 'd',
-  'ivl', 'blind', 'blind_since', 'blind_rank')
-if f[1] == '1' then
-  redis.call('RPUSH', outbox, cjson.encode({kind='silent', status='closed', host=host,
-    since=f[2], at=now, last_seen=f[3], interval=f[8] or ARGV[10], silent_after=ARGV[15]}))
-  redis.call('HSET', state, 'silent', '0')
-end
-redis.call('HSET', state, 'seen', now)
-local result = 'alive'
-local ts, last_ts = tonumber(ARGV[2]), tonumber(f[4])
-if ts and last_ts and ts <= last_ts then
-  result = 'stale'
-elseif ts then
-  local default = tonumber(ARGV[10])
-  if last_ts then
-    local gap = ts - last_ts
-    local ivl = tonumber(f[8])
-    if ivl then ivl = 0.75 * ivl + 0.25 * math.min(gap, 2 * ivl)
-    else ivl = math.min(gap, 2 * default) end
-    redis.call('HSET', state, 'ivl', s(ivl))
+local results = {}
+for at = 11, #ARGV, 5 do
+  local a_ts, a_up, a_p, a_d, a_sha = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  local f = redis.call('HMGET', state, 'silent', 'silent_since', 'seen', 'ts', 'up', 'p', 'd',
+    'ivl', 'blind', 'blind_since', 'blind_rank')
+  if f[1] == '1' then
+    redis.call('RPUSH', outbox, cjson.encode({kind='silent', status='closed', host=host,
+      since=f[2], at=now, last_seen=f[3], interval=f[8] or ARGV[6], silent_after=silent_after}))
+    redis.call('HSET', state, 'silent', '0')
   end
-  redis.call('HSET', state, 'ts', ARGV[2])
-  local p, d, up = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[3])
-  if p and d then
-    result = 'used'
-    local lp, ld, lup = tonumber(f[6]), tonumber(f[7]), tonumber(f[5])
-    if (lp and p < lp) or (ld and d < ld) or (up and lup and up < lup) then
-      redis.call('DEL', samples)
-      result = 'restart'
+  redis.call('HSET', state, 'seen', now)
+  local result = 'alive'
+  local ts, last_ts = tonumber(a_ts), tonumber(f[4])
+  if ts and last_ts and ts <= last_ts then
+    result = 'stale'
+  elseif ts then
+    if last_ts then
+      local gap = ts - last_ts
+      local ivl = tonumber(f[8])
+      if ivl then ivl = 0.75 * ivl + 0.25 * math.min(gap, 2 * ivl)
+      else ivl = math.min(gap, 2 * default) end
+      redis.call('HSET', state, 'ivl', s(ivl))
     end
-    redis.call('HSET', state, 'p', ARGV[4], 'd', ARGV[5])
-    redis.call('RPUSH', samples, ARGV[2] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
-    local from = ts - tonumber(ARGV[6])
-    while redis.call('LLEN', samples) >= 2 do
-      local st = tonumber(string.match(redis.call('LINDEX', samples, 1), '^(%S+)'))
-      if st and st <= from then redis.call('LPOP', samples) else break end
-    end
-    local bt, bp, bd = string.match(redis.call('LINDEX', samples, 0), '^(%S+) (%S+) (%S+)$')
-    bt, bp, bd = tonumber(bt), tonumber(bp), tonumber(bd)
-    if bt and bp and bd and bt <= from then
-      local dp, dd = p - bp, d - bd
-      local ratio = 0
-      if dp > 0 then ratio = math.min(dd / dp, 1) elseif dd > 0 then ratio = 1 end
-      local rank = 1
-      if ratio >= tonumber(ARGV[14]) then rank = 3 elseif ratio >= tonumber(ARGV[13]) then rank = 2 end
-      local threshold, enough = tonumber(ARGV[7]), dp >= tonumber(ARGV[9])
-      local entry = {kind='blind', host=host, at=ARGV[2], ratio=ratio, rank=rank,
-        packets_delta=s(dp), drops_delta=s(dd), packets=ARGV[4], drops=ARGV[5],
-        window=s(ts - bt), event_sha256=ARGV[12]}
-      local blind_rank = tonumber(f[11]) or 1
-      if f[9] ~= '1' then
-        if enough and ratio >= threshold then
+    redis.call('HSET', state, 'ts', a_ts)
+    local p, d, up = tonumber(a_p), tonumber(a_d), tonumber(a_up)
+    if p and d then
+      result = 'used'
+      local lp, ld, lup = tonumber(f[6]), tonumber(f[7]), tonumber(f[5])
+      if (lp and p < lp) or (ld and d < ld) or (up and lup and up < lup) then
+        redis.call('DEL', samples)
+        result = 'restart'
+      end
+      redis.call('HSET', state, 'p', a_p, 'd', a_d)
+      redis.call('RPUSH', samples, a_ts .. ' ' .. a_p .. ' ' .. a_d)
+      local from = ts - window
+      while redis.call('LLEN', samples) >= 2 do
+        local st = tonumber(string.match(redis.call('LINDEX', samples, 1), '^(%S+)'))
+        if st and st <= from then redis.call('LPOP', samples) else break end
+      end
+      local bt, bp, bd = string.match(redis.call('LINDEX', samples, 0), '^(%S+) (%S+) (%S+)$')
+      bt, bp, bd = tonumber(bt), tonumber(bp), tonumber(bd)
+      if bt and bp and bd and bt <= from then
+        local dp, dd = p - bp, d - bd
+        local ratio = 0
+        if dp > 0 then ratio = math.min(dd / dp, 1) elseif dd > 0 then ratio = 1 end
+        local rank = 1
+        if ratio >= critical_at then rank = 3 elseif ratio >= high_at then rank = 2 end
+        local enough = dp >= min_packets
+        local entry = {kind='blind', host=host, at=a_ts, ratio=ratio, rank=rank,
+          packets_delta=s(dp), drops_delta=s(dd), packets=a_p, drops=a_d,
+          window=s(ts - bt), event_sha256=a_sha}
+        local blind_rank = tonumber(f[11]) or 1
+        if f[9] ~= '1' then
+          if enough and ratio >= threshold then
+            entry.status = 'new'
+            entry.since = a_ts
+            redis.call('HSET', state, 'blind', '1', 'blind_since', a_ts, 'blind_rank', rank)
+            redis.call('RPUSH', outbox, cjson.encode(entry))
+          end
+        elseif ratio < clear then
+          entry.status = 'closed'
+          entry.since = f[10]
+          entry.rank = blind_rank
+          redis.call('HSET', state, 'blind', '0')
+          redis.call('RPUSH', outbox, cjson.encode(entry))
+        elseif enough and rank > blind_rank then
           entry.status = 'new'
-          entry.since = ARGV[2]
-          redis.call('HSET', state, 'blind', '1', 'blind_since', ARGV[2], 'blind_rank', rank)
+          entry.since = f[10]
+          redis.call('HSET', state, 'blind_rank', rank)
           redis.call('RPUSH', outbox, cjson.encode(entry))
         end
-      elseif ratio < tonumber(ARGV[8]) then
-        entry.status = 'closed'
-        entry.since = f[10]
-        entry.rank = blind_rank
-        redis.call('HSET', state, 'blind', '0')
-        redis.call('RPUSH', outbox, cjson.encode(entry))
-      elseif enough and rank > blind_rank then
-        entry.status = 'new'
-        entry.since = f[10]
-        redis.call('HSET', state, 'blind_rank', rank)
-        redis.call('RPUSH', outbox, cjson.encode(entry))
       end
+      if up then redis.call('HSET', state, 'up', a_up) end
     end
-    if up then redis.call('HSET', state, 'up', ARGV[3]) end
   end
+  results[#results + 1] = result
 end
-local ttl = tonumber(ARGV[11])
 redis.call('EXPIRE', state, ttl)
 redis.call('EXPIRE', samples, ttl)
 redis.call('EXPIRE', outbox, ttl)
-local reply = redis.call('LRANGE', outbox, 0, -1)
-table.insert(reply, 1, result)
-return reply
+for _, entry in ipairs(redis.call('LRANGE', outbox, 0, -1)) do
+  results[#results + 1] = entry
+end
+return results
 "#;
 
 /// One sensor in the sweep: opens a silence episode when its last stats are older than
@@ -691,25 +702,32 @@ impl Sensors {
         if usable.is_empty() {
             return Ok(());
         }
-        // One round trip for the batch's stats events: Redis runs the calls in order, each on
-        // the state the one before left. A call's transitions stay in the sensor's outbox until
-        // they are settled, and every call answers with the whole outbox, so the last answer
-        // of each sensor holds all of its transitions, in order.
-        let keys: Vec<[String; 3]> = usable
+        // One round trip for the batch's stats events, one script call per sensor with its
+        // events in order (sensors' states are apart, so only each sensor's own order
+        // matters). A call's transitions stay in the sensor's outbox until they are settled,
+        // and the call answers with the whole outbox.
+        let mut sensors: Vec<(&str, Vec<&StatsSample>)> = Vec::new();
+        for sample in usable {
+            match sensors.iter_mut().find(|(h, _)| *h == sample.host) {
+                Some((_, samples)) => samples.push(sample),
+                None => sensors.push((&sample.host, vec![sample])),
+            }
+        }
+        let keys: Vec<[String; 3]> = sensors
             .iter()
-            .map(|s| {
+            .map(|(host, _)| {
                 [
-                    self.state_key(&s.host),
-                    self.samples_key(&s.host),
-                    self.outbox_key(&s.host),
+                    self.state_key(host),
+                    self.samples_key(host),
+                    self.outbox_key(host),
                 ]
             })
             .collect();
         let set_key = self.set_key();
-        let invocations: Vec<redis::ScriptInvocation<'_>> = usable
+        let invocations: Vec<redis::ScriptInvocation<'_>> = sensors
             .iter()
             .zip(&keys)
-            .map(|(sample, keys)| self.invocation(sample, keys, &set_key))
+            .map(|((host, samples), keys)| self.invocation(host, samples, keys, &set_key))
             .collect();
         let mut pipe = redis::pipe();
         // The script is loaded once per connection's server: this makes sure it is there.
@@ -721,22 +739,18 @@ impl Sensors {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(IngestError::redis("EVALSHA sensor stats", &keys[0][0]))?;
-        // Each sensor's outbox as its last call left it, in the order the sensors came.
-        let mut outboxes: Vec<(&str, Vec<String>)> = Vec::new();
-        for (sample, reply) in usable.iter().zip(replies) {
-            let mut reply = reply.into_iter();
-            let result = reply.next().unwrap_or_default();
-            telemetry::sensor_stats(match result.as_str() {
-                "used" => "used",
-                "restart" => "restart",
-                "stale" => "stale",
-                _ => "no_counters",
-            });
-            let entries: Vec<String> = reply.collect();
-            match outboxes.iter_mut().find(|(h, _)| *h == sample.host) {
-                Some((_, last)) => *last = entries,
-                None => outboxes.push((&sample.host, entries)),
+        let mut outboxes: Vec<(&str, Vec<String>)> = Vec::with_capacity(sensors.len());
+        for ((host, samples), mut reply) in sensors.iter().zip(replies) {
+            let entries = reply.split_off(samples.len().min(reply.len()));
+            for result in &reply {
+                telemetry::sensor_stats(match result.as_str() {
+                    "used" => "used",
+                    "restart" => "restart",
+                    "stale" => "stale",
+                    _ => "no_counters",
+                });
             }
+            outboxes.push((host, entries));
         }
         for (host, entries) in outboxes {
             self.settle(host, entries).await?;
@@ -749,10 +763,12 @@ impl Sensors {
         &self.default_sensor
     }
 
-    /// The script call of one sample; `keys`: its state, samples and outbox keys.
+    /// The script call of one sensor's samples, in order; `keys`: its state, samples and
+    /// outbox keys.
     fn invocation(
         &self,
-        sample: &StatsSample,
+        host: &str,
+        samples: &[&StatsSample],
         keys: &[String; 3],
         set_key: &str,
     ) -> redis::ScriptInvocation<'static> {
@@ -763,21 +779,24 @@ impl Sensors {
             .key(&keys[1])
             .key(&keys[2])
             .key(set_key)
-            .arg(&sample.host)
-            .arg(sample.at_us.map(|t| t.to_string()).unwrap_or_default())
-            .arg(opt(sample.uptime))
-            .arg(opt(sample.kernel_packets))
-            .arg(opt(sample.kernel_drops))
+            .arg(host)
             .arg(self.settings.window.as_micros().to_string())
             .arg(self.settings.drop_ratio)
             .arg(self.settings.drop_ratio / 2.0)
             .arg(self.settings.min_packets)
             .arg(self.settings.stats_interval.as_micros().to_string())
             .arg(FORGET_AFTER.as_secs())
-            .arg(&sample.event_sha256)
             .arg(HIGH_AT)
             .arg(CRITICAL_AT)
             .arg(self.settings.silent_after);
+        for sample in samples {
+            invocation
+                .arg(sample.at_us.map(|t| t.to_string()).unwrap_or_default())
+                .arg(opt(sample.uptime))
+                .arg(opt(sample.kernel_packets))
+                .arg(opt(sample.kernel_drops))
+                .arg(&sample.event_sha256);
+        }
         invocation
     }
 
