@@ -1,0 +1,84 @@
+//! How many lines a batch takes from a chunk, against real Redis: measuring a slice whole
+//! (`SORT … STORE`, `MEMORY USAGE`) decides exactly as counting its lines one by one, under
+//! a budget that lets the whole slice in and under one that cuts it; and a Redis whose lists
+//! may be compressed is not measured whole.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use aurora_core::bus;
+use aurora_testkit::servers::RedisServer;
+use common::*;
+use eve_ingest::list_source::{lists_measurable, ListConfig, ListSource};
+
+/// The sizes of the batches `ListSource::take` hands out for `lines`, until none is left.
+async fn batch_sizes(env: &Env, lines: &[Vec<u8>], budget: usize, measurable: bool) -> Vec<usize> {
+    env.push(lines).await;
+    let processing = format!("{}:slices:{measurable}:{budget}", env.names.suricata_list());
+    let cfg = ListConfig {
+        list: env.names.suricata_list(),
+        processing: processing.clone(),
+        batch: 10,
+        block: Duration::from_millis(100),
+        inflight_batches: 1,
+        max_batch_bytes: budget,
+    };
+    let blocking = bus::connect_blocking(&env.redis_url, cfg.block)
+        .await
+        .unwrap();
+    let mut source = ListSource::new(cfg, blocking, env.conn()).measure_slices(measurable);
+    let mut sizes = Vec::new();
+    let mut taken = 0;
+    while taken < lines.len() {
+        let batch = source.take().await.unwrap().unwrap();
+        taken += batch.lines.len();
+        sizes.push(batch.lines.len());
+        ListSource::release(&env.conn(), &processing, &batch.held)
+            .await
+            .unwrap();
+    }
+    sizes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_measured_whole_is_cut_where_counting_line_by_line_cuts_it() {
+    let env = Env::new().await;
+    // 25 lines of 1,000 bytes, with a 100 kB line among them.
+    let mut lines: Vec<Vec<u8>> = (0..25)
+        .map(|i| {
+            let mut line = format!("{{\"event_type\":\"flow\",\"n\":{i},\"pad\":\"").into_bytes();
+            line.resize(998, b'x');
+            line.extend_from_slice(b"\"}");
+            line
+        })
+        .collect();
+    lines[13].resize(100_000, b' ');
+    for budget in [3_500, 50_000, 16 << 20] {
+        let counted = batch_sizes(&env, &lines, budget, false).await;
+        let measured = batch_sizes(&env, &lines, budget, true).await;
+        assert_eq!(measured, counted, "budget {budget}");
+        assert_eq!(counted.iter().sum::<usize>(), lines.len());
+        if budget == 16 << 20 {
+            // The first line comes alone (BLMOVE), then whole slices of the batch size.
+            assert_eq!(counted, vec![10, 10, 5], "budget {budget}");
+        }
+        if budget == 3_500 {
+            assert!(
+                counted.iter().all(|n| *n <= 3),
+                "budget {budget}: {counted:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_may_compress_its_lists_is_not_measured_whole() {
+    let plain = RedisServer::start();
+    let compressing = RedisServer::start_with(&["--list-compress-depth", "1"]);
+    let mut conn = bus::connect(&plain.url()).await.unwrap();
+    assert!(lists_measurable(&mut conn).await);
+    let mut conn = bus::connect(&compressing.url()).await.unwrap();
+    assert!(!lists_measurable(&mut conn).await);
+}
