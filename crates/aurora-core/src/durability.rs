@@ -206,7 +206,7 @@ fn judge_persistence(s: &RedisPersistence) -> Finding {
 }
 
 /// Errors that say Redis did not answer now, rather than that it refused the question.
-fn redis_unreachable(e: &redis::RedisError) -> bool {
+pub fn redis_unreachable(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()

@@ -97,13 +97,15 @@ return out
 
 /// The bytes Redis takes to hold the ARGV[2] elements of list KEYS[1] from index ARGV[1]:
 /// they are copied, in Redis's own code, into the scratch list KEYS[2], which is measured
-/// and deleted in the same call. No line enters Lua: this costs about a quarter of
-/// [`LINE_LENGTHS`], and copies the slice once where that script copies it twice.
+/// and deleted in the same call (-1 when nothing was copied). No line enters Lua: this costs
+/// about a quarter of [`LINE_LENGTHS`], and copies the slice once where that script copies
+/// it twice.
 const MEASURE: &str = r#"
-redis.call('SORT', KEYS[1], 'BY', 'nosort', 'LIMIT', ARGV[1], ARGV[2], 'STORE', KEYS[2])
+local copied = redis.call('SORT', KEYS[1], 'BY', 'nosort', 'LIMIT', ARGV[1], ARGV[2], 'STORE', KEYS[2])
 local bytes = redis.call('MEMORY', 'USAGE', KEYS[2], 'SAMPLES', '0')
 redis.call('DEL', KEYS[2])
-return bytes or 0
+if copied ~= tonumber(ARGV[2]) or not bytes then return -1 end
+return bytes
 "#;
 
 /// What a line may take less room in a list than its length: a line of up to 20 digits is
@@ -125,7 +127,7 @@ pub async fn lists_measurable(conn: &mut Conn) -> bool {
     match depth {
         Ok(depth) => depth.get("list-compress-depth").map(String::as_str) == Some("0"),
         Err(e) => {
-            tracing::info!(error = %e, "CONFIG GET list-compress-depth refused: each batch's lines are measured one by one");
+            tracing::info!(error = %e, "cannot read list-compress-depth: each batch's lines are measured one by one");
             false
         }
     }
@@ -275,18 +277,37 @@ impl ListSource {
         // Measured whole, the slice is known to fit when Redis holds it in no more than the
         // budget (less what integer-encoded lines may save): the common case, decided as the
         // line-by-line count would decide it.
+        // A slice not copied whole (the chunk is not as this replica left it), or one Redis
+        // has no room to copy, is left to the line-by-line count, as is every slice of a Redis
+        // that refuses the script's commands (an ACL without `SORT` or `MEMORY`): measuring is
+        // then given up.
         let mut fit = 0usize;
         if self.measurable {
-            let held: usize = MEASURE_SCRIPT
+            let measured: Result<i64, redis::RedisError> = MEASURE_SCRIPT
                 .key(&chunk.key)
                 .key(format!("{}:measure", chunk.key))
                 .arg(chunk.left - n)
                 .arg(n)
                 .invoke_async(&mut self.conn)
-                .await
-                .map_err(IngestError::redis("EVALSHA measure", &chunk.key))?;
-            if held.saturating_add(n.saturating_mul(INTEGER_SAVING)) <= budget {
-                fit = n;
+                .await;
+            match measured {
+                Ok(held) => {
+                    let held = usize::try_from(held).unwrap_or(usize::MAX);
+                    if held.saturating_add(n.saturating_mul(INTEGER_SAVING)) <= budget {
+                        fit = n;
+                    }
+                }
+                Err(e) if aurora_core::durability::redis_unreachable(&e) => {
+                    return Err(IngestError::redis("EVALSHA measure", &chunk.key)(e));
+                }
+                // Out of memory (the copy is a write): this slice is counted line by line.
+                Err(e) if e.code() == Some("OOM") => {
+                    tracing::debug!(error = %e, "no room to measure a slice whole");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis refuses to measure a slice whole: each batch's lines are measured one by one from now on");
+                    self.measurable = false;
+                }
             }
         }
         if fit == 0 {

@@ -82,3 +82,20 @@ async fn a_redis_that_may_compress_its_lists_is_not_measured_whole() {
     let mut conn = bus::connect(&compressing.url()).await.unwrap();
     assert!(!lists_measurable(&mut conn).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_to_measure_still_gets_its_slices_counted() {
+    // An ACL that denies SORT: the script fails, measuring is given up, lines are counted.
+    let own = RedisServer::start_with(&[
+        "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-sort",
+    ]);
+    let env = Env::with_redis(&own.url()).await;
+    let lines: Vec<Vec<u8>> = (0..25)
+        .map(|i| format!("{{\"event_type\":\"flow\",\"n\":{i}}}").into_bytes())
+        .collect();
+    assert_eq!(
+        batch_sizes(&env, &lines, 16 << 20, true).await,
+        vec![10, 10, 5]
+    );
+    assert_eq!(batch_sizes(&env, &lines, 40, true).await.len(), 25);
+}
