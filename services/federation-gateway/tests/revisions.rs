@@ -234,7 +234,7 @@ async fn a_change_made_here_is_not_overwritten_by_an_older_revision_arriving_lat
     cleanup(&names, nats, &[SITE_B]).await;
 }
 
-/// `INFO memory`'s used_memory and the number of keys of a Redis.
+/// `INFO memory`'s used_memory and the number of keys of a Redis, the ledger's left out.
 async fn memory(conn: &Conn) -> (u64, u64) {
     let mut conn = conn.clone();
     let info: String = redis::cmd("INFO")
@@ -247,7 +247,14 @@ async fn memory(conn: &Conn) -> (u64, u64) {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
-    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    // The loss ledger's counts are one hash per stream and minute (they expire): their
+    // number grows with the minutes a run spans, not with the messages, so they are left out.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let keys = keys.iter().filter(|k| !k.contains(":ledger:")).count() as u64;
     (used, keys)
 }
 
