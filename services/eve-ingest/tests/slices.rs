@@ -42,9 +42,24 @@ async fn batch_sizes(env: &Env, lines: &[Vec<u8>], budget: usize, measurable: bo
     sizes
 }
 
+/// How many `SORT` commands a Redis has run (the measuring script's copy).
+async fn sorts(env: &Env) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut env.conn())
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_sort:calls="))
+        .and_then(|v| v.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slice_measured_whole_is_cut_where_counting_line_by_line_cuts_it() {
-    let env = Env::new().await;
+    // A Redis of the test's own: its count of SORT commands says which way a slice went.
+    let own = RedisServer::start();
+    let env = Env::with_redis(&own.url()).await;
     // 25 lines of 1,000 bytes, with a 100 kB line among them.
     let mut lines: Vec<Vec<u8>> = (0..25)
         .map(|i| {
@@ -56,12 +71,18 @@ async fn a_slice_measured_whole_is_cut_where_counting_line_by_line_cuts_it() {
         .collect();
     lines[13].resize(100_000, b' ');
     for budget in [3_500, 50_000, 16 << 20] {
+        let before = sorts(&env).await;
         let counted = batch_sizes(&env, &lines, budget, false).await;
+        assert_eq!(sorts(&env).await, before, "counting measures nothing whole");
         let measured = batch_sizes(&env, &lines, budget, true).await;
+        assert!(
+            sorts(&env).await > before,
+            "budget {budget}: slices measured whole"
+        );
         assert_eq!(measured, counted, "budget {budget}");
         assert_eq!(counted.iter().sum::<usize>(), lines.len());
         if budget == 16 << 20 {
-            // The first line comes alone (BLMOVE), then whole slices of the batch size.
+            // The line BLMOVE takes and 9 of the chunk, then whole slices of the batch size.
             assert_eq!(counted, vec![10, 10, 5], "budget {budget}");
         }
         if budget == 3_500 {
