@@ -158,7 +158,7 @@ pub(crate) fn sample_of(
         uptime: doc.uptime,
         kernel_packets: doc.kernel_packets,
         kernel_drops: doc.kernel_drops,
-        event_sha256: hex::encode(hash),
+        event_sha256: crate::event::hex_of(hash),
     })
 }
 
