@@ -139,7 +139,7 @@ impl Settings {
             batch: 500,
             block: Duration::from_secs(1),
             publish_window: 256,
-            inflight_batches: 2,
+            inflight_batches: 4,
             publish_timeout: Duration::from_secs(10),
             mapping: AlertMapping::default(),
             alert_dedup_ttl: Duration::from_secs(3600),
