@@ -606,11 +606,7 @@ fn flag_pairs(tokens: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 /// The flags of `site`'s gateway as a child process: the in-process gateways' configuration
 /// ([`gateway_args`]: the harness's shorter intervals for tests overridden), its keys, and
 /// `BENCH_FEDERATION_GATEWAY_ARGS`.
-fn child_flags(
-    names: &Names,
-    site: &str,
-    keys: Option<&RunKeys>,
-) -> anyhow::Result<Vec<(String, String)>> {
+fn child_flags(names: &Names, site: &str, keys: Option<&RunKeys>) -> anyhow::Result<ChildFlags> {
     let args = gateway_args(names, site, REDIS_BASE, keys)?;
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     let mut flags = vec![
@@ -622,6 +618,48 @@ fn child_flags(
     tokens.extend(extra_args());
     flags.extend(flag_pairs(&tokens)?);
     Ok(flags)
+}
+
+/// A child gateway's flags, name and value.
+type ChildFlags = Vec<(String, String)>;
+
+/// Sites A and B for gateways as child processes (the release binary): databases 3 and 4 of
+/// the shared Redis, as the in-process gateways, with their flags ([`child_flags`]) and the
+/// children's log filter (`AURORA_BENCH_FEDERATION_LOG`, `warn`).
+fn child_sites(keys: Option<&RunKeys>) -> anyhow::Result<(Vec<Site>, Vec<ChildFlags>)> {
+    let bin = aurora_bench::release_binary(SERVICE)?;
+    let log = std::env::var("AURORA_BENCH_FEDERATION_LOG").unwrap_or_else(|_| "warn".into());
+    let names = fresh_names();
+    let mut sites = Vec::new();
+    let mut flags = Vec::new();
+    for (site_id, db) in [("site-a", 3), ("site-b", 4)] {
+        let mut site = Site::new(&names, site_id, db).with_binary(Svc::FederationGateway, &bin);
+        site.log_filter = log.clone();
+        sites.push(site);
+        flags.push(child_flags(&names, site_id, keys)?);
+    }
+    Ok((sites, flags))
+}
+
+/// The flags as [`carry_round`] takes them.
+fn flag_refs(owned: &[ChildFlags]) -> Vec<Vec<(&str, &str)>> {
+    owned
+        .iter()
+        .map(|f| f.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect())
+        .collect()
+}
+
+/// The same sites in a namespace of their own (one per round).
+fn renamed(sites: &[Site]) -> Vec<Site> {
+    let names = fresh_names();
+    sites
+        .iter()
+        .map(|s| {
+            let mut site = s.clone();
+            site.names = names.clone();
+            site
+        })
+        .collect()
 }
 
 /// What one carry round of the trace pairs measured.
@@ -719,32 +757,11 @@ struct ProcessRounds {
 
 impl ProcessRounds {
     async fn run(m: usize, keys: Option<&RunKeys>, rounds: usize) -> anyhow::Result<Self> {
-        let bin = aurora_bench::release_binary(SERVICE)?;
-        let log = std::env::var("AURORA_BENCH_FEDERATION_LOG").unwrap_or_else(|_| "warn".into());
-        let names = fresh_names();
-        let mut sites = Vec::new();
-        let mut owned = Vec::new();
-        for (site_id, db) in [("site-a", 3), ("site-b", 4)] {
-            let mut site = Site::new(&names, site_id, db).with_binary(Svc::FederationGateway, &bin);
-            site.log_filter = log.clone();
-            sites.push(site);
-            owned.push(child_flags(&names, site_id, keys)?);
-        }
-        let flags: Vec<Vec<(&str, &str)>> = owned
-            .iter()
-            .map(|f| f.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect())
-            .collect();
+        let (sites, owned) = child_sites(keys)?;
+        let flags = flag_refs(&owned);
         let mut out = Vec::with_capacity(rounds);
         for round in 0..rounds.max(1) {
-            let round_names = fresh_names();
-            let here: Vec<Site> = sites
-                .iter()
-                .map(|s| {
-                    let mut site = s.clone();
-                    site.names = round_names.clone();
-                    site
-                })
-                .collect();
+            let here = renamed(&sites);
             let r = carry_round(
                 [&here[0], &here[1]],
                 [flags[0].as_slice(), flags[1].as_slice()],
@@ -814,25 +831,15 @@ impl ProcessRounds {
 /// drifts). Each pair's ratio is traced/untraced alerts per second A->B; the median pair is
 /// the figure.
 async fn trace_rounds(m: usize, keys: Option<&RunKeys>, ratio: &str) -> anyhow::Result<Value> {
-    let bin = aurora_bench::release_binary(SERVICE)?;
     let receiver = OtlpReceiver::start().await;
-    let log = std::env::var("AURORA_BENCH_FEDERATION_LOG").unwrap_or_else(|_| "warn".into());
-    // Sites A and B: databases 3 and 4 of the shared Redis, as the in-process gateways.
+    let (sites, owned) = child_sites(keys)?;
     let mut kinds: [Vec<Site>; 2] = [Vec::new(), Vec::new()];
-    let mut owned = Vec::new();
-    let names = fresh_names();
-    for (site_id, db) in [("site-a", 3), ("site-b", 4)] {
-        let mut site = Site::new(&names, site_id, db).with_binary(Svc::FederationGateway, &bin);
-        site.log_filter = log.clone();
-        let (untraced, traced) = aurora_bench::trace_sites(&site, &receiver, ratio);
+    for site in &sites {
+        let (untraced, traced) = aurora_bench::trace_sites(site, &receiver, ratio);
         kinds[0].push(untraced);
         kinds[1].push(traced);
-        owned.push(child_flags(&names, site_id, keys)?);
     }
-    let flags: Vec<Vec<(&str, &str)>> = owned
-        .iter()
-        .map(|f| f.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect())
-        .collect();
+    let flags = flag_refs(&owned);
     let sampler = Sampler::parse("parentbased_traceidratio", Some(ratio))
         .context("the sampler of the alerts' contexts")?;
     let exports = ratio.parse::<f64>().map_or(true, |r| r > 0.0);
@@ -841,15 +848,7 @@ async fn trace_rounds(m: usize, keys: Option<&RunKeys>, ratio: &str) -> anyhow::
     let mut traced_span_names = std::collections::BTreeMap::new();
     let measured = trace_pairs(pairs, async |pair, traced| {
         let label = if traced { "traced" } else { "untraced" };
-        let round_names = fresh_names();
-        let sites: Vec<Site> = kinds[usize::from(traced)]
-            .iter()
-            .map(|s| {
-                let mut site = s.clone();
-                site.names = round_names.clone();
-                site
-            })
-            .collect();
+        let sites = renamed(&kinds[usize::from(traced)]);
         let spans_before = receiver.spans().len();
         let r = carry_round(
             [&sites[0], &sites[1]],
@@ -864,7 +863,7 @@ async fn trace_rounds(m: usize, keys: Option<&RunKeys>, ratio: &str) -> anyhow::
             bail!("the traced gateways exported no span: the round measured nothing");
         }
         if traced {
-            for (name, count) in span_names(&received, round_names.namespace()) {
+            for (name, count) in span_names(&received, sites[0].names.namespace()) {
                 *traced_span_names.entry(name).or_insert(0) += count;
             }
         }
