@@ -106,7 +106,7 @@ ensure_browser() {
 }
 
 # promtool (`make test` tests the alert rules) and the Prometheus server the scrape test of
-# tests/tests/prometheus.rs starts on a free port: Debian's prometheus package. Its system
+# tests/tests/it/prometheus.rs starts on a free port: Debian's prometheus package. Its system
 # service is not started (policy-rc.d, or no systemd here); the tests start their own.
 ensure_prometheus() {
   if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then return 0; fi
