@@ -561,8 +561,8 @@ struct TraceRound {
     rate: f64,
     /// CPU seconds the service used in that time.
     service_cpu_s: f64,
-    /// The last stored event carries a `traceparent` (every event of a traced service does,
-    /// sampled or not; none of an untraced one).
+    /// The last stored event carries a `traceparent` (an event of a traced service does
+    /// when its batch was sampled; none of an untraced one).
     carries_context: bool,
     exit_ok: bool,
 }
@@ -695,11 +695,9 @@ async fn trace_rounds(
         let r = trace_round(&round_site, &flags, conn, js, &lines, iocs).await?;
         let received = spans_since(&receiver, spans_before).await;
         let spans = received.len();
-        if r.carries_context != traced {
-            bail!(
-                "the {label} eve-ingest {} a trace context on its events",
-                if r.carries_context { "put" } else { "did not put" }
-            );
+        // Only a sampled batch's events carry a context, so only the untraced case is sure.
+        if !traced && r.carries_context {
+            bail!("the untraced eve-ingest put a trace context on its events");
         }
         if traced {
             traced_spans += spans;
@@ -742,7 +740,7 @@ async fn trace_rounds(
     let cost = measured.cost()?;
     let mut out = serde_json::json!({
         "what": format!("pairs of rounds, each with a fresh eve-ingest (the release binary as a child process, --batch {}, --block {}ms, --publish-window {}, --inflight-batches {}, sightings {}) in a namespace of the round's own with {iocs} indicators on its aurora:iocs (loaded before ready), taking {n} events (the same lines every round, as the whole run's first round) staged in a list and renamed into its list at once: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", settings.batch, settings.block.as_millis(), settings.publish_window, settings.inflight_batches, if settings.sightings.is_some() { "on" } else { "off" }),
-        "events_carry": "no trace context (Suricata writes none): every batch is a root, sampled by the trace-id ratio rule; a sampled batch makes two spans (eve batch, the stream's publish), an unsampled one only the context its events carry (checked: the last stored event of a traced round has a traceparent header, of an untraced one none)",
+        "events_carry": "no trace context (Suricata writes none): every batch is a root, sampled by the trace-id ratio rule; a sampled batch makes two spans (eve batch, the stream's publish) and its events carry its context; an unsampled one carries nothing (checked: the last stored event of an untraced round has no traceparent header; of a traced round, one only when its batch was sampled)",
         "batches_per_round": batches,
         "sampler": "parentbased_traceidratio",
         "sampler_arg": TRACE_SAMPLING,

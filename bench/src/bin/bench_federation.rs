@@ -37,7 +37,8 @@
 //! zero duplicated are checked in every round, and both gateways' CPU per alert is compared
 //! beside it (`AURORA_BENCH_FEDERATION_LOG`: the children's log filter, `warn`).
 //! `BENCH_FEDERATION_TRACE_RATIO` sets another ratio for the traced gateways and the alerts'
-//! contexts (0: every context carried unsampled, no span: what carrying them costs alone),
+//! contexts (0: no alert sampled, no context carried, no span: what tracing costs the carry
+//! when nothing is sampled),
 //! printed, not recorded.
 //!
 //! Writes bench/results/federation.json. On the shared NATS and Redis (databases 3 and 4).
@@ -428,7 +429,13 @@ async fn raise_batch(
     let at = now_us();
     let items: Vec<(&str, Vec<u8>, Option<TraceContext>)> = ids
         .iter()
-        .map(|id| (stream, alert_bytes(id, at), upstream.map(upstream_trace)))
+        .map(|id| {
+            (
+                stream,
+                alert_bytes(id, at),
+                upstream.and_then(upstream_trace),
+            )
+        })
         .collect();
     producer.publish_batch_traced(&items).await?;
     Ok(())
@@ -902,7 +909,7 @@ async fn trace_rounds(m: usize, keys: Option<&RunKeys>, ratio: &str) -> anyhow::
     println!("  lost {lost}, duplicated {duplicated} over all rounds");
     let mut out = json!({
         "what": format!("pairs of rounds, each with fresh gateways of sites A and B (the release binary as child processes, signatures {}, the in-process gateways' configuration as flags; Redis databases 3 and 4, one NATS) in a namespace of the round's own, {m} alerts raised at A's alert stream in batches of 500 once both are ready and read at B's: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={ratio}), the order swapped every pair", if keys.is_some() { "on" } else { "off" }),
-        "alerts_carry": "a traceparent each, in both kinds of round, as a traced writer sampling at 1% leaves it (eve-ingest writes its batch's context on the alerts it raises): a new trace per alert, flagged sampled for about 1% of them by the trace-id ratio rule; the gateways' parent-based samplers follow the flag, so about 1% of the alerts make spans (their names: spans_by_name_traced_rounds)",
+        "alerts_carry": "a traceparent when sampled, in both kinds of round, as a traced writer sampling at 1% leaves it (eve-ingest writes its batch's context on the alerts it raises when the batch is sampled): a new trace for about 1% of the alerts by the trace-id ratio rule, nothing on the others; the gateways' parent-based samplers follow, so about 1% of the alerts make spans (their names: spans_by_name_traced_rounds) and carry a context on",
         "signatures": keys.is_some(),
         "sampler": "parentbased_traceidratio",
         "sampler_arg": ratio,

@@ -77,7 +77,7 @@ const SCALE_DOWN_STALL: Duration = Duration::from_secs(45);
 const TRACE_SAMPLING: &str = "0.01";
 
 /// The sampling ratio of the traced rounds: `BENCH_MQTT_TRACE_RATIO`, else [`TRACE_SAMPLING`]
-/// (0 sets every message's context unsampled: what carrying the context costs alone).
+/// (0: no message sampled, so no span and no context: what tracing costs when nothing is).
 fn trace_ratio() -> String {
     std::env::var("BENCH_MQTT_TRACE_RATIO").unwrap_or_else(|_| TRACE_SAMPLING.to_string())
 }

@@ -439,11 +439,7 @@ fn traced_sightings(
                 seen_at: Utc::now(),
                 extra: Extra::new(),
             };
-            (
-                stream.to_string(),
-                to_bytes(&seen),
-                Some(upstream_trace(sampler)),
-            )
+            (stream.to_string(), to_bytes(&seen), upstream_trace(sampler))
         })
         .collect()
 }
@@ -601,7 +597,7 @@ async fn trace_rounds(
     println!("{}", cost.line());
     let mut out = json!({
         "what": format!("pairs of registration rounds, each with a fresh device-registry (the release binary as a child process, --batch-size {batch}, --registration-workers {}, the other flags as the in-process rounds' configuration) taking {n} new devices (ids of the round's own; the devices table and the streams emptied first) written to the stream once it is ready: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", local.registration_workers),
-        "sightings_carry": "a traceparent each, in both kinds of round, as a traced bridge sampling at 1% writes it: a new trace per sighting, flagged sampled for about 1% of them by the trace-id ratio rule; the registry's parent-based sampler follows the flag, so about 1% of the entries make spans",
+        "sightings_carry": "a traceparent when sampled, in both kinds of round, as a traced bridge sampling at 1% writes it: a new trace for about 1% of the sightings by the trace-id ratio rule, nothing on the others; the registry's parent-based sampler follows, so about 1% of the entries make spans",
         "sampler": "parentbased_traceidratio",
         "sampler_arg": TRACE_SAMPLING,
         "devices_per_round": n,

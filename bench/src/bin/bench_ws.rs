@@ -566,10 +566,10 @@ async fn burst_round(
             for s in streams {
                 let trace = upstream_trace(sampler);
                 let mut doc = json!({"phase": 2, "seq": seq, "sent_us": sent, "title": "bench alert", "severity": "high", "pad": pad});
-                if frames_alike {
+                if let (true, Some(trace)) = (frames_alike, &trace) {
                     doc["traceparent"] = json!(trace.traceparent);
                 }
-                docs.push((s.clone(), doc.to_string().into_bytes(), Some(trace)));
+                docs.push((s.clone(), doc.to_string().into_bytes(), trace));
             }
             seq += 1;
         }
@@ -712,7 +712,7 @@ async fn trace_rounds(
     println!("{}", cost.line());
     let mut out = json!({
         "what": format!("pairs of rounds, each with a fresh gateway (this binary as a child process, the bench's flags) and its {} clients ({CLIENTS_PER_CHANNEL} on each channel), {per_channel} entries written to each channel as fast as possible: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", CLIENTS_PER_CHANNEL * 3),
-        "entries_carry": "a traceparent each, in both kinds of round, as a traced writer sampling at 1% leaves it: a new trace per entry, flagged sampled for about 1% of them by the trace-id ratio rule; the gateway's parent-based sampler follows the flag, so about 1% of the fan-out hops make a span",
+        "entries_carry": "a traceparent when sampled, in both kinds of round, as a traced writer sampling at 1% leaves it: a new trace for about 1% of the entries by the trace-id ratio rule, nothing on the others; the gateway's parent-based sampler follows, so about 1% of the fan-out hops make a span",
         "frames_alike": frames_alike,
         "frames_are": if frames_alike { "the same in both kinds of round: each entry's document carries its traceparent itself (BENCH_WS_TRACE_FRAMES_ALIKE=1), so the traced gateway adds nothing to the frames" } else { "as the contract has them: the traced gateway adds the traceparent (about 70 bytes) to every frame, the untraced one does not" },
         "sampler": "parentbased_traceidratio",

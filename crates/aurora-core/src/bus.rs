@@ -283,7 +283,8 @@ impl Producer {
 
     /// Appends many documents, possibly to several streams, in one pipelined round trip.
     /// Entries to one stream keep their order. Returns the entry ids in input order. Each
-    /// entry carries the current span's trace context (when tracing is on).
+    /// entry carries the context of the hop the caller runs in when it is sampled, or outside
+    /// any hop that of the write's own hop when it is ([`trace::write_hop`]).
     pub async fn publish_batch<S: AsRef<str>, D: AsRef<[u8]>>(
         &self,
         items: &[(S, D)],
@@ -291,10 +292,11 @@ impl Producer {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let current = TraceContext::current();
+        // Kept until written: outside any hop, the write's own hop (a new trace's root).
+        let hop = trace::write_hop(items[0].0.as_ref());
         let mut pipe = transaction();
         for (stream, data) in items {
-            self.xadd(&mut pipe, stream.as_ref(), data.as_ref(), current.as_ref());
+            self.xadd(&mut pipe, stream.as_ref(), data.as_ref(), hop.context());
         }
         let streams: Vec<&str> = items.iter().map(|(s, _)| s.as_ref()).collect();
         self.run_writes(pipe, &streams).await
@@ -424,8 +426,8 @@ impl Producer {
         }
         let script = redis::Script::new(PUBLISH_ONCE);
         let ttl = key_ttl.as_secs().max(1);
-        let current = TraceContext::current();
-        let traceparent = current.as_ref().map_or("", |c| c.traceparent.as_str());
+        let hop = trace::write_hop(items[0].stream);
+        let traceparent = hop.context().map_or("", |c| c.traceparent.as_str());
         let mut pipe = redis::pipe();
         pipe.load_script(&script).ignore();
         let invocations: Vec<_> = items

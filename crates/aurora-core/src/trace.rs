@@ -9,10 +9,13 @@
 //!
 //! Sampling is decided at the head of each hop, before any span exists ([`Hop::start`]), by
 //! the standard `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (parent-based always-on
-//! by default). A sampled hop opens a span (the SDK then records every span it is given); an
-//! unsampled hop opens none and carries the context it received, flagged unsampled, or a new
-//! unsampled one at the root, so the next hop keeps the decision. An unsampled message thus
-//! costs a flag test and the `traceparent` it carries, not a span.
+//! by default). A sampled hop opens a span (the SDK then records every span it is given) and
+//! what it sends on carries its context; an unsampled hop opens none and sends nothing on. A
+//! message that an Aurora hop wrote and that carries no context was not sampled by that hop:
+//! under a parent-based sampler the next hop does not sample it either, so an unsampled
+//! message costs a flag test, not a span nor a field in every entry. Traces start at the
+//! edges ([`Hop::root`]): a device's publish, a batch of Suricata lines, a write made outside
+//! any hop ([`write_hop`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,8 +40,8 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 static SAMPLER: OnceLock<Sampler> = OnceLock::new();
 
 tokio::task_local! {
-    /// The context of the hop a future runs in ([`Hop::scope`]), sampled or not: what
-    /// [`TraceContext::current`] gives the writes made there.
+    /// The context of the hop a future runs in ([`Hop::scope`]), `None` when that hop is not
+    /// sampled: what [`TraceContext::current`] gives the writes made there.
     static CARRIED: Option<TraceContext>;
 }
 
@@ -130,6 +133,22 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// Whether a hop is sampled: one whose message carried `parent`, or with none, an edge
+    /// (a message from outside: decided as a root) or not (the hop before did not sample the
+    /// message: unsampled under a parent-based sampler, decided as a root otherwise). The
+    /// trace id is read or made only when the rule needs it (an unsampled message costs as
+    /// little as it can).
+    pub fn samples_hop(&self, parent: Option<&TraceContext>, edge: bool) -> bool {
+        match parent {
+            Some(p) if self.parent_based => p.sampled(),
+            Some(p) => self.sampled(None, p.trace_id_bits()),
+            None if edge || !self.parent_based => self.sampled(None, new_trace_id()),
+            None => false,
+        }
+    }
+}
+
 /// One hop's W3C trace context, as carried between processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
@@ -181,8 +200,8 @@ impl TraceContext {
         Self::of_context(&span.context())
     }
 
-    /// The context of the hop the caller runs in ([`Hop::scope`], sampled or not), else
-    /// that of the current span (see [`Self::of_span`]).
+    /// The context of the hop the caller runs in ([`Hop::scope`]; `None` when it is not
+    /// sampled), else that of the current span (see [`Self::of_span`]).
     pub fn current() -> Option<Self> {
         if !enabled() {
             return None;
@@ -232,15 +251,15 @@ impl TraceContext {
             .is_some_and(|d| matches!(d, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'))
     }
 
-    /// The context of a new trace started by a hop that records no span (a writer outside
-    /// the services, a benchmark's upstream), flagged sampled as `sampler`'s rule decides for
-    /// a root.
-    pub fn new_root(sampler: &Sampler) -> Self {
+    /// The context of a new trace started by a writer that records no span (a writer
+    /// outside the services, a benchmark's upstream), when `sampler`'s rule samples it as a
+    /// root; `None` otherwise (an unsampled message carries no context).
+    pub fn new_root(sampler: &Sampler) -> Option<Self> {
         let trace_id = new_trace_id();
-        Self {
-            traceparent: traceparent_of(trace_id, new_span_id(), sampler.sampled(None, trace_id)),
+        sampler.sampled(None, trace_id).then(|| Self {
+            traceparent: traceparent_of(trace_id, new_span_id(), true),
             tracestate: None,
-        }
+        })
     }
 
     fn trace_id_bits(&self) -> u128 {
@@ -357,20 +376,43 @@ fn well_formed(traceparent: &str) -> bool {
         && span_id.bytes().any(|c| c != b'0')
 }
 
-/// One hop of a message: its span when the hop is sampled, and the context what it sends on
-/// carries, sampled or not. The default is a hop with tracing off (no span, no context).
+/// One hop of a message: its span and the context what it sends on carries, both only when
+/// the hop is sampled. The default is an unsampled hop (no span, no context), as with tracing
+/// off.
 #[derive(Debug, Clone, Default)]
 pub struct Hop {
     span: Option<tracing::Span>,
     context: Option<TraceContext>,
+    /// Tracing was on when the hop started: [`Hop::scope`] then marks the hop it runs (so a
+    /// write inside an unsampled hop is not taken for one made outside any hop).
+    traced: bool,
 }
 
 impl Hop {
-    /// Decides whether the hop is sampled (the parent's flag, or the sampler's rule at a root)
-    /// and, only when it is, opens its span with `open` (a root span: its parent is set here)
-    /// as the child of `parent`. `parent` `None` is the context of the hop the caller runs in
-    /// ([`TraceContext::current`]), if any. Tracing off, nothing is done.
+    /// A hop of a message an Aurora hop wrote (a stream entry, a NATS message of a peer's
+    /// gateway) or made (a write inside the hop the caller runs in): `parent` is the context
+    /// the message carried; `None` is that of the hop the caller runs in
+    /// ([`TraceContext::current`]), if any. No context means the hop before did not sample
+    /// the message: a parent-based sampler then does not sample this one either (its span is
+    /// not opened); a sampler that is not parent-based decides as at a root. A sampled hop
+    /// opens its span with `open` (a root span: its parent is set here) as the child of the
+    /// parent. Tracing off, nothing is done.
     pub fn start(parent: Option<&TraceContext>, open: impl FnOnce() -> tracing::Span) -> Self {
+        Self::begin(parent, false, open)
+    }
+
+    /// The first hop of a message from outside (a device's publish, a batch of Suricata
+    /// lines, a write made outside any hop): as [`Hop::start`], except that with no context
+    /// it is the root of a new trace, sampled as the sampler's rule decides for a root.
+    pub fn root(parent: Option<&TraceContext>, open: impl FnOnce() -> tracing::Span) -> Self {
+        Self::begin(parent, true, open)
+    }
+
+    fn begin(
+        parent: Option<&TraceContext>,
+        edge: bool,
+        open: impl FnOnce() -> tracing::Span,
+    ) -> Self {
         if !enabled() {
             return Self::default();
         }
@@ -383,51 +425,25 @@ impl Hop {
             }
         };
         let sampler = SAMPLER.get().copied().unwrap_or_default();
-        // The trace id is read or made only when the rule needs it (an unsampled message
-        // costs as little as it can).
-        let (sampled, root_id) = match parent {
-            Some(p) if sampler.parent_based => (p.sampled(), None),
-            Some(p) => (sampler.sampled(None, p.trace_id_bits()), None),
-            None => {
-                let id = new_trace_id();
-                (sampler.sampled(None, id), Some(id))
-            }
-        };
-        if sampled {
-            let span = open();
-            if let Some(parent) = parent {
-                parent.set_parent_of(&span);
-            }
-            let context = TraceContext::of_span(&span);
+        if !sampler.samples_hop(parent, edge) {
             return Self {
-                span: Some(span),
-                context,
+                traced: true,
+                ..Self::default()
             };
         }
-        // Unsampled: the received context goes on as it came (its flag says unsampled to
-        // whoever it reaches; no span of this hop exists to be its parent), or a new one.
-        let context = match parent {
-            Some(p) if !p.sampled() => p.clone(),
-            Some(p) => TraceContext {
-                traceparent: traceparent_of(p.trace_id_bits(), new_span_id(), false),
-                tracestate: p.tracestate.clone(),
-            },
-            None => TraceContext {
-                traceparent: traceparent_of(
-                    root_id.unwrap_or_else(new_trace_id),
-                    new_span_id(),
-                    false,
-                ),
-                tracestate: None,
-            },
-        };
+        let span = open();
+        if let Some(parent) = parent {
+            parent.set_parent_of(&span);
+        }
+        let context = TraceContext::of_span(&span);
         Self {
-            span: None,
-            context: Some(context),
+            span: Some(span),
+            context,
+            traced: true,
         }
     }
 
-    /// The context what the hop sends on carries (`None` with tracing off).
+    /// The context what the hop sends on carries (`None` unsampled, or with tracing off).
     pub fn context(&self) -> Option<&TraceContext> {
         self.context.as_ref()
     }
@@ -454,17 +470,20 @@ impl Hop {
         }
     }
 
-    /// Runs `fut` inside the hop: in its span when sampled, and with its context as the one
-    /// [`TraceContext::current`] gives (what it writes carries the hop's context, sampled or
-    /// not). Tracing off, `fut` runs as it is.
+    /// Runs `fut` inside the hop: in its span when sampled, and with its context (none when
+    /// unsampled) as the one [`TraceContext::current`] gives, so that what it writes carries
+    /// the hop's context or nothing. Tracing off, `fut` runs as it is.
     pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
         use tracing::Instrument;
-        if self.context.is_none() && self.span.is_none() {
-            return fut.await;
+        match &self.span {
+            Some(span) => {
+                CARRIED
+                    .scope(self.context.clone(), fut.instrument(span.clone()))
+                    .await
+            }
+            None if self.traced => CARRIED.scope(None, fut).await,
+            None => fut.await,
         }
-        CARRIED
-            .scope(self.context.clone(), fut.instrument(self.span()))
-            .await
     }
 }
 
@@ -508,11 +527,11 @@ fn new_span_id() -> u64 {
     }
 }
 
-/// The hop of one message, after the OpenTelemetry messaging semantic conventions: its span
-/// (when sampled, see [`Hop::start`]) is named `<destination> <operation>`, with
-/// `messaging.system`, `messaging.destination.name` and `messaging.operation.type`, and
-/// `parent` (the context the message carried; `None`: the hop the caller runs in) as its
-/// parent. Free when tracing is off.
+/// The hop of one message an Aurora hop wrote, after the OpenTelemetry messaging semantic
+/// conventions: its span (when sampled, see [`Hop::start`]) is named `<destination>
+/// <operation>`, with `messaging.system`, `messaging.destination.name` and
+/// `messaging.operation.type`, and `parent` (the context the message carried; `None`: the hop
+/// the caller runs in) as its parent. Free when tracing is off.
 pub fn message_hop(
     system: &'static str,
     destination: &str,
@@ -521,20 +540,68 @@ pub fn message_hop(
     parent: Option<&TraceContext>,
 ) -> Hop {
     Hop::start(parent, || {
-        let name = format!("{destination} {operation}");
-        tracing::info_span!(
-            target: SPAN_TARGET,
-            parent: None,
-            "message",
-            otel.name = name.as_str(),
-            otel.kind = kind,
-            messaging.system = system,
-            messaging.destination.name = destination,
-            messaging.operation.type = operation,
-            messaging.message.id = tracing::field::Empty,
-            messaging.batch.message_count = tracing::field::Empty,
-        )
+        message_span(system, destination, operation, kind)
     })
+}
+
+/// As [`message_hop`], for the first hop of a message from outside ([`Hop::root`]): with no
+/// context, the root of a new trace.
+pub fn message_root(
+    system: &'static str,
+    destination: &str,
+    operation: &'static str,
+    kind: &'static str,
+    parent: Option<&TraceContext>,
+) -> Hop {
+    Hop::root(parent, || {
+        message_span(system, destination, operation, kind)
+    })
+}
+
+/// The context a write carries, in a hop to keep until the write is done: inside a hop
+/// ([`Hop::scope`]), that hop's (none when it is not sampled); outside any hop, the
+/// `<destination> publish` hop (producer) of the write, the root of a new trace
+/// ([`message_root`]). Free when tracing is off.
+pub fn write_hop(destination: &str) -> Hop {
+    if !enabled() {
+        return Hop::default();
+    }
+    match CARRIED.try_with(Clone::clone) {
+        Ok(context) => Hop {
+            span: None,
+            context,
+            traced: true,
+        },
+        Err(_) => match TraceContext::of_span(&tracing::Span::current()) {
+            Some(context) => Hop {
+                span: None,
+                context: Some(context),
+                traced: true,
+            },
+            None => message_root("redis", destination, "publish", "producer", None),
+        },
+    }
+}
+
+fn message_span(
+    system: &'static str,
+    destination: &str,
+    operation: &'static str,
+    kind: &'static str,
+) -> tracing::Span {
+    let name = format!("{destination} {operation}");
+    tracing::info_span!(
+        target: SPAN_TARGET,
+        parent: None,
+        "message",
+        otel.name = name.as_str(),
+        otel.kind = kind,
+        messaging.system = system,
+        messaging.destination.name = destination,
+        messaging.operation.type = operation,
+        messaging.message.id = tracing::field::Empty,
+        messaging.batch.message_count = tracing::field::Empty,
+    )
 }
 
 #[cfg(test)]
@@ -656,6 +723,37 @@ mod tests {
         assert!(sampler.sampled(None, low((bound - 1) << 1)));
         assert!(sampler.sampled(None, low(((bound - 1) << 1) | 1)));
         assert!(!sampler.sampled(None, low(bound << 1)));
+    }
+
+    #[test]
+    fn a_message_without_context_is_sampled_only_at_an_edge_or_by_its_own_rule() {
+        let sampled = TraceContext::parse(PARENT, None).expect("known");
+        let unsampled = TraceContext::parse(&PARENT.replace("-01", "-00"), None).expect("known");
+        let parent_based = Sampler::default();
+        // Parent-based: the parent's flag, and nothing sampled after a hop that sent nothing.
+        assert!(parent_based.samples_hop(Some(&sampled), false));
+        assert!(!parent_based.samples_hop(Some(&unsampled), false));
+        assert!(!parent_based.samples_hop(Some(&unsampled), true));
+        assert!(!parent_based.samples_hop(None, false));
+        // An edge with nothing is a root: always-on samples it, ratio 0 does not.
+        assert!(parent_based.samples_hop(None, true));
+        let never = Sampler::parse("parentbased_traceidratio", Some("0")).expect("known");
+        assert!(!never.samples_hop(None, true));
+        // Not parent-based: the hop's own rule, whatever came.
+        let own = Sampler::parse("always_on", None).expect("known");
+        assert!(own.samples_hop(None, false) && own.samples_hop(Some(&unsampled), false));
+        let off = Sampler::parse("always_off", None).expect("known");
+        assert!(!off.samples_hop(Some(&sampled), false) && !off.samples_hop(None, true));
+    }
+
+    #[test]
+    fn a_new_root_carries_a_context_only_when_sampled() {
+        let on = Sampler::default();
+        let root = TraceContext::new_root(&on).expect("always-on samples every root");
+        assert!(root.sampled());
+        assert_eq!(TraceContext::parse(&root.traceparent, None), Some(root));
+        let never = Sampler::parse("parentbased_traceidratio", Some("0")).expect("known");
+        assert!((0..1000).all(|_| TraceContext::new_root(&never).is_none()));
     }
 
     #[test]

@@ -302,7 +302,7 @@ impl Processor {
             .collect();
         // One `eve batch` hop (when tracing is on) over both: the JetStream publish hop is its
         // child, and the alerts written carry its context (Suricata to console, one trace).
-        let hop = trace::Hop::start(
+        let hop = trace::Hop::root(
             None,
             || tracing::info_span!(target: trace::SPAN_TARGET, parent: None, "eve batch", events = events.len(), alerts = alerts.len()),
         );

@@ -643,7 +643,7 @@ impl Writer {
 
     /// The `<topic> receive` hop of a publish (when tracing is on): the child of the context
     /// the device sent in its `traceparent` user property, or the root of a new trace. Its
-    /// context becomes `out.receive`.
+    /// context (when sampled) becomes `out.receive`.
     fn receive_hop(&self, p: &Publish, out: &mut Prepared) {
         if !trace::enabled() {
             return;
@@ -653,12 +653,10 @@ impl Writer {
             .as_ref()
             .and_then(|props| TraceContext::from_user_properties(&props.user_properties));
         let topic = String::from_utf8_lossy(&p.topic);
-        let hop = trace::message_hop("mqtt", &topic, "receive", "consumer", parent.as_ref());
+        let hop = trace::message_root("mqtt", &topic, "receive", "consumer", parent.as_ref());
+        out.receive = hop.context().cloned();
         if hop.sampled() {
-            out.receive = hop.context().cloned();
             out.spans.push(hop);
-        } else {
-            out.receive = hop.into_context();
         }
     }
 
@@ -718,14 +716,14 @@ impl Writer {
 }
 
 /// The `<stream> publish` hop of one entry, the child of the message's receive hop, and the
-/// context the entry carries; `None` when tracing is off.
+/// context the entry carries; `None` when the message is not sampled or tracing is off.
 fn publish_context(stream: &str, out: &mut Prepared) -> Option<TraceContext> {
     if !trace::enabled() {
         return None;
     }
     let hop = trace::message_hop("redis", stream, "publish", "producer", out.receive.as_ref());
     if !hop.sampled() {
-        return hop.into_context();
+        return None;
     }
     let context = hop.context().cloned();
     out.spans.push(hop);

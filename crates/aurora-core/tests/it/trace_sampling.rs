@@ -1,8 +1,10 @@
-//! Head sampling by ratio, parent-based, through the bus and a real OTLP/HTTP receiver: each
-//! written entry's hop decides once; every entry carries its context, sampled or not; the
-//! consumer's `process` hop follows the entry's flag, so a trace is exported whole or not at
-//! all, and what the handler writes on keeps the decision. Tracing is set up as a service sets
-//! it up, once per test process (cargo-nextest runs each test in a process of its own).
+//! Head sampling by ratio, parent-based, through the bus and a real OTLP/HTTP receiver: the
+//! first hop of each message decides once; only a sampled message carries its context; the
+//! consumer's `process` hop follows it, and a message that comes without one (not sampled, or
+//! with a context flagged unsampled as an earlier version wrote it) is not sampled again. So
+//! a trace is exported whole or not at all, and nothing unsampled carries a context on.
+//! Tracing is set up as a service sets it up, once per test process (cargo-nextest runs each
+//! test in a process of its own).
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
@@ -16,22 +18,35 @@ use aurora_core::trace::{self, TraceContext};
 use aurora_testkit::otlp::OtlpReceiver;
 use aurora_testkit::REDIS_URL;
 
-const ENTRIES: usize = 120;
+/// Entries written each inside a root hop of its own (an edge: a message from outside).
+const ROOTS: usize = 120;
+/// Entries written outside any hop (each write is then its own root).
+const OUTSIDE: usize = 60;
+/// Entries carrying a context flagged unsampled, as an earlier version carried them.
+const FLAGGED: usize = 20;
+const ENTRIES: usize = ROOTS + OUTSIDE + FLAGGED;
 
-async fn contexts(conn: &mut bus::Conn, stream: &str) -> Vec<TraceContext> {
+/// The context of each entry of `stream`, in order.
+async fn contexts(conn: &mut bus::Conn, stream: &str) -> Vec<Option<TraceContext>> {
     bus::range(conn, stream, "0-0", ENTRIES + 10)
         .await
         .unwrap()
         .into_iter()
-        .map(|e| {
-            e.trace
-                .expect("every entry carries a context, sampled or not")
-        })
+        .map(|e| e.trace)
+        .collect()
+}
+
+fn sampled_ids(contexts: &[Option<TraceContext>]) -> HashSet<String> {
+    contexts
+        .iter()
+        .flatten()
+        .filter(|c| c.sampled())
+        .map(|c| c.trace_id().to_string())
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trace_is_exported_whole_or_not_at_all_and_the_decision_travels() {
+async fn a_trace_is_exported_whole_or_not_at_all_and_only_sampled_messages_carry_it() {
     let receiver = OtlpReceiver::start().await;
     for (k, v) in receiver.service_env() {
         std::env::set_var(k, v);
@@ -47,32 +62,56 @@ async fn a_trace_is_exported_whole_or_not_at_all_and_the_decision_travels() {
     let mut conn = bus::connect(REDIS_URL).await.unwrap();
     let producer = Producer::new(conn.clone(), 1000);
 
-    // Each write is the root of its own trace (a `publish` hop with no parent).
-    for n in 0..ENTRIES {
-        let hop = trace::message_hop("redis", &stream, "publish", "producer", None);
-        assert_eq!(hop.sampled(), hop.context().unwrap().sampled());
+    for n in 0..ROOTS {
+        let hop = trace::message_root("redis", &stream, "publish", "producer", None);
+        assert_eq!(hop.sampled(), hop.context().is_some());
         hop.scope(producer.publish(&stream, format!("{{\"n\":{n}}}").as_bytes()))
             .await
             .unwrap();
     }
+    for n in ROOTS..ROOTS + OUTSIDE {
+        producer
+            .publish(&stream, format!("{{\"n\":{n}}}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let flagged: Vec<(String, Vec<u8>, Option<TraceContext>)> = (0..FLAGGED)
+        .map(|n| {
+            let traceparent = format!("00-{:032x}-{:016x}-00", 0xabc0 + n, 0x100 + n);
+            let context = TraceContext::parse(&traceparent, None).unwrap();
+            assert!(!context.sampled());
+            (
+                stream.clone(),
+                format!("{{\"n\":{}}}", ROOTS + OUTSIDE + n).into_bytes(),
+                Some(context),
+            )
+        })
+        .collect();
+    producer.publish_batch_traced(&flagged).await.unwrap();
+
     let written = contexts(&mut conn, &stream).await;
-    let sampled: HashSet<String> = written
-        .iter()
-        .filter(|c| c.sampled())
-        .map(|c| c.trace_id().to_string())
-        .collect();
-    let unsampled: HashSet<String> = written
-        .iter()
-        .filter(|c| !c.sampled())
-        .map(|c| c.trace_id().to_string())
-        .collect();
+    assert_eq!(written.len(), ENTRIES);
+    // At a ratio of one half, all alike would be a broken sampler (2^-119, 2^-59).
+    for (kind, part) in [
+        ("in a root hop", &written[..ROOTS]),
+        ("outside any hop", &written[ROOTS..ROOTS + OUTSIDE]),
+    ] {
+        let carried = part.iter().flatten().count();
+        assert!(
+            carried > 0 && carried < part.len(),
+            "{carried} of {} written {kind} carry a context",
+            part.len()
+        );
+        assert!(
+            part.iter().flatten().all(TraceContext::sampled),
+            "only a sampled context is written ({kind})"
+        );
+    }
+    let sampled = sampled_ids(&written);
     assert_eq!(
-        sampled.len() + unsampled.len(),
-        ENTRIES,
-        "a trace per entry"
+        sampled.len(),
+        written[..ROOTS + OUTSIDE].iter().flatten().count()
     );
-    // At a ratio of one half, 120 decisions all alike would be a broken sampler (2^-119).
-    assert!(!sampled.is_empty() && !unsampled.is_empty());
 
     let (shutdown, task) = common::spawn_forward(&producer, &stream, &out, true).await;
     let forwarded =
@@ -86,20 +125,22 @@ async fn a_trace_is_exported_whole_or_not_at_all_and_the_decision_travels() {
         })
         .await;
 
-    // What the handler wrote keeps each entry's trace and decision.
-    for (before, after) in written.iter().zip(&forwarded) {
-        assert_eq!(after.trace_id(), before.trace_id());
-        assert_eq!(after.sampled(), before.sampled());
-        if !before.sampled() {
-            assert_eq!(
-                after, before,
-                "an unsampled context is passed on as it came"
-            );
+    // What the handler wrote keeps a sampled entry's trace, and carries nothing for the others.
+    for (n, (before, after)) in written.iter().zip(&forwarded).enumerate() {
+        match (before, after) {
+            (Some(b), Some(a)) if b.sampled() => assert_eq!(a.trace_id(), b.trace_id(), "{n}"),
+            (Some(b), None) if !b.sampled() => {}
+            (None, None) => {}
+            other => panic!(
+                "entry {n}: written with {:?}, forwarded with {:?}",
+                other.0, other.1
+            ),
         }
     }
 
-    // Every sampled trace is exported with its two spans; no unsampled one has any.
-    let process_of = |id: &str| format!("{stream} process") == id;
+    // Every sampled trace is exported with its two spans; nothing else has a span: no
+    // `process` span for an entry that came without a sampled context.
+    let process = format!("{stream} process");
     let spans = aurora_testkit::wait_until(
         aurora_testkit::WAIT,
         "a process span per sampled trace",
@@ -107,7 +148,7 @@ async fn a_trace_is_exported_whole_or_not_at_all_and_the_decision_travels() {
             let spans = receiver.spans();
             let done = spans
                 .iter()
-                .filter(|s| process_of(&s.name) && sampled.contains(&s.trace_id))
+                .filter(|s| s.name == process && sampled.contains(&s.trace_id))
                 .count()
                 == sampled.len();
             async move { done.then_some(spans) }
@@ -126,16 +167,26 @@ async fn a_trace_is_exported_whole_or_not_at_all_and_the_decision_travels() {
             names.contains(format!("{stream} publish").as_str()),
             "{id}: {names:?}"
         );
-        assert!(
-            names.contains(format!("{stream} process").as_str()),
-            "{id}: {names:?}"
-        );
+        assert!(names.contains(process.as_str()), "{id}: {names:?}");
     }
-    let leaked: Vec<_> = spans
+    let processed: HashSet<&str> = spans
         .iter()
-        .filter(|s| unsampled.contains(&s.trace_id))
+        .filter(|s| s.name == process)
+        .map(|s| s.trace_id.as_str())
         .collect();
-    assert!(leaked.is_empty(), "spans of unsampled traces: {leaked:?}");
+    assert_eq!(
+        processed.len(),
+        sampled.len(),
+        "process spans only for the sampled traces"
+    );
+    let others: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.starts_with(stream.as_str()) && !sampled.contains(&s.trace_id))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "spans outside the sampled traces: {others:?}"
+    );
 
     shutdown.cancel();
     task.await.unwrap();
