@@ -48,13 +48,13 @@ clippy:
 # together: built apart, or for another set of packages, the tests' dev-dependencies change the
 # features of shared crates and the next build compiles them again. check-deploy asks for the
 # same build.
+# cargo-nextest, not `cargo test`: a package's tests share one binary, and nextest runs each in
+# a process of its own (the tracing tests set up the process's telemetry, once per process).
 unit:
 	$(CARGO) build --workspace --bins --tests
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
-	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
-	fi
+	@$(CARGO) nextest --version >/dev/null 2>&1 || \
+	  env -u RUSTFLAGS -u RUSTC_WORKSPACE_WRAPPER $(CARGO) install --locked cargo-nextest
+	$(CARGO) nextest run --workspace --no-fail-fast
 
 check-deploy:
 	@if [ -x scripts/check-deploy.sh ]; then bash scripts/check-deploy.sh; fi
