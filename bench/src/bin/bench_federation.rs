@@ -29,10 +29,11 @@
 //! own taking M alerts raised at A once both are ready: one pair of gateways untraced, one
 //! exporting spans over OTLP/HTTP to a receiver in this process
 //! (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.01`), the order
-//! swapped every pair. Every alert raised carries a `traceparent`, as a traced writer sampling
-//! at 1% leaves it (eve-ingest writes its batch's context on the alerts it raises; here a new
-//! trace per alert, about 1% flagged sampled by the trace-id ratio rule, which the gateways'
-//! parent-based samplers follow), in both kinds of round. The figure is the median of the
+//! swapped every pair. About 1% of the alerts raised carry a `traceparent`, as a traced writer
+//! sampling at 1% leaves them (eve-ingest writes a sampled batch's context on the alerts it
+//! raises; here a new trace for each alert the trace-id ratio rule samples, nothing on the
+//! others, which the gateways' parent-based samplers then leave untraced), in both kinds of
+//! round. The figure is the median of the
 //! pairs' traced/untraced ratios of alerts per second A->B, with their spread; zero lost and
 //! zero duplicated are checked in every round, and both gateways' CPU per alert is compared
 //! beside it (`AURORA_BENCH_FEDERATION_LOG`: the children's log filter, `warn`).

@@ -11,9 +11,9 @@
 //! own; the devices table and the streams emptied before each round) written to the stream
 //! once it is ready: one untraced, one exporting spans over OTLP/HTTP to a receiver in this
 //! process (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.01`),
-//! the order swapped every pair. Every sighting carries a `traceparent`, as a traced bridge
-//! sampling at 1% writes it (about 1% flagged sampled; the registry's parent-based sampler
-//! follows the flag), in both kinds of round. The figure is the median of the pairs'
+//! the order swapped every pair. About 1% of the sightings carry a `traceparent`, as a traced
+//! bridge sampling at 1% writes them (sampled ones only; the registry's parent-based sampler
+//! follows), in both kinds of round. The figure is the median of the pairs'
 //! traced/untraced ratios of devices per second, with their spread.
 
 use std::time::{Duration, Instant};

@@ -9,13 +9,13 @@
 //!    taking a burst of `BENCH_WS_TRACE_BURST` entries on each channel (default 10,000) as fast
 //!    as possible: one untraced, one exporting spans over OTLP/HTTP to a receiver in this
 //!    process (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.01`),
-//!    the order swapped every pair. Every entry carries a `traceparent`, as a traced writer
-//!    sampling at 1% leaves it (a new trace each, about 1% flagged sampled by the trace-id
-//!    ratio rule; the gateway's parent-based sampler follows the flag), in both kinds of round.
+//!    the order swapped every pair. About 1% of the entries carry a `traceparent`, as a traced
+//!    writer sampling at 1% leaves them (sampled by the trace-id ratio rule, nothing on the
+//!    others; the gateway's parent-based sampler follows), in both kinds of round.
 //!    The figure is the median of the pairs' traced/untraced ratios of deliveries per second,
 //!    with their spread; the gateway's CPU per entry is compared beside it. A traced gateway
-//!    adds the `traceparent` to every frame it sends (docs/contract.md, WebSocket), some 70
-//!    bytes on frames of about 250: with `BENCH_WS_TRACE_FRAMES_ALIKE=1` the entries' documents
+//!    adds the `traceparent` to the frames of sampled entries (docs/contract.md, WebSocket),
+//!    some 70 bytes on frames of about 250: with `BENCH_WS_TRACE_FRAMES_ALIKE=1` the entries' documents
 //!    carry it themselves, so the frames are the same in both kinds of round and the ratio
 //!    leaves their size out.
 //!
@@ -714,7 +714,7 @@ async fn trace_rounds(
         "what": format!("pairs of rounds, each with a fresh gateway (this binary as a child process, the bench's flags) and its {} clients ({CLIENTS_PER_CHANNEL} on each channel), {per_channel} entries written to each channel as fast as possible: untraced, and traced (OTEL_EXPORTER_OTLP_ENDPOINT to an OTLP/HTTP receiver in the bench's process, OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG={TRACE_SAMPLING}), the order swapped every pair", CLIENTS_PER_CHANNEL * 3),
         "entries_carry": "a traceparent when sampled, in both kinds of round, as a traced writer sampling at 1% leaves it: a new trace for about 1% of the entries by the trace-id ratio rule, nothing on the others; the gateway's parent-based sampler follows, so about 1% of the fan-out hops make a span",
         "frames_alike": frames_alike,
-        "frames_are": if frames_alike { "the same in both kinds of round: each entry's document carries its traceparent itself (BENCH_WS_TRACE_FRAMES_ALIKE=1), so the traced gateway adds nothing to the frames" } else { "as the contract has them: the traced gateway adds the traceparent (about 70 bytes) to every frame, the untraced one does not" },
+        "frames_are": if frames_alike { "the same in both kinds of round: each entry's document carries its traceparent itself (BENCH_WS_TRACE_FRAMES_ALIKE=1), so the traced gateway adds nothing to the frames" } else { "as the contract has them: the traced gateway adds the traceparent (about 70 bytes) to the frames of sampled entries (about 1%), the untraced one to none" },
         "sampler": "parentbased_traceidratio",
         "sampler_arg": TRACE_SAMPLING,
         "rounds": rounds,

@@ -448,11 +448,6 @@ impl Hop {
         self.context.as_ref()
     }
 
-    /// The context, without the span (which ends here, when sampled).
-    pub fn into_context(self) -> Option<TraceContext> {
-        self.context
-    }
-
     /// The hop's span; a disabled one when it is not sampled.
     pub fn span(&self) -> tracing::Span {
         self.span.clone().unwrap_or_else(tracing::Span::none)
